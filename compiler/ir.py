@@ -1,0 +1,229 @@
+"""The compiler's IR: immutable values for dtypes, tensors, ops, layers and the graph.
+
+A Graph is a list of Layers (embedding, transformer block N, final norm, head, ...) in
+topological order; each Layer holds its Ops in topological order. Tensors are described once in
+the Graph, by name. Everything here is a frozen dataclass: stages build new values with
+`dataclasses.replace`, never mutate. `check_graph` is the cheap verifier run between stages and
+`format_graph` the stable text form used by golden tests.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+AttrValue = int | float | str | tuple[int, ...] | tuple[float, ...] | tuple[str, ...]
+
+
+class DType(enum.Enum):
+    """Element types the compiler knows, with their size in bytes."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    FLOAT64 = "float64"
+    INT8 = "int8"
+    UINT8 = "uint8"
+    INT16 = "int16"
+    INT32 = "int32"
+    INT64 = "int64"
+    BOOL = "bool"
+
+    @property
+    def itemsize(self) -> int:
+        return _ITEMSIZE[self]
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.FLOAT32, DType.FLOAT16, DType.BFLOAT16, DType.FLOAT64)
+
+    @classmethod
+    def parse(cls, name: str) -> DType:
+        """'fp16', 'float16', 'bf16' ... -> DType; ValueError names the accepted spellings."""
+        key = _ALIASES.get(name.lower(), name.lower())
+        try:
+            return cls(key)
+        except ValueError:
+            known = ", ".join(d.value for d in cls)
+            raise ValueError(f"unknown dtype {name!r}; expected one of {known}") from None
+
+
+_ITEMSIZE = {
+    DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2, DType.FLOAT64: 8, DType.INT8: 1,
+    DType.UINT8: 1, DType.INT16: 2, DType.INT32: 4, DType.INT64: 8, DType.BOOL: 1,
+}
+_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64",
+            "half": "float16", "float": "float32", "double": "float64"}
+
+
+class TensorKind(enum.Enum):
+    INPUT = "input"  # a graph input (activations fed at run time)
+    WEIGHT = "weight"  # an initializer: parameters or folded constants
+    ACTIVATION = "activation"  # produced by an op
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A named tensor with a static shape. `data` is present for constants whose values are
+    loaded (absent in shape-only mode); it is not part of equality."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: DType
+    kind: TensorKind
+    data: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_const(self) -> bool:
+        return self.kind is TensorKind.WEIGHT
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    def type_str(self) -> str:
+        return f"{self.dtype.value}[{','.join(map(str, self.shape))}]"
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operator: an ONNX op type (`kind`) with the ONNX node name it came from."""
+
+    name: str
+    kind: str
+    inputs: tuple[str, ...]  # "" marks an omitted optional input
+    outputs: tuple[str, ...]
+    attrs: tuple[tuple[str, AttrValue], ...] = ()
+    domain: str = ""
+
+    def attr(self, key: str, default: AttrValue | None = None) -> AttrValue | None:
+        for k, v in self.attrs:
+            if k == key:
+                return v
+        return default
+
+
+class LayerKind(enum.Enum):
+    EMBEDDING = "embedding"
+    BLOCK = "block"  # a transformer block (attention + MLP)
+    NORM = "norm"  # the final normalization
+    HEAD = "head"  # LM head, pooler or classifier
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A named group of ops placed as one unit: embedding, block N, final norm, head."""
+
+    name: str
+    kind: LayerKind
+    index: int | None
+    ops: tuple[Op, ...]
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A whole model with static shapes, its ops grouped into layers in topological order."""
+
+    name: str
+    tensors: tuple[Tensor, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    layers: tuple[Layer, ...]
+    opset: int = 0
+    source: str = ""
+    shape_only: bool = False
+
+    @cached_property
+    def tensor_map(self) -> dict[str, Tensor]:
+        return {t.name: t for t in self.tensors}
+
+    def tensor(self, name: str) -> Tensor:
+        return self.tensor_map[name]
+
+    @property
+    def ops(self) -> Iterator[Op]:
+        for layer in self.layers:
+            yield from layer.ops
+
+    @cached_property
+    def producers(self) -> dict[str, Op]:
+        return {out: op for op in self.ops for out in op.outputs if out}
+
+    @cached_property
+    def consumers(self) -> dict[str, tuple[Op, ...]]:
+        found: dict[str, list[Op]] = {}
+        for op in self.ops:
+            for name in dict.fromkeys(i for i in op.inputs if i):
+                found.setdefault(name, []).append(op)
+        return {k: tuple(v) for k, v in found.items()}
+
+    @property
+    def weights(self) -> Iterator[Tensor]:
+        return (t for t in self.tensors if t.kind is TensorKind.WEIGHT)
+
+    def blocks(self) -> tuple[Layer, ...]:
+        return tuple(layer for layer in self.layers if layer.kind is LayerKind.BLOCK)
+
+
+class GraphCheckError(ValueError):
+    """The IR broke one of its invariants: a bug in the stage that built it."""
+
+
+def check_graph(g: Graph) -> None:
+    """Cheap verifier run between stages: names unique, every op input defined before use,
+    outputs produced, layers in order. Raises GraphCheckError naming the first problem."""
+    defined = set(g.inputs) | {t.name for t in g.weights}
+    if len(g.tensor_map) != len(g.tensors):
+        raise GraphCheckError(f"graph {g.name}: duplicate tensor names")
+    seen_ops: set[str] = set()
+    for layer in g.layers:
+        for op in layer.ops:
+            _check_op(g, layer, op, defined, seen_ops)
+    missing = [o for o in g.outputs if o not in defined]
+    if missing:
+        raise GraphCheckError(f"graph {g.name}: outputs never produced: {missing}")
+
+
+def _check_op(g: Graph, layer: Layer, op: Op, defined: set[str], seen: set[str]) -> None:
+    where = f"layer {layer.name}, op {op.name} ({op.kind})"
+    if op.name in seen:
+        raise GraphCheckError(f"{where}: duplicate op name")
+    seen.add(op.name)
+    for name in op.inputs:
+        if name and name not in defined:
+            raise GraphCheckError(f"{where}: input {name!r} is used before it is defined")
+    for name in op.outputs:
+        if name and name not in g.tensor_map:
+            raise GraphCheckError(f"{where}: output {name!r} has no tensor description")
+        if name in defined:
+            raise GraphCheckError(f"{where}: output {name!r} is defined twice")
+        defined.add(name)
+
+
+def format_graph(g: Graph, *, with_ops: bool = True) -> str:
+    """Stable text form of a graph, for golden tests and `--save-temps`."""
+    lines = [f"graph {g.name} (opset {g.opset}{', shape-only' if g.shape_only else ''})"]
+    lines += [f"  input {n}: {g.tensor(n).type_str()}" for n in g.inputs]
+    lines += [f"  output {n}: {g.tensor(n).type_str()}" for n in g.outputs]
+    for layer in g.layers:
+        lines.append(f"layer {layer.name} ({layer.kind.value}, {len(layer.ops)} ops)")
+        if with_ops:
+            lines += [f"  {_format_op(g, op)}" for op in layer.ops]
+    return "\n".join(lines) + "\n"
+
+
+def _format_op(g: Graph, op: Op) -> str:
+    outs = ", ".join(f"{o}: {g.tensor(o).type_str()}" for o in op.outputs if o)
+    attrs = ", ".join(f"{k}={v}" for k, v in op.attrs)
+    attrs = f" {{{attrs}}}" if attrs else ""
+    return f"{outs} = {op.kind}({', '.join(op.inputs)}){attrs}  # {op.name}"

@@ -1,0 +1,1 @@
+"""Layer placement on the core grid: problem, solvers, baselines and validator."""
