@@ -63,7 +63,8 @@ _ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "f
 
 class TensorKind(enum.Enum):
     INPUT = "input"  # a graph input (activations fed at run time)
-    WEIGHT = "weight"  # an initializer: parameters or folded constants
+    WEIGHT = "weight"  # an initializer of the source model (parameters, buffers)
+    CONSTANT = "constant"  # a constant the frontend made (folded shape arithmetic, tables)
     ACTIVATION = "activation"  # produced by an op
 
 
@@ -80,7 +81,7 @@ class Tensor:
 
     @property
     def is_const(self) -> bool:
-        return self.kind is TensorKind.WEIGHT
+        return self.kind in (TensorKind.WEIGHT, TensorKind.CONSTANT)
 
     @property
     def numel(self) -> int:
@@ -142,6 +143,7 @@ class Graph:
     opset: int = 0
     source: str = ""
     shape_only: bool = False
+    dims: tuple[tuple[str, int], ...] = ()  # dynamic input dims as bound, e.g. (("seq", 128),)
 
     @cached_property
     def tensor_map(self) -> dict[str, Tensor]:
@@ -169,7 +171,8 @@ class Graph:
 
     @property
     def weights(self) -> Iterator[Tensor]:
-        return (t for t in self.tensors if t.kind is TensorKind.WEIGHT)
+        """Every constant tensor: source weights and folded constants."""
+        return (t for t in self.tensors if t.is_const)
 
     def blocks(self) -> tuple[Layer, ...]:
         return tuple(layer for layer in self.layers if layer.kind is LayerKind.BLOCK)
@@ -212,7 +215,8 @@ def _check_op(g: Graph, layer: Layer, op: Op, defined: set[str], seen: set[str])
 
 def format_graph(g: Graph, *, with_ops: bool = True) -> str:
     """Stable text form of a graph, for golden tests and `--save-temps`."""
-    lines = [f"graph {g.name} (opset {g.opset}{', shape-only' if g.shape_only else ''})"]
+    dims = "".join(f", {k}={v}" for k, v in g.dims)
+    lines = [f"graph {g.name} (opset {g.opset}{dims}{', shape-only' if g.shape_only else ''})"]
     lines += [f"  input {n}: {g.tensor(n).type_str()}" for n in g.inputs]
     lines += [f"  output {n}: {g.tensor(n).type_str()}" for n in g.outputs]
     for layer in g.layers:

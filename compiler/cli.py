@@ -1,0 +1,225 @@
+"""The `wafer` command line: parse arguments into options, call the stages, map typed errors to
+exit codes. Errors print as one line `error: ...` (a traceback only with -v)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+from compiler import __version__, ir
+from compiler.costs import model_cost
+from compiler.errors import ExitCode, UsageError, WaferError
+from compiler.fit import check_fit
+from compiler.frontend import DimRequest, FrontendOptions, load_model, parse_input_shapes
+from compiler.target import Target, list_targets, load_target
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2, like every other error
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="wafer", description="Compile ONNX models for wafer-scale chips.")
+    p.add_argument("--version", action="version", version=f"wafer {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug detail")
+    p.add_argument("-q", "--quiet", action="store_true", help="no stage lines on stderr")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_inspect(sub)
+    _add_check(sub)
+    t = sub.add_parser("targets", help="list the built-in target specs")
+    t.add_argument("--json", action="store_true", help="machine-readable output")
+    t.set_defaults(run=cmd_targets)
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", nargs="?",
+                   help="an .onnx file or a zoo name (wafer inspect --list)")
+    p.add_argument("--input-shapes", action="append", default=[], metavar="NAME:[D,...]",
+                   help="static shape of an input, e.g. input_ids:[1,128] (repeatable)")
+    p.add_argument("--batch", type=int, help="bind dynamic batch dims")
+    p.add_argument("--seq-len", type=int, help="bind dynamic sequence dims")
+    p.add_argument("--shapes-only", action="store_true", default=None,
+                   help="do not read weights (default: automatic when weight files are absent)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="layers, ops, parameters, FLOPs and bytes of a model")
+    _model_args(p)
+    p.add_argument("--ir", action="store_true", help="print the whole IR")
+    p.add_argument("--list", action="store_true", help="list the built-in zoo models")
+    p.set_defaults(run=cmd_inspect)
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser("check", help="is the model supported, does it fit, how many wafers")
+    _model_args(p)
+    p.add_argument("--target", "-t", required=True, help="a built-in target name or a .toml")
+    p.add_argument("--context", type=int, help="KV-cache context length (default: seq len)")
+    p.set_defaults(run=cmd_check)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = None
+    try:
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "run", None):
+            raise UsageError("no command given; try `wafer --help`")
+        return args.run(args)
+    except WaferError as exc:
+        return _fail(str(exc), exc.exit_code, args)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130, args)
+    except Exception as exc:  # a bug: say so, briefly, unless -v
+        msg = f"internal error: {type(exc).__name__}: {exc} (rerun with -v and report it)"
+        return _fail(msg, ExitCode.INTERNAL, args)
+
+
+def _fail(message: str, code: int, args: argparse.Namespace | None) -> int:
+    if args is not None and getattr(args, "verbose", False):
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+# --- stages with timing lines -----------------------------------------------------------------
+
+
+def _stage(args, label: str, fn: Callable, *a, **kw):
+    t0 = time.perf_counter()
+    result = fn(*a, **kw)
+    if not args.quiet:
+        print(f"[{label}] {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    return result
+
+
+def _load(args) -> ir.Graph:
+    if not args.model:
+        raise UsageError("give a MODEL: an .onnx file or a zoo name (wafer inspect --list)")
+    dims = DimRequest(parse_input_shapes(args.input_shapes), args.batch, args.seq_len)
+    options = FrontendOptions(dims, args.shapes_only)
+    return _stage(args, f"frontend: {args.model}", load_model, args.model, options)
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_inspect(args) -> int:
+    if args.list:
+        return _list_zoo()
+    g = _load(args)
+    cost = model_cost(g)
+    hist = Counter(op.kind for op in g.ops)
+    if args.json:
+        data = {"model": g.name, "source": g.source, "opset": g.opset, "dims": dict(g.dims),
+                "shape_only": g.shape_only, "op_histogram": dict(sorted(hist.items())),
+                **{k: v for k, v in asdict(cost).items() if k != "layers"},
+                "layers": [asdict(lc) for lc in cost.layers]}
+        print(json.dumps(data, indent=2))
+        return 0
+    print(ir.format_graph(g) if args.ir else _inspect_text(g, cost, hist))
+    return 0
+
+
+def _inspect_text(g: ir.Graph, cost, hist: Counter) -> str:
+    dims = ", ".join(f"{k}={v}" for k, v in g.dims) or "static"
+    head = [
+        f"model      {g.name}  (opset {g.opset}, {dims}"
+        f"{', shape-only: weights not read' if g.shape_only else ''})",
+        f"params     {cost.params:,}  ({_bytes(cost.weight_bytes)} of weights as stored)",
+        f"FLOPs      {cost.flops_per_token:,} per token  ({cost.flops:,} per forward of "
+        f"{cost.tokens} tokens)",
+        f"KV cache   {_bytes(cost.kv_bytes_per_token)} per token",
+        f"layers     {len(g.layers)}  ({len(g.blocks())} blocks)",
+        "",
+    ]
+    rows = [(lc.name, lc.kind, lc.ops, f"{lc.params:,}", _bytes(lc.weight_bytes),
+             f"{lc.flops / max(cost.tokens, 1) / 1e6:,.2f}", _bytes(lc.kv_bytes_per_token))
+            for lc in cost.layers]
+    table = _table(("layer", "kind", "ops", "params", "weights", "MFLOP/token", "KV/token"),
+                   _elide(rows))
+    ops = "ops        " + ", ".join(f"{k} {v}" for k, v in hist.most_common())
+    return "\n".join([*head, table, "", ops])
+
+
+def _list_zoo() -> int:
+    from compiler import zoo
+
+    rows = [(e.name, e.family, "shape-only" if e.shape_only else "weights", e.description)
+            for e in zoo.ZOO.values()]
+    print(_table(("name", "family", "data", "description"), rows))
+    return 0
+
+
+def cmd_check(args) -> int:
+    target = _stage(args, f"target: {args.target}", load_target, args.target)
+    g = _load(args)
+    report = check_fit(g, target, args.context)
+    if args.json:
+        print(json.dumps({"supported": True, "fits": report.fits, **asdict(report)}, indent=2))
+    else:
+        print(_check_text(report, target))
+    return ExitCode.OK if report.fits else ExitCode.DOES_NOT_FIT
+
+
+def _check_text(r, target: Target) -> str:
+    return "\n".join([
+        f"model      {r.model}: supported (every op has a kernel)",
+        f"target     {target.summary()}",
+        f"weights    {_bytes(r.weight_bytes)}  ({r.params:,} params in "
+        f"{target.compute.dtype.value})",
+        f"KV cache   {_bytes(r.kv_bytes)}  (context {r.context:,}, batch {r.batch})",
+        f"activ.     {_bytes(r.activation_bytes)}  (largest layer)",
+        f"total      {_bytes(r.total_bytes)} vs {_bytes(r.usable_bytes_per_wafer)} usable per "
+        f"wafer; at least {r.cores_min:,} cores",
+        f"largest    {r.largest_layer}: {_bytes(r.largest_layer_bytes)} of weights",
+        f"verdict    {r.verdict()}",
+    ])
+
+
+def cmd_targets(args) -> int:
+    targets = list_targets()
+    if args.json:
+        print(json.dumps([{**t.to_dict(), "sha256": t.sha256} for t in targets], indent=2))
+        return 0
+    rows = [(t.name, t.wafers.count, f"{t.grid.rows}x{t.grid.cols}", f"{t.total_cores:,}",
+             _bytes(t.core.sram_bytes), _bytes(t.total_usable_bytes),
+             f"{t.total_peak_flops() / 1e15:.3g}", t.description) for t in targets]
+    print(_table(("name", "wafers", "grid", "cores", "SRAM/core", "usable", "PFLOP/s",
+                  "description"), rows))
+    return 0
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [list(map(str, header))] + [list(map(str, r)) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _elide(rows: list[tuple], keep: int = 6) -> list[tuple]:
+    """Long block lists print their first and last few rows."""
+    if len(rows) <= 2 * keep + 1:
+        return rows
+    gap = (f"... {len(rows) - 2 * keep} more",) + ("",) * (len(rows[0]) - 1)
+    return [*rows[:keep], gap, *rows[-keep:]]

@@ -1,0 +1,132 @@
+"""ONNX ModelProto (shapes inferred, shape arithmetic folded) -> IR tensors and ops.
+
+Every tensor must have a static shape by now; one that does not is named in the error. Weights
+are read (memory-mapped when external) unless the graph is converted shape-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir
+from onnx import helper, numpy_helper
+
+from compiler import ir
+from compiler.errors import ModelError, ShapeError
+from compiler.frontend.external import ExternalRef, read_external
+
+_DTYPES = {
+    onnx.TensorProto.FLOAT: ir.DType.FLOAT32, onnx.TensorProto.FLOAT16: ir.DType.FLOAT16,
+    onnx.TensorProto.BFLOAT16: ir.DType.BFLOAT16, onnx.TensorProto.DOUBLE: ir.DType.FLOAT64,
+    onnx.TensorProto.INT8: ir.DType.INT8, onnx.TensorProto.UINT8: ir.DType.UINT8,
+    onnx.TensorProto.INT16: ir.DType.INT16, onnx.TensorProto.INT32: ir.DType.INT32,
+    onnx.TensorProto.INT64: ir.DType.INT64, onnx.TensorProto.BOOL: ir.DType.BOOL,
+}
+
+
+@dataclass(frozen=True)
+class Converted:
+    tensors: tuple[ir.Tensor, ...]
+    ops: tuple[ir.Op, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    scopes: tuple[tuple[str, ...], ...]  # per op: naming hints for layer grouping
+
+
+def convert(
+    model: onnx_ir.Model, typed: onnx.ModelProto, shapes_only: bool, source_weights: set[str]
+) -> Converted:
+    """`model` gives the weights, `typed` (its shape-inferred skeleton) the nodes and types;
+    initializers not in `source_weights` were made by folding and become CONSTANTs."""
+    tensors = {
+        v.name: _weight(v, shapes_only, v.name in source_weights)
+        for v in model.graph.initializers.values()
+    }
+    inputs = tuple(v.name for v in model.graph.inputs if v.name not in tensors)
+    g = typed.graph
+    types = {v.name: v for v in [*g.input, *g.value_info, *g.output]}
+    for name in inputs:
+        tensors[name] = _value(types.get(name), ir.TensorKind.INPUT, "graph input", name)
+    ops = tuple(_op(n, i) for i, n in enumerate(g.node))
+    for node, op in zip(g.node, ops, strict=True):
+        for out in op.outputs:
+            if out:
+                tensors[out] = _value(types.get(out), ir.TensorKind.ACTIVATION, node, out)
+    scopes = tuple(_scope_hints(n) for n in g.node)
+    outputs = tuple(v.name for v in g.output)
+    return Converted(tuple(tensors.values()), ops, inputs, outputs, scopes)
+
+
+def dtype_of(elem_type: int, where: str) -> ir.DType:
+    try:
+        return _DTYPES[elem_type]
+    except KeyError:
+        name = onnx.TensorProto.DataType.Name(elem_type)
+        raise ModelError(f"{where}: element type {name} is not supported") from None
+
+
+def _weight(value: onnx_ir.Value, shapes_only: bool, from_source: bool) -> ir.Tensor:
+    where = f"initializer {value.name}"
+    tensor = value.const_value
+    dtype = dtype_of(int(tensor.dtype), where)
+    shape = tuple(int(d) for d in tensor.shape)
+    data = None if shapes_only else _weight_data(value.name, tensor, shape)
+    kind = ir.TensorKind.WEIGHT if from_source else ir.TensorKind.CONSTANT
+    return ir.Tensor(value.name, shape, dtype, kind, data)
+
+
+def _weight_data(name: str, tensor, shape: tuple[int, ...]) -> np.ndarray:
+    if isinstance(tensor, onnx_ir.ExternalTensor):
+        ref = ExternalRef(name, tensor.location, tensor.offset or 0, tensor.length)
+        np_dtype = helper.tensor_dtype_to_np_dtype(int(tensor.dtype))
+        return read_external(Path(tensor.base_dir or "."), ref, np.dtype(np_dtype), shape)
+    try:
+        return tensor.numpy()
+    except Exception as exc:  # onnx_ir raises several types for malformed tensors
+        raise ModelError(f"initializer {name}: data does not match its shape ({exc})") from None
+
+
+def _value(vi: onnx.ValueInfoProto | None, kind: ir.TensorKind, node, name: str = "") -> ir.Tensor:
+    where = node if isinstance(node, str) else f"output {name} of node {node.name} ({node.op_type})"
+    if vi is None or not vi.type.HasField("tensor_type"):
+        raise ShapeError(f"{where}: shape inference found no tensor type")
+    tt = vi.type.tensor_type
+    dims = []
+    for i, d in enumerate(tt.shape.dim):
+        if not d.HasField("dim_value"):
+            sym = d.dim_param or "unknown"
+            raise ShapeError(f"{where} {vi.name}: dim {i} ({sym}) is still dynamic after binding")
+        dims.append(int(d.dim_value))
+    if not tt.HasField("shape"):
+        raise ShapeError(f"{where} {vi.name}: rank unknown after shape inference")
+    return ir.Tensor(vi.name, tuple(dims), dtype_of(tt.elem_type, f"{where} {vi.name}"), kind)
+
+
+def _op(node: onnx.NodeProto, index: int) -> ir.Op:
+    name = node.name or f"{node.op_type}_{index}"
+    attrs = tuple((a.name, _attr(node, a)) for a in node.attribute)
+    return ir.Op(name, node.op_type, tuple(node.input), tuple(node.output), attrs, node.domain)
+
+
+def _attr(node: onnx.NodeProto, a: onnx.AttributeProto) -> ir.AttrValue:
+    if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+        raise ModelError(f"node {node.name} ({node.op_type}): subgraph attribute {a.name}")
+    v = helper.get_attribute_value(a)
+    if isinstance(v, onnx.TensorProto):
+        arr = numpy_helper.to_array(v)
+        return tuple(arr.reshape(-1).tolist()) if arr.size != 1 else arr.reshape(-1)[0].item()
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, list):
+        return tuple(x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v)
+    return v
+
+
+def _scope_hints(node: onnx.NodeProto) -> tuple[str, ...]:
+    """Names that say where a node sits in the source module tree, most specific first."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    hints = [meta[k] for k in ("pkg.torch.onnx.name_scopes", "namespace") if k in meta]
+    return (*hints, node.name)

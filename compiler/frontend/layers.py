@@ -1,0 +1,198 @@
+"""Grouping ops into layers: embedding, block N, final norm, head.
+
+Names first: exporters leave the module path in node names (`/transformer/h.3/attn/MatMul`),
+in dynamo's `pkg.torch.onnx.name_scopes` metadata (`model.layers.3.self_attn`), or in the
+names of the weights an op reads (`encoder.layer.3.attention.self.query.weight`). Ops with no
+name of their own go with their producers (or, failing that, their first consumer). When a graph
+carries no names at all, a structural fallback counts residual additions along the hidden state:
+two per transformer block.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from compiler import ir
+
+_BLOCK = re.compile(
+    r"(?:^|[/._\s'\[,])(?:h|layers?|blocks?|decoder_layers?|encoder_layers?)[._/](\d+)"
+    r"(?=$|[/._\s'\],])"
+)
+_EMBED = re.compile(r"embed|(?:^|[/._])(?:wte|wpe)(?:$|[/._])")
+_NORM = re.compile(r"(?:^|[/.])(?:ln_f|norm|norm_f|final_norm|final_layer_?norm)(?:$|[/.])")
+_HEAD = re.compile(r"lm_head|pooler|classifier|(?:^|[/.])(?:cls|score|qa_outputs)(?:$|[/.])")
+
+EMBEDDING, BLOCK, NORM, HEAD = 0, 1, 2, 3
+_KIND = {EMBEDDING: ir.LayerKind.EMBEDDING, BLOCK: ir.LayerKind.BLOCK, NORM: ir.LayerKind.NORM,
+         HEAD: ir.LayerKind.HEAD}
+_NAME = {EMBEDDING: "embedding", NORM: "final_norm", HEAD: "head"}
+
+Key = tuple[int, int]  # (rank, block index); compares in model order
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class _Net:
+    """Producer/consumer indices over a flat, topologically ordered op list."""
+
+    ops: Sequence[ir.Op]
+    producers: tuple[tuple[int, ...], ...]
+    consumers: tuple[tuple[int, ...], ...]
+
+
+def group_layers(
+    ops: Sequence[ir.Op], scopes: Sequence[Sequence[str]], weights: set[str], shapes: Shapes
+) -> tuple[ir.Layer, ...]:
+    """Layers in model order; `scopes` are each op's naming hints, `shapes` every tensor's."""
+    net = _net(ops)
+    named = zip(ops, scopes, strict=True)
+    keys: list[Key | None] = [_key_from_names(op, s, weights) for op, s in named]
+    if not any(k and k[0] == BLOCK for k in keys):
+        keys = _structural_keys(net, weights, shapes)
+    return _build_layers(ops, _propagate(net, keys))
+
+
+def _net(ops: Sequence[ir.Op]) -> _Net:
+    made = {out: i for i, op in enumerate(ops) for out in op.outputs if out}
+    prods = tuple(tuple(sorted({made[x] for x in op.inputs if x in made})) for op in ops)
+    cons: list[list[int]] = [[] for _ in ops]
+    for i, ps in enumerate(prods):
+        for p in ps:
+            cons[p].append(i)
+    return _Net(ops, prods, tuple(tuple(c) for c in cons))
+
+
+def key_from_text(text: str) -> Key | None:
+    """The layer a module path names, if any: 'model.layers.3.mlp' -> (BLOCK, 3)."""
+    blocks = _BLOCK.findall(text)
+    if blocks:
+        return (BLOCK, int(blocks[-1]))
+    for rank, pattern in ((HEAD, _HEAD), (NORM, _NORM), (EMBEDDING, _EMBED)):
+        if pattern.search(text):
+            return (rank, 0)
+    return None
+
+
+def _key_from_names(op: ir.Op, scopes: Sequence[str], weights: set[str]) -> Key | None:
+    for text in scopes:
+        key = key_from_text(text)
+        if key:
+            return key
+    for name in op.inputs:
+        if name in weights:
+            key = key_from_text(name)
+            if key:
+                return key
+    return None
+
+
+def _propagate(net: _Net, keys: list[Key | None]) -> list[Key]:
+    """Unnamed ops join their latest producer's layer (else their first consumer's); no op
+    may sit in an earlier layer than what it reads, which keeps layers in topological order."""
+    out: list[Key | None] = list(keys)
+    for i in range(len(out)):
+        before = [out[p] for p in net.producers[i] if out[p] is not None]
+        if before:
+            latest = max(before)
+            out[i] = latest if out[i] is None else max(out[i], latest)
+    for i in reversed(range(len(out))):
+        if out[i] is None:
+            after = [out[c] for c in net.consumers[i] if out[c] is not None]
+            out[i] = min(after) if after else None
+    first = min((k for k in out if k is not None), default=(BLOCK, 0))
+    return [k if k is not None else first for k in out]
+
+
+def _build_layers(ops: Sequence[ir.Op], keys: list[Key]) -> tuple[ir.Layer, ...]:
+    groups: dict[Key, list[ir.Op]] = {}
+    for op, key in sorted(zip(ops, keys, strict=True), key=lambda pair: pair[1]):
+        groups.setdefault(key, []).append(op)
+    return tuple(
+        ir.Layer(_NAME.get(rank, f"block.{idx}"), _KIND[rank], idx if rank == BLOCK else None,
+                 tuple(members))
+        for (rank, idx), members in groups.items()
+    )
+
+
+# --- structural fallback ---------------------------------------------------------------------
+
+_WEIGHT_OPS = frozenset({"MatMul", "Gemm"})
+_NOT_EMBEDDING = frozenset({"LayerNormalization", "RMSNormalization", "Pow", "ReduceMean",
+                            "MatMul", "Gemm", "Softmax", "Attention"})
+
+
+def _structural_keys(net: _Net, weights: set[str], shapes: Shapes) -> list[Key | None]:
+    ops = net.ops
+    matmuls = [i for i, op in enumerate(ops) if op.kind in _WEIGHT_OPS
+               and any(x in weights for x in op.inputs)]
+    if not matmuls:
+        return [None] * len(ops)
+    residual = _residual_adds(net, matmuls, weights, shapes)
+    rank = _residual_rank(net, residual)
+    blocks = (len(residual) + 1) // 2
+    embedding = _embedding_ops(net, weights)
+    keys: list[Key | None] = []
+    for i in range(len(ops)):
+        blk = (rank[i] - (1 if i in residual else 0)) // 2
+        keys.append((EMBEDDING, 0) if i in embedding else (BLOCK, blk) if blk < blocks else None)
+    _mark_tail(net, keys, matmuls)
+    return keys
+
+
+def _residual_adds(net: _Net, matmuls: list[int], weights: set[str], shapes: Shapes) -> set[int]:
+    """Adds of two activations shaped like the hidden state (the input of the first weight
+    matmul), downstream of a weight matmul: the residual stream."""
+    first = net.ops[matmuls[0]]
+    hidden = shapes[next(x for x in first.inputs if x not in weights)]
+    adds = set()
+    for i in _descendants(net, matmuls[:1]):
+        op = net.ops[i]
+        if op.kind != "Add" or any(x in weights for x in op.inputs) or len(op.inputs) != 2:
+            continue
+        out = shapes[op.outputs[0]]
+        if math.prod(out) == math.prod(hidden) and out[-1:] == hidden[-1:]:
+            adds.add(i)
+    return adds
+
+
+def _residual_rank(net: _Net, residual: set[int]) -> list[int]:
+    rank = [0] * len(net.ops)
+    for i in range(len(net.ops)):
+        up = max((rank[p] for p in net.producers[i]), default=0)
+        rank[i] = up + (1 if i in residual else 0)
+    return rank
+
+
+def _embedding_ops(net: _Net, weights: set[str]) -> set[int]:
+    emb: set[int] = set()
+    for i, op in enumerate(net.ops):
+        if op.kind in _NOT_EMBEDDING:
+            continue
+        table = op.kind == "Gather" and op.inputs[0] in weights
+        if table or (net.producers[i] and all(p in emb for p in net.producers[i])):
+            emb.add(i)
+    return emb
+
+
+def _mark_tail(net: _Net, keys: list[Key | None], matmuls: list[int]) -> None:
+    """Ops past the last block: the last weight matmul and what follows is the head, the rest
+    is the final norm."""
+    tail = [i for i, k in enumerate(keys) if k is None]
+    head_start = max((m for m in matmuls if m in tail), default=None)
+    head = _descendants(net, [head_start]) | {head_start} if head_start is not None else set()
+    for i in tail:
+        keys[i] = (HEAD, 0) if i in head else (NORM, 0)
+
+
+def _descendants(net: _Net, starts: Sequence[int]) -> set[int]:
+    seen: set[int] = set()
+    stack = list(starts)
+    while stack:
+        for c in net.consumers[stack.pop()]:
+            if c not in seen:
+                seen.add(c)
+                stack.append(c)
+    return seen

@@ -1,0 +1,136 @@
+"""The frontend as one straight line: open -> inline -> bind dims -> fold -> check ops ->
+infer shapes -> convert -> group layers -> check the IR."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import onnx_ir
+from google.protobuf.message import DecodeError
+from onnx_ir.passes.common import (
+    InlinePass,
+    LiftConstantsToInitializersPass,
+    RemoveUnusedNodesPass,
+    TopologicalSortPass,
+)
+from onnx_ir.passes.common._c_api_utils import call_onnx_api
+from onnxscript.optimizer import fold_constants
+
+from compiler import ir
+from compiler.errors import ModelError, ShapeError, UsageError
+from compiler.frontend.convert import convert
+from compiler.frontend.dims import DimRequest, bind_dims
+from compiler.frontend.layers import group_layers
+from compiler.frontend.ops import check_supported
+
+MAX_OPSET = onnx.defs.onnx_opset_version()
+
+
+@dataclass(frozen=True)
+class FrontendOptions:
+    dims: DimRequest = field(default_factory=DimRequest)
+    shapes_only: bool | None = None  # None: read weights when their data files exist
+
+
+def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir.Graph:
+    """A model file path or a zoo name -> ir.Graph with static shapes, grouped into layers."""
+    options = options or FrontendOptions()
+    model, name = open_model(source)
+    _check_opset(model, name)
+    InlinePass()(model)
+    dims = bind_dims(model, options.dims)
+    source_weights = set(model.graph.initializers)
+    _fold(model)
+    check_supported(model)
+    typed = _infer_shapes(model, name)
+    shapes_only = _shapes_only(model, options.shapes_only)
+    conv = convert(model, typed, shapes_only, source_weights)
+    weights = {t.name for t in conv.tensors if t.is_const}
+    shapes = {t.name: t.shape for t in conv.tensors}
+    layers = group_layers(conv.ops, conv.scopes, weights, shapes)
+    graph = ir.Graph(
+        name=name, tensors=conv.tensors, inputs=conv.inputs, outputs=conv.outputs,
+        layers=layers, opset=_opset(model), source=str(source), shape_only=shapes_only,
+        dims=dims,
+    )
+    ir.check_graph(graph)
+    return graph
+
+
+def open_model(source: str | Path) -> tuple[onnx_ir.Model, str]:
+    """Open a path (weights stay on disk, read lazily) or build a zoo model by name."""
+    path = Path(source)
+    if path.suffix == ".onnx" or path.exists():
+        return _open_file(path), path.stem
+    from compiler import zoo
+
+    if str(source) in zoo.ZOO:
+        return onnx_ir.from_proto(zoo.build(str(source))), str(source)
+    raise UsageError(
+        f"model {str(source)!r} is neither a file nor a zoo name; zoo models: "
+        f"{', '.join(zoo.names())} (see `wafer inspect --list`)"
+    )
+
+
+def _open_file(path: Path) -> onnx_ir.Model:
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    try:
+        return onnx_ir.load(path)
+    except (DecodeError, ValueError, TypeError, RuntimeError) as exc:
+        raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+
+
+def _opset(model: onnx_ir.Model) -> int:
+    return int(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)))
+
+
+def _check_opset(model: onnx_ir.Model, name: str) -> None:
+    if _opset(model) > MAX_OPSET:
+        raise ModelError(
+            f"{name}: opset {_opset(model)} is newer than the supported {MAX_OPSET}; "
+            "re-export with an older opset or upgrade wafer"
+        )
+
+
+def _fold(model: onnx_ir.Model) -> None:
+    """Fold the (now static) shape arithmetic; never fold weights kept in external files."""
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    fold_constants(model, onnx_shape_inference=True, should_fold=_not_external)
+    RemoveUnusedNodesPass()(model)
+    TopologicalSortPass()(model)
+
+
+def _not_external(node: onnx_ir.Node) -> bool | None:
+    reads_file = any(
+        v is not None and isinstance(v.const_value, onnx_ir.ExternalTensor) for v in node.inputs
+    )
+    return False if reads_file else None
+
+
+def _infer_shapes(model: onnx_ir.Model, name: str) -> onnx.ModelProto:
+    """ONNX's own shape inference, strict, on a copy without the large weights."""
+    infer = functools.partial(
+        onnx.shape_inference.infer_shapes, check_type=True, strict_mode=True, data_prop=True
+    )
+    try:
+        return call_onnx_api(infer, model)
+    except onnx.shape_inference.InferenceError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ShapeError(f"{name}: shape inference failed: {first}") from None
+
+
+def _shapes_only(model: onnx_ir.Model, requested: bool | None) -> bool:
+    if requested is not None:
+        return requested
+    return any(_missing(v.const_value) for v in model.graph.initializers.values())
+
+
+def _missing(tensor: object) -> bool:
+    if not isinstance(tensor, onnx_ir.ExternalTensor):
+        return False
+    loc = Path(tensor.location)
+    return loc.is_absolute() or not (Path(tensor.base_dir or ".") / loc).is_file()

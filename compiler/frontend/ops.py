@@ -1,0 +1,60 @@
+"""The ONNX ops the compiler accepts, and the check that lists every unsupported one at once.
+
+The set covers what torch's dynamo and TorchScript exporters emit for GPT-2, LLaMA and BERT at
+opsets 17-23 after shape arithmetic is folded. Adding an op here means adding its kernel to the
+executor and its cost to compiler/costs.py.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from compiler.errors import UnsupportedOp, UnsupportedOpsError
+
+SUPPORTED_OPS = frozenset({
+    # linear algebra and attention
+    "MatMul", "Gemm", "Attention",
+    # normalization and activations
+    "LayerNormalization", "RMSNormalization", "Softmax", "LogSoftmax", "Gelu", "Erf", "Tanh",
+    "Sigmoid", "Relu", "Softplus",
+    # elementwise arithmetic
+    "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Exp", "Log", "Abs",
+    "Cos", "Sin", "Max", "Min", "Clip", "Mod",
+    # comparison and logic
+    "Where", "IsNaN", "IsInf", "And", "Or", "Not", "Equal", "Less", "LessOrEqual", "Greater",
+    "GreaterOrEqual",
+    # reductions
+    "ReduceMean", "ReduceSum", "ReduceMax", "ArgMax",
+    # indexing and data movement
+    "Gather", "GatherElements", "GatherND", "ScatterND", "Split", "Slice", "Concat", "Reshape",
+    "Transpose", "Expand", "Unsqueeze", "Squeeze", "Flatten", "Tile", "Cast", "CastLike",
+    "Identity", "Dropout", "Trilu", "Range", "Shape", "Size", "ConstantOfShape", "Constant",
+})
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
+
+def check_supported(model: ir.Model) -> None:
+    """Raise UnsupportedOpsError listing every unsupported node (with its shapes) at once."""
+    bad = [_describe(model, node) for node in model.graph if not is_supported(node)]
+    if bad:
+        raise UnsupportedOpsError(bad)
+
+
+def is_supported(node: ir.Node) -> bool:
+    return node.domain in STANDARD_DOMAINS and node.op_type in SUPPORTED_OPS
+
+
+def _describe(model: ir.Model, node: ir.Node) -> UnsupportedOp:
+    opset = model.opset_imports.get(node.domain, model.opset_imports.get("", 0))
+    shapes = tuple(_shape_str(v) for v in node.inputs)
+    kind = node.op_type + (" (control flow)" if node.op_type in CONTROL_FLOW else "")
+    return UnsupportedOp(node.name or "", kind, node.domain, int(opset), shapes)
+
+
+def _shape_str(value: ir.Value | None) -> str:
+    if value is None:
+        return "-"
+    dtype = value.dtype.name.lower() if value.dtype is not None else "?"
+    dims = "?" if value.shape is None else ",".join(str(d) for d in value.shape)
+    return f"{dtype}[{dims}]"
