@@ -1,0 +1,1 @@
+"""Built-in target specs (*.toml), installed as the package `compiler.targets`."""
