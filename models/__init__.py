@@ -1,0 +1,102 @@
+"""The built-in model zoo (`compiler.zoo`): transformer models built directly as ONNX.
+
+No torch and no downloads: each model is generated from a config dataclass by a builder that
+emits the graph HF's TorchScript export would (node names such as
+`/model/layers.0/self_attn/q_proj/MatMul`, HF initializer names, `batch`/`seq` dynamic dims).
+Small models carry seeded random weights and run in onnxruntime; the big ones are shape-only,
+their weights EXTERNAL-data references to a file that does not exist, so the proto stays small.
+
+    >>> from compiler import zoo
+    >>> model = zoo.build("gpt2-tiny")   # onnx.ModelProto, byte-identical on every build
+
+Every model records `wafer.zoo_name` and `wafer.default_dims` (e.g. `batch=1,seq=128`) in its
+metadata_props.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import onnx
+
+from .bert import BertConfig, build_bert
+from .gpt2 import GPT2Config, build_gpt2
+from .llama import LlamaConfig, build_llama
+
+__all__ = [
+    "ZOO", "BertConfig", "GPT2Config", "LlamaConfig", "ZooEntry", "build", "build_bert",
+    "build_gpt2", "build_llama", "names",
+]
+
+Family = Literal["gpt2", "llama", "bert"]
+Config = GPT2Config | LlamaConfig | BertConfig
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One named zoo model: its family, a one-line description and the config it builds from."""
+
+    name: str
+    family: Family
+    description: str
+    shape_only: bool
+    config: Config
+
+
+_BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
+    "gpt2": build_gpt2, "llama": build_llama, "bert": build_bert,
+}
+# Tiny models use weights ~N(0, 0.2) rather than HF's 0.02, so attention is peaked and the
+# nonlinearities are exercised: numeric checks against them are meaningful.
+_TINY = {"vocab": 256, "hidden": 64, "layers": 2, "heads": 4, "default_seq": 16, "init_std": 0.2}
+_LLAMA_TINY = LlamaConfig(**_TINY, kv_heads=2, intermediate=128, max_positions=128,
+                          rope_theta=10000.0)
+_LLAMA3 = {"vocab": 128256, "dtype": "float16", "shape_only": True, "tie_embeddings": False,
+           "kv_heads": 8}
+
+
+def _entry(name: str, family: Family, description: str, config: Config) -> ZooEntry:
+    return ZooEntry(name, family, description, config.shape_only, config)
+
+
+_ENTRIES = (
+    _entry("gpt2-tiny", "gpt2", "GPT-2 toy: 2 layers, hidden 64, 4 heads, vocab 256, fp32",
+           GPT2Config(**_TINY, intermediate=256, max_positions=128)),
+    _entry("llama-tiny", "llama",
+           "LLaMA toy: 2 layers, hidden 64, 4 heads / 2 kv heads (GQA), vocab 256, fp32",
+           _LLAMA_TINY),
+    _entry("llama-tiny-opset23", "llama",
+           "llama-tiny at opset 23, with the RMSNormalization and Attention ops",
+           replace(_LLAMA_TINY, opset=23)),
+    _entry("bert-tiny", "bert", "BERT toy: 2 layers, hidden 64, 4 heads, vocab 256, with pooler",
+           BertConfig(**_TINY, intermediate=128, max_positions=64)),
+    _entry("gpt2-small", "gpt2", "GPT-2 small (124M), tied lm_head, random N(0, 0.02) weights",
+           GPT2Config()),
+    _entry("llama3-8b", "llama", "Llama 3 8B shapes, fp16, shape-only (external weights)",
+           LlamaConfig(**_LLAMA3, hidden=4096, layers=32, heads=32, intermediate=14336)),
+    _entry("llama3-70b", "llama", "Llama 3 70B shapes, fp16, shape-only (external weights)",
+           LlamaConfig(**_LLAMA3, hidden=8192, layers=80, heads=64, intermediate=28672)),
+    _entry("llama3.1-405b", "llama",
+           "Llama 3.1 405B shapes, fp16, shape-only (external weights)",
+           LlamaConfig(**_LLAMA3, hidden=16384, layers=126, heads=128, intermediate=53248,
+                       max_positions=131072)),
+)
+ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
+
+
+def names() -> list[str]:
+    """The zoo's model names, in catalogue order."""
+    return list(ZOO)
+
+
+def build(name: str) -> onnx.ModelProto:
+    """Build the named zoo model; the same name always gives a byte-identical proto.
+    Raises KeyError, listing the valid names, for an unknown one."""
+    entry = ZOO.get(name)
+    if entry is None:
+        raise KeyError(f"unknown zoo model {name!r}; valid names: {', '.join(names())}")
+    model = _BUILDERS[entry.family](entry.config, name=name)
+    model.metadata_props.add(key="wafer.zoo_name", value=name)
+    return model

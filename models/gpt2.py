@@ -1,0 +1,117 @@
+"""GPT-2 as HF's `GPT2LMHeadModel` exports to ONNX (eager attention, no KV cache).
+
+Learned position embeddings, pre-LayerNorm blocks with fused qkv (`c_attn`, Conv1D weights
+[in, out]), a boolean causal mask applied with Where, gelu_new and an lm_head tied to `wte`
+(MatMul with a Transpose of the one shared initializer, so parameters are counted once).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import onnx
+from onnx import TensorProto
+
+from ._blocks import (
+    causal_bool_mask,
+    gelu_tanh,
+    layer_norm,
+    linear,
+    merge_heads,
+    position_ids,
+    seq_len,
+    softmax,
+    split_heads,
+)
+from ._graph import GraphBuilder, check_common
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    """Defaults are GPT-2 small (124M)."""
+
+    vocab: int = 50257
+    hidden: int = 768
+    layers: int = 12
+    heads: int = 12
+    intermediate: int = 3072
+    max_positions: int = 1024
+    eps: float = 1e-5
+    tie_embeddings: bool = True
+    dtype: str = "float32"
+    opset: int = 17
+    shape_only: bool = False
+    default_seq: int = 128
+    seed: int = 0
+    init_std: float = 0.02  # HF `initializer_range`
+
+    def __post_init__(self) -> None:
+        check_common(self.dtype, self.hidden, self.heads, self.opset)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+def build_gpt2(cfg: GPT2Config, *, name: str = "gpt2") -> onnx.ModelProto:
+    """input_ids int64 [batch, seq] -> logits [batch, seq, vocab]."""
+    b = GraphBuilder(name, dtype=cfg.dtype, opset=cfg.opset, shape_only=cfg.shape_only,
+                     seed=cfg.seed, init_std=cfg.init_std)
+    ids = b.input("input_ids", TensorProto.INT64, ["batch", "seq"])
+    x, mask = _embeddings(b, cfg, ids)
+    for i in range(cfg.layers):
+        x = _block(b, cfg, i, x, mask)
+    x = layer_norm(b, "/transformer/ln_f", x, "transformer.ln_f", cfg.hidden, cfg.eps)
+    _lm_head(b, cfg, x)
+    b.output("logits", ["batch", "seq", cfg.vocab])
+    doc = f"GPT-2 ({cfg.layers} layers, hidden {cfg.hidden}), built by wafer.zoo"
+    return b.model(doc=doc, metadata={"wafer.default_dims": f"batch=1,seq={cfg.default_seq}"})
+
+
+def _embeddings(b: GraphBuilder, cfg: GPT2Config, ids: str) -> tuple[str, str]:
+    """Token + position embeddings, and the [seq, seq] causal mask every block shares."""
+    s = "/transformer"
+    seq = seq_len(b, s, ids)
+    wte = b.weight("transformer.wte.weight", (cfg.vocab, cfg.hidden))
+    wpe = b.weight("transformer.wpe.weight", (cfg.max_positions, cfg.hidden))
+    tokens = b.op(f"{s}/wte", "Gather", wte, ids)
+    positions = b.op(f"{s}/wpe", "Gather", wpe, position_ids(b, s, seq))
+    x = b.op(s, "Add", tokens, positions)
+    return x, causal_bool_mask(b, s, seq)
+
+
+def _block(b: GraphBuilder, cfg: GPT2Config, i: int, x: str, mask: str) -> str:
+    s, p = f"/transformer/h.{i}", f"transformer.h.{i}"
+    h = layer_norm(b, f"{s}/ln_1", x, f"{p}.ln_1", cfg.hidden, cfg.eps)
+    x = b.op(s, "Add", _attention(b, cfg, f"{s}/attn", f"{p}.attn", h, mask), x)
+    h = layer_norm(b, f"{s}/ln_2", x, f"{p}.ln_2", cfg.hidden, cfg.eps)
+    return b.op(s, "Add", x, _mlp(b, cfg, f"{s}/mlp", f"{p}.mlp", h))
+
+
+def _attention(b: GraphBuilder, cfg: GPT2Config, s: str, p: str, x: str, mask: str) -> str:
+    hid = cfg.hidden
+    qkv = linear(b, f"{s}/c_attn", x, f"{p}.c_attn", hid, 3 * hid, bias=True)
+    q, k, v = b.op_n(s, "Split", [qkv, b.ints(s, [hid] * 3)], 3, axis=2)
+    q = split_heads(b, s, q, cfg.heads, cfg.head_dim)
+    k_t = split_heads(b, s, k, cfg.heads, cfg.head_dim, perm=(0, 2, 3, 1))
+    v = split_heads(b, s, v, cfg.heads, cfg.head_dim)
+    scores = b.op(s, "MatMul", q, k_t)
+    scores = b.op(s, "Div", scores, b.scalar(s, math.sqrt(cfg.head_dim)))
+    scores = b.op(s, "Where", mask, scores, b.scalar(s, b.min_value))
+    context = merge_heads(b, s, b.op(s, "MatMul", softmax(b, s, scores), v), hid)
+    return linear(b, f"{s}/c_proj", context, f"{p}.c_proj", hid, hid, bias=True)
+
+
+def _mlp(b: GraphBuilder, cfg: GPT2Config, s: str, p: str, x: str) -> str:
+    h = linear(b, f"{s}/c_fc", x, f"{p}.c_fc", cfg.hidden, cfg.intermediate, bias=True)
+    h = gelu_tanh(b, f"{s}/act", h)
+    return linear(b, f"{s}/c_proj", h, f"{p}.c_proj", cfg.intermediate, cfg.hidden, bias=True)
+
+
+def _lm_head(b: GraphBuilder, cfg: GPT2Config, x: str) -> None:
+    if cfg.tie_embeddings:
+        head = b.op("/lm_head", "Transpose", "transformer.wte.weight", perm=(1, 0))
+    else:
+        head = b.weight("lm_head.weight", (cfg.hidden, cfg.vocab))
+    b.op("/lm_head", "MatMul", x, head, out="logits")
