@@ -126,6 +126,7 @@ _NOT_EMBEDDING = frozenset({"LayerNormalization", "RMSNormalization", "Pow", "Re
 
 def _structural_keys(net: _Net, weights: set[str], shapes: Shapes) -> list[Key | None]:
     ops = net.ops
+    weights = _constant_derived(ops, weights)
     matmuls = [i for i, op in enumerate(ops) if op.kind in _WEIGHT_OPS
                and any(x in weights for x in op.inputs)]
     if not matmuls:
@@ -140,6 +141,15 @@ def _structural_keys(net: _Net, weights: set[str], shapes: Shapes) -> list[Key |
         keys.append((EMBEDDING, 0) if i in embedding else (BLOCK, blk) if blk < blocks else None)
     _mark_tail(net, keys, matmuls)
     return keys
+
+
+def _constant_derived(ops: Sequence[ir.Op], weights: set[str]) -> set[str]:
+    """Weights and what ops compute from weights alone (a transposed tied embedding)."""
+    derived = set(weights)
+    for op in ops:
+        if all(x in derived for x in op.inputs if x):
+            derived.update(o for o in op.outputs if o)
+    return derived
 
 
 def _residual_adds(net: _Net, matmuls: list[int], weights: set[str], shapes: Shapes) -> set[int]:

@@ -23,6 +23,7 @@ from compiler import ir
 from compiler.errors import ModelError, ShapeError, UsageError
 from compiler.frontend.convert import convert
 from compiler.frontend.dims import DimRequest, bind_dims
+from compiler.frontend.external import ExternalRef, data_available, resolve_location
 from compiler.frontend.layers import group_layers
 from compiler.frontend.ops import check_supported
 
@@ -40,6 +41,7 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     options = options or FrontendOptions()
     model, name = open_model(source)
     _check_opset(model, name)
+    _check_external_paths(model)
     InlinePass()(model)
     dims = bind_dims(model, options.dims)
     source_weights = set(model.graph.initializers)
@@ -99,16 +101,24 @@ def _check_opset(model: onnx_ir.Model, name: str) -> None:
 def _fold(model: onnx_ir.Model) -> None:
     """Fold the (now static) shape arithmetic; never fold weights kept in external files."""
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    fold_constants(model, onnx_shape_inference=True, should_fold=_not_external)
+    fold_constants(model, onnx_shape_inference=True, should_fold=_keep_weights)
     RemoveUnusedNodesPass()(model)
     TopologicalSortPass()(model)
 
 
-def _not_external(node: onnx_ir.Node) -> bool | None:
-    reads_file = any(
-        v is not None and isinstance(v.const_value, onnx_ir.ExternalTensor) for v in node.inputs
-    )
-    return False if reads_file else None
+def _keep_weights(node: onnx_ir.Node) -> bool | None:
+    """Fold shape arithmetic and small constant subgraphs (rotary tables), but never an
+    embedding lookup (its table stays a parameter even when positions become constant once
+    dims are bound) or a node that reads external data."""
+    for v in node.inputs:
+        if v is not None and isinstance(v.const_value, onnx_ir.ExternalTensor):
+            return False
+    data = node.inputs[0] if node.inputs else None
+    if node.op_type == "Gather" and data is not None and data.is_initializer():
+        tensor = data.const_value
+        if tensor is not None and tensor.dtype.is_floating_point():
+            return False
+    return None
 
 
 def _infer_shapes(model: onnx_ir.Model, name: str) -> onnx.ModelProto:
@@ -123,14 +133,23 @@ def _infer_shapes(model: onnx_ir.Model, name: str) -> onnx.ModelProto:
         raise ShapeError(f"{name}: shape inference failed: {first}") from None
 
 
+def _check_external_paths(model: onnx_ir.Model) -> None:
+    """Our own containment check of every external-data path, before anything reads one."""
+    for name, t in _external_tensors(model):
+        resolve_location(Path(t.base_dir or "."), _ref(name, t))
+
+
+def _external_tensors(model: onnx_ir.Model) -> list[tuple[str, onnx_ir.ExternalTensor]]:
+    return [(v.name, v.const_value) for v in model.graph.initializers.values()
+            if isinstance(v.const_value, onnx_ir.ExternalTensor)]
+
+
+def _ref(name: str, t: onnx_ir.ExternalTensor) -> ExternalRef:
+    return ExternalRef(name, t.location, t.offset or 0, t.length)
+
+
 def _shapes_only(model: onnx_ir.Model, requested: bool | None) -> bool:
     if requested is not None:
         return requested
-    return any(_missing(v.const_value) for v in model.graph.initializers.values())
-
-
-def _missing(tensor: object) -> bool:
-    if not isinstance(tensor, onnx_ir.ExternalTensor):
-        return False
-    loc = Path(tensor.location)
-    return loc.is_absolute() or not (Path(tensor.base_dir or ".") / loc).is_file()
+    return any(not data_available(Path(t.base_dir or "."), _ref(name, t))
+               for name, t in _external_tensors(model))

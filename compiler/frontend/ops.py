@@ -32,6 +32,8 @@ SUPPORTED_OPS = frozenset({
 })
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+_DTYPE_NAMES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16",
+                ir.DataType.DOUBLE: "float64", ir.DataType.BFLOAT16: "bfloat16"}
 
 
 def check_supported(model: ir.Model) -> None:
@@ -55,6 +57,6 @@ def _describe(model: ir.Model, node: ir.Node) -> UnsupportedOp:
 def _shape_str(value: ir.Value | None) -> str:
     if value is None:
         return "-"
-    dtype = value.dtype.name.lower() if value.dtype is not None else "?"
+    dtype = _DTYPE_NAMES.get(value.dtype, str(value.dtype).lower()) if value.dtype else "?"
     dims = "?" if value.shape is None else ",".join(str(d) for d in value.shape)
     return f"{dtype}[{dims}]"
