@@ -81,3 +81,15 @@ class CapacityError(WaferError):
         self.what, self.needed, self.available = what, needed, available
         msg = f"{what} needs {needed:,} bytes but {available:,} are available"
         super().__init__(f"{msg}; {hint}" if hint else msg)
+
+
+class InfeasiblePlacementError(WaferError):
+    """No placement exists (or none was found) within the grid, wafers and capacity given."""
+
+    exit_code = ExitCode.DOES_NOT_FIT
+
+
+class InvalidPlacementError(WaferError):
+    """A placement broke a rule the validator checks: a bug in the placer that produced it."""
+
+    exit_code = ExitCode.INTERNAL
