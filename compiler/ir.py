@@ -169,6 +169,15 @@ class Graph:
                 found.setdefault(name, []).append(op)
         return {k: tuple(v) for k, v in found.items()}
 
+    @cached_property
+    def const_derived(self) -> frozenset[str]:
+        """Constants and every tensor computed from constants alone (no graph input)."""
+        names = {t.name for t in self.tensors if t.is_const}
+        for op in self.ops:
+            if all(n in names for n in op.inputs if n):
+                names.update(o for o in op.outputs if o)
+        return frozenset(names)
+
     @property
     def weights(self) -> Iterator[Tensor]:
         """Every constant tensor: source weights and folded constants."""

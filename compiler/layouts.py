@@ -1,0 +1,356 @@
+"""Layouts: how each op of a layer is split over the layer's r x c core mesh.
+
+A layer placed on an r x c rectangle is a small 2D device mesh with axes "r" (rows) and "c"
+(columns). A tensor's Spec says, per dimension, which mesh axis splits it (or None: whole on
+every core), as JAX's PartitionSpec does. A matmul with a weight W[K, N] splits K over the axis
+that splits its input's last dim and N over the other axis, so partial sums are reduced along
+the first axis and the output arrives split over the second: consecutive matmuls alternate
+orientation and need no re-layout. Collectives (reduce, allreduce, relayout, gather) follow from
+layout mismatches and split reductions. Specs are symbolic (independent of r and c), so a
+layer's layouts are computed once per layer template.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from compiler import ir
+
+R, C = "r", "c"
+Spec = tuple[str | None, ...]
+
+
+@dataclass(frozen=True)
+class Collective:
+    """Communication an op needs inside its layer's rectangle, along one mesh axis."""
+
+    kind: str  # "reduce" (partial sums), "allreduce" (statistics), "relayout", "gather"
+    axis: str  # "r" or "c"
+    tensor: str
+
+
+@dataclass(frozen=True)
+class OpLayout:
+    op: str
+    kind: str
+    inputs: tuple[Spec | None, ...]  # None for omitted optional inputs
+    outputs: tuple[Spec, ...]
+    collectives: tuple[Collective, ...] = ()
+
+
+def other(axis: str) -> str:
+    return C if axis == R else R
+
+
+def replicated(rank: int) -> Spec:
+    return (None,) * rank
+
+
+def tile_shape(shape: Sequence[int], spec: Spec, rows: int, cols: int) -> tuple[int, ...]:
+    """The largest per-core tile of a tensor split by `spec` over an r x c mesh."""
+    size = {R: rows, C: cols, None: 1}
+    return tuple(-(-d // size[s]) for d, s in zip(shape, spec, strict=True))
+
+
+def tile_numel(shape: Sequence[int], spec: Spec, rows: int, cols: int) -> int:
+    return math.prod(tile_shape(shape, spec, rows, cols))
+
+
+def layer_layouts(g: ir.Graph, layer: ir.Layer, known: Mapping[str, Spec]) -> tuple[OpLayout, ...]:
+    """Layouts of every op of `layer`, given the specs of tensors made before it."""
+    specs = dict(known)
+    out = []
+    for op in layer.ops:
+        layout = op_layout(g, op, specs)
+        specs.update(zip(op.outputs, layout.outputs, strict=False))
+        out.append(layout)
+    return tuple(out)
+
+
+def graph_layouts(g: ir.Graph) -> dict[str, tuple[OpLayout, ...]]:
+    specs: dict[str, Spec] = {n: replicated(len(g.tensor(n).shape)) for n in g.inputs}
+    result = {}
+    for layer in g.layers:
+        layouts = layer_layouts(g, layer, specs)
+        for op, lay in zip(layer.ops, layouts, strict=True):
+            specs.update(zip(op.outputs, lay.outputs, strict=False))
+        result[layer.name] = layouts
+    return result
+
+
+# --- rules --------------------------------------------------------------------------------------
+
+
+def op_layout(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec]) -> OpLayout:
+    rule = _RULES.get(op.kind, _fallback)
+    return rule(g, op, specs)
+
+
+def _spec(g: ir.Graph, name: str, specs: Mapping[str, Spec]) -> Spec:
+    return specs.get(name, replicated(len(g.tensor(name).shape)))
+
+
+def _is_const(g: ir.Graph, name: str) -> bool:
+    """Constants and what is computed from constants alone (a transposed tied embedding)."""
+    return bool(name) and name in g.const_derived
+
+
+def _split_axis(spec: Spec, dim: int) -> str | None:
+    return spec[dim] if spec else None
+
+
+def _without(spec: Spec, axis: str) -> Spec:
+    return tuple(None if s == axis else s for s in spec)
+
+
+def _matmul(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec]) -> OpLayout:
+    if _is_const(g, op.inputs[1]):
+        return _matmul_weight(g, op, specs, trans_b=bool(op.attr("transB", 0)))
+    return _matmul_act(g, op, specs)
+
+
+def _matmul_weight(g: ir.Graph, op: ir.Op, specs, trans_b: bool = False) -> OpLayout:
+    """Activation x weight: K over the axis splitting the input's last dim (default r)."""
+    a_spec = _spec(g, op.inputs[0], specs)
+    k_axis = _split_axis(a_spec, -1) or R
+    n_axis = other(k_axis)
+    w_spec = (n_axis, k_axis) if trans_b else (k_axis, n_axis)
+    out = (*_without(a_spec[:-1], n_axis), n_axis)
+    ins: list[Spec | None] = [(*a_spec[:-1], k_axis), w_spec]
+    if len(op.inputs) > 2:  # Gemm bias: along N
+        ins.append(_bias_spec(g, op.inputs[2], n_axis) if op.inputs[2] else None)
+    return OpLayout(op.name, op.kind, tuple(ins), (out,),
+                    (Collective("reduce", k_axis, op.outputs[0]),))
+
+
+def _bias_spec(g: ir.Graph, name: str, axis: str) -> Spec:
+    rank = len(g.tensor(name).shape)
+    return (*replicated(rank - 1), axis) if rank else ()
+
+
+def _matmul_act(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """Activation x activation (attention scores, P x V): batch dims (heads) split alike."""
+    sa, sb = _spec(g, op.inputs[0], specs), _spec(g, op.inputs[1], specs)
+    coll = []
+    batch = sa[:-2]
+    want_b = (*_align(batch, len(sb) - 2), sb[-2] if sb[-2] == sa[-1] else None,
+              sb[-1] if sb[-1] not in batch and sb[-1] != sa[-2] else None)
+    if want_b != sb:
+        coll.append(Collective("relayout", _first_axis(sb, want_b), op.inputs[1]))
+    out = (*batch, sa[-2], want_b[-1])
+    if sa[-1] is not None and sa[-1] == want_b[-2]:
+        coll.append(Collective("reduce", sa[-1], op.outputs[0]))
+    return OpLayout(op.name, op.kind, (sa, want_b), (out,), tuple(coll))
+
+
+def _align(spec: Spec, rank: int) -> Spec:
+    """Right-align a spec to `rank` dims (broadcasting)."""
+    if len(spec) >= rank:
+        return spec[len(spec) - rank:]
+    return (*replicated(rank - len(spec)), *spec)
+
+
+def _first_axis(a: Spec, b: Spec) -> str:
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            return x or y or R
+    return R
+
+
+def _elementwise(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    outs = [g.tensor(o).shape for o in op.outputs if o]
+    rank = len(outs[0]) if outs else 0
+    acts = [n for n in op.inputs if n and not _is_const(g, n)]
+    lead = max(acts, key=lambda n: len(g.tensor(n).shape), default=None)
+    out = _align(_spec(g, lead, specs), rank) if lead else replicated(rank)
+    ins, coll = [], []
+    for name in op.inputs:
+        if not name:
+            ins.append(None)
+            continue
+        want = _align(out, len(g.tensor(name).shape))
+        want = tuple(s if d > 1 else None for s, d in zip(want, g.tensor(name).shape, strict=True))
+        have = _spec(g, name, specs)
+        if not _is_const(g, name) and have != want and any(have):
+            coll.append(Collective("relayout", _first_axis(have, want), name))
+        ins.append(want)
+    return OpLayout(op.name, op.kind, tuple(ins), (out,) * len(op.outputs), tuple(coll))
+
+
+def _normalize_axes(axes: Sequence[int], rank: int) -> tuple[int, ...]:
+    return tuple(sorted(a % rank for a in axes)) if rank else ()
+
+
+def _reduced_axes(g: ir.Graph, op: ir.Op) -> tuple[int, ...]:
+    rank = len(g.tensor(op.inputs[0]).shape)
+    if op.kind in ("LayerNormalization", "RMSNormalization"):
+        return tuple(range(int(op.attr("axis", -1)) % rank, rank))
+    if op.kind in ("Softmax", "LogSoftmax", "ArgMax"):
+        return (int(op.attr("axis", -1)) % rank,)
+    axes = op.attr("axes")
+    if axes is None and len(op.inputs) > 1 and op.inputs[1]:
+        data = g.tensor(op.inputs[1]).data
+        axes = tuple(int(a) for a in data.reshape(-1)) if data is not None else None
+    return _normalize_axes(axes if axes is not None else range(rank), rank)
+
+
+def _reduction(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """Reductions and normalizations: split reduced dims need an allreduce of statistics."""
+    x = _spec(g, op.inputs[0], specs)
+    axes = _reduced_axes(g, op)
+    coll = tuple(Collective("allreduce", x[a], op.outputs[0]) for a in axes if x[a])
+    out_rank = len(g.tensor(op.outputs[0]).shape)
+    if out_rank == len(x):
+        out = x if op.kind in _NORMALIZING else tuple(
+            None if i in axes else s for i, s in enumerate(x))
+    else:
+        out = tuple(s for i, s in enumerate(x) if i not in axes)
+    ins: list[Spec | None] = [x]
+    for name in op.inputs[1:]:
+        ins.append(_align(x, len(g.tensor(name).shape)) if name and op.kind in _NORMALIZING
+                   else (replicated(len(g.tensor(name).shape)) if name else None))
+    return OpLayout(op.name, op.kind, tuple(ins), (out,) * len([o for o in op.outputs if o]),
+                    coll)
+
+
+_NORMALIZING = frozenset({"LayerNormalization", "RMSNormalization", "Softmax", "LogSoftmax"})
+
+
+def _transpose(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    x = _spec(g, op.inputs[0], specs)
+    perm = op.attr("perm") or tuple(reversed(range(len(x))))
+    return OpLayout(op.name, op.kind, (x,), (tuple(x[p] for p in perm),))
+
+
+def _reshape(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """Map each split dim to the outermost non-unit output dim of its factor group."""
+    x = _spec(g, op.inputs[0], specs)
+    src, dst = g.tensor(op.inputs[0]).shape, g.tensor(op.outputs[0]).shape
+    out: list[str | None] = [None] * len(dst)
+    for group_in, group_out in _factor_groups(src, dst):
+        axis = next((x[i] for i in group_in if x[i]), None)
+        target = next((j for j in group_out if dst[j] > 1), None)
+        if axis and target is not None and axis not in out:
+            out[target] = axis
+    ins = (x, *(replicated(len(g.tensor(n).shape)) if n else None for n in op.inputs[1:]))
+    return OpLayout(op.name, op.kind, ins, (tuple(out),))
+
+
+def _factor_groups(src: Sequence[int], dst: Sequence[int]):
+    """Pair runs of input and output dims whose products match: [1,16,64] -> [1,16,4,16]
+    gives ([0],[0]), ([1],[1]), ([2],[2,3])."""
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        gi, gj = [i] if i < len(src) else [], [j] if j < len(dst) else []
+        pi = src[i] if i < len(src) else 1
+        pj = dst[j] if j < len(dst) else 1
+        i, j = i + 1, j + 1
+        while pi != pj and (i < len(src) or j < len(dst)):
+            if pi < pj and i < len(src):
+                pi *= src[i]
+                gi.append(i)
+                i += 1
+            elif j < len(dst):
+                pj *= dst[j]
+                gj.append(j)
+                j += 1
+            else:
+                break
+        yield gi, gj
+
+
+def _unsqueeze(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    return _reshape(g, op, specs)
+
+
+def _expand(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    x = _spec(g, op.inputs[0], specs)
+    rank = len(g.tensor(op.outputs[0]).shape)
+    shape = g.tensor(op.outputs[0]).shape
+    out = tuple(s if shape[i] > 1 else None for i, s in enumerate(_align(x, rank)))
+    ins = (x, *(replicated(len(g.tensor(n).shape)) if n else None for n in op.inputs[1:]))
+    return OpLayout(op.name, op.kind, ins, (out,))
+
+
+def _embedding(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """Gather from a weight table [V, H]: rows of V over r, H over c; the owner row's value
+    is reduced along r."""
+    if not _is_const(g, op.inputs[0]) or len(g.tensor(op.inputs[0]).shape) != 2:
+        return _gather_data(g, op, specs)
+    idx = _spec(g, op.inputs[1], specs)
+    out = (*replicated(len(idx)), C)
+    return OpLayout(op.name, op.kind, ((R, C), replicated(len(idx))), (out,),
+                    (Collective("reduce", R, op.outputs[0]),))
+
+
+def _gather_data(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    x = _spec(g, op.inputs[0], specs)
+    axis = int(op.attr("axis", 0)) % max(len(x), 1)
+    idx_rank = len(g.tensor(op.inputs[1]).shape)
+    out = (*x[:axis], *replicated(idx_rank), *x[axis + 1:])
+    coll = (Collective("gather", x[axis], op.inputs[0]),) if x and x[axis] else ()
+    return OpLayout(op.name, op.kind, (x, replicated(idx_rank)), (out,), coll)
+
+
+def _along_axis(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """Split/Slice/Concat: outputs keep the input's split; splitting along a split dim
+    re-tiles (a relayout along that axis)."""
+    first = next(n for n in op.inputs if n)
+    x = _spec(g, first, specs)
+    axis_attr = op.attr("axis", 0 if op.kind != "Slice" else None)
+    dims = [int(axis_attr) % len(x)] if axis_attr is not None and x else list(range(len(x)))
+    coll = tuple(Collective("relayout", x[d], first) for d in dims if x[d])[:1]
+    ins = tuple(_spec(g, n, specs) if n else None for n in op.inputs)
+    outs = tuple(_align(x, len(g.tensor(o).shape)) for o in op.outputs if o)
+    return OpLayout(op.name, op.kind, ins, outs, coll)
+
+
+def _attention(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """ONNX Attention: heads stay where Q's head dim is split; K and V follow Q."""
+    q = _spec(g, op.inputs[0], specs)
+    ins, coll = [q], []
+    for name in op.inputs[1:]:
+        if not name:
+            ins.append(None)
+            continue
+        want = _align(q, len(g.tensor(name).shape))
+        have = _spec(g, name, specs)
+        if have != want and not _is_const(g, name) and any(have):
+            coll.append(Collective("relayout", _first_axis(have, want), name))
+        ins.append(want)
+    outs = tuple(_align(q, len(g.tensor(o).shape)) for o in op.outputs if o)
+    return OpLayout(op.name, op.kind, tuple(ins), outs, tuple(coll))
+
+
+def _fallback(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """Anything else runs on whole tensors: split inputs are gathered first."""
+    ins = tuple(_spec(g, n, specs) if n else None for n in op.inputs)
+    coll = tuple(Collective("gather", next(s for s in spec if s), n)
+                 for n, spec in zip(op.inputs, ins, strict=True) if spec and any(spec))
+    outs = tuple(replicated(len(g.tensor(o).shape)) for o in op.outputs if o)
+    full_ins = tuple(replicated(len(s)) if s is not None else None for s in ins)
+    return OpLayout(op.name, op.kind, full_ins, outs, coll)
+
+
+def _gemm(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    if op.attr("transA", 0) or not _is_const(g, op.inputs[1]):
+        return _fallback(g, op, specs)
+    return _matmul_weight(g, op, specs, trans_b=bool(op.attr("transB", 0)))
+
+
+_RULES = {
+    "MatMul": _matmul, "Gemm": _gemm,
+    "Transpose": _transpose, "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _unsqueeze,
+    "Unsqueeze": _unsqueeze, "Expand": _expand, "Gather": _embedding,
+    "Split": _along_axis, "Slice": _along_axis, "Concat": _along_axis,
+    "Attention": _attention,
+    **{k: _reduction for k in ("ReduceMean", "ReduceSum", "ReduceMax", "ArgMax", "Softmax",
+                                "LogSoftmax", "LayerNormalization", "RMSNormalization")},
+    **{k: _elementwise for k in (
+        "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Exp", "Log", "Abs",
+        "Cos", "Sin", "Max", "Min", "Clip", "Mod", "Where", "IsNaN", "IsInf", "And", "Or", "Not",
+        "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Erf", "Tanh", "Sigmoid",
+        "Relu", "Softplus", "Gelu", "Cast", "CastLike", "Identity", "Dropout")},
+}

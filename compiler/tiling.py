@@ -1,0 +1,380 @@
+"""Tiling: for each layer, its layouts and candidate rectangles of cores that hold it.
+
+A candidate is an r x c rectangle and a residency mode (what stays in SRAM, what is streamed from
+off-chip each token) such that the fullest core's tiles (weights, KV cache at the requested
+context, activations of the prompt chunk) fit SRAM minus the runtime reserve. Fewer cores mean
+more compute per core; more cores mean longer reductions: each candidate carries an estimate of
+its cycles per decode token. Alike layers (transformer blocks) share one template, tiled once.
+`to_problem` is the one adapter from here to the placer's PlacementProblem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from compiler import ir
+from compiler.costs import kv_cache_tensors, op_flops, token_count
+from compiler.errors import CapacityError
+from compiler.layouts import OpLayout, Spec, graph_layouts, tile_numel
+from compiler.placement.problem import Block, Edge, Option, PlacementProblem, Residency
+from compiler.target import Target
+
+# Streamed weights or KV cache pass through a double buffer of this many bytes per core.
+STREAM_BUFFER_BYTES = 2 * 2048
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    context: int | None = None  # KV-cache context length; default: the bound sequence length
+    max_candidates: int = 4  # per residency mode
+
+
+@dataclass(frozen=True)
+class Candidate:
+    rows: int
+    cols: int
+    residency: Residency
+    weight_bytes: int  # per core
+    kv_bytes: int  # per core
+    act_bytes: int  # per core
+    offchip_bytes_per_token: int
+    cycles: int
+
+    @property
+    def per_core_bytes(self) -> int:
+        return self.weight_bytes + self.kv_bytes + self.act_bytes
+
+
+@dataclass(frozen=True)
+class LayerTiling:
+    layer: str
+    kind: str
+    template: str  # alike layers share it
+    ops: tuple[OpLayout, ...]
+    weight_bytes: int  # stored on chip when resident (all cores together)
+    kv_bytes: int  # KV cache at the context length (all cores together)
+    flops_per_token: int
+    candidates: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True)
+class TiledGraph:
+    model: str
+    layers: tuple[LayerTiling, ...]
+    edges: tuple[Edge, ...]
+    context: int
+    batch: int
+    io_bytes_per_token: int
+
+
+# --- the memory and time model of one layer ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Tensors:
+    """What a layer keeps per core, as (shape, spec, itemsize) triples."""
+
+    weights: tuple[tuple[tuple[int, ...], Spec, int], ...]
+    acts_per_op: tuple[tuple[tuple[tuple[int, ...], Spec, int], ...], ...]  # whole prompt
+    kv_elements_per_token: int
+    score_heads: int  # attention-score rows per token (heads): one row of `context` each
+    seq: int  # prompt length of the graph the shapes come from
+    act_item: int
+
+
+def _stored_itemsize(t: ir.Tensor, target: Target) -> int:
+    return target.compute.dtype.itemsize if t.dtype.is_float else t.dtype.itemsize
+
+
+def _param_derived(g: ir.Graph) -> frozenset[str]:
+    """Source weights and what is computed from them alone (a transposed tied embedding).
+    Other constants (masks, rotary tables) are per-position data, held like activations."""
+    names = {t.name for t in g.tensors if t.kind is ir.TensorKind.WEIGHT}
+    for op in g.ops:
+        ins = [n for n in op.inputs if n]
+        if ins and all(n in g.const_derived for n in ins) and any(n in names for n in ins):
+            names.update(o for o in op.outputs if o)
+    return frozenset(names)
+
+
+def _layer_tensors(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], target: Target,
+                   kv: dict[str, str], params: frozenset[str]) -> _Tensors:
+    weights: dict[str, tuple] = {}
+    acts = []
+    for op, lay in zip(layer.ops, layouts, strict=True):
+        feeds_activation = any(n and n not in g.const_derived for n in op.inputs)
+        op_acts = []
+        for name, spec in [*zip(op.inputs, lay.inputs, strict=True),
+                           *zip(op.outputs, lay.outputs, strict=False)]:
+            if not name or spec is None:
+                continue
+            t = g.tensor(name)
+            entry = (t.shape, spec, _stored_itemsize(t, target))
+            if name in params:
+                if feeds_activation:
+                    weights.setdefault(name, entry)
+            elif name not in g.const_derived or feeds_activation:
+                op_acts.append(entry)
+        acts.append(tuple(op_acts))
+    tokens = max(token_count(g), 1)
+    kv_elems = sum(g.tensor(n).numel for n, lay in kv.items() if lay == layer.name) // tokens
+    heads = sum(g.tensor(op.outputs[0]).numel // (tokens * g.tensor(op.outputs[0]).shape[-1])
+                for op in layer.ops if _is_scores(g, op))
+    seq = max(1, tokens // _batch(g))
+    return _Tensors(tuple(weights.values()), tuple(acts), kv_elems, heads, seq,
+                    target.compute.dtype.itemsize)
+
+
+def _is_scores(g: ir.Graph, op: ir.Op) -> bool:
+    """Q x K^T: an activation x activation matmul whose output feeds a softmax."""
+    if op.kind != "MatMul" or any(n in g.const_derived for n in op.inputs):
+        return False
+    return any(c.kind in ("Softmax", "Div", "Mul", "Add", "Where")
+               for c in g.consumers.get(op.outputs[0], ()))
+
+
+def _bytes(entries, rows: int, cols: int) -> int:
+    return sum(tile_numel(shape, spec, rows, cols) * size for shape, spec, size in entries)
+
+
+def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
+              kv_item: int, batch: int) -> tuple[int, int, int]:
+    """(weight, kv, activation) bytes on the fullest core of an r x c rectangle.
+
+    Activations are one decode step's (the prompt streams through in steps of that size):
+    the largest op's tiles for `batch` tokens, plus attention scores and probabilities over
+    the whole context, heads over one axis and context positions over the other."""
+    cores = rows * cols
+    w = _bytes(t.weights, rows, cols)
+    if mode in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL):
+        w = min(w, STREAM_BUFFER_BYTES)
+    kv = math.ceil(kv_total / cores) * kv_item
+    if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
+        kv = min(kv, STREAM_BUFFER_BYTES)
+    prompt = max((_bytes(entries, rows, cols) for entries in t.acts_per_op), default=0)
+    step = math.ceil(prompt / t.seq)
+    context = kv_total // max(t.kv_elements_per_token * batch, 1) if t.kv_elements_per_token else 0
+    scores = 2 * math.ceil(t.score_heads * batch / rows) * math.ceil(context / cols) * t.act_item
+    return w, kv, step + scores
+
+
+# --- candidates ---------------------------------------------------------------------------------
+
+
+def _row_counts(limit: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 11, 16, ... up to `limit`: about 4 values per doubling."""
+    values, x = set(), 1.0
+    while x <= limit:
+        values.add(int(x))
+        x *= 2 ** 0.25 if x >= 4 else 2 ** 0.5
+    values.add(limit)
+    return sorted(v for v in values if v <= limit)
+
+
+def _min_cols(fits: Callable[[int, int], bool], rows: int, max_cols: int) -> int | None:
+    if not fits(rows, max_cols):
+        return None
+    lo, hi = 1, max_cols
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(rows, mid) else (mid + 1, hi)
+    return lo
+
+
+def _frontier(fits: Callable[[int, int], bool], max_rows: int, max_cols: int):
+    points = []
+    for r in _row_counts(max_rows):
+        c = _min_cols(fits, r, max_cols)
+        if c is not None:
+            points.append((r, c))
+    return points
+
+
+def _pick(points: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
+    """The smallest rectangles, preferring ones near aspect 1, 2 and 1/2."""
+    if not points:
+        return []
+    least = min(r * c for r, c in points)
+    near = [p for p in points if p[0] * p[1] <= 1.25 * least] or points
+    chosen: list[tuple[int, int]] = []
+    for aspect in (1.0, 2.0, 0.5, 4.0, 0.25):
+        best = min(near, key=lambda p: (abs(math.log(p[0] / p[1] / aspect)), p[0] * p[1]))
+        if best not in chosen:
+            chosen.append(best)
+    chosen.sort(key=lambda p: (p[0] * p[1], abs(p[0] - p[1])))
+    return chosen[:k]
+
+
+# --- putting a layer together -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LayerModel:
+    tensors: _Tensors
+    kv_total: int  # elements at the context length
+    weight_bytes: int
+    flops_per_token: int
+    collectives: tuple[tuple[str, int], ...]  # (axis, bytes per token)
+    steps: int
+
+
+def tile_graph(g: ir.Graph, target: Target, options: TilingOptions | None = None) -> TiledGraph:
+    options = options or TilingOptions()
+    layouts = graph_layouts(g)
+    kv = kv_cache_tensors(g)
+    batch = _batch(g)
+    context = options.context or max(1, token_count(g) // batch)
+    params = _param_derived(g)
+    cache: dict[str, tuple[Candidate, ...]] = {}
+    layers = []
+    for layer in g.layers:
+        model = _layer_model(g, layer, layouts[layer.name], target, kv, context, batch, params)
+        template = _template(g, layer)
+        if template not in cache:
+            cache[template] = _candidates(layer.name, model, target, batch, options)
+        layers.append(LayerTiling(
+            layer.name, layer.kind.value, template, layouts[layer.name], model.weight_bytes,
+            model.kv_total * target.compute.dtype.itemsize, model.flops_per_token,
+            cache[template]))
+    return TiledGraph(g.name, tuple(layers), _edges(g, target), context, batch,
+                      _io_bytes_per_token(g, target))
+
+
+def _batch(g: ir.Graph) -> int:
+    for name in g.inputs:
+        t = g.tensor(name)
+        if not t.dtype.is_float and len(t.shape) >= 2:
+            return t.shape[0]
+    return 1
+
+
+def _layer_model(g, layer, layouts, target, kv, context, batch, params) -> _LayerModel:
+    t = _layer_tensors(g, layer, layouts, target, kv, params)
+    tokens = max(token_count(g), 1)
+    seq = max(1, tokens // batch)
+    flops = 0
+    for op in layer.ops:
+        f = op_flops(g, op)
+        act_x_act = op.kind in ("MatMul", "Attention") and not any(
+            n in g.const_derived for n in op.inputs[1:2])
+        flops += f * context // seq if act_x_act else f
+    coll = tuple((c.axis, g.tensor(c.tensor).numel * target.compute.dtype.itemsize // tokens)
+                 for lay in layouts for c in lay.collectives)
+    return _LayerModel(t, t.kv_elements_per_token * context * batch,
+                       _bytes(t.weights, 1, 1), flops // tokens, coll, len(layer.ops))
+
+
+def _template(g: ir.Graph, layer: ir.Layer) -> str:
+    """Alike layers (same ops, same shapes, same kind) share one signature."""
+    h = hashlib.sha256(layer.kind.value.encode())
+    for op in layer.ops:
+        shapes = [g.tensor(n).shape if n else () for n in (*op.inputs, *op.outputs)]
+        h.update(f"{op.kind}{op.attrs}{shapes}".encode())
+    return h.hexdigest()[:16]
+
+
+def _modes(model: _LayerModel) -> list[Residency]:
+    modes = [Residency.RESIDENT]
+    if model.kv_total:
+        modes.append(Residency.STREAM_KV)
+    if model.weight_bytes:
+        modes.append(Residency.STREAM_WEIGHTS)
+    if model.kv_total and model.weight_bytes:
+        modes.append(Residency.STREAM_ALL)
+    return modes
+
+
+def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
+                options: TilingOptions) -> tuple[Candidate, ...]:
+    cap = target.usable_bytes_per_core
+    kv_item = target.compute.dtype.itemsize
+    out: list[Candidate] = []
+    resident_shapes: list[tuple[int, int]] = []
+    for mode in _modes(model):
+        def fits(r: int, c: int, mode=mode) -> bool:
+            return sum(_per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch)) <= cap
+
+        shapes = _pick(_frontier(fits, target.grid.rows, target.grid.cols),
+                       options.max_candidates)
+        if mode is Residency.RESIDENT:
+            resident_shapes = shapes[:2]
+        else:  # streaming frees SRAM; keeping the resident shape keeps the compute parallel
+            shapes += [s for s in resident_shapes if s not in shapes]
+        for r, c in shapes:
+            w, kv, act = _per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch)
+            out.append(Candidate(r, c, mode, w, kv, act, _offchip(model, mode, batch, kv_item),
+                                 _cycles(model, r, c, target)))
+    if not out:
+        need = model.weight_bytes + model.kv_total * kv_item
+        raise CapacityError(f"layer {name}", need, target.usable_bytes_per_wafer,
+                            "it does not fit one wafer even when streamed; use a target with "
+                            "more SRAM per core or a larger grid")
+    return tuple(out)
+
+
+def _offchip(model: _LayerModel, mode: Residency, batch: int, kv_item: int) -> int:
+    streamed = 0
+    if mode in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL):
+        streamed += model.weight_bytes // max(batch, 1)
+    if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
+        streamed += model.kv_total * kv_item // max(batch, 1)
+    return streamed
+
+
+def _cycles(model: _LayerModel, rows: int, cols: int, target: Target) -> int:
+    """Decode cycles per token: compute spread over the cores, then each collective's hops
+    along its axis, its bytes over one link, and the runtime's per-step overhead."""
+    rate = target.core.flops(target.compute.dtype)
+    compute = model.flops_per_token / (rows * cols * rate)
+    size = {"r": rows, "c": cols}
+    comm = 0.0
+    for axis, nbytes in model.collectives:
+        m = size[axis]
+        across = size["c" if axis == "r" else "r"]
+        comm += (m - 1) * target.links.hop_latency_cycles + nbytes / across / \
+            target.links.bytes_per_cycle
+    overhead = (len(model.collectives) + 1) * target.runtime.step_overhead_cycles
+    return int(math.ceil(compute + comm + overhead))
+
+
+# --- edges and the adapter ----------------------------------------------------------------------
+
+
+def _edges(g: ir.Graph, target: Target) -> tuple[Edge, ...]:
+    """Activations leaving a layer for a later one (constant subgraphs are recomputed where
+    they are used, so they are not edges)."""
+    index = {op.name: i for i, layer in enumerate(g.layers) for op in layer.ops}
+    tokens = max(token_count(g), 1)
+    flows: dict[tuple[int, int], int] = {}
+    for i, layer in enumerate(g.layers):
+        for op in layer.ops:
+            for name in op.outputs:
+                if not name or name in g.const_derived:
+                    continue
+                nbytes = g.tensor(name).numel * _stored_itemsize(g.tensor(name), target)
+                for j in sorted({index[c.name] for c in g.consumers.get(name, ())} - {i}):
+                    flows[(i, j)] = flows.get((i, j), 0) + nbytes
+    return tuple(Edge(i, j, max(1, b // tokens), b) for (i, j), b in sorted(flows.items()))
+
+
+def _io_bytes_per_token(g: ir.Graph, target: Target) -> int:
+    tokens = max(token_count(g), 1)
+    names = [*g.inputs, *g.outputs]
+    return sum(g.tensor(n).numel * _stored_itemsize(g.tensor(n), target) for n in names) // tokens
+
+
+def to_problem(tiled: TiledGraph, target: Target) -> PlacementProblem:
+    blocks = tuple(
+        Block(lt.layer, lt.kind, tuple(
+            Option(c.rows, c.cols, c.residency, c.per_core_bytes, c.offchip_bytes_per_token,
+                   c.cycles) for c in lt.candidates), lt.template)
+        for lt in tiled.layers)
+    return PlacementProblem(
+        name=tiled.model, blocks=blocks, edges=tiled.edges, rows=target.grid.rows,
+        cols=target.grid.cols, wafers=target.wafers.count,
+        capacity_bytes=target.usable_bytes_per_core, io_bytes_per_token=tiled.io_bytes_per_token,
+        wafer_link_bytes_per_s=target.wafers.link_bandwidth_bytes_per_s,
+        clock_hz=target.core.clock_hz)
