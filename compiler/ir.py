@@ -144,6 +144,7 @@ class Graph:
     source: str = ""
     shape_only: bool = False
     dims: tuple[tuple[str, int], ...] = ()  # dynamic input dims as bound, e.g. (("seq", 128),)
+    source_sha256: str = ""  # of the model file (or of the zoo entry's config)
 
     @cached_property
     def tensor_map(self) -> dict[str, Tensor]:

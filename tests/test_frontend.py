@@ -76,7 +76,7 @@ def test_matmul_flops_match_closed_form(name):
     tokens = model_cost(g).tokens
     seq = dict(g.dims)["seq"]
     hd = c.hidden // c.heads
-    linear = sum(t.numel for t in g.weights if len(t.shape) == 2 and t.dtype.is_float
+    linear = sum(t.numel for t in g.weights if len(t.shape) == 2 and t.kind is ir.TensorKind.WEIGHT
                  and "wpe" not in t.name and "embed_tokens" not in t.name)
     # (GPT-2's tied wte is counted once: as the lm_head matrix; its lookup costs no FLOPs)
     attention = 2 * 2 * c.layers * c.heads * seq * seq * hd  # Q K^T and P V, batch 1

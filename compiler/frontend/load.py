@@ -4,6 +4,8 @@ infer shapes -> convert -> group layers -> check the IR."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,12 +42,13 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     """A model file path or a zoo name -> ir.Graph with static shapes, grouped into layers."""
     options = options or FrontendOptions()
     model, name = open_model(source)
+    digest = source_digest(source)
     _check_opset(model, name)
     _check_external_paths(model)
     InlinePass()(model)
     dims = bind_dims(model, options.dims)
     source_weights = set(model.graph.initializers)
-    _fold(model)
+    _fold(model, source_weights)
     check_supported(model)
     typed = _infer_shapes(model, name)
     shapes_only = _shapes_only(model, options.shapes_only)
@@ -56,7 +59,7 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     graph = ir.Graph(
         name=name, tensors=conv.tensors, inputs=conv.inputs, outputs=conv.outputs,
         layers=layers, opset=_opset(model), source=str(source), shape_only=shapes_only,
-        dims=dims,
+        dims=dims, source_sha256=digest,
     )
     ir.check_graph(graph)
     return graph
@@ -75,6 +78,22 @@ def open_model(source: str | Path) -> tuple[onnx_ir.Model, str]:
         f"model {str(source)!r} is neither a file nor a zoo name; zoo models: "
         f"{', '.join(zoo.names())} (see `wafer inspect --list`)"
     )
+
+
+def source_digest(source: str | Path) -> str:
+    """sha256 of the model file, or of a zoo entry's name and config (zoo builds are
+    deterministic, so the config identifies the model)."""
+    path = Path(source)
+    if path.is_file():
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    from compiler import zoo
+
+    entry = zoo.ZOO[str(source)]
+    return hashlib.sha256(f"zoo:{entry.name}:{entry.config!r}".encode()).hexdigest()
 
 
 def _open_file(path: Path) -> onnx_ir.Model:
@@ -98,27 +117,37 @@ def _check_opset(model: onnx_ir.Model, name: str) -> None:
         )
 
 
-def _fold(model: onnx_ir.Model) -> None:
+def _fold(model: onnx_ir.Model, source_weights: set[str]) -> None:
     """Fold the (now static) shape arithmetic; never fold weights kept in external files."""
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    fold_constants(model, onnx_shape_inference=True, should_fold=_keep_weights)
+    fold_constants(model, onnx_shape_inference=True, should_fold=_fold_policy(source_weights))
     RemoveUnusedNodesPass()(model)
     TopologicalSortPass()(model)
 
 
-def _keep_weights(node: onnx_ir.Node) -> bool | None:
-    """Fold shape arithmetic and small constant subgraphs (rotary tables), but never an
-    embedding lookup (its table stays a parameter even when positions become constant once
-    dims are bound) or a node that reads external data."""
-    for v in node.inputs:
-        if v is not None and isinstance(v.const_value, onnx_ir.ExternalTensor):
-            return False
-    data = node.inputs[0] if node.inputs else None
-    if node.op_type == "Gather" and data is not None and data.is_initializer():
-        tensor = data.const_value
-        if tensor is not None and tensor.dtype.is_floating_point():
-            return False
-    return None
+SMALL_CONSTANT = 1 << 16  # elements: ConstantOfShape outputs up to this size are folded
+
+
+def _fold_policy(source_weights: set[str]):
+    """onnxscript's should_fold hook: fold shape arithmetic, masks and rotary tables; never
+    an op on a weight matrix or table of the source model (a Transpose of a Linear weight, an
+    embedding lookup: parameters stay parameters), nor one that reads external data."""
+
+    def policy(node: onnx_ir.Node) -> bool | None:
+        for v in node.inputs:
+            t = v.const_value if v is not None else None
+            if isinstance(t, onnx_ir.ExternalTensor):
+                return False
+            if (t is not None and v.name in source_weights and t.dtype.is_floating_point()
+                    and (len(t.shape) >= 2 or node.op_type == "Gather")):
+                return False
+        if node.op_type == "ConstantOfShape" and node.inputs[0] is not None:
+            shape = node.inputs[0].const_value
+            if shape is not None and math.prod(shape.numpy().tolist()) <= SMALL_CONSTANT:
+                return True  # onnxscript keeps ConstantOfShape by default; masks need it folded
+        return None
+
+    return policy
 
 
 def _infer_shapes(model: onnx_ir.Model, name: str) -> onnx.ModelProto:
