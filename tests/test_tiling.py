@@ -1,0 +1,118 @@
+"""Tiling and layouts: candidates fit SRAM, tiles cover their tensors, alike blocks share a
+template, streaming moves bytes off-chip, and a layer too big for the grid says so."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import zoo_graph
+from hypothesis import given
+from hypothesis import strategies as st
+
+from compiler.errors import CapacityError
+from compiler.layouts import R, graph_layouts, tile_shape
+from compiler.placement.problem import Residency
+from compiler.target import load_target
+from compiler.tiling import TilingOptions, tile_graph, to_problem
+
+CASES = [("gpt2-tiny", "mesh8x8"), ("llama-tiny", "mesh8x8"), ("bert-tiny", "mesh16x16"),
+         ("llama-tiny-opset23", "mesh8x8"), ("llama3-8b", "wse3")]
+
+
+@pytest.fixture(scope="module")
+def tiled():
+    return {(m, t): tile_graph(zoo_graph(m), load_target(t)) for m, t in CASES}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_candidate_fits_a_core(tiled, case):
+    target = load_target(case[1])
+    for lt in tiled[case].layers:
+        assert lt.candidates, lt.layer
+        for c in lt.candidates:
+            assert c.per_core_bytes <= target.usable_bytes_per_core
+            assert c.rows <= target.grid.rows and c.cols <= target.grid.cols
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_resident_tiles_hold_every_weight_byte(tiled, case):
+    for lt in tiled[case].layers:
+        for c in lt.candidates:
+            if c.residency is Residency.RESIDENT:
+                assert c.weight_bytes * c.rows * c.cols >= lt.weight_bytes
+                assert c.kv_bytes * c.rows * c.cols >= lt.kv_bytes
+
+
+def test_alike_blocks_share_one_template(tiled):
+    layers = tiled[("llama3-8b", "wse3")].layers
+    blocks = [lt for lt in layers if lt.kind == "block"]
+    assert len({lt.template for lt in blocks[1:]}) == 1
+    assert all(lt.candidates == blocks[1].candidates for lt in blocks[1:])
+
+
+def test_streaming_moves_the_weights_off_chip(tiled):
+    lt = next(x for x in tiled[("llama3-8b", "wse3")].layers if x.kind == "block")
+    by_mode = {c.residency: c for c in lt.candidates}
+    assert by_mode[Residency.RESIDENT].offchip_bytes_per_token == 0
+    assert by_mode[Residency.STREAM_WEIGHTS].offchip_bytes_per_token == lt.weight_bytes
+    assert by_mode[Residency.STREAM_KV].offchip_bytes_per_token == lt.kv_bytes
+    smallest = {m: min(c.rows * c.cols for c in lt.candidates if c.residency is m)
+                for m in by_mode}
+    assert smallest[Residency.STREAM_WEIGHTS] < smallest[Residency.RESIDENT]
+
+
+def test_long_context_needs_more_cores_for_the_kv_cache():
+    g, t = zoo_graph("llama3-8b"), load_target("wse3")
+    short = tile_graph(g, t, TilingOptions(context=8192))
+    long = tile_graph(g, t, TilingOptions(context=131072))
+
+    def cores(tg):
+        lt = next(x for x in tg.layers if x.kind == "block")
+        return min(c.rows * c.cols for c in lt.candidates if c.residency is Residency.RESIDENT)
+
+    block = next(x for x in long.layers if x.kind == "block")
+    assert block.kv_bytes == 32 * 8 * 128 * 2 * 2 * 131072 // 32  # one layer's K and V, fp16
+    assert cores(long) > cores(short)
+
+
+def test_edges_follow_the_chain_and_skip_constant_subgraphs(tiled):
+    tg = tiled[("gpt2-tiny", "mesh8x8")]
+    assert [(e.src, e.dst) for e in tg.edges] == [(i, i + 1) for i in range(len(tg.layers) - 1)]
+    hidden_fp16 = 64 * 2
+    assert all(e.bytes_per_token == hidden_fp16 for e in tg.edges)
+
+
+def test_layer_too_big_for_the_grid_says_bytes_and_layer():
+    tiny = load_target("mesh8x8", {"grid.rows": 1, "grid.cols": 1, "core.sram_bytes": "8KiB",
+                                   "core.reserve_bytes": 4096})
+    with pytest.raises(CapacityError, match=r"layer \S+ needs [\d,]+ bytes but 4,096 are"):
+        tile_graph(zoo_graph("gpt2-tiny"), tiny)
+
+
+def test_consecutive_matmuls_alternate_orientation():
+    layouts = graph_layouts(zoo_graph("gpt2-tiny"))["block.0"]
+    weight_specs = [lay.inputs[1] for lay in layouts
+                    if lay.kind == "MatMul" and len(lay.inputs[1]) == 2]
+    assert len(weight_specs) == 4
+    for a, b in zip(weight_specs, weight_specs[1:], strict=False):
+        assert a[1] == b[0]  # N of one matmul is split like K of the next: no re-layout
+
+
+def test_problem_adapter_keeps_blocks_and_edges(tiled):
+    tg = tiled[("llama-tiny", "mesh8x8")]
+    problem = to_problem(tg, load_target("mesh8x8"))
+    assert [b.name for b in problem.blocks] == [lt.layer for lt in tg.layers]
+    assert problem.edges == tg.edges and problem.capacity_bytes == 65536 - 4096
+
+
+@given(shape=st.lists(st.integers(1, 300), min_size=1, max_size=4),
+       rows=st.integers(1, 40), cols=st.integers(1, 40), data=st.data())
+def test_tiles_cover_their_tensor(shape, rows, cols, data):
+    axes = data.draw(st.permutations([R, "c"] + [None] * (len(shape))))[:len(shape)]
+    spec = tuple(axes)
+    tile = tile_shape(shape, spec, rows, cols)
+    size = {R: rows, "c": cols, None: 1}
+    for d, t, s in zip(shape, tile, spec, strict=True):
+        assert t * size[s] >= d and (t - 1) * size[s] < d
+    assert math.prod(tile) <= math.prod(shape)
