@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 from compiler import __version__, ir
 from compiler.costs import model_cost
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug detail")
     p.add_argument("-q", "--quiet", action="store_true", help="no stage lines on stderr")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_compile(sub)
     _add_inspect(sub)
     _add_check(sub)
     t = sub.add_parser("targets", help="list the built-in target specs")
@@ -67,6 +70,25 @@ def _add_check(sub) -> None:
     p.set_defaults(run=cmd_check)
 
 
+def _add_compile(sub) -> None:
+    p = sub.add_parser("compile", help="place and schedule a model on a target; write OUT/")
+    _model_args(p)
+    p.add_argument("--target", "-t", required=True, help="a built-in target name or a .toml")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--context", type=int, help="KV-cache context length (default: seq len)")
+    p.add_argument("--method", choices=("cpsat", "first-fit", "serpentine"), default="cpsat",
+                   help="placer (default: cpsat)")
+    p.add_argument("--time-limit", type=float, default=30.0, metavar="S",
+                   help="solver time limit in seconds (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="solver random seed (default 0)")
+    p.add_argument("--workers", type=int, default=1, help="solver workers (default 1)")
+    p.add_argument("--nondeterministic", action="store_true",
+                   help="wall-clock time limit (with --workers N, several workers): "
+                   "not reproducible")
+    p.set_defaults(run=cmd_compile)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = None
     try:
@@ -78,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), exc.exit_code, args)
     except KeyboardInterrupt:
         return _fail("interrupted", 130, args)
+    except BrokenPipeError:  # `wafer ... | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
     except Exception as exc:  # a bug: say so, briefly, unless -v
         msg = f"internal error: {type(exc).__name__}: {exc} (rerun with -v and report it)"
         return _fail(msg, ExitCode.INTERNAL, args)
@@ -101,11 +126,15 @@ def _stage(args, label: str, fn: Callable, *a, **kw):
     return result
 
 
-def _load(args) -> ir.Graph:
+def _frontend_options(args) -> FrontendOptions:
     if not args.model:
         raise UsageError("give a MODEL: an .onnx file or a zoo name (wafer inspect --list)")
     dims = DimRequest(parse_input_shapes(args.input_shapes), args.batch, args.seq_len)
-    options = FrontendOptions(dims, args.shapes_only)
+    return FrontendOptions(dims, args.shapes_only)
+
+
+def _load(args) -> ir.Graph:
+    options = _frontend_options(args)
     return _stage(args, f"frontend: {args.model}", load_model, args.model, options)
 
 
@@ -148,6 +177,60 @@ def _inspect_text(g: ir.Graph, cost, hist: Counter) -> str:
                    _elide(rows))
     ops = "ops        " + ", ".join(f"{k} {v}" for k, v in hist.most_common())
     return "\n".join([*head, table, "", ops])
+
+
+def cmd_compile(args) -> int:
+    from compiler.artifacts import compile_log, dumps, placement_doc, write_outputs
+    from compiler.driver import CompileOptions, SolverOptions, compile_model
+    from compiler.tiling import TilingOptions
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise UsageError(f"{out} already exists; pass --force to replace it")
+    solver = SolverOptions(args.method, args.time_limit, args.seed, args.workers,
+                           deterministic=not args.nondeterministic)
+    options = CompileOptions(_frontend_options(args), TilingOptions(context=args.context), solver)
+    hook = None if args.quiet else _stage_line
+    result = compile_model(args.model, args.target, options, on_stage=hook)
+    write_outputs(out, {"placement.json": dumps(placement_doc(result)),
+                        "compile_log.json": dumps(compile_log(result))}, force=args.force)
+    if args.json:
+        print(dumps({"out": str(out), "metrics": placement_doc(result)["metrics"]}), end="")
+    else:
+        print(_compile_summary(result, out))
+    return 0
+
+
+def _stage_line(name: str, seconds: float) -> None:
+    print(f"[{name}] {seconds:.2f} s", file=sys.stderr)
+
+
+def _compile_summary(result, out: Path) -> str:
+    m, b, t, g = result.metrics, result.baseline, result.target, result.graph
+    r = result.placement.report
+    total = sum(s for _, s in result.stage_times)
+    cores = t.total_cores
+    off_note = "at the bound" if m.offchip_bytes_per_token <= m.offchip_lower_bound else \
+        f"bound {_bytes(m.offchip_lower_bound)}"
+    vs_ff = f"first-fit {m.byte_hops / b.byte_hops - 1:+.0%}" if b and b.byte_hops else \
+        "first-fit: no placement"
+    gap = "" if r.objective is None or r.bound is None or not r.objective else \
+        f", gap {max(0.0, (r.objective - r.bound) / abs(r.objective)):.1%}"
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.stage_times)
+    return "\n".join([
+        f"compiled {g.name} for {t.name} in {total:.1f} s -> {out}/",
+        f"  layers       {len(g.layers)} ({len(g.blocks())} blocks) on {m.wafers_used} wafer(s),"
+        f" {m.cores_used:,} of {cores:,} cores ({m.cores_used / cores:.0%})",
+        f"  off-chip     {_bytes(m.offchip_bytes_per_token)}/token ({off_note}; token I/O "
+        f"{_bytes(result.problem.io_bytes_per_token)})",
+        f"  byte-hops    {m.byte_hops:.4g} per token ({vs_ff}; {m.byte_hops_ratio:.2f}x the "
+        f"bound {m.byte_hops_lower_bound:.4g})",
+        f"  inter-wafer  {_bytes(m.interwafer_bytes_per_token)}/token; slowest wafer "
+        f"{m.slowest_wafer_cycles:,} cycles/token",
+        f"  solver       {r.method} {r.status}{gap}, {r.wall_time_s:.1f} s, seed {r.seed}, "
+        f"{r.workers} worker(s)",
+        f"  stages       {stages}",
+    ])
 
 
 def _list_zoo() -> int:

@@ -117,3 +117,11 @@ def test_verbose_shows_the_traceback(capsys):
 def test_entry_points_run(argv):
     proc = subprocess.run([*argv, "targets"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "wse3" in proc.stdout
+
+
+def test_output_into_a_closed_pipe_is_not_an_error():
+    cmd = f"{sys.executable} -m compiler -q inspect llama3-8b --ir | head -1"  # > a pipe buffer
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "internal error" not in proc.stderr

@@ -255,3 +255,18 @@ def test_checker_rejects_use_before_definition(gpt2_tiny):
     layers = (gpt2_tiny.layers[0], swapped, *gpt2_tiny.layers[2:])
     with pytest.raises(ir.GraphCheckError, match="used before it is defined"):
         ir.check_graph(dataclasses.replace(gpt2_tiny, layers=layers))
+
+
+def test_input_shapes_and_seq_len_that_disagree_are_refused():
+    shapes = parse_input_shapes(["input_ids:[1,32]"])
+    with pytest.raises(ShapeError, match="'seq' is 32 by --input-shapes but --seq-len says 64"):
+        load_model("bert-tiny", FrontendOptions(DimRequest(shapes, seq_len=64)))
+    g = load_model("bert-tiny", FrontendOptions(DimRequest(shapes)))
+    assert g.tensor("attention_mask").shape == (1, 32)  # the named dim binds the other inputs
+
+
+def test_zoo_shape_only_models_never_read_a_stray_weight_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "llama3-8b.weights.bin").write_bytes(b"\0" * 1024)
+    g = load_model("llama3-8b", FrontendOptions(shapes_only=False))
+    assert g.shape_only

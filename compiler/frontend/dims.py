@@ -124,9 +124,13 @@ def _lookup(
 ) -> int:
     key = name.lower()
     role = _role(key, axis, value)
-    size = {"batch": req.batch, "seq": req.seq_len}.get(role)
-    if size is None:
-        size = bound.get(name) or defaults.get(key) or defaults.get(role or "")
+    flag = {"batch": req.batch, "seq": req.seq_len}.get(role)
+    if name in bound and flag is not None and flag != bound[name]:
+        raise ShapeError(
+            f"dim {name!r} is {bound[name]} by --input-shapes but "
+            f"{'--batch' if role == 'batch' else '--seq-len'} says {flag}; give one or the other"
+        )
+    size = bound.get(name) or flag or defaults.get(key) or defaults.get(role or "")
     if size is None:
         flag = {"batch": "--batch N", "seq": "--seq-len N"}.get(role or "", "")
         how = f"{flag} or " if flag else ""

@@ -18,6 +18,9 @@ from onnx_ir.passes.common import (
     RemoveUnusedNodesPass,
     TopologicalSortPass,
 )
+
+# call_onnx_api runs an onnx C API (here: shape inference) on a copy without large initializer
+# data; private to onnx_ir, so an onnx_ir upgrade is tested by tests/test_frontend.py.
 from onnx_ir.passes.common._c_api_utils import call_onnx_api
 from onnxscript.optimizer import fold_constants
 
@@ -51,7 +54,7 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     _fold(model, source_weights)
     check_supported(model)
     typed = _infer_shapes(model, name)
-    shapes_only = _shapes_only(model, options.shapes_only)
+    shapes_only = _shapes_only(model, options.shapes_only, zoo_shape_only(source))
     conv = convert(model, typed, shapes_only, source_weights)
     weights = {t.name for t in conv.tensors if t.is_const}
     shapes = {t.name: t.shape for t in conv.tensors}
@@ -177,7 +180,19 @@ def _ref(name: str, t: onnx_ir.ExternalTensor) -> ExternalRef:
     return ExternalRef(name, t.location, t.offset or 0, t.length)
 
 
-def _shapes_only(model: onnx_ir.Model, requested: bool | None) -> bool:
+def zoo_shape_only(source: str | Path) -> bool:
+    """Zoo entries built without weights: their external files never exist, wherever we are."""
+    if Path(source).exists():
+        return False
+    from compiler import zoo
+
+    entry = zoo.ZOO.get(str(source))
+    return bool(entry and entry.shape_only)
+
+
+def _shapes_only(model: onnx_ir.Model, requested: bool | None, zoo_shapes: bool) -> bool:
+    if zoo_shapes:
+        return True
     if requested is not None:
         return requested
     return any(not data_available(Path(t.base_dir or "."), _ref(name, t))
