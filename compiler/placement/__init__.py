@@ -1,1 +1,46 @@
-"""Layer placement on the core grid: problem, solvers, baselines and validator."""
+"""Layer placement on the core grid: problem, solvers, baselines and validator.
+
+`place(problem, method)` runs one placer and then the independent validator on its answer, so a
+placement that leaves this package has passed `check.check_placement`. Methods: "cpsat" (the
+default; compiler/placement/cpsat.py, the only OR-Tools importer, loaded on first use),
+"first-fit" and "serpentine" (compiler/placement/greedy.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from compiler.errors import UsageError
+from compiler.placement.check import check_placement
+from compiler.placement.greedy import first_fit, serpentine
+from compiler.placement.problem import Placement, PlacementProblem
+
+METHODS = ("cpsat", "first-fit", "serpentine")
+
+
+def _cpsat(problem: PlacementProblem, **options: Any) -> Placement:
+    from compiler.placement import cpsat  # OR-Tools loads only when it is asked for
+
+    return cpsat.solve(problem, **options)
+
+
+_PLACERS: dict[str, Callable[..., Placement]] = {
+    "cpsat": _cpsat,
+    "first-fit": first_fit,
+    "serpentine": serpentine,
+}
+
+
+def place(problem: PlacementProblem, method: str = "cpsat", **solver_options: Any) -> Placement:
+    """Place `problem` with `method` and validate the answer (InvalidPlacementError if broken).
+
+    solver_options go to the placer: for "cpsat" time_limit_s, seed, workers, deterministic;
+    for the greedy methods options and wafer_of (fixed choices).
+    """
+    placer = _PLACERS.get(method)
+    if placer is None:
+        raise UsageError(f"unknown placement method {method!r}; choose one of {', '.join(METHODS)}")
+    placement = placer(problem, **solver_options)
+    check_placement(problem, placement)
+    return placement

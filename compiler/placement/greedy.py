@@ -1,0 +1,394 @@
+"""Deterministic greedy placers: tt-buda-style first-fit and a serpentine; also CP-SAT's hints.
+
+Both walk the blocks in order and pack rectangles into horizontal bands ("shelves"): a band's
+height is its tallest rectangle, and a rectangle that does not fit the band's remaining width
+starts a new band below. First-fit fills every band left to right; serpentine alternates left to
+right and right to left (boustrophedon) and starts each band under the end of the last, so
+consecutive blocks touch.
+
+Option rule when none are given: each block's RESIDENT option with the fewest cores. When a
+wafer is full, a new epoch begins, as in tt-buda: the remaining blocks cannot keep their weights
+on chip and switch to their smallest streaming option; when even that does not fit, the next
+wafer (if any) starts, resident again. Serpentine on several wafers first tries contiguous block
+ranges of balanced core counts, and falls back to that sequential fill.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from compiler.errors import InfeasiblePlacementError
+from compiler.placement.check import usable_options
+from compiler.placement.problem import (
+    Option,
+    Placement,
+    PlacementProblem,
+    Rect,
+    Residency,
+    SolverReport,
+)
+
+Position = tuple[int, int]  # (row, col) of a rectangle's top-left core
+
+
+# -- shelf packing on a bare grid --------------------------------------------------------------
+
+
+@dataclass
+class Band:
+    """One horizontal band: its top row, height (tallest member) and members' (rows, cols)."""
+
+    top: int
+    height: int
+    dims: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        return sum(w for _, w in self.dims)
+
+
+@dataclass
+class Shelf:
+    """Band packer on a rows x cols grid. `add` commits a rectangle to the current band or a new
+    one below (False, and no change, if neither has room); `positions` lays the bands out."""
+
+    rows: int
+    cols: int
+    bands: list[Band] = field(default_factory=list)
+
+    def add(self, h: int, w: int) -> bool:
+        band = self.bands[-1] if self.bands else None
+        if band is not None and h <= self.rows - band.top and band.width + w <= self.cols:
+            band.dims.append((h, w))
+            band.height = max(band.height, h)
+            return True
+        top = band.top + band.height if band is not None else 0
+        if top + h > self.rows or w > self.cols:
+            return False
+        self.bands.append(Band(top, h, [(h, w)]))
+        return True
+
+    def positions(self, *, snake: bool) -> list[Position]:
+        """Top-left corners in the order added. Snake: bands alternate direction, and each band
+        starts under the end of the band before, as near as the grid allows."""
+        out: list[Position] = []
+        left, right = 0, 0  # columns spanned by the band before
+        for k, band in enumerate(self.bands):
+            width = band.width
+            if snake and k % 2 == 1:  # right to left, ending under the last rectangle
+                right = min(self.cols, max(right, width))
+                left = right - width
+                out.extend(self._run(band, right, rtl=True))
+            else:
+                left = max(0, min(left, self.cols - width)) if snake else 0
+                right = left + width
+                out.extend(self._run(band, left, rtl=False))
+        return out
+
+    @staticmethod
+    def _run(band: Band, edge: int, *, rtl: bool) -> list[Position]:
+        spots, cursor = [], edge
+        for _, w in band.dims:
+            if rtl:
+                cursor -= w
+            spots.append((band.top, cursor))
+            if not rtl:
+                cursor += w
+        return spots
+
+
+def shelf_pack(
+    rows: int, cols: int, dims: Sequence[tuple[int, int]], *, snake: bool
+) -> tuple[Position, ...] | None:
+    """Top-left corners for rectangles (rows, cols) packed in order, or None if they don't fit."""
+    shelf = Shelf(rows, cols)
+    if not all(shelf.add(h, w) for h, w in dims):
+        return None
+    return tuple(shelf.positions(snake=snake))
+
+
+def skyline_pack(
+    rows: int, cols: int, dims: Sequence[tuple[int, int]]
+) -> tuple[Position, ...] | None:
+    """Bottom-left skyline packing, tallest rectangles first: each goes where its top is
+    lowest (then leftmost). Ignores block order (a packing of last resort, for hints);
+    positions in input order."""
+    level = [0] * cols  # first free row under each column
+    spots: dict[int, Position] = {}
+    for i in sorted(range(len(dims)), key=lambda i: (-dims[i][0], -dims[i][1], i)):
+        h, w = dims[i]
+        starts = [x for x in range(cols - w + 1) if x == 0 or level[x] != level[x - 1]]
+        fits = [(max(level[x:x + w]), x) for x in starts]
+        fits = [(y, x) for y, x in fits if y + h <= rows]
+        if not fits:
+            return None
+        y, x = min(fits)
+        level[x:x + w] = [y + h] * w
+        spots[i] = (y, x)
+    return tuple(spots[i] for i in range(len(dims)))
+
+
+def any_pack(rows: int, cols: int, dims: Sequence[tuple[int, int]]) -> tuple[Position, ...] | None:
+    """Serpentine, else first-fit, else skyline: the first greedy packing that fits."""
+    return (shelf_pack(rows, cols, dims, snake=True)
+            or shelf_pack(rows, cols, dims, snake=False)
+            or skyline_pack(rows, cols, dims))
+
+
+# -- option rules ------------------------------------------------------------------------------
+
+
+def usable(problem: PlacementProblem, b: int) -> list[tuple[int, Option]]:
+    """Block b's usable (index, option) pairs; InfeasiblePlacementError if there are none."""
+    found = [(i, problem.blocks[b].options[i]) for i in usable_options(problem, b)]
+    if not found:
+        block = problem.blocks[b]
+        least = min((o.per_core_bytes for o in block.options), default=0)
+        raise InfeasiblePlacementError(
+            f"block {block.name} has no usable option: the smallest needs {least:,} bytes per "
+            f"core (cores hold {problem.capacity_bytes:,}) or none fits the "
+            f"{problem.rows}x{problem.cols} grid"
+        )
+    return found
+
+
+def resident_choice(problem: PlacementProblem, b: int) -> int:
+    """The RESIDENT option with the fewest cores (else the one streaming least, then smallest)."""
+    found = usable(problem, b)
+    resident = [(o.cores, o.offchip_bytes_per_token, i) for i, o in found
+                if o.residency is Residency.RESIDENT]
+    if resident:
+        return min(resident)[2]
+    return min((o.offchip_bytes_per_token, o.cores, i) for i, o in found)[2]
+
+
+def streaming_choice(problem: PlacementProblem, b: int) -> int:
+    """The option with the smallest footprint (fewest cores, then least streamed)."""
+    return min((o.cores, o.offchip_bytes_per_token, i) for i, o in usable(problem, b))[2]
+
+
+# -- placers -----------------------------------------------------------------------------------
+
+
+def first_fit(
+    problem: PlacementProblem,
+    options: Sequence[int] | None = None,
+    wafer_of: Sequence[int] | None = None,
+) -> Placement:
+    """tt-buda-style row-major shelf packing in block order."""
+    return _greedy(problem, options, wafer_of, snake=False)
+
+
+def serpentine(
+    problem: PlacementProblem,
+    options: Sequence[int] | None = None,
+    wafer_of: Sequence[int] | None = None,
+) -> Placement:
+    """Boustrophedon shelf packing in block order: consecutive blocks are neighbours."""
+    return _greedy(problem, options, wafer_of, snake=True)
+
+
+def _greedy(
+    problem: PlacementProblem,
+    options: Sequence[int] | None,
+    wafer_of: Sequence[int] | None,
+    *,
+    snake: bool,
+) -> Placement:
+    start = time.perf_counter()
+    if wafer_of is not None:
+        chosen = list(options) if options is not None else _resident_all(problem)
+        rects = _pack_assigned(problem, chosen, wafer_of, snake)
+    else:
+        packed = _balanced(problem, options, snake) if snake and problem.wafers > 1 else None
+        chosen, rects = packed or _sequential(problem, options, snake)
+    method = "greedy-serpentine" if snake else "greedy-first-fit"
+    report = SolverReport(method=method, status="HEURISTIC",
+                          wall_time_s=time.perf_counter() - start)
+    return Placement(tuple(chosen), tuple(rects), report)
+
+
+def _resident_all(problem: PlacementProblem) -> list[int]:
+    return [resident_choice(problem, b) for b in range(len(problem.blocks))]
+
+
+def _dims(problem: PlacementProblem, b: int, option: int) -> tuple[int, int]:
+    opt = problem.blocks[b].options[option]
+    return opt.rows, opt.cols
+
+
+def _pack_assigned(
+    problem: PlacementProblem, options: Sequence[int], wafer_of: Sequence[int], snake: bool
+) -> list[Rect]:
+    """Pack each wafer's blocks (given options and wafers); InfeasiblePlacementError if not."""
+    rects: list[Rect | None] = [None] * len(problem.blocks)
+    for k in sorted(set(wafer_of)):
+        members = [b for b in range(len(problem.blocks)) if wafer_of[b] == k]
+        dims = [_dims(problem, b, options[b]) for b in members]
+        spots = shelf_pack(problem.rows, problem.cols, dims, snake=snake)
+        if spots is None:
+            cores = sum(h * w for h, w in dims)
+            raise InfeasiblePlacementError(
+                f"blocks {problem.blocks[members[0]].name}..{problem.blocks[members[-1]].name} "
+                f"({cores:,} cores) do not shelf-pack on wafer {k} of "
+                f"{problem.cores_per_wafer:,} cores"
+            )
+        for b, (row, col), (h, w) in zip(members, spots, dims, strict=True):
+            rects[b] = Rect(k, row, col, h, w)
+    return [r for r in rects if r is not None]
+
+
+def _balanced(
+    problem: PlacementProblem, options: Sequence[int] | None, snake: bool
+) -> tuple[list[int], list[Rect]] | None:
+    """Contiguous ranges with the least max cores per wafer, or None if a range does not pack."""
+    chosen = list(options) if options is not None else _resident_all(problem)
+    cores = [problem.blocks[b].options[o].cores for b, o in enumerate(chosen)]
+    try:
+        return chosen, _pack_assigned(problem, chosen, min_max_split(cores, problem.wafers), snake)
+    except InfeasiblePlacementError:
+        return None
+
+
+def min_max_split(sizes: Sequence[int], parts: int) -> tuple[int, ...]:
+    """Part index per item: contiguous ranges, at most `parts`, with the least largest sum."""
+    if not sizes:
+        return ()
+    lo, hi = max(sizes), sum(sizes)
+    while lo < hi:  # the least limit that a greedy fill meets with `parts` ranges
+        mid = (lo + hi) // 2
+        if _fill_limit(sizes, mid)[-1] < parts:
+            hi = mid
+        else:
+            lo = mid + 1
+    return _fill_limit(sizes, lo)
+
+
+def _fill_limit(sizes: Sequence[int], limit: int) -> tuple[int, ...]:
+    out, part, load = [], 0, 0
+    for size in sizes:
+        if load + size > limit and load > 0:
+            part, load = part + 1, 0
+        out.append(part)
+        load += size
+    return tuple(out)
+
+
+def greedy_residency(
+    problem: PlacementProblem, capacity: int
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Options and contiguous wafer ranges under `capacity` cores per wafer (None if not found).
+
+    Every block starts on its least-streaming option (fewest cores among those); while the
+    balanced split leaves a wafer over capacity, the block there whose smaller option streams
+    the fewest extra bytes per core saved shrinks. A hint for CP-SAT, not an optimum.
+    """
+    choice = [min((o.offchip_bytes_per_token, o.cores, i) for i, o in usable(problem, b))[2]
+              for b in range(len(problem.blocks))]
+    while True:
+        cores = [problem.blocks[b].options[o].cores for b, o in enumerate(choice)]
+        wafer_of = min_max_split(cores, problem.wafers)
+        loads = [0] * problem.wafers
+        for b, k in enumerate(wafer_of):
+            loads[k] += cores[b]
+        if max(loads) <= capacity:
+            return tuple(choice), wafer_of
+        shrink = _cheapest_shrink(problem, choice, [loads[k] > capacity for k in wafer_of])
+        if shrink is None:
+            return None
+        choice[shrink[0]] = shrink[1]
+
+
+def _cheapest_shrink(
+    problem: PlacementProblem, choice: Sequence[int], crowded: Sequence[bool]
+) -> tuple[int, int] | None:
+    """(block, option): the smaller option adding the fewest streamed bytes per core saved."""
+    best: tuple[float, int, int] | None = None
+    for b, o in enumerate(choice):
+        if not crowded[b]:
+            continue
+        now = problem.blocks[b].options[o]
+        for i, alt in usable(problem, b):
+            if alt.cores < now.cores:
+                rate = (alt.offchip_bytes_per_token - now.offchip_bytes_per_token) / (
+                    now.cores - alt.cores)
+                if best is None or (rate, b, i) < best:
+                    best = (rate, b, i)
+    return None if best is None else (best[1], best[2])
+
+
+@dataclass
+class _Fill:
+    """State of the sequential fill: current wafer, its shelf, and the epoch (resident or not)."""
+
+    problem: PlacementProblem
+    wafer: int = 0
+    streaming: bool = False
+    shelves: list[Shelf] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.shelves.append(Shelf(self.problem.rows, self.problem.cols))
+
+    def add(self, b: int, option: int) -> bool:
+        return self.shelves[-1].add(*_dims(self.problem, b, option))
+
+    def next_wafer(self) -> bool:
+        if self.wafer + 1 >= self.problem.wafers:
+            return False
+        self.wafer, self.streaming = self.wafer + 1, False
+        self.shelves.append(Shelf(self.problem.rows, self.problem.cols))
+        return True
+
+
+def _sequential(
+    problem: PlacementProblem, options: Sequence[int] | None, snake: bool
+) -> tuple[list[int], list[Rect]]:
+    """Fill wafers in order; with free options, switch to streaming when a wafer is full."""
+    fill = _Fill(problem)
+    chosen, wafer_of = [], []
+    for b in range(len(problem.blocks)):
+        chosen.append(_place_one(fill, options, b))
+        wafer_of.append(fill.wafer)
+    spots = [pos for shelf in fill.shelves for pos in shelf.positions(snake=snake)]
+    rects = [Rect(k, row, col, *_dims(problem, b, o))
+             for b, (k, o, (row, col)) in enumerate(zip(wafer_of, chosen, spots, strict=True))]
+    return chosen, rects
+
+
+def _pick(fill: _Fill, options: Sequence[int] | None, b: int) -> int:
+    if options is not None:
+        return options[b]
+    if fill.streaming:
+        return streaming_choice(fill.problem, b)
+    return resident_choice(fill.problem, b)
+
+
+def _place_one(fill: _Fill, options: Sequence[int] | None, b: int) -> int:
+    """Add block b: this wafer, then (free options) streaming, then the next wafers."""
+    while True:
+        option = _pick(fill, options, b)
+        if fill.add(b, option):
+            return option
+        if options is None and not fill.streaming:
+            fill.streaming = True
+            option = _pick(fill, options, b)
+            if fill.add(b, option):
+                return option
+        if not fill.next_wafer():
+            raise _full_error(fill.problem, b, option, fill.wafer)
+
+
+def _full_error(
+    problem: PlacementProblem, b: int, option: int, wafer: int
+) -> InfeasiblePlacementError:
+    need = sum(problem.blocks[i].options[streaming_choice(problem, i)].cores
+               for i in range(b, len(problem.blocks)))
+    opt = problem.blocks[b].options[option]
+    return InfeasiblePlacementError(
+        f"block {problem.blocks[b].name} ({opt.rows}x{opt.cols} = {opt.cores:,} cores) does not "
+        f"fit on wafer {wafer}, the last of {problem.wafers}: blocks from it on need at least "
+        f"{need:,} cores, a wafer has {problem.cores_per_wafer:,}; use more wafers or options "
+        "with fewer cores"
+    )

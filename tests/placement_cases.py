@@ -1,0 +1,55 @@
+"""Small hand-built placement problems shared by the placement tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from compiler.placement.problem import Block, Edge, Option, PlacementProblem, Residency
+
+CAPACITY = 44_000
+RES, STREAM = Residency.RESIDENT, Residency.STREAM_WEIGHTS
+
+
+def opt(
+    rows: int, cols: int, residency: Residency = RES, *, per_core: int = 30_000,
+    offchip: int = 0, cycles: int = 1_000,
+) -> Option:
+    return Option(rows, cols, residency, per_core, offchip, cycles)
+
+
+def square_block(name: str, side: int, *, stream_side: int = 0, stream_bytes: int = 0,
+                 cycles: int = 1_000, shapes: bool = False) -> Block:
+    """A resident side x side option (with `shapes`, also half-height and half-width ones of
+    the same area), and a smaller streaming one when stream_side is given."""
+    options = [opt(side, side, cycles=cycles)]
+    if shapes and side % 2 == 0:
+        options += [opt(side // 2, side * 2, cycles=cycles), opt(side * 2, side // 2,
+                                                               cycles=cycles)]
+    if stream_side:
+        options.append(opt(stream_side, stream_side, STREAM, offchip=stream_bytes,
+                           cycles=cycles * 2))
+    return Block(name, "block", tuple(options), group="block")
+
+
+def chain_edges(n: int, bytes_per_token: int = 1_000,
+                skips: Sequence[tuple[int, int, int]] = ()) -> tuple[Edge, ...]:
+    chain = [Edge(i, i + 1, bytes_per_token) for i in range(n - 1)]
+    return tuple(chain + [Edge(i, j, b) for i, j, b in skips])
+
+
+def problem(
+    blocks: Sequence[Block], rows: int, cols: int, *, wafers: int = 1,
+    edges: Sequence[Edge] | None = None, io: int = 0, name: str = "case",
+) -> PlacementProblem:
+    edges = chain_edges(len(blocks)) if edges is None else edges
+    return PlacementProblem(name, tuple(blocks), tuple(edges), rows, cols, wafers, CAPACITY,
+                            io_bytes_per_token=io)
+
+
+def equal_chain(n: int, side: int, rows: int, cols: int, *, wafers: int = 1,
+                bytes_per_token: int = 1_000, shapes: bool = False) -> PlacementProblem:
+    """n identical square blocks in a chain (resident, plus a quarter-size streaming option)."""
+    blocks = [square_block(f"block.{i}", side, stream_side=max(1, side // 2),
+                           stream_bytes=10_000, shapes=shapes) for i in range(n)]
+    return problem(blocks, rows, cols, wafers=wafers,
+                   edges=chain_edges(n, bytes_per_token), name=f"chain{n}")

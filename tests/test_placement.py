@@ -1,0 +1,345 @@
+"""Placement: the validator names every broken rule; costs and bounds are right by hand; greedy
+placers are valid; CP-SAT (real OR-Tools) is valid, deterministic, never worse than its hint,
+streams the least, balances wafers; random small problems always validate or are infeasible."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compiler.errors import InfeasiblePlacementError, InvalidPlacementError, UsageError
+from compiler.placement import place
+from compiler.placement.check import (
+    byte_hops,
+    byte_hops_lower_bound,
+    check_placement,
+    interwafer_bytes,
+    metrics,
+    offchip_bytes_per_token,
+    offchip_lower_bound,
+    validate,
+    wafer_cycles,
+)
+from compiler.placement.greedy import (
+    first_fit,
+    greedy_residency,
+    min_max_split,
+    serpentine,
+    shelf_pack,
+    skyline_pack,
+)
+from compiler.placement.problem import Block, Edge, Placement, PlacementProblem, Rect
+from tests.placement_cases import (
+    CAPACITY,
+    RES,
+    STREAM,
+    chain_edges,
+    equal_chain,
+    opt,
+    problem,
+    square_block,
+)
+
+FAST = {"time_limit_s": 3.0}
+
+
+def two_blocks() -> PlacementProblem:
+    blocks = [Block("a", "block", (opt(4, 4), opt(2, 8))), Block("b", "block", (opt(4, 4),))]
+    return problem(blocks, 16, 16)
+
+
+def at(options: tuple[int, ...], *rects: Rect) -> Placement:
+    return Placement(options, rects)
+
+
+# -- validator ---------------------------------------------------------------------------------
+
+
+def test_valid_placement_has_no_violations() -> None:
+    p = two_blocks()
+    good = at((0, 0), Rect(0, 0, 0, 4, 4), Rect(0, 0, 4, 4, 4))
+    assert validate(p, good) == ()
+    check_placement(p, good)
+
+
+def test_overlap_is_named_with_rows_and_cols() -> None:
+    bad = at((0, 0), Rect(0, 10, 0, 4, 4), Rect(0, 12, 2, 4, 4))
+    assert validate(two_blocks(), bad) == (
+        "blocks a and b overlap on wafer 0 at rows 12-13, cols 2-3",)
+
+
+def test_out_of_grid() -> None:
+    bad = at((0, 0), Rect(0, 14, 0, 4, 4), Rect(0, 0, -1, 4, 4))
+    found = validate(two_blocks(), bad)
+    assert "block a at rows 14-17, cols 0-3 is outside the 16x16 grid" in found
+    assert "block b at rows 0-3, cols -1-2 is outside the 16x16 grid" in found
+
+
+def test_wrong_size_and_bad_option_index() -> None:
+    bad = at((1, 3), Rect(0, 0, 0, 4, 4), Rect(0, 8, 8, 4, 4))
+    assert validate(two_blocks(), bad) == (
+        "block a rect is 4x4 but option 1 is 2x8",
+        "block b has option 3 but only 1 options",
+    )
+
+
+def test_over_capacity() -> None:
+    fat = Block("fat", "block", (opt(2, 2, per_core=CAPACITY + 1),))
+    p = problem([fat], 8, 8)
+    assert validate(p, at((0,), Rect(0, 0, 0, 2, 2))) == (
+        f"block fat option 0 needs {CAPACITY + 1:,} bytes per core but cores hold "
+        f"{CAPACITY:,}",)
+
+
+def test_wafers_out_of_range_and_not_contiguous() -> None:
+    p = dataclasses.replace(equal_chain(3, 2, 8, 8), wafers=2)
+    bad = at((0, 0, 0), Rect(1, 0, 0, 2, 2), Rect(0, 0, 0, 2, 2), Rect(2, 0, 0, 2, 2))
+    found = validate(p, bad)
+    assert "block block.2 is on wafer 2 of 2" in found
+    assert any(f.startswith("block block.1 is on wafer 0 after block block.0 on wafer 1: "
+                            "wafers must not decrease") for f in found)
+
+
+def test_length_mismatch_and_check_placement_raises() -> None:
+    p = two_blocks()
+    assert validate(p, at((0,), Rect(0, 0, 0, 4, 4))) == (
+        "placement has 1 options and 1 rects for 2 blocks",)
+    bad = at((0, 0), Rect(0, 0, 0, 4, 4), Rect(0, 0, 0, 4, 4))
+    with pytest.raises(InvalidPlacementError, match="blocks a and b overlap on wafer 0"):
+        check_placement(p, bad)
+
+
+# -- costs and bounds --------------------------------------------------------------------------
+
+
+def test_costs_by_hand() -> None:
+    blocks = [Block("a", "b", (opt(2, 2, cycles=5),)),
+              Block("b", "b", (opt(2, 4, STREAM, offchip=70, cycles=7),)),
+              Block("c", "b", (opt(2, 2, cycles=11),))]
+    edges = (Edge(0, 1, 10), Edge(1, 2, 100), Edge(0, 2, 1))
+    p = dataclasses.replace(problem(blocks, 8, 8, edges=edges, io=5), wafers=2)
+    pl = at((0, 0, 0), Rect(0, 0, 0, 2, 2), Rect(0, 2, 1, 2, 4), Rect(1, 0, 0, 2, 2))
+    assert validate(p, pl) == ()
+    # a centre (1, 1), b centre (3, 3): 4 hops x 10 bytes; b->c and a->c cross wafers
+    assert byte_hops(p, pl) == 40.0
+    assert interwafer_bytes(p, pl) == 101
+    assert offchip_bytes_per_token(p, pl) == 75
+    assert wafer_cycles(p, pl) == (12, 11)
+    # a and b are at least min((2+2)/2, (2+4)/2) = 2 apart
+    assert byte_hops_lower_bound(p, pl.options, [0, 0, 1]) == 20.0
+    m = metrics(p, pl)
+    assert (m.slowest_wafer_cycles, m.cores_used, m.wafers_used) == (12, 16, 2)
+    assert m.byte_hops_ratio == 2.0
+
+
+def test_offchip_lower_bound_is_the_fractional_knapsack() -> None:
+    # 64 cores; each block: resident 40 cores (0 bytes) or streaming 4 cores (360 bytes)
+    blocks = [Block(f"b{i}", "b", (opt(5, 8), opt(2, 2, STREAM, offchip=360))) for i in range(2)]
+    p = problem(blocks, 8, 8, io=3)
+    # both streaming: 8 cores; 56 left buys 56/36 of one block's 360 bytes back: 720 - 560 = 160
+    assert offchip_lower_bound(p) == 3 + 160
+    assert offchip_lower_bound(equal_chain(4, 4, 8, 8)) == 0
+
+
+# -- greedy ------------------------------------------------------------------------------------
+
+
+def test_shelf_packers() -> None:
+    dims = [(2, 3)] * 5
+    assert shelf_pack(4, 9, dims, snake=False) == ((0, 0), (0, 3), (0, 6), (2, 0), (2, 3))
+    # serpentine: the second band runs right to left, starting under the end of the first
+    assert shelf_pack(4, 9, dims, snake=True) == ((0, 0), (0, 3), (0, 6), (2, 6), (2, 3))
+    assert shelf_pack(4, 9, [(2, 3)] * 7, snake=True) is None
+    # skyline: tallest (then widest) first, each where its top is lowest, then leftmost
+    assert skyline_pack(4, 6, [(2, 2), (4, 2), (2, 2), (2, 4)]) == ((2, 2), (0, 0), (2, 4), (0, 2))
+    assert skyline_pack(4, 6, [(4, 4), (4, 4)]) is None
+
+
+def test_min_max_split() -> None:
+    assert min_max_split([5, 1, 1, 1, 1, 1, 5], 3) == (0, 1, 1, 1, 1, 1, 2)
+    assert min_max_split([4, 4, 4], 5) == (0, 1, 2)
+
+
+@pytest.mark.parametrize("placer", [first_fit, serpentine])
+def test_greedy_valid_and_deterministic(placer) -> None:  # noqa: ANN001 - a placer function
+    p = equal_chain(20, 8, 40, 40, shapes=True)
+    a, b = placer(p), placer(p)
+    assert validate(p, a) == () and (a.options, a.rects) == (b.options, b.rects)
+    assert a.report.status == "HEURISTIC" and a.report.method.startswith("greedy-")
+
+
+def test_serpentine_keeps_consecutive_blocks_adjacent() -> None:
+    p = equal_chain(16, 4, 16, 20)
+    pl = serpentine(p)
+    assert byte_hops(p, pl) == byte_hops_lower_bound(p, pl.options)
+
+
+def test_first_fit_new_epoch_streams_the_rest() -> None:
+    p = equal_chain(6, 8, 16, 16)  # four 8x8 fill the wafer; the rest stream as 4x4
+    with pytest.raises(InfeasiblePlacementError, match=r"block block.4 \(4x4 = 16 cores\)"):
+        first_fit(p)
+    blocks = [square_block(f"b{i}", 8, stream_side=4, stream_bytes=9) for i in range(3)]
+    p = problem(blocks, 12, 16)  # two 8x8 resident, the third streams beside... below them
+    pl = first_fit(p)
+    assert validate(p, pl) == () and pl.options == (0, 0, 1)
+    assert offchip_bytes_per_token(p, pl) == 9
+
+
+def test_greedy_moves_to_the_next_wafer() -> None:
+    p = equal_chain(6, 8, 16, 16, wafers=2)
+    pl = first_fit(p)
+    assert validate(p, pl) == ()
+    assert [r.wafer for r in pl.rects] == [0, 0, 0, 0, 1, 1]
+    assert [r.wafer for r in serpentine(p).rects] == [0, 0, 0, 1, 1, 1]  # balanced ranges
+
+
+def test_greedy_residency_streams_cheaply() -> None:
+    blocks = [square_block("big", 6, stream_side=2, stream_bytes=100),
+              square_block("s1", 4, stream_side=1, stream_bytes=45),
+              square_block("s2", 4, stream_side=1, stream_bytes=45)]
+    choice = greedy_residency(problem(blocks, 8, 8), 64)
+    assert choice is not None and choice[0] == (0, 1, 0)  # 36 + 1 + 16 cores
+
+
+# -- CP-SAT ------------------------------------------------------------------------------------
+
+
+def mixed_problem() -> PlacementProblem:
+    """12 blocks of mixed sizes and shapes with skip edges: serpentine is not optimal here."""
+    sides = [6, 10, 4, 8, 6, 12, 4, 6, 10, 8, 4, 6]
+    blocks = [square_block(f"block.{i}", s, shapes=True, stream_side=2, stream_bytes=500)
+              for i, s in enumerate(sides)]
+    edges = chain_edges(len(sides), 1_000, skips=[(0, 11, 300), (2, 6, 500), (3, 9, 200)])
+    return problem(blocks, 40, 48, edges=edges, name="mixed")
+
+
+def test_cpsat_valid_never_worse_than_its_hint_and_reports() -> None:
+    p = mixed_problem()
+    pl = place(p, "cpsat", **FAST)
+    wafers = [r.wafer for r in pl.rects]
+    hint = serpentine(p, pl.options, wafers)
+    assert byte_hops(p, pl) <= byte_hops(p, hint)
+    r = pl.report
+    assert r.method == "cpsat" and r.status in ("OPTIMAL", "FEASIBLE")
+    assert (r.seed, r.workers, r.time_limit_s, r.deterministic) == (0, 1, 3.0, True)
+    assert r.objective == byte_hops(p, pl)
+    assert r.bound is not None and byte_hops_lower_bound(p, pl.options) <= r.bound <= r.objective
+    assert [name for name, _ in r.stages] == ["residency", "wafer 0"]
+
+
+def test_cpsat_is_deterministic() -> None:
+    p = mixed_problem()
+    a = place(p, "cpsat", time_limit_s=2.0, seed=3)
+    b = place(p, "cpsat", time_limit_s=2.0, seed=3)
+    assert (a.options, a.rects) == (b.options, b.rects)
+    assert a.report.seed == 3
+
+
+def test_residency_streams_two_small_blocks_rather_than_one_big() -> None:
+    # 56 cores: all resident needs 80; streaming big saves 36 cores for 100 B, streaming both
+    # small ones saves 38 for 90 B: the minimum streams the small ones.
+    blocks = [Block("big", "b", (opt(5, 8), opt(2, 2, STREAM, offchip=100))),
+              Block("s1", "b", (opt(4, 5), opt(1, 2, STREAM, offchip=45))),
+              Block("s2", "b", (opt(4, 5), opt(1, 2, STREAM, offchip=45)))]
+    p = problem(blocks, 7, 8, io=1)
+    pl = place(p, "cpsat", **FAST)
+    assert pl.options == (0, 1, 1)
+    assert offchip_bytes_per_token(p, pl) == 91
+    assert offchip_lower_bound(p) <= 91
+
+
+def test_residency_equals_the_bound_when_everything_fits() -> None:
+    p = dataclasses.replace(equal_chain(16, 16, 64, 64), io_bytes_per_token=7)
+    pl = place(p, "cpsat", **FAST)  # 16 x 256 cores tile the 4096 exactly
+    assert offchip_bytes_per_token(p, pl) == offchip_lower_bound(p) == 7
+
+
+def test_residency_streams_the_least_needed() -> None:
+    p = equal_chain(20, 16, 64, 64)  # 20 x 256 > 4096: ceil(1024 / 192) = 6 must stream
+    pl = place(p, "cpsat", **FAST)
+    assert offchip_bytes_per_token(p, pl) == 6 * 10_000
+
+
+def test_infeasible_capacity_says_cores_needed_and_available() -> None:
+    p = equal_chain(20, 16, 32, 32)  # even streaming, 20 x 64 = 1280 cores > 1024
+    with pytest.raises(InfeasiblePlacementError, match=r"need at least 1,280 cores.*1,024"):
+        place(p, "cpsat", **FAST)
+    fat = Block("fat", "block", (opt(2, 2, per_core=CAPACITY + 1),))
+    with pytest.raises(InfeasiblePlacementError, match="block fat has no usable option"):
+        place(problem([fat], 8, 8), "cpsat", **FAST)
+
+
+def test_chain_on_a_big_grid_beats_first_fit_and_nears_the_bound() -> None:
+    p = equal_chain(20, 20, 100, 100, shapes=True)
+    pl = place(p, "cpsat", **FAST)
+    ff = first_fit(p)
+    assert byte_hops(p, pl) <= 0.7 * byte_hops(p, ff)
+    assert byte_hops(p, pl) <= 1.25 * byte_hops_lower_bound(p, pl.options)
+
+
+def best_split(cycles: list[int], parts: int) -> int:
+    """Least slowest-part sum over contiguous splits into at most `parts` (brute force)."""
+    best = sum(cycles)
+    for cuts in itertools.combinations(range(1, len(cycles)), parts - 1):
+        bounds = (0, *cuts, len(cycles))
+        best = min(best, max(sum(cycles[a:b]) for a, b in itertools.pairwise(bounds)))
+    return best
+
+
+def test_multi_wafer_ranges_are_contiguous_and_balanced() -> None:
+    cycles = [900, 100, 400, 700, 300, 300, 800, 200, 500, 600]
+    blocks = [square_block(f"block.{i}", 8, cycles=c) for i, c in enumerate(cycles)]
+    p = problem(blocks, 16, 16, wafers=3, edges=chain_edges(len(blocks), 1))
+    pl = place(p, "cpsat", **FAST)
+    wafers = [r.wafer for r in pl.rects]
+    assert wafers == sorted(wafers)
+    assert max(wafer_cycles(p, pl)) == best_split(cycles, 3)
+
+
+def test_place_rejects_unknown_methods_and_validates() -> None:
+    with pytest.raises(UsageError, match="first-fit"):
+        place(two_blocks(), "annealing")
+    pl = place(equal_chain(4, 4, 8, 8), "first-fit")
+    assert validate(equal_chain(4, 4, 8, 8), pl) == ()
+
+
+# -- property: every method is valid or says infeasible ----------------------------------------
+
+
+@st.composite
+def small_problems(draw: st.DrawFn) -> PlacementProblem:
+    rows, cols = draw(st.integers(3, 14)), draw(st.integers(3, 14))
+    n = draw(st.integers(1, 6))
+    dims = st.tuples(st.integers(1, 6), st.integers(1, 6))
+    blocks = []
+    for i in range(n):
+        shapes = draw(st.lists(dims, min_size=1, max_size=3))
+        options = tuple(
+            opt(r, c, draw(st.sampled_from([RES, STREAM])),
+                per_core=draw(st.sampled_from([1_000, 30_000, CAPACITY + 1])),
+                offchip=draw(st.integers(0, 500)), cycles=draw(st.integers(1, 1_000)))
+            for r, c in shapes)
+        blocks.append(Block(f"block.{i}", "block", options))
+    skips = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1),
+                                    st.integers(0, 500)), max_size=2))
+    edges = chain_edges(n, draw(st.integers(0, 1_000)), skips=skips)
+    return problem(blocks, rows, cols, wafers=draw(st.integers(1, 3)), edges=edges)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_problems())
+def test_every_method_is_valid_or_infeasible(p: PlacementProblem) -> None:
+    placed = {}
+    for method in ("first-fit", "serpentine", "cpsat"):
+        opts = {"time_limit_s": 1.0} if method == "cpsat" else {}
+        try:
+            placed[method] = place(p, method, **opts)
+        except InfeasiblePlacementError:
+            continue
+        assert validate(p, placed[method]) == ()
+    if "first-fit" in placed or "serpentine" in placed:
+        assert "cpsat" in placed  # CP-SAT finds a placement whenever a greedy one exists
