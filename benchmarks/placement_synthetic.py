@@ -2,9 +2,10 @@
 
 Builds chains shaped like Llama 3 8B / 70B / 405B decoders (32, 80, 126 layers plus embedding,
 final norm and head) on WSE-3 wafers (1172 x 762 cores), blocks of roughly equal area filling
-about 80% of the wafers, each with three resident shapes (square, 1:2, 2:1) and a quarter-size
-weight-streaming option. Prints, per method: wall time, off-chip bytes per token, byte-hops,
-and byte-hops against first-fit and against the analytic lower bound.
+about 75-80% of the wafers, each with three resident shapes (square, 1:2, 2:1) and a
+quarter-size weight-streaming option. Prints, per method: wall time, off-chip bytes per token,
+byte-hops, and byte-hops against first-fit and against the analytic lower bound; for CP-SAT also
+greedy packings of its own options and wafers (what the layout stage alone won).
 
     .venv/bin/python benchmarks/placement_synthetic.py [--only 35] [--stages]
 """
@@ -18,8 +19,16 @@ import time
 
 from compiler.errors import InfeasiblePlacementError
 from compiler.placement import place
-from compiler.placement.check import metrics
-from compiler.placement.problem import Block, Edge, Option, PlacementProblem, Residency
+from compiler.placement.check import byte_hops, metrics
+from compiler.placement.greedy import first_fit, serpentine
+from compiler.placement.problem import (
+    Block,
+    Edge,
+    Option,
+    Placement,
+    PlacementProblem,
+    Residency,
+)
 
 ROWS, COLS, CAPACITY = 1172, 762, 48 * 1024 - 4176
 HIDDEN_BYTES = 8192 * 2  # one fp16 activation row per token
@@ -81,9 +90,25 @@ def run_case(n_blocks: int, show_stages: bool) -> None:
               f"  vs first-fit {m.byte_hops / baseline:5.2f}  vs bound {m.byte_hops_ratio:5.2f}"
               f"  inter-wafer {m.interwafer_bytes_per_token:,} B  slowest wafer "
               f"{m.slowest_wafer_cycles:,} cyc  [{placement.report.status}]")
+        if method == "cpsat":
+            _same_options(problem, placement)
         if show_stages:
             for name, line in placement.report.stages:
                 print(f"      {name}: {line}")
+
+
+def _same_options(problem: PlacementProblem, placement: Placement) -> None:
+    """Greedy packings of CP-SAT's own options and wafers: what the layout stage alone won."""
+    wafers = [r.wafer for r in placement.rects]
+    cp = byte_hops(problem, placement)
+    for name, placer in (("first-fit", first_fit), ("serpentine", serpentine)):
+        try:
+            other = byte_hops(problem, placer(problem, placement.options, wafers))
+        except InfeasiblePlacementError:
+            print(f"      same options, {name}: does not pack")
+            continue
+        print(f"      same options and wafers, {name}: byte-hops {other / 1e6:8.2f} M "
+              f"(cpsat {cp / other:5.2f}x)")
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ input gives the same placement; a wall-clock fuse of FUSE x the limit guards aga
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,17 +37,20 @@ from compiler.placement.greedy import (
     first_fit,
     greedy_residency,
     serpentine,
+    skyline_shapes,
     usable,
 )
 from compiler.placement.problem import Option, Placement, PlacementProblem, Rect, SolverReport
 
 # Share of a wafer's cores stage 1 may fill, tried in turn while stage 2 cannot pack the choice.
 # 1.0 first: when that packs, its off-chip minimum is proven for every placement.
-FACTORS = (1.0, 0.95, 0.88, 0.8, 0.7, 0.6, 0.5)
+FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
 MIN_CELLS, MAX_CELLS = 128, 200  # coarse grid: cells a side (when the grid is larger)
 WINDOW_CELLS = 3  # fine refinement: each rectangle moves at most this many cells from coarse
-STAGE1_SHARES = (0.1, 0.1, 0.05)  # of the time limit, for stage 1's tries (the last repeats)
-RESCUE_SHARE, RESCUE_MAX_BLOCKS = 0.05, 40  # CP-SAT packing when greedy shelves fail
+STAGE1_SHARES = (0.1, 0.08, 0.05)  # of the time limit, for stage 1's tries (the last repeats)
+# CP-SAT packing when greedy packers fail: all rescues share RESCUE_SHARE of the limit, each
+# gets at most RESCUE_STEP of it, and only wafers of at most RESCUE_MAX_BLOCKS blocks try.
+RESCUE_SHARE, RESCUE_STEP, RESCUE_MAX_BLOCKS = 0.1, 0.03, 24
 COARSE_SHARE = 0.6  # of a wafer's stage-2 time, for the coarse solve
 FULL_SHARE = 0.4  # of a layout's time, for one whole-model solve before the neighbourhoods
 LNS_SIZES = (6, 10)  # rectangles freed per neighbourhood (block-order runs, clusters)
@@ -135,9 +139,36 @@ class ResidencyInstance:
 
 
 def residency_instance(problem: PlacementProblem, factor: float) -> ResidencyInstance:
-    options = tuple(usable_options(problem, b) for b in range(len(problem.blocks)))
+    options = tuple(_undominated(problem, b) for b in range(len(problem.blocks)))
     return ResidencyInstance(problem, options, problem.wafers,
                              int(factor * problem.cores_per_wafer), _link_cycles(problem))
+
+
+def _stage1_key(o: Option) -> tuple[int, int, int, int]:
+    """What stage 1 sees of an option: cores, off-chip bytes, cycles, squareness."""
+    return o.cores, o.offchip_bytes_per_token, o.cycles, abs(o.rows - o.cols)
+
+
+def _undominated(problem: PlacementProblem, b: int) -> tuple[int, ...]:
+    """Block b's usable options that no other is at least as good as in every respect stage 1
+    sees (the first of equals is kept)."""
+    usable = usable_options(problem, b)
+    keys = {o: _stage1_key(problem.blocks[b].options[o]) for o in usable}
+    return tuple(o for o in usable if not any(_dominates(keys[p], p, keys[o], o) for p in usable))
+
+
+def _dominates(a: tuple[int, ...], ia: int, b: tuple[int, ...], ib: int) -> bool:
+    no_worse = all(x <= y for x, y in zip(a, b, strict=True))
+    return no_worse and (a != b or ia < ib)
+
+
+def as_kept(inst: ResidencyInstance, b: int, o: int) -> int:
+    """Option o of block b, or a kept option at least as good in every respect stage 1 sees."""
+    if o in inst.options[b]:
+        return o
+    key = _stage1_key(inst.option(b, o))
+    better = [p for p in inst.options[b] if _dominates(_stage1_key(inst.option(b, p)), p, key, o)]
+    return better[0] if better else o
 
 
 def _link_cycles(problem: PlacementProblem) -> tuple[int, ...]:
@@ -296,7 +327,8 @@ def residency_hints(inst: ResidencyInstance, greedy: Placement | None) -> list[C
     if guess is not None:
         found.append(guess)
     if greedy is not None:
-        found.append((greedy.options, _dense([r.wafer for r in greedy.rects])))
+        options = tuple(as_kept(inst, b, o) for b, o in enumerate(greedy.options))
+        found.append((options, _dense([r.wafer for r in greedy.rects])))
     return [c for c in found if _within(inst, c)]
 
 
@@ -356,7 +388,7 @@ def _lexicographic(
         best = _extract_residency(solver, inst, v)
         optimal &= status == cp_model.OPTIMAL
         lines.append(f"{name} {value:,} {solver.status_name(status)} "
-                     f"(bound {solver.best_objective_bound:,.0f}, {solver.wall_time:.2f} s)")
+                     f"(bound {solver.best_objective_bound:,.0f})")
         model.add(expr <= value)
         hint_residency(model, inst, v, best)
     assert best is not None
@@ -672,7 +704,8 @@ def place_wafer(fine: LayoutInstance, limit: float, clock: Clock) -> WaferLayout
 
 
 def _describe(res: LayoutResult) -> str:
-    return f"{res.status} {res.wall_time_s:.1f} s" + (f" ({res.note})" if res.note else "")
+    """Status and neighbourhood counts; no wall times, so summaries repeat run to run."""
+    return res.status + (f" ({res.note})" if res.note else "")
 
 
 def _best_of(
@@ -701,34 +734,71 @@ def _wafer_members(wafer_of: Sequence[int]) -> dict[int, list[int]]:
 
 
 def _layout_for(
-    problem: PlacementProblem, res: Residency, members: Sequence[int]
+    problem: PlacementProblem, options: Sequence[int], members: Sequence[int]
 ) -> LayoutInstance:
-    dims = tuple((problem.blocks[b].options[res.options[b]].rows,
-                  problem.blocks[b].options[res.options[b]].cols) for b in members)
+    dims = tuple((problem.blocks[b].options[options[b]].rows,
+                  problem.blocks[b].options[options[b]].cols) for b in members)
     return LayoutInstance(problem.rows, problem.cols, dims, wafer_edges(problem, members),
                           hint=None, **full_ranges(problem.rows, problem.cols, dims))
 
 
-def greedy_hints(
-    problem: PlacementProblem, res: Residency, clock: Clock, rescue_limit: float
-) -> dict[int, LayoutInstance] | None:
-    """Per wafer, the layout instance with a complete packing hint; None if one cannot pack."""
-    out = {}
+def greedy_hints(r: _Run, res: Residency) -> tuple[Residency, dict[int, LayoutInstance]] | None:
+    """Per wafer, the layout instance with a complete packing hint (None if one cannot pack).
+    A wafer whose shapes do not pack may switch blocks to other shapes that stream the same
+    bytes (the returned Residency says so)."""
+    problem, out, options, flexed = r.problem, {}, list(res.options), 0
     for k, members in sorted(_wafer_members(res.wafer_of).items()):
-        inst = _layout_for(problem, res, members)
-        spots = any_pack(inst.rows, inst.cols, inst.dims) or _rescue(inst, clock, rescue_limit)
+        inst = _layout_for(problem, options, members)
+        spots = any_pack(inst.rows, inst.cols, inst.dims)
+        if spots is None:
+            flex = _flex_shapes(problem, options, members)
+            if flex is not None:
+                spots, flexed = flex, flexed + sum(options[b] != res.options[b] for b in members)
+                inst = _layout_for(problem, options, members)
+        spots = spots or _rescue(r, inst)
         if spots is None:
             return None
-        out[k] = LayoutInstance(inst.rows, inst.cols, inst.dims, inst.edges, inst.row_range,
-                                inst.col_range, spots)
-    return out
+        out[k] = dataclasses.replace(inst, hint=spots)
+    if flexed:
+        res = dataclasses.replace(res, options=tuple(options), summary=res.summary + (
+            f"; {flexed} block(s) changed shape to pack"))
+    return res, out
 
 
-def _rescue(inst: LayoutInstance, clock: Clock, limit: float) -> tuple[Position, ...] | None:
-    """CP-SAT packing with no hint, for a few rectangles that shelves cannot fit."""
-    if len(inst.dims) > RESCUE_MAX_BLOCKS or limit <= 0:
+def _flex_shapes(
+    problem: PlacementProblem, options: list[int], members: Sequence[int]
+) -> tuple[Position, ...] | None:
+    """Skyline-pack these blocks letting each take any shape streaming the same bytes in the
+    same mode; on success, update `options` in place."""
+    alternatives = []
+    for b in members:
+        now = problem.blocks[b].options[options[b]]
+        same = [o for o in usable_options(problem, b) if o != options[b] and _alike(
+            problem.blocks[b].options[o], now)]
+        alternatives.append([options[b], *same])
+    found = skyline_shapes(problem.rows, problem.cols, [
+        [(problem.blocks[b].options[o].rows, problem.blocks[b].options[o].cols) for o in alts]
+        for b, alts in zip(members, alternatives, strict=True)])
+    if found is None:
         return None
-    return solve_layout(inst, limit, clock, minimize=False).spots
+    for b, alts, s in zip(members, alternatives, found[1], strict=True):
+        options[b] = alts[s]
+    return found[0]
+
+
+def _alike(a: Option, b: Option) -> bool:
+    return (a.residency, a.offchip_bytes_per_token) == (b.residency, b.offchip_bytes_per_token)
+
+
+def _rescue(r: _Run, inst: LayoutInstance) -> tuple[Position, ...] | None:
+    """CP-SAT packing with no hint, for a few rectangles that greedy packers cannot fit."""
+    if len(inst.dims) > RESCUE_MAX_BLOCKS or r.rescue_left <= 0.05:
+        return None
+    left_before = r.clock.left
+    found = solve_layout(inst, min(r.rescue_left, RESCUE_STEP * r.time_limit_s), r.clock,
+                         minimize=False).spots
+    r.rescue_left -= left_before - r.clock.left
+    return found
 
 
 @dataclass
@@ -740,6 +810,10 @@ class _Run:
     clock: Clock
     started: float = field(default_factory=time.perf_counter)
     stages: list[tuple[str, str]] = field(default_factory=list)
+    rescue_left: float = 0.0  # seconds left for CP-SAT packing rescues, over all attempts
+
+    def __post_init__(self) -> None:
+        self.rescue_left = RESCUE_SHARE * self.time_limit_s
 
 
 def solve(
@@ -776,10 +850,12 @@ def _stages_1(r: _Run) -> tuple[Residency | None, dict[int, LayoutInstance] | No
         if res is None:
             r.stages.append(("residency", f"factor {factor:.2f}: infeasible"))
             return None, None
-        layouts = greedy_hints(r.problem, res, r.clock, RESCUE_SHARE * r.time_limit_s)
-        r.stages.append(("residency", res.summary + ("" if layouts else "; does not pack")))
-        if layouts is not None:
-            return res, layouts
+        packed = greedy_hints(r, res)
+        if packed is None:
+            r.stages.append(("residency", res.summary + "; does not pack"))
+            continue
+        r.stages.append(("residency", packed[0].summary))
+        return packed
     return None, None
 
 

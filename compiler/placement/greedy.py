@@ -112,22 +112,36 @@ def shelf_pack(
 def skyline_pack(
     rows: int, cols: int, dims: Sequence[tuple[int, int]]
 ) -> tuple[Position, ...] | None:
-    """Bottom-left skyline packing, tallest rectangles first: each goes where its top is
-    lowest (then leftmost). Ignores block order (a packing of last resort, for hints);
-    positions in input order."""
+    """Bottom-left skyline packing, tallest rectangles first (see skyline_shapes)."""
+    found = skyline_shapes(rows, cols, [[d] for d in dims])
+    return None if found is None else found[0]
+
+
+def skyline_shapes(
+    rows: int, cols: int, shapes: Sequence[Sequence[tuple[int, int]]]
+) -> tuple[tuple[Position, ...], tuple[int, ...]] | None:
+    """Skyline packing where each rectangle may take any of its shapes (rows, cols): tallest
+    (then widest) first, each where its top ends lowest (then leftmost, then its earlier
+    shape). Ignores block order (a packing of last resort, for hints). Positions and shape
+    indices in input order, or None if some rectangle finds no room."""
     level = [0] * cols  # first free row under each column
-    spots: dict[int, Position] = {}
-    for i in sorted(range(len(dims)), key=lambda i: (-dims[i][0], -dims[i][1], i)):
-        h, w = dims[i]
-        starts = [x for x in range(cols - w + 1) if x == 0 or level[x] != level[x - 1]]
-        fits = [(max(level[x:x + w]), x) for x in starts]
-        fits = [(y, x) for y, x in fits if y + h <= rows]
+    spots: dict[int, tuple[Position, int]] = {}
+    for i in sorted(range(len(shapes)), key=lambda i: (*min((-h, -w) for h, w in shapes[i]), i)):
+        fits = [(y + h, x, s, y) for s, (h, w) in enumerate(shapes[i])
+                for x, y in _skyline_spots(level, w) if y + h <= rows]
         if not fits:
             return None
-        y, x = min(fits)
-        level[x:x + w] = [y + h] * w
-        spots[i] = (y, x)
-    return tuple(spots[i] for i in range(len(dims)))
+        top, x, s, y = min(fits)
+        level[x:x + shapes[i][s][1]] = [top] * shapes[i][s][1]
+        spots[i] = ((y, x), s)
+    return (tuple(spots[i][0] for i in range(len(shapes))),
+            tuple(spots[i][1] for i in range(len(shapes))))
+
+
+def _skyline_spots(level: Sequence[int], w: int) -> list[tuple[int, int]]:
+    """(col, row) where a w-wide rectangle can rest on the skyline, at each step of it."""
+    starts = [x for x in range(len(level) - w + 1) if x == 0 or level[x] != level[x - 1]]
+    return [(x, max(level[x:x + w])) for x in starts]
 
 
 def any_pack(rows: int, cols: int, dims: Sequence[tuple[int, int]]) -> tuple[Position, ...] | None:
