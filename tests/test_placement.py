@@ -10,6 +10,16 @@ import itertools
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from placement_cases import (
+    CAPACITY,
+    RES,
+    STREAM,
+    chain_edges,
+    equal_chain,
+    opt,
+    problem,
+    square_block,
+)
 
 from compiler.errors import InfeasiblePlacementError, InvalidPlacementError, UsageError
 from compiler.placement import place
@@ -33,16 +43,6 @@ from compiler.placement.greedy import (
     skyline_pack,
 )
 from compiler.placement.problem import Block, Edge, Placement, PlacementProblem, Rect
-from tests.placement_cases import (
-    CAPACITY,
-    RES,
-    STREAM,
-    chain_edges,
-    equal_chain,
-    opt,
-    problem,
-    square_block,
-)
 
 FAST = {"time_limit_s": 3.0}
 

@@ -726,6 +726,21 @@ def _best_of(
 # -- the whole solve ---------------------------------------------------------------------------
 
 
+@dataclass
+class _Run:
+    """The solve in progress: problem, options, clock and what each stage said."""
+
+    problem: PlacementProblem
+    time_limit_s: float
+    clock: Clock
+    started: float = field(default_factory=time.perf_counter)
+    stages: list[tuple[str, str]] = field(default_factory=list)
+    rescue_left: float = 0.0  # seconds left for CP-SAT packing rescues, over all attempts
+
+    def __post_init__(self) -> None:
+        self.rescue_left = RESCUE_SHARE * self.time_limit_s
+
+
 def _wafer_members(wafer_of: Sequence[int]) -> dict[int, list[int]]:
     members: dict[int, list[int]] = {}
     for b, k in enumerate(wafer_of):
@@ -752,16 +767,17 @@ def greedy_hints(r: _Run, res: Residency) -> tuple[Residency, dict[int, LayoutIn
         spots = any_pack(inst.rows, inst.cols, inst.dims)
         if spots is None:
             flex = _flex_shapes(problem, options, members)
-            if flex is not None:
-                spots, flexed = flex, flexed + sum(options[b] != res.options[b] for b in members)
+            if flex is not None:  # new shapes; serpentine on them may pack now, and closer
+                flexed += sum(options[b] != res.options[b] for b in members)
                 inst = _layout_for(problem, options, members)
+                spots = any_pack(inst.rows, inst.cols, inst.dims) or flex
         spots = spots or _rescue(r, inst)
         if spots is None:
             return None
         out[k] = dataclasses.replace(inst, hint=spots)
     if flexed:
-        res = dataclasses.replace(res, options=tuple(options), summary=res.summary + (
-            f"; {flexed} block(s) changed shape to pack"))
+        res = dataclasses.replace(res, options=tuple(options), optimal=False, summary=(
+            res.summary + f"; {flexed} block(s) changed shape to pack"))
     return res, out
 
 
@@ -799,21 +815,6 @@ def _rescue(r: _Run, inst: LayoutInstance) -> tuple[Position, ...] | None:
                          minimize=False).spots
     r.rescue_left -= left_before - r.clock.left
     return found
-
-
-@dataclass
-class _Run:
-    """The solve in progress: problem, options, clock and what each stage said."""
-
-    problem: PlacementProblem
-    time_limit_s: float
-    clock: Clock
-    started: float = field(default_factory=time.perf_counter)
-    stages: list[tuple[str, str]] = field(default_factory=list)
-    rescue_left: float = 0.0  # seconds left for CP-SAT packing rescues, over all attempts
-
-    def __post_init__(self) -> None:
-        self.rescue_left = RESCUE_SHARE * self.time_limit_s
 
 
 def solve(
@@ -872,19 +873,14 @@ def _residency_or_hint(
             raise InfeasiblePlacementError(
                 f"{r.problem.name}: stage 1 found no option choice in {limit:.1f} s ({err}); "
                 "give the solver more time") from None
-        best = min(hints, key=lambda c: _offchip_of(r, c[0]))
+        best = min(hints, key=lambda c: _offchip(r.problem, c[0]))
         return Residency(tuple(best[0]), tuple(best[1]), False,
                          f"factor {factor:.2f}: {err}, greedy choice")
     if res is not None and greedy is not None and (
-            _offchip_of(r, greedy.options) < _offchip_of(r, res.options)):
+            _offchip(r.problem, greedy.options) < _offchip(r.problem, res.options)):
         return Residency(greedy.options, _dense([rc.wafer for rc in greedy.rects]), False,
                          res.summary + f"; {greedy.report.method} streams less, its choice kept")
     return res
-
-
-def _offchip_of(r: _Run, options: Sequence[int]) -> int:
-    return sum(r.problem.blocks[b].options[o].offchip_bytes_per_token
-               for b, o in enumerate(options))
 
 
 def _greedy_hint(problem: PlacementProblem) -> Placement | None:
@@ -927,13 +923,14 @@ def _greedy_fallback(r: _Run) -> Placement:
     if not found:
         raise InfeasiblePlacementError(
             f"{r.problem.name}: no packing found; " + "; ".join(s for _, s in r.stages))
-    best = min(found, key=lambda p: (_offchip(r.problem, p), byte_hops(r.problem, p)))
+    best = min(found, key=lambda p: (_offchip(r.problem, p.options), byte_hops(r.problem, p)))
     r.stages.append(("fallback", f"stage 1's choices did not pack: {best.report.method} kept"))
     return Placement(best.options, best.rects, _report(r, "FEASIBLE", best, None))
 
 
-def _offchip(problem: PlacementProblem, p: Placement) -> int:
-    return sum(p.option(problem, b).offchip_bytes_per_token for b in range(len(problem.blocks)))
+def _offchip(problem: PlacementProblem, options: Sequence[int]) -> int:
+    """Streamed bytes per token of these options (without token I/O)."""
+    return sum(problem.blocks[b].options[o].offchip_bytes_per_token for b, o in enumerate(options))
 
 
 def _assemble(
