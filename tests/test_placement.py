@@ -183,7 +183,7 @@ def test_first_fit_new_epoch_streams_the_rest() -> None:
     with pytest.raises(InfeasiblePlacementError, match=r"block block.4 \(4x4 = 16 cores\)"):
         first_fit(p)
     blocks = [square_block(f"b{i}", 8, stream_side=4, stream_bytes=9) for i in range(3)]
-    p = problem(blocks, 12, 16)  # two 8x8 resident, the third streams beside... below them
+    p = problem(blocks, 12, 16)  # two 8x8 fill rows 0-7; the third streams as 4x4 below
     pl = first_fit(p)
     assert validate(p, pl) == () and pl.options == (0, 0, 1)
     assert offchip_bytes_per_token(p, pl) == 9

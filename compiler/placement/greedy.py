@@ -10,7 +10,12 @@ Option rule when none are given: each block's RESIDENT option with the fewest co
 wafer is full, a new epoch begins, as in tt-buda: the remaining blocks cannot keep their weights
 on chip and switch to their smallest streaming option; when even that does not fit, the next
 wafer (if any) starts, resident again. Serpentine on several wafers first tries contiguous block
-ranges of balanced core counts, and falls back to that sequential fill.
+ranges with the least largest core count, and falls back to that sequential fill. Both accept
+fixed `options` and `wafer_of` (how CP-SAT gets its hints).
+
+Helpers for CP-SAT: `shelf_pack` / `skyline_pack` / `any_pack` on a bare grid, `skyline_shapes`
+(each rectangle may take one of several shapes), `greedy_residency` (a stage-1 hint) and
+`min_max_split` (contiguous ranges).
 """
 
 from __future__ import annotations
