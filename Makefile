@@ -16,7 +16,8 @@ demo: $(STAMP)
 	$(BIN)/wafer targets
 	$(BIN)/wafer inspect gpt2-small
 	$(BIN)/wafer check gpt2-small --target wse3
-	$(BIN)/wafer check llama3-70b --target wse3
+	$(BIN)/wafer check llama3-70b --target wse3-x4
+	$(BIN)/wafer compile llama3-8b --target wse3 -o out/llama3-8b --force
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -27,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/frontend.py
+	$(BIN)/python benchmarks/placement.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,160 @@
+"""Artifacts: the compile result as files in OUT/, written atomically.
+
+placement.json holds only what the inputs and options determine (byte-identical across runs in
+deterministic mode); wall times live apart in compile_log.json. Everything is written into a
+temporary directory beside OUT and renamed into place at the end, so an interrupted compile
+leaves no partial OUT, and an existing OUT is replaced only with `force`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from compiler import __version__
+from compiler.driver import CompileResult
+from compiler.errors import UsageError
+from compiler.layouts import OpLayout
+
+PLACEMENT_SCHEMA_VERSION = "1.0"
+
+
+def placement_doc(result: CompileResult) -> dict[str, Any]:
+    g, t = result.graph, result.target
+    return {
+        "schema_version": PLACEMENT_SCHEMA_VERSION,
+        "tool": {"name": "wafer", "version": __version__},
+        "model": {"name": g.name, "source": g.source, "sha256": g.source_sha256,
+                  "opset": g.opset, "dims": dict(g.dims), "shape_only": g.shape_only},
+        "target": {"name": t.name, "source": t.source, "sha256": t.sha256,
+                   "grid": [t.grid.rows, t.grid.cols], "wafers": t.wafers.count,
+                   "usable_bytes_per_core": t.usable_bytes_per_core},
+        "options": _options(result),
+        "layers": [_layer(result, i) for i in range(len(result.problem.blocks))],
+        "edges": [asdict(e) for e in result.problem.edges],
+        "metrics": _metrics(result),
+        "solver": _solver(result),
+    }
+
+
+def _options(result: CompileResult) -> dict[str, Any]:
+    o = result.options
+    return {"context": result.tiled.context, "batch": result.tiled.batch,
+            "method": o.solver.method, "time_limit_s": o.solver.time_limit_s,
+            "seed": o.solver.seed, "workers": o.solver.workers,
+            "deterministic": o.solver.deterministic}
+
+
+def _layer(result: CompileResult, i: int) -> dict[str, Any]:
+    lt = result.tiled.layers[i]
+    layer = result.graph.layers[i]
+    rect = result.placement.rects[i]
+    cand = lt.candidates[result.placement.options[i]]
+    return {
+        "name": lt.layer, "kind": lt.kind, "index": layer.index, "template": lt.template,
+        "onnx_nodes": [op.name for op in layer.ops],
+        "rect": {"wafer": rect.wafer, "row": rect.row, "col": rect.col, "rows": rect.rows,
+                 "cols": rect.cols},
+        "residency": cand.residency.value,
+        "per_core_bytes": {"weights": cand.weight_bytes, "kv_cache": cand.kv_bytes,
+                           "activations": cand.act_bytes, "total": cand.per_core_bytes},
+        "weight_bytes": lt.weight_bytes, "kv_bytes": lt.kv_bytes,
+        "flops_per_token": lt.flops_per_token,
+        "offchip_bytes_per_token": cand.offchip_bytes_per_token,
+        "cycles_per_token": cand.cycles,
+        "layouts": [_layout(lay) for lay in lt.ops],
+    }
+
+
+def _layout(lay: OpLayout) -> dict[str, Any]:
+    def spec(s):
+        return None if s is None else [a or "-" for a in s]
+
+    return {"op": lay.op, "kind": lay.kind, "inputs": [spec(s) for s in lay.inputs],
+            "outputs": [spec(s) for s in lay.outputs],
+            "collectives": [asdict(c) for c in lay.collectives]}
+
+
+def _metrics(result: CompileResult) -> dict[str, Any]:
+    m, b = result.metrics, result.baseline
+    out = {k: v for k, v in asdict(m).items()}
+    out["byte_hops_ratio_to_bound"] = _round(m.byte_hops_ratio)
+    out["first_fit"] = None if b is None else {
+        "offchip_bytes_per_token": b.offchip_bytes_per_token, "byte_hops": b.byte_hops,
+        "interwafer_bytes_per_token": b.interwafer_bytes_per_token}
+    if b is not None and b.byte_hops:
+        out["byte_hops_vs_first_fit"] = _round(m.byte_hops / b.byte_hops)
+    return out
+
+
+def _solver(result: CompileResult) -> dict[str, Any]:
+    r = result.placement.report
+    doc = {k: v for k, v in asdict(r).items() if k != "wall_time_s"}
+    doc["stages"] = [list(s) for s in r.stages]
+    doc["gap"] = _gap(r.objective, r.bound)
+    return doc
+
+
+def _gap(objective: float | None, bound: float | None) -> float | None:
+    if objective is None or bound is None:
+        return None
+    return _round(0.0 if objective == 0 else max(0.0, (objective - bound) / abs(objective)))
+
+
+def _round(x: float) -> float:
+    return round(float(x), 6)
+
+
+def compile_log(result: CompileResult) -> dict[str, Any]:
+    """What varies from run to run: wall times."""
+    return {"stage_seconds": {k: round(v, 4) for k, v in result.stage_times},
+            "solver_wall_time_s": round(result.placement.report.wall_time_s, 4)}
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+
+
+Writer = Callable[[Path], None]
+
+
+def write_outputs(out: Path, files: dict[str, str | Writer], force: bool = False) -> Path:
+    """Write `files` (name -> text, or a function writing into the directory) into `out`
+    atomically: a temporary sibling directory, renamed into place when complete."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise UsageError(f"{out} already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, content in files.items():
+            if callable(content):
+                content(tmp)
+            else:
+                (tmp / name).write_text(content)
+        _swap(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    """Rename tmp to out; an existing out is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old.{os.getpid()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

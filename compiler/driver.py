@@ -1,0 +1,98 @@
+"""compile_model: the compiler as one straight line over its stages.
+
+    graph = frontend(model) -> tiled = tiling(graph) -> problem = adapter(tiled)
+    -> placement = place(problem) (validated) -> baseline = first_fit(problem) -> result
+
+Each stage is timed; `on_stage(name, seconds)` lets the CLI print stage lines as they finish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compiler import ir
+from compiler.errors import InfeasiblePlacementError
+from compiler.frontend import FrontendOptions, load_model
+from compiler.placement import place
+from compiler.placement.check import Metrics, metrics
+from compiler.placement.problem import Placement, PlacementProblem
+from compiler.target import Target, load_target
+from compiler.tiling import TiledGraph, TilingOptions, tile_graph, to_problem
+
+StageHook = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    method: str = "cpsat"  # or "first-fit", "serpentine"
+    time_limit_s: float = 30.0
+    seed: int = 0
+    workers: int = 1
+    deterministic: bool = True
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    frontend: FrontendOptions = field(default_factory=FrontendOptions)
+    tiling: TilingOptions = field(default_factory=TilingOptions)
+    solver: SolverOptions = field(default_factory=SolverOptions)
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    graph: ir.Graph
+    target: Target
+    tiled: TiledGraph
+    problem: PlacementProblem
+    placement: Placement
+    metrics: Metrics
+    baseline: Metrics | None  # first-fit, for comparison (None when it found no placement)
+    options: CompileOptions
+    stage_times: tuple[tuple[str, float], ...]
+
+
+def compile_model(model: str | Path, target: str | Path | Target,
+                  options: CompileOptions | None = None,
+                  on_stage: StageHook | None = None) -> CompileResult:
+    options = options or CompileOptions()
+    timer = _Timer(on_stage)
+    tgt = target if isinstance(target, Target) else timer("target", load_target, target)
+    graph = timer("frontend", load_model, model, options.frontend)
+    tiled = timer("tiling", tile_graph, graph, tgt, options.tiling)
+    problem = to_problem(tiled, tgt)
+    placement = timer("placement", _place, problem, options.solver)
+    baseline = timer("baseline", _baseline, problem)
+    return CompileResult(graph, tgt, tiled, problem, placement, metrics(problem, placement),
+                         baseline, options, tuple(timer.times))
+
+
+def _place(problem: PlacementProblem, solver: SolverOptions) -> Placement:
+    if solver.method != "cpsat":
+        return place(problem, solver.method)
+    return place(problem, "cpsat", time_limit_s=solver.time_limit_s, seed=solver.seed,
+                 workers=solver.workers, deterministic=solver.deterministic)
+
+
+def _baseline(problem: PlacementProblem) -> Metrics | None:
+    try:
+        return metrics(problem, place(problem, "first-fit"))
+    except InfeasiblePlacementError:
+        return None
+
+
+class _Timer:
+    def __init__(self, hook: StageHook | None):
+        self.hook = hook
+        self.times: list[tuple[str, float]] = []
+
+    def __call__(self, name: str, fn, *args):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        seconds = time.perf_counter() - t0
+        self.times.append((name, seconds))
+        if self.hook:
+            self.hook(name, seconds)
+        return result
