@@ -1,0 +1,88 @@
+"""`wafer compile` end to end on small models: placement.json, determinism, OUT handling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compiler.cli import main
+from compiler.driver import compile_model
+from compiler.errors import ExitCode
+from compiler.placement.check import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compile(tmp_path, capsys, *extra: str, name: str = "out", model: str = "llama-tiny",
+             target: str = "mesh8x8") -> tuple[int, str]:
+    code = main(["-q", "compile", model, "-t", target, "-o", str(tmp_path / name), *extra])
+    return code, capsys.readouterr().out
+
+
+def test_compile_writes_a_complete_placement(tmp_path, capsys):
+    code, out = _compile(tmp_path, capsys)
+    assert code == 0 and "compiled llama-tiny for mesh8x8" in out
+    doc = json.loads((tmp_path / "out" / "placement.json").read_text())
+    assert doc["schema_version"] and doc["tool"]["name"] == "wafer"
+    assert len(doc["model"]["sha256"]) == 64 and len(doc["target"]["sha256"]) == 64
+    assert [layer["name"] for layer in doc["layers"]] == [
+        "embedding", "block.0", "block.1", "final_norm", "head"]
+    block = doc["layers"][1]
+    assert block["onnx_nodes"][0].startswith("/model/layers.0/")
+    assert block["per_core_bytes"]["total"] <= doc["target"]["usable_bytes_per_core"]
+    assert {"op", "kind", "inputs", "outputs", "collectives"} <= set(block["layouts"][0])
+    m = doc["metrics"]
+    assert m["offchip_bytes_per_token"] >= m["offchip_lower_bound"]
+    assert m["byte_hops"] >= m["byte_hops_lower_bound"]
+    assert doc["solver"]["status"] in ("OPTIMAL", "FEASIBLE", "HEURISTIC")
+    assert {"seed", "workers", "bound", "objective", "gap"} <= set(doc["solver"])
+    assert "stage_seconds" in json.loads((tmp_path / "out" / "compile_log.json").read_text())
+
+
+def test_compile_is_deterministic(tmp_path, capsys):
+    _compile(tmp_path, capsys, name="a", model="gpt2-tiny")
+    _compile(tmp_path, capsys, name="b", model="gpt2-tiny")
+    a = (tmp_path / "a" / "placement.json").read_bytes()
+    assert a == (tmp_path / "b" / "placement.json").read_bytes()
+
+
+def test_existing_out_needs_force_and_is_left_untouched(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code = main(["compile", "gpt2-tiny", "-t", "mesh8x8", "-o", str(out)])
+    assert code == ExitCode.USAGE and "--force" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+    assert _compile(tmp_path, capsys, "--force", model="gpt2-tiny")[0] == 0
+    assert not (out / "keep.txt").exists() and (out / "placement.json").exists()
+
+
+def _tiny_target(tmp_path):
+    """mesh8x8 shrunk to one core of 8 KiB: nothing of a real layer fits, even streamed."""
+    text = (ROOT / "targets" / "mesh8x8.toml").read_text()
+    text = text.replace("rows = 8", "rows = 1").replace("cols = 8", "cols = 1")
+    text = text.replace('sram_bytes = "64 KiB"', 'sram_bytes = "8 KiB"')
+    path = tmp_path / "specs" / "one-core.toml"
+    path.parent.mkdir()
+    path.write_text(text)
+    return path
+
+
+def test_failed_compile_leaves_no_out(tmp_path, capsys):
+    target = _tiny_target(tmp_path)
+    code = main(["compile", "gpt2-tiny", "-t", str(target), "-o", str(tmp_path / "out")])
+    assert code == ExitCode.DOES_NOT_FIT
+    assert "bytes but 4,096 are available" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["specs"]  # no OUT, no temp dir
+
+
+@pytest.mark.parametrize("method", ["cpsat", "first-fit", "serpentine"])
+def test_every_method_gives_a_valid_placement_on_two_wafers(method):
+    from compiler.driver import CompileOptions, SolverOptions
+
+    result = compile_model("gpt2-tiny", "mesh8x8-x2",
+                           CompileOptions(solver=SolverOptions(method=method, time_limit_s=5)))
+    assert validate(result.problem, result.placement) == ()
+    assert result.metrics.offchip_bytes_per_token >= result.metrics.offchip_lower_bound
