@@ -35,12 +35,14 @@ from compiler.placement.check import (
     wafer_cycles,
 )
 from compiler.placement.greedy import (
+    balanced_split,
     first_fit,
     greedy_residency,
     min_max_split,
     serpentine,
     shelf_pack,
     skyline_pack,
+    spread_choices,
 )
 from compiler.placement.problem import Block, Edge, Placement, PlacementProblem, Rect
 
@@ -162,6 +164,25 @@ def test_shelf_packers() -> None:
 def test_min_max_split() -> None:
     assert min_max_split([5, 1, 1, 1, 1, 1, 5], 3) == (0, 1, 1, 1, 1, 1, 2)
     assert min_max_split([4, 4, 4], 5) == (0, 1, 2)
+
+
+def test_balanced_split_under_a_capacity() -> None:
+    loads, sizes = [5, 1, 1, 1, 1, 1, 5], [1] * 7  # at most 2 items a range
+    assert balanced_split(loads, sizes, 3, 2) is None
+    split = balanced_split(loads, sizes, 4, 2)
+    assert split is not None and max(split.count(k) for k in set(split)) <= 2
+    assert max(sum(x for x, k in zip(loads, split, strict=True) if k == part)
+               for part in set(split)) == 6
+    assert balanced_split([1], [3], 1, 2) is None  # an item bigger than a wafer
+
+
+def test_spread_choices_deals_alike_blocks_evenly() -> None:
+    blocks = [square_block(f"block.{i}", 4, stream_side=2, stream_bytes=5) for i in range(6)]
+    p = problem([Block("embedding", "embedding", (opt(2, 2),)), *blocks], 16, 16)
+    spread = spread_choices(p, (0, 1, 1, 0, 0, 0, 0))
+    assert spread[0] == 0 and sorted(spread[1:]) == [0, 0, 0, 0, 1, 1]
+    streamed = [b for b in range(1, 7) if spread[b] == 1]
+    assert streamed[1] - streamed[0] >= 3  # no longer side by side
 
 
 @pytest.mark.parametrize("placer", [first_fit, serpentine])

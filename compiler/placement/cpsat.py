@@ -34,10 +34,12 @@ from compiler.placement.check import byte_hops, usable_options
 from compiler.placement.greedy import (
     Position,
     any_pack,
+    balanced_split,
     first_fit,
     greedy_residency,
     serpentine,
     skyline_shapes,
+    spread_choices,
     usable,
 )
 from compiler.placement.problem import Option, Placement, PlacementProblem, Rect, SolverReport
@@ -374,6 +376,8 @@ def _lexicographic(
     left_before, best, optimal, lines = clock.left, None, True, []
     for t, (name, expr) in enumerate(terms):
         left = limit - (left_before - clock.left)
+        if name == "pipeline" and best is not None:
+            hint_residency(model, inst, v, _rebalanced(inst, best))
         model.minimize(expr)
         solver, status = run(model, left * weights[t] / sum(weights[t:]), clock)
         if status == cp_model.INFEASIBLE and best is None:
@@ -395,6 +399,27 @@ def _lexicographic(
     factor = inst.capacity / inst.problem.cores_per_wafer
     summary = f"factor {factor:.2f}: " + "; ".join(lines)
     return Residency(best[0], best[1], optimal and factor >= 1.0, summary)
+
+
+def _rebalanced(inst: ResidencyInstance, choice: Choice) -> Choice:
+    """A hint for the pipeline solve: the same option choices, as they are or spread evenly
+    within groups of alike blocks, split into wafer ranges of the least slowest wafer (under
+    capacity); the best pipeline of these and `choice` itself."""
+    found = [choice]
+    for options in (choice[0], spread_choices(inst.problem, choice[0])):
+        split = balanced_split([inst.option(b, o).cycles for b, o in enumerate(options)],
+                               [inst.option(b, o).cores for b, o in enumerate(options)],
+                               inst.wafers, inst.capacity)
+        if split is not None:
+            found.append((options, split))
+    return min(found, key=lambda c: pipeline_cost(inst, c))
+
+
+def pipeline_cost(inst: ResidencyInstance, choice: Choice) -> int:
+    """The pipeline objective of a choice: slowest wafer's cycles plus cut edges' link cycles."""
+    wafer_of = choice[1]
+    cuts = sum(inst.link_cycles[e] for e, i, j in inst.edges if wafer_of[i] != wafer_of[j])
+    return max(_wafer_sums(inst, choice)) + cuts
 
 
 def _extract_residency(

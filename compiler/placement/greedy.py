@@ -273,26 +273,75 @@ def _balanced(
 
 def min_max_split(sizes: Sequence[int], parts: int) -> tuple[int, ...]:
     """Part index per item: contiguous ranges, at most `parts`, with the least largest sum."""
-    if not sizes:
+    found = balanced_split(sizes, [0] * len(sizes), parts, 0)
+    assert found is not None  # without a capacity, one range per item always works
+    return found
+
+
+def balanced_split(
+    loads: Sequence[int], sizes: Sequence[int], parts: int, capacity: int
+) -> tuple[int, ...] | None:
+    """Part index per item: contiguous ranges, at most `parts`, each with sizes summing to at
+    most `capacity`, and the least largest sum of loads (None if the capacity cannot be met).
+    Filling ranges greedily meets a limit with the fewest ranges, so a binary search on the
+    limit finds the least one."""
+    if not loads:
         return ()
-    lo, hi = max(sizes), sum(sizes)
-    while lo < hi:  # the least limit that a greedy fill meets with `parts` ranges
+    if capacity and max(sizes) > capacity:
+        return None
+    lo, hi = max(loads), sum(loads)
+    if _fill(loads, hi, sizes, capacity)[-1] >= parts:
+        return None
+    while lo < hi:
         mid = (lo + hi) // 2
-        if _fill_limit(sizes, mid)[-1] < parts:
+        if _fill(loads, mid, sizes, capacity)[-1] < parts:
             hi = mid
         else:
             lo = mid + 1
-    return _fill_limit(sizes, lo)
+    return _fill(loads, lo, sizes, capacity)
 
 
-def _fill_limit(sizes: Sequence[int], limit: int) -> tuple[int, ...]:
-    out, part, load = [], 0, 0
-    for size in sizes:
-        if load + size > limit and load > 0:
-            part, load = part + 1, 0
+def _fill(
+    loads: Sequence[int], limit: int, sizes: Sequence[int], capacity: int
+) -> tuple[int, ...]:
+    """Greedy ranges: extend while loads stay within `limit` and sizes within `capacity` (no
+    capacity when it is 0); an item too big for any range gets a range of its own."""
+    out, part, load, size, empty = [], 0, 0, 0, True
+    for item_load, item_size in zip(loads, sizes, strict=True):
+        over = load + item_load > limit or (capacity and size + item_size > capacity)
+        if over and not empty:
+            part, load, size = part + 1, 0, 0
         out.append(part)
-        load += size
+        load, size, empty = load + item_load, size + item_size, False
     return tuple(out)
+
+
+def spread_choices(problem: PlacementProblem, options: Sequence[int]) -> tuple[int, ...]:
+    """The same option choices, re-dealt within each group of alike blocks (same group, same
+    options) so that every choice is spread evenly along the chain: off-chip bytes, cycles and
+    cores stay the same in total, and contiguous wafer ranges can balance (e.g. the streamed
+    blocks of a chain no longer sit together on one wafer)."""
+    groups: dict[tuple[str, tuple[Option, ...]], list[int]] = {}
+    for b, block in enumerate(problem.blocks):
+        if block.group:
+            groups.setdefault((block.group, block.options), []).append(b)
+    out = list(options)
+    for members in groups.values():
+        for b, o in zip(members, _even_deal([options[b] for b in members]), strict=True):
+            out[b] = o
+    return tuple(out)
+
+
+def _even_deal(choices: Sequence[int]) -> list[int]:
+    """Reorder `choices` so each value's share so far tracks its overall share."""
+    total = {c: choices.count(c) for c in sorted(set(choices))}
+    used = dict.fromkeys(total, 0)
+    out = []
+    for pos in range(1, len(choices) + 1):
+        pick = max(total, key=lambda c: (total[c] * pos / len(choices) - used[c], -c))
+        used[pick] += 1
+        out.append(pick)
+    return out
 
 
 def greedy_residency(
