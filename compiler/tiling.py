@@ -208,6 +208,21 @@ def _pick(points: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
     return chosen[:k]
 
 
+def _grid_tiling(points: list[tuple[int, int]], target: Target, k: int = 2):
+    """Shapes that tile the wafer exactly (rows // i x cols // j), grown from frontier points:
+    alike blocks then pack without waste, which matters when they fill most of the wafer."""
+    rows, cols = target.grid.rows, target.grid.cols
+    tiled = set()
+    for r, c in points:
+        i, j = rows // r, cols // c
+        if i and j:
+            tiled.add((rows // i, cols // j))
+    if not points:
+        return []
+    least = min(r * c for r, c in points)
+    return sorted(tiled, key=lambda p: (p[0] * p[1], p))[:k] if tiled and least else []
+
+
 # --- putting a layer together -------------------------------------------------------------------
 
 
@@ -297,8 +312,9 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
         def fits(r: int, c: int, mode=mode) -> bool:
             return sum(_per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch)) <= cap
 
-        shapes = _pick(_frontier(fits, target.grid.rows, target.grid.cols),
-                       options.max_candidates)
+        frontier = _frontier(fits, target.grid.rows, target.grid.cols)
+        shapes = _pick(frontier, options.max_candidates)
+        shapes += [p for p in _grid_tiling(frontier, target) if p not in shapes]
         if mode is Residency.RESIDENT:
             resident_shapes = shapes[:2]
         else:  # streaming frees SRAM; keeping the resident shape keeps the compute parallel

@@ -1,0 +1,208 @@
+"""Performance model: cycles per step from the target, then the critical path through the step
+graph with regions, links and the off-chip port as serialized resources.
+
+Step costs (cycles): compute = FLOPs / (cores x FLOP/cycle) plus, for statistics reduced inside
+the step, (m - 1) hops along the axis; a reduce of partial sums along an axis of m cores =
+(m - 1) x hop latency + 2 x tile bytes / link bytes per cycle (reduce then broadcast, pipelined);
+a relayout = (m - 1) x (hop latency + tile bytes / link bytes per cycle); a send = hops x hop
+latency + a turn + bytes / (lanes x link bytes per cycle); off-chip and inter-wafer transfers =
+latency + bytes / bandwidth. Every step also pays the target's per-step runtime overhead. Batch-1
+decode is therefore bound by hop latencies and overheads of dependent phases, not bandwidth.
+
+Modes: decode (one token per sequence per step at a context length: token-proportional sizes
+scale by batch / tokens, attention additionally by context / sequence) and prefill (the prompt
+as the graph describes it: time to first token). Setup steps (resident weights) cost nothing
+per token; streamed weights and KV cache are loaded every step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from compiler.schedule import ATTENTION, FIXED, SETUP, Schedule, Step
+from compiler.target import Target
+
+DECODE, PREFILL = "decode", "prefill"
+
+
+@dataclass(frozen=True)
+class PerfOptions:
+    mode: str = DECODE
+    batch: int | None = None  # sequences per decode step (default: the graph's batch)
+    context: int | None = None  # KV length for decode attention (default: the schedule's)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    starts: tuple[int, ...]  # cycles, per step id (setup steps: 0, 0)
+    ends: tuple[int, ...]
+    makespan: int
+    critical_path: tuple[int, ...]  # step ids, first to last
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mode: str
+    batch: int
+    context: int
+    cycles: int  # one decode step, or the whole prefill
+    seconds: float
+    tokens_per_s: float  # decode: tokens per second; prefill: prompt tokens per second
+    ttft_s: float | None  # prefill only
+    utilization: float  # achieved FLOP/s over the target's peak
+    flops: int
+    critical_path_steps: int
+    compute_bound_tokens_per_s: float  # roofline: peak FLOP/s / FLOPs per token
+
+
+def _scale(step: Step, s: Schedule, opts: PerfOptions) -> float:
+    """Factor from the schedule's sizes (one forward of s.tokens tokens) to this mode's."""
+    if step.scaling == FIXED:
+        return 1.0
+    if opts.mode == PREFILL:
+        return 1.0
+    batch = opts.batch or s.batch
+    per_step = batch / s.tokens
+    if step.scaling == ATTENTION:
+        seq = max(1, s.tokens // max(s.batch, 1))
+        per_step *= (opts.context or s.context) / seq
+    return per_step
+
+
+# Ops that only reinterpret tiles in place (no data moves, nothing computed): free.
+VIEW_OPS = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Flatten", "Identity",
+                      "Dropout", "Expand"})
+
+
+def step_cycles(step: Step, s: Schedule, t: Target, scale: float) -> int:
+    """Cycles of one step in isolation (without waiting for resources)."""
+    if step.phase == SETUP or (step.kind == "compute" and step.op_kind in VIEW_OPS):
+        return 0
+    region = s.region(step.region)
+    overhead = t.runtime.step_overhead_cycles
+    nbytes = step.nbytes * scale
+    cost = {"compute": _compute, "collective": _collective, "send": _send,
+            "wafer_send": _wafer, "load": _offchip, "store": _offchip}[step.kind]
+    return int(math.ceil(cost(step, region, t, nbytes, step.flops * scale))) + overhead
+
+
+def _axis_size(region, axis: str | None) -> int:
+    return {"r": region.rows, "c": region.cols}.get(axis or "", 1)
+
+
+def _compute(step, region, t: Target, nbytes: float, flops: float) -> float:
+    cores = region.rows * region.cols
+    cycles = flops / (cores * t.core.flops(t.compute.dtype))
+    hop = t.links.hop_latency_cycles
+    return cycles + sum((_axis_size(region, axis) - 1) * hop for _, axis in step.fused)
+
+
+def _collective(step, region, t: Target, nbytes: float, flops: float) -> float:
+    m = _axis_size(region, step.axis)
+    lines = region.rows * region.cols / max(m, 1)
+    tile = nbytes / max(lines, 1)  # bytes each line of m cores works on
+    hop, bpc = t.links.hop_latency_cycles, t.links.bytes_per_cycle
+    if step.op_kind == "reduce":
+        return (m - 1) * hop + 2 * tile / bpc
+    return (m - 1) * (hop + tile / max(m, 1) / bpc)
+
+
+def _send(step, region, t: Target, nbytes: float, flops: float) -> float:
+    turn = t.links.turn_latency_cycles if len(step.route) > 2 else 0
+    return step.hops * t.links.hop_latency_cycles + turn + \
+        nbytes / (max(step.lanes, 1) * t.links.bytes_per_cycle)
+
+
+def _wafer(step, region, t: Target, nbytes: float, flops: float) -> float:
+    w = t.wafers
+    return (w.link_latency_s + nbytes / w.link_bandwidth_bytes_per_s) * t.core.clock_hz
+
+
+def _offchip(step, region, t: Target, nbytes: float, flops: float) -> float:
+    o = t.offchip
+    return (o.latency_s + nbytes / o.bandwidth_bytes_per_s) * t.core.clock_hz
+
+
+# --- list scheduling ------------------------------------------------------------------------------
+
+
+def timeline(s: Schedule, t: Target, opts: PerfOptions | None = None,
+             extra: dict[int, int] | None = None) -> Timeline:
+    """Start and end of every step: after its dependencies and once its region (compute and
+    collectives), its links (sends sharing a row or column segment) or its off-chip port (loads
+    and stores of a wafer) are free."""
+    opts = opts or PerfOptions()
+    extra = extra or {}
+    starts, ends, why = [0] * len(s.steps), [0] * len(s.steps), [-1] * len(s.steps)
+    free: dict[object, tuple[int, int]] = defaultdict(lambda: (0, -1))  # resource -> (t, step)
+    for step in s.steps:
+        if step.phase == SETUP:
+            continue
+        dur = step_cycles(step, s, t, _scale(step, s, opts)) + extra.get(step.id, 0)
+        ready, cause = max(((ends[d], d) for d in step.deps), default=(0, -1))
+        for res in _resources(step, s):
+            if free[res][0] > ready:
+                ready, cause = free[res]
+        starts[step.id], ends[step.id], why[step.id] = ready, ready + dur, cause
+        for res in _resources(step, s):
+            free[res] = (ends[step.id], step.id)
+    makespan = max(ends, default=0)
+    return Timeline(tuple(starts), tuple(ends), makespan, _critical(ends, why, makespan))
+
+
+def _resources(step: Step, s: Schedule) -> list[object]:
+    if step.kind in ("compute", "collective"):
+        return [("region", step.region)]
+    if step.kind in ("load", "store"):
+        return [("offchip", s.region(step.region).wafer)]
+    if step.kind == "wafer_send":
+        return [("wafer-link", s.region(step.region).wafer, s.region(step.dst).wafer)]
+    return _route_links(step, s.region(step.region).wafer)
+
+
+def _route_links(step: Step, wafer: int) -> list[object]:
+    """A send holds the row and column segments of its XY route (coarsely: per 16 cores)."""
+    out: list[object] = []
+    for (r0, c0), (r1, c1) in zip(step.route, step.route[1:], strict=False):
+        if r0 == r1:
+            out += [("h", wafer, r0 // 16, c // 16) for c in range(min(c0, c1), max(c0, c1), 16)]
+        else:
+            out += [("v", wafer, c0 // 16, r // 16) for r in range(min(r0, r1), max(r0, r1), 16)]
+    return out
+
+
+def _critical(ends: list[int], why: list[int], makespan: int) -> tuple[int, ...]:
+    if not ends:
+        return ()
+    node = max(range(len(ends)), key=lambda i: (ends[i], -i))
+    path = []
+    while node >= 0:
+        path.append(node)
+        node = why[node]
+    return tuple(reversed(path))
+
+
+# --- estimates ----------------------------------------------------------------------------------
+
+
+def estimate(s: Schedule, t: Target, opts: PerfOptions | None = None,
+             extra: dict[int, int] | None = None) -> Estimate:
+    opts = opts or PerfOptions()
+    tl = timeline(s, t, opts, extra)
+    batch = opts.batch or s.batch
+    context = opts.context or s.context
+    flops = int(sum(st.flops * _scale(st, s, opts) for st in s.steps if st.kind == "compute"))
+    seconds = tl.makespan / t.core.clock_hz
+    tokens = batch if opts.mode == DECODE else s.tokens
+    peak = t.total_peak_flops()
+    per_token = flops / max(tokens, 1)
+    return Estimate(
+        mode=opts.mode, batch=batch, context=context, cycles=tl.makespan, seconds=seconds,
+        tokens_per_s=tokens / seconds if seconds else math.inf,
+        ttft_s=seconds if opts.mode == PREFILL else None,
+        utilization=flops / seconds / peak if seconds else 0.0, flops=flops,
+        critical_path_steps=len(tl.critical_path),
+        compute_bound_tokens_per_s=peak / per_token if per_token else math.inf,
+    )

@@ -1,0 +1,246 @@
+"""The schedule: an ordered, dependency-correct list of steps at region granularity.
+
+A region is one layer's placed rectangle. Tensors live on regions as tiles split by a Spec
+(compiler/layouts.py), possibly holding partial sums along one mesh axis. Steps:
+
+- load: off-chip -> region (graph inputs every forward; weights once at setup, or every token
+  when streamed; constant tables, evaluated on the host, once at setup);
+- compute: one op on one region in its layout; statistics a normalization needs across a
+  split axis are reduced inside the step (`fused`);
+- collective: inside a region along one mesh axis: `reduce` (partial sums -> complete),
+  `relayout` (re-split a tensor another way, e.g. gather a split dim);
+- send: region -> region on one wafer along an XY route; wafer_send: across wafers;
+- store: region -> off-chip (graph outputs).
+
+Each step names what it reads and writes (tensor, spec, partial axis), so the executor can run
+it and check that every operand is resident where the step runs. Step ids are a topological
+order: every dependency has a smaller id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from compiler import ir
+from compiler.layouts import OpLayout, Spec, replicated
+from compiler.placement.problem import Placement, PlacementProblem, Rect, Residency
+from compiler.tiling import TiledGraph
+
+SETUP, TOKEN = "setup", "token"
+FIXED, TOKENS, ATTENTION = "fixed", "tokens", "attention"  # how a step's size scales
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    wafer: int
+    row: int
+    col: int
+    rows: int
+    cols: int
+
+    @property
+    def center(self) -> tuple[int, int]:
+        return self.row + self.rows // 2, self.col + self.cols // 2
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    tensor: str
+    spec: Spec
+    partial: str | None = None  # mesh axis along which tiles hold partial sums
+
+
+@dataclass(frozen=True)
+class Step:
+    id: int
+    kind: str  # load | compute | collective | send | wafer_send | store
+    region: str  # where it runs (a send's source)
+    reads: tuple[TensorRef, ...] = ()
+    writes: tuple[TensorRef, ...] = ()
+    deps: tuple[int, ...] = ()
+    op: str = ""  # ONNX node name (compute)
+    op_kind: str = ""  # ONNX op type, or the collective's kind (reduce, relayout)
+    axis: str | None = None  # collective axis
+    fused: tuple[tuple[str, str], ...] = ()  # (kind, axis) reduced inside a compute step
+    dst: str = ""  # send / wafer_send: destination region
+    route: tuple[tuple[int, int], ...] = ()  # (row, col) waypoints: start, corner, end
+    hops: int = 0
+    lanes: int = 1  # parallel paths a send spreads over
+    phase: str = TOKEN  # setup (once) or token (every forward)
+    nbytes: int = 0  # moved (load, collective, send, store)
+    flops: int = 0  # computed
+    scaling: str = TOKENS  # fixed, tokens, attention (tokens x context)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    model: str
+    target: str
+    regions: tuple[Region, ...]
+    steps: tuple[Step, ...]
+    tokens: int  # per forward pass the step sizes describe (batch x seq)
+    batch: int
+    context: int
+    residency: tuple[tuple[str, str], ...] = ()  # region -> residency mode
+
+    def region(self, name: str) -> Region:
+        return next(r for r in self.regions if r.name == name)
+
+
+# --- building -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """Where each tensor is, per region: (spec, partial, step that made it)."""
+
+    at: dict[tuple[str, str], tuple[Spec, str | None, int]] = field(default_factory=dict)
+    home: dict[str, str] = field(default_factory=dict)  # tensor -> region that produced it
+    steps: list[Step] = field(default_factory=list)
+
+    def add(self, **kw) -> Step:
+        step = Step(id=len(self.steps), **kw)
+        self.steps.append(step)
+        return step
+
+
+def build_schedule(g: ir.Graph, tiled: TiledGraph, problem: PlacementProblem,
+                   placement: Placement, target_name: str = "") -> Schedule:
+    regions = tuple(_region(lt.layer, r) for lt, r in zip(tiled.layers, placement.rects,
+                                                          strict=True))
+    by_name = {r.name: r for r in regions}
+    residency = {b.name: placement.option(problem, i).residency
+                 for i, b in enumerate(problem.blocks)}
+    st = _State()
+    for layer, lt in zip(g.layers, tiled.layers, strict=True):
+        _schedule_layer(g, layer, lt.ops, by_name[layer.name], by_name, residency[layer.name], st)
+    _store_outputs(g, st)
+    return Schedule(g.name, target_name, regions, tuple(st.steps), _tokens(g), tiled.batch,
+                    tiled.context, tuple((k, v.value) for k, v in residency.items()))
+
+
+def _region(name: str, r: Rect) -> Region:
+    return Region(name, r.wafer, r.row, r.col, r.rows, r.cols)
+
+
+def _tokens(g: ir.Graph) -> int:
+    from compiler.costs import token_count
+
+    return max(token_count(g), 1)
+
+
+def _schedule_layer(g: ir.Graph, layer: ir.Layer, layouts: tuple[OpLayout, ...], region: Region,
+                    regions: dict[str, Region], residency: Residency, st: _State) -> None:
+    streamed = residency in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL)
+    for op, lay in zip(layer.ops, layouts, strict=True):
+        if all(n in g.const_derived for n in op.inputs if n):
+            continue  # a constant subgraph: evaluated on the host, loaded where it is read
+        deps = [_provide(g, name, spec, region, regions, streamed, st)
+                for name, spec in zip(op.inputs, lay.inputs, strict=True) if name]
+        _compute(g, op, lay, region, deps, st)
+
+
+def _provide(g: ir.Graph, name: str, spec: Spec | None, region: Region,
+             regions: dict[str, Region], streamed: bool, st: _State) -> int:
+    """Make `name` resident on `region` in `spec`; returns the step that did."""
+    spec = spec if spec is not None else replicated(len(g.tensor(name).shape))
+    key = (region.name, name)
+    if key not in st.at:
+        _bring(g, name, spec, region, regions, streamed, st)
+    have, partial, last = st.at[key]
+    if have != spec or partial:
+        return _relayout(g, name, have, partial, spec, region.name, last, st)
+    return last
+
+
+def _bring(g, name: str, spec: Spec, region: Region, regions, streamed: bool, st: _State) -> None:
+    t = g.tensor(name)
+    if name in g.const_derived:
+        phase = TOKEN if streamed and t.kind is ir.TensorKind.WEIGHT else SETUP
+        step = st.add(kind="load", region=region.name, writes=(TensorRef(name, spec),),
+                      phase=phase, nbytes=t.nbytes, scaling=FIXED)
+    elif name in g.inputs:
+        step = st.add(kind="load", region=region.name, writes=(TensorRef(name, spec),),
+                      nbytes=t.nbytes)
+    else:
+        step = _send(g, name, spec, regions[st.home[name]], region, st)
+    st.at[(region.name, name)] = (spec, None, step.id)
+
+
+def _send(g: ir.Graph, name: str, spec: Spec, src: Region, dst: Region, st: _State) -> Step:
+    have, partial, last = st.at[(src.name, name)]
+    if partial:  # never ship partial sums: complete them at home first
+        last = _relayout(g, name, have, partial, have, src.name, last, st)
+    nbytes = g.tensor(name).nbytes
+    read, write = TensorRef(name, have), TensorRef(name, spec)
+    if src.wafer != dst.wafer:
+        return st.add(kind="wafer_send", region=src.name, dst=dst.name, reads=(read,),
+                      writes=(write,), deps=(last,), nbytes=nbytes)
+    route, hops = xy_route(src, dst)
+    lanes = max(1, min(src.rows, dst.rows) if route[0][0] == route[-1][0] else
+                min(src.cols, dst.cols))
+    return st.add(kind="send", region=src.name, dst=dst.name, reads=(read,), writes=(write,),
+                  deps=(last,), route=route, hops=hops, lanes=lanes, nbytes=nbytes)
+
+
+def xy_route(src: Region, dst: Region) -> tuple[tuple[tuple[int, int], ...], int]:
+    """Dimension-order route between region centres: along the row (x) first, then the column.
+    Returns the waypoints (start, corner, end, duplicates dropped) and the hop count, which is
+    the Manhattan distance."""
+    (r0, c0), (r1, c1) = src.center, dst.center
+    points = [(r0, c0), (r0, c1), (r1, c1)]
+    route = tuple(p for i, p in enumerate(points) if i == 0 or p != points[i - 1])
+    return route, abs(r1 - r0) + abs(c1 - c0)
+
+
+def _relayout(g: ir.Graph, name: str, have: Spec, partial: str | None, want: Spec,
+              region: str, last: int, st: _State) -> int:
+    """Complete partial sums (`reduce`) and/or re-split (`relayout`) inside a region."""
+    nbytes = g.tensor(name).nbytes
+    if partial:
+        step = st.add(kind="collective", region=region, op_kind="reduce", axis=partial,
+                      reads=(TensorRef(name, have, partial),), writes=(TensorRef(name, have),),
+                      deps=(last,), nbytes=nbytes)
+        last = step.id
+    if have != want:
+        axis = next((a or b for a, b in zip(have, want, strict=True) if a != b), None)
+        step = st.add(kind="collective", region=region, op_kind="relayout", axis=axis,
+                      reads=(TensorRef(name, have),), writes=(TensorRef(name, want),),
+                      deps=(last,), nbytes=nbytes)
+        last = step.id
+    st.at[(region, name)] = (want, None, last)
+    return last
+
+
+def _compute(g: ir.Graph, op: ir.Op, lay: OpLayout, region: Region, deps: list[int],
+             st: _State) -> None:
+    from compiler.costs import op_flops
+
+    reduce_axis = next((c.axis for c in lay.collectives if c.kind == "reduce"), None)
+    reads = tuple(TensorRef(n, s) for n, s in zip(op.inputs, lay.inputs, strict=True)
+                  if n and s is not None)
+    outs = [(n, s) for n, s in zip(op.outputs, lay.outputs, strict=False) if n]
+    writes = tuple(TensorRef(n, s, reduce_axis) for n, s in outs)
+    fused = tuple((c.kind, c.axis) for c in lay.collectives if c.kind == "allreduce")
+    attention = op.kind in ("MatMul", "Attention") and not any(
+        n in g.const_derived for n in op.inputs[1:2])
+    step = st.add(kind="compute", region=region.name, reads=reads, writes=writes,
+                  deps=tuple(sorted(set(deps))), op=op.name, op_kind=op.kind, fused=fused,
+                  flops=op_flops(g, op), scaling=ATTENTION if attention else TOKENS)
+    for n, s in outs:
+        st.at[(region.name, n)] = (s, reduce_axis, step.id)
+        st.home.setdefault(n, region.name)
+
+
+def _store_outputs(g: ir.Graph, st: _State) -> None:
+    for name in g.outputs:
+        home = st.home.get(name)
+        if home is None:
+            continue
+        have, partial, last = st.at[(home, name)]
+        if partial:
+            last = _relayout(g, name, have, partial, have, home, last, st)
+            have = st.at[(home, name)][0]
+        st.add(kind="store", region=home, reads=(TensorRef(name, have),), deps=(last,),
+               nbytes=g.tensor(name).nbytes)
