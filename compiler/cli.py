@@ -229,8 +229,22 @@ def _compile_summary(result, out: Path) -> str:
         f"{m.slowest_wafer_cycles:,} cycles/token",
         f"  solver       {r.method} {r.status}{gap}, {r.wall_time_s:.1f} s, seed {r.seed}, "
         f"{r.workers} worker(s)",
+        *_perf_lines(result),
         f"  stages       {stages}",
     ])
+
+
+def _perf_lines(result) -> list[str]:
+    d, p = result.estimates["decode"], result.estimates["prefill"]
+    peak = result.target.total_peak_flops()
+    return [
+        f"  decode       {d.tokens_per_s:,.0f} tokens/s at batch {d.batch}, context "
+        f"{d.context:,} ({d.cycles:,} cycles/token; compute roofline "
+        f"{d.compute_bound_tokens_per_s:,.0f} tokens/s)",
+        f"  prefill      TTFT {p.seconds * 1e3:,.2f} ms for {result.schedule.tokens:,} tokens",
+        f"  utilization  {d.utilization:.3%} of {peak / 1e15:.3g} PFLOP/s in decode, "
+        f"{p.utilization:.3%} in prefill",
+    ]
 
 
 def _list_zoo() -> int:

@@ -16,9 +16,20 @@ from pathlib import Path
 from compiler import ir
 from compiler.errors import InfeasiblePlacementError
 from compiler.frontend import FrontendOptions, load_model
+from compiler.perf import (
+    DECODE,
+    PREFILL,
+    Estimate,
+    PerfOptions,
+    Timeline,
+    estimate,
+    streamed_kv_cycles,
+    timeline,
+)
 from compiler.placement import place
 from compiler.placement.check import Metrics, metrics
 from compiler.placement.problem import Placement, PlacementProblem
+from compiler.schedule import Schedule, build_schedule
 from compiler.target import Target, load_target
 from compiler.tiling import TiledGraph, TilingOptions, tile_graph, to_problem
 
@@ -50,6 +61,9 @@ class CompileResult:
     placement: Placement
     metrics: Metrics
     baseline: Metrics | None  # first-fit, for comparison (None when it found no placement)
+    schedule: Schedule
+    timelines: dict[str, Timeline]  # per mode: decode, prefill
+    estimates: dict[str, Estimate]
     options: CompileOptions
     stage_times: tuple[tuple[str, float], ...]
 
@@ -65,8 +79,21 @@ def compile_model(model: str | Path, target: str | Path | Target,
     problem = to_problem(tiled, tgt)
     placement = timer("placement", _place, problem, options.solver)
     baseline = timer("baseline", _baseline, problem)
+    schedule = timer("schedule", build_schedule, graph, tiled, problem, placement, tgt.name)
+    timelines, estimates = timer("performance", _performance, schedule, tiled, tgt)
     return CompileResult(graph, tgt, tiled, problem, placement, metrics(problem, placement),
-                         baseline, options, tuple(timer.times))
+                         baseline, schedule, timelines, estimates, options, tuple(timer.times))
+
+
+def _performance(schedule: Schedule, tiled: TiledGraph, target: Target):
+    kv = {lt.layer: lt.kv_bytes for lt in tiled.layers if lt.kv_bytes}
+    timelines, estimates = {}, {}
+    for mode in (DECODE, PREFILL):
+        extra = streamed_kv_cycles(schedule, target, dict(kv)) if mode == DECODE else {}
+        opts = PerfOptions(mode)
+        timelines[mode] = timeline(schedule, target, opts, extra)
+        estimates[mode] = estimate(schedule, target, opts, extra)
+    return timelines, estimates
 
 
 def _place(problem: PlacementProblem, solver: SolverOptions) -> Placement:

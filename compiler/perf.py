@@ -77,15 +77,26 @@ VIEW_OPS = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Flatten",
 
 
 def step_cycles(step: Step, s: Schedule, t: Target, scale: float) -> int:
-    """Cycles of one step in isolation (without waiting for resources)."""
+    """Cycles of one step in isolation (without waiting for resources).
+
+    The runtime overhead is paid once per dependent phase: by every transfer and collective,
+    and by a compute step that waits on one; a compute step fed only by compute steps runs
+    fused into the same kernel (elementwise chains do on a wafer)."""
     if step.phase == SETUP or (step.kind == "compute" and step.op_kind in VIEW_OPS):
         return 0
     region = s.region(step.region)
-    overhead = t.runtime.step_overhead_cycles
+    overhead = t.runtime.step_overhead_cycles if _starts_phase(step, s) else 0
     nbytes = step.nbytes * scale
     cost = {"compute": _compute, "collective": _collective, "send": _send,
             "wafer_send": _wafer, "load": _offchip, "store": _offchip}[step.kind]
     return int(math.ceil(cost(step, region, t, nbytes, step.flops * scale))) + overhead
+
+
+def _starts_phase(step: Step, s: Schedule) -> bool:
+    if step.kind != "compute":
+        return True
+    return not step.deps or any(s.steps[d].kind != "compute" or s.steps[d].region != step.region
+                                for d in step.deps)
 
 
 def _axis_size(region, axis: str | None) -> int:
@@ -182,6 +193,19 @@ def _critical(ends: list[int], why: list[int], makespan: int) -> tuple[int, ...]
         path.append(node)
         node = why[node]
     return tuple(reversed(path))
+
+
+def streamed_kv_cycles(s: Schedule, t: Target, kv_bytes: dict[str, int]) -> dict[int, int]:
+    """Extra cycles for regions whose KV cache streams from off-chip: the cache (at the
+    schedule's context, bytes per region) is read in before the region's first attention step."""
+    extra: dict[int, int] = {}
+    streamed = {r for r, mode in s.residency if mode in ("stream_kv", "stream_all")}
+    for step in s.steps:
+        if step.region in streamed and step.scaling == ATTENTION and step.region in kv_bytes:
+            nbytes = kv_bytes.pop(step.region)
+            extra[step.id] = int((t.offchip.latency_s + nbytes / t.offchip.bandwidth_bytes_per_s)
+                                 * t.core.clock_hz)
+    return extra
 
 
 # --- estimates ----------------------------------------------------------------------------------

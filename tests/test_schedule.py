@@ -1,0 +1,141 @@
+"""Schedules are dependency-correct dataflow programs; the performance model respects them and
+moves the right way when the hardware improves."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compiler.driver import compile_model
+from compiler.perf import DECODE, PREFILL, PerfOptions, estimate, timeline
+from compiler.schedule import SETUP, Region, xy_route
+
+CASES = [("gpt2-tiny", "mesh8x8"), ("llama-tiny", "mesh8x8"), ("bert-tiny", "mesh16x16"),
+         ("llama-tiny-opset23", "mesh8x8"), ("gpt2-tiny", "mesh8x8-x2"), ("llama3-8b", "wse3")]
+
+
+@functools.cache
+def compiled(model: str, target: str):
+    return compile_model(model, target)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_read_was_produced_or_loaded_before(case):
+    s = compiled(*case).schedule
+    made: dict[tuple[str, str], int] = {}  # (region, tensor) -> step that put it there
+    for step in s.steps:
+        assert all(d < step.id for d in step.deps), step
+        for ref in step.reads:
+            assert (step.region, ref.tensor) in made, f"step {step.id} reads {ref.tensor}"
+            assert made[(step.region, ref.tensor)] <= step.id
+        where = step.dst or step.region
+        for ref in step.writes:
+            made[(where, ref.tensor)] = step.id
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reads_match_the_spec_last_written(case):
+    s = compiled(*case).schedule
+    state: dict[tuple[str, str], tuple] = {}
+    for step in s.steps:
+        if step.kind != "send" and step.kind != "wafer_send":
+            for ref in step.reads:
+                assert state[(step.region, ref.tensor)] == (ref.spec, ref.partial), step
+        for ref in step.writes:
+            state[(step.dst or step.region, ref.tensor)] = (ref.spec, ref.partial)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_no_step_starts_before_its_inputs_are_ready(case):
+    r = compiled(*case)
+    for mode in (DECODE, PREFILL):
+        tl = r.timelines[mode]
+        for step in r.schedule.steps:
+            if step.phase == SETUP:
+                continue
+            assert tl.starts[step.id] >= max((tl.ends[d] for d in step.deps), default=0)
+            assert tl.ends[step.id] >= tl.starts[step.id]
+        assert tl.makespan == max(tl.ends)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_steps_on_one_region_never_overlap(case):
+    r = compiled(*case)
+    tl = r.timelines[DECODE]
+    busy: dict[str, list[tuple[int, int]]] = {}
+    for step in r.schedule.steps:
+        if step.kind in ("compute", "collective") and step.phase != SETUP:
+            busy.setdefault(step.region, []).append((tl.starts[step.id], tl.ends[step.id]))
+    for spans in busy.values():
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_route_hops_equal_manhattan_distance(case):
+    s = compiled(*case).schedule
+    for step in s.steps:
+        if step.kind == "send":
+            src, dst = s.region(step.region), s.region(step.dst)
+            (r0, c0), (r1, c1) = src.center, dst.center
+            assert step.hops == abs(r1 - r0) + abs(c1 - c0)
+            assert step.route[0] == src.center and step.route[-1] == dst.center
+            legs = zip(step.route, step.route[1:], strict=False)
+            assert all(a[0] == b[0] or a[1] == b[1] for a, b in legs)  # straight legs only
+
+
+def test_multi_wafer_schedule_sends_across_wafers():
+    s = compiled("gpt2-tiny", "mesh8x8-x2").schedule
+    wafers = {r.wafer for r in s.regions}
+    crossings = [st for st in s.steps if st.kind == "wafer_send"]
+    assert len(wafers) == 2 and crossings
+    assert all(s.region(x.region).wafer != s.region(x.dst).wafer for x in crossings)
+
+
+@given(r0=st.integers(0, 900), c0=st.integers(0, 700), r1=st.integers(0, 900),
+       c1=st.integers(0, 700))
+def test_xy_route_turns_at_most_once(r0, c0, r1, c1):
+    route, hops = xy_route(Region("a", 0, r0, c0, 1, 1), Region("b", 0, r1, c1, 1, 1))
+    assert hops == abs(r1 - r0) + abs(c1 - c0)
+    assert len(route) <= 3 and route[0] == (r0, c0) and route[-1] == (r1, c1)
+
+
+def _improved(target, field: str, factor: float):
+    section, key = field.split(".")
+    part = getattr(target, section)
+    value = getattr(part, key)
+    new = type(value)(value * factor) if isinstance(value, int) else value * factor
+    return dataclasses.replace(target, **{section: dataclasses.replace(part, **{key: new})})
+
+
+# (field, factor that makes the hardware better)
+BETTER = [("links.bytes_per_cycle", 2), ("links.hop_latency_cycles", 0.5),
+          ("runtime.step_overhead_cycles", 0.5), ("offchip.bandwidth_bytes_per_s", 2),
+          ("offchip.latency_s", 0.5), ("core.clock_hz", 2)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=st.sampled_from(CASES[:5]), change=st.sampled_from(BETTER),
+       mode=st.sampled_from([DECODE, PREFILL]), batch=st.integers(1, 8))
+def test_better_hardware_never_predicts_slower(case, change, mode, batch):
+    r = compiled(*case)
+    opts = PerfOptions(mode, batch=batch)
+    base = estimate(r.schedule, r.target, opts)
+    better = estimate(r.schedule, _improved(r.target, *change), opts)
+    assert better.seconds <= base.seconds * (1 + 1e-9)
+
+
+def test_batch_one_decode_is_latency_bound_far_below_the_roofline():
+    d = compiled("llama3-8b", "wse3").estimates[DECODE]
+    assert d.tokens_per_s < d.compute_bound_tokens_per_s / 100
+
+
+def test_longer_context_costs_decode_time():
+    r = compiled("llama3-8b", "wse3")
+    short = timeline(r.schedule, r.target, PerfOptions(DECODE, context=1024)).makespan
+    long = timeline(r.schedule, r.target, PerfOptions(DECODE, context=131072)).makespan
+    assert long > short
