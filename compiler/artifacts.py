@@ -21,6 +21,8 @@ from compiler import __version__
 from compiler.driver import CompileResult
 from compiler.errors import UsageError
 from compiler.layouts import OpLayout
+from compiler.perf import PerfOptions
+from compiler.trace import schedule_doc, trace_doc
 
 PLACEMENT_SCHEMA_VERSION = "1.0"
 
@@ -117,6 +119,18 @@ def compile_log(result: CompileResult) -> dict[str, Any]:
             "solver_wall_time_s": round(result.placement.report.wall_time_s, 4)}
 
 
+def artifact_files(result: CompileResult) -> dict[str, str]:
+    """Every file a compile writes into OUT/, by name."""
+    decode = result.timelines["decode"]
+    return {
+        "placement.json": dumps(placement_doc(result)),
+        "schedule.json": dumps(schedule_doc(result.schedule, result.target, result.timelines)),
+        "trace.json": json.dumps(trace_doc(result.schedule, result.target, decode,
+                                           PerfOptions("decode"))) + "\n",
+        "compile_log.json": dumps(compile_log(result)),
+    }
+
+
 # --- writing ----------------------------------------------------------------------------------
 
 
@@ -137,6 +151,9 @@ def write_outputs(out: Path, files: dict[str, str | Writer], force: bool = False
         raise UsageError(f"{out} exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; OUT is an ordinary directory
     try:
         for name, content in files.items():
             if callable(content):

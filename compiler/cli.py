@@ -180,7 +180,7 @@ def _inspect_text(g: ir.Graph, cost, hist: Counter) -> str:
 
 
 def cmd_compile(args) -> int:
-    from compiler.artifacts import compile_log, dumps, placement_doc, write_outputs
+    from compiler.artifacts import artifact_files, dumps, placement_doc, write_outputs
     from compiler.driver import CompileOptions, SolverOptions, compile_model
     from compiler.tiling import TilingOptions
 
@@ -192,8 +192,7 @@ def cmd_compile(args) -> int:
     options = CompileOptions(_frontend_options(args), TilingOptions(context=args.context), solver)
     hook = None if args.quiet else _stage_line
     result = compile_model(args.model, args.target, options, on_stage=hook)
-    write_outputs(out, {"placement.json": dumps(placement_doc(result)),
-                        "compile_log.json": dumps(compile_log(result))}, force=args.force)
+    write_outputs(out, artifact_files(result), force=args.force)
     if args.json:
         print(dumps({"out": str(out), "metrics": placement_doc(result)["metrics"]}), end="")
     else:

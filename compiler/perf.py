@@ -57,7 +57,7 @@ class Estimate:
     compute_bound_tokens_per_s: float  # roofline: peak FLOP/s / FLOPs per token
 
 
-def _scale(step: Step, s: Schedule, opts: PerfOptions) -> float:
+def step_scale(step: Step, s: Schedule, opts: PerfOptions) -> float:
     """Factor from the schedule's sizes (one forward of s.tokens tokens) to this mode's."""
     if step.scaling == FIXED:
         return 1.0
@@ -151,7 +151,7 @@ def timeline(s: Schedule, t: Target, opts: PerfOptions | None = None,
     for step in s.steps:
         if step.phase == SETUP:
             continue
-        dur = step_cycles(step, s, t, _scale(step, s, opts)) + extra.get(step.id, 0)
+        dur = step_cycles(step, s, t, step_scale(step, s, opts)) + extra.get(step.id, 0)
         ready, cause = max(((ends[d], d) for d in step.deps), default=(0, -1))
         for res in _resources(step, s):
             if free[res][0] > ready:
@@ -217,7 +217,7 @@ def estimate(s: Schedule, t: Target, opts: PerfOptions | None = None,
     tl = timeline(s, t, opts, extra)
     batch = opts.batch or s.batch
     context = opts.context or s.context
-    flops = int(sum(st.flops * _scale(st, s, opts) for st in s.steps if st.kind == "compute"))
+    flops = int(sum(st.flops * step_scale(st, s, opts) for st in s.steps if st.kind == "compute"))
     seconds = tl.makespan / t.core.clock_hz
     tokens = batch if opts.mode == DECODE else s.tokens
     peak = t.total_peak_flops()

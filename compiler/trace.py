@@ -31,7 +31,7 @@ from fractions import Fraction
 from typing import Any
 
 from compiler import __version__
-from compiler.perf import PerfOptions, Timeline, _scale
+from compiler.perf import PerfOptions, Timeline, step_scale
 from compiler.schedule import SETUP, Region, Schedule, Step, TensorRef
 from compiler.target import Target
 
@@ -243,7 +243,7 @@ class _Ctx:
         return _us(self.tl.ends[step_id] - self.tl.starts[step_id], self.clock_hz)
 
     def scaled(self, st: Step, value: int) -> int:
-        return value if self.opts is None else round(value * _scale(st, self.s, self.opts))
+        return value if self.opts is None else round(value * step_scale(st, self.s, self.opts))
 
 
 def trace_doc(schedule: Schedule, target: Target, timeline: Timeline,

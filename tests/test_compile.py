@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from compiler.cli import main
 from compiler.driver import compile_model
 from compiler.errors import ExitCode
 from compiler.placement.check import validate
+from compiler.trace import check_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,13 +41,18 @@ def test_compile_writes_a_complete_placement(tmp_path, capsys):
     assert doc["solver"]["status"] in ("OPTIMAL", "FEASIBLE", "HEURISTIC")
     assert {"seed", "workers", "bound", "objective", "gap"} <= set(doc["solver"])
     assert "stage_seconds" in json.loads((tmp_path / "out" / "compile_log.json").read_text())
+    schedule = json.loads((tmp_path / "out" / "schedule.json").read_text())
+    schema = json.loads((ROOT / "docs" / "schedule.schema.json").read_text())
+    jsonschema.validate(schedule, schema)
+    assert check_trace(json.loads((tmp_path / "out" / "trace.json").read_text())) == []
+    assert "tokens/s at batch 1" in out and "TTFT" in out
 
 
 def test_compile_is_deterministic(tmp_path, capsys):
     _compile(tmp_path, capsys, name="a", model="gpt2-tiny")
     _compile(tmp_path, capsys, name="b", model="gpt2-tiny")
-    a = (tmp_path / "a" / "placement.json").read_bytes()
-    assert a == (tmp_path / "b" / "placement.json").read_bytes()
+    for name in ("placement.json", "schedule.json", "trace.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_existing_out_needs_force_and_is_left_untouched(tmp_path, capsys):
