@@ -234,9 +234,15 @@ def _compile_summary(result, out: Path) -> str:
 
 
 def _perf_lines(result) -> list[str]:
+    from compiler.perf import PerfOptions, busiest_link
+
     d, p = result.estimates["decode"], result.estimates["prefill"]
     peak = result.target.total_peak_flops()
+    link = busiest_link(result.schedule, PerfOptions("decode"))
+    link_line = "no on-wafer sends" if link is None else (
+        f"{_bytes(link.nbytes)}/token on wafer {link.wafer} {link.src} -> {link.dst}")
     return [
+        f"  busiest link {link_line}",
         f"  decode       {d.tokens_per_s:,.0f} tokens/s at batch {d.batch}, context "
         f"{d.context:,} ({d.cycles:,} cycles/token; compute roofline "
         f"{d.compute_bound_tokens_per_s:,.0f} tokens/s)",

@@ -208,6 +208,49 @@ def streamed_kv_cycles(s: Schedule, t: Target, kv_bytes: dict[str, int]) -> dict
     return extra
 
 
+@dataclass(frozen=True)
+class LinkLoad:
+    """Bytes per forward (or per decode step, scaled like the steps) over one directed link."""
+
+    wafer: int
+    src: tuple[int, int]  # (row, col)
+    dst: tuple[int, int]
+    nbytes: float
+
+
+def link_loads(s: Schedule, opts: PerfOptions | None = None) -> dict[tuple, float]:
+    """Per directed NoC link, the bytes every send routes over it: a send spreads its bytes
+    over `lanes` parallel XY paths, so each link of its route carries bytes / lanes."""
+    opts = opts or PerfOptions()
+    loads: dict[tuple, float] = defaultdict(float)
+    for step in s.steps:
+        if step.kind != "send":
+            continue
+        share = step.nbytes * step_scale(step, s, opts) / max(step.lanes, 1)
+        wafer = s.region(step.region).wafer
+        for a, b in zip(step.route, step.route[1:], strict=False):
+            for link in _links(a, b):
+                loads[(wafer, *link)] += share
+    return dict(loads)
+
+
+def _links(a: tuple[int, int], b: tuple[int, int]):
+    (r0, c0), (r1, c1) = a, b
+    if r0 == r1:
+        d = 1 if c1 > c0 else -1
+        return [((r0, c), (r0, c + d)) for c in range(c0, c1, d)]
+    d = 1 if r1 > r0 else -1
+    return [((r, c0), (r + d, c0)) for r in range(r0, r1, d)]
+
+
+def busiest_link(s: Schedule, opts: PerfOptions | None = None) -> LinkLoad | None:
+    loads = link_loads(s, opts)
+    if not loads:
+        return None
+    (wafer, src, dst), nbytes = max(loads.items(), key=lambda kv: (kv[1], kv[0]))
+    return LinkLoad(wafer, src, dst, nbytes)
+
+
 # --- estimates ----------------------------------------------------------------------------------
 
 

@@ -139,3 +139,17 @@ def test_longer_context_costs_decode_time():
     short = timeline(r.schedule, r.target, PerfOptions(DECODE, context=1024)).makespan
     long = timeline(r.schedule, r.target, PerfOptions(DECODE, context=131072)).makespan
     assert long > short
+
+
+def test_link_loads_add_up_to_the_routed_bytes():
+    from compiler.perf import busiest_link, link_loads
+
+    s = compiled("llama3-8b", "wse3").schedule
+    opts = PerfOptions(DECODE)
+    loads = link_loads(s, opts)
+    sends = [x for x in s.steps if x.kind == "send"]
+    routed = sum(x.nbytes * x.hops / x.lanes for x in sends) / s.tokens  # batch 1: per token
+    assert sum(loads.values()) == pytest.approx(routed)
+    top = busiest_link(s, opts)
+    assert top.nbytes == max(loads.values())
+    assert abs(top.src[0] - top.dst[0]) + abs(top.src[1] - top.dst[1]) == 1
