@@ -117,8 +117,9 @@ def _matmul_weight(g: ir.Graph, op: ir.Op, specs, trans_b: bool = False) -> OpLa
     k_axis = _split_axis(a_spec, -1) or R
     n_axis = other(k_axis)
     w_spec = (n_axis, k_axis) if trans_b else (k_axis, n_axis)
-    out = (*_without(a_spec[:-1], n_axis), n_axis)
-    ins: list[Spec | None] = [(*a_spec[:-1], k_axis), w_spec]
+    lead = _without(a_spec[:-1], n_axis)  # N takes n_axis: rows split on it are gathered first
+    out = (*lead, n_axis)
+    ins: list[Spec | None] = [(*lead, k_axis), w_spec]
     if len(op.inputs) > 2:  # Gemm bias: along N
         ins.append(_bias_spec(g, op.inputs[2], n_axis) if op.inputs[2] else None)
     return OpLayout(op.name, op.kind, tuple(ins), (out,),
@@ -131,18 +132,19 @@ def _bias_spec(g: ir.Graph, name: str, axis: str) -> Spec:
 
 
 def _matmul_act(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
-    """Activation x activation (attention scores, P x V): batch dims (heads) split alike."""
+    """Activation x activation (attention scores, P x V): batch dims (heads) split alike, the
+    rows (query positions) over the axis the batch dims leave free, K and N whole."""
     sa, sb = _spec(g, op.inputs[0], specs), _spec(g, op.inputs[1], specs)
-    coll = []
-    batch = sa[:-2]
-    want_b = (*_align(batch, len(sb) - 2), sb[-2] if sb[-2] == sa[-1] else None,
-              sb[-1] if sb[-1] not in batch and sb[-1] != sa[-2] else None)
-    if want_b != sb:
-        coll.append(Collective("relayout", _first_axis(sb, want_b), op.inputs[1]))
-    out = (*batch, sa[-2], want_b[-1])
-    if sa[-1] is not None and sa[-1] == want_b[-2]:
-        coll.append(Collective("reduce", sa[-1], op.outputs[0]))
-    return OpLayout(op.name, op.kind, (sa, want_b), (out,), tuple(coll))
+    batch = tuple(_align(sa[:-2], max(len(sa), len(sb)) - 2))
+    used = {a for a in batch if a}
+    free = next((a for a in (C, R) if a not in used), None)
+    m_axis = free if g.tensor(op.inputs[0]).shape[-2] > 1 else None
+    want_a = (*sa[:-2], m_axis, None)
+    want_b = (*_align(batch, len(sb) - 2), None, None)
+    coll = [Collective("relayout", _first_axis(have, want), name)
+            for name, have, want in ((op.inputs[0], sa, want_a), (op.inputs[1], sb, want_b))
+            if have != want and any(have)]
+    return OpLayout(op.name, op.kind, (want_a, want_b), ((*batch, m_axis, None),), tuple(coll))
 
 
 def _align(spec: Spec, rank: int) -> Spec:
@@ -289,8 +291,9 @@ def _gather_data(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     x = _spec(g, op.inputs[0], specs)
     axis = int(op.attr("axis", 0)) % max(len(x), 1)
     idx_rank = len(g.tensor(op.inputs[1]).shape)
-    out = (*x[:axis], *replicated(idx_rank), *x[axis + 1:])
     coll = (Collective("gather", x[axis], op.inputs[0]),) if x and x[axis] else ()
+    x = tuple(None if d == axis else a for d, a in enumerate(x))  # the indexed dim whole
+    out = (*x[:axis], *replicated(idx_rank), *x[axis + 1:])
     return OpLayout(op.name, op.kind, (x, replicated(idx_rank)), (out,), coll)
 
 
@@ -299,12 +302,25 @@ def _along_axis(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     re-tiles (a relayout along that axis)."""
     first = next(n for n in op.inputs if n)
     x = _spec(g, first, specs)
-    axis_attr = op.attr("axis", 0 if op.kind != "Slice" else None)
-    dims = [int(axis_attr) % len(x)] if axis_attr is not None and x else list(range(len(x)))
-    coll = tuple(Collective("relayout", x[d], first) for d in dims if x[d])[:1]
-    ins = tuple(_spec(g, n, specs) if n else None for n in op.inputs)
-    outs = tuple(_align(x, len(g.tensor(o).shape)) for o in op.outputs if o)
+    dims = _axis_dims(g, op, len(x))
+    coll = tuple(Collective("gather", x[d], first) for d in dims if x[d])[:1]
+    want = tuple(None if d in dims else a for d, a in enumerate(x))  # whole along the axis
+    ins = tuple((want if len(g.tensor(n).shape) == len(x) and n not in g.const_derived
+                 else _spec(g, n, specs)) if n else None for n in op.inputs)
+    outs = tuple(_align(want, len(g.tensor(o).shape)) for o in op.outputs if o)
     return OpLayout(op.name, op.kind, ins, outs, coll)
+
+
+def _axis_dims(g: ir.Graph, op: ir.Op, rank: int) -> list[int]:
+    """The dims a Split/Concat (its `axis`) or a Slice (its `axes` input) works along."""
+    if op.kind != "Slice":
+        return [int(op.attr("axis", 0)) % rank] if rank else []
+    axes = op.inputs[3] if len(op.inputs) > 3 and op.inputs[3] else ""
+    data = g.tensor(axes).data if axes else None
+    if data is None:
+        starts = g.tensor(op.inputs[1]).shape
+        return list(range(starts[0] if starts else rank)) if axes == "" else list(range(rank))
+    return sorted({int(a) % rank for a in data.reshape(-1)})
 
 
 def _attention(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
