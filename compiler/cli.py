@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compile(sub)
     _add_inspect(sub)
     _add_check(sub)
+    _add_verify(sub)
     t = sub.add_parser("targets", help="list the built-in target specs")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.set_defaults(run=cmd_targets)
@@ -86,7 +87,29 @@ def _add_compile(sub) -> None:
     p.add_argument("--nondeterministic", action="store_true",
                    help="wall-clock time limit (with --workers N, several workers): "
                    "not reproducible")
+    p.add_argument("--verify", action="store_true",
+                   help="then run the schedule and compare with ONNX Runtime (wafer verify)")
     p.set_defaults(run=cmd_compile)
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="run OUT's schedule and compare it with ONNX Runtime")
+    p.add_argument("out", metavar="OUT", help="an output directory of `wafer compile`")
+    p.add_argument("--inputs", metavar="IN.npz", help="inputs by name (default: seeded random)")
+    p.add_argument("--seed", type=int, default=0, help="random inputs' seed (default 0)")
+    p.add_argument("--atol", type=float, help="absolute tolerance (fp32 default 1e-4)")
+    p.add_argument("--rtol", type=float, help="relative tolerance (fp32 default 1e-3)")
+    p.add_argument("--tol", action="append", default=[], metavar="NAME:ATOL",
+                   help="atol for one tensor, e.g. logits:1e-3 (repeatable)")
+    p.add_argument("--per-layer", action="store_true",
+                   help="compare every layer's output; name the first diverging layer and op")
+    p.add_argument("--precision", choices=("fp32", "target"), default="fp32",
+                   help="executor precision: fp32, or the target's dtype emulated")
+    p.add_argument("--save-outputs", metavar="FILE.npz", help="save inputs and both outputs")
+    p.add_argument("--report", metavar="FILE.json", help="report path (default OUT/verify.json)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed check")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=cmd_verify)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,11 +216,56 @@ def cmd_compile(args) -> int:
     hook = None if args.quiet else _stage_line
     result = compile_model(args.model, args.target, options, on_stage=hook)
     write_outputs(out, artifact_files(result), force=args.force)
+    if args.verify:
+        from compiler.verify import Artifact, VerifyOptions
+
+        art = Artifact(args.model, result.graph, result.target, result.schedule)
+        if not args.json:
+            print(_compile_summary(result, out))
+        return _verify(args, art, VerifyOptions(), out / "verify.json")
     if args.json:
         print(dumps({"out": str(out), "metrics": placement_doc(result)["metrics"]}), end="")
     else:
         print(_compile_summary(result, out))
     return 0
+
+
+def cmd_verify(args) -> int:
+    from compiler.verify import VerifyOptions, open_out
+
+    art = _stage(args, f"open: {args.out}", open_out, args.out)
+    opts = VerifyOptions(Path(args.inputs) if args.inputs else None, args.seed, args.atol,
+                         args.rtol, _tolerances(args.tol), args.per_layer, args.precision,
+                         args.fail_fast)
+    return _verify(args, art, opts, Path(args.report or Path(args.out) / "verify.json"),
+                   args.save_outputs)
+
+
+def _tolerances(specs: list[str]) -> tuple[tuple[str, float], ...]:
+    out = []
+    for spec in specs:
+        name, _, value = spec.rpartition(":")
+        try:
+            atol = float(value)
+        except ValueError:
+            atol = float("nan")
+        if not name or not 0 <= atol < float("inf"):
+            raise UsageError(f"--tol: cannot parse {spec!r}; expected NAME:ATOL with ATOL >= 0, "
+                             "e.g. logits:1e-3")
+        out.append((name, atol))
+    return tuple(out)
+
+
+def _verify(args, art, opts, report: Path, save: str | None = None) -> int:
+    from compiler.verify import run_verification, save_outputs
+
+    v = run_verification(art, opts, None if args.quiet else _stage_line)
+    report.write_text(v.report.to_json())
+    if save:
+        save_outputs(save, v)
+    text = v.report.to_json() if args.json else "\n".join(v.report.lines()) + "\n"
+    print(text, end="")
+    return ExitCode.OK if v.report.passed else ExitCode.MISMATCH
 
 
 def _stage_line(name: str, seconds: float) -> None:

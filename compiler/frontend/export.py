@@ -1,0 +1,138 @@
+"""The original model as ONNX Runtime gets it, for `wafer verify` (compiler/verify.py).
+
+ONNX Runtime runs the *source* model, not our IR: shape arithmetic unfolded, dims dynamic.
+Intermediate tensors it should return as well (`extra_outputs`, IR tensor names) are added as
+untyped graph outputs; ORT infers their types. Local functions are inlined first, with the same
+pass the frontend uses, so inlined value names match the IR's.
+
+External weights are read through compiler/frontend/external.py (path containment and bounds
+checks, never onnx's own loader) and serialized inline: the model is handed to ORT in memory,
+so the total is limited by protobuf's 2 GB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir
+from google.protobuf.message import DecodeError
+from onnx import helper
+from onnx_ir.passes.common import InlinePass
+
+from compiler.errors import ModelError, UsageError
+from compiler.frontend.external import external_ref, read_external, resolve_location
+
+PROTOBUF_LIMIT = (1 << 31) - 1  # bytes: the largest message protobuf serializes
+
+InputSpec = tuple[str, str, tuple[int | str, ...]]  # name, element dtype, dims (params as str)
+
+
+def reference_model_bytes(source: str | Path, extra_outputs: Sequence[str] = ()) -> bytes:
+    """The model at `source` (a path or a zoo name), serialized for ONNX Runtime, with every
+    name of `extra_outputs` that a node of the main graph computes added as a graph output.
+    Names the source graph does not compute (tensors the frontend made) are left out: the
+    caller sees them missing from ORT's results. Models over 2 GB raise ModelError."""
+    model, base_dir = _open_proto(source)
+    if model.functions:
+        model = _inlined(model)
+    _check_size(model, base_dir, str(source))
+    if base_dir is not None:
+        _inline_external(model, base_dir)
+    _add_outputs(model.graph, extra_outputs)
+    return model.SerializeToString()
+
+
+def input_specs(source: str | Path) -> list[InputSpec]:
+    """(name, element dtype name, dims) of each graph input that is not an initializer; a
+    dynamic dim is its dim_param (or "?" when unnamed)."""
+    model, _ = _open_proto(source)
+    weights = {t.name for t in model.graph.initializer}
+    return [(v.name, _elem_name(v), _dims(v)) for v in model.graph.input if v.name not in weights]
+
+
+def _open_proto(source: str | Path) -> tuple[onnx.ModelProto, Path | None]:
+    """The model proto (external data not loaded) and the directory its data lives in."""
+    path = Path(source)
+    if path.suffix == ".onnx" or path.exists():
+        return _load_file(path), path.parent
+    from compiler import zoo
+
+    if str(source) in zoo.ZOO:
+        return zoo.build(str(source)), None
+    raise UsageError(f"model {str(source)!r} is neither a file nor a zoo name")
+
+
+def _load_file(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    try:
+        return onnx.load(path, load_external_data=False)
+    except (DecodeError, ValueError, OSError) as exc:
+        raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+
+
+def _inlined(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Inline local functions exactly as the frontend does (same value names)."""
+    m = onnx_ir.from_proto(model)
+    InlinePass()(m)
+    return onnx_ir.to_proto(m)
+
+
+def _check_size(model: onnx.ModelProto, base_dir: Path | None, name: str) -> None:
+    external = sum(_external_bytes(t, base_dir) for t in _external(model))
+    total = model.ByteSize() + external
+    if total > PROTOBUF_LIMIT:
+        raise ModelError(
+            f"{name}: the model is {total / 1e9:.2f} GB; verify hands ONNX Runtime the model in "
+            f"memory, which protobuf limits to 2 GB: verify a smaller configuration of it"
+        )
+
+
+def _external(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _external_bytes(t: onnx.TensorProto, base_dir: Path | None) -> int:
+    ref = external_ref(t)
+    if ref is None:
+        return 0
+    if ref.length is not None:
+        return ref.length
+    if base_dir is None:
+        return 0
+    path = resolve_location(base_dir, ref)
+    return max(path.stat().st_size - ref.offset, 0) if path.is_file() else 0
+
+
+def _inline_external(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Replace every external-data reference by the bytes it points to (checked reads)."""
+    for t in _external(model):
+        ref = external_ref(t)
+        assert ref is not None
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+        data = read_external(base_dir, ref, dtype, tuple(t.dims))
+        t.raw_data = np.ascontiguousarray(data).tobytes()
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+
+
+def _add_outputs(graph: onnx.GraphProto, names: Sequence[str]) -> None:
+    computed = {o for node in graph.node for o in node.output if o}
+    present = {o.name for o in graph.output}
+    for name in dict.fromkeys(names):
+        if name in computed and name not in present:
+            graph.output.append(onnx.ValueInfoProto(name=name))  # untyped: ORT infers it
+            present.add(name)
+
+
+def _elem_name(v: onnx.ValueInfoProto) -> str:
+    elem = v.type.tensor_type.elem_type
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name if elem else "undefined"
+
+
+def _dims(v: onnx.ValueInfoProto) -> tuple[int | str, ...]:
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in v.type.tensor_type.shape.dim)
