@@ -26,7 +26,8 @@ Spec = tuple[str | None, ...]
 class Collective:
     """Communication an op needs inside its layer's rectangle, along one mesh axis."""
 
-    kind: str  # "reduce" (partial sums), "allreduce" (statistics), "relayout", "gather"
+    kind: str  # "reduce" (partial sums), "allreduce" (statistics), "relayout", "gather",
+    # "retile" (the op itself moves tiles: split/slice/concat/index along a split dim)
     axis: str  # "r" or "c"
     tensor: str
 
@@ -132,19 +133,26 @@ def _bias_spec(g: ir.Graph, name: str, axis: str) -> Spec:
 
 
 def _matmul_act(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
-    """Activation x activation (attention scores, P x V): batch dims (heads) split alike, the
-    rows (query positions) over the axis the batch dims leave free, K and N whole."""
+    """Activation x activation (attention): batch dims (heads) split alike; the keys go over
+    the axis the heads leave free. Q x K^T then splits its output's last dim (keys) over that
+    axis with no reduction; P x V contracts over the split keys: partial sums, reduced there."""
     sa, sb = _spec(g, op.inputs[0], specs), _spec(g, op.inputs[1], specs)
     batch = tuple(_align(sa[:-2], max(len(sa), len(sb)) - 2))
     used = {a for a in batch if a}
     free = next((a for a in (C, R) if a not in used), None)
-    m_axis = free if g.tensor(op.inputs[0]).shape[-2] > 1 else None
-    want_a = (*sa[:-2], m_axis, None)
-    want_b = (*_align(batch, len(sb) - 2), None, None)
+    k_axis = sa[-1] if sa[-1] and sa[-1] not in used else None
+    b_batch = _align(batch, len(sb) - 2)
+    if k_axis:
+        want_a, want_b, out = (*sa[:-2], None, k_axis), (*b_batch, k_axis, None), None
+    else:
+        n_axis = free if g.tensor(op.inputs[1]).shape[-1] > 1 else None
+        want_a, want_b, out = (*sa[:-2], None, None), (*b_batch, None, n_axis), n_axis
     coll = [Collective("relayout", _first_axis(have, want), name)
             for name, have, want in ((op.inputs[0], sa, want_a), (op.inputs[1], sb, want_b))
             if have != want and any(have)]
-    return OpLayout(op.name, op.kind, (want_a, want_b), ((*batch, m_axis, None),), tuple(coll))
+    if k_axis:
+        coll.append(Collective("reduce", k_axis, op.outputs[0]))
+    return OpLayout(op.name, op.kind, (want_a, want_b), ((*batch, None, out),), tuple(coll))
 
 
 def _align(spec: Spec, rank: int) -> Spec:
@@ -291,9 +299,9 @@ def _gather_data(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     x = _spec(g, op.inputs[0], specs)
     axis = int(op.attr("axis", 0)) % max(len(x), 1)
     idx_rank = len(g.tensor(op.inputs[1]).shape)
-    coll = (Collective("gather", x[axis], op.inputs[0]),) if x and x[axis] else ()
-    x = tuple(None if d == axis else a for d, a in enumerate(x))  # the indexed dim whole
-    out = (*x[:axis], *replicated(idx_rank), *x[axis + 1:])
+    coll = (Collective("retile", x[axis], op.inputs[0]),) if x and x[axis] else ()
+    kept = tuple(None if d == axis else a for d, a in enumerate(x))
+    out = (*kept[:axis], *replicated(idx_rank), *kept[axis + 1:])
     return OpLayout(op.name, op.kind, (x, replicated(idx_rank)), (out,), coll)
 
 
@@ -303,11 +311,14 @@ def _along_axis(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     first = next(n for n in op.inputs if n)
     x = _spec(g, first, specs)
     dims = _axis_dims(g, op, len(x))
-    coll = tuple(Collective("gather", x[d], first) for d in dims if x[d])[:1]
-    want = tuple(None if d in dims else a for d, a in enumerate(x))  # whole along the axis
-    ins = tuple((want if len(g.tensor(n).shape) == len(x) and n not in g.const_derived
-                 else _spec(g, n, specs)) if n else None for n in op.inputs)
-    outs = tuple(_align(want, len(g.tensor(o).shape)) for o in op.outputs if o)
+    moves = next((x[d] for d in dims if x[d]), None)
+    if op.kind == "Concat":  # every piece split like the first
+        ins = tuple((x if n not in g.const_derived else _spec(g, n, specs)) if n else None
+                    for n in op.inputs)
+    else:
+        ins = tuple(_spec(g, n, specs) if n else None for n in op.inputs)
+    outs = tuple(_align(x, len(g.tensor(o).shape)) for o in op.outputs if o)
+    coll = (Collective("retile", moves, first),) if moves else ()
     return OpLayout(op.name, op.kind, ins, outs, coll)
 
 
@@ -331,7 +342,9 @@ def _attention(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
         if not name:
             ins.append(None)
             continue
-        want = _align(q, len(g.tensor(name).shape))
+        shape = g.tensor(name).shape
+        want = tuple(a if d > 1 else None for a, d in zip(_align(q, len(shape)), shape,
+                                                           strict=True))  # no size-1 splits
         have = _spec(g, name, specs)
         if have != want and not _is_const(g, name) and any(have):
             coll.append(Collective("relayout", _first_axis(have, want), name))

@@ -8,7 +8,8 @@ A region is one layer's placed rectangle. Tensors live on regions as tiles split
 - compute: one op on one region in its layout; statistics a normalization needs across a
   split axis are reduced inside the step (`fused`);
 - collective: inside a region along one mesh axis: `reduce` (partial sums -> complete),
-  `relayout` (re-split a tensor another way, e.g. gather a split dim);
+  `relayout` (re-split a tensor another way, e.g. gather a split dim), `retile` (an op that
+  moves tiles across cores: split/slice/concat/index along a split dim);
 - send: region -> region on one wafer along an XY route; wafer_send: across wafers;
 - store: region -> off-chip (graph outputs).
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from compiler import ir
 from compiler.layouts import OpLayout, Spec, replicated
 from compiler.placement.problem import Placement, PlacementProblem, Rect, Residency
+from compiler.tiles import reshape_is_local
 from compiler.tiling import TiledGraph
 
 SETUP, TOKEN = "setup", "token"
@@ -225,12 +227,34 @@ def _compute(g: ir.Graph, op: ir.Op, lay: OpLayout, region: Region, deps: list[i
     fused = tuple((c.kind, c.axis) for c in lay.collectives if c.kind == "allreduce")
     attention = op.kind in ("MatMul", "Attention") and not any(
         n in g.const_derived for n in op.inputs[1:2])
-    step = st.add(kind="compute", region=region.name, reads=reads, writes=writes,
-                  deps=tuple(sorted(set(deps))), op=op.name, op_kind=op.kind, fused=fused,
-                  flops=op_flops(g, op), scaling=ATTENTION if attention else TOKENS)
+    retile = next((c.axis for c in lay.collectives if c.kind == "retile"), None)
+    if retile is None and op.kind in RESHAPES and not _reshape_local(g, op, lay, region):
+        retile = next((a for a in lay.inputs[0] or () if a), None) or next(
+            (a for a in lay.outputs[0] if a), None)
+    if retile:  # the op moves tiles across cores: a collective that computes the op
+        step = st.add(kind="collective", region=region.name, reads=reads, writes=writes,
+                      deps=tuple(sorted(set(deps))), op=op.name, op_kind="retile",
+                      axis=retile, nbytes=sum(g.tensor(n).nbytes for n, _ in outs))
+    else:
+        step = st.add(kind="compute", region=region.name, reads=reads, writes=writes,
+                      deps=tuple(sorted(set(deps))), op=op.name, op_kind=op.kind,
+                      fused=fused, flops=op_flops(g, op),
+                      scaling=ATTENTION if attention else TOKENS)
     for n, s in outs:
         st.at[(region.name, n)] = (s, reduce_axis, step.id)
         st.home.setdefault(n, region.name)
+
+
+RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+
+
+def _reshape_local(g: ir.Graph, op: ir.Op, lay: OpLayout, region: Region) -> bool:
+    """A reshape whose split dims do not line up with the tiles on this mesh moves data."""
+    src, dst = g.tensor(op.inputs[0]), g.tensor(op.outputs[0])
+    if not any(lay.inputs[0] or ()) and not any(lay.outputs[0]):
+        return True
+    return reshape_is_local(src.shape, lay.inputs[0], dst.shape, lay.outputs[0], region.rows,
+                            region.cols)
 
 
 def _store_outputs(g: ir.Graph, st: _State) -> None:

@@ -10,6 +10,7 @@ its cycles per decode token. Alike layers (transformer blocks) share one templat
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -22,6 +23,9 @@ from compiler.layouts import OpLayout, Spec, graph_layouts, tile_numel
 from compiler.placement.problem import Block, Edge, Option, PlacementProblem, Residency
 from compiler.target import Target
 
+# Ops that reinterpret tiles in place: an input they consume last lends them its memory.
+VIEW_OPS = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
+
 # Streamed weights or KV cache pass through a double buffer of this many bytes per core.
 STREAM_BUFFER_BYTES = 2 * 2048
 
@@ -30,6 +34,10 @@ STREAM_BUFFER_BYTES = 2 * 2048
 class TilingOptions:
     context: int | None = None  # KV-cache context length; default: the bound sequence length
     max_candidates: int = 4  # per residency mode
+    # Hold the whole prompt's live activations (what the schedule and the executor run), or
+    # only one decode step's (the prompt streams through in steps: big shape-only models).
+    # None: the whole prompt when the model has weights, so that it can be verified.
+    prompt_resident: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,9 @@ class _Tensors:
     score_heads: int  # attention-score rows per token (heads): one row of `context` each
     seq: int  # prompt length of the graph the shapes come from
     act_item: int
+    live: tuple[tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...], ...] = ()
+    tables: tuple[tuple[tuple[int, ...], Spec, int], ...] = ()  # constant tables, held whole
+    prompt_resident: bool = False
 
 
 def _stored_itemsize(t: ir.Tensor, target: Target) -> int:
@@ -116,7 +127,7 @@ def _layer_tensors(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], ta
             if name in params:
                 if feeds_activation:
                     weights.setdefault(name, entry)
-            elif name not in g.const_derived or feeds_activation:
+            elif name not in g.const_derived:
                 op_acts.append(entry)
         acts.append(tuple(op_acts))
     tokens = max(token_count(g), 1)
@@ -125,7 +136,53 @@ def _layer_tensors(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], ta
                 for op in layer.ops if _is_scores(g, op))
     seq = max(1, tokens // _batch(g))
     return _Tensors(tuple(weights.values()), tuple(acts), kv_elems, heads, seq,
-                    target.compute.dtype.itemsize)
+                    target.compute.dtype.itemsize, _live_sets(g, layer, layouts, target),
+                    _tables(g, layer, layouts, target, params))
+
+
+def _tables(g, layer, layouts, target, params) -> tuple:
+    """Constant tables the layer reads (masks, rotary tables): loaded once, held whole."""
+    seen: dict[str, tuple] = {}
+    for op, lay in zip(layer.ops, layouts, strict=True):
+        if all(n in g.const_derived for n in op.inputs if n):
+            continue
+        for name, spec in zip(op.inputs, lay.inputs, strict=True):
+            if name and spec is not None and name in g.const_derived and name not in params:
+                t = g.tensor(name)
+                seen.setdefault(name, (t.shape, spec, _stored_itemsize(t, target)))
+    return tuple(seen.values())
+
+
+def _live_sets(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], target: Target):
+    """Per op of the layer, the activations alive while it runs (whole prompt), each with every
+    spec it takes here: a tensor lives from its first use or definition to its last use, and
+    to the end of the layer when a later layer reads it."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    specs: dict[str, list[Spec]] = {}
+    for k, (op, lay) in enumerate(zip(layer.ops, layouts, strict=True)):
+        if all(n in g.const_derived for n in op.inputs if n):
+            continue
+        pairs = [*zip(op.inputs, lay.inputs, strict=True), *zip(op.outputs, lay.outputs,
+                                                                 strict=False)]
+        for name, spec in pairs:
+            if name and spec is not None and name not in g.const_derived:
+                first.setdefault(name, k)
+                last[name] = k
+                specs.setdefault(name, []).append(spec)
+        if op.kind in VIEW_OPS:  # the output takes over the memory of an input dying here
+            for name in op.inputs[:1]:
+                if name in last and last[name] == k and first[name] < k:
+                    last[name] = k - 1
+    inside = {op.name for op in layer.ops}
+    for name in first:
+        leaves = name in g.outputs or any(c.name not in inside for c in g.consumers.get(name, ()))
+        if leaves and name in {o for op in layer.ops for o in op.outputs}:
+            last[name] = len(layer.ops)
+    entries = {n: (g.tensor(n).shape, tuple(dict.fromkeys(specs[n])),
+                   _stored_itemsize(g.tensor(n), target)) for n in first}
+    return tuple(tuple(entries[n] for n in first if first[n] <= k <= last[n])
+                 for k in range(len(layer.ops)))
 
 
 def _is_scores(g: ir.Graph, op: ir.Op) -> bool:
@@ -154,11 +211,19 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
     kv = math.ceil(kv_total / cores) * kv_item
     if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
         kv = min(kv, STREAM_BUFFER_BYTES)
+    tables = _bytes(t.tables, rows, cols)
+    if t.prompt_resident:
+        return w + tables, kv, max((_live_bytes(live, rows, cols) for live in t.live), default=0)
     prompt = max((_bytes(entries, rows, cols) for entries in t.acts_per_op), default=0)
-    step = math.ceil(prompt / t.seq)
+    step = math.ceil((prompt + tables) / t.seq)
     context = kv_total // max(t.kv_elements_per_token * batch, 1) if t.kv_elements_per_token else 0
     scores = 2 * math.ceil(t.score_heads * batch / rows) * math.ceil(context / cols) * t.act_item
     return w, kv, step + scores
+
+
+def _live_bytes(live, rows: int, cols: int) -> int:
+    return sum(max(tile_numel(shape, s, rows, cols) for s in specs) * size
+               for shape, specs, size in live)
 
 
 # --- candidates ---------------------------------------------------------------------------------
@@ -243,10 +308,14 @@ def tile_graph(g: ir.Graph, target: Target, options: TilingOptions | None = None
     batch = _batch(g)
     context = options.context or max(1, token_count(g) // batch)
     params = _param_derived(g)
+    resident = options.prompt_resident
+    resident = (not g.shape_only) if resident is None else resident
     cache: dict[str, tuple[Candidate, ...]] = {}
     layers = []
     for layer in g.layers:
         model = _layer_model(g, layer, layouts[layer.name], target, kv, context, batch, params)
+        model = dataclasses.replace(model, tensors=dataclasses.replace(
+            model.tensors, prompt_resident=resident))
         template = _template(g, layer)
         if template not in cache:
             cache[template] = _candidates(layer.name, model, target, batch, options)

@@ -1,0 +1,15 @@
+"""The reference executor: runs a schedule step by step on blocked tiles, per core, with per-core
+memory enforced; the numpy kernels in kernels.py are the living spec of op semantics."""
+
+from compiler.executor.run import (
+    FP32,
+    TARGET,
+    ExecResult,
+    MemoryOverflow,
+    ScheduleFault,
+    host_constants,
+    run_schedule,
+)
+
+__all__ = ["FP32", "TARGET", "ExecResult", "MemoryOverflow", "ScheduleFault", "host_constants",
+           "run_schedule"]

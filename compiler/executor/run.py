@@ -1,0 +1,339 @@
+"""The schedule interpreter: runs every step on blocked tiles and checks the schedule as it goes.
+
+Tiles move only through load, collective, send and store steps. A step may read only what is
+resident on its own region, in the spec and partial-sum state it names; anything else is a
+ScheduleFault naming the step and the tensor. Every core's resident bytes (tiles at the target's
+storage size) are counted against SRAM minus the runtime reserve: an overflow names the step, the
+region and the bytes. A tensor is freed on a region after the last step there that reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler import ir
+from compiler.errors import ExitCode, WaferError
+from compiler.executor.kernels import KERNELS, Ctx, KernelError, Operand
+from compiler.layouts import Spec, replicated
+from compiler.schedule import SETUP, Region, Schedule, Step
+from compiler.target import Target
+from compiler.tiles import AXIS, gather, scatter, tile_bytes, valid_mask
+from compiler.tiling import VIEW_OPS
+
+FP32, TARGET = "fp32", "target"
+
+
+class ScheduleFault(WaferError):
+    """The schedule asks for something the machine cannot do (a compiler bug, or a mutation)."""
+
+    exit_code = ExitCode.INTERNAL
+
+
+class MemoryOverflow(ScheduleFault):
+    pass
+
+
+@dataclass
+class _Resident:
+    spec: Spec
+    partial: str | None
+    data: np.ndarray
+    nbytes: int  # per core
+
+
+@dataclass
+class ExecResult:
+    outputs: dict[str, np.ndarray]
+    values: dict[str, np.ndarray]  # whole tensors seen crossing regions, and those asked for
+    peak_bytes: dict[str, int]  # per region: the fullest core's peak
+    steps_run: int = 0
+
+
+@dataclass
+class _Machine:
+    g: ir.Graph
+    s: Schedule
+    target: Target
+    precision: str
+    host: dict[str, np.ndarray]
+    keep: frozenset[str]
+    ops: dict[str, ir.Op] = field(default_factory=dict)
+    regions: dict[str, Region] = field(default_factory=dict)
+    at: dict[tuple[str, str], _Resident] = field(default_factory=dict)
+    used: dict[str, int] = field(default_factory=dict)
+    peak: dict[str, int] = field(default_factory=dict)
+    last_use: dict[tuple[str, str], int] = field(default_factory=dict)
+    pinned: set[tuple[str, str]] = field(default_factory=set)  # resident weights: never freed
+    result: ExecResult = field(default_factory=lambda: ExecResult({}, {}, {}))
+
+
+def run_schedule(schedule: Schedule, graph: ir.Graph, target: Target,
+                 inputs: Mapping[str, np.ndarray], precision: str = FP32,
+                 keep: frozenset[str] = frozenset()) -> ExecResult:
+    """Run `schedule` for `graph` on `inputs`; returns the graph outputs (and `keep` values)."""
+    if graph.shape_only:
+        raise ScheduleFault(f"{graph.name} was loaded shape-only: there are no weights to run")
+    m = _Machine(graph, schedule, target, precision, host_constants(graph, target, precision),
+                 keep)
+    m.ops = {op.name: op for op in graph.ops}
+    m.regions = {r.name: r for r in schedule.regions}
+    m.last_use = _last_uses(schedule)
+    feed = {k: np.asarray(v) for k, v in inputs.items()}
+    for step in schedule.steps:
+        _STEP[step.kind](m, step, feed)
+        _free_dead(m, step)
+        m.result.steps_run += 1
+    m.result.peak_bytes = dict(m.peak)
+    return m.result
+
+
+# --- constants evaluated on the host -----------------------------------------------------------
+
+
+def host_constants(g: ir.Graph, target: Target, precision: str) -> dict[str, np.ndarray]:
+    """Weights, and every tensor computed from constants alone, as whole arrays."""
+    values = {t.name: _stored(np.asarray(t.data), target, precision)
+              for t in g.tensors if t.is_const and t.data is not None}
+    ctx = Ctx(1, 1)
+    for op in g.ops:
+        if op.outputs and all(n in g.const_derived for n in op.inputs if n):
+            ins = [_whole(g, n, values) if n else None for n in op.inputs]
+            outs = [(g.tensor(o).shape, replicated(len(g.tensor(o).shape))) for o in op.outputs
+                    if o]
+            results = KERNELS[op.kind](op, ins, outs, ctx)
+            for name, arr in zip([o for o in op.outputs if o], results, strict=True):
+                values[name] = _as_dtype(g, name, np.asarray(arr)[0, 0])
+    return values
+
+
+def _whole(g: ir.Graph, name: str, values: dict[str, np.ndarray]) -> Operand:
+    v = values[name]
+    return Operand(v[None, None], replicated(v.ndim), tuple(v.shape), v)
+
+
+def _as_dtype(g: ir.Graph, name: str, arr: np.ndarray) -> np.ndarray:
+    want = _numpy_dtype(g.tensor(name).dtype)
+    return arr.astype(want, copy=False) if arr.dtype != want else arr
+
+
+def _numpy_dtype(d: ir.DType):
+    return np.float32 if d.is_float else np.dtype(d.value if d is not ir.DType.BOOL else "bool")
+
+
+def _stored(arr: np.ndarray, target: Target, precision: str) -> np.ndarray:
+    """Float data as the machine holds it: fp32 for reference runs, the target's storage dtype
+    (fp16 or bf16, widened back to fp32 for arithmetic) when emulating the target."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        return arr
+    arr = arr.astype(np.float32)
+    if precision != TARGET:
+        return arr
+    if target.compute.dtype is ir.DType.BFLOAT16:
+        bits = arr.view(np.uint32)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return rounded.astype(np.uint32).view(np.float32)
+    return arr.astype(np.float16).astype(np.float32)
+
+
+# --- bookkeeping -------------------------------------------------------------------------------
+
+
+def _last_uses(s: Schedule) -> dict[tuple[str, str], int]:
+    last: dict[tuple[str, str], int] = {}
+    for step in s.steps:
+        for ref in step.reads:
+            last[(step.region, ref.tensor)] = step.id
+    return last
+
+
+def _where(step: Step) -> str:
+    what = f"{step.kind} {step.op_kind} {step.op}".replace("  ", " ").strip()
+    return f"step {step.id} ({what} on {step.region})"
+
+
+def _fault(step: Step, message: str) -> ScheduleFault:
+    return ScheduleFault(f"schedule fault at {_where(step)}: {message}")
+
+
+def _itemsize(m: _Machine, name: str) -> int:
+    t = m.g.tensor(name)
+    return m.target.compute.dtype.itemsize if t.dtype.is_float else t.dtype.itemsize
+
+
+def _put(m: _Machine, step: Step, region: str, name: str, spec: Spec, partial: str | None,
+         data: np.ndarray) -> None:
+    reg = m.regions[region]
+    t = m.g.tensor(name)
+    if len(spec) != len(t.shape):
+        raise _fault(step, f"{name} has rank {len(t.shape)} but the step gives spec {spec}")
+    nbytes = tile_bytes(t.shape, spec, reg.rows, reg.cols, _itemsize(m, name))
+    old = m.at.pop((region, name), None)
+    m.used[region] = m.used.get(region, 0) - (old.nbytes if old else 0) + nbytes
+    capacity = m.target.usable_bytes_per_core
+    if m.used[region] > capacity:
+        raise MemoryOverflow(
+            f"memory overflow at {_where(step)}: a core of {region} would hold "
+            f"{m.used[region]:,} bytes (writing {name}) but has {capacity:,}")
+    m.peak[region] = max(m.peak.get(region, 0), m.used[region])
+    m.at[(region, name)] = _Resident(spec, partial, data, nbytes)
+    if name in m.keep and partial is None:
+        m.result.values[name] = gather(data, spec, t.shape)
+
+
+def _get(m: _Machine, step: Step, region: str, name: str, spec: Spec,
+         partial: str | None) -> _Resident:
+    res = m.at.get((region, name))
+    if res is None:
+        raise _fault(step, f"tensor {name} is not resident on {region}")
+    if res.spec != spec or res.partial != partial:
+        raise _fault(step, f"tensor {name} is on {region} as {_show(res.spec, res.partial)} but "
+                     f"the step reads {_show(spec, partial)}")
+    return res
+
+
+def _show(spec: Spec, partial: str | None) -> str:
+    text = "[" + ",".join(a or "-" for a in spec) + "]"
+    return text + (f" (partial sums along {partial})" if partial else "")
+
+
+def _free_dead(m: _Machine, step: Step) -> None:
+    for ref in step.reads:
+        key = (step.region, ref.tensor)
+        if m.last_use.get(key) == step.id and ref.tensor not in m.g.outputs and \
+                key not in m.pinned:
+            res = m.at.pop(key, None)
+            if res is not None:
+                m.used[step.region] -= res.nbytes
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+
+def _load(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
+    reg = m.regions[step.region]
+    for ref in step.writes:
+        value = _source(m, step, ref.tensor, feed)
+        _put(m, step, reg.name, ref.tensor, ref.spec, None,
+             scatter(value, ref.spec, reg.rows, reg.cols))
+        if step.phase == SETUP:  # loaded once, used by every forward: stays in SRAM
+            m.pinned.add((reg.name, ref.tensor))
+
+
+def _source(m: _Machine, step: Step, name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+    if name in m.host:
+        return m.host[name]
+    if name in feed:
+        t = m.g.tensor(name)
+        value = feed[name]
+        if tuple(value.shape) != t.shape:
+            raise _fault(step, f"input {name} has shape {list(value.shape)}, expected "
+                         f"{list(t.shape)}")
+        return _stored(_as_dtype(m.g, name, value), m.target, m.precision)
+    raise _fault(step, f"nothing to load for {name}: not an input, weight or constant")
+
+
+def _compute(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
+    op = m.ops.get(step.op)
+    if op is None:
+        raise _fault(step, f"unknown op {step.op!r}")
+    reg = m.regions[step.region]
+    refs = {r.tensor: r for r in step.reads}
+    ins = [_operand(m, step, refs, name) if name else None for name in op.inputs]
+    outs = [(m.g.tensor(w.tensor).shape, w.spec) for w in step.writes]
+    partial = next((w.partial for w in step.writes if w.partial), None)
+    try:
+        results = KERNELS[op.kind](op, ins, outs, Ctx(reg.rows, reg.cols, partial))
+    except (KernelError, ValueError, IndexError) as exc:
+        raise _fault(step, f"{op.kind} cannot run on these tiles: {exc}") from None
+    if op.kind in VIEW_OPS:  # in place: a dying input's memory becomes the output's
+        _free_dead(m, step)
+    for w, data in zip(step.writes, results, strict=True):
+        data = _finish(m, w.tensor, w.spec, reg, np.asarray(data))
+        _put(m, step, reg.name, w.tensor, w.spec, w.partial, data)
+
+
+def _operand(m: _Machine, step: Step, refs, name: str) -> Operand:
+    ref = refs.get(name)
+    if ref is None:
+        raise _fault(step, f"the step does not say how it reads {name}")
+    res = _get(m, step, step.region, name, ref.spec, ref.partial)
+    return Operand(res.data, res.spec, m.g.tensor(name).shape, m.host.get(name))
+
+
+def _finish(m: _Machine, name: str, spec: Spec, reg: Region, data: np.ndarray) -> np.ndarray:
+    """Output dtype as the graph says, storage rounding, zero padding."""
+    data = _stored(_as_dtype(m.g, name, data), m.target, m.precision)
+    mask = valid_mask(m.g.tensor(name).shape, spec, reg.rows, reg.cols)
+    return data if mask is None else np.where(mask, data, np.zeros((), data.dtype))
+
+
+def _retile(m: _Machine, step: Step) -> None:
+    """An op along a split dim: its tiles move across the region's cores (gathered along the
+    axis, the op applied, the results split again as the step writes them)."""
+    op = m.ops.get(step.op)
+    if op is None:
+        raise _fault(step, f"unknown op {step.op!r}")
+    reg = m.regions[step.region]
+    refs = {r.tensor: r for r in step.reads}
+    ins = []
+    for name in op.inputs:
+        if not name:
+            ins.append(None)
+            continue
+        res = _get(m, step, reg.name, name, refs[name].spec, refs[name].partial)
+        full = gather(res.data, res.spec, m.g.tensor(name).shape)
+        ins.append(Operand(full[None, None], replicated(full.ndim), full.shape, m.host.get(name)))
+    outs = [(m.g.tensor(w.tensor).shape, replicated(len(m.g.tensor(w.tensor).shape)))
+            for w in step.writes]
+    results = KERNELS[op.kind](op, ins, outs, Ctx(1, 1))
+    for w, data in zip(step.writes, results, strict=True):
+        tiles = scatter(np.asarray(data)[0, 0], w.spec, reg.rows, reg.cols)
+        _put(m, step, reg.name, w.tensor, w.spec, None, _finish(m, w.tensor, w.spec, reg, tiles))
+
+
+def _collective(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
+    if step.op_kind == "retile":
+        return _retile(m, step)
+    reg = m.regions[step.region]
+    (read,), (write,) = step.reads, step.writes
+    res = _get(m, step, reg.name, read.tensor, read.spec, read.partial)
+    if step.op_kind == "reduce":
+        if res.partial != step.axis:
+            raise _fault(step, f"{read.tensor} holds no partial sums along {step.axis}")
+        data = res.data.sum(axis=AXIS[step.axis], keepdims=True)
+    elif res.partial:
+        raise _fault(step, f"cannot relayout {read.tensor}: it holds partial sums")
+    else:
+        full = gather(res.data, res.spec, m.g.tensor(read.tensor).shape)
+        data = scatter(full, write.spec, reg.rows, reg.cols)
+    _put(m, step, reg.name, write.tensor, write.spec, write.partial,
+         _finish(m, write.tensor, write.spec, reg, data))
+
+
+def _send(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
+    (read,), (write,) = step.reads, step.writes
+    res = _get(m, step, step.region, read.tensor, read.spec, read.partial)
+    if res.partial:
+        raise _fault(step, f"{read.tensor} still holds partial sums; reduce before sending")
+    dst = m.regions.get(step.dst)
+    if dst is None:
+        raise _fault(step, f"unknown destination region {step.dst!r}")
+    full = gather(res.data, res.spec, m.g.tensor(read.tensor).shape)
+    m.result.values[read.tensor] = full
+    _put(m, step, dst.name, write.tensor, write.spec, None,
+         scatter(full, write.spec, dst.rows, dst.cols))
+
+
+def _store(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
+    for ref in step.reads:
+        res = _get(m, step, step.region, ref.tensor, ref.spec, ref.partial)
+        full = gather(res.data, res.spec, m.g.tensor(ref.tensor).shape)
+        m.result.outputs[ref.tensor] = full
+        m.result.values[ref.tensor] = full
+
+
+_STEP = {"load": _load, "compute": _compute, "collective": _collective, "send": _send,
+         "wafer_send": _send, "store": _store}

@@ -1,0 +1,176 @@
+"""The executor runs schedules, not graphs: it matches ONNX Runtime on real models when the
+schedule is right, and it notices when a schedule is wrong (missing transfer, wrong region,
+consumer before producer, overfilled core, wrong spec)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import FIXTURES, fixture_entries
+
+from compiler import zoo
+from compiler.driver import CompileOptions, compile_model
+from compiler.executor import TARGET, MemoryOverflow, ScheduleFault, run_schedule
+from compiler.frontend import DimRequest, FrontendOptions
+
+CASES = [("gpt2-tiny", "mesh8x8"), ("llama-tiny", "mesh8x8"), ("bert-tiny", "mesh16x16"),
+         ("llama-tiny-opset23", "mesh8x8"), ("gpt2-tiny", "mesh8x8-x2"),
+         ("llama-tiny", "wse3"), ("bert-tiny", "wse3")]
+
+
+@functools.cache
+def compiled(model: str, target: str, seq: int | None = None):
+    dims = FrontendOptions(DimRequest(batch=1 if seq else None, seq_len=seq))
+    return compile_model(model, target, CompileOptions(frontend=dims))
+
+
+def _inputs(g, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in g.inputs:
+        t = g.tensor(name)
+        if "mask" in name:
+            out[name] = np.ones(t.shape, np.int64)
+        elif "type" in name:
+            out[name] = np.zeros(t.shape, np.int64)
+        else:  # token ids: below the smallest embedding table indexed at run time
+            vocab = min(g.tensor(op.inputs[0]).shape[0] for op in g.ops
+                        if op.kind == "Gather" and g.tensor(op.inputs[0]).is_const
+                        and op.inputs[1] not in g.const_derived)
+            out[name] = rng.integers(0, vocab, t.shape).astype(np.int64)
+    return out
+
+
+def _ort(model_bytes: bytes, inputs: dict) -> dict[str, np.ndarray]:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs), strict=True))
+
+
+@pytest.mark.parametrize("case", CASES, ids="/".join)
+def test_zoo_model_matches_onnx_runtime(case):
+    r = compiled(*case)
+    inputs = _inputs(r.graph)
+    got = run_schedule(r.schedule, r.graph, r.target, inputs)
+    ref = _ort(zoo.build(case[0]).SerializeToString(), inputs)
+    for name, want in ref.items():
+        assert np.max(np.abs(got.outputs[name] - want)) <= 1e-4, name
+    assert max(got.peak_bytes.values()) <= r.target.usable_bytes_per_core
+
+
+@pytest.mark.parametrize("entry", fixture_entries(), ids=lambda e: e["name"])
+def test_real_export_matches_onnx_runtime(entry):
+    path = FIXTURES / entry["file"]
+    r = compile_model(path, "mesh16x16", CompileOptions(
+        frontend=FrontendOptions(DimRequest(batch=2, seq_len=8))))
+    inputs = _inputs(r.graph)
+    got = run_schedule(r.schedule, r.graph, r.target, inputs)
+    ref = _ort(path.read_bytes(), inputs)
+    for name, want in ref.items():
+        assert np.max(np.abs(got.outputs[name] - want)) <= 1e-4, name
+
+
+def test_gpt2_small_runs_on_wse3_within_sram():
+    r = compiled("gpt2-small", "wse3", 32)
+    got = run_schedule(r.schedule, r.graph, r.target, _inputs(r.graph))
+    assert got.outputs["logits"].shape == (1, 32, 50257)
+    assert max(got.peak_bytes.values()) <= r.target.usable_bytes_per_core
+
+
+def test_target_precision_rounds_to_fp16_storage():
+    r = compiled("gpt2-tiny", "mesh8x8")
+    inputs = _inputs(r.graph)
+    exact = run_schedule(r.schedule, r.graph, r.target, inputs).outputs["logits"]
+    fp16 = run_schedule(r.schedule, r.graph, r.target, inputs, precision=TARGET).outputs["logits"]
+    err = np.max(np.abs(exact - fp16))
+    assert 1e-5 < err < 5e-2  # rounding is visible but small
+
+
+# --- fault injection --------------------------------------------------------------------------
+
+
+def _mutated(schedule, steps):
+    return dataclasses.replace(schedule, steps=tuple(steps))
+
+
+def _renumber(steps):
+    ids = {s.id: i for i, s in enumerate(steps)}
+    return [dataclasses.replace(s, id=i, deps=tuple(ids[d] for d in s.deps if d in ids))
+            for i, s in enumerate(steps)]
+
+
+def _run(r, schedule):
+    return run_schedule(schedule, r.graph, r.target, _inputs(r.graph))
+
+
+def test_dropped_transfer_is_a_fault_naming_step_and_tensor():
+    r = compiled("gpt2-tiny", "mesh8x8")
+    steps = list(r.schedule.steps)
+    send = next(s for s in steps if s.kind == "send")
+    steps = _renumber([s for s in steps if s is not send])
+    with pytest.raises(ScheduleFault, match=rf"{send.reads[0].tensor} is not resident on "
+                                            rf"{send.dst}"):
+        _run(r, _mutated(r.schedule, steps))
+
+
+def test_send_to_the_wrong_region_is_caught():
+    r = compiled("gpt2-tiny", "mesh8x8")
+    steps = list(r.schedule.steps)
+    i = next(i for i, s in enumerate(steps) if s.kind == "send")
+    wrong = next(x.name for x in r.schedule.regions if x.name not in (steps[i].dst,
+                                                                      steps[i].region))
+    steps[i] = dataclasses.replace(steps[i], dst=wrong)
+    with pytest.raises(ScheduleFault, match="is not resident on"):
+        _run(r, _mutated(r.schedule, steps))
+
+
+def test_consumer_before_producer_is_caught():
+    r = compiled("llama-tiny", "mesh8x8")
+    steps = list(r.schedule.steps)
+    i = next(i for i, s in enumerate(steps) if s.kind == "compute" and s.deps and
+             steps[max(s.deps)].kind == "compute")
+    j = max(steps[i].deps)
+    steps[i], steps[j] = steps[j], steps[i]
+    with pytest.raises(ScheduleFault, match=r"schedule fault at step \d+ .* is not resident"):
+        _run(r, _mutated(r.schedule, steps))
+
+
+def test_overfilled_core_names_step_region_and_bytes():
+    r = compiled("gpt2-tiny", "mesh8x8")
+    small = dataclasses.replace(r.target, core=dataclasses.replace(
+        r.target.core, sram_bytes=r.target.core.reserve_bytes + 8192))
+    with pytest.raises(MemoryOverflow, match=r"a core of \S+ would hold [\d,]+ bytes .* has 8,192"):
+        run_schedule(r.schedule, r.graph, small, _inputs(r.graph))
+
+
+def test_wrong_spec_is_caught():
+    r = compiled("gpt2-tiny", "mesh8x8")
+    steps = list(r.schedule.steps)
+    i = next(i for i, s in enumerate(steps) if s.kind == "compute" and s.op_kind == "MatMul")
+    ref = steps[i].reads[0]
+    flipped = tuple({"r": "c", "c": "r"}.get(a, a) if a else a for a in ref.spec)
+    if flipped == ref.spec:
+        flipped = tuple("r" if k == len(ref.spec) - 1 else None for k in range(len(ref.spec)))
+    steps[i] = dataclasses.replace(steps[i], reads=(dataclasses.replace(ref, spec=flipped),
+                                                    *steps[i].reads[1:]))
+    with pytest.raises(ScheduleFault, match=f"tensor {ref.tensor} is on"):
+        _run(r, _mutated(r.schedule, steps))
+
+
+def test_corrupted_weight_tile_changes_the_output():
+    r = compiled("gpt2-tiny", "mesh8x8")
+    inputs = _inputs(r.graph)
+    good = run_schedule(r.schedule, r.graph, r.target, inputs).outputs["logits"]
+    name = "transformer.h.0.attn.c_attn.weight"
+    data = r.graph.tensor(name).data.copy()
+    data[3, 5] += 1.0
+    tensors = tuple(dataclasses.replace(t, data=data) if t.name == name else t
+                    for t in r.graph.tensors)
+    bad_graph = dataclasses.replace(r.graph, tensors=tensors)
+    bad = run_schedule(r.schedule, bad_graph, r.target, inputs).outputs["logits"]
+    assert np.max(np.abs(bad - good)) > 1e-3
