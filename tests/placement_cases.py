@@ -53,3 +53,18 @@ def equal_chain(n: int, side: int, rows: int, cols: int, *, wafers: int = 1,
                            stream_bytes=10_000, shapes=shapes) for i in range(n)]
     return problem(blocks, rows, cols, wafers=wafers,
                    edges=chain_edges(n, bytes_per_token), name=f"chain{n}")
+
+
+def strip_chain(n: int = 6, *, wafers: int = 2) -> PlacementProblem:
+    """n alike blocks on 11 x 9 wafers where only strips of the wafer's height pack three a
+    wafer (a 1x1 final norm fits under the last wafer's strips).
+
+    Each block: a 10x3 strip (30 cores, slow), a 4x7 shape (28 cores, fast) and a streaming
+    1x1. Area says three 4x7 fit a wafer (84 of 99 cores) and greedy placers take the fewest
+    cores, but only two 4x7 fit (stacked: 3 rows and 2 columns left), and beside one there is
+    no room for a strip: only three strips a wafer keep n = 3 x wafers blocks resident."""
+    blocks = [Block(f"block.{i}", "block", (
+        opt(10, 3, cycles=2_000), opt(4, 7),
+        opt(1, 1, STREAM, offchip=10_000, cycles=5_000)), group="block") for i in range(n)]
+    norm = Block("final_norm", "norm", (opt(1, 1, cycles=10),))
+    return problem([*blocks, norm], 11, 9, wafers=wafers, name="strips")

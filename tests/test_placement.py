@@ -19,6 +19,7 @@ from placement_cases import (
     opt,
     problem,
     square_block,
+    strip_chain,
 )
 
 from compiler.errors import InfeasiblePlacementError, InvalidPlacementError, UsageError
@@ -35,14 +36,19 @@ from compiler.placement.check import (
     wafer_cycles,
 )
 from compiler.placement.greedy import (
+    StripFill,
     balanced_split,
     first_fit,
     greedy_residency,
+    greedy_strips,
+    grouped_choices,
     min_max_split,
     serpentine,
     shelf_pack,
     skyline_pack,
     spread_choices,
+    strip_pack,
+    strip_width,
 )
 from compiler.placement.problem import Block, Edge, Placement, PlacementProblem, Rect
 
@@ -159,6 +165,39 @@ def test_shelf_packers() -> None:
     # skyline: tallest (then widest) first, each where its top is lowest, then leftmost
     assert skyline_pack(4, 6, [(2, 2), (4, 2), (2, 2), (2, 4)]) == ((2, 2), (0, 0), (2, 4), (0, 2))
     assert skyline_pack(4, 6, [(4, 4), (4, 4)]) is None
+
+
+def test_strip_pack_stacks_each_class_in_strips() -> None:
+    # 4x2 stack two high on 8 rows: strips 2 wide, filled down then up; a 8x1 strip of its own
+    dims = [(4, 2)] * 3 + [(8, 1)] + [(4, 2)] * 2
+    assert strip_width(8, 7, dims, "columns") == 3 * 2 + 1
+    assert strip_pack(8, 7, dims, "columns") == (
+        (0, 0), (4, 0), (4, 2), (0, 6), (0, 2), (0, 4))
+    assert strip_pack(8, 6, dims, "columns") is None  # 7 columns of strips
+    # rows: the same, turned sideways
+    assert strip_pack(7, 8, [(w, h) for h, w in dims], "rows") == (
+        (0, 0), (0, 4), (2, 4), (6, 0), (2, 0), (4, 0))
+
+
+def test_strip_fill_mixes_classes_to_hold_the_most() -> None:
+    fill = StripFill(strip_chain(), "columns")
+    key = ((4, 2), (5, 3))  # 5 blocks: 5 + 4 (3 + 2 stacked) beats 5 + 5 and 4 + 4 + 4
+    assert fill.width(key, 5) == 9
+    assert sorted(fill.columns(key, 5)) == [(4, 2), (5, 3)]
+
+
+def test_greedy_strips_keeps_strips_resident() -> None:
+    p = strip_chain()
+    # rows: three 10x3 side by side in a 10-row strip, the norm in the row under them
+    assert greedy_strips(p, "rows") == ((0,) * 7, (0, 0, 0, 1, 1, 1, 1))
+    # columns give the norm a column of its own, so one block of the last wafer streams
+    found = greedy_strips(p, "columns")
+    assert found is not None and sorted(found[0][:6]) == [0, 0, 0, 0, 0, 2]
+
+
+def test_grouped_choices_put_equal_choices_together_per_wafer() -> None:
+    p = equal_chain(6, 4, 16, 16, shapes=True)
+    assert grouped_choices(p, (1, 0, 1, 2, 0, 2), (0, 0, 0, 1, 1, 1)) == (1, 1, 0, 2, 2, 0)
 
 
 def test_min_max_split() -> None:
@@ -283,6 +322,18 @@ def test_residency_streams_the_least_needed() -> None:
     p = equal_chain(20, 16, 64, 64)  # 20 x 256 > 4096: ceil(1024 / 192) = 6 must stream
     pl = place(p, "cpsat", **FAST)
     assert offchip_bytes_per_token(p, pl) == 6 * 10_000
+
+
+@pytest.mark.parametrize("wafers", [1, 2])
+def test_only_strips_pack_and_everything_stays_resident(wafers: int) -> None:
+    # by area three fast 4x7 blocks fit a wafer, but only three 10x3 strips do (and greedy
+    # placers, taking the fewest cores, stream): stage 1 by strips keeps all resident
+    p = strip_chain(3 * wafers, wafers=wafers)
+    assert offchip_bytes_per_token(p, first_fit(p)) > offchip_lower_bound(p)
+    pl = place(p, "cpsat", **FAST)
+    assert offchip_bytes_per_token(p, pl) == offchip_lower_bound(p) == 0
+    assert pl.options[:-1] == (0,) * 3 * wafers
+    assert any(line.startswith("rows: off-chip 0") for _, line in pl.report.stages)
 
 
 def test_infeasible_capacity_says_cores_needed_and_available() -> None:

@@ -1,11 +1,15 @@
 """CP-SAT placer (the only module that imports ortools): residency first, then rectangles.
 
 Stage 1 (residency and wafer ranges): one option per block and, with several wafers, one
-contiguous block range per wafer, under each wafer's core area times a packing factor. Solved
-lexicographically: least off-chip bytes per token; then the pipeline (slowest wafer's cycles
-plus the link cycles of inter-wafer bytes); then fewest total cycles; then squarer shapes. Each
-optimum found is fixed as a constraint before the next. The factor starts at 1.0 (then the
-off-chip minimum is proven for every placement) and falls while stage 2 cannot pack the choice.
+contiguous block range per wafer, under what a wafer holds. Solved lexicographically: least
+off-chip bytes per token; then the pipeline (slowest wafer's cycles plus the link cycles of
+inter-wafer bytes); then fewest total cycles; then squarer shapes. Each optimum found is fixed
+as a constraint before the next. What a wafer holds is first its core area (factor 1.0: a
+relaxation, so its off-chip minimum is a floor for every placement). When that choice does not
+pack at the floor, stage 1 is solved again with exact strip packing (greedy.strip_pack: each
+class of shapes in full-height columns, or full-width rows, of its own; shapes that tile the
+wafer pack with no waste), then, if the area choice did not pack at all, with the area times
+falling factors while those may stream less. The packed choice streaming least is kept.
 
 Stage 2 (layout), per wafer with the options fixed: mandatory fixed-size rectangles under
 NoOverlap2D, per-edge centre distances in doubled coordinates with the separation cut
@@ -22,6 +26,7 @@ input gives the same placement; a wall-clock fuse of FUSE x the limit guards aga
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -30,16 +35,25 @@ from dataclasses import dataclass, field
 from ortools.sat.python import cp_model
 
 from compiler.errors import InfeasiblePlacementError
-from compiler.placement.check import byte_hops, usable_options
+from compiler.placement.check import byte_hops, offchip_lower_bound, usable_options
 from compiler.placement.greedy import (
+    STRIPS,
     Position,
+    StripClass,
+    alike,
     any_pack,
     balanced_split,
     first_fit,
     greedy_residency,
+    greedy_strips,
+    grouped_choices,
     serpentine,
     skyline_shapes,
     spread_choices,
+    strip_class,
+    strip_length,
+    strip_share,
+    strips_fit,
     usable,
 )
 from compiler.placement.problem import Option, Placement, PlacementProblem, Rect, SolverReport
@@ -49,10 +63,13 @@ from compiler.placement.problem import Option, Placement, PlacementProblem, Rect
 FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
 MIN_CELLS, MAX_CELLS = 128, 200  # coarse grid: cells a side (when the grid is larger)
 WINDOW_CELLS = 3  # fine refinement: each rectangle moves at most this many cells from coarse
-STAGE1_SHARES = (0.1, 0.08, 0.05)  # of the time limit, for stage 1's tries (the last repeats)
+# Of the time limit, for stage 1's tries: area at 1.0; each strip packing and the factor 0.95;
+# each lower factor.
+STAGE1_SHARES = (0.1, 0.08, 0.05)
 # CP-SAT packing when greedy packers fail: all rescues share RESCUE_SHARE of the limit, each
 # gets at most RESCUE_STEP of it, and only wafers of at most RESCUE_MAX_BLOCKS blocks try.
 RESCUE_SHARE, RESCUE_STEP, RESCUE_MAX_BLOCKS = 0.1, 0.03, 24
+SHARE_SCALE = 1_000  # strip shares (fractions of a strip) as integers for balanced_split
 COARSE_SHARE = 0.6  # of a wafer's stage-2 time, for the coarse solve
 FULL_SHARE = 0.4  # of a layout's time, for one whole-model solve before the neighbourhoods
 LNS_SIZES = (6, 10)  # rectangles freed per neighbourhood (block-order runs, clusters)
@@ -122,13 +139,18 @@ def run(model: cp_model.CpModel, limit: float, clock: Clock) -> tuple[cp_model.C
 
 @dataclass(frozen=True)
 class ResidencyInstance:
-    """Stage 1's view: usable options per block, wafers, cores allowed per wafer, link costs."""
+    """Stage 1's view: usable options per block, wafers, what a wafer holds, link costs.
+
+    Packing "area": a wafer holds `capacity` cores (a relaxation: the choice may not pack).
+    Packing "columns" or "rows": a wafer holds strips of total width `capacity` (greedy.py's
+    strip_class; exact: a choice that fits packs, by strip_pack)."""
 
     problem: PlacementProblem
     options: tuple[tuple[int, ...], ...]
     wafers: int
     capacity: int
     link_cycles: tuple[int, ...]  # per problem edge: cycles to send its bytes between wafers
+    packing: str = "area"
 
     def option(self, b: int, o: int) -> Option:
         return self.problem.blocks[b].options[o]
@@ -140,27 +162,38 @@ class ResidencyInstance:
                 for e, d in enumerate(self.problem.edges) if d.src != d.dst]
 
 
-def residency_instance(problem: PlacementProblem, factor: float) -> ResidencyInstance:
-    options = tuple(_undominated(problem, b) for b in range(len(problem.blocks)))
-    return ResidencyInstance(problem, options, problem.wafers,
-                             int(factor * problem.cores_per_wafer), _link_cycles(problem))
+def residency_instance(
+    problem: PlacementProblem, factor: float = 1.0, packing: str = "area"
+) -> ResidencyInstance:
+    options = tuple(_undominated(problem, b, packing) for b in range(len(problem.blocks)))
+    capacity = (int(factor * problem.cores_per_wafer) if packing == "area"
+                else strip_length(problem.rows, problem.cols, packing))
+    return ResidencyInstance(problem, options, problem.wafers, capacity, _link_cycles(problem),
+                             packing)
 
 
-def _stage1_key(o: Option) -> tuple[int, int, int, int]:
-    """What stage 1 sees of an option: cores, off-chip bytes, cycles, squareness."""
-    return o.cores, o.offchip_bytes_per_token, o.cycles, abs(o.rows - o.cols)
+Key = tuple[tuple[int, ...], tuple[int, ...]]  # (must be equal, the less the better)
 
 
-def _undominated(problem: PlacementProblem, b: int) -> tuple[int, ...]:
+def _stage1_key(problem: PlacementProblem, o: Option, packing: str) -> Key:
+    """What stage 1 sees of an option: cores (area) or strip class (strips, where only the
+    same class is interchangeable), off-chip bytes, cycles, squareness."""
+    rest = (o.offchip_bytes_per_token, o.cycles, abs(o.rows - o.cols))
+    if packing == "area":
+        return (), (o.cores, *rest)
+    return strip_class(problem.rows, problem.cols, (o.rows, o.cols), packing), rest
+
+
+def _undominated(problem: PlacementProblem, b: int, packing: str = "area") -> tuple[int, ...]:
     """Block b's usable options that no other is at least as good as in every respect stage 1
     sees (the first of equals is kept)."""
     usable = usable_options(problem, b)
-    keys = {o: _stage1_key(problem.blocks[b].options[o]) for o in usable}
+    keys = {o: _stage1_key(problem, problem.blocks[b].options[o], packing) for o in usable}
     return tuple(o for o in usable if not any(_dominates(keys[p], p, keys[o], o) for p in usable))
 
 
-def _dominates(a: tuple[int, ...], ia: int, b: tuple[int, ...], ib: int) -> bool:
-    no_worse = all(x <= y for x, y in zip(a, b, strict=True))
+def _dominates(a: Key, ia: int, b: Key, ib: int) -> bool:
+    no_worse = a[0] == b[0] and all(x <= y for x, y in zip(a[1], b[1], strict=True))
     return no_worse and (a != b or ia < ib)
 
 
@@ -168,8 +201,9 @@ def as_kept(inst: ResidencyInstance, b: int, o: int) -> int:
     """Option o of block b, or a kept option at least as good in every respect stage 1 sees."""
     if o in inst.options[b]:
         return o
-    key = _stage1_key(inst.option(b, o))
-    better = [p for p in inst.options[b] if _dominates(_stage1_key(inst.option(b, p)), p, key, o)]
+    key = _stage1_key(inst.problem, inst.option(b, o), inst.packing)
+    better = [p for p in inst.options[b]
+              if _dominates(_stage1_key(inst.problem, inst.option(b, p), inst.packing), p, key, o)]
     return better[0] if better else o
 
 
@@ -188,6 +222,7 @@ class ResidencyVars:
     x: dict[tuple[int, int], cp_model.IntVar]  # block b takes option o
     start: dict[int, cp_model.IntVar] = field(default_factory=dict)  # b >= 1 opens a wafer
     load: list[cp_model.IntVar] = field(default_factory=list)  # cores, wafer's first block..b
+    strips: StripVars | None = None  # strip packings only
     busy: list[cp_model.IntVar] = field(default_factory=list)  # cycles, likewise
     cut: dict[int, cp_model.IntVar] = field(default_factory=dict)  # edge e crosses wafers
     slowest: cp_model.IntVar | None = None
@@ -197,11 +232,14 @@ def residency_variables(model: cp_model.CpModel, inst: ResidencyInstance) -> Res
     n = len(inst.options)
     v = ResidencyVars({(b, o): model.new_bool_var(f"x[{b},{o}]")
                        for b in range(n) for o in inst.options[b]})
+    if inst.packing != "area":
+        v.strips = strip_variables(model, inst)
     if inst.wafers == 1:
         return v
     most = sum(max(inst.option(b, o).cycles for o in inst.options[b]) for b in range(n))
     v.start = {b: model.new_bool_var(f"start[{b}]") for b in range(1, n)}
-    v.load = [model.new_int_var(0, inst.capacity, f"load[{b}]") for b in range(n)]
+    if inst.packing == "area":
+        v.load = [model.new_int_var(0, inst.capacity, f"load[{b}]") for b in range(n)]
     v.busy = [model.new_int_var(0, most, f"busy[{b}]") for b in range(n)]
     v.cut = {e: model.new_bool_var(f"cut[{e}:{i},{j}]") for e, i, j in inst.edges}
     v.slowest = model.new_int_var(0, most, "slowest")
@@ -219,7 +257,11 @@ def add_one_option(model: cp_model.CpModel, inst: ResidencyInstance, v: Residenc
 
 
 def add_capacity(model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyVars) -> None:
-    """All cores within all wafers (the knapsack row), and each wafer's within its own."""
+    """Area: all cores within all wafers (the knapsack row), and each wafer's within its own.
+    Strips: each wafer's strips within its width."""
+    if v.strips is not None:
+        add_strip_capacity(model, inst, v)
+        return
     cores = [_per_block(inst, v, b, lambda o: o.cores) for b in range(len(inst.options))]
     model.add(sum(cores) <= inst.wafers * inst.capacity)
     if inst.wafers > 1:
@@ -246,13 +288,104 @@ def add_pipeline(model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyV
 
 
 def _add_running_sum(
-    model: cp_model.CpModel, acc: Sequence[cp_model.IntVar],
+    model: cp_model.CpModel, acc: Sequence[cp_model.IntVar] | dict[int, cp_model.IntVar],
     amounts: Sequence[cp_model.LinearExprT], start: dict[int, cp_model.IntVar],
+    first: int = 0,
 ) -> None:
-    model.add(acc[0] == amounts[0])
-    for b in range(1, len(acc)):
+    """acc[b] = amounts[b] plus acc[b - 1] unless block b opens a wafer, for b >= first (the
+    blocks before `first` add nothing). Without start variables (one wafer) it never resets."""
+    model.add(acc[first] == amounts[first])
+    for b in range(first + 1, len(amounts)):
+        if b not in start:
+            model.add(acc[b] == acc[b - 1] + amounts[b])
+            continue
         model.add(acc[b] == acc[b - 1] + amounts[b]).only_enforce_if(~start[b])
         model.add(acc[b] == amounts[b]).only_enforce_if(start[b])
+
+
+# -- stage 1 strip capacity --------------------------------------------------------------------
+
+
+@dataclass
+class StripVars:
+    """Strip capacity as running sums over each wafer's blocks. Blocks whose class has strips
+    to itself (stack 1, or no other block can take the class) add their width to `width`;
+    a shared class counts its blocks in `count` and needs `strips` >= count / stack strips."""
+
+    shared: dict[StripClass, int]  # shared class -> first block that can take it
+    width: list[cp_model.IntVar]
+    count: dict[StripClass, dict[int, cp_model.IntVar]] = field(default_factory=dict)
+    strips: dict[StripClass, dict[int, cp_model.IntVar]] = field(default_factory=dict)
+
+
+def strip_class_of(inst: ResidencyInstance, b: int, o: int) -> StripClass:
+    opt = inst.option(b, o)
+    return strip_class(inst.problem.rows, inst.problem.cols, (opt.rows, opt.cols), inst.packing)
+
+
+def _shared_classes(inst: ResidencyInstance) -> dict[StripClass, int]:
+    """Classes with a stack above 1 that two or more blocks can take: first block of each."""
+    takers: dict[StripClass, list[int]] = {}
+    for b, opts in enumerate(inst.options):
+        for c in dict.fromkeys(strip_class_of(inst, b, o) for o in opts):
+            takers.setdefault(c, []).append(b)
+    return {c: bs[0] for c, bs in takers.items() if c[1] > 1 and len(bs) > 1}
+
+
+def strip_variables(model: cp_model.CpModel, inst: ResidencyInstance) -> StripVars:
+    n, length = len(inst.options), inst.capacity
+    v = StripVars(_shared_classes(inst),
+                  [model.new_int_var(0, length, f"width[{b}]") for b in range(n)])
+    for (w, k), first in v.shared.items():
+        v.count[w, k] = {b: model.new_int_var(0, b - first + 1, f"count[{w}x{k},{b}]")
+                         for b in range(first, n)}
+        v.strips[w, k] = {b: model.new_int_var(0, length // w, f"strips[{w}x{k},{b}]")
+                          for b in range(first, n)}
+    return v
+
+
+def add_strip_capacity(model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyVars) -> None:
+    """Per block b: the strips of its wafer's blocks up to b fit the wafer's width."""
+    sv, n = v.strips, len(inst.options)
+    assert sv is not None
+
+    def amounts(chosen: Callable[[StripClass], int]) -> list[cp_model.LinearExprT]:
+        return [sum(chosen(strip_class_of(inst, b, o)) * v.x[b, o] for o in inst.options[b])
+                for b in range(n)]
+
+    _add_running_sum(model, sv.width, amounts(lambda c: 0 if c in sv.shared else c[0]), v.start)
+    for (w, k), first in sv.shared.items():
+        _add_running_sum(model, sv.count[w, k], amounts(lambda c, key=(w, k): int(c == key)),
+                         v.start, first)
+        for b in range(first, n):
+            model.add(k * sv.strips[w, k][b] >= sv.count[w, k][b])
+    for b in range(n):
+        model.add(sv.width[b] + sum(w * sv.strips[w, k][b] for (w, k), first in sv.shared.items()
+                                    if first <= b) <= inst.capacity)
+
+
+def hint_strips(
+    model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyVars, choice: Choice
+) -> None:
+    """Values of the strip variables for this choice."""
+    sv = v.strips
+    if sv is None:
+        return
+    options, wafer_of = choice
+    width, count = 0, dict.fromkeys(sv.shared, 0)
+    for b, o in enumerate(options):
+        if b > 0 and wafer_of[b] != wafer_of[b - 1]:
+            width, count = 0, dict.fromkeys(sv.shared, 0)
+        c = strip_class_of(inst, b, o)
+        if c in sv.shared:
+            count[c] += 1
+        else:
+            width += c[0]
+        model.add_hint(sv.width[b], width)
+        for (w, k), first in sv.shared.items():
+            if b >= first:
+                model.add_hint(sv.count[w, k][b], count[w, k])
+                model.add_hint(sv.strips[w, k][b], -(-count[w, k] // k))
 
 
 def residency_terms(
@@ -286,6 +419,7 @@ class Residency:
     wafer_of: tuple[int, ...]
     optimal: bool
     summary: str
+    offchip_bound: int = 0  # streamed bytes no choice under the instance's capacity beats
 
 
 Choice = tuple[Sequence[int], Sequence[int]]  # (option per block, wafer per block)
@@ -299,6 +433,7 @@ def hint_residency(
     model.clear_hints()
     for (b, o), x in v.x.items():
         model.add_hint(x, int(options[b] == o))
+    hint_strips(model, inst, v, choice)
     if v.slowest is None:
         return
     load = busy = 0
@@ -308,7 +443,8 @@ def hint_residency(
             model.add_hint(v.start[b], int(opened))
         load = (0 if opened else load) + inst.option(b, o).cores
         busy = (0 if opened else busy) + inst.option(b, o).cycles
-        model.add_hint(v.load[b], load)
+        if v.load:
+            model.add_hint(v.load[b], load)
         model.add_hint(v.busy[b], busy)
     for e, i, j in inst.edges:
         model.add_hint(v.cut[e], int(wafer_of[i] != wafer_of[j]))
@@ -325,13 +461,20 @@ def _wafer_sums(inst: ResidencyInstance, choice: Choice) -> list[int]:
 def residency_hints(inst: ResidencyInstance, greedy: Placement | None) -> list[Choice]:
     """Candidate hints: the greedy residency guess and a greedy placement's choice, if usable."""
     found: list[Choice] = []
-    guess = greedy_residency(inst.problem, inst.capacity)
+    guess = (greedy_residency(inst.problem, inst.capacity) if inst.packing == "area"
+             else strip_guess(inst.problem, inst.packing))
     if guess is not None:
-        found.append(guess)
+        found.append((tuple(as_kept(inst, b, o) for b, o in enumerate(guess[0])), guess[1]))
     if greedy is not None:
         options = tuple(as_kept(inst, b, o) for b, o in enumerate(greedy.options))
         found.append((options, _dense([r.wafer for r in greedy.rects])))
     return [c for c in found if _within(inst, c)]
+
+
+@functools.lru_cache(maxsize=4)
+def strip_guess(problem: PlacementProblem, packing: str) -> Choice | None:
+    """greedy_strips, once per problem and packing (it is both a hint and a gate)."""
+    return greedy_strips(problem, packing)
 
 
 def _dense(wafer_of: Sequence[int]) -> tuple[int, ...]:
@@ -341,13 +484,21 @@ def _dense(wafer_of: Sequence[int]) -> tuple[int, ...]:
 
 
 def _within(inst: ResidencyInstance, choice: Choice) -> bool:
+    """The choice uses kept options and each wafer holds its blocks (cores or strips)."""
     options, wafer_of = choice
-    loads = [0] * inst.wafers
-    for b, (o, k) in enumerate(zip(options, wafer_of, strict=True)):
-        if o not in inst.options[b]:
-            return False
-        loads[k] += inst.option(b, o).cores
-    return max(loads) <= inst.capacity
+    if any(o not in inst.options[b] for b, o in enumerate(options)) or max(
+            wafer_of, default=0) >= inst.wafers:
+        return False
+    return all(_holds(inst, [inst.option(b, options[b]) for b in bs])
+               for bs in _wafer_members(wafer_of).values())
+
+
+def _holds(inst: ResidencyInstance, chosen: Sequence[Option]) -> bool:
+    """One wafer holds these options: by cores (area) or by strips."""
+    if inst.packing == "area":
+        return sum(o.cores for o in chosen) <= inst.capacity
+    p = inst.problem
+    return strips_fit(p.rows, p.cols, [(o.rows, o.cols) for o in chosen], inst.packing)
 
 
 def solve_residency(
@@ -373,32 +524,60 @@ def _lexicographic(
 ) -> Residency | None:
     terms = residency_terms(inst, v) or [("feasibility", cp_model.LinearExpr.constant(0))]
     weights = [TERM_WEIGHTS.get(name, 1.0) for name, _ in terms]
-    left_before, best, optimal, lines = clock.left, None, True, []
+    left_before, lex = clock.left, _Lex()
     for t, (name, expr) in enumerate(terms):
         left = limit - (left_before - clock.left)
-        if name == "pipeline" and best is not None:
-            hint_residency(model, inst, v, _rebalanced(inst, best))
+        if name == "pipeline" and lex.best is not None:
+            hint_residency(model, inst, v, _rebalanced(inst, lex.best))
         model.minimize(expr)
         solver, status = run(model, left * weights[t] / sum(weights[t:]), clock)
-        if status == cp_model.INFEASIBLE and best is None:
+        if status == cp_model.INFEASIBLE and lex.best is None:
             return None
+        lex.take(model, inst, v, (name, expr), solver, status)
+    return lex.residency(inst, all(name != "off-chip" for name, _ in terms))
+
+
+@dataclass
+class _Lex:
+    """The lexicographic solve so far: best choice, whether every term was proven, lines."""
+
+    best: Choice | None = None
+    optimal: bool = True
+    lines: list[str] = field(default_factory=list)
+    offchip_bound: int = 0
+
+    def take(self, model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyVars,
+             term: tuple[str, cp_model.LinearExprT], solver: cp_model.CpSolver,
+             status: int) -> None:
+        """Record one term's solve and fix its value for the terms after it."""
+        name, expr = term
         if status not in SOLVED:
-            if best is None:
+            if self.best is None:
                 raise _NoSolution(f"{name} {solver.status_name(status)}")
-            lines.append(f"{name} {solver.status_name(status)}, kept")
-            optimal = False
-            continue
+            self.lines.append(f"{name} {solver.status_name(status)}, kept")
+            self.optimal = False
+            return
         value = int(solver.value(expr))
-        best = _extract_residency(solver, inst, v)
-        optimal &= status == cp_model.OPTIMAL
-        lines.append(f"{name} {value:,} {solver.status_name(status)} "
-                     f"(bound {solver.best_objective_bound:,.0f})")
+        self.best = _extract_residency(solver, inst, v)
+        self.optimal &= status == cp_model.OPTIMAL
+        if name == "off-chip":
+            self.offchip_bound = math.ceil(solver.best_objective_bound - 1e-6)
+        self.lines.append(f"{name} {value:,} {solver.status_name(status)} "
+                          f"(bound {solver.best_objective_bound:,.0f})")
         model.add(expr <= value)
-        hint_residency(model, inst, v, best)
-    assert best is not None
-    factor = inst.capacity / inst.problem.cores_per_wafer
-    summary = f"factor {factor:.2f}: " + "; ".join(lines)
-    return Residency(best[0], best[1], optimal and factor >= 1.0, summary)
+        hint_residency(model, inst, v, self.best)
+
+    def residency(self, inst: ResidencyInstance, offchip_fixed: bool) -> Residency:
+        """The answer; strip answers have alike blocks' equal choices side by side."""
+        assert self.best is not None
+        options, wafer_of = self.best
+        bound = _offchip(inst.problem, options) if offchip_fixed else self.offchip_bound
+        strips = inst.packing != "area"  # strips are one way to pack: never proven optimal
+        if strips:
+            options = grouped_choices(inst.problem, options, wafer_of)
+        optimal = self.optimal and not strips and inst.capacity >= inst.problem.cores_per_wafer
+        return Residency(tuple(options), tuple(wafer_of), optimal,
+                         f"{_label(inst)}: " + "; ".join(self.lines), bound)
 
 
 def _rebalanced(inst: ResidencyInstance, choice: Choice) -> Choice:
@@ -408,11 +587,21 @@ def _rebalanced(inst: ResidencyInstance, choice: Choice) -> Choice:
     found = [choice]
     for options in (choice[0], spread_choices(inst.problem, choice[0])):
         split = balanced_split([inst.option(b, o).cycles for b, o in enumerate(options)],
-                               [inst.option(b, o).cores for b, o in enumerate(options)],
-                               inst.wafers, inst.capacity)
-        if split is not None:
+                               *_sizes(inst, options))
+        if split is not None and _within(inst, (options, split)):
             found.append((options, split))
     return min(found, key=lambda c: pipeline_cost(inst, c))
+
+
+def _sizes(inst: ResidencyInstance, options: Sequence[int]) -> tuple[list[int], int, int]:
+    """Sizes, wafers and capacity for balanced_split: cores, or scaled strip shares (which
+    round, so strip splits are checked after)."""
+    if inst.packing == "area":
+        return [inst.option(b, o).cores for b, o in enumerate(options)], inst.wafers, \
+            inst.capacity
+    sizes = [math.ceil(SHARE_SCALE * strip_share(inst.problem, inst.option(b, o), inst.packing))
+             for b, o in enumerate(options)]
+    return sizes, inst.wafers, SHARE_SCALE * inst.capacity
 
 
 def pipeline_cost(inst: ResidencyInstance, choice: Choice) -> int:
@@ -814,7 +1003,7 @@ def _flex_shapes(
     alternatives = []
     for b in members:
         now = problem.blocks[b].options[options[b]]
-        same = [o for o in usable_options(problem, b) if o != options[b] and _alike(
+        same = [o for o in usable_options(problem, b) if o != options[b] and alike(
             problem.blocks[b].options[o], now)]
         alternatives.append([options[b], *same])
     found = skyline_shapes(problem.rows, problem.cols, [
@@ -825,10 +1014,6 @@ def _flex_shapes(
     for b, alts, s in zip(members, alternatives, found[1], strict=True):
         options[b] = alts[s]
     return found[0]
-
-
-def _alike(a: Option, b: Option) -> bool:
-    return (a.residency, a.offchip_bytes_per_token) == (b.residency, b.offchip_bytes_per_token)
 
 
 def _rescue(r: _Run, inst: LayoutInstance) -> tuple[Position, ...] | None:
@@ -865,47 +1050,119 @@ def solve(
     return _assemble(r, residency, layouts, placed)
 
 
+Packed = tuple[Residency, dict[int, LayoutInstance]]  # a choice and its packed layouts
+
+
 def _stages_1(r: _Run) -> tuple[Residency | None, dict[int, LayoutInstance] | None]:
-    """Stage 1 at falling packing factors until stage 2's greedy hints can pack its choice."""
-    hint = _greedy_hint(r.problem)
-    for attempt, factor in enumerate(FACTORS):
+    """Stage 1 until stage 2's greedy hints can pack its choice. By area at factor 1.0 first
+    (its off-chip minimum, or the analytic bound, is a floor for every placement); unless that
+    packs at the floor, by strips (exact packings), then, if area did not pack, by area at
+    falling factors while those may stream less. The packed choice streaming least (then
+    with the least pipeline cost) is kept."""
+    problem, hint = r.problem, _greedy_hint(r.problem)
+    first = _residency_or_hint(r, residency_instance(problem), STAGE1_SHARES[0], hint)
+    if first is None:
+        raise _stage1_infeasible(problem)
+    floor = max(first.offchip_bound, offchip_lower_bound(problem) - problem.io_bytes_per_token)
+    area = _packed(r, first)
+    found = [area] if area is not None else []
+    if _least(r, found) > floor:
+        found += _by_strips(r, hint, floor, _least(r, found))
+    if area is None and _least(r, found) > floor:
+        found += _by_falling_factors(r, hint, _least(r, found))
+    if not found:
+        return None, None
+    inst = residency_instance(problem)
+    best = min(found, key=lambda p: (_offchip(problem, p[0].options),
+                                     pipeline_cost(inst, (p[0].options, p[0].wafer_of))))
+    if len(found) > 1:
+        r.stages.append(("residency", f"kept {best[0].summary.split(':')[0]}"))
+    return best
+
+
+def _least(r: _Run, found: Sequence[Packed]) -> float:
+    return min((_offchip(r.problem, p[0].options) for p in found), default=math.inf)
+
+
+def _packed(r: _Run, res: Residency) -> Packed | None:
+    """The choice with its packing hints (stage recorded), or None if it does not pack."""
+    packed = greedy_hints(r, res)
+    r.stages.append(("residency", res.summary + "; does not pack" if packed is None
+                     else packed[0].summary))
+    return packed
+
+
+def _by_strips(r: _Run, hint: Placement | None, floor: float, beat: float) -> list[Packed]:
+    """Stage 1 by columns, then rows, until one packs at the floor; a packing is solved only
+    when its greedy choice exists and streams less than `beat` (what already packs)."""
+    found: list[Packed] = []
+    for packing in STRIPS:
+        guess = strip_guess(r.problem, packing)
+        if guess is None or _offchip(r.problem, guess[0]) >= min(beat, _least(r, found)):
+            r.stages.append(("residency", f"{packing}: " + (
+                "the blocks do not fit" if guess is None else "greedy streams no less, skipped")))
+            continue
+        res = _residency_or_hint(r, residency_instance(r.problem, packing=packing),
+                                 STAGE1_SHARES[1], hint)
+        if res is None:
+            r.stages.append(("residency", f"{packing}: the blocks do not fit"))
+            continue
+        packed = _packed(r, res)
+        if packed is not None:
+            found.append(packed)
+            if _least(r, found) <= floor:
+                break
+    return found
+
+
+def _by_falling_factors(r: _Run, hint: Placement | None, best: float) -> list[Packed]:
+    """Stage 1 by area at factors below 1.0 until one packs or streams at least `best`."""
+    for attempt, factor in enumerate(FACTORS[1:], start=1):
         share = STAGE1_SHARES[min(attempt, len(STAGE1_SHARES) - 1)]
-        res = _residency_or_hint(r, factor, share * r.time_limit_s, hint)
-        if res is None and attempt == 0:
-            raise _stage1_infeasible(r.problem)
+        res = _residency_or_hint(r, residency_instance(r.problem, factor), share, hint)
         if res is None:
             r.stages.append(("residency", f"factor {factor:.2f}: infeasible"))
-            return None, None
-        packed = greedy_hints(r, res)
-        if packed is None:
-            r.stages.append(("residency", res.summary + "; does not pack"))
-            continue
-        r.stages.append(("residency", packed[0].summary))
-        return packed
-    return None, None
+            return []
+        if _offchip(r.problem, res.options) >= best:
+            r.stages.append(("residency", res.summary + "; streams no less: stop"))
+            return []
+        packed = _packed(r, res)
+        if packed is not None:
+            return [packed]
+    return []
 
 
 def _residency_or_hint(
-    r: _Run, factor: float, limit: float, greedy: Placement | None
+    r: _Run, inst: ResidencyInstance, share: float, greedy: Placement | None
 ) -> Residency | None:
-    """Stage 1's answer, or a greedy choice when that streams less or time ran out."""
-    inst = residency_instance(r.problem, factor)
+    """Stage 1's answer in `share` of the time limit, or a greedy choice when that streams
+    less or time ran out (None: infeasible, or strips and nothing found)."""
+    limit = share * r.time_limit_s
     try:
         res = solve_residency(inst, limit, r.clock, greedy)
     except _NoSolution as err:
         hints = residency_hints(inst, greedy)
+        if not hints and inst.packing != "area":
+            return None
         if not hints:
             raise InfeasiblePlacementError(
                 f"{r.problem.name}: stage 1 found no option choice in {limit:.1f} s ({err}); "
                 "give the solver more time") from None
         best = min(hints, key=lambda c: _offchip(r.problem, c[0]))
         return Residency(tuple(best[0]), tuple(best[1]), False,
-                         f"factor {factor:.2f}: {err}, greedy choice")
+                         f"{_label(inst)}: {err}, greedy choice")
     if res is not None and greedy is not None and (
             _offchip(r.problem, greedy.options) < _offchip(r.problem, res.options)):
         return Residency(greedy.options, _dense([rc.wafer for rc in greedy.rects]), False,
-                         res.summary + f"; {greedy.report.method} streams less, its choice kept")
+                         res.summary + f"; {greedy.report.method} streams less, its choice kept",
+                         res.offchip_bound)
     return res
+
+
+def _label(inst: ResidencyInstance) -> str:
+    if inst.packing != "area":
+        return inst.packing
+    return f"factor {inst.capacity / inst.problem.cores_per_wafer:.2f}"
 
 
 def _greedy_hint(problem: PlacementProblem) -> Placement | None:

@@ -13,15 +13,21 @@ wafer (if any) starts, resident again. Serpentine on several wafers first tries 
 ranges with the least largest core count, and falls back to that sequential fill. Both accept
 fixed `options` and `wafer_of` (how CP-SAT gets its hints).
 
-Helpers for CP-SAT: `shelf_pack` / `skyline_pack` / `any_pack` on a bare grid, `skyline_shapes`
-(each rectangle may take one of several shapes), `greedy_residency` (a stage-1 hint) and
-`min_max_split` (contiguous ranges).
+Helpers for CP-SAT: `shelf_pack` / `skyline_pack` / `strip_pack` / `any_pack` on a bare grid,
+`skyline_shapes` (each rectangle may take one of several shapes), `greedy_residency` and
+`greedy_strips` (stage-1 hints by cores or by strips) and `min_max_split` (contiguous ranges).
+
+Strip packing is the exact one stage 1 can count: rectangles of one class (width, and how many
+stack in the grid's height) share full-height strips ("columns"; "rows" turned sideways), so a
+wafer's rectangles pack whenever their classes' strips fit its width. Shapes that tile the wafer
+(e.g. 1172 x 36 on a 1172 x 762 grid) pack this way without waste where area-first choices of
+squarer shapes leave unusable gaps.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from compiler.errors import InfeasiblePlacementError
@@ -150,10 +156,84 @@ def _skyline_spots(level: Sequence[int], w: int) -> list[tuple[int, int]]:
 
 
 def any_pack(rows: int, cols: int, dims: Sequence[tuple[int, int]]) -> tuple[Position, ...] | None:
-    """Serpentine, else first-fit, else skyline: the first greedy packing that fits."""
+    """Serpentine, else first-fit, else strips (columns, rows), else skyline: the first greedy
+    packing that fits."""
     return (shelf_pack(rows, cols, dims, snake=True)
             or shelf_pack(rows, cols, dims, snake=False)
+            or strip_pack(rows, cols, dims, "columns")
+            or strip_pack(rows, cols, dims, "rows")
             or skyline_pack(rows, cols, dims))
+
+
+# -- strip packing: exact, so stage 1 can count it ---------------------------------------------
+
+STRIPS = ("columns", "rows")
+
+
+def strip_class(rows: int, cols: int, dims: tuple[int, int], packing: str) -> tuple[int, int]:
+    """(width, stack) of a rectangle in strip packing: "columns" are full-height strips as wide
+    as the rectangle, holding `stack` rectangles of its class one above the other; "rows" are
+    the same turned sideways (full-width strips). Stack 0: it does not fit the strip at all."""
+    h, w = dims if packing == "columns" else dims[::-1]
+    return w, (rows if packing == "columns" else cols) // h
+
+
+def strip_length(rows: int, cols: int, packing: str) -> int:
+    """How much width the strips of one wafer may take: the grid's cols (columns) or rows."""
+    return cols if packing == "columns" else rows
+
+
+def strip_width(rows: int, cols: int, dims: Sequence[tuple[int, int]], packing: str) -> int:
+    """Total width of the strips holding these rectangles, each class in strips of its own."""
+    counts: dict[tuple[int, int], int] = {}
+    for d in dims:
+        key = strip_class(rows, cols, d, packing)
+        counts[key] = counts.get(key, 0) + 1
+    if any(stack == 0 for _, stack in counts):
+        return strip_length(rows, cols, packing) + 1
+    return sum(-(-n // stack) * width for (width, stack), n in counts.items())
+
+
+def strips_fit(rows: int, cols: int, dims: Sequence[tuple[int, int]], packing: str) -> bool:
+    return strip_width(rows, cols, dims, packing) <= strip_length(rows, cols, packing)
+
+
+def strip_pack(
+    rows: int, cols: int, dims: Sequence[tuple[int, int]], packing: str
+) -> tuple[Position, ...] | None:
+    """Strip packing (see strip_class), or None if the strips are too wide: classes in order of
+    first appearance, strips left to right (top to bottom for rows), each filled in input
+    order alternately down and up, so consecutive rectangles of a class touch."""
+    if not strips_fit(rows, cols, dims, packing):
+        return None
+    if packing == "rows":
+        found = strip_pack(cols, rows, [(w, h) for h, w in dims], "columns")
+        return None if found is None else tuple((c, r) for r, c in found)
+    classes: dict[tuple[int, int], list[int]] = {}
+    for i, d in enumerate(dims):
+        classes.setdefault(strip_class(rows, cols, d, packing), []).append(i)
+    spots: dict[int, Position] = {}
+    x = strip = 0
+    for (width, stack), members in classes.items():
+        for first in range(0, len(members), stack):
+            spots.update(_stack(rows, dims, members[first:first + stack], x, up=strip % 2 == 1))
+            x, strip = x + width, strip + 1
+    return tuple(spots[i] for i in range(len(dims)))
+
+
+def _stack(
+    rows: int, dims: Sequence[tuple[int, int]], members: Sequence[int], x: int, *, up: bool
+) -> dict[int, Position]:
+    """Rectangles one above the other in a column at x: from the top, or (up) from the bottom."""
+    out, cursor = {}, rows if up else 0
+    for i in members:
+        h = dims[i][0]
+        if up:
+            cursor -= h
+        out[i] = (cursor, x)
+        if not up:
+            cursor += h
+    return out
 
 
 # -- option rules ------------------------------------------------------------------------------
@@ -363,28 +443,167 @@ def greedy_residency(
             loads[k] += cores[b]
         if max(loads) <= capacity:
             return tuple(choice), wafer_of
-        shrink = _cheapest_shrink(problem, choice, [loads[k] > capacity for k in wafer_of])
+        shrink = _cheapest_shrink(problem, choice, [loads[k] > capacity for k in wafer_of],
+                                  lambda b, i: problem.blocks[b].options[i].cores)
         if shrink is None:
             return None
         choice[shrink[0]] = shrink[1]
 
 
 def _cheapest_shrink(
-    problem: PlacementProblem, choice: Sequence[int], crowded: Sequence[bool]
+    problem: PlacementProblem, choice: Sequence[int], crowded: Sequence[bool],
+    size: Callable[[int, int], float],
 ) -> tuple[int, int] | None:
-    """(block, option): the smaller option adding the fewest streamed bytes per core saved."""
+    """(block, option): the smaller option (by `size` of block and option index) adding the
+    fewest streamed bytes per unit of size saved, among crowded blocks."""
     best: tuple[float, int, int] | None = None
     for b, o in enumerate(choice):
         if not crowded[b]:
             continue
         now = problem.blocks[b].options[o]
         for i, alt in usable(problem, b):
-            if alt.cores < now.cores:
+            if size(b, i) < size(b, o):
                 rate = (alt.offchip_bytes_per_token - now.offchip_bytes_per_token) / (
-                    now.cores - alt.cores)
+                    size(b, o) - size(b, i))
                 if best is None or (rate, b, i) < best:
                     best = (rate, b, i)
     return None if best is None else (best[1], best[2])
+
+
+def strip_share(problem: PlacementProblem, o: Option, packing: str) -> float:
+    """The width of a strip an option takes up, per rectangle, when its class fills strips."""
+    width, stack = strip_class(problem.rows, problem.cols, (o.rows, o.cols), packing)
+    return width / stack
+
+
+def greedy_strips(
+    problem: PlacementProblem, packing: str
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Options and contiguous wafer ranges whose strips fit every wafer (None if not found).
+
+    Every block starts on its least-streaming options; wafers are filled in block order, each
+    block taking the shape among those alike (same mode and bytes) that lets its wafer hold
+    the most (StripFill), with alike blocks' choices spread evenly (spread_choices). While
+    that needs too many wafers, the block whose option of a smaller least strip share adds
+    the fewest streamed bytes per share saved switches to it.
+    """
+    shares = [{i: min(strip_share(problem, a, packing) for a in _alike_options(problem, b, o))
+               for i, o in usable(problem, b)} for b in range(len(problem.blocks))]
+    choice = [min(usable(problem, b), key=lambda io, b=b: (
+        io[1].offchip_bytes_per_token, shares[b][io[0]], io[1].cycles, io[0]))[0]
+        for b in range(len(problem.blocks))]
+    fill = StripFill(problem, packing)
+    while True:
+        found = fill.run(spread_choices(problem, choice))
+        if found is not None:
+            return found
+        shrink = _cheapest_shrink(problem, choice, [True] * len(choice),
+                                  lambda b, i: shares[b][i])
+        if shrink is None:
+            return None
+        choice[shrink[0]] = shrink[1]
+
+
+def alike(a: Option, b: Option) -> bool:
+    """Two options keep the same things on chip: same mode, same bytes streamed."""
+    return (a.residency, a.offchip_bytes_per_token) == (b.residency, b.offchip_bytes_per_token)
+
+
+def _alike_options(problem: PlacementProblem, b: int, o: Option) -> list[Option]:
+    """Block b's usable options alike o (o included)."""
+    return [a for _, a in usable(problem, b) if alike(a, o)]
+
+
+StripClass = tuple[int, int]  # (width, stack), see strip_class
+
+
+@dataclass
+class StripFill:
+    """Fill wafers with blocks in order, each block free to take any shape alike its chosen
+    option. Blocks with the same set of strip classes share a table: the least strip width
+    holding j of them (columns of any of their classes, the last maybe part full)."""
+
+    problem: PlacementProblem
+    packing: str
+    tables: dict[tuple[StripClass, ...], list[tuple[int, StripClass | None]]] = field(
+        default_factory=dict)  # per class set: (least width, last column's class) per count
+
+    def classes(self, b: int, o: Option) -> tuple[StripClass, ...]:
+        p = self.problem
+        return tuple(sorted({strip_class(p.rows, p.cols, (a.rows, a.cols), self.packing)
+                             for a in _alike_options(p, b, o)}))
+
+    def width(self, key: tuple[StripClass, ...], count: int) -> int:
+        """Least total width of strips of the classes in `key` holding `count` blocks."""
+        table = self.tables.setdefault(key, [(0, None)])
+        while len(table) <= count:
+            j = len(table)
+            table.append(min((table[max(0, j - k)][0] + w, (w, k)) for w, k in key))
+        return table[count][0]
+
+    def columns(self, key: tuple[StripClass, ...], count: int) -> list[StripClass]:
+        """The classes of the strips behind width(key, count), widest stacks first."""
+        out, j = [], count
+        while j > 0:
+            self.width(key, j)
+            c = self.tables[key][j][1]
+            assert c is not None
+            out.append(c)
+            j = max(0, j - c[1])
+        return sorted(out, key=lambda c: (-c[1], c))
+
+    def run(self, choice: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """Options and wafers, or None if the blocks need more wafers than there are."""
+        p, length = self.problem, strip_length(self.problem.rows, self.problem.cols, self.packing)
+        keys = [self.classes(b, p.blocks[b].options[o]) for b, o in enumerate(choice)]
+        wafer_of, counts, wafer = [], {}, 0
+        for key in keys:
+            trial = {**counts, key: counts.get(key, 0) + 1}
+            if counts and sum(self.width(k, n) for k, n in trial.items()) > length:
+                wafer, trial = wafer + 1, {key: 1}
+            counts = trial
+            wafer_of.append(wafer)
+        if wafer >= p.wafers:
+            return None
+        return self._shaped(choice, keys, wafer_of), tuple(wafer_of)
+
+    def _shaped(self, choice: Sequence[int], keys: Sequence[tuple[StripClass, ...]],
+                wafer_of: Sequence[int]) -> tuple[int, ...]:
+        """Each block's option: of the class its wafer's strips give it, alike its choice,
+        fewest cycles."""
+        runs: dict[tuple[int, tuple[StripClass, ...]], list[int]] = {}
+        for b, (key, k) in enumerate(zip(keys, wafer_of, strict=True)):
+            runs.setdefault((k, key), []).append(b)
+        out = list(choice)
+        for (_, key), blocks in runs.items():
+            slots = [c for c in self.columns(key, len(blocks)) for _ in range(c[1])]
+            for b, c in zip(blocks, slots, strict=False):
+                out[b] = self._option_of_class(b, choice[b], c)
+        return tuple(out)
+
+    def _option_of_class(self, b: int, o: int, c: StripClass) -> int:
+        p, now = self.problem, self.problem.blocks[b].options[o]
+        return min((a.cycles, i) for i, a in usable(p, b) if alike(a, now) and strip_class(
+            p.rows, p.cols, (a.rows, a.cols), self.packing) == c)[1]
+
+
+def grouped_choices(
+    problem: PlacementProblem, options: Sequence[int], wafer_of: Sequence[int]
+) -> tuple[int, ...]:
+    """The same option choices, re-dealt within each wafer's groups of alike blocks so that
+    equal choices sit together in block order (strip packing then keeps chain neighbours side
+    by side). Per wafer, off-chip bytes, cycles, cores and strip classes stay the same."""
+    groups: dict[tuple[int, str, tuple[Option, ...]], list[int]] = {}
+    for b, block in enumerate(problem.blocks):
+        if block.group:
+            groups.setdefault((wafer_of[b], block.group, block.options), []).append(b)
+    out = list(options)
+    for members in groups.values():
+        chosen = [options[b] for b in members]
+        order = {o: chosen.index(o) for o in chosen}
+        for b, o in zip(members, sorted(chosen, key=order.__getitem__), strict=True):
+            out[b] = o
+    return tuple(out)
 
 
 @dataclass
