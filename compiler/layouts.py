@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from compiler import ir
+from compiler.errors import UnsupportedOp, UnsupportedOpsError
 
 R, C = "r", "c"
 Spec = tuple[str | None, ...]
@@ -107,6 +108,8 @@ def _without(spec: Spec, axis: str) -> Spec:
 
 
 def _matmul(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec]) -> OpLayout:
+    if any(len(g.tensor(n).shape) < 2 for n in op.inputs[:2]):  # a vector: whole tensors
+        return _fallback(g, op, specs)
     if _is_const(g, op.inputs[1]):
         return _matmul_weight(g, op, specs, trans_b=bool(op.attr("transB", 0)))
     return _matmul_act(g, op, specs)
@@ -221,8 +224,9 @@ def _reduction(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     for name in op.inputs[1:]:
         ins.append(_align(x, len(g.tensor(name).shape)) if name and op.kind in _NORMALIZING
                    else (replicated(len(g.tensor(name).shape)) if name else None))
-    return OpLayout(op.name, op.kind, tuple(ins), (out,) * len([o for o in op.outputs if o]),
-                    coll)
+    stats = tuple(None if i in axes else s for i, s in enumerate(x))  # Mean, InvStdDev
+    outs = tuple(out if k == 0 else stats for k, o in enumerate(op.outputs) if o)
+    return OpLayout(op.name, op.kind, tuple(ins), outs, coll)
 
 
 _NORMALIZING = frozenset({"LayerNormalization", "RMSNormalization", "Softmax", "LogSoftmax"})
@@ -363,6 +367,30 @@ def _fallback(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     return OpLayout(op.name, op.kind, full_ins, outs, coll)
 
 
+def _dropout(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """Inference Dropout is the identity; training mode (random masks) is refused here, at
+    compile time, unless its ratio is 0."""
+    ratio = _const_scalar(g, op.inputs[1] if len(op.inputs) > 1 else "", 0.5)
+    training = _const_scalar(g, op.inputs[2] if len(op.inputs) > 2 else "", 0.0)
+    if training is None or (training and ratio != 0):
+        what = "training_mode computed at run time" if training is None else "training_mode=1"
+        shapes = tuple(g.tensor(n).type_str() if n else "-" for n in op.inputs)
+        raise UnsupportedOpsError([UnsupportedOp(op.name, f"Dropout ({what})", op.domain,
+                                                 g.opset, shapes)])
+    return _elementwise(g, op, specs)
+
+
+def _const_scalar(g: ir.Graph, name: str, default: float) -> float | None:
+    """A scalar input's constant value: `default` when omitted (or when a shape-only graph
+    holds no values), None when it is computed at run time."""
+    if not name:
+        return default
+    if name not in g.const_derived:
+        return None
+    data = g.tensor(name).data
+    return float(data.reshape(-1)[0]) if data is not None and data.size else default
+
+
 def _gemm(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     if op.attr("transA", 0) or not _is_const(g, op.inputs[1]):
         return _fallback(g, op, specs)
@@ -374,12 +402,12 @@ _RULES = {
     "Transpose": _transpose, "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _unsqueeze,
     "Unsqueeze": _unsqueeze, "Expand": _expand, "Gather": _embedding,
     "Split": _along_axis, "Slice": _along_axis, "Concat": _along_axis,
-    "Attention": _attention,
+    "Attention": _attention, "Dropout": _dropout,
     **{k: _reduction for k in ("ReduceMean", "ReduceSum", "ReduceMax", "ArgMax", "Softmax",
                                 "LogSoftmax", "LayerNormalization", "RMSNormalization")},
     **{k: _elementwise for k in (
         "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Exp", "Log", "Abs",
         "Cos", "Sin", "Max", "Min", "Clip", "Mod", "Where", "IsNaN", "IsInf", "And", "Or", "Not",
         "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Erf", "Tanh", "Sigmoid",
-        "Relu", "Softplus", "Gelu", "Cast", "CastLike", "Identity", "Dropout")},
+        "Relu", "Softplus", "Gelu", "Cast", "CastLike", "Identity")},
 }

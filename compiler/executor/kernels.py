@@ -21,6 +21,7 @@ from compiler.tiles import AXIS, valid_mask
 
 ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64,
                9: np.bool_, 10: np.float16, 11: np.float64, 16: np.float32}
+BFLOAT16 = 16
 
 
 class KernelError(Exception):
@@ -101,7 +102,7 @@ _UNARY = {
     "Log": np.log, "Abs": np.abs, "Cos": np.cos, "Sin": np.sin, "Tanh": np.tanh,
     "Not": np.logical_not, "IsNaN": np.isnan, "Sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "Relu": lambda x: np.maximum(x, 0), "Softplus": lambda x: np.logaddexp(0, x),
-    "Identity": lambda x: x, "Dropout": lambda x: x,
+    "Identity": lambda x: x,
 }
 _BINARY = {
     "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Pow": np.power,
@@ -156,14 +157,46 @@ def _clip(op, a, ins):
     return np.clip(a[0], lo, hi)
 
 
+def _cast(x: np.ndarray, to: int) -> np.ndarray:
+    """astype; bfloat16 (no numpy dtype) is held as float32 rounded to bfloat16's precision
+    (nearest, ties to even)."""
+    if to != BFLOAT16:
+        return x.astype(ONNX_DTYPES[to])
+    x = x.astype(np.float32)
+    bits = x.view(np.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return np.where(np.isnan(x), x, rounded.astype(np.uint32).view(np.float32))
+
+
+def _isinf(op, a, ins):
+    x = a[0]
+    pos = np.isposinf(x) if op.attr("detect_positive", 1) else np.zeros(x.shape, bool)
+    return pos | np.isneginf(x) if op.attr("detect_negative", 1) else pos
+
+
+@kernel("Dropout")
+def dropout(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """Inference Dropout: the identity, and an all-true mask. Training mode draws random masks:
+    rejected at compile time (layouts) unless its ratio is 0."""
+    x = ins[0]
+    training = len(ins) > 2 and ins[2] is not None and bool(_const(ins[2]).reshape(-1)[0])
+    ratio = float(_const(ins[1]).reshape(-1)[0]) if len(ins) > 1 and ins[1] is not None else 0.5
+    if training and ratio != 0:
+        raise KernelError("Dropout in training mode draws random masks")
+    results = [x.data]
+    if len(outs) > 1:
+        results.append(np.ones(x.data.shape, dtype=bool))
+    return results
+
+
 _ELEMENTWISE = {
     "Div": _div, "Gelu": _gelu, "Clip": _clip, "Erf": lambda op, a, i: erf(a[0]),
     "Max": lambda op, a, i: np.maximum.reduce(np.broadcast_arrays(*a)),
     "Min": lambda op, a, i: np.minimum.reduce(np.broadcast_arrays(*a)),
     "Where": lambda op, a, i: np.where(a[0], a[1], a[2]),
-    "Cast": lambda op, a, i: a[0].astype(ONNX_DTYPES[int(op.attr("to"))]),
+    "Cast": lambda op, a, i: _cast(a[0], int(op.attr("to"))),
     "CastLike": lambda op, a, i: a[0].astype(a[1].dtype),
-    "IsInf": lambda op, a, i: np.isinf(a[0]),
+    "IsInf": _isinf,
     "Mod": lambda op, a, i: np.fmod(a[0], a[1]) if op.attr("fmod", 0) else np.mod(a[0], a[1]),
 }
 
@@ -185,6 +218,12 @@ def _masked(x: Operand, ctx: Ctx, fill: float) -> np.ndarray:
     return x.data if m is None else np.where(m, x.data, np.asarray(fill, x.data.dtype))
 
 
+def _lowest(dtype: np.dtype):
+    if dtype.kind == "f":
+        return -np.inf
+    return np.iinfo(dtype).min if dtype.kind in "iu" else False
+
+
 def _split_axes(x: Operand, dims: Sequence[int]) -> list[str]:
     return [x.spec[d] for d in dims if x.spec[d]]
 
@@ -194,7 +233,7 @@ def reduce(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
     x = ins[0]
     dims = _reduce_axes(op, x, ins)
     how = "max" if op.kind == "ReduceMax" else "sum"
-    data = _masked(x, ctx, -np.inf if how == "max" else 0)
+    data = _masked(x, ctx, _lowest(x.data.dtype) if how == "max" else 0)
     tile_axes = tuple(d + 2 for d in dims)
     y = (np.max if how == "max" else np.sum)(data, axis=tile_axes, keepdims=True)
     for axis in _split_axes(x, dims):
@@ -204,6 +243,38 @@ def reduce(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
     if not op.attr("keepdims", 1):
         y = y.reshape(y.shape[:2] + tuple(s for i, s in enumerate(y.shape[2:]) if i not in dims))
     return [y.astype(x.data.dtype)]
+
+
+@kernel("ArgMax")
+def argmax(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """Index of the largest element along `axis` (the first one, or the last with
+    select_last_index); a split axis compares each core's best across the mesh."""
+    x = ins[0]
+    d = int(op.attr("axis", 0)) % x.rank
+    ax, axis = d + 2, x.spec[d]
+    last = bool(op.attr("select_last_index", 0))
+    data = _masked(x, ctx, _lowest(x.data.dtype))
+    n = data.shape[ax]
+    flipped = np.flip(data, axis=ax) if last else data
+    local = np.argmax(flipped, axis=ax, keepdims=True)
+    local = n - 1 - local if last else local
+    best = np.take_along_axis(data, local, axis=ax)
+    index = local.astype(np.int64)
+    if axis is not None:  # global index: the core's first element along the split axis
+        size = data.shape[AXIS[axis]]
+        shape = [1] * data.ndim
+        shape[AXIS[axis]] = size
+        index = index + (np.arange(size) * n).reshape(shape)
+        top = ctx.allreduce(best, axis, "max")
+        hit = best == top
+        if last:
+            index = np.max(np.where(hit, index, -1), axis=AXIS[axis], keepdims=True)
+        else:
+            index = np.min(np.where(hit, index, np.iinfo(np.int64).max), axis=AXIS[axis],
+                           keepdims=True)
+    if not op.attr("keepdims", 1):
+        index = np.squeeze(index, axis=ax)
+    return [index]
 
 
 @kernel("Softmax", "LogSoftmax")
@@ -234,6 +305,8 @@ def _mean_over(x: np.ndarray, src: Operand, dims, ctx: Ctx) -> np.ndarray:
 
 @kernel("LayerNormalization")
 def layer_norm(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """Y, and the optional Mean and InvStdDev outputs (shaped like X with the normalized dims
+    kept as 1s)."""
     x = ins[0]
     dims = _norm_dims(op, x)
     data = x.data.astype(np.float32)
@@ -242,10 +315,11 @@ def layer_norm(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
     m = ctx.mask(x.shape, x.spec)
     centred = centred if m is None else np.where(m, centred, 0)
     var = _mean_over(centred * centred, x, dims, ctx)
-    y = centred / np.sqrt(var + float(op.attr("epsilon", 1e-5))) * lift(ins[1], x.rank)
+    inv = 1 / np.sqrt(var + float(op.attr("epsilon", 1e-5)))
+    y = centred * inv * lift(ins[1], x.rank)
     if len(ins) > 2 and ins[2] is not None:
         y = y + lift(ins[2], x.rank)
-    return [y.astype(x.data.dtype)]
+    return [y.astype(x.data.dtype), mean, inv][:len(outs)]
 
 
 @kernel("RMSNormalization")
@@ -262,11 +336,25 @@ def rms_norm(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
 
 @kernel("MatMul")
 def matmul(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """numpy matmul semantics; a 1-D operand is a row (left) or column (right) vector whose
+    added dim is dropped from the result (the layout keeps 1-D operands whole)."""
     a, b = ins
-    if a.rank < 2 or b.rank < 2:
-        raise KernelError("MatMul with a 1-D operand")
-    rank = max(a.rank, b.rank)
-    return [np.matmul(lift(a, rank), lift(b, rank))]
+    if a.rank >= 2 and b.rank >= 2:
+        rank = max(a.rank, b.rank)
+        return [np.matmul(lift(a, rank), lift(b, rank))]
+    if any(a.spec) or any(b.spec):
+        raise KernelError("MatMul with a split 1-D operand")
+    x = a.data[..., None, :] if a.rank == 1 else a.data
+    y = b.data[..., :, None] if b.rank == 1 else b.data
+    rank = max(x.ndim, y.ndim) - 2
+    x = x.reshape(x.shape[:2] + (1,) * (rank - x.ndim + 2) + x.shape[2:])
+    y = y.reshape(y.shape[:2] + (1,) * (rank - y.ndim + 2) + y.shape[2:])
+    z = np.matmul(x, y)
+    if b.rank == 1:
+        z = z[..., 0]
+    if a.rank == 1:
+        z = z[..., 0, :] if b.rank != 1 else z[..., 0]
+    return [z]
 
 
 @kernel("Gemm")
@@ -284,25 +372,63 @@ def gemm(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
 
 @kernel("Attention")
 def attention(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
-    """ONNX Attention (opset 23) on local heads: 4-D [B, H, S, D] or 3-D [B, S, H * D]."""
+    """ONNX Attention (opsets 23-25) on local heads: 4-D [B, H, S, D] or 3-D [B, S, H * D].
+
+    Keys and values extend a past cache; grouped key/value heads are repeated for the query
+    heads they serve; softcap comes before the bias; the bias sums the mask (boolean or
+    additive, padded to the keys), the causal frontier (top-left without a cache, after the
+    cache, or per batch from nonpad_kv_seqlen), the sliding window and the key padding. A
+    query row with no key left gets zeros. The sequence dims must be whole on every core."""
     q, k, v = ins[:3]
-    qh, kh = _heads(op, q, "q_num_heads", ctx), _heads(op, k, "kv_num_heads", ctx)
-    Q, K, V = (_to_heads(x, h) for x, h in ((q, qh), (k, kh), (v, kh)))
-    if Q.shape[2] % K.shape[2]:
-        raise KernelError("local query heads do not map onto local key/value heads")
-    rep = Q.shape[2] // K.shape[2]
-    K, V = np.repeat(K, rep, axis=2), np.repeat(V, rep, axis=2)
+    mask, past_k, past_v, nonpad = (ins[i] if len(ins) > i else None for i in range(3, 7))
+    for x, dim in ((q, -2 if q.rank == 4 else 1), (k, -2 if k.rank == 4 else 1)):
+        if x.spec[dim]:
+            raise KernelError("Attention with a split sequence dim")
+    Q = _to_heads(q, _heads(op, q, "q_num_heads"))
+    K = _to_heads(k, _heads(op, k, "kv_num_heads"))
+    V = _to_heads(v, _heads(op, v, "kv_num_heads"))
+    cached = 0
+    if past_k is not None and past_v is not None:
+        cached = past_k.shape[2]
+        K, V = _concat_keys(past_k.data, K), _concat_keys(past_v.data, V)
+    present = [K, V]
+    if Q.shape[3] != K.shape[3]:  # grouped-query attention: each kv head serves `rep` heads
+        if Q.shape[3] % K.shape[3]:
+            raise KernelError("local query heads do not map onto local key/value heads")
+        rep = Q.shape[3] // K.shape[3]
+        K, V = np.repeat(K, rep, axis=3), np.repeat(V, rep, axis=3)
     scale = op.attr("scale") or 1 / math.sqrt(Q.shape[-1])
-    s = np.matmul(Q, np.swapaxes(K, -1, -2)) * float(scale)
-    s = _attention_mask(op, ins, s)
-    s = s - s.max(axis=-1, keepdims=True)
-    p = np.exp(s)
-    p = p / p.sum(axis=-1, keepdims=True)
-    y = np.matmul(p, V)
-    return [_from_heads(y, q)]
+    s = np.matmul(Q.astype(np.float32), np.swapaxes(K, -1, -2)) * np.float32(scale)
+    cap = float(op.attr("softcap", 0.0) or 0.0)
+    if cap > 0:
+        s = cap * np.tanh(s / cap)
+    qk = s
+    bias = _attention_bias(op, mask, nonpad, s.shape[-2], s.shape[-1], cached)
+    s = s + bias
+    mode = int(op.attr("qk_matmul_output_mode", 0) or 0)
+    if mode == 2:
+        qk = s
+    with np.errstate(invalid="ignore", over="ignore"):
+        top = np.max(s, axis=-1, keepdims=True)
+        e = np.exp(s - np.where(np.isfinite(top), top, 0))
+        total = np.sum(e, axis=-1, keepdims=True)
+        p = e / np.where(total == 0, 1, total)
+    dead = np.isneginf(np.max(np.broadcast_to(bias, s.shape), axis=-1, keepdims=True))
+    p = np.where(dead, np.float32(0), p)  # no key to attend: the row is zeros
+    if mode == 3:
+        qk = p
+    y = np.matmul(p.astype(np.float32), V.astype(np.float32))
+    results = [_from_heads(y, q), *present, qk]
+    return [r for name, r in zip(op.outputs, results, strict=False) if name]
 
 
-def _heads(op, x: Operand, attr: str, ctx: Ctx) -> int:
+def _concat_keys(past: np.ndarray, new: np.ndarray) -> np.ndarray:
+    mesh = np.broadcast_shapes(past.shape[:2], new.shape[:2])
+    return np.concatenate([np.broadcast_to(past, mesh + past.shape[2:]),
+                           np.broadcast_to(new, mesh + new.shape[2:])], axis=4)
+
+
+def _heads(op, x: Operand, attr: str) -> int:
     if x.rank == 4:
         return x.data.shape[3]
     total = int(op.attr(attr) or 0)
@@ -327,14 +453,38 @@ def _from_heads(y: np.ndarray, q: Operand) -> np.ndarray:
     return y.transpose(0, 1, 2, 4, 3, 5).reshape(R, C, B, S, H * D)
 
 
-def _attention_mask(op, ins: list, s: np.ndarray) -> np.ndarray:
-    if len(ins) > 3 and ins[3] is not None:
-        m = lift(ins[3], 4)
-        s = np.where(m, s, -np.inf) if m.dtype == np.bool_ else s + m
+def _attention_bias(op, mask: Operand | None, nonpad: Operand | None, S: int, L: int,
+                    cached: int) -> np.ndarray:
+    """The additive bias (0 or -inf, plus an additive mask), broadcastable to (R, C, B, H,
+    S, L)."""
+    bias = np.zeros((1, 1, 1, 1, 1, 1), np.float32)
+    if mask is not None:
+        m = lift(mask, 4)
+        if m.shape[-1] < L:  # a mask shorter than the keys: the rest is masked
+            pad = [(0, 0)] * (m.ndim - 1) + [(0, L - m.shape[-1])]
+            m = np.pad(m, pad, constant_values=False if m.dtype == np.bool_ else -np.inf)
+        m = np.where(m, 0, -np.inf) if m.dtype == np.bool_ else m
+        bias = bias + m.astype(np.float32)
+    i = np.arange(S).reshape(S, 1)
+    j = np.arange(L).reshape(1, L)
+    offset: np.ndarray | int = cached
+    valid = None
+    if nonpad is not None:
+        lengths = nonpad.data.reshape(nonpad.data.shape[:2] + (-1, 1, 1, 1))
+        valid = j < lengths
+        if not cached:
+            offset = lengths - S
+    allowed = np.ones((1, 1), bool)
     if op.attr("is_causal", 0):
-        S, L = s.shape[-2], s.shape[-1]
-        s = np.where(np.tril(np.ones((S, L), dtype=bool), L - S), s, -np.inf)
-    return s
+        allowed = allowed & (j <= i + offset)
+    left, right = int(op.attr("left_window_size", -1)), int(op.attr("right_window_size", -1))
+    if left >= 0:
+        allowed = allowed & (i + offset - j <= left)
+    if right >= 0:
+        allowed = allowed & (j - (i + offset) <= right)
+    if valid is not None:
+        allowed = allowed & valid
+    return bias + np.where(allowed, np.float32(0), np.float32(-np.inf))
 
 
 # --- indexing and data movement ---------------------------------------------------------------
@@ -406,15 +556,27 @@ def gather_nd(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
     return [out.reshape(lead + out.shape[1:])]
 
 
+_SCATTER = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+
+
 @kernel("ScatterND")
 def scatter_nd(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """Updates written at index tuples (or combined with `reduction`: add, mul, max, min,
+    applied once per index even when indices repeat)."""
     data, index, updates = (_whole_or_fail(x) for x in ins)
+    how = str(op.attr("reduction", "none"))
+    if how != "none" and how not in _SCATTER:
+        raise KernelError(f"ScatterND reduction {how!r}")
     mesh = np.broadcast_shapes(data.shape[:2], index.shape[:2], updates.shape[:2])
     out = np.broadcast_to(data, mesh + data.shape[2:]).copy()
     for i in np.ndindex(*mesh):
         idx, upd = index[i if index.shape[:2] == mesh else (0, 0)], updates[
             i if updates.shape[:2] == mesh else (0, 0)]
-        out[i][tuple(np.moveaxis(idx, -1, 0))] = upd
+        where = tuple(np.moveaxis(idx, -1, 0))
+        if how == "none":
+            out[i][where] = upd
+        else:
+            _SCATTER[how].at(out[i], where, upd)
     return [out]
 
 
@@ -499,6 +661,17 @@ def constant_of_shape(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
     value = op.attr("value", 0.0)
     dtype = np.asarray(value).dtype if not isinstance(value, float) else np.float32
     return [np.full(shape, value, dtype=dtype)[None, None]]
+
+
+@kernel("Constant")
+def constant(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """A Constant node the frontend kept (a folded Shape or Size): its value attribute."""
+    shape = outs[0][0]
+    for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+        value = op.attr(key)
+        if value is not None:
+            return [np.asarray(value).reshape(shape)[None, None]]
+    raise KernelError(f"Constant {op.name} has no numeric value attribute")
 
 
 @kernel("Shape", "Size")
