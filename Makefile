@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/wafer targets
 	$(BIN)/wafer inspect gpt2-small
-	$(BIN)/wafer check gpt2-small --target wse3
 	$(BIN)/wafer check llama3-70b --target wse3-x4
-	$(BIN)/wafer compile llama3-8b --target wse3 -o out/llama3-8b --force
+	$(BIN)/wafer compile llama3-8b --target wse3 --context 8192 -o out/llama3-8b --force
+	$(BIN)/wafer compile gpt2-small --target wse3 --seq-len 64 -o out/gpt2-small --force --verify
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,6 +29,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/frontend.py
 	$(BIN)/python benchmarks/placement.py
+	$(BIN)/python benchmarks/calibration.py
+	$(BIN)/python benchmarks/fault_injection.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

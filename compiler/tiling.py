@@ -127,8 +127,10 @@ def _layer_tensors(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], ta
             if name in params:
                 if feeds_activation:
                     weights.setdefault(name, entry)
-            elif name not in g.const_derived:
+            elif name not in g.const_derived or feeds_activation:  # incl. tables it reads
                 op_acts.append(entry)
+        if op.kind in VIEW_OPS | {"Expand"} and op_acts:  # a view: one buffer, not two
+            op_acts = [max(op_acts, key=lambda e: math.prod(e[0]))]
         acts.append(tuple(op_acts))
     tokens = max(token_count(g), 1)
     kv_elems = sum(g.tensor(n).numel for n, lay in kv.items() if lay == layer.name) // tokens
@@ -215,7 +217,7 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
     if t.prompt_resident:
         return w + tables, kv, max((_live_bytes(live, rows, cols) for live in t.live), default=0)
     prompt = max((_bytes(entries, rows, cols) for entries in t.acts_per_op), default=0)
-    step = math.ceil((prompt + tables) / t.seq)
+    step = math.ceil(prompt / t.seq)  # each op with the tables it reads, one step's share
     context = kv_total // max(t.kv_elements_per_token * batch, 1) if t.kv_elements_per_token else 0
     scores = 2 * math.ceil(t.score_heads * batch / rows) * math.ceil(context / cols) * t.act_item
     return w, kv, step + scores

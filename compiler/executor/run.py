@@ -247,7 +247,9 @@ def _compute(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
     try:
         results = KERNELS[op.kind](op, ins, outs, Ctx(reg.rows, reg.cols, partial))
     except (KernelError, ValueError, IndexError) as exc:
-        raise _fault(step, f"{op.kind} cannot run on these tiles: {exc}") from None
+        names = ", ".join(w.tensor for w in step.writes)
+        msg = f"{op.kind} cannot run on these tiles (writing {names}): {exc}"
+        raise _fault(step, msg) from None
     if op.kind in VIEW_OPS:  # in place: a dying input's memory becomes the output's
         _free_dead(m, step)
     for w, data in zip(step.writes, results, strict=True):
