@@ -20,7 +20,7 @@ from compiler.driver import CompileOptions, compile_model
 from compiler.perf import PerfOptions, estimate, streamed_kv_cycles
 from compiler.tiling import TilingOptions
 
-CONTEXT = 8192
+CONTEXT = 2048
 CASES = {  # name: (model, target, published decode tokens/s at batch 1, source)
     "cerebras-8b": ("llama3-8b", "wse3", 1800, "Cerebras Inference, Llama 3.1 8B, 1 WSE-3"),
     "cerebras-70b": ("llama3-70b", "wse3-x4", 450, "Cerebras Inference, Llama 3.1 70B, 4 WSE-3"),
