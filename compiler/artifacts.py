@@ -48,6 +48,7 @@ def placement_doc(result: CompileResult) -> dict[str, Any]:
 def _options(result: CompileResult) -> dict[str, Any]:
     o = result.options
     return {"context": result.tiled.context, "batch": result.tiled.batch,
+            "prompt_resident": result.tiled.prompt_resident,
             "method": o.solver.method, "time_limit_s": o.solver.time_limit_s,
             "seed": o.solver.seed, "workers": o.solver.workers,
             "deterministic": o.solver.deterministic}

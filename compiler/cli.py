@@ -212,7 +212,9 @@ def cmd_compile(args) -> int:
         raise UsageError(f"{out} already exists; pass --force to replace it")
     solver = SolverOptions(args.method, args.time_limit, args.seed, args.workers,
                            deterministic=not args.nondeterministic)
-    options = CompileOptions(_frontend_options(args), TilingOptions(context=args.context), solver)
+    resident = True if args.verify else None  # verifying runs the whole prompt at once
+    tiling = TilingOptions(context=args.context, prompt_resident=resident)
+    options = CompileOptions(_frontend_options(args), tiling, solver)
     hook = None if args.quiet else _stage_line
     result = compile_model(args.model, args.target, options, on_stage=hook)
     write_outputs(out, artifact_files(result), force=args.force)

@@ -76,6 +76,7 @@ class TiledGraph:
     context: int
     batch: int
     io_bytes_per_token: int
+    prompt_resident: bool = False  # SRAM holds the whole prompt's activations (verifiable)
 
 
 # --- the memory and time model of one layer ------------------------------------------------------
@@ -304,14 +305,34 @@ class _LayerModel:
 
 
 def tile_graph(g: ir.Graph, target: Target, options: TilingOptions | None = None) -> TiledGraph:
+    """Layouts and candidates for every layer. With prompt_resident left open, a model with
+    weights is tiled to hold its whole prompt (so that it can be verified) when that fits, and
+    otherwise, like the shape-only giants, one decode step at a time."""
     options = options or TilingOptions()
+    if options.prompt_resident:
+        try:
+            return _tile(g, target, options, True)
+        except CapacityError as exc:
+            raise CapacityError(exc.what + " with its whole prompt in SRAM (needed to run and "
+                                "verify it)", exc.needed, exc.available,
+                                "use a shorter --seq-len, or compile without --verify (the "
+                                "prompt then streams through in decode steps)") from None
+    if options.prompt_resident is not None:
+        return _tile(g, target, options, False)
+    if g.shape_only:
+        return _tile(g, target, options, False)
+    try:
+        return _tile(g, target, options, True)
+    except CapacityError:
+        return _tile(g, target, options, False)
+
+
+def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool) -> TiledGraph:
     layouts = graph_layouts(g)
     kv = kv_cache_tensors(g)
     batch = _batch(g)
     context = options.context or max(1, token_count(g) // batch)
     params = _param_derived(g)
-    resident = options.prompt_resident
-    resident = (not g.shape_only) if resident is None else resident
     cache: dict[str, tuple[Candidate, ...]] = {}
     layers = []
     for layer in g.layers:
@@ -326,7 +347,7 @@ def tile_graph(g: ir.Graph, target: Target, options: TilingOptions | None = None
             model.kv_total * target.compute.dtype.itemsize, model.flops_per_token,
             cache[template]))
     return TiledGraph(g.name, tuple(layers), _edges(g, target), context, batch,
-                      _io_bytes_per_token(g, target))
+                      _io_bytes_per_token(g, target), resident)
 
 
 def _batch(g: ir.Graph) -> int:
@@ -395,10 +416,13 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
             out.append(Candidate(r, c, mode, w, kv, act, _offchip(model, mode, batch, kv_item),
                                  _cycles(model, r, c, target)))
     if not out:
-        need = model.weight_bytes + model.kv_total * kv_item
-        raise CapacityError(f"layer {name}", need, target.usable_bytes_per_wafer,
-                            "it does not fit one wafer even when streamed; use a target with "
-                            "more SRAM per core or a larger grid")
+        rows, cols = target.grid.rows, target.grid.cols
+        mode = _modes(model)[-1]  # the most streaming mode: the least SRAM it can take
+        need = sum(_per_core(model.tensors, mode, rows, cols, model.kv_total, kv_item, batch))
+        raise CapacityError(
+            f"layer {name}: a core", need, cap,
+            f"even spread over a whole {rows} x {cols} wafer and streamed, its largest tiles "
+            "cannot be split further; use a target with more SRAM per core")
     return tuple(out)
 
 

@@ -543,6 +543,16 @@ def refuse_shape_only(graph_name: str, shape_only: bool) -> None:
                          "compile a model with weights")
 
 
+def refuse_streamed_prompt(model: dict, options: dict) -> None:
+    """A placement that holds one decode step's activations cannot run the whole prompt."""
+    if options.get("prompt_resident", True) is False:
+        dims = ", ".join(f"{k}={v}" for k, v in model.get("dims", {}).items())
+        raise UsageError(
+            f"{model.get('name', 'the model')} was compiled with the prompt streamed through in "
+            f"decode steps ({dims}: the whole prompt's activations do not fit in SRAM at once), "
+            "so the executor cannot run it; compile with a shorter --seq-len to verify")
+
+
 def tolerances(art: Artifact, opts: VerifyOptions) -> tuple[str, float, float]:
     """(precision label, atol, rtol): the precision's defaults unless given."""
     dtype = "float32" if opts.precision == FP32 else art.target.compute.dtype.value
@@ -638,6 +648,7 @@ def open_out(out: str | Path) -> Artifact:
     doc = _read_json(out / "placement.json")
     model = doc.get("model", {})
     refuse_shape_only(model.get("name", str(out)), bool(model.get("shape_only")))
+    refuse_streamed_prompt(model, doc.get("options", {}))
     source = _recorded_model(out, model)
     target = _recorded_target(out, doc.get("target", {}))
     dims = DimRequest(_input_shapes(source, model.get("dims", {})))

@@ -86,7 +86,7 @@ def test_edges_follow_the_chain_and_skip_constant_subgraphs(tiled):
 def test_layer_too_big_for_the_grid_says_bytes_and_layer():
     tiny = load_target("mesh8x8", {"grid.rows": 1, "grid.cols": 1, "core.sram_bytes": "8KiB",
                                    "core.reserve_bytes": 4096})
-    with pytest.raises(CapacityError, match=r"layer \S+ needs [\d,]+ bytes but 4,096 are"):
+    with pytest.raises(CapacityError, match=r"layer \S+: a core needs [\d,]+ bytes but 4,096 are"):
         tile_graph(zoo_graph("gpt2-tiny"), tiny)
 
 
