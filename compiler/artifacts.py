@@ -93,6 +93,10 @@ def _metrics(result: CompileResult) -> dict[str, Any]:
         "interwafer_bytes_per_token": b.interwafer_bytes_per_token}
     if b is not None and b.byte_hops:
         out["byte_hops_vs_first_fit"] = _round(m.byte_hops / b.byte_hops)
+    same = result.baseline_same_options
+    out["first_fit_same_options"] = None if same is None else {"byte_hops": same.byte_hops}
+    if same is not None and same.byte_hops:
+        out["byte_hops_vs_first_fit_same_options"] = _round(m.byte_hops / same.byte_hops)
     return out
 
 

@@ -66,6 +66,9 @@ class CompileResult:
     estimates: dict[str, Estimate]
     options: CompileOptions
     stage_times: tuple[tuple[str, float], ...]
+    # first-fit shelves with this placement's own options and wafers: a like-for-like layout
+    # baseline for byte-hops (None when shelves cannot pack those rectangles)
+    baseline_same_options: Metrics | None = None
 
 
 def compile_model(model: str | Path, target: str | Path | Target,
@@ -79,10 +82,12 @@ def compile_model(model: str | Path, target: str | Path | Target,
     problem = to_problem(tiled, tgt)
     placement = timer("placement", _place, problem, options.solver)
     baseline = timer("baseline", _baseline, problem)
+    same = _same_options_baseline(problem, placement)
     schedule = timer("schedule", build_schedule, graph, tiled, problem, placement, tgt.name)
     timelines, estimates = timer("performance", _performance, schedule, tiled, tgt)
     return CompileResult(graph, tgt, tiled, problem, placement, metrics(problem, placement),
-                         baseline, schedule, timelines, estimates, options, tuple(timer.times))
+                         baseline, schedule, timelines, estimates, options, tuple(timer.times),
+                         same)
 
 
 def _performance(schedule: Schedule, tiled: TiledGraph, target: Target):
@@ -108,6 +113,19 @@ def _baseline(problem: PlacementProblem) -> Metrics | None:
         return metrics(problem, place(problem, "first-fit"))
     except InfeasiblePlacementError:
         return None
+
+
+def _same_options_baseline(problem: PlacementProblem, placement: Placement) -> Metrics | None:
+    from compiler.placement.check import validate
+    from compiler.placement.greedy import first_fit
+
+    try:
+        ff = first_fit(problem, placement.options, [r.wafer for r in placement.rects])
+    except InfeasiblePlacementError:
+        return None
+    if validate(problem, ff) or list(ff.options) != list(placement.options):
+        return None
+    return metrics(problem, ff)
 
 
 class _Timer:
