@@ -140,16 +140,22 @@ def _matmul_act(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     the axis the heads leave free. Q x K^T then splits its output's last dim (keys) over that
     axis with no reduction; P x V contracts over the split keys: partial sums, reduced there."""
     sa, sb = _spec(g, op.inputs[0], specs), _spec(g, op.inputs[1], specs)
-    batch = tuple(_align(sa[:-2], max(len(sa), len(sb)) - 2))
+    shape_a, shape_b = g.tensor(op.inputs[0]).shape, g.tensor(op.inputs[1]).shape
+    lead = max(len(sa), len(sb)) - 2
+    # batch dims split as A splits them, except where A broadcasts (size 1): those are whole
+    batch = tuple(s if d > 1 else None for s, d in zip(
+        _align(sa[:-2], lead), (*(1,) * (lead - len(shape_a) + 2), *shape_a[:-2]), strict=True))
     used = {a for a in batch if a}
     free = next((a for a in (C, R) if a not in used), None)
     k_axis = sa[-1] if sa[-1] and sa[-1] not in used else None
-    b_batch = _align(batch, len(sb) - 2)
+    a_batch = _align(batch, len(sa) - 2)
+    b_batch = tuple(s if d > 1 else None for s, d in zip(_align(batch, len(sb) - 2),
+                                                         shape_b[:-2], strict=True))
     if k_axis:
-        want_a, want_b, out = (*sa[:-2], None, k_axis), (*b_batch, k_axis, None), None
+        want_a, want_b, out = (*a_batch, None, k_axis), (*b_batch, k_axis, None), None
     else:
-        n_axis = free if g.tensor(op.inputs[1]).shape[-1] > 1 else None
-        want_a, want_b, out = (*sa[:-2], None, None), (*b_batch, None, n_axis), n_axis
+        n_axis = free if shape_b[-1] > 1 else None
+        want_a, want_b, out = (*a_batch, None, None), (*b_batch, None, n_axis), n_axis
     coll = [Collective("relayout", _first_axis(have, want), name)
             for name, have, want in ((op.inputs[0], sa, want_a), (op.inputs[1], sb, want_b))
             if have != want and any(have)]
@@ -201,7 +207,7 @@ def _reduced_axes(g: ir.Graph, op: ir.Op) -> tuple[int, ...]:
     if op.kind in ("LayerNormalization", "RMSNormalization"):
         return tuple(range(int(op.attr("axis", -1)) % rank, rank))
     if op.kind in ("Softmax", "LogSoftmax", "ArgMax"):
-        return (int(op.attr("axis", -1)) % rank,)
+        return (int(op.attr("axis", 0 if op.kind == "ArgMax" else -1)) % rank,)
     axes = op.attr("axes")
     if axes is None and len(op.inputs) > 1 and op.inputs[1]:
         data = g.tensor(op.inputs[1]).data
@@ -212,6 +218,7 @@ def _reduced_axes(g: ir.Graph, op: ir.Op) -> tuple[int, ...]:
 def _reduction(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     """Reductions and normalizations: split reduced dims need an allreduce of statistics."""
     x = _spec(g, op.inputs[0], specs)
+    _check_legacy_softmax(g, op, len(x))
     axes = _reduced_axes(g, op)
     coll = tuple(Collective("allreduce", x[a], op.outputs[0]) for a in axes if x[a])
     out_rank = len(g.tensor(op.outputs[0]).shape)
@@ -227,6 +234,20 @@ def _reduction(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     stats = tuple(None if i in axes else s for i, s in enumerate(x))  # Mean, InvStdDev
     outs = tuple(out if k == 0 else stats for k, o in enumerate(op.outputs) if o)
     return OpLayout(op.name, op.kind, tuple(ins), outs, coll)
+
+
+def _check_legacy_softmax(g: ir.Graph, op: ir.Op, rank: int) -> None:
+    """Before opset 13, (Log)Softmax flattens its input to 2-D at `axis` (default 1) and
+    normalizes over all the trailing dims at once; that is the modern semantics only when
+    `axis` is the last dim. The other cases are refused rather than computed otherwise."""
+    if op.kind not in ("Softmax", "LogSoftmax") or g.opset >= 13 or not rank:
+        return
+    axis = int(op.attr("axis", 1)) % rank
+    if axis != rank - 1:
+        shapes = tuple(g.tensor(n).type_str() for n in op.inputs if n)
+        raise UnsupportedOpsError([UnsupportedOp(
+            op.name, f"{op.kind} (opset {g.opset} 2-D coercion at axis {axis} of rank {rank})",
+            op.domain, g.opset, shapes)])
 
 
 _NORMALIZING = frozenset({"LayerNormalization", "RMSNormalization", "Softmax", "LogSoftmax"})
@@ -330,6 +351,10 @@ def _axis_dims(g: ir.Graph, op: ir.Op, rank: int) -> list[int]:
     """The dims a Split/Concat (its `axis`) or a Slice (its `axes` input) works along."""
     if op.kind != "Slice":
         return [int(op.attr("axis", 0)) % rank] if rank else []
+    if len(op.inputs) < 2:  # opset 1-9: attributes
+        starts = op.attr("starts", ())
+        axes_attr = op.attr("axes", tuple(range(len(starts))))
+        return sorted({int(a) % rank for a in axes_attr})
     axes = op.inputs[3] if len(op.inputs) > 3 and op.inputs[3] else ""
     data = g.tensor(axes).data if axes else None
     if data is None:
@@ -339,21 +364,39 @@ def _axis_dims(g: ir.Graph, op: ir.Op, rank: int) -> list[int]:
 
 
 def _attention(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
-    """ONNX Attention: heads stay where Q's head dim is split; K and V follow Q."""
+    """ONNX Attention: batch and heads stay where Q splits them; the sequence and head-size
+    dims are gathered (the kernel needs every key of its heads). K, V, the past cache and
+    the present outputs split their heads alike, except under grouped-query attention, where
+    they are whole on every core (a core's query heads need not line up with a tile of key
+    heads on every mesh size). The 3-D form [B, S, H * D] keeps the hidden dim whole: a split
+    of it would cut through a head on most mesh sizes. Masks follow Q's batch and heads, and
+    no size-1 (broadcast) dim is split."""
     q = _spec(g, op.inputs[0], specs)
-    ins, coll = [q], []
-    for name in op.inputs[1:]:
+    b, h = q[0], q[1] if len(q) == 4 else None
+    grouped = len(q) == 4 and g.tensor(op.inputs[0]).shape[1] != g.tensor(op.inputs[1]).shape[1]
+    kv_h = None if grouped else h
+
+    def want(name: str, role: str) -> Spec:
+        shape = g.tensor(name).shape
+        if role == "nonpad":
+            spec: Spec = (b,)
+        elif len(shape) == 3 and role != "mask":  # [B, S, H * D]
+            spec = (b, None, None)
+        else:  # [B, H, S, D], and masks [..., S, L] right-aligned
+            spec = _align((b, kv_h if role == "kv" else h, None, None), len(shape))
+        return tuple(a if d > 1 else None for a, d in zip(spec, shape, strict=True))
+
+    roles = {0: "q", 3: "mask", 6: "nonpad"}
+    ins, coll = [], []
+    for i, name in enumerate(op.inputs):
         if not name:
             ins.append(None)
             continue
-        shape = g.tensor(name).shape
-        want = tuple(a if d > 1 else None for a, d in zip(_align(q, len(shape)), shape,
-                                                           strict=True))  # no size-1 splits
-        have = _spec(g, name, specs)
-        if have != want and not _is_const(g, name) and any(have):
-            coll.append(Collective("relayout", _first_axis(have, want), name))
-        ins.append(want)
-    outs = tuple(_align(q, len(g.tensor(o).shape)) for o in op.outputs if o)
+        spec, have = want(name, roles.get(i, "kv")), _spec(g, name, specs)
+        if have != spec and not _is_const(g, name) and any(have):
+            coll.append(Collective("relayout", _first_axis(have, spec), name))
+        ins.append(spec)
+    outs = tuple(want(o, "kv" if i in (1, 2) else "q") for i, o in enumerate(op.outputs) if o)
     return OpLayout(op.name, op.kind, tuple(ins), outs, tuple(coll))
 
 
@@ -372,6 +415,10 @@ def _dropout(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     compile time, unless its ratio is 0."""
     ratio = _const_scalar(g, op.inputs[1] if len(op.inputs) > 1 else "", 0.5)
     training = _const_scalar(g, op.inputs[2] if len(op.inputs) > 2 else "", 0.0)
+    if g.opset < 7 and not op.attr("is_test", 0):  # opset 1-6: is_test=0 is training
+        training = 1.0
+    if g.opset < 12:  # opset 7-11: the ratio is an attribute
+        ratio = float(op.attr("ratio", 0.5))
     if training is None or (training and ratio != 0):
         what = "training_mode computed at run time" if training is None else "training_mode=1"
         shapes = tuple(g.tensor(n).type_str() if n else "-" for n in op.inputs)

@@ -152,8 +152,9 @@ def _gelu(op, a, ins):
 
 
 def _clip(op, a, ins):
-    lo = a[1] if len(ins) > 1 and ins[1] is not None else None
-    hi = a[-1] if len(ins) > 2 and ins[2] is not None else None
+    """Bounds from the inputs (opset 11+) or the min/max attributes (opset 6-10)."""
+    lo = a[1] if len(ins) > 1 and ins[1] is not None else op.attr("min")
+    hi = a[-1] if len(ins) > 2 and ins[2] is not None else op.attr("max")
     return np.clip(a[0], lo, hi)
 
 
@@ -392,11 +393,8 @@ def attention(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
         cached = past_k.shape[2]
         K, V = _concat_keys(past_k.data, K), _concat_keys(past_v.data, V)
     present = [K, V]
-    if Q.shape[3] != K.shape[3]:  # grouped-query attention: each kv head serves `rep` heads
-        if Q.shape[3] % K.shape[3]:
-            raise KernelError("local query heads do not map onto local key/value heads")
-        rep = Q.shape[3] // K.shape[3]
-        K, V = np.repeat(K, rep, axis=3), np.repeat(V, rep, axis=3)
+    if _heads_total(op, q, "q_num_heads") != _heads_total(op, k, "kv_num_heads"):
+        K, V = _group_heads(op, q, k, Q, K, ctx), _group_heads(op, q, k, Q, V, ctx)
     scale = op.attr("scale") or 1 / math.sqrt(Q.shape[-1])
     s = np.matmul(Q.astype(np.float32), np.swapaxes(K, -1, -2)) * np.float32(scale)
     cap = float(op.attr("softcap", 0.0) or 0.0)
@@ -426,6 +424,35 @@ def _concat_keys(past: np.ndarray, new: np.ndarray) -> np.ndarray:
     mesh = np.broadcast_shapes(past.shape[:2], new.shape[:2])
     return np.concatenate([np.broadcast_to(past, mesh + past.shape[2:]),
                            np.broadcast_to(new, mesh + new.shape[2:])], axis=4)
+
+
+def _group_heads(op, q: Operand, k: Operand, Q: np.ndarray, K: np.ndarray,
+                 ctx: Ctx) -> np.ndarray:
+    """K (or V) with the key/value head of each local query head: global query head g reads
+    key head g // rep. Split query heads read from key heads held whole on every core, or
+    from a split that lines up with theirs."""
+    rep = _heads_total(op, q, "q_num_heads") // _heads_total(op, k, "kv_num_heads")
+    tq = Q.shape[3]
+    axis = q.spec[1] if q.rank == 4 else q.spec[2]
+    if axis is None or (k.rank == 4 and k.spec[1] == axis):  # whole, or aligned tiles
+        if tq != rep * K.shape[3]:
+            raise KernelError(f"a core's {tq} query heads do not line up with its "
+                              f"{K.shape[3]} key/value heads (groups of {rep})")
+        return np.repeat(K, rep, axis=3)
+    if k.rank == 4 and k.spec[1]:
+        raise KernelError("query and key heads are split over different mesh axes")
+    size = ctx.rows if axis == "r" else ctx.cols
+    first = (np.arange(size) * tq).reshape((size, 1) if axis == "r" else (1, size))
+    index = np.minimum((first[..., None] + np.arange(tq)) // rep, K.shape[3] - 1)
+    index = index.reshape(index.shape[:2] + (1, tq, 1, 1))
+    mesh = np.broadcast_shapes(K.shape[:2], index.shape[:2])
+    K = np.broadcast_to(K, mesh + K.shape[2:])
+    index = np.broadcast_to(index, mesh + (K.shape[2], tq) + K.shape[4:])
+    return np.take_along_axis(K, index, axis=3)
+
+
+def _heads_total(op, x: Operand, attr: str) -> int:
+    return x.shape[1] if x.rank == 4 else int(op.attr(attr) or 0)
 
 
 def _heads(op, x: Operand, attr: str) -> int:
@@ -593,10 +620,12 @@ def split(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
 
 @kernel("Slice")
 def slice_(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """Slice by the starts/ends/axes/steps inputs (opset 10+) or attributes (opset 1-9)."""
     x = ins[0]
-    starts, ends = (_const(ins[i]).reshape(-1) for i in (1, 2))
-    axes = _const(ins[3]).reshape(-1) if len(ins) > 3 and ins[3] is not None else range(
-        len(starts))
+    starts, ends = (_const(ins[i]).reshape(-1) if len(ins) > i else np.asarray(op.attr(key))
+                    for i, key in ((1, "starts"), (2, "ends")))
+    axes = _const(ins[3]).reshape(-1) if len(ins) > 3 and ins[3] is not None else op.attr(
+        "axes", range(len(starts)))
     steps = _const(ins[4]).reshape(-1) if len(ins) > 4 and ins[4] is not None else [1] * len(
         starts)
     index = [slice(None)] * x.data.ndim
