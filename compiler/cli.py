@@ -217,6 +217,9 @@ def cmd_compile(args) -> int:
     options = CompileOptions(_frontend_options(args), tiling, solver)
     hook = None if args.quiet else _stage_line
     result = compile_model(args.model, args.target, options, on_stage=hook)
+    if args.verify and result.graph.shape_only:
+        raise UsageError(f"{result.graph.name} is shape-only (no weights): nothing to verify; "
+                         "compile it without --verify")
     write_outputs(out, artifact_files(result), force=args.force)
     if args.verify:
         from compiler.verify import Artifact, VerifyOptions

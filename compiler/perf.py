@@ -6,8 +6,10 @@ the step, (m - 1) hops along the axis; a reduce of partial sums along an axis of
 (m - 1) x hop latency + 2 x tile bytes / link bytes per cycle (reduce then broadcast, pipelined);
 a relayout = (m - 1) x (hop latency + tile bytes / link bytes per cycle); a send = hops x hop
 latency + a turn + bytes / (lanes x link bytes per cycle); off-chip and inter-wafer transfers =
-latency + bytes / bandwidth. Every step also pays the target's per-step runtime overhead. Batch-1
-decode is therefore bound by hop latencies and overheads of dependent phases, not bandwidth.
+latency + bytes / bandwidth. The target's runtime overhead is paid once per dependent phase:
+by every transfer and collective, and by a compute step that waits on one (compute fed only by
+compute runs fused). Batch-1 decode is therefore bound by hop latencies and overheads of
+dependent phases, not bandwidth.
 
 Modes: decode (one token per sequence per step at a context length: token-proportional sizes
 scale by batch / tokens, attention additionally by context / sequence) and prefill (the prompt
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 from compiler.schedule import ATTENTION, FIXED, SETUP, Schedule, Step
 from compiler.target import Target
+from compiler.tiling import VIEW_OPS as TILING_VIEWS
 
 DECODE, PREFILL = "decode", "prefill"
 
@@ -71,9 +74,9 @@ def step_scale(step: Step, s: Schedule, opts: PerfOptions) -> float:
     return per_step
 
 
-# Ops that only reinterpret tiles in place (no data moves, nothing computed): free.
-VIEW_OPS = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Flatten", "Identity",
-                      "Dropout", "Expand"})
+# Ops that cost no time: views that reinterpret tiles in place (tiling.VIEW_OPS, which also
+# alias memory), inference Dropout, and Expand (a broadcast read, not a copy, on the machine).
+VIEW_OPS = TILING_VIEWS | {"Dropout", "Expand"}
 
 
 def step_cycles(step: Step, s: Schedule, t: Target, scale: float) -> int:
