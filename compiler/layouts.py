@@ -118,10 +118,12 @@ def _matmul(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec]) -> OpLayout:
 def _matmul_weight(g: ir.Graph, op: ir.Op, specs, trans_b: bool = False) -> OpLayout:
     """Activation x weight: K over the axis splitting the input's last dim (default r)."""
     a_spec = _spec(g, op.inputs[0], specs)
-    k_axis = _split_axis(a_spec, -1) or R
+    # K: the axis splitting the input's last dim, else one its rows leave free (r first)
+    k_axis = _split_axis(a_spec, -1) or next((a for a in (R, C) if a not in a_spec[:-1]), R)
     n_axis = other(k_axis)
     w_spec = (n_axis, k_axis) if trans_b else (k_axis, n_axis)
-    lead = _without(a_spec[:-1], n_axis)  # N takes n_axis: rows split on it are gathered first
+    # N takes n_axis and K k_axis: rows split on either are gathered first
+    lead = _without(_without(a_spec[:-1], n_axis), k_axis)
     out = (*lead, n_axis)
     ins: list[Spec | None] = [(*lead, k_axis), w_spec]
     if len(op.inputs) > 2:  # Gemm bias: along N
