@@ -140,6 +140,15 @@ def _weight_owner(g: ir.Graph) -> dict[str, str]:
     return owner
 
 
+def batch_size(g: ir.Graph) -> int:
+    """Sequences per forward pass: the first dim of the first rank>=2 integer input."""
+    for name in g.inputs:
+        t = g.tensor(name)
+        if not t.dtype.is_float and len(t.shape) >= 2:
+            return t.shape[0]
+    return 1
+
+
 def token_count(g: ir.Graph) -> int:
     """Tokens per forward pass: batch x sequence of the first rank>=2 integer input."""
     for name in g.inputs:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from compiler import ir
-from compiler.costs import ModelCost, model_cost
+from compiler.costs import ModelCost, batch_size, model_cost
 from compiler.target import Target
 
 
@@ -50,7 +50,7 @@ def stored_bytes(t: ir.Tensor, target: Target) -> int:
 
 def check_fit(g: ir.Graph, target: Target, context: int | None = None) -> FitReport:
     cost = model_cost(g)
-    batch = _batch(g)
+    batch = batch_size(g)
     context = context or max(1, cost.tokens // batch)
     weights = sum(stored_bytes(t, target) for t in g.weights)
     kv = cost.kv_elements_per_token * context * batch * target.compute.dtype.itemsize
@@ -69,12 +69,6 @@ def check_fit(g: ir.Graph, target: Target, context: int | None = None) -> FitRep
     )
 
 
-def _batch(g: ir.Graph) -> int:
-    for name in g.inputs:
-        t = g.tensor(name)
-        if not t.dtype.is_float and len(t.shape) >= 2:
-            return t.shape[0]
-    return 1
 
 
 def _peak_activation(g: ir.Graph, cost: ModelCost, target: Target) -> int:

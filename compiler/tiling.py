@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from compiler import ir
-from compiler.costs import kv_cache_tensors, op_flops, token_count
+from compiler.costs import batch_size, kv_cache_tensors, op_flops, token_count
 from compiler.errors import CapacityError
 from compiler.layouts import OpLayout, Spec, graph_layouts, tile_numel
 from compiler.placement.problem import Block, Edge, Option, PlacementProblem, Residency
@@ -137,7 +137,7 @@ def _layer_tensors(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], ta
     kv_elems = sum(g.tensor(n).numel for n, lay in kv.items() if lay == layer.name) // tokens
     heads = sum(g.tensor(op.outputs[0]).numel // (tokens * g.tensor(op.outputs[0]).shape[-1])
                 for op in layer.ops if _is_scores(g, op))
-    seq = max(1, tokens // _batch(g))
+    seq = max(1, tokens // batch_size(g))
     return _Tensors(tuple(weights.values()), tuple(acts), kv_elems, heads, seq,
                     target.compute.dtype.itemsize, _live_sets(g, layer, layouts, target),
                     _tables(g, layer, layouts, target, params))
@@ -330,7 +330,7 @@ def tile_graph(g: ir.Graph, target: Target, options: TilingOptions | None = None
 def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool) -> TiledGraph:
     layouts = graph_layouts(g)
     kv = kv_cache_tensors(g)
-    batch = _batch(g)
+    batch = batch_size(g)
     context = options.context or max(1, token_count(g) // batch)
     params = _param_derived(g)
     cache: dict[str, tuple[Candidate, ...]] = {}
@@ -350,12 +350,6 @@ def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool) -
                       _io_bytes_per_token(g, target), resident)
 
 
-def _batch(g: ir.Graph) -> int:
-    for name in g.inputs:
-        t = g.tensor(name)
-        if not t.dtype.is_float and len(t.shape) >= 2:
-            return t.shape[0]
-    return 1
 
 
 def _layer_model(g, layer, layouts, target, kv, context, batch, params) -> _LayerModel:
