@@ -86,8 +86,30 @@ def graph_layouts(g: ir.Graph) -> dict[str, tuple[OpLayout, ...]]:
 
 
 def op_layout(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec]) -> OpLayout:
+    _check_constant_inputs(g, op)
     rule = _RULES.get(op.kind, _fallback)
     return rule(g, op, specs)
+
+
+# Inputs a kernel reads as values known when compiling (axes, sizes, bounds): (index, what).
+CONSTANT_INPUTS = {
+    **{k: ((1, "axes"),) for k in ("ReduceSum", "ReduceMean", "ReduceMax")},
+    "Trilu": ((1, "k"),), "Split": ((1, "split"),), "Tile": ((1, "repeats"),),
+    "Slice": ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps")),
+    "Range": ((0, "start"), (1, "limit"), (2, "delta")), "ConstantOfShape": ((0, "shape"),),
+}
+
+
+def _check_constant_inputs(g: ir.Graph, op: ir.Op) -> None:
+    """An input the kernel needs as a constant but the model computes at run time is refused
+    here, at compile time, rather than faulting when the schedule runs."""
+    late = [what for i, what in CONSTANT_INPUTS.get(op.kind, ())
+            if i < len(op.inputs) and op.inputs[i] and op.inputs[i] not in g.const_derived]
+    if late:
+        shapes = tuple(g.tensor(n).type_str() if n else "-" for n in op.inputs)
+        raise UnsupportedOpsError([UnsupportedOp(
+            op.name, f"{op.kind} ({', '.join(late)} computed at run time)", op.domain, g.opset,
+            shapes)])
 
 
 def _spec(g: ir.Graph, name: str, specs: Mapping[str, Spec]) -> Spec:

@@ -75,34 +75,68 @@ def to_array(x) -> np.ndarray:
 
 
 @functools.cache
-def all_cases() -> tuple[Case, ...]:
-    """Every data set of every single-node test case of a supported op (not the `_expanded`
-    function-body variants, which are multi-op graphs)."""
+def _collected() -> tuple:
     from onnx.backend.test.case.node import collect_testcases
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the generators divide by zero on purpose
-        collected = collect_testcases(None)
+        return tuple(collect_testcases(None))
+
+
+def _cases(keep) -> tuple[Case, ...]:
     out = []
-    for c in collected:
-        nodes = c.model.graph.node
-        if len(nodes) != 1 or nodes[0].op_type not in SUPPORTED_OPS or "expanded" in c.name:
+    for c in _collected():
+        op = keep(c)
+        if op is None:
             continue
         opset = next((o.version for o in c.model.opset_import if o.domain in ("", "ai.onnx")),
                      0)
         for k, (ins, outs) in enumerate(c.data_sets):
             name = c.name[len("test_"):] + (f"#{k}" if k else "")
-            out.append(Case(name, nodes[0].op_type, opset, c.model,
-                            tuple(to_array(x) for x in ins), tuple(to_array(x) for x in outs)))
+            out.append(Case(name, op, opset, c.model, tuple(to_array(x) for x in ins),
+                            tuple(to_array(x) for x in outs)))
     return tuple(out)
 
 
+@functools.cache
+def all_cases() -> tuple[Case, ...]:
+    """Every data set of every single-node test case of a supported op (not the `_expanded`
+    function-body variants, which are multi-op graphs)."""
+
+    def keep(c) -> str | None:
+        nodes = c.model.graph.node
+        if len(nodes) != 1 or nodes[0].op_type not in SUPPORTED_OPS or "expanded" in c.name:
+            return None
+        return nodes[0].op_type
+
+    return _cases(keep)
+
+
+EXPANDED = "(expanded)"
+
+
+@functools.cache
+def expanded_cases() -> tuple[Case, ...]:
+    """The `_expanded` cases (an op's function body inlined: a small multi-op graph) whose
+    every op is supported: op combinations, with ONNX's expected outputs."""
+
+    def keep(c) -> str | None:
+        ops = {n.op_type for n in c.model.graph.node}
+        subgraphs = any(a.g.node or a.graphs for n in c.model.graph.node for a in n.attribute)
+        ok = "expanded" in c.name and ops <= SUPPORTED_OPS and not subgraphs
+        return EXPANDED if ok else None
+
+    return _cases(keep)
+
+
 def prepare(case: Case) -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(model, feed, expected outputs): constant-like inputs baked in as initializers."""
+    """(model, feed, expected outputs): graph inputs used only as constant-like inputs
+    (CONST_INPUTS) are baked in as initializers."""
     m = onnx.ModelProto()
     m.CopyFrom(case.model)
-    node = m.graph.node[0]
-    consts = {node.input[i] for i in CONST_INPUTS.get(case.op, ()) if i < len(node.input)}
+    slots = [(name, i in CONST_INPUTS.get(node.op_type, ())) for node in m.graph.node
+             for i, name in enumerate(node.input)]
+    consts = {n for n, const in slots if const} - {n for n, const in slots if not const}
     feed, keep = {}, []
     for vi, value in zip(m.graph.input, case.inputs, strict=False):
         if vi.name in consts:
@@ -159,8 +193,8 @@ def split_prelude(model: onnx.ModelProto, feed: Mapping[str, np.ndarray], plan: 
     Inputs with non-finite values (0 * inf is nan) or too small a dim are left whole."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    node = m.graph.node[0]
     pre: list[onnx.NodeProto] = []
+    renamed = {}
     for name, value in feed.items():
         if value.ndim == 0 or not _finite(value):
             continue
@@ -170,9 +204,10 @@ def split_prelude(model: onnx.ModelProto, feed: Mapping[str, np.ndarray], plan: 
             dim = value.ndim - 1 if where == "last" else int(where)
             if dim < value.ndim and value.shape[dim] >= 2:
                 cur = _prelude(m, pre, cur, value, dim, axis)
+        renamed[name] = cur
+    for node in m.graph.node:
         for i, inp in enumerate(node.input):
-            if inp == name:
-                node.input[i] = cur
+            node.input[i] = renamed.get(inp, inp)
     nodes = [*pre, *m.graph.node]
     del m.graph.node[:]
     m.graph.node.extend(nodes)

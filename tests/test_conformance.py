@@ -15,10 +15,12 @@ What runs (tests/conformance_cases.py has the machinery):
   ConstantOfShape) folds away entirely: the schedule then has no step for that output, and
   the test compares the value the pipeline evaluates for it on the host (the constant it
   would load), which must still be right;
-- the multi-dimensional cases again on mesh16x16 with every layer forced onto a 3x2 or 2x4
-  core region and exact identity-MatMul preludes that deliver the op's inputs split across
-  cores (over rows or columns, last dim or dims 0/1): the op's layout rule, its collectives
-  and its kernel then run on ragged tiles;
+- the `_expanded` cases whose every op is supported (an op's ONNX function body inlined:
+  Celu, Softmax, LayerNormalization, Attention, ... as graphs of simpler ops), the same way;
+- the multi-dimensional cases (node and function-body) again on mesh16x16 with every layer
+  forced onto a 3x2 or 2x4 core region and exact identity-MatMul preludes that deliver the
+  inputs split across cores (over rows, columns or both; last dim, dim 0 or dim 1): the
+  ops' layout rules, their collectives and their kernels then run on ragged tiles;
 - hand-built cases for what the node tests do not cover: legacy-opset forms, an opset newer
   than wafer knows.
 
@@ -31,16 +33,22 @@ message naming the problem; no crash, no garbage):
 |                                          |                     | ints wider than 8 bits       |
 | cast/castlike from or to FLOAT8*,        | ModelError          | 8-bit floats and sub-byte    |
 | FLOAT4E2M1, [U]INT4, [U]INT2, FLOAT8E8M0 |                     | ints are not IR dtypes       |
+| castlike_*_expanded                      | ShapeError          | graph input `like` is [0]-   |
+|                                          |                     | shaped (the body is a Cast)  |
 | equal_string*                            | ModelError          | string tensors               |
 | *empty_set*, tri[lu]_zero, *zero_size_   | ShapeError          | a zero-size dim: every dim   |
 | splits*, reshape_allowzero_reordered     |                     | binds to 1..2^31             |
 | identity_sequence, identity_opt          | ShapeError          | sequence / optional types    |
 | training_dropout* (ratio > 0)            | UnsupportedOpsError | training draws random masks  |
-| tile (on mesh8x8; it runs on mesh16x16)  | MemoryOverflow or   | its 161 KB output is held    |
-|                                          | CapacityError       | whole on a 60 KB core        |
+| tile, nllloss_NCd1d2d3d4d5_*_expanded    | MemoryOverflow or   | 100-160 KB held whole on a   |
+| (on mesh8x8; they run on mesh16x16)      | CapacityError       | 60 KB core                   |
+| {blackman,hamming,hann}window*_expanded  | ShapeError          | the length is computed from  |
+|                                          |                     | an input: shapes not static  |
 | (Log)Softmax before opset 13 with an     | UnsupportedOpsError | the old 2-D coercion is not  |
 | axis that is not the last (hand-built)   |                     | the per-axis semantics       |
 | opset 29 (hand-built)                    | ModelError          | newer than onnx's opsets     |
+| Trilu with k computed (hand-built; also  | UnsupportedOpsError | the kernel needs it when     |
+| Reduce axes, Slice/Split/Tile/Range ...) |                     | compiling                    |
 
 Known failures (xfail; each must still raise exactly this, so a fix elsewhere shows up):
 
@@ -64,9 +72,11 @@ import numpy as np
 import onnx
 import pytest
 from conformance_cases import (
+    EXPANDED,
     PLANS,
     Case,
     all_cases,
+    expanded_cases,
     mismatches,
     prepare,
     run_split,
@@ -95,7 +105,9 @@ class Expect:
 
 
 UNSUPPORTED = (
-    Expect(r"_uint(16|32|64)$|_types_float32_uint(32|64)$", (ModelError,),
+    Expect(r"^castlike_.*_expanded$", (ShapeError,), r"like dim 0 = 0 is out of range",
+           "zero-size-like"),
+    Expect(r"_uint(16|32|64)(_expanded)?$|_types_float32_uint(32|64)$", (ModelError,),
            r"element type UINT(16|32|64) is not supported", "uint-wide"),
     Expect(r"^cast(like)?_.*(FLOAT8|FLOAT4E2M1|INT4|UINT4|INT2|UINT2)", (ModelError,),
            r"element type (FLOAT8\w*|FLOAT4E2M1|U?INT[24]) is not supported", "dtype"),
@@ -107,7 +119,10 @@ UNSUPPORTED = (
     Expect(r"^identity_opt$", (ShapeError,), r"rank", "optional"),
     Expect(r"^training_dropout(_default)?(_mask)?$", (UnsupportedOpsError,),
            r"Dropout \(training_mode=1\)", "training"),
-    Expect(r"^tile$", (MemoryOverflow, CapacityError), r"[\d,]+ bytes", "too-big-for-mesh8x8"),
+    Expect(r"^(tile|nllloss_NCd1d2d3d4d5_\w+_expanded)$", (MemoryOverflow, CapacityError),
+           r"[\d,]+ bytes", "too-big-for-mesh8x8"),
+    Expect(r"^(blackman|hamming|hann)window(_symmetric)?_expanded$", (ShapeError,),
+           r"is still dynamic after binding", "size-computed"),
 )
 KNOWN_BUGS = (
     Expect(r"^attention_.*qk_matmul|^attention_local_window_gqa_rank4_mask$",
@@ -129,6 +144,7 @@ def _qk_omitted(case: Case) -> bool:
 
 
 CASES = all_cases()
+EXPANDED_CASES = expanded_cases()
 
 
 def _id(case: Case) -> str:
@@ -144,6 +160,17 @@ def _check_error(exc: BaseException, e: Expect) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_onnx_node_case_on_mesh8x8(case: Case, tmp_path: Path):
+    _run_expecting(case, tmp_path)
+
+
+@pytest.mark.parametrize("case", EXPANDED_CASES, ids=_id)
+def test_onnx_function_body_on_mesh8x8(case: Case, tmp_path: Path):
+    """The `_expanded` cases whose every op is supported: an op's ONNX function body (Celu,
+    Softmax, LayerNormalization, Attention, ... as a graph of simpler ops)."""
+    _run_expecting(case, tmp_path)
+
+
+def _run_expecting(case: Case, tmp_path: Path) -> None:
     kind, e = _expectation(case)
     if kind == "pass":
         got, _ = run_whole(case, "mesh8x8", tmp_path)
@@ -160,7 +187,7 @@ def test_onnx_node_case_on_mesh8x8(case: Case, tmp_path: Path):
     _check_error(info.value, e)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if _id(c).endswith(
+@pytest.mark.parametrize("case", [c for c in CASES + EXPANDED_CASES if _id(c).endswith(
     "too-big-for-mesh8x8]")], ids=lambda c: c.id)
 def test_outputs_too_big_for_mesh8x8_run_on_mesh16x16(case: Case, tmp_path: Path):
     got, _ = run_whole(case, "mesh16x16", tmp_path)
@@ -193,12 +220,14 @@ def test_attention_outputs_the_frontend_cannot_reach_yet(case: Case):
 
 
 def _split_runs() -> list[tuple[Case, str, int, int]]:
-    """Multi-dimensional cases that pass on one core, each with two plans (rotating through
-    PLANS) on a 3x2 or a 2x4 region; only cases where the prelude splits some input."""
+    """Multi-dimensional cases that pass on one core, on a 3x2 or a 2x4 region, with plans
+    rotating through PLANS (two per node case, one per function body); only runs where the
+    prelude splits some input."""
     runs = []
-    for i, case in enumerate(c for c in CASES if _splittable(c)):
+    for i, case in enumerate(c for c in CASES + EXPANDED_CASES if _splittable(c)):
         rows, cols = (3, 2) if i % 2 == 0 else (2, 4)
-        for plan in (PLANS[i % len(PLANS)], PLANS[(i + 1) % len(PLANS)]):
+        plans = PLANS[i % len(PLANS)], PLANS[(i + 1) % len(PLANS)]
+        for plan in plans[:1] if case.op == EXPANDED else plans:
             model, feed, _ = prepare(case)
             if len(split_prelude(model, feed, plan).graph.node) > len(model.graph.node):
                 runs.append((case, plan, rows, cols))
@@ -245,6 +274,20 @@ def _softmax(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return e / e.sum(axis=axes, keepdims=True)
 
 
+def _trilu_with_k_input() -> Case:
+    """Trilu whose k is computed at run time (an Identity of a graph input, so that the
+    harness does not bake it): the kernel needs it when compiling."""
+    x = np.ones((3, 3), np.float32)
+    nodes = [helper.make_node("Identity", ["k"], ["k1"]),
+             helper.make_node("Trilu", ["x", "k1"], ["y"])]
+    graph = helper.make_graph(nodes, "trilu_k_input",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape),
+                               helper.make_tensor_value_info("k", TensorProto.INT64, ())],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    return Case("trilu_k_input", "Trilu", 14, model, (x, np.asarray(1, np.int64)), (x,))
+
+
 X = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(np.float32)
 LEGACY_PASS = [
     _case(_one_op("Softmax", 11, X.shape, axis=2), X, _softmax(X, (2,))),
@@ -264,6 +307,7 @@ LEGACY_UNSUPPORTED = [
      r"Dropout \(training_mode=1\)"),
     (_case(_one_op("Abs", 29, X.shape), X, np.abs(X)), ModelError,
      r"opset 29 is newer than the supported \d+"),
+    (_trilu_with_k_input(), UnsupportedOpsError, r"Trilu \(k computed at run time\)"),
 ]
 
 
