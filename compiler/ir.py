@@ -216,7 +216,9 @@ def _check_op(g: Graph, layer: Layer, op: Op, defined: set[str], seen: set[str])
         if name and name not in defined:
             raise GraphCheckError(f"{where}: input {name!r} is used before it is defined")
     for name in op.outputs:
-        if name and name not in g.tensor_map:
+        if not name:  # an omitted optional output
+            continue
+        if name not in g.tensor_map:
             raise GraphCheckError(f"{where}: output {name!r} has no tensor description")
         if name in defined:
             raise GraphCheckError(f"{where}: output {name!r} is defined twice")

@@ -252,9 +252,21 @@ def _compute(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
         raise _fault(step, msg) from None
     if op.kind in VIEW_OPS:  # in place: a dying input's memory becomes the output's
         _free_dead(m, step)
-    for w, data in zip(step.writes, results, strict=True):
+    for w, data in _by_output(op, step, results):
         data = _finish(m, w.tensor, w.spec, reg, np.asarray(data))
         _put(m, step, reg.name, w.tensor, w.spec, w.partial, data)
+
+
+def _by_output(op: ir.Op, step: Step, results: list) -> list[tuple]:
+    """Pair results with the step's writes: kernels return one result per write, or one per
+    op output position (omitted optional outputs included)."""
+    if len(results) == len(step.writes):
+        return list(zip(step.writes, results, strict=True))
+    named = {n: r for n, r in zip(op.outputs, results, strict=False) if n}
+    missing = [w.tensor for w in step.writes if w.tensor not in named]
+    if missing:
+        raise _fault(step, f"{op.kind} produced no value for {', '.join(missing)}")
+    return [(w, named[w.tensor]) for w in step.writes]
 
 
 def _operand(m: _Machine, step: Step, refs, name: str) -> Operand:
@@ -291,7 +303,7 @@ def _retile(m: _Machine, step: Step) -> None:
     outs = [(m.g.tensor(w.tensor).shape, replicated(len(m.g.tensor(w.tensor).shape)))
             for w in step.writes]
     results = KERNELS[op.kind](op, ins, outs, Ctx(1, 1))
-    for w, data in zip(step.writes, results, strict=True):
+    for w, data in _by_output(op, step, results):
         tiles = scatter(np.asarray(data)[0, 0], w.spec, reg.rows, reg.cols)
         _put(m, step, reg.name, w.tensor, w.spec, None, _finish(m, w.tensor, w.spec, reg, tiles))
 
