@@ -112,6 +112,12 @@ def _check_constant_inputs(g: ir.Graph, op: ir.Op) -> None:
             shapes)])
 
 
+def _per_output(op: ir.Op, spec_of) -> tuple[Spec, ...]:
+    """One spec per output position, as the schedule pairs them with op.outputs; an omitted
+    optional output ("") gets the empty spec."""
+    return tuple(spec_of(k, o) if o else () for k, o in enumerate(op.outputs))
+
+
 def _spec(g: ir.Graph, name: str, specs: Mapping[str, Spec]) -> Spec:
     return specs.get(name, replicated(len(g.tensor(name).shape)))
 
@@ -256,7 +262,7 @@ def _reduction(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
         ins.append(_align(x, len(g.tensor(name).shape)) if name and op.kind in _NORMALIZING
                    else (replicated(len(g.tensor(name).shape)) if name else None))
     stats = tuple(None if i in axes else s for i, s in enumerate(x))  # Mean, InvStdDev
-    outs = tuple(out if k == 0 else stats for k, o in enumerate(op.outputs) if o)
+    outs = _per_output(op, lambda k, o: out if k == 0 else stats)
     return OpLayout(op.name, op.kind, tuple(ins), outs, coll)
 
 
@@ -366,7 +372,7 @@ def _along_axis(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
                     for n in op.inputs)
     else:
         ins = tuple(_spec(g, n, specs) if n else None for n in op.inputs)
-    outs = tuple(_align(x, len(g.tensor(o).shape)) for o in op.outputs if o)
+    outs = _per_output(op, lambda k, o: _align(x, len(g.tensor(o).shape)))
     coll = (Collective("retile", moves, first),) if moves else ()
     return OpLayout(op.name, op.kind, ins, outs, coll)
 
@@ -420,7 +426,7 @@ def _attention(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
         if have != spec and not _is_const(g, name) and any(have):
             coll.append(Collective("relayout", _first_axis(have, spec), name))
         ins.append(spec)
-    outs = tuple(want(o, "kv" if i in (1, 2) else "q") for i, o in enumerate(op.outputs) if o)
+    outs = _per_output(op, lambda k, o: want(o, "kv" if k in (1, 2) else "q"))
     return OpLayout(op.name, op.kind, tuple(ins), outs, tuple(coll))
 
 
@@ -429,7 +435,7 @@ def _fallback(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     ins = tuple(_spec(g, n, specs) if n else None for n in op.inputs)
     coll = tuple(Collective("gather", next(s for s in spec if s), n)
                  for n, spec in zip(op.inputs, ins, strict=True) if spec and any(spec))
-    outs = tuple(replicated(len(g.tensor(o).shape)) for o in op.outputs if o)
+    outs = _per_output(op, lambda k, o: replicated(len(g.tensor(o).shape)))
     full_ins = tuple(replicated(len(s)) if s is not None else None for s in ins)
     return OpLayout(op.name, op.kind, full_ins, outs, coll)
 

@@ -21,8 +21,8 @@ What runs (tests/conformance_cases.py has the machinery):
   forced onto a 3x2 or 2x4 core region and exact identity-MatMul preludes that deliver the
   inputs split across cores (over rows, columns or both; last dim, dim 0 or dim 1): the
   ops' layout rules, their collectives and their kernels then run on ragged tiles;
-- hand-built cases for what the node tests do not cover: legacy-opset forms, an opset newer
-  than wafer knows.
+- hand-built cases for what the node tests do not cover: legacy-opset forms, an omitted
+  middle output, an opset newer than wafer knows.
 
 Expected not to compile or run (each must raise the typed WaferError below, with a one-line
 message naming the problem; no crash, no garbage):
@@ -50,7 +50,7 @@ message naming the problem; no crash, no garbage):
 | Trilu with k computed (hand-built; also  | UnsupportedOpsError | the kernel needs it when     |
 | Reduce axes, Slice/Split/Tile/Range ...) |                     | compiling                    |
 
-Known failures (xfail; each must still raise exactly this, so a fix elsewhere shows up):
+Known failures (xfail while they raise exactly this; once fixed they must pass):
 
 | cases                                    | error               | why                          |
 |------------------------------------------|---------------------|------------------------------|
@@ -176,11 +176,14 @@ def _run_expecting(case: Case, tmp_path: Path) -> None:
         got, _ = run_whole(case, "mesh8x8", tmp_path)
         assert not mismatches(case, got)
         return
-    if kind == "known-bug":
-        with pytest.raises(e.errors) as info:
-            run_whole(case, "mesh8x8", tmp_path)
-        _check_error(info.value, e)
-        pytest.xfail(f"known bug outside the kernels and layouts: {info.value}")
+    if kind == "known-bug":  # xfail while the bug raises exactly this; once fixed, must pass
+        try:
+            got, _ = run_whole(case, "mesh8x8", tmp_path)
+        except e.errors as exc:
+            _check_error(exc, e)
+            pytest.xfail(f"known bug outside the kernels and layouts: {exc}")
+        assert not mismatches(case, got)
+        return
     with pytest.raises(e.errors) as info:
         run_whole(case, "mesh8x8", tmp_path)
     assert isinstance(info.value, WaferError)
@@ -288,8 +291,26 @@ def _trilu_with_k_input() -> Case:
     return Case("trilu_k_input", "Trilu", 14, model, (x, np.asarray(1, np.int64)), (x,))
 
 
+def _layer_norm_without_mean(x: np.ndarray) -> Case:
+    """LayerNormalization with its middle output (Mean) omitted: outputs pair by position."""
+    w = np.linspace(0.5, 1.5, x.shape[-1], dtype=np.float32)
+    node = helper.make_node("LayerNormalization", ["x", "w"], ["y", "", "inv"], axis=-1)
+    graph = helper.make_graph(
+        [node], "layer_norm_without_mean",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, w.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape),
+         helper.make_tensor_value_info("inv", TensorProto.FLOAT, (*x.shape[:-1], 1))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    mean = x.mean(axis=-1, keepdims=True)
+    inv = 1 / np.sqrt(((x - mean) ** 2).mean(axis=-1, keepdims=True) + 1e-5)
+    return Case("layer_norm_without_mean", "LayerNormalization", 17, model, (x, w),
+                ((x - mean) * inv * w, inv))
+
+
 X = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(np.float32)
-LEGACY_PASS = [
+HAND_BUILT = [
+    _layer_norm_without_mean(X),
     _case(_one_op("Softmax", 11, X.shape, axis=2), X, _softmax(X, (2,))),
     _case(_one_op("LogSoftmax", 12, X.shape, axis=-1), X, np.log(_softmax(X, (2,)))),
     _case(_one_op("Softmax", 11, X[0].shape), X[0], _softmax(X[0], (1,))),  # default axis 1
@@ -298,7 +319,7 @@ LEGACY_PASS = [
           X[1:3, :, -3:]),
     _case(_one_op("Dropout", 10, X.shape, ratio=0.3), X, X),
 ]
-LEGACY_UNSUPPORTED = [
+HAND_BUILT_UNSUPPORTED = [
     (_case(_one_op("Softmax", 11, X.shape, axis=1), X, X), UnsupportedOpsError,
      r"Softmax \(opset 11 2-D coercion at axis 1 of rank 3\)"),
     (_case(_one_op("LogSoftmax", 12, X.shape), X, X), UnsupportedOpsError,
@@ -311,13 +332,13 @@ LEGACY_UNSUPPORTED = [
 ]
 
 
-@pytest.mark.parametrize("case", LEGACY_PASS, ids=lambda c: c.name)
-def test_legacy_opset_forms_compute_their_semantics(case: Case, tmp_path: Path):
+@pytest.mark.parametrize("case", HAND_BUILT, ids=lambda c: c.name)
+def test_hand_built_cases_compute_their_semantics(case: Case, tmp_path: Path):
     got, _ = run_whole(case, "mesh8x8", tmp_path)
     assert not mismatches(case, got)
 
 
-@pytest.mark.parametrize(("case", "error", "message"), LEGACY_UNSUPPORTED,
+@pytest.mark.parametrize(("case", "error", "message"), HAND_BUILT_UNSUPPORTED,
                          ids=lambda v: v.name if isinstance(v, Case) else "")
 def test_semantics_wafer_does_not_cover_are_refused(case, error, message, tmp_path: Path):
     with pytest.raises(error) as info:

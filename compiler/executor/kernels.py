@@ -320,7 +320,8 @@ def layer_norm(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
     y = centred * inv * lift(ins[1], x.rank)
     if len(ins) > 2 and ins[2] is not None:
         y = y + lift(ins[2], x.rank)
-    return [y.astype(x.data.dtype), mean, inv][:len(outs)]
+    return [r for name, r in zip(op.outputs, [y.astype(x.data.dtype), mean, inv],
+                                 strict=False) if name]
 
 
 @kernel("RMSNormalization")
