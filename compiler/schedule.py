@@ -21,8 +21,10 @@ order: every dependency has a smaller id.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from compiler import ir
+from compiler.costs import op_flops, token_count
 from compiler.layouts import OpLayout, Spec, replicated
 from compiler.placement.problem import Placement, PlacementProblem, Rect, Residency
 from compiler.tiles import reshape_is_local
@@ -87,7 +89,11 @@ class Schedule:
     residency: tuple[tuple[str, str], ...] = ()  # region -> residency mode
 
     def region(self, name: str) -> Region:
-        return next(r for r in self.regions if r.name == name)
+        return self._regions[name]
+
+    @cached_property
+    def _regions(self) -> dict[str, Region]:
+        return {r.name: r for r in self.regions}
 
 
 # --- building -----------------------------------------------------------------------------------
@@ -127,8 +133,6 @@ def _region(name: str, r: Rect) -> Region:
 
 
 def _tokens(g: ir.Graph) -> int:
-    from compiler.costs import token_count
-
     return max(token_count(g), 1)
 
 
@@ -217,8 +221,6 @@ def _relayout(g: ir.Graph, name: str, have: Spec, partial: str | None, want: Spe
 
 def _compute(g: ir.Graph, op: ir.Op, lay: OpLayout, region: Region, deps: list[int],
              st: _State) -> None:
-    from compiler.costs import op_flops
-
     reduce_axis = next((c.axis for c in lay.collectives if c.kind == "reduce"), None)
     reads = tuple(TensorRef(n, s) for n, s in zip(op.inputs, lay.inputs, strict=True)
                   if n and s is not None)
