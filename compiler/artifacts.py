@@ -9,6 +9,7 @@ leaves no partial OUT, and an existing OUT is replaced only with `force`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -21,10 +22,10 @@ from compiler import __version__
 from compiler.driver import CompileResult
 from compiler.errors import UsageError
 from compiler.layouts import OpLayout
-from compiler.perf import PerfOptions
+from compiler.perf import Estimate, PerfOptions
 from compiler.trace import schedule_doc, trace_doc
 
-PLACEMENT_SCHEMA_VERSION = "1.0"
+PLACEMENT_SCHEMA_VERSION = "1.1"  # 1.1: performance
 
 
 def placement_doc(result: CompileResult) -> dict[str, Any]:
@@ -42,6 +43,7 @@ def placement_doc(result: CompileResult) -> dict[str, Any]:
         "edges": [asdict(e) for e in result.problem.edges],
         "metrics": _metrics(result),
         "solver": _solver(result),
+        "performance": {mode: _estimate(e) for mode, e in result.estimates.items()},
     }
 
 
@@ -98,6 +100,12 @@ def _metrics(result: CompileResult) -> dict[str, Any]:
     if same is not None and same.byte_hops:
         out["byte_hops_vs_first_fit_same_options"] = _round(m.byte_hops / same.byte_hops)
     return out
+
+
+def _estimate(e: Estimate) -> dict[str, Any]:
+    """The performance model's estimate; an infinite rate (no time, no FLOPs) as null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in asdict(e).items()}
 
 
 def _solver(result: CompileResult) -> dict[str, Any]:
