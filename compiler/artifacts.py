@@ -132,16 +132,22 @@ def compile_log(result: CompileResult) -> dict[str, Any]:
             "solver_wall_time_s": round(result.placement.report.wall_time_s, 4)}
 
 
-def artifact_files(result: CompileResult) -> dict[str, str]:
-    """Every file a compile writes into OUT/, by name."""
+def artifact_files(result: CompileResult, report: bool = True) -> dict[str, str]:
+    """Every file a compile writes into OUT/, by path relative to OUT; with `report`, also
+    report.html and report-data/ (built from these very files, as `wafer view` would)."""
     decode = result.timelines["decode"]
-    return {
+    files = {
         "placement.json": dumps(placement_doc(result)),
         "schedule.json": dumps(schedule_doc(result.schedule, result.target, result.timelines)),
         "trace.json": json.dumps(trace_doc(result.schedule, result.target, decode,
                                            PerfOptions("decode"))) + "\n",
         "compile_log.json": dumps(compile_log(result)),
     }
+    if report:
+        from compiler.report import docs_from_texts, report_files
+
+        files.update(report_files(docs_from_texts(files)))
+    return files
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -172,6 +178,7 @@ def write_outputs(out: Path, files: dict[str, str | Writer], force: bool = False
             if callable(content):
                 content(tmp)
             else:
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_text(content)
         _swap(tmp, out)
     finally:

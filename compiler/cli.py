@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_check(sub)
     _add_verify(sub)
+    _add_view(sub)
     t = sub.add_parser("targets", help="list the built-in target specs")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.set_defaults(run=cmd_targets)
@@ -89,7 +90,22 @@ def _add_compile(sub) -> None:
                    "not reproducible")
     p.add_argument("--verify", action="store_true",
                    help="then run the schedule and compare with ONNX Runtime (wafer verify)")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write report.html and report-data/ (wafer view OUT does later)")
     p.set_defaults(run=cmd_compile)
+
+
+def _add_view(sub) -> None:
+    p = sub.add_parser("view", help="write OUT/report.html (the compile, drawn) and print its path")
+    p.add_argument("out", metavar="OUT", help="an output directory of `wafer compile`")
+    p.add_argument("--open", action="store_true", help="open the report in a browser")
+    p.add_argument("--png", metavar="FILE", help="save a screenshot (needs headless Chromium)")
+    p.add_argument("--size", default="1400x900", metavar="WxH",
+                   help="screenshot size in pixels (default 1400x900)")
+    p.add_argument("--only", metavar="IDS", default="",
+                   help="screenshot only these sections (comma-separated): placement, wafers, "
+                   "offchip, timeline, layers, summary, data")
+    p.set_defaults(run=cmd_view)
 
 
 def _add_verify(sub) -> None:
@@ -220,19 +236,65 @@ def cmd_compile(args) -> int:
     if args.verify and result.graph.shape_only:
         raise UsageError(f"{result.graph.name} is shape-only (no weights): nothing to verify; "
                          "compile it without --verify")
-    write_outputs(out, artifact_files(result), force=args.force)
+    files = _stage(args, "report" if not args.no_report else "artifacts", artifact_files,
+                   result, report=not args.no_report)
+    write_outputs(out, files, force=args.force)
     if args.verify:
         from compiler.verify import Artifact, VerifyOptions
 
         art = Artifact(args.model, result.graph, result.target, result.schedule)
         if not args.json:
             print(_compile_summary(result, out))
-        return _verify(args, art, VerifyOptions(), out / "verify.json")
+        code = _verify(args, art, VerifyOptions(), out / "verify.json")
+        if not args.no_report:  # the report shows the verify result too
+            from compiler.report import write_report
+
+            _stage(args, "report", write_report, out)
+        return code
     if args.json:
         print(dumps({"out": str(out), "metrics": placement_doc(result)["metrics"]}), end="")
     else:
         print(_compile_summary(result, out))
     return 0
+
+
+def cmd_view(args) -> int:
+    from compiler.report import write_report
+
+    html = _stage(args, f"report: {args.out}", write_report, args.out)
+    print(html)
+    if args.png:
+        from compiler.report.browser import screenshot
+
+        png = _stage(args, "screenshot", screenshot, html, Path(args.png), _size(args.size),
+                     _sections(args.only))
+        print(png)
+    if args.open:
+        from compiler.report.browser import open_in_browser
+
+        if not open_in_browser(html):
+            print(f"no browser found here: open {html} on a machine with one",
+                  file=sys.stderr)
+    return 0
+
+
+SECTIONS = ("placement", "wafers", "offchip", "timeline", "layers", "summary", "data")
+
+
+def _sections(text: str) -> str:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise UsageError(f"--only: unknown section {unknown[0]!r}; sections: "
+                         f"{', '.join(SECTIONS)}")
+    return ",".join(names)
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    if not (w.isdigit() and h.isdigit() and 100 <= int(w) <= 10000 and 100 <= int(h) <= 20000):
+        raise UsageError(f"--size: cannot parse {text!r}; expected WxH in pixels, e.g. 1400x900")
+    return int(w), int(h)
 
 
 def cmd_verify(args) -> int:
