@@ -13,13 +13,16 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compiler import __version__, ir
 from compiler.costs import model_cost
 from compiler.errors import ExitCode, UsageError, WaferError
 from compiler.fit import check_fit
-from compiler.frontend import DimRequest, FrontendOptions, load_model, parse_input_shapes
 from compiler.target import Target, list_targets, load_target
+
+if TYPE_CHECKING:
+    from compiler.frontend import FrontendOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,8 +106,8 @@ def _add_view(sub) -> None:
     p.add_argument("--size", default="1400x900", metavar="WxH",
                    help="screenshot size in pixels (default 1400x900)")
     p.add_argument("--only", metavar="IDS", default="",
-                   help="screenshot only these sections (comma-separated): placement, wafers, "
-                   "offchip, timeline, layers, summary, data")
+                   help="screenshot only these parts (comma-separated): sections placement, "
+                   "wafers, offchip, timeline, layers, summary, data; pictures grid, memory, links")
     p.set_defaults(run=cmd_view)
 
 
@@ -166,6 +169,8 @@ def _stage(args, label: str, fn: Callable, *a, **kw):
 
 
 def _frontend_options(args) -> FrontendOptions:
+    from compiler.frontend import DimRequest, FrontendOptions, parse_input_shapes
+
     if not args.model:
         raise UsageError("give a MODEL: an .onnx file or a zoo name (wafer inspect --list)")
     dims = DimRequest(parse_input_shapes(args.input_shapes), args.batch, args.seq_len)
@@ -173,6 +178,8 @@ def _frontend_options(args) -> FrontendOptions:
 
 
 def _load(args) -> ir.Graph:
+    from compiler.frontend import load_model
+
     options = _frontend_options(args)
     return _stage(args, f"frontend: {args.model}", load_model, args.model, options)
 
@@ -236,8 +243,9 @@ def cmd_compile(args) -> int:
     if args.verify and result.graph.shape_only:
         raise UsageError(f"{result.graph.name} is shape-only (no weights): nothing to verify; "
                          "compile it without --verify")
-    files = _stage(args, "report" if not args.no_report else "artifacts", artifact_files,
-                   result, report=not args.no_report)
+    files = _stage(args, "artifacts", artifact_files, result, report=False)
+    if not args.no_report:
+        files.update(_stage(args, "report", _report_files, files))
     write_outputs(out, files, force=args.force)
     if args.verify:
         from compiler.verify import Artifact, VerifyOptions
@@ -256,6 +264,12 @@ def cmd_compile(args) -> int:
     else:
         print(_compile_summary(result, out))
     return 0
+
+
+def _report_files(files: dict[str, str]) -> dict[str, str]:
+    from compiler.report import docs_from_texts, report_files
+
+    return report_files(docs_from_texts(files))
 
 
 def cmd_view(args) -> int:
@@ -278,7 +292,9 @@ def cmd_view(args) -> int:
     return 0
 
 
-SECTIONS = ("placement", "wafers", "offchip", "timeline", "layers", "summary", "data")
+# sections of the page, and the three pictures of the placement section
+SECTIONS = ("placement", "wafers", "offchip", "timeline", "layers", "summary", "data", "grid",
+            "memory", "links")
 
 
 def _sections(text: str) -> str:

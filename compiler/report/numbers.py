@@ -43,15 +43,15 @@ def _layers(f: Facts) -> str:
               "kv_per_core_bytes", "activations_per_core_bytes", "sram_utilization",
               "weight_bytes", "kv_bytes", "flops_per_token", "offchip_streamed_bytes_per_token",
               "input_bytes_per_token", "output_bytes_per_token", "placer_cycles_per_token",
-              *[f"{m}_busy_cycles" for m in MODES], *[f"{m}_start_cycles" for m in MODES],
-              *[f"{m}_end_cycles" for m in MODES], "onnx_nodes"]
+              *[f"{m}_{k}_cycles" for m in MODES for k in ("busy", "start", "end")],
+              "onnx_nodes"]
     rows = [[la.index, la.name, la.kind, la.wafer, la.row, la.col, la.rows, la.cols, la.cores,
              la.residency, la.per_core["total"], la.per_core["weights"],
              la.per_core["kv_cache"], la.per_core["activations"], round(la.util, 6),
              la.weight_bytes, la.kv_bytes, la.flops_per_token, la.offchip_streamed,
              _n(la.io_in), _n(la.io_out), la.est_cycles,
-             *[la.busy.get(m, 0) for m in MODES], *[la.span.get(m, (0, 0))[0] for m in MODES],
-             *[la.span.get(m, (0, 0))[1] for m in MODES], " ".join(la.nodes)]
+             *[v for m in MODES for v in (la.busy.get(m, 0), *la.span.get(m, (0, 0)))],
+             " ".join(la.nodes)]
             for la in f.layers]
     return _csv(header, rows)
 
@@ -85,17 +85,15 @@ def _panel_cells(f: Facts, p: WaferPanel) -> list[list]:
         used += area
         mem += area * la.util
         peak = np.where(area > 0, np.maximum(peak, la.util), peak)
-    links = grid.link_bins(f, p.index, win)
-    rows = []
-    for i in range(shape[0]):
-        for j in range(shape[1]):
-            r, c = int(r_edges[i]), int(c_edges[j])
-            h, w = int(r_edges[i + 1]) - r, int(c_edges[j + 1]) - c
-            top, total, n, _ = links.get((i, j), (0.0, 0.0, 0, None))
-            rows.append([p.index, r, c, h, w, h * w, int(used[i, j]),
-                         round(float(mem[i, j]) / (h * w), 6), round(float(peak[i, j]), 6),
-                         _n(top), _n(total), n])
-    return rows
+    top, total, n = np.zeros(shape), np.zeros(shape), np.zeros(shape, dtype=int)
+    for (i, j), (peak_load, all_load, count, _) in grid.link_bins(f, p.index, win).items():
+        top[i, j], total[i, j], n[i, j] = peak_load, all_load, count
+    rr, cc = np.meshgrid(r_edges[:-1], c_edges[:-1], indexing="ij")
+    hh, ww = np.meshgrid(np.diff(r_edges), np.diff(c_edges), indexing="ij")
+    cores = hh * ww
+    cols = [np.full(cores.size, p.index), rr, cc, hh, ww, cores, used.astype(int),
+            np.round(mem / cores, 6), np.round(peak, 6), np.round(top, 4), np.round(total, 4), n]
+    return [list(row) for row in zip(*(c.ravel().tolist() for c in cols), strict=True)]
 
 
 def _overlap(edges: np.ndarray, lo: int, hi: int) -> np.ndarray:

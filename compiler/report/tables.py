@@ -84,7 +84,9 @@ def offchip(f: Facts) -> Table:
                          (la.name, la.wafer, la.residency, la.io_in, la.offchip_streamed,
                           la.io_out, total)))
     total = sum(r[1][-1] for r in rows)
-    rows.append((("all", "", f"bound {fmt.nbytes(m['offchip_lower_bound'])}",
+    rows.append((("all, as scheduled", "",
+                  f"placer: {fmt.nbytes(m['offchip_bytes_per_token'])}, bound "
+                  f"{fmt.nbytes(m['offchip_lower_bound'])}",
                   fmt.nbytes(sum(r[1][3] for r in rows)), fmt.nbytes(sum(r[1][4] for r in rows)),
                   fmt.nbytes(sum(r[1][5] for r in rows)), fmt.nbytes(total)),
                  ("~", "", "", 0, 0, 0, total)))

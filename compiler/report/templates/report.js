@@ -99,11 +99,14 @@
       });
     });
   });
-  // ?only=timeline,layers shows just those sections (for screenshots of one part).
+  // ?only=memory,timeline shows just those sections or figures (for screenshots of one part).
   var only = new URLSearchParams(window.location.search).get("only");
   if (only) {
-    var keep = only.split(",");
-    document.querySelectorAll("main > section").forEach(function (s) { s.hidden = keep.indexOf(s.id) < 0; });
+    var keep = only.split(",").map(function (id) { return document.getElementById(id); })
+      .filter(function (el) { return el; });
+    document.querySelectorAll("main > section, .figs > figure").forEach(function (el) {
+      el.hidden = !keep.some(function (k) { return el.contains(k) || k.contains(el); });
+    });
     document.body.classList.add("solo");
   }
   document.body.dataset.ready = "1";
