@@ -21,6 +21,7 @@ ROW_W = 1300.0  # px: several wafers side by side in one figure
 PER_ROW = 6  # wafers per row of panels at most
 ZOOM_BELOW = 0.4  # zoom to the used part when it covers less of the wafer than this
 OFFCHIP_BAND = 22.0  # px above the wafer where off-chip streams start
+AXIS_LEFT, AXIS_BOTTOM = 30.0, 14.0  # px for row and column numbers
 LABEL_MIN, LABEL_MAX = 7.0, 13.0  # px
 MIN_PX = 4.0  # a layer is drawn at least this wide and high
 
@@ -29,7 +30,7 @@ def panels(f: Facts, tips: Tips, layer_tips: list[int]) -> tuple[WaferPanel, ...
     windows = [window(f, w) for w in range(f.wafers)]
     per_row = min(f.wafers, PER_ROW)
     budget = SINGLE_W if f.wafers == 1 else (ROW_W - 14 * (per_row - 1)) / per_row
-    scale = min(min(budget / w.cols, PANEL_H / w.rows) for w in windows)
+    scale = min(min((budget - AXIS_LEFT) / w.cols, PANEL_H / w.rows) for w in windows)
     sends = [t for t in f.transfers if t.kind == "send"]
     top_send = max((t.bytes_per_token for t in sends), default=0.0)
     top_link = max(f.links.values(), default=0.0)
@@ -40,14 +41,27 @@ def panels(f: Facts, tips: Tips, layer_tips: list[int]) -> tuple[WaferPanel, ...
         mine = [la for la in f.layers if la.wafer == w]
         out.append(WaferPanel(
             index=w, rows=f.rows, cols=f.cols, window=win, scale=_r(scale),
-            width=_r(win.cols * scale), height=_r(win.rows * scale + OFFCHIP_BAND),
+            width=_r(win.cols * scale + AXIS_LEFT),
+            height=_r(win.rows * scale + OFFCHIP_BAND + AXIS_BOTTOM),
             layers=tuple(_box(la, scale, layer_tips[la.index]) for la in mine),
             link_cells=_link_cells(f, w, win, top_link, tips),
             arrows=tuple(_arrow(t, top_send, scale, tips) for t in sends if t.src_wafer == w),
             offchip=_offchip(mine, win, scale, top_stream, tips),
             grid_lines=win.rows <= 64 and win.cols <= 64,
-            caption=_caption(f, w, win, mine)))
+            caption=_caption(f, w, win, mine),
+            view_box=(_r(win.col - AXIS_LEFT / scale), _r(win.row - OFFCHIP_BAND / scale),
+                      _r(win.cols + AXIS_LEFT / scale),
+                      _r(win.rows + (OFFCHIP_BAND + AXIS_BOTTOM) / scale)),
+            row_ticks=_ticks(win.row, win.rows), col_ticks=_ticks(win.col, win.cols),
+            band=_r(OFFCHIP_BAND / scale)))
     return tuple(out)
+
+
+def _ticks(start: int, size: int) -> tuple[tuple[float, str], ...]:
+    """About five round core indices across [start, start + size), at core centres."""
+    step = next(m * 10**e for e in range(8) for m in (1, 2, 5) if m * 10**e * 5 >= size)
+    first = -(-start // step) * step
+    return tuple((_r(i + 0.5), str(i)) for i in range(first, start + size, step))
 
 
 def window(f: Facts, wafer: int) -> Window:

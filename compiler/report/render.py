@@ -3,7 +3,6 @@ CSS and JS are inlined from the templates directory; the page loads nothing else
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jinja2
@@ -23,5 +22,4 @@ def render_html(view: Report) -> str:
     data = {"tips": [[t.title, [list(r) for r in t.rows]] for t in view.tips],
             "nodes": [list(n) for n in view.nodes],
             "layers": [row[1] for row in view.layer_table.rows]}
-    return _env().get_template("report.html.j2").render(r=view, data=data,
-                                                       asdict=dataclasses.asdict)
+    return _env().get_template("report.html.j2").render(r=view, data=data)

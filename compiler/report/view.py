@@ -104,6 +104,10 @@ class WaferPanel:
     offchip: tuple[Arrow, ...]
     grid_lines: bool  # small grids show every core
     caption: str
+    view_box: tuple[float, float, float, float]  # x, y, w, h: the window plus band and axes
+    row_ticks: tuple[tuple[float, str], ...]  # (y, label), core units
+    col_ticks: tuple[tuple[float, str], ...]  # (x, label)
+    band: float  # height of the off-chip band above the window, core units
 
 
 @dataclass(frozen=True)
