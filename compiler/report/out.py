@@ -47,6 +47,8 @@ def docs_from_texts(texts: dict[str, str], out: str = "OUT") -> OutDocs:
     docs = {name: _parse(out, name, texts[name]) for name in (PLACEMENT, SCHEDULE, LOG, VERIFY)
             if name in texts}
     for name, keys in NEEDED.items():
+        if name not in docs:
+            raise UsageError(f"{out}/{name} is missing: {_recompile(out)}")
         missing = [k for k in keys if k not in docs[name]]
         if missing:
             raise UsageError(f"{out}/{name} has no {', '.join(missing)} (written by an older "
