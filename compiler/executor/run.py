@@ -128,7 +128,7 @@ def _stored(arr: np.ndarray, target: Target, precision: str) -> np.ndarray:
     (fp16 or bf16, widened back to fp32 for arithmetic) when emulating the target."""
     if not np.issubdtype(arr.dtype, np.floating):
         return arr
-    arr = arr.astype(np.float32)
+    arr = arr.astype(np.float32, copy=False)
     if precision != TARGET:
         return arr
     if target.compute.dtype is ir.DType.BFLOAT16:
