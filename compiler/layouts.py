@@ -96,10 +96,12 @@ def _hoisted(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout],
     """Outputs of tile-moving ops to write directly in the spec a later consumer wants.
 
     A relayout that only adds splits (a narrowing: each core keeps a slice of what it holds)
-    is traced back through views (one consumer each) to the op that made the tensor. When that
-    op moves tiles anyway (a `retile`: Split/Slice/Concat/Gather along a split dim), it writes
-    the narrower tiles directly, so the wide tensor never exists on a core: e.g. attention's K
-    and V, split by keys, straight out of the Split of a fused QKV projection."""
+    is traced back through views and elementwise ops with constant operands (each tensor read
+    by that op only) to the op that made the tensor. When that op moves tiles anyway (a
+    `retile`: Split/Slice/Concat/Gather along a split dim), it writes the narrower tiles
+    directly and the ops between compute on them, so the wide tensor never exists on a core:
+    e.g. attention's K and V, split by keys, straight out of the Split of a fused QKV
+    projection."""
     ops = {op.name: (op, lay) for op, lay in zip(layer.ops, layouts, strict=True)}
     found: dict[str, Spec] = {}
     for op, lay in zip(layer.ops, layouts, strict=True):
@@ -127,10 +129,8 @@ def _trace_back(g: ir.Graph, ops, specs: Mapping[str, Spec], name: str,
         op, lay = ops[made.name]
         if any(c.kind == "retile" for c in lay.collectives):
             return {name: want}
-        if op.kind not in _VIEWS or not op.inputs or op.inputs[0] in g.const_derived:
-            return {}
-        src = op.inputs[0]
-        back = _view_back(g, op, specs[src], want)
+        src = _chain_input(g, op)
+        back = _spec_back(g, op, src, want) if src else None
         if back is None:
             return {}
         name, want = src, back
@@ -139,26 +139,38 @@ def _trace_back(g: ir.Graph, ops, specs: Mapping[str, Spec], name: str,
 _VIEWS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 
 
-def _view_back(g: ir.Graph, op: ir.Op, have: Spec, want: Spec) -> Spec | None:
-    """The input spec that makes view `op` give `want` (None when there is none)."""
+def _chain_input(g: ir.Graph, op: ir.Op) -> str | None:
+    """The one activation a view, or an elementwise op with constant operands (a scale, a
+    cast), reads: its tiles can be computed in a narrower spec as they come."""
+    if op.kind in _VIEWS:
+        acts = list(op.inputs[:1])
+    elif _RULES.get(op.kind) is _elementwise:
+        acts = [n for n in op.inputs if n and not _is_const(g, n)]
+    else:
+        return None
+    return acts[0] if len(acts) == 1 and not _is_const(g, acts[0]) else None
+
+
+def _spec_back(g: ir.Graph, op: ir.Op, src: str, want: Spec) -> Spec | None:
+    """The spec of `src` that makes `op` give `want` (None when there is none)."""
+    shape = g.tensor(src).shape
     if op.kind == "Transpose":
-        perm = op.attr("perm") or tuple(reversed(range(len(have))))
-        back: list[str | None] = [None] * len(have)
+        perm = op.attr("perm") or tuple(reversed(range(len(shape))))
+        back: list[str | None] = [None] * len(shape)
         for i, p in enumerate(perm):
             back[p] = want[i]
-    elif op.kind == "Identity":
-        back = list(want)
-    else:
-        src, dst = g.tensor(op.inputs[0]).shape, g.tensor(op.outputs[0]).shape
-        back = [None] * len(src)
-        for group_in, group_out in _factor_groups(src, dst):
+    elif op.kind in _VIEWS and op.kind != "Identity":  # the reshape family
+        back = [None] * len(shape)
+        for group_in, group_out in _factor_groups(shape, g.tensor(op.outputs[0]).shape):
             axis = next((want[j] for j in group_out if want[j]), None)
-            target = next((i for i in group_in if src[i] > 1), None)
+            target = next((i for i in group_in if shape[i] > 1), None)
             if axis and target is not None:
                 back[target] = axis
+    else:  # Identity, elementwise: the same split, right-aligned
+        back = [a if d > 1 else None for a, d in zip(_align(want, len(shape)), shape,
+                                                     strict=True)]
     spec = tuple(back)
-    trial = op_layout(g, op, {op.inputs[0]: spec})
-    return spec if trial.outputs[0] == want else None
+    return spec if op_layout(g, op, {src: spec}).outputs[0] == want else None
 
 
 def graph_layouts(g: ir.Graph) -> dict[str, tuple[OpLayout, ...]]:

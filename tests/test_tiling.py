@@ -7,11 +7,12 @@ import dataclasses
 import math
 
 import pytest
-from conftest import zoo_graph
+from conftest import FIXTURES, zoo_graph
 from hypothesis import given
 from hypothesis import strategies as st
 
 from compiler.errors import CapacityError
+from compiler.frontend import DimRequest, FrontendOptions, load_model
 from compiler.layouts import R, graph_layouts, tile_shape
 from compiler.placement.problem import Residency
 from compiler.target import load_target
@@ -118,6 +119,20 @@ def test_attention_keys_come_split_out_of_the_fused_qkv_split():
     heads = qk.inputs[0][1]
     assert heads and heads != k[1]
     assert qk.inputs[1][-1] == k[1] and pv.inputs[1][-2] == k[1]  # keys over the free axis
+
+
+def test_keys_stay_split_through_a_constant_scale():
+    """A real torch export scales K by a constant (SDPA's sqrt of 1/sqrt(d)) between the Split
+    and attention: the Mul computes on key-split tiles and no relayout is left."""
+    g = load_model(FIXTURES / "gpt2_torchscript_op17_static.onnx",
+                   FrontendOptions(DimRequest(batch=2, seq_len=8)))
+    layouts = graph_layouts(g)["block.0"]
+    assert _relayouts(layouts) == []
+    scale = next(lay for op, lay in zip(next(x for x in g.layers if x.name == "block.0").ops,
+                                        layouts, strict=True)
+                 if op.kind == "Mul" and g.consumers[op.outputs[0]][0].kind == "MatMul"
+                 and lay.outputs[0][-1])
+    assert scale.outputs[0][1] != scale.outputs[0][-1]  # heads and keys on different axes
 
 
 def test_a_tensor_read_elsewhere_keeps_its_spec():
