@@ -641,6 +641,7 @@ class ProgressPrinter:
         self.tty = stream.isatty() if tty is None else tty
         self.t0 = time.perf_counter()
         self.failed = self.cached = 0
+        self.started = False  # outcomes before the start are known ones: counted, not listed
 
     def __call__(self, outcome: Outcome | None, finished: int, total: int) -> None:
         if outcome is not None:
@@ -654,8 +655,9 @@ class ProgressPrinter:
             bad = f", {invalid} with an invalid target spec" if invalid else ""
             self.stream.write(f"[sweep] {total} points: {self.cached} cached{bad}, "
                               f"{total - finished} to compile\n")
-        elif not outcome.cached:
+        elif self.started:
             self.stream.write(f"[sweep] {finished}/{total} {describe(outcome)}\n")
+        self.started = self.started or outcome is None
         self.stream.flush()
 
     def _bar(self, finished: int, total: int) -> None:
