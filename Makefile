@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/placement.py
 	$(BIN)/python benchmarks/calibration.py
 	$(BIN)/python benchmarks/fault_injection.py
+	$(BIN)/python benchmarks/sweep.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
