@@ -203,11 +203,18 @@ def plan_sweep(model: str, target: str, vary: Sequence[str], options: CompileOpt
         raise UsageError(f"{graph.name} is shape-only (no weights): nothing to verify; "
                          "sweep it without --verify")
     combos = itertools.product(*[[(a.key, v) for v in a.values] for a in axes])
-    points = tuple(_point(i, combo, model, target, base, options, verify, graph.source_sha256)
+    where = _model_ref(model)
+    points = tuple(_point(i, combo, where, target, base, options, verify, graph.source_sha256)
                    for i, combo in enumerate(combos))
     _check_target_values(axes, points)
     return Plan(model, graph.name, graph.source_sha256, graph.shape_only, base, axes, options,
                 verify, points)
+
+
+def _model_ref(model: str) -> str:
+    """A model file as an absolute path (workers may run in another directory), or a zoo name."""
+    path = Path(model)
+    return str(path.resolve()) if path.is_file() else model
 
 
 def _check_verify(axes: Sequence[Axis], verify: bool) -> None:

@@ -57,8 +57,8 @@ def _init(ray: ModuleType, workers: int, address: str | None) -> None:
     try:
         if address:
             ray.init(address=address, **quiet)
-        else:
-            ray.init(num_cpus=workers, **quiet)
+        else:  # "local": a new instance even when another Ray runs on this machine
+            ray.init(address="local", num_cpus=workers, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise UsageError(f"cannot start or reach {where}: {_first_line(exc)}") from None
