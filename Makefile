@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/calibration.py
 	$(BIN)/python benchmarks/fault_injection.py
 	$(BIN)/python benchmarks/report.py
+	$(BIN)/python benchmarks/sweep.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,8 +4,10 @@ exit codes. Errors print as one line `error: ...` (a traceback only with -v)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(sub)
     _add_verify(sub)
     _add_view(sub)
+    _add_sweep(sub)
     t = sub.add_parser("targets", help="list the built-in target specs")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.set_defaults(run=cmd_targets)
@@ -129,6 +132,35 @@ def _add_verify(sub) -> None:
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed check")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=cmd_verify)
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="compile a model for many target variants and options; "
+                       "tables and Pareto frontiers (co-design)")
+    _model_args(p)
+    p.add_argument("--target", "-t", required=True, help="a built-in target name or a .toml")
+    p.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2,...",
+                   help="a target key path (core.sram_bytes=24KiB,48KiB) or a compile option "
+                   "(context, batch, seq-len, prompt-resident, method) and its values "
+                   "(repeatable: the cross product is swept)")
+    p.add_argument("-o", "--output", required=True, metavar="SWEEPDIR",
+                   help="sweep.csv, sweep.json and the cache of finished points (a re-run "
+                   "computes only new points)")
+    p.add_argument("--context", type=int, help="KV-cache context length (default: seq len)")
+    p.add_argument("--method", choices=("cpsat", "first-fit", "serpentine"), default="cpsat",
+                   help="placer (default: cpsat)")
+    p.add_argument("--time-limit", type=float, default=30.0, metavar="S",
+                   help="solver time limit per point in seconds (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="solver random seed (default 0)")
+    p.add_argument("--verify", action="store_true",
+                   help="also run each point's schedule and compare with ONNX Runtime")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="points compiled at once (default: the CPU cores; one solver worker each)")
+    p.add_argument("--backend", choices=("pool", "ray"), default="pool",
+                   help="a local process pool (default) or Ray tasks")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="an existing Ray cluster (default: a local Ray started for the run)")
+    p.set_defaults(run=cmd_sweep)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -404,6 +436,75 @@ def _perf_lines(result) -> list[str]:
         f"  utilization  {d.utilization:.3%} of {peak / 1e15:.3g} PFLOP/s in decode, "
         f"{p.utilization:.3%} in prefill",
     ]
+
+
+def cmd_sweep(args) -> int:
+    from compiler import sweep
+    from compiler.driver import CompileOptions, SolverOptions
+    from compiler.tiling import TilingOptions
+
+    workers = args.workers or sweep.default_workers()
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: expected at least 1")
+    if args.ray_address and args.backend != "ray":
+        raise UsageError("--ray-address needs --backend ray")
+    backend = sweep.make_backend(args.backend, workers, args.ray_address)
+    solver = SolverOptions(args.method, args.time_limit, args.seed, workers=1)
+    tiling = TilingOptions(context=args.context, prompt_resident=True if args.verify else None)
+    options = CompileOptions(_frontend_options(args), tiling, solver)
+    plan = sweep.plan_sweep(args.model, args.target, args.vary, options, args.verify)
+    t0 = time.perf_counter()
+    progress = None if args.quiet else sweep.ProgressPrinter(sys.stderr)
+    with _term_as_interrupt():  # `kill` stops a sweep as Ctrl-C does: finished points kept
+        outcomes = sweep.run_sweep(plan, Path(args.output), backend, progress)
+    run = {"backend": args.backend, "workers": workers, "ray_address": args.ray_address,
+           "wall_s": round(time.perf_counter() - t0, 2)}
+    doc = sweep.sweep_doc(plan, outcomes, run)
+    sweep.write_sweep(Path(args.output), doc)
+    print(json.dumps(doc, indent=1) if args.json else _sweep_summary(doc, args.output))
+    return 0
+
+
+@contextlib.contextmanager
+def _term_as_interrupt():
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _sweep_summary(doc: dict, out: str) -> str:
+    keys = [a["key"] for a in doc["axes"]]
+    marks = {"total_sram_bytes": "S", "cores_used": "C", "wafers_used": "W"}
+    rows = []
+    for p in doc["points"]:
+        ok = p["status"] == "ok"
+        front = "".join(m for c, m in marks.items() if p["pareto"].get(c))
+        rows.append((p["index"], *(p["overrides"][k] for k in keys), p["status"],
+                     f"{p['tokens_per_s']:,.0f}" if ok else "",
+                     f"{p['ttft_s'] * 1e3:,.2f}" if ok else "",
+                     _bytes(p["offchip_bytes_per_token"]) if ok else "",
+                     f"{p['cores_used']:,}" if ok else "",
+                     _bytes(p["total_sram_bytes"]) if p["total_sram_bytes"] else "",
+                     p["wafers_used"] if ok else "", f"{p['compile_s']:.1f}",
+                     "yes" if p["cached"] else "", front))
+    table = _table(("#", *keys, "status", "tokens/s", "TTFT ms", "off-chip/token", "cores",
+                    "SRAM", "wafers", "s", "cached", "Pareto"), rows)
+    failed = [f"  #{p['index']} {p['status']}: {p['error']}" for p in doc["points"]
+              if p["status"] != "ok"]
+    r = doc["run"]
+    counts = ", ".join(f"{n} {s}" for s, n in r["status"].items() if n)
+    return "\n".join([
+        table, *(["", "failed points:", *failed] if failed else []), "",
+        f"{r['points']} points ({counts}); {r['computed']} computed, {r['cached']} cached; "
+        f"{r['wall_s']:.1f} s on {r['backend']} ({r['workers']} workers) -> {out}/sweep.csv, "
+        "sweep.json",
+        "Pareto: on the frontier of tokens/s against S total SRAM, C cores used, W wafers used",
+    ])
 
 
 def _list_zoo() -> int:
