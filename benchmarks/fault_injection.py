@@ -251,10 +251,10 @@ def extra_load(case: Case, tensor: str, region: str, position: int) -> Mutation:
     t = case.graph.tensor(tensor)
     spec = replicated(len(t.shape))
     step = Step(id=-1, kind="load", region=region, writes=(TensorRef(tensor, spec),),
-                phase=SETUP, nbytes=t.nbytes, scaling=FIXED)
+                phase=SETUP, nbytes=case.target.tensor_bytes(t), scaling=FIXED)
     steps = list(case.schedule.steps)
     steps.insert(position, step)
-    extra = t.numel * case.target.compute.dtype.itemsize
+    extra = case.target.tensor_bytes(t)
     headroom = case.target.usable_bytes_per_core - case.peak[region]
     noop = (f"the extra {extra:,} B fit in {region}'s {headroom:,} B of headroom"
             if extra <= headroom else "")
@@ -403,13 +403,12 @@ def _float_weights(case: Case) -> list[ir.Tensor]:
 
 def _overfills(case: Case) -> list[tuple[str, list[str]]]:
     """Per region, the weights it does not hold whose whole size exceeds its headroom."""
-    size = case.target.compute.dtype.itemsize
     out = []
     for r in case.schedule.regions:
         headroom = case.target.usable_bytes_per_core - case.peak[r.name]
         held = {w.tensor for s in case.schedule.steps if s.region == r.name for w in s.writes}
         names = [t.name for t in _float_weights(case)
-                 if t.name not in held and t.numel * size > headroom]
+                 if t.name not in held and case.target.tensor_bytes(t) > headroom]
         if names:
             out.append((r.name, names))
     return out

@@ -83,7 +83,7 @@ def compile_model(model: str | Path, target: str | Path | Target,
     placement = timer("placement", _place, problem, options.solver)
     baseline = timer("baseline", _baseline, problem)
     same = _same_options_baseline(problem, placement)
-    schedule = timer("schedule", build_schedule, graph, tiled, problem, placement, tgt.name)
+    schedule = timer("schedule", build_schedule, graph, tiled, problem, placement, tgt)
     timelines, estimates = timer("performance", _performance, schedule, tiled, tgt)
     return CompileResult(graph, tgt, tiled, problem, placement, metrics(problem, placement),
                          baseline, schedule, timelines, estimates, options, tuple(timer.times),

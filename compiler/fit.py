@@ -1,7 +1,7 @@
 """Does a model fit a target? Capacity arithmetic only, no solving (`wafer check`).
 
-Bytes are counted as stored on the target: float weights and the KV cache in the target's
-compute dtype (the executor emulates that storage), integer tensors as they are.
+Bytes are counted as stored on the target (`Target.tensor_bytes`, the rule every stage uses):
+floats (weights, KV cache, activations) in the compute dtype, integer tensors as they are.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from compiler import ir
-from compiler.costs import ModelCost, batch_size, model_cost
+from compiler.costs import batch_size, model_cost
 from compiler.target import Target
 
 
@@ -43,18 +43,13 @@ class FitReport:
         return f"does not fit: {need}, the target has {self.wafers_available}"
 
 
-def stored_bytes(t: ir.Tensor, target: Target) -> int:
-    size = target.compute.dtype.itemsize if t.dtype.is_float else t.dtype.itemsize
-    return t.numel * size
-
-
 def check_fit(g: ir.Graph, target: Target, context: int | None = None) -> FitReport:
     cost = model_cost(g)
     batch = batch_size(g)
     context = context or max(1, cost.tokens // batch)
-    weights = sum(stored_bytes(t, target) for t in g.weights)
+    weights = sum(target.tensor_bytes(t) for t in g.weights)
     kv = cost.kv_elements_per_token * context * batch * target.compute.dtype.itemsize
-    act = _peak_activation(g, cost, target)
+    act = _peak_activation(g, target)
     total = weights + kv + act
     per_wafer = target.usable_bytes_per_wafer
     largest = max(cost.layers, key=lambda lc: lc.weight_bytes, default=None)
@@ -71,14 +66,14 @@ def check_fit(g: ir.Graph, target: Target, context: int | None = None) -> FitRep
 
 
 
-def _peak_activation(g: ir.Graph, cost: ModelCost, target: Target) -> int:
-    """Every tensor the largest layer produces, in the target dtype (an upper bound on its
+def _peak_activation(g: ir.Graph, target: Target) -> int:
+    """Every tensor the largest layer produces, at the target's size (an upper bound on its
     live set; small beside weights for the models we place)."""
-    scale = target.compute.dtype.itemsize / 4
-    return int(max((lc.activation_bytes for lc in cost.layers), default=0) * scale)
+    return max((sum(target.tensor_bytes(g.tensor(n)) for op in layer.ops for n in op.outputs if n)
+                for layer in g.layers), default=0)
 
 
 def _layer_bytes(g: ir.Graph, name: str, target: Target) -> int:
     layer = next(layer for layer in g.layers if layer.name == name)
     seen = {n for op in layer.ops for n in op.inputs if n and g.tensor(n).is_const}
-    return sum(stored_bytes(g.tensor(n), target) for n in seen)
+    return sum(target.tensor_bytes(g.tensor(n)) for n in seen)

@@ -15,7 +15,9 @@ A region is one layer's placed rectangle. Tensors live on regions as tiles split
 
 Each step names what it reads and writes (tensor, spec, partial axis), so the executor can run
 it and check that every operand is resident where the step runs. Step ids are a topological
-order: every dependency has a smaller id.
+order: every dependency has a smaller id. A step's `nbytes` is what it moves on the machine,
+floats at the target's storage dtype (`Target.tensor_bytes`), as tiling, placement and the
+executor's memory accounting count it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from compiler import ir
 from compiler.costs import op_flops, token_count
 from compiler.layouts import OpLayout, Spec, replicated
 from compiler.placement.problem import Placement, PlacementProblem, Rect, Residency
+from compiler.target import Target
 from compiler.tiles import reshape_is_local
 from compiler.tiling import TiledGraph
 
@@ -72,7 +75,7 @@ class Step:
     hops: int = 0
     lanes: int = 1  # parallel paths a send spreads over
     phase: str = TOKEN  # setup (once) or token (every forward)
-    nbytes: int = 0  # moved (load, collective, send, store)
+    nbytes: int = 0  # moved (load, collective, send, store), at the target's storage size
     flops: int = 0  # computed
     scaling: str = TOKENS  # fixed, tokens, attention (tokens x context)
 
@@ -103,9 +106,15 @@ class Schedule:
 class _State:
     """Where each tensor is, per region: (spec, partial, step that made it)."""
 
+    g: ir.Graph
+    target: Target  # sizes transfers (`bytes`)
     at: dict[tuple[str, str], tuple[Spec, str | None, int]] = field(default_factory=dict)
     home: dict[str, str] = field(default_factory=dict)  # tensor -> region that produced it
     steps: list[Step] = field(default_factory=list)
+
+    def bytes(self, name: str) -> int:
+        """A tensor's bytes on the machine: what a transfer of it moves."""
+        return self.target.tensor_bytes(self.g.tensor(name))
 
     def add(self, **kw) -> Step:
         step = Step(id=len(self.steps), **kw)
@@ -114,17 +123,19 @@ class _State:
 
 
 def build_schedule(g: ir.Graph, tiled: TiledGraph, problem: PlacementProblem,
-                   placement: Placement, target_name: str = "") -> Schedule:
+                   placement: Placement, target: Target) -> Schedule:
+    """Steps for `placement`; every transfer's `nbytes` is the tensor's size on the machine
+    (`Target.tensor_bytes`: floats at the storage dtype), as tiling and placement count it."""
     regions = tuple(_region(lt.layer, r) for lt, r in zip(tiled.layers, placement.rects,
                                                           strict=True))
     by_name = {r.name: r for r in regions}
     residency = {b.name: placement.option(problem, i).residency
                  for i, b in enumerate(problem.blocks)}
-    st = _State()
+    st = _State(g, target)
     for layer, lt in zip(g.layers, tiled.layers, strict=True):
         _schedule_layer(g, layer, lt.ops, by_name[layer.name], by_name, residency[layer.name], st)
     _store_outputs(g, st)
-    return Schedule(g.name, target_name, regions, tuple(st.steps), _tokens(g), tiled.batch,
+    return Schedule(g.name, target.name, regions, tuple(st.steps), _tokens(g), tiled.batch,
                     tiled.context, tuple((k, v.value) for k, v in residency.items()))
 
 
@@ -165,10 +176,10 @@ def _bring(g, name: str, spec: Spec, region: Region, regions, streamed: bool, st
     if name in g.const_derived:
         phase = TOKEN if streamed and t.kind is ir.TensorKind.WEIGHT else SETUP
         step = st.add(kind="load", region=region.name, writes=(TensorRef(name, spec),),
-                      phase=phase, nbytes=t.nbytes, scaling=FIXED)
+                      phase=phase, nbytes=st.bytes(name), scaling=FIXED)
     elif name in g.inputs:
         step = st.add(kind="load", region=region.name, writes=(TensorRef(name, spec),),
-                      nbytes=t.nbytes)
+                      nbytes=st.bytes(name))
     else:
         step = _send(g, name, spec, regions[st.home[name]], region, st)
     st.at[(region.name, name)] = (spec, None, step.id)
@@ -178,7 +189,7 @@ def _send(g: ir.Graph, name: str, spec: Spec, src: Region, dst: Region, st: _Sta
     have, partial, last = st.at[(src.name, name)]
     if partial:  # never ship partial sums: complete them at home first
         last = _relayout(g, name, have, partial, have, src.name, last, st)
-    nbytes = g.tensor(name).nbytes
+    nbytes = st.bytes(name)
     read, write = TensorRef(name, have), TensorRef(name, spec)
     if src.wafer != dst.wafer:
         return st.add(kind="wafer_send", region=src.name, dst=dst.name, reads=(read,),
@@ -203,7 +214,7 @@ def xy_route(src: Region, dst: Region) -> tuple[tuple[tuple[int, int], ...], int
 def _relayout(g: ir.Graph, name: str, have: Spec, partial: str | None, want: Spec,
               region: str, last: int, st: _State) -> int:
     """Complete partial sums (`reduce`) and/or re-split (`relayout`) inside a region."""
-    nbytes = g.tensor(name).nbytes
+    nbytes = st.bytes(name)
     if partial:
         step = st.add(kind="collective", region=region, op_kind="reduce", axis=partial,
                       reads=(TensorRef(name, have, partial),), writes=(TensorRef(name, have),),
@@ -236,7 +247,7 @@ def _compute(g: ir.Graph, op: ir.Op, lay: OpLayout, region: Region, deps: list[i
     if retile:  # the op moves tiles across cores: a collective that computes the op
         step = st.add(kind="collective", region=region.name, reads=reads, writes=writes,
                       deps=tuple(sorted(set(deps))), op=op.name, op_kind="retile",
-                      axis=retile, nbytes=sum(g.tensor(n).nbytes for n, _ in outs))
+                      axis=retile, nbytes=sum(st.bytes(n) for n, _ in outs))
     else:
         step = st.add(kind="compute", region=region.name, reads=reads, writes=writes,
                       deps=tuple(sorted(set(deps))), op=op.name, op_kind=op.kind,
@@ -269,4 +280,4 @@ def _store_outputs(g: ir.Graph, st: _State) -> None:
             last = _relayout(g, name, have, partial, have, home, last, st)
             have = st.at[(home, name)][0]
         st.add(kind="store", region=home, reads=(TensorRef(name, have),), deps=(last,),
-               nbytes=g.tensor(name).nbytes)
+               nbytes=st.bytes(name))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.errors import TargetError
-from compiler.ir import DType
+from compiler.ir import DType, Tensor
 
 OverrideValue = str | int | float
 
@@ -173,6 +173,18 @@ class Target:
     @property
     def total_usable_bytes(self) -> int:
         return self.usable_bytes_per_wafer * self.wafers.count
+
+    # -- bytes on the chip --------------------------------------------------------------------
+    def itemsize(self, dtype: DType) -> int:
+        """Bytes one element of a `dtype` tensor takes on the machine (SRAM, NoC, inter-wafer
+        links, off-chip): floats at the storage dtype `compute.dtype`, integers and bools at
+        their own size. The one byte rule: tiling, placement, the schedule (and so the
+        performance model and the report) and the executor's memory accounting count with it."""
+        return self.compute.dtype.itemsize if dtype.is_float else dtype.itemsize
+
+    def tensor_bytes(self, t: Tensor) -> int:
+        """Bytes of a whole tensor on the machine: its elements x `itemsize(t.dtype)`."""
+        return t.numel * self.itemsize(t.dtype)
 
     # -- rates ------------------------------------------------------------------------------
     def peak_flops(self, dtype: DType | str | None = None) -> float:

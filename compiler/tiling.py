@@ -97,10 +97,6 @@ class _Tensors:
     prompt_resident: bool = False
 
 
-def _stored_itemsize(t: ir.Tensor, target: Target) -> int:
-    return target.compute.dtype.itemsize if t.dtype.is_float else t.dtype.itemsize
-
-
 def _param_derived(g: ir.Graph) -> frozenset[str]:
     """Source weights and what is computed from them alone (a transposed tied embedding).
     Other constants (masks, rotary tables) are per-position data, held like activations."""
@@ -124,7 +120,7 @@ def _layer_tensors(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], ta
             if not name or spec is None:
                 continue
             t = g.tensor(name)
-            entry = (t.shape, spec, _stored_itemsize(t, target))
+            entry = (t.shape, spec, target.itemsize(t.dtype))
             if name in params:
                 if feeds_activation:
                     weights.setdefault(name, entry)
@@ -152,7 +148,7 @@ def _tables(g, layer, layouts, target, params) -> tuple:
         for name, spec in zip(op.inputs, lay.inputs, strict=True):
             if name and spec is not None and name in g.const_derived and name not in params:
                 t = g.tensor(name)
-                seen.setdefault(name, (t.shape, spec, _stored_itemsize(t, target)))
+                seen.setdefault(name, (t.shape, spec, target.itemsize(t.dtype)))
     return tuple(seen.values())
 
 
@@ -183,7 +179,7 @@ def _live_sets(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], target
         if leaves and name in {o for op in layer.ops for o in op.outputs}:
             last[name] = len(layer.ops)
     entries = {n: (g.tensor(n).shape, tuple(dict.fromkeys(specs[n])),
-                   _stored_itemsize(g.tensor(n), target)) for n in first}
+                   target.itemsize(g.tensor(n).dtype)) for n in first}
     return tuple(tuple(entries[n] for n in first if first[n] <= k <= last[n])
                  for k in range(len(layer.ops)))
 
@@ -362,7 +358,7 @@ def _layer_model(g, layer, layouts, target, kv, context, batch, params) -> _Laye
         act_x_act = op.kind in ("MatMul", "Attention") and not any(
             n in g.const_derived for n in op.inputs[1:2])
         flops += f * context // seq if act_x_act else f
-    coll = tuple((c.axis, g.tensor(c.tensor).numel * target.compute.dtype.itemsize // tokens)
+    coll = tuple((c.axis, target.tensor_bytes(g.tensor(c.tensor)) // tokens)
                  for lay in layouts for c in lay.collectives)
     return _LayerModel(t, t.kv_elements_per_token * context * batch,
                        _bytes(t.weights, 1, 1), flops // tokens, coll, len(layer.ops))
@@ -459,7 +455,7 @@ def _edges(g: ir.Graph, target: Target) -> tuple[Edge, ...]:
             for name in op.outputs:
                 if not name or name in g.const_derived:
                     continue
-                nbytes = g.tensor(name).numel * _stored_itemsize(g.tensor(name), target)
+                nbytes = target.tensor_bytes(g.tensor(name))
                 for j in sorted({index[c.name] for c in g.consumers.get(name, ())} - {i}):
                     flows[(i, j)] = flows.get((i, j), 0) + nbytes
     return tuple(Edge(i, j, max(1, b // tokens), b) for (i, j), b in sorted(flows.items()))
@@ -468,7 +464,7 @@ def _edges(g: ir.Graph, target: Target) -> tuple[Edge, ...]:
 def _io_bytes_per_token(g: ir.Graph, target: Target) -> int:
     tokens = max(token_count(g), 1)
     names = [*g.inputs, *g.outputs]
-    return sum(g.tensor(n).numel * _stored_itemsize(g.tensor(n), target) for n in names) // tokens
+    return sum(target.tensor_bytes(g.tensor(n)) for n in names) // tokens
 
 
 def to_problem(tiled: TiledGraph, target: Target) -> PlacementProblem:

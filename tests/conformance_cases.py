@@ -274,7 +274,7 @@ def run_split(case: Case, target: str, rows: int, cols: int, plan: str, tmp: Pat
     tiled = dataclasses.replace(tiled, layers=forced)
     problem = to_problem(tiled, tgt)
     placement = place(problem, "first-fit")
-    schedule = build_schedule(graph, tiled, problem, placement, tgt.name)
+    schedule = build_schedule(graph, tiled, problem, placement, tgt)
     got = run_schedule(schedule, graph, tgt, feed)
     return _outputs(graph, tgt, got.outputs), graph, schedule
 

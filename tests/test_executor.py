@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import numpy as np
 import onnxruntime as ort
@@ -16,6 +17,7 @@ from compiler import zoo
 from compiler.driver import CompileOptions, compile_model
 from compiler.executor import TARGET, MemoryOverflow, ScheduleFault, run_schedule
 from compiler.frontend import DimRequest, FrontendOptions
+from compiler.layouts import tile_numel
 
 TINY = ("gpt2-tiny", "llama-tiny", "bert-tiny", "llama-tiny-opset23")
 # every tiny zoo model on a small-SRAM mesh (layers span many cores) and on wse3, and split
@@ -96,6 +98,26 @@ def test_target_precision_rounds_to_fp16_storage():
     fp16 = run_schedule(r.schedule, r.graph, r.target, inputs, precision=TARGET).outputs["logits"]
     err = np.max(np.abs(exact - fp16))
     assert 1e-5 < err < 5e-2  # rounding is visible but small
+
+
+@pytest.mark.parametrize("case", [("gpt2-tiny", "mesh8x8"), ("bert-tiny", "wse3")], ids="/".join)
+def test_a_load_puts_the_bytes_the_schedule_says_on_the_cores(case):
+    """The executor's memory accounting and the schedule's byte counts are one rule (a float32
+    model on a float16 target): a load run alone leaves tiles whose per-core bytes times the
+    number of distinct tiles are the step's nbytes."""
+    r = compiled(*case)
+    s, inputs, checked = r.schedule, _inputs(r.graph), 0
+    for step in (st for st in s.steps if st.kind == "load"):
+        ref, reg = step.writes[0], s.region(step.region)
+        t = r.graph.tensor(ref.tensor)
+        tiles = math.prod({"r": reg.rows, "c": reg.cols}[a] for a in ref.spec if a)
+        if tile_numel(t.shape, ref.spec, reg.rows, reg.cols) * tiles != t.numel:
+            continue  # padded tiles hold more than the tensor
+        alone = dataclasses.replace(s, steps=(dataclasses.replace(step, id=0, deps=()),))
+        peak = run_schedule(alone, r.graph, r.target, inputs).peak_bytes[reg.name]
+        assert peak * tiles == step.nbytes, ref.tensor
+        checked += 1
+    assert checked >= 10
 
 
 # --- fault injection --------------------------------------------------------------------------

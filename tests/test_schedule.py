@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compiler.driver import compile_model
-from compiler.perf import DECODE, PREFILL, PerfOptions, estimate, timeline
+from compiler.perf import DECODE, PREFILL, PerfOptions, estimate, step_scale, timeline
 from compiler.schedule import SETUP, Region, xy_route
 
 CASES = [("gpt2-tiny", "mesh8x8"), ("llama-tiny", "mesh8x8"), ("bert-tiny", "mesh16x16"),
@@ -153,3 +153,36 @@ def test_link_loads_add_up_to_the_routed_bytes():
     top = busiest_link(s, opts)
     assert top.nbytes == max(loads.values())
     assert abs(top.src[0] - top.dst[0]) + abs(top.src[1] - top.dst[1]) == 1
+
+
+# --- one byte rule: the schedule, the placer and the executor count the same bytes ---------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_offchip_bytes_of_the_schedule_are_the_placers(case):
+    """Per decode token, what the schedule loads and stores (graph inputs, the logits, streamed
+    weights) plus the streamed KV cache is the placement metrics' off-chip figure."""
+    r = compiled(*case)
+    s, opts = r.schedule, PerfOptions(DECODE)
+    moved = sum(x.nbytes * step_scale(x, s, opts) for x in s.steps
+                if x.kind in ("load", "store") and x.phase != SETUP)
+    streamed_kv = sum(lt.kv_bytes for lt, (_, mode) in zip(r.tiled.layers, s.residency,
+                                                           strict=True)
+                      if mode in ("stream_kv", "stream_all"))
+    per_token = (moved + streamed_kv) / s.batch
+    assert per_token == pytest.approx(r.metrics.offchip_bytes_per_token, abs=len(s.regions) + 1)
+    assert any(x.kind == "store" for x in s.steps)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sends_carry_the_bytes_of_the_placers_edges(case):
+    """Between two layers the schedule's sends move exactly the activation bytes the placement
+    problem's edge says (per prompt), so byte-hops and the NoC load agree."""
+    r = compiled(*case)
+    index = {b.name: i for i, b in enumerate(r.problem.blocks)}
+    sent: dict[tuple[int, int], int] = {}
+    for step in r.schedule.steps:
+        if step.kind in ("send", "wafer_send"):
+            key = (index[step.region], index[step.dst])
+            sent[key] = sent.get(key, 0) + step.nbytes
+    assert sent == {(e.src, e.dst): e.bytes_prefill for e in r.problem.edges}

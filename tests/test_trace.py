@@ -37,7 +37,7 @@ def compiled(model: str, target: str) -> tuple[Schedule, Target, dict[str, Timel
     # 3.6k-step llama3-8b fast.
     options = CompileOptions(solver=SolverOptions(method="first-fit"))
     r = compile_model(model, target, options if model == "llama3-8b" else None)
-    s = build_schedule(r.graph, r.tiled, r.problem, r.placement, r.target.name)
+    s = build_schedule(r.graph, r.tiled, r.problem, r.placement, r.target)
     return s, r.target, {m: timeline(s, r.target, PerfOptions(m)) for m in MODES}
 
 
@@ -79,7 +79,7 @@ def test_zoo_schedule_validates_and_round_trips(case):
 def test_schedule_doc_is_byte_identical_across_compiles():
     def text() -> str:
         r = compile_model("gpt2-tiny", "mesh8x8")
-        s = build_schedule(r.graph, r.tiled, r.problem, r.placement, r.target.name)
+        s = build_schedule(r.graph, r.tiled, r.problem, r.placement, r.target)
         return json.dumps(schedule_doc(s, r.target, {DECODE: timeline(s, r.target)}), indent=1)
 
     assert text() == text()

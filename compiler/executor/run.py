@@ -158,18 +158,13 @@ def _fault(step: Step, message: str) -> ScheduleFault:
     return ScheduleFault(f"schedule fault at {_where(step)}: {message}")
 
 
-def _itemsize(m: _Machine, name: str) -> int:
-    t = m.g.tensor(name)
-    return m.target.compute.dtype.itemsize if t.dtype.is_float else t.dtype.itemsize
-
-
 def _put(m: _Machine, step: Step, region: str, name: str, spec: Spec, partial: str | None,
          data: np.ndarray) -> None:
     reg = m.regions[region]
     t = m.g.tensor(name)
     if len(spec) != len(t.shape):
         raise _fault(step, f"{name} has rank {len(t.shape)} but the step gives spec {spec}")
-    nbytes = tile_bytes(t.shape, spec, reg.rows, reg.cols, _itemsize(m, name))
+    nbytes = tile_bytes(t.shape, spec, reg.rows, reg.cols, m.target.itemsize(t.dtype))
     old = m.at.pop((region, name), None)
     m.used[region] = m.used.get(region, 0) - (old.nbytes if old else 0) + nbytes
     capacity = m.target.usable_bytes_per_core
