@@ -28,11 +28,10 @@ from compiler import ir
 from compiler.errors import ModelError, ShapeError, UsageError
 from compiler.frontend.convert import convert
 from compiler.frontend.dims import DimRequest, bind_dims
-from compiler.frontend.external import ExternalRef, data_available, resolve_location
+from compiler.frontend.external import ExternalRef, data_available
 from compiler.frontend.layers import group_layers
-from compiler.frontend.ops import check_supported
-
-MAX_OPSET = onnx.defs.onnx_opset_version()
+from compiler.frontend.ops import check_control_flow, check_supported
+from compiler.frontend.validate import check_model, read_model
 
 
 @dataclass(frozen=True)
@@ -46,8 +45,7 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     options = options or FrontendOptions()
     model, name = open_model(source)
     digest = source_digest(source)
-    _check_opset(model, name)
-    _check_external_paths(model)
+    check_control_flow(model)
     InlinePass()(model)
     dims = bind_dims(model, options.dims)
     source_weights = set(model.graph.initializers)
@@ -76,7 +74,9 @@ def open_model(source: str | Path) -> tuple[onnx_ir.Model, str]:
     from compiler import zoo
 
     if str(source) in zoo.ZOO:
-        return onnx_ir.from_proto(zoo.build(str(source))), str(source)
+        proto = zoo.build(str(source))
+        check_model(proto, str(source), None)
+        return _deserialize(proto, None, str(source)), str(source)
     raise UsageError(
         f"model {str(source)!r} is neither a file nor a zoo name; zoo models: "
         f"{', '.join(zoo.names())} (see `wafer inspect --list`)"
@@ -100,24 +100,30 @@ def source_digest(source: str | Path) -> str:
 
 
 def _open_file(path: Path) -> onnx_ir.Model:
-    if not path.is_file():
+    """Parse and check the file (validate.py) before onnx_ir sees it; external data stays on
+    disk, its references already checked."""
+    if not path.exists():
         raise ModelError(f"model file {path} does not exist")
+    if not path.is_file():
+        raise ModelError(f"model {path} is not a regular file; give an .onnx file")
+    proto = read_model(path)
+    check_model(proto, str(path), path.parent)
+    return _deserialize(proto, path.parent, str(path))
+
+
+def _deserialize(proto: onnx.ModelProto, base_dir: Path | None, label: str) -> onnx_ir.Model:
     try:
-        return onnx_ir.load(path)
+        model = onnx_ir.serde.deserialize_model(proto)
     except (DecodeError, ValueError, TypeError, RuntimeError) as exc:
-        raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+        raise ModelError(f"{label} is not a readable ONNX model ({type(exc).__name__}: {exc})"
+                         ) from None
+    if base_dir is not None:
+        onnx_ir.external_data.set_base_dir(model.graph, base_dir)
+    return model
 
 
 def _opset(model: onnx_ir.Model) -> int:
     return int(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)))
-
-
-def _check_opset(model: onnx_ir.Model, name: str) -> None:
-    if _opset(model) > MAX_OPSET:
-        raise ModelError(
-            f"{name}: opset {_opset(model)} is newer than the supported {MAX_OPSET}; "
-            "re-export with an older opset or upgrade wafer"
-        )
 
 
 def _fold(model: onnx_ir.Model, source_weights: set[str]) -> None:
@@ -163,12 +169,6 @@ def _infer_shapes(model: onnx_ir.Model, name: str) -> onnx.ModelProto:
     except onnx.shape_inference.InferenceError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ShapeError(f"{name}: shape inference failed: {first}") from None
-
-
-def _check_external_paths(model: onnx_ir.Model) -> None:
-    """Our own containment check of every external-data path, before anything reads one."""
-    for name, t in _external_tensors(model):
-        resolve_location(Path(t.base_dir or "."), _ref(name, t))
 
 
 def _external_tensors(model: onnx_ir.Model) -> list[tuple[str, onnx_ir.ExternalTensor]]:
