@@ -4,19 +4,24 @@ exit codes. Errors print as one line `error: ...` (a traceback only with -v)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
+import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from compiler import __version__, ir
 from compiler.costs import model_cost
-from compiler.errors import ExitCode, UsageError, WaferError
+from compiler.errors import ExitCode, UsageError, WaferError, WaferWarning
 from compiler.fit import check_fit
 from compiler.frontend import DimRequest, FrontendOptions, load_model, parse_input_shapes
 from compiler.target import Target, list_targets, load_target
@@ -113,14 +118,26 @@ def _add_verify(sub) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: `_run` with one-line warnings, library log records kept off stderr
+    (unless -v) and SIGTERM (`timeout`, a batch scheduler) stopping it like Ctrl-C."""
+    with warnings.catch_warnings(), _sigterm_interrupts():
+        warnings.simplefilter("always", WaferWarning)
+        warnings.showwarning = _show_warning
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "run", None):
             raise UsageError("no command given; try `wafer --help`")
-        return args.run(args)
+        with _library_logs(args.verbose):
+            return args.run(args)
     except WaferError as exc:
         return _fail(str(exc), exc.exit_code, args)
+    except Terminated:
+        return _fail("terminated (SIGTERM)", 128 + signal.SIGTERM, args)
     except KeyboardInterrupt:
         return _fail("interrupted", 130, args)
     except BrokenPipeError:  # `wafer ... | head`: the reader left; not an error
@@ -129,6 +146,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so, briefly, unless -v
         msg = f"internal error: {type(exc).__name__}: {exc} (rerun with -v and report it)"
         return _fail(msg, ExitCode.INTERNAL, args)
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler so that cleanup (temporary OUT directories) runs."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _library_logs(verbose: bool) -> Iterator[None]:
+    """onnx_ir/onnxscript log warnings about the model (e.g. external data not available);
+    without -v they stay off stderr, which holds only stage lines, warnings and errors."""
+    root = logging.getLogger()
+    quiet = logging.NullHandler()
+    if not verbose and not root.handlers:
+        root.addHandler(quiet)
+    try:
+        yield
+    finally:
+        root.removeHandler(quiet)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, WaferWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
 
 
 def _fail(message: str, code: int, args: argparse.Namespace | None) -> int:
@@ -203,13 +264,12 @@ def _inspect_text(g: ir.Graph, cost, hist: Counter) -> str:
 
 
 def cmd_compile(args) -> int:
-    from compiler.artifacts import artifact_files, dumps, placement_doc, write_outputs
+    from compiler.artifacts import artifact_files, check_out, dumps, placement_doc, write_outputs
     from compiler.driver import CompileOptions, SolverOptions, compile_model
     from compiler.tiling import TilingOptions
 
     out = Path(args.output)
-    if out.exists() and not args.force:
-        raise UsageError(f"{out} already exists; pass --force to replace it")
+    check_out(out, args.force)  # before the work, and again when writing
     solver = SolverOptions(args.method, args.time_limit, args.seed, args.workers,
                            deterministic=not args.nondeterministic)
     resident = True if args.verify else None  # verifying runs the whole prompt at once

@@ -6,6 +6,7 @@ are read (memory-mapped when external) unless the graph is converted shape-only.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import onnx_ir
 from onnx import helper, numpy_helper
 
 from compiler import ir
-from compiler.errors import ModelError, ShapeError
+from compiler.errors import ModelError, ShapeError, WaferWarning
 from compiler.frontend.external import ExternalRef, read_external
 
 _DTYPES = {
@@ -74,6 +75,8 @@ def _weight(value: onnx_ir.Value, shapes_only: bool, from_source: bool) -> ir.Te
     dtype = dtype_of(int(tensor.dtype), where)
     shape = tuple(int(d) for d in tensor.shape)
     data = None if shapes_only else _weight_data(value.name, tensor, shape)
+    if data is not None and from_source:
+        warn_nonfinite(value.name, data)
     kind = ir.TensorKind.WEIGHT if from_source else ir.TensorKind.CONSTANT
     return ir.Tensor(value.name, shape, dtype, kind, data)
 
@@ -87,6 +90,29 @@ def _weight_data(name: str, tensor, shape: tuple[int, ...]) -> np.ndarray:
         return tensor.numpy()
     except Exception as exc:  # onnx_ir raises several types for malformed tensors
         raise ModelError(f"initializer {name}: data does not match its shape ({exc})") from None
+
+
+CHUNK = 1 << 24  # elements scanned at a time: a memory-mapped weight is never read whole
+
+
+def warn_nonfinite(name: str, data: np.ndarray) -> None:
+    """A WaferWarning when a weight of the source model holds NaN or Inf: the compile goes on
+    (masks in Constant nodes legitimately hold -inf and are not checked), but outputs that use
+    the weight will not be finite."""
+    if data.dtype.kind != "f" and "float" not in data.dtype.name:
+        return
+    flat = data.reshape(-1)
+    nan = inf = 0
+    for start in range(0, flat.size, CHUNK):
+        chunk = np.asarray(flat[start:start + CHUNK], dtype=np.float32)
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            n = int(np.isnan(chunk).sum())
+            nan, inf = nan + n, inf + int(bad.sum()) - n
+    if nan or inf:
+        warnings.warn(f"initializer {name} holds {nan:,} NaN and {inf:,} Inf of {flat.size:,} "
+                      "values; outputs computed from it will not be finite (check the export or "
+                      "checkpoint)", WaferWarning, stacklevel=2)
 
 
 def _value(vi: onnx.ValueInfoProto | None, kind: ir.TensorKind, node, name: str = "") -> ir.Tensor:

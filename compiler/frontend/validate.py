@@ -80,10 +80,18 @@ def check_model(proto: onnx.ModelProto, label: str, base_dir: Path | None) -> No
     _check_inputs(g, label)
     _check_acyclic(g, label)
     for where, tensor in _all_tensors(proto):
-        check_tensor(tensor, f"{label}: {where}")
-        ref = external_ref(tensor, f"{label}: {where}")
+        is_weight = where.startswith("initializer ")  # of the main graph
+        where = f"{label}: {where}"
+        check_tensor(tensor, where)
+        ref = external_ref(tensor, where)
+        if ref is not None and not is_weight:
+            raise ModelError(f"{where}: external data is accepted only for graph initializers; "
+                             "store this tensor inline")
         if ref is not None and base_dir is not None:
-            check_external(base_dir, ref, _nbytes(tensor))
+            try:
+                check_external(base_dir, ref, _nbytes(tensor))
+            except ModelError as exc:
+                raise ModelError(f"{label}: {exc}") from None
 
 
 def _check_versions(proto: onnx.ModelProto, label: str) -> None:
