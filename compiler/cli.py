@@ -53,8 +53,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="an .onnx file or a zoo name (wafer inspect --list)")
     p.add_argument("--input-shapes", action="append", default=[], metavar="NAME:[D,...]",
                    help="static shape of an input, e.g. input_ids:[1,128] (repeatable)")
-    p.add_argument("--batch", type=int, help="bind dynamic batch dims")
-    p.add_argument("--seq-len", type=int, help="bind dynamic sequence dims")
+    p.add_argument("--batch", type=_count, help="bind dynamic batch dims")
+    p.add_argument("--seq-len", type=_count, help="bind dynamic sequence dims")
     p.add_argument("--shapes-only", action="store_true", default=None,
                    help="do not read weights (default: automatic when weight files are absent)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -72,7 +72,7 @@ def _add_check(sub) -> None:
     p = sub.add_parser("check", help="is the model supported, does it fit, how many wafers")
     _model_args(p)
     p.add_argument("--target", "-t", required=True, help="a built-in target name or a .toml")
-    p.add_argument("--context", type=int, help="KV-cache context length (default: seq len)")
+    p.add_argument("--context", type=_count, help="KV-cache context length (default: seq len)")
     p.set_defaults(run=cmd_check)
 
 
@@ -82,13 +82,13 @@ def _add_compile(sub) -> None:
     p.add_argument("--target", "-t", required=True, help="a built-in target name or a .toml")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    p.add_argument("--context", type=int, help="KV-cache context length (default: seq len)")
+    p.add_argument("--context", type=_count, help="KV-cache context length (default: seq len)")
     p.add_argument("--method", choices=("cpsat", "first-fit", "serpentine"), default="cpsat",
                    help="placer (default: cpsat)")
-    p.add_argument("--time-limit", type=float, default=30.0, metavar="S",
+    p.add_argument("--time-limit", type=_seconds, default=30.0, metavar="S",
                    help="solver time limit in seconds (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="solver random seed (default 0)")
-    p.add_argument("--workers", type=int, default=1, help="solver workers (default 1)")
+    p.add_argument("--seed", type=_seed, default=0, help="solver random seed (default 0)")
+    p.add_argument("--workers", type=_workers, default=1, help="solver workers (default 1)")
     p.add_argument("--nondeterministic", action="store_true",
                    help="wall-clock time limit (with --workers N, several workers): "
                    "not reproducible")
@@ -101,7 +101,7 @@ def _add_verify(sub) -> None:
     p = sub.add_parser("verify", help="run OUT's schedule and compare it with ONNX Runtime")
     p.add_argument("out", metavar="OUT", help="an output directory of `wafer compile`")
     p.add_argument("--inputs", metavar="IN.npz", help="inputs by name (default: seeded random)")
-    p.add_argument("--seed", type=int, default=0, help="random inputs' seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random inputs' seed (default 0)")
     p.add_argument("--atol", type=float, help="absolute tolerance (fp32 default 1e-4)")
     p.add_argument("--rtol", type=float, help="relative tolerance (fp32 default 1e-3)")
     p.add_argument("--tol", action="append", default=[], metavar="NAME:ATOL",
@@ -115,6 +115,44 @@ def _add_verify(sub) -> None:
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed check")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=cmd_verify)
+
+
+INT32_MAX = (1 << 31) - 1
+MAX_WORKERS = 256
+MAX_SECONDS = 1e6
+
+
+def _int_in(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is out of range {low}..{high:,}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A size (batch, sequence length, context): 1..2^31-1."""
+    return _int_in(text, 1, INT32_MAX)
+
+
+def _seed(text: str) -> int:
+    return _int_in(text, 0, INT32_MAX)
+
+
+def _workers(text: str) -> int:
+    return _int_in(text, 1, MAX_WORKERS)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_SECONDS:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is out of range (0, {MAX_SECONDS:g}] seconds")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,13 +362,27 @@ def _tolerances(specs: list[str]) -> tuple[tuple[str, float], ...]:
 def _verify(args, art, opts, report: Path, save: str | None = None) -> int:
     from compiler.verify import run_verification, save_outputs
 
+    for path in (report, save):
+        _check_parent(path)  # before the run, not after it
     v = run_verification(art, opts, None if args.quiet else _stage_line)
-    report.write_text(v.report.to_json())
+    _write(report, lambda p: p.write_text(v.report.to_json()))
     if save:
-        save_outputs(save, v)
+        _write(Path(save), lambda p: save_outputs(p, v))
     text = v.report.to_json() if args.json else "\n".join(v.report.lines()) + "\n"
     print(text, end="")
     return ExitCode.OK if v.report.passed else ExitCode.MISMATCH
+
+
+def _check_parent(path: Path | str | None) -> None:
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise UsageError(f"cannot write {path}: its directory does not exist")
+
+
+def _write(path: Path, write: Callable[[Path], None]) -> None:
+    try:
+        write(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _stage_line(name: str, seconds: float) -> None:

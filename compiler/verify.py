@@ -642,18 +642,17 @@ def open_out(out: str | Path) -> Artifact:
     """The artifact a compile wrote: model and target as recorded in placement.json (checked
     against their sha256), the graph at the recorded dims, the schedule from schedule.json."""
     from compiler.frontend import DimRequest, FrontendOptions, load_model
-    from compiler.trace import schedule_from_doc
 
     out = Path(out)
     doc = _read_json(out / "placement.json")
-    model = doc.get("model", {})
+    model, target_rec, options = (_table(doc, key, out) for key in ("model", "target", "options"))
     refuse_shape_only(model.get("name", str(out)), bool(model.get("shape_only")))
-    refuse_streamed_prompt(model, doc.get("options", {}))
+    refuse_streamed_prompt(model, options)
     source = _recorded_model(out, model)
-    target = _recorded_target(out, doc.get("target", {}))
-    dims = DimRequest(_input_shapes(source, model.get("dims", {})))
+    target = _recorded_target(out, target_rec)
+    dims = DimRequest(_input_shapes(source, _table(model, "dims", out)))
     graph = load_model(source, FrontendOptions(dims, shapes_only=False))
-    schedule = schedule_from_doc(_read_json(out / "schedule.json"))
+    schedule = _schedule(out)
     if schedule.model != graph.name:
         raise WaferError(f"{out}/schedule.json is for {schedule.model}, not {graph.name}")
     return Artifact(source, graph, target, schedule)
@@ -661,12 +660,38 @@ def open_out(out: str | Path) -> Artifact:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"{path} not found: give an OUT directory written by "
                          "`wafer compile`") from None
     except (OSError, ValueError) as exc:
         raise WaferError(f"{path}: not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise WaferError(f"{path}: expected a JSON object; compile again")
+    return doc
+
+
+def _table(doc: Mapping[str, Any], key: str, out: Path) -> Mapping[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, Mapping):
+        raise WaferError(f"{out}/placement.json: {key} is not an object; compile again")
+    return value
+
+
+def _schedule(out: Path):
+    """schedule.json parsed and checked; any structural damage is a one-line error."""
+    from compiler.trace import check_schedule_doc, schedule_from_doc
+
+    path = out / "schedule.json"
+    doc = _read_json(path)
+    try:
+        problems = check_schedule_doc(doc)
+        schedule = None if problems else schedule_from_doc(doc)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        problems = [f"malformed ({type(exc).__name__}: {exc})"]
+    if problems or schedule is None:
+        raise WaferError(f"{path}: {problems[0]}; compile again")
+    return schedule
 
 
 def _recorded_model(out: Path, model: Mapping[str, Any]) -> str:
