@@ -63,7 +63,9 @@ def resolve_location(base_dir: Path, ref: ExternalRef) -> Path:
         raise ModelError(f"{where} contains '..'; external data must stay in the model's directory")
     root = base_dir.resolve()
     path = (root / loc).resolve()
-    if not path.is_relative_to(root) or path == root:
+    if path == root:
+        raise ModelError(f"{where} names the model's directory, not a data file in it")
+    if not path.is_relative_to(root):
         raise ModelError(f"{where} leads outside the model's directory (through a symlink)")
     return path
 

@@ -108,6 +108,9 @@ def _open_file(path: Path) -> onnx_ir.Model:
         raise ModelError(f"model {path} is not a regular file; give an .onnx file")
     proto = read_model(path)
     check_model(proto, str(path), path.parent)
+    for node in proto.graph.node:  # the standard domain has two spellings; onnx knows one
+        if node.domain == "ai.onnx":
+            node.domain = ""
     return _deserialize(proto, path.parent, str(path))
 
 
@@ -162,7 +165,7 @@ def _fold_policy(source_weights: set[str]):
 def _infer_shapes(model: onnx_ir.Model, name: str) -> onnx.ModelProto:
     """ONNX's own shape inference, strict, on a copy without the large weights."""
     infer = functools.partial(
-        onnx.shape_inference.infer_shapes, check_type=True, strict_mode=True, data_prop=True
+        onnx.shape_inference.infer_shapes, check_type=True, strict_mode=True, data_prop=False
     )
     try:
         return call_onnx_api(infer, model)

@@ -19,6 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from compiler.errors import ModelError
+from compiler.frontend.dims import MAX_DIM
 from compiler.frontend.external import check_external, external_ref
 
 MAX_IR_VERSION = onnx.IR_VERSION
@@ -179,6 +180,9 @@ def _check_inputs(g: onnx.GraphProto, label: str) -> None:
             if d.HasField("dim_value") and d.dim_value <= 0:
                 raise ModelError(f"{where}: dim {i} is {d.dim_value}; zero-sized and negative "
                                  "dims are not supported (every dim must be >= 1)")
+            if d.HasField("dim_value") and d.dim_value >= MAX_DIM:
+                raise ModelError(f"{where}: dim {i} is {d.dim_value:,}; dims must be in "
+                                 f"1..{MAX_DIM - 1:,}")
 
 
 def _check_acyclic(g: onnx.GraphProto, label: str) -> None:
