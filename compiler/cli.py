@@ -170,6 +170,8 @@ def _run(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
         if not getattr(args, "run", None):
             raise UsageError("no command given; try `wafer --help`")
+        if args.verbose:  # Python's own form, with file and line
+            warnings.showwarning = _PYTHON_SHOWWARNING
         with _library_logs(args.verbose):
             return args.run(args)
     except WaferError as exc:
@@ -221,10 +223,10 @@ def _library_logs(verbose: bool) -> Iterator[None]:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    if issubclass(category, WaferWarning):
-        print(f"warning: {message}", file=sys.stderr)
-    else:
-        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+    """One line per warning; a library's warning says which category it is."""
+    kind = "" if issubclass(category, WaferWarning) else f"{category.__name__}: "
+    text = " ".join(str(message).split())
+    print(f"warning: {kind}{text}", file=sys.stderr)
 
 
 _PYTHON_SHOWWARNING = warnings.showwarning

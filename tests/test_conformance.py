@@ -122,7 +122,7 @@ UNSUPPORTED = (
     Expect(r"^(tile|nllloss_NCd1d2d3d4d5_\w+_expanded)$", (MemoryOverflow, CapacityError),
            r"[\d,]+ bytes", "too-big-for-mesh8x8"),
     Expect(r"^(blackman|hamming|hann)window(_symmetric)?_expanded$", (ShapeError,),
-           r"is still dynamic after binding", "size-computed"),
+           r"is unknown after binding the input dims", "size-computed"),
 )
 KNOWN_BUGS: tuple[Expect, ...] = ()
 

@@ -116,19 +116,21 @@ def warn_nonfinite(name: str, data: np.ndarray) -> None:
 
 
 def _value(vi: onnx.ValueInfoProto | None, kind: ir.TensorKind, node, name: str = "") -> ir.Tensor:
-    where = node if isinstance(node, str) else f"output {name} of node {node.name} ({node.op_type})"
+    where = (f"{node} {name}" if isinstance(node, str) else
+             f"output {name} of node {node.name} ({node.op_type})")
     if vi is None or not vi.type.HasField("tensor_type"):
         raise ShapeError(f"{where}: shape inference found no tensor type")
     tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        raise ShapeError(f"{where}: rank unknown after shape inference")
     dims = []
     for i, d in enumerate(tt.shape.dim):
         if not d.HasField("dim_value"):
-            sym = d.dim_param or "unknown"
-            raise ShapeError(f"{where} {vi.name}: dim {i} ({sym}) is still dynamic after binding")
+            raise ShapeError(f"{where}: dim {i} is unknown after binding the input dims and "
+                             f"folding constants ({d.dim_param or 'no name'}): its size depends "
+                             "on values known only at run time; wafer needs static shapes")
         dims.append(int(d.dim_value))
-    if not tt.HasField("shape"):
-        raise ShapeError(f"{where} {vi.name}: rank unknown after shape inference")
-    return ir.Tensor(vi.name, tuple(dims), dtype_of(tt.elem_type, f"{where} {vi.name}"), kind)
+    return ir.Tensor(vi.name, tuple(dims), dtype_of(tt.elem_type, where), kind)
 
 
 def _op(node: onnx.NodeProto, index: int) -> ir.Op:

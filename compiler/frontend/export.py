@@ -23,7 +23,7 @@ from onnx_ir.passes.common import InlinePass
 
 from compiler.errors import ModelError, UsageError
 from compiler.frontend.external import external_ref, read_external, resolve_location
-from compiler.frontend.validate import check_model, read_model
+from compiler.frontend.validate import check_model, normalize_domains, read_model
 
 PROTOBUF_LIMIT = (1 << 31) - 1  # bytes: the largest message protobuf serializes
 
@@ -70,6 +70,7 @@ def _load_file(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
     proto = read_model(path)
+    normalize_domains(proto)
     check_model(proto, str(path), path.parent)
     return proto
 

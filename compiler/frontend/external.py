@@ -26,6 +26,8 @@ import onnx
 
 from compiler.errors import ModelError
 
+EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})
+
 
 @dataclass(frozen=True)
 class ExternalRef:
@@ -41,6 +43,10 @@ def external_ref(t: onnx.TensorProto, where: str = "") -> ExternalRef | None:
         return None
     where = where or f"initializer {t.name}"
     entries = {e.key: e.value for e in t.external_data}
+    unknown = sorted(set(entries) - EXTERNAL_KEYS)
+    if unknown:
+        raise ModelError(f"{where}: unknown external data key(s) {', '.join(map(repr, unknown))}"
+                         f" (known: {', '.join(sorted(EXTERNAL_KEYS))})")
     if not entries.get("location"):
         raise ModelError(f"{where}: external data without a 'location' entry")
     try:

@@ -31,7 +31,7 @@ from compiler.frontend.dims import DimRequest, bind_dims
 from compiler.frontend.external import ExternalRef, data_available
 from compiler.frontend.layers import group_layers
 from compiler.frontend.ops import check_control_flow, check_supported
-from compiler.frontend.validate import check_model, read_model
+from compiler.frontend.validate import check_model, normalize_domains, read_model
 
 
 @dataclass(frozen=True)
@@ -107,10 +107,8 @@ def _open_file(path: Path) -> onnx_ir.Model:
     if not path.is_file():
         raise ModelError(f"model {path} is not a regular file; give an .onnx file")
     proto = read_model(path)
+    normalize_domains(proto)
     check_model(proto, str(path), path.parent)
-    for node in proto.graph.node:  # the standard domain has two spellings; onnx knows one
-        if node.domain == "ai.onnx":
-            node.domain = ""
     return _deserialize(proto, path.parent, str(path))
 
 
@@ -131,6 +129,7 @@ def _opset(model: onnx_ir.Model) -> int:
 
 def _fold(model: onnx_ir.Model, source_weights: set[str]) -> None:
     """Fold the (now static) shape arithmetic; never fold weights kept in external files."""
+    TopologicalSortPass()(model)  # the folder takes nodes in order
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     fold_constants(model, onnx_shape_inference=True, should_fold=_fold_policy(source_weights))
     RemoveUnusedNodesPass()(model)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from compiler.errors import ModelError
 from compiler.frontend.dims import MAX_DIM
@@ -54,7 +54,33 @@ def read_model(path: Path) -> onnx.ModelProto:
         raise ModelError(f"{path} is not an ONNX model: {_sniff(data)}") from None
     if not proto.HasField("graph") or proto.ir_version <= 0:
         raise ModelError(f"{path} is not an ONNX model: {_sniff(data)} (no graph or IR version)")
+    bad = _non_text(proto)
+    if bad:
+        raise ModelError(f"{path}: {bad} is not valid UTF-8 text; the file is corrupt")
     return proto
+
+
+def _non_text(msg: Message, where: str = "model") -> str:
+    """The first string field holding bytes that are not UTF-8 (protobuf hands proto2 strings
+    over undecoded), or ''."""
+    for fd, value in msg.ListFields():
+        if fd.type not in (fd.TYPE_STRING, fd.TYPE_MESSAGE):
+            continue
+        values = value if _repeated(fd) else [value]
+        for i, v in enumerate(values):
+            at = f"{where}.{fd.name}" + (f"[{i}]" if _repeated(fd) else "")
+            bad = _non_text(v, at) if fd.type == fd.TYPE_MESSAGE else (
+                at if isinstance(v, bytes) else "")
+            if bad:
+                return bad
+    return ""
+
+
+def _repeated(fd) -> bool:
+    flag = getattr(fd, "is_repeated", None)  # protobuf >= 6; `label` is deprecated there
+    if flag is None:
+        return fd.label == fd.LABEL_REPEATED
+    return bool(flag() if callable(flag) else flag)
 
 
 def _sniff(data: bytes) -> str:
@@ -73,6 +99,17 @@ def _sniff(data: bytes) -> str:
 # -- the checks -------------------------------------------------------------------------------
 
 
+def normalize_domains(proto: onnx.ModelProto) -> None:
+    """The standard domain has two spellings, '' and 'ai.onnx'; onnx's tools know only ''."""
+    for node in proto.graph.node:
+        if node.domain == "ai.onnx":
+            node.domain = ""
+    if not any(op.domain == "" for op in proto.opset_import):
+        for op in proto.opset_import:
+            if op.domain == "ai.onnx":
+                op.domain = ""
+
+
 def check_model(proto: onnx.ModelProto, label: str, base_dir: Path | None) -> None:
     """Every check on a parsed model; `base_dir` is None for built-in models (no files)."""
     _check_versions(proto, label)
@@ -80,6 +117,7 @@ def check_model(proto: onnx.ModelProto, label: str, base_dir: Path | None) -> No
     _check_graph_values(g, label)
     _check_inputs(g, label)
     _check_acyclic(g, label)
+    _check_node_schemas(proto, label)
     for where, tensor in _all_tensors(proto):
         is_weight = where.startswith("initializer ")  # of the main graph
         where = f"{label}: {where}"
@@ -104,13 +142,14 @@ def _check_versions(proto: onnx.ModelProto, label: str) -> None:
         domain = "" if op.domain == "ai.onnx" else op.domain
         if domain in imports:
             raise ModelError(f"{label}: opset_import lists domain {op.domain!r} twice")
+        if not 1 <= op.version < 1 << 31:
+            raise ModelError(f"{label}: opset_import gives domain {op.domain or 'ai.onnx'!r} "
+                             f"version {op.version}, which is not a valid opset version")
         imports[domain] = op.version
     version = imports.get("")
     if version is not None and version > MAX_OPSET:
         raise ModelError(f"{label}: opset {version} is newer than the supported {MAX_OPSET}; "
                          "re-export with an older opset or upgrade wafer")
-    if version is not None and version < 1:
-        raise ModelError(f"{label}: opset {version} is not a valid opset version (1..{MAX_OPSET})")
     for node in proto.graph.node:
         domain = "" if node.domain == "ai.onnx" else node.domain
         if domain not in imports:
@@ -208,6 +247,29 @@ def _check_acyclic(g: onnx.GraphProto, label: str) -> None:
         more = f" and {len(stuck) - 4} more" if len(stuck) > 4 else ""
         raise ModelError(f"{label}: the graph has a cycle through {', '.join(stuck[:4])}{more}; "
                          "an ONNX graph must be acyclic")
+
+
+def _check_node_schemas(proto: onnx.ModelProto, label: str) -> None:
+    """onnx's own node checker (input and output counts, attribute names and types, required
+    attributes) on every node whose op onnx knows. Nodes with subgraphs (control flow) and ops
+    onnx does not know are left to the unsupported-op listing."""
+    ctx = onnx.checker.C.CheckerContext()
+    ctx.ir_version = proto.ir_version
+    ctx.opset_imports = {op.domain: op.version for op in proto.opset_import}
+    lex = onnx.checker.C.LexicalScopeContext()
+    for node in proto.graph.node:
+        if _has_subgraph(node) or not onnx.defs.has(node.op_type, node.domain):
+            continue
+        try:
+            onnx.checker.check_node(node, ctx, lex)
+        except onnx.checker.ValidationError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelError(f"{label}: node {_node(node)}: {first}; fix the export") from None
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    graphs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    return any(a.type in graphs or a.HasField("g") or a.graphs for a in node.attribute)
 
 
 # -- tensors ----------------------------------------------------------------------------------
