@@ -391,6 +391,9 @@ def plausible_input_dims(m, draw):
             tt.shape.dim.add(**({"dim_param": d} if isinstance(d, str) else {"dim_value": d}))
 
 
+PLAUSIBLE = ["swap_op_same_arity", "plausible_attribute", "retype_initializer",
+             "reshape_initializer", "plausible_input_dims"] * 2  # drawn three times as often
+
 MUTATIONS: dict[str, Callable] = {f.__name__: f for f in (
     swap_op_same_arity, plausible_attribute, retype_initializer, reshape_initializer,
     plausible_input_dims,
@@ -446,8 +449,8 @@ def draw_case(draw: Draw) -> Case:
     name = draw(st.sampled_from(sorted(seeds())))
     model = onnx.ModelProto()
     model.ParseFromString(seeds()[name])
-    names = draw(st.lists(st.sampled_from(sorted(MUTATIONS) + ["bytes"]), min_size=1,
-                          max_size=3))
+    names = draw(st.lists(st.sampled_from(sorted(MUTATIONS) + PLAUSIBLE + ["bytes"]),
+                          min_size=1, max_size=3))
     names = [n for n in names if n != "bytes"] + (["bytes"] if "bytes" in names else [])
     for n in names:
         if n != "bytes":
@@ -460,7 +463,7 @@ def draw_case(draw: Draw) -> Case:
     command = draw(st.sampled_from(["inspect", "inspect", "check", "compile"]))
     extra = ["-t", "mesh8x8"] if command != "inspect" else []
     if command == "compile":
-        extra += ["--method", "first-fit", "-o", "OUT"]
+        extra += ["-o", "OUT", *draw(st.sampled_from(COMPILE_OPTIONS))]
     if draw(st.booleans()):
         extra += ["--batch", "1", "--seq-len", "4"]
     return Case(name, tuple(names), (command, "MODEL", *extra), data)
@@ -469,6 +472,10 @@ def draw_case(draw: Draw) -> Case:
 # a hang in C code is reported here (the per-case stderr is captured, fd 2 redirected); the
 # case's model stays in its /tmp/wafer-fuzz-* directory
 _REAL_STDERR = os.fdopen(os.dup(2), "w")
+
+
+COMPILE_OPTIONS = [("--method", "first-fit")] * 3 + [
+    ("--method", "cpsat", "--time-limit", "2"), ("--method", "first-fit", "--verify")]
 
 
 class Hang(BaseException):
@@ -493,18 +500,20 @@ def guard(seconds: float) -> Iterator[None]:
 
 @contextlib.contextmanager
 def captured_fds(stdout: Path, stderr: Path) -> Iterator[None]:
-    """fd-level capture: catches what C++ libraries print as well as Python's output."""
+    """Capture fds 1 and 2 (what C++ libraries print) and sys.stdout/sys.stderr (Python's
+    output, wherever a test runner pointed them) into two files opened for appending."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with stdout.open("wb") as out, stderr.open("wb") as err:
+    with stdout.open("a") as out, stderr.open("a") as err:
         os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
         try:
-            yield
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                yield
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            out.flush()
+            err.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
@@ -555,7 +564,9 @@ def _problems(case: Case, code: int | None, stderr: str, escaped: str, d: Path) 
     if not code and lines:
         problems.append(f"stderr noise on success: {lines[:3]}")
     if case.argv[0] == "compile" and code:
-        left = sorted(p.name for p in d.iterdir() if p.name not in ("model", "stdout", "stderr"))
+        # compile --verify writes OUT before it verifies; temporary directories never stay
+        keep = {"model", "stdout", "stderr"} | ({"out"} if "--verify" in case.argv else set())
+        left = sorted(p.name for p in d.iterdir() if p.name not in keep)
         if left:
             problems.append(f"failed compile left {left}")
     return problems

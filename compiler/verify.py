@@ -177,7 +177,7 @@ def _session(model: bytes, name: str) -> ort.InferenceSession:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = min(2, os.cpu_count() or 1)
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: ORT's errors come back as exceptions (one line)
     try:
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -576,8 +576,10 @@ def run_verification(art: Artifact, opts: VerifyOptions, hook: Hook = None) -> V
     inputs = load_inputs(opts.inputs, g) if opts.inputs else random_inputs(g, opts.seed)
     per_layer = layer_outputs(g) if opts.per_layer else None
     extra = [n for names in (per_layer or {}).values() for n in names]
-    run = _timed(hook, "executor", execute, art, inputs, opts.precision, extra)
+    # the reference first: a model ONNX Runtime cannot run is invalid input (exit 3), never a
+    # fault of the executor
     ref = _timed(hook, "onnxruntime", run_reference, art.source, inputs, extra)
+    run = _timed(hook, "executor", execute, art, inputs, opts.precision, extra)
     got = {**run.values, **run.outputs} if opts.per_layer else dict(run.outputs)
     seed = None if opts.inputs else opts.seed
     report = verify(g, got, ref, per_layer, atol, rtol, dict(opts.overrides), seed=seed,

@@ -6,6 +6,7 @@ are read (memory-mapped when external) unless the graph is converted shape-only.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,26 @@ def _weight_data(name: str, tensor, shape: tuple[int, ...]) -> np.ndarray:
         return tensor.numpy()
     except Exception as exc:  # onnx_ir raises several types for malformed tensors
         raise ModelError(f"initializer {name}: data does not match its shape ({exc})") from None
+
+
+# ops whose first output holds exactly the elements of their first input
+SIZE_PRESERVING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
+                             "Identity"})
+
+
+def check_element_counts(conv: Converted) -> None:
+    """ONNX shape inference takes a constant Reshape shape as given; a shape whose element
+    count differs from the input's is an invalid model (ONNX Runtime refuses it when it runs)."""
+    shapes = {t.name: t.shape for t in conv.tensors}
+    for op in conv.ops:
+        if op.kind not in SIZE_PRESERVING or not op.inputs or not op.outputs[0]:
+            continue
+        src, dst = shapes[op.inputs[0]], shapes[op.outputs[0]]
+        if math.prod(src) != math.prod(dst):
+            raise ShapeError(
+                f"node {op.name} ({op.kind}): input {op.inputs[0]} has {math.prod(src):,} "
+                f"elements ({list(src)}) but output shape {list(dst)} holds "
+                f"{math.prod(dst):,}; the model is invalid")
 
 
 CHUNK = 1 << 24  # elements scanned at a time: a memory-mapped weight is never read whole

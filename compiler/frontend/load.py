@@ -26,7 +26,7 @@ from onnxscript.optimizer import fold_constants
 
 from compiler import ir
 from compiler.errors import ModelError, ShapeError, UsageError
-from compiler.frontend.convert import convert
+from compiler.frontend.convert import check_element_counts, convert
 from compiler.frontend.dims import DimRequest, bind_dims
 from compiler.frontend.external import ExternalRef, data_available
 from compiler.frontend.layers import group_layers
@@ -54,6 +54,7 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     typed = _infer_shapes(model, name)
     shapes_only = _shapes_only(model, options.shapes_only, zoo_shape_only(source))
     conv = convert(model, typed, shapes_only, source_weights)
+    check_element_counts(conv)
     weights = {t.name for t in conv.tensors if t.is_const}
     shapes = {t.name: t.shape for t in conv.tensors}
     layers = group_layers(conv.ops, conv.scopes, weights, shapes)

@@ -265,6 +265,21 @@ def _check_node_schemas(proto: onnx.ModelProto, label: str) -> None:
         except onnx.checker.ValidationError as exc:
             first = str(exc).strip().splitlines()[0]
             raise ModelError(f"{label}: node {_node(node)}: {first}; fix the export") from None
+        _check_dtype_attributes(node, label)
+
+
+# attributes whose value is an element type (TensorProto.DataType); the checker sees only INT
+DTYPE_ATTRIBUTES = {"Cast": "to", "EyeLike": "dtype", "RandomNormal": "dtype",
+                    "RandomNormalLike": "dtype", "RandomUniform": "dtype",
+                    "RandomUniformLike": "dtype", "Multinomial": "dtype", "Bernoulli": "dtype"}
+
+
+def _check_dtype_attributes(node: onnx.NodeProto, label: str) -> None:
+    name = DTYPE_ATTRIBUTES.get(node.op_type)
+    for a in node.attribute:
+        if a.name == name and (a.i not in onnx.TensorProto.DataType.values() or a.i == 0):
+            raise ModelError(f"{label}: node {_node(node)}: attribute {name} = {a.i} is not an "
+                             "ONNX element type; fix the export")
 
 
 def _has_subgraph(node: onnx.NodeProto) -> bool:
