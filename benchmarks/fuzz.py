@@ -1,8 +1,9 @@
 """Fuzzing the command line with mutated ONNX models (issue 7, item 7).
 
 Seeds are small valid models: micro GPT-2, LLaMA (opset 23: RMSNormalization, Attention) and
-BERT built by the zoo builders, a static MLP, and the MLP with its weights in an external-data
-file. Hypothesis draws one to three mutations of a seed (protobuf fields, shapes, dtypes,
+BERT built by the zoo builders, a static MLP, the MLP with its weights in an external-data
+file, and two real torch exports from tests/fixtures (GPT-2 by dynamo, LLaMA by TorchScript).
+Hypothesis draws one to three mutations of a seed (protobuf fields, shapes, dtypes,
 deleted or rewired nodes and inputs, attribute values, opset and IR versions, external-data
 references, raw bytes), writes the model into a fresh directory and runs `wafer inspect`,
 `check` or `compile` on it in-process through `compiler.cli.main`, under a wall-clock guard.
@@ -46,6 +47,7 @@ from compiler.cli import main
 from compiler.errors import ExitCode
 from compiler.frontend.ops import SUPPORTED_OPS
 
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 GUARD_S = 20.0  # a case running longer than this is a hang (in Python code)
 HARD_GUARD_S = 60.0  # ... and this kills the process with a traceback (a hang in C code)
 DOCUMENTED = {0, ExitCode.MISMATCH, ExitCode.USAGE, ExitCode.INVALID_INPUT,
@@ -101,6 +103,9 @@ def seeds() -> dict[str, bytes]:
         "bert": build_bert(BertConfig(**MICRO)).SerializeToString(),
         "mlp": mlp.SerializeToString(),
         "mlp-external": ext.SerializeToString(),
+        # real torch exports (tests/fixtures): the dynamo and TorchScript exporters' patterns
+        "gpt2-dynamo": (FIXTURES / "gpt2_dynamo_op18_static.onnx").read_bytes(),
+        "llama-torchscript": (FIXTURES / "llama_torchscript_op17_static.onnx").read_bytes(),
     }
 
 
@@ -637,7 +642,8 @@ def report(outcomes: list[Outcome], seed: int, total: float, where: str, table) 
     commands = Counter(o.case.argv[0] for o in outcomes)
     runs = ", ".join(f"{k} {v}" for k, v in sorted(commands.items()))
     head = (f"{len(outcomes)} hypothesis cases (seed {seed}): one to three mutations of a "
-            f"micro GPT-2, LLaMA (opset 23), BERT, an MLP or the MLP with external data, run "
+            f"micro GPT-2, LLaMA (opset 23), BERT, an MLP, the MLP with external data or two real "
+            f"torch exports (GPT-2 dynamo, LLaMA TorchScript), run "
             f"through `compiler.cli.main` ({runs}) under a {GUARD_S:g} s guard. "
             f"**{len(bugs)} bug(s)** (uncaught exception, exit 70, "
             f"undocumented exit code, not one `error:` line, leftovers, hang). Per case: median "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,9 +133,28 @@ def _fold(model: onnx_ir.Model, source_weights: set[str]) -> None:
     """Fold the (now static) shape arithmetic; never fold weights kept in external files."""
     TopologicalSortPass()(model)  # the folder takes nodes in order
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    fold_constants(model, onnx_shape_inference=True, should_fold=_fold_policy(source_weights))
+    try:
+        fold_constants(model, onnx_shape_inference=True, should_fold=_fold_policy(source_weights))
+    except RuntimeError as exc:
+        error = _folding_error(exc)
+        if error is None:
+            raise
+        raise error from None
     RemoveUnusedNodesPass()(model)
     TopologicalSortPass()(model)
+
+
+def _folding_error(exc: RuntimeError) -> ModelError | None:
+    """onnxscript's partial evaluators (Gather of a Shape, Slice of a Shape, ...) assume a
+    valid model and fail on one whose constant inputs are out of range for the op; the folder
+    wraps that as 'Error during constant folding for node ...'. That names a node of the
+    model: a ModelError. Any other RuntimeError is ours and stays what it is."""
+    match = re.match(r"Error during constant folding for node '(.*)' \((.*)::(.*)\)$", str(exc))
+    if match is None or exc.__cause__ is None:
+        return None
+    node, op, cause = match.group(1), match.group(3), exc.__cause__
+    return ModelError(f"node {node} ({op}) cannot be evaluated on its constant inputs "
+                      f"({type(cause).__name__}: {cause}); the model is invalid")
 
 
 SMALL_CONSTANT = 1 << 16  # elements: ConstantOfShape outputs up to this size are folded
