@@ -113,7 +113,7 @@ def check_element_counts(conv: Converted) -> None:
                 f"{math.prod(dst):,}; the model is invalid")
 
 
-CHUNK = 1 << 24  # elements scanned at a time: a memory-mapped weight is never read whole
+CHUNK = 1 << 22  # elements scanned at a time: a weight file is read in pieces, never mapped
 
 
 def warn_nonfinite(name: str, data: np.ndarray) -> None:
@@ -122,18 +122,31 @@ def warn_nonfinite(name: str, data: np.ndarray) -> None:
     the weight will not be finite."""
     if data.dtype.kind != "f" and "float" not in data.dtype.name:
         return
-    flat = data.reshape(-1)
     nan = inf = 0
-    for start in range(0, flat.size, CHUNK):
-        chunk = np.asarray(flat[start:start + CHUNK], dtype=np.float32)
+    for chunk in _chunks(data):
         bad = ~np.isfinite(chunk)
         if bad.any():
             n = int(np.isnan(chunk).sum())
             nan, inf = nan + n, inf + int(bad.sum()) - n
     if nan or inf:
-        warnings.warn(f"initializer {name} holds {nan:,} NaN and {inf:,} Inf of {flat.size:,} "
+        warnings.warn(f"initializer {name} holds {nan:,} NaN and {inf:,} Inf of {data.size:,} "
                       "values; outputs computed from it will not be finite (check the export or "
                       "checkpoint)", WaferWarning, stacklevel=2)
+
+
+def _chunks(data: np.ndarray):
+    """float32 pieces of `data`; a memory-mapped file is read with plain reads, so scanning it
+    does not map the whole file into the process (peak memory stays one chunk)."""
+    if isinstance(data, np.memmap) and data.filename:
+        with open(data.filename, "rb") as f:
+            f.seek(data.offset)
+            for start in range(0, data.size, CHUNK):
+                count = min(CHUNK, data.size - start)
+                yield np.fromfile(f, data.dtype, count).astype(np.float32, copy=False)
+        return
+    flat = data.reshape(-1)
+    for start in range(0, flat.size, CHUNK):
+        yield np.asarray(flat[start:start + CHUNK], dtype=np.float32)
 
 
 def _value(vi: onnx.ValueInfoProto | None, kind: ir.TensorKind, node, name: str = "") -> ir.Tensor:
