@@ -117,7 +117,11 @@ def check_model(proto: onnx.ModelProto, label: str, base_dir: Path | None) -> No
     _check_graph_values(g, label)
     _check_inputs(g, label)
     _check_acyclic(g, label)
-    _check_node_schemas(proto, label)
+    _check_tensors(proto, label, base_dir)
+    _check_node_schemas(proto, label)  # after: onnx's checker looks at external-data files
+
+
+def _check_tensors(proto: onnx.ModelProto, label: str, base_dir: Path | None) -> None:
     for where, tensor in _all_tensors(proto):
         is_weight = where.startswith("initializer ")  # of the main graph
         where = f"{label}: {where}"
