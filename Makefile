@@ -17,7 +17,8 @@ demo: $(STAMP)
 	$(BIN)/wafer inspect gpt2-small
 	$(BIN)/wafer check llama3-70b --target wse3-x4
 	$(BIN)/wafer compile llama3-8b --target wse3 --context 8192 -o out/llama3-8b --force
-	$(BIN)/wafer compile gpt2-small --target wse3 --seq-len 64 -o out/gpt2-small --force --verify
+	$(BIN)/wafer compile gpt2-small --target wse3 --seq-len 128 -o out/gpt2-small --force --verify
+	$(BIN)/wafer view out/gpt2-small
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -31,6 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/placement.py
 	$(BIN)/python benchmarks/calibration.py
 	$(BIN)/python benchmarks/fault_injection.py
+	$(BIN)/python benchmarks/report.py
+	$(BIN)/python benchmarks/sweep.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -5,6 +5,7 @@ Writes the `verify` section of docs/performance.md."""
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -47,6 +48,7 @@ def forward_times(model: str, target: str, seq: int | None) -> tuple[float, floa
 
 
 def main() -> int:
+    load = os.getloadavg()[0]  # other jobs on the machine slow every column
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model, target, seq in CASES:
@@ -63,7 +65,8 @@ def main() -> int:
                              f"{ort:.3f}", f"{ex / ort:.1f}x"])
             print(" | ".join(rows[-1]), flush=True)
     body = (f"`wafer compile MODEL -t TARGET --verify` as one process (wall time, peak RSS), then "
-            f"one forward pass timed in-process, best of 3 ({machine()}).\n\n" + table(
+            f"one forward pass timed in-process, best of 3 ({machine()}; load average "
+            f"{load:.1f} when it started).\n\n" + table(
                 ["model", "compile + verify s", "peak RSS MB", "max abs error (fp32)",
                  "executor s", "ORT s", "executor / ORT"], rows))
     write_section("verify", body)

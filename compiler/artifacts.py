@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -23,10 +24,10 @@ from compiler import __version__
 from compiler.driver import CompileResult
 from compiler.errors import UsageError
 from compiler.layouts import OpLayout
-from compiler.perf import PerfOptions
+from compiler.perf import Estimate, PerfOptions
 from compiler.trace import schedule_doc, trace_doc
 
-PLACEMENT_SCHEMA_VERSION = "1.0"
+PLACEMENT_SCHEMA_VERSION = "1.1"  # 1.1: performance
 
 
 def placement_doc(result: CompileResult) -> dict[str, Any]:
@@ -44,6 +45,7 @@ def placement_doc(result: CompileResult) -> dict[str, Any]:
         "edges": [asdict(e) for e in result.problem.edges],
         "metrics": _metrics(result),
         "solver": _solver(result),
+        "performance": {mode: _estimate(e) for mode, e in result.estimates.items()},
     }
 
 
@@ -102,6 +104,12 @@ def _metrics(result: CompileResult) -> dict[str, Any]:
     return out
 
 
+def _estimate(e: Estimate) -> dict[str, Any]:
+    """The performance model's estimate; an infinite rate (no time, no FLOPs) as null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in asdict(e).items()}
+
+
 def _solver(result: CompileResult) -> dict[str, Any]:
     r = result.placement.report
     doc = {k: v for k, v in asdict(r).items() if k != "wall_time_s"}
@@ -126,16 +134,22 @@ def compile_log(result: CompileResult) -> dict[str, Any]:
             "solver_wall_time_s": round(result.placement.report.wall_time_s, 4)}
 
 
-def artifact_files(result: CompileResult) -> dict[str, str]:
-    """Every file a compile writes into OUT/, by name."""
+def artifact_files(result: CompileResult, report: bool = True) -> dict[str, str]:
+    """Every file a compile writes into OUT/, by path relative to OUT; with `report`, also
+    report.html and report-data/ (built from these very files, as `wafer view` would)."""
     decode = result.timelines["decode"]
-    return {
+    files = {
         "placement.json": dumps(placement_doc(result)),
         "schedule.json": dumps(schedule_doc(result.schedule, result.target, result.timelines)),
         "trace.json": json.dumps(trace_doc(result.schedule, result.target, decode,
                                            PerfOptions("decode"))) + "\n",
         "compile_log.json": dumps(compile_log(result)),
     }
+    if report:
+        from compiler.report import docs_from_texts, report_files
+
+        files.update(report_files(docs_from_texts(files)))
+    return files
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -166,6 +180,7 @@ def write_outputs(out: Path, files: dict[str, str | Writer], force: bool = False
             if callable(content):
                 content(tmp)
             else:
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_text(content)
         _swap(tmp, out)
     finally:

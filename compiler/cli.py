@@ -18,13 +18,16 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compiler import __version__, ir
 from compiler.costs import model_cost
 from compiler.errors import ExitCode, UsageError, WaferError, WaferWarning
 from compiler.fit import check_fit
-from compiler.frontend import DimRequest, FrontendOptions, load_model, parse_input_shapes
 from compiler.target import Target, list_targets, load_target
+
+if TYPE_CHECKING:
+    from compiler.frontend import FrontendOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_check(sub)
     _add_verify(sub)
+    _add_view(sub)
+    _add_sweep(sub)
     t = sub.add_parser("targets", help="list the built-in target specs")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.set_defaults(run=cmd_targets)
@@ -94,7 +99,22 @@ def _add_compile(sub) -> None:
                    "not reproducible")
     p.add_argument("--verify", action="store_true",
                    help="then run the schedule and compare with ONNX Runtime (wafer verify)")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write report.html and report-data/ (wafer view OUT does later)")
     p.set_defaults(run=cmd_compile)
+
+
+def _add_view(sub) -> None:
+    p = sub.add_parser("view", help="write OUT/report.html (the compile, drawn) and print its path")
+    p.add_argument("out", metavar="OUT", help="an output directory of `wafer compile`")
+    p.add_argument("--open", action="store_true", help="open the report in a browser")
+    p.add_argument("--png", metavar="FILE", help="save a screenshot (needs headless Chromium)")
+    p.add_argument("--size", default="1400x900", metavar="WxH",
+                   help="screenshot size in pixels (default 1400x900)")
+    p.add_argument("--only", metavar="IDS", default="",
+                   help="screenshot only these parts (comma-separated): sections placement, "
+                   "wafers, offchip, timeline, layers, summary, data; pictures grid, memory, links")
+    p.set_defaults(run=cmd_view)
 
 
 def _add_verify(sub) -> None:
@@ -115,6 +135,35 @@ def _add_verify(sub) -> None:
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed check")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=cmd_verify)
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="compile a model for many target variants and options; "
+                       "tables and Pareto frontiers (co-design)")
+    _model_args(p)
+    p.add_argument("--target", "-t", required=True, help="a built-in target name or a .toml")
+    p.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2,...",
+                   help="a target key path (core.sram_bytes=24KiB,48KiB) or a compile option "
+                   "(context, batch, seq-len, prompt-resident, method) and its values "
+                   "(repeatable: the cross product is swept)")
+    p.add_argument("-o", "--output", required=True, metavar="SWEEPDIR",
+                   help="sweep.csv, sweep.json and the cache of finished points (a re-run "
+                   "computes only new points)")
+    p.add_argument("--context", type=_count, help="KV-cache context length (default: seq len)")
+    p.add_argument("--method", choices=("cpsat", "first-fit", "serpentine"), default="cpsat",
+                   help="placer (default: cpsat)")
+    p.add_argument("--time-limit", type=_seconds, default=30.0, metavar="S",
+                   help="solver time limit per point in seconds (default 30)")
+    p.add_argument("--seed", type=_seed, default=0, help="solver random seed (default 0)")
+    p.add_argument("--verify", action="store_true",
+                   help="also run each point's schedule and compare with ONNX Runtime")
+    p.add_argument("--workers", type=_workers, metavar="N",
+                   help="points compiled at once (default: the CPU cores; one solver worker each)")
+    p.add_argument("--backend", choices=("pool", "ray"), default="pool",
+                   help="a local process pool (default) or Ray tasks")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="an existing Ray cluster (default: a local Ray started for the run)")
+    p.set_defaults(run=cmd_sweep)
 
 
 INT32_MAX = (1 << 31) - 1
@@ -251,6 +300,8 @@ def _stage(args, label: str, fn: Callable, *a, **kw):
 
 
 def _frontend_options(args) -> FrontendOptions:
+    from compiler.frontend import DimRequest, FrontendOptions, parse_input_shapes
+
     if not args.model:
         raise UsageError("give a MODEL: an .onnx file or a zoo name (wafer inspect --list)")
     dims = DimRequest(parse_input_shapes(args.input_shapes), args.batch, args.seq_len)
@@ -258,6 +309,8 @@ def _frontend_options(args) -> FrontendOptions:
 
 
 def _load(args) -> ir.Graph:
+    from compiler.frontend import load_model
+
     options = _frontend_options(args)
     return _stage(args, f"frontend: {args.model}", load_model, args.model, options)
 
@@ -320,19 +373,74 @@ def cmd_compile(args) -> int:
     if args.verify and result.graph.shape_only:
         raise UsageError(f"{result.graph.name} is shape-only (no weights): nothing to verify; "
                          "compile it without --verify")
-    write_outputs(out, artifact_files(result), force=args.force)
+    files = _stage(args, "artifacts", artifact_files, result, report=False)
+    if not args.no_report:
+        files.update(_stage(args, "report", _report_files, files))
+    write_outputs(out, files, force=args.force)
     if args.verify:
         from compiler.verify import Artifact, VerifyOptions
 
         art = Artifact(args.model, result.graph, result.target, result.schedule)
         if not args.json:
             print(_compile_summary(result, out))
-        return _verify(args, art, VerifyOptions(), out / "verify.json")
+        code = _verify(args, art, VerifyOptions(), out / "verify.json")
+        if not args.no_report:  # the report shows the verify result too
+            from compiler.report import write_report
+
+            _stage(args, "report", write_report, out)
+        return code
     if args.json:
         print(dumps({"out": str(out), "metrics": placement_doc(result)["metrics"]}), end="")
     else:
         print(_compile_summary(result, out))
     return 0
+
+
+def _report_files(files: dict[str, str]) -> dict[str, str]:
+    from compiler.report import docs_from_texts, report_files
+
+    return report_files(docs_from_texts(files))
+
+
+def cmd_view(args) -> int:
+    from compiler.report import write_report
+
+    html = _stage(args, f"report: {args.out}", write_report, args.out)
+    print(html)
+    if args.png:
+        from compiler.report.browser import screenshot
+
+        png = _stage(args, "screenshot", screenshot, html, Path(args.png), _size(args.size),
+                     _sections(args.only))
+        print(png)
+    if args.open:
+        from compiler.report.browser import open_in_browser
+
+        if not open_in_browser(html):
+            print(f"no browser found here: open {html} on a machine with one",
+                  file=sys.stderr)
+    return 0
+
+
+# sections of the page, and the three pictures of the placement section
+SECTIONS = ("placement", "wafers", "offchip", "timeline", "layers", "summary", "data", "grid",
+            "memory", "links")
+
+
+def _sections(text: str) -> str:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise UsageError(f"--only: unknown section {unknown[0]!r}; sections: "
+                         f"{', '.join(SECTIONS)}")
+    return ",".join(names)
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    if not (w.isdigit() and h.isdigit() and 100 <= int(w) <= 10000 and 100 <= int(h) <= 20000):
+        raise UsageError(f"--size: cannot parse {text!r}; expected WxH in pixels, e.g. 1400x900")
+    return int(w), int(h)
 
 
 def cmd_verify(args) -> int:
@@ -440,6 +548,75 @@ def _perf_lines(result) -> list[str]:
         f"  utilization  {d.utilization:.3%} of {peak / 1e15:.3g} PFLOP/s in decode, "
         f"{p.utilization:.3%} in prefill",
     ]
+
+
+def cmd_sweep(args) -> int:
+    from compiler import sweep
+    from compiler.driver import CompileOptions, SolverOptions
+    from compiler.tiling import TilingOptions
+
+    workers = args.workers or sweep.default_workers()
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: expected at least 1")
+    if args.ray_address and args.backend != "ray":
+        raise UsageError("--ray-address needs --backend ray")
+    backend = sweep.make_backend(args.backend, workers, args.ray_address)
+    solver = SolverOptions(args.method, args.time_limit, args.seed, workers=1)
+    tiling = TilingOptions(context=args.context, prompt_resident=True if args.verify else None)
+    options = CompileOptions(_frontend_options(args), tiling, solver)
+    plan = sweep.plan_sweep(args.model, args.target, args.vary, options, args.verify)
+    t0 = time.perf_counter()
+    progress = None if args.quiet else sweep.ProgressPrinter(sys.stderr)
+    with _term_as_interrupt():  # `kill` stops a sweep as Ctrl-C does: finished points kept
+        outcomes = sweep.run_sweep(plan, Path(args.output), backend, progress)
+    run = {"backend": args.backend, "workers": workers, "ray_address": args.ray_address,
+           "wall_s": round(time.perf_counter() - t0, 2)}
+    doc = sweep.sweep_doc(plan, outcomes, run)
+    sweep.write_sweep(Path(args.output), doc)
+    print(json.dumps(doc, indent=1) if args.json else _sweep_summary(doc, args.output))
+    return 0
+
+
+@contextlib.contextmanager
+def _term_as_interrupt():
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _sweep_summary(doc: dict, out: str) -> str:
+    keys = [a["key"] for a in doc["axes"]]
+    marks = {"total_sram_bytes": "S", "cores_used": "C", "wafers_used": "W"}
+    rows = []
+    for p in doc["points"]:
+        ok = p["status"] == "ok"
+        front = "".join(m for c, m in marks.items() if p["pareto"].get(c))
+        rows.append((p["index"], *(p["overrides"][k] for k in keys), p["status"],
+                     f"{p['tokens_per_s']:,.0f}" if ok else "",
+                     f"{p['ttft_s'] * 1e3:,.2f}" if ok else "",
+                     _bytes(p["offchip_bytes_per_token"]) if ok else "",
+                     f"{p['cores_used']:,}" if ok else "",
+                     _bytes(p["total_sram_bytes"]) if p["total_sram_bytes"] else "",
+                     p["wafers_used"] if ok else "", f"{p['compile_s']:.1f}",
+                     "yes" if p["cached"] else "", front))
+    table = _table(("#", *keys, "status", "tokens/s", "TTFT ms", "off-chip/token", "cores",
+                    "SRAM", "wafers", "s", "cached", "Pareto"), rows)
+    failed = [f"  #{p['index']} {p['status']}: {p['error']}" for p in doc["points"]
+              if p["status"] != "ok"]
+    r = doc["run"]
+    counts = ", ".join(f"{n} {s}" for s, n in r["status"].items() if n)
+    return "\n".join([
+        table, *(["", "failed points:", *failed] if failed else []), "",
+        f"{r['points']} points ({counts}); {r['computed']} computed, {r['cached']} cached; "
+        f"{r['wall_s']:.1f} s on {r['backend']} ({r['workers']} workers) -> {out}/sweep.csv, "
+        "sweep.json",
+        "Pareto: on the frontier of tokens/s against S total SRAM, C cores used, W wafers used",
+    ])
 
 
 def _list_zoo() -> int:

@@ -18,6 +18,7 @@ class ExitCode:
     INVALID_INPUT = 3  # unreadable or malformed model, target spec or artifact
     UNSUPPORTED = 4  # the model uses ops or features the compiler does not support
     DOES_NOT_FIT = 5  # capacity: the model or a layer does not fit the target
+    TOOL_MISSING = 6  # an outside program a command needs (Chromium for `view --png`) is absent
     INTERNAL = 70  # a bug in wafer: please report it with `-v` output
 
 
@@ -34,6 +35,12 @@ class WaferWarning(UserWarning):
 
 class UsageError(WaferError):
     exit_code = ExitCode.USAGE
+
+
+class ToolMissingError(WaferError):
+    """An outside program a command needs is not installed."""
+
+    exit_code = ExitCode.TOOL_MISSING
 
 
 class ModelError(WaferError):

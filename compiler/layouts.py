@@ -12,6 +12,7 @@ layer's layouts are computed once per layer template.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -61,14 +62,115 @@ def tile_numel(shape: Sequence[int], spec: Spec, rows: int, cols: int) -> int:
 
 
 def layer_layouts(g: ir.Graph, layer: ir.Layer, known: Mapping[str, Spec]) -> tuple[OpLayout, ...]:
-    """Layouts of every op of `layer`, given the specs of tensors made before it."""
+    """Layouts of every op of `layer`, given the specs of tensors made before it; a narrowing
+    relayout is hoisted into the op that moves the tiles anyway (`_hoisted`)."""
+    fixed: dict[str, Spec] = {}
+    while True:
+        layouts, specs = _forward(g, layer, known, fixed)
+        more = {k: v for k, v in _hoisted(g, layer, layouts, specs).items() if k not in fixed}
+        if not more:
+            return layouts
+        fixed.update(more)
+
+
+def _forward(g: ir.Graph, layer: ir.Layer, known: Mapping[str, Spec],
+             fixed: Mapping[str, Spec]) -> tuple[tuple[OpLayout, ...], dict[str, Spec]]:
+    """The rules op by op; `fixed` names outputs of tile-moving ops written in another spec."""
     specs = dict(known)
     out = []
     for op in layer.ops:
         layout = op_layout(g, op, specs)
+        if any(o in fixed for o in op.outputs):
+            layout = dataclasses.replace(layout, outputs=tuple(
+                fixed.get(o, s) for o, s in zip(op.outputs, layout.outputs, strict=True)))
         specs.update(zip(op.outputs, layout.outputs, strict=False))
         out.append(layout)
-    return tuple(out)
+    return tuple(out), specs
+
+
+# --- hoisting narrowing relayouts ---------------------------------------------------------------
+
+
+def _hoisted(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout],
+             specs: Mapping[str, Spec]) -> dict[str, Spec]:
+    """Outputs of tile-moving ops to write directly in the spec a later consumer wants.
+
+    A relayout that only adds splits (a narrowing: each core keeps a slice of what it holds)
+    is traced back through views and elementwise ops with constant operands (each tensor read
+    by that op only) to the op that made the tensor. When that op moves tiles anyway (a
+    `retile`: Split/Slice/Concat/Gather along a split dim), it writes the narrower tiles
+    directly and the ops between compute on them, so the wide tensor never exists on a core:
+    e.g. attention's K and V, split by keys, straight out of the Split of a fused QKV
+    projection."""
+    ops = {op.name: (op, lay) for op, lay in zip(layer.ops, layouts, strict=True)}
+    found: dict[str, Spec] = {}
+    for op, lay in zip(layer.ops, layouts, strict=True):
+        for c in lay.collectives:
+            if c.kind != "relayout" or c.tensor not in specs:
+                continue
+            want = lay.inputs[op.inputs.index(c.tensor)]
+            if want is not None and _narrows(specs[c.tensor], want):
+                found.update(_trace_back(g, ops, specs, c.tensor, want))
+    return found
+
+
+def _narrows(have: Spec, want: Spec) -> bool:
+    """`want` splits everything `have` splits, the same way, and more."""
+    return have != want and all(h is None or h == w for h, w in zip(have, want, strict=True))
+
+
+def _trace_back(g: ir.Graph, ops, specs: Mapping[str, Spec], name: str,
+                want: Spec) -> dict[str, Spec]:
+    while True:
+        made = g.producers.get(name)
+        if made is None or made.name not in ops or name in g.outputs or \
+                len(g.consumers.get(name, ())) != 1:
+            return {}
+        op, lay = ops[made.name]
+        if any(c.kind == "retile" for c in lay.collectives):
+            return {name: want}
+        src = _chain_input(g, op)
+        back = _spec_back(g, op, src, want) if src else None
+        if back is None:
+            return {}
+        name, want = src, back
+
+
+_VIEWS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
+
+def _chain_input(g: ir.Graph, op: ir.Op) -> str | None:
+    """The one activation a view, or an elementwise op with constant operands (a scale, a
+    cast), reads: its tiles can be computed in a narrower spec as they come."""
+    if op.kind in _VIEWS:
+        acts = list(op.inputs[:1])
+    elif _RULES.get(op.kind) is _elementwise:
+        acts = [n for n in op.inputs if n and not _is_const(g, n)]
+    else:
+        return None
+    return acts[0] if len(acts) == 1 and not _is_const(g, acts[0]) else None
+
+
+def _spec_back(g: ir.Graph, op: ir.Op, src: str, want: Spec) -> Spec | None:
+    """The spec of `src` that makes `op` give `want` (None when there is none)."""
+    shape = g.tensor(src).shape
+    if op.kind == "Transpose":
+        perm = op.attr("perm") or tuple(reversed(range(len(shape))))
+        back: list[str | None] = [None] * len(shape)
+        for i, p in enumerate(perm):
+            back[p] = want[i]
+    elif op.kind in _VIEWS and op.kind != "Identity":  # the reshape family
+        back = [None] * len(shape)
+        for group_in, group_out in _factor_groups(shape, g.tensor(op.outputs[0]).shape):
+            axis = next((want[j] for j in group_out if want[j]), None)
+            target = next((i for i in group_in if shape[i] > 1), None)
+            if axis and target is not None:
+                back[target] = axis
+    else:  # Identity, elementwise: the same split, right-aligned
+        back = [a if d > 1 else None for a, d in zip(_align(want, len(shape)), shape,
+                                                     strict=True)]
+    spec = tuple(back)
+    return spec if op_layout(g, op, {src: spec}).outputs[0] == want else None
 
 
 def graph_layouts(g: ir.Graph) -> dict[str, tuple[OpLayout, ...]]:

@@ -484,17 +484,22 @@ def test_absurd_grid_refused_up_front(tmp_path, capsys):
 # --- 5. OUT handling, interrupts, verify of a changed OUT --------------------------------------
 
 
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def test_existing_out_is_never_corrupted(tmp_path, capsys):
     out = tmp_path / "out"
     assert wafer(capsys, "compile", "llama-tiny", "-t", "mesh8x8", "-o", str(out))[0] == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = _contents(out)
     code, _, err = wafer(capsys, "compile", "gpt2-tiny", "-t", "mesh8x8", "-o", str(out))
     assert code == ExitCode.USAGE and "already exists; pass --force" in err
     # --force with a compile that fails: the old OUT stays whole, nothing else is left
     bad = save(tmp_path, b"")
     code, _, err = wafer(capsys, "compile", str(bad), "-t", "mesh8x8", "-o", str(out), "--force")
     assert code == ExitCode.INVALID_INPUT
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _contents(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]
     # --force never replaces a directory wafer did not write
     mine = tmp_path / "mine"

@@ -1,4 +1,5 @@
-"""A plain (non-editable) wheel carries every subpackage, the built-in targets and the zoo."""
+"""A plain (non-editable) wheel carries every subpackage, the built-in targets, the zoo and the
+report's templates."""
 
 from __future__ import annotations
 
@@ -23,3 +24,6 @@ def test_wheel_holds_every_package_targets_and_zoo(tmp_path):
     assert targets <= names and "compiler/targets/wse3.toml" in names
     zoo = {f"compiler/zoo/{p.name}" for p in (ROOT / "models").glob("*.py")}
     assert zoo <= names
+    templates = {f"compiler/report/templates/{p.name}"
+                 for p in (ROOT / "compiler" / "report" / "templates").iterdir()}
+    assert templates and templates <= names, "the report's templates are missing from the wheel"

@@ -3,14 +3,16 @@ template, streaming moves bytes off-chip, and a layer too big for the grid says 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
-from conftest import zoo_graph
+from conftest import FIXTURES, zoo_graph
 from hypothesis import given
 from hypothesis import strategies as st
 
 from compiler.errors import CapacityError
+from compiler.frontend import DimRequest, FrontendOptions, load_model
 from compiler.layouts import R, graph_layouts, tile_shape
 from compiler.placement.problem import Residency
 from compiler.target import load_target
@@ -97,6 +99,59 @@ def test_consecutive_matmuls_alternate_orientation():
     assert len(weight_specs) == 4
     for a, b in zip(weight_specs, weight_specs[1:], strict=False):
         assert a[1] == b[0]  # N of one matmul is split like K of the next: no re-layout
+
+
+def _relayouts(layouts) -> list[str]:
+    return [c.tensor for lay in layouts for c in lay.collectives if c.kind == "relayout"]
+
+
+def test_attention_keys_come_split_out_of_the_fused_qkv_split():
+    """K and V leave the Split of the fused QKV projection (a retile: it moves tiles anyway)
+    already split by keys over the axis the heads leave free, so no core ever holds a head's
+    K or V whole and the attention matmuls need no relayout."""
+    g = zoo_graph("gpt2-tiny")
+    layouts = graph_layouts(g)["block.0"]
+    assert _relayouts(layouts) == []
+    split = next(lay for lay in layouts if lay.kind == "Split")
+    q, k, v = split.outputs
+    assert q[1] is None and k[1] is not None and v[1] == k[1]  # tokens: whole for Q only
+    qk, pv = [lay for lay in layouts if lay.kind == "MatMul" and len(lay.inputs[1]) == 4]
+    heads = qk.inputs[0][1]
+    assert heads and heads != k[1]
+    assert qk.inputs[1][-1] == k[1] and pv.inputs[1][-2] == k[1]  # keys over the free axis
+
+
+def test_keys_stay_split_through_a_constant_scale():
+    """A real torch export scales K by a constant (SDPA's sqrt of 1/sqrt(d)) between the Split
+    and attention: the Mul computes on key-split tiles and no relayout is left."""
+    g = load_model(FIXTURES / "gpt2_torchscript_op17_static.onnx",
+                   FrontendOptions(DimRequest(batch=2, seq_len=8)))
+    layouts = graph_layouts(g)["block.0"]
+    assert _relayouts(layouts) == []
+    scale = next(lay for op, lay in zip(next(x for x in g.layers if x.name == "block.0").ops,
+                                        layouts, strict=True)
+                 if op.kind == "Mul" and g.consumers[op.outputs[0]][0].kind == "MatMul"
+                 and lay.outputs[0][-1])
+    assert scale.outputs[0][1] != scale.outputs[0][-1]  # heads and keys on different axes
+
+
+def test_a_tensor_read_elsewhere_keeps_its_spec():
+    """The hoisting only rewrites a chain nobody else reads: with K^T also a graph output,
+    K stays whole per head and is relayouted before attention, as before; V still is not."""
+    g = zoo_graph("gpt2-tiny")
+    layer = next(x for x in g.layers if x.name == "block.0")
+    qk = [op for op in layer.ops if op.kind == "MatMul" and op.inputs[1] not in g.const_derived]
+    k_t = qk[0].inputs[1]
+    layouts = graph_layouts(dataclasses.replace(g, outputs=(*g.outputs, k_t)))["block.0"]
+    assert _relayouts(layouts) == [k_t]
+    split = next(lay for lay in layouts if lay.kind == "Split")
+    assert split.outputs[1][1] is None and split.outputs[2][1] is not None
+
+
+def test_gpt2_small_holds_a_128_token_prompt_on_wse3():
+    tiled = tile_graph(zoo_graph("gpt2-small", 1, 128), load_target("wse3"),
+                       TilingOptions(prompt_resident=True))
+    assert tiled.prompt_resident and all(lt.candidates for lt in tiled.layers)
 
 
 def test_problem_adapter_keeps_blocks_and_edges(tiled):

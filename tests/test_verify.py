@@ -126,10 +126,20 @@ def test_external_weights_are_read_inline(tmp_path):
     np.testing.assert_array_equal(got["y"], np.maximum(x @ w, 0))
 
 
-def test_models_over_2gb_are_refused(monkeypatch):
+def test_models_over_2gb_are_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(export, "PROTOBUF_LIMIT", 1000)
     with pytest.raises(ModelError, match="protobuf limits to 2 GB"):
-        reference_model_bytes("gpt2-tiny")
+        reference_model_bytes("gpt2-tiny")  # in memory
+    w = onnx.numpy_helper.from_array(np.zeros((40, 40), np.float32), "w")  # 6,400 B outside
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "ext",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 40])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 40])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, location="ext.bin",
+              size_threshold=0)
+    with pytest.raises(ModelError, match="protobuf limits to 2 GB"):
+        reference_model_bytes(tmp_path / "ext.onnx")  # external data
 
 
 # --- compare -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ region and the bytes. A tensor is freed on a region after the last step there th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,7 +128,7 @@ def _stored(arr: np.ndarray, target: Target, precision: str) -> np.ndarray:
     (fp16 or bf16, widened back to fp32 for arithmetic) when emulating the target."""
     if not np.issubdtype(arr.dtype, np.floating):
         return arr
-    arr = arr.astype(np.float32)
+    arr = arr.astype(np.float32, copy=False)
     if precision != TARGET:
         return arr
     if target.compute.dtype is ir.DType.BFLOAT16:
@@ -253,7 +253,7 @@ def _compute(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
     if op.kind in VIEW_OPS:  # in place: a dying input's memory becomes the output's
         _free_dead(m, step)
     for w, data in _by_output(op, step, results):
-        data = _finish(m, w.tensor, w.spec, reg, np.asarray(data))
+        data = _finish(m, w.tensor, w.spec, reg, np.asarray(data), ins)
         _put(m, step, reg.name, w.tensor, w.spec, w.partial, data)
 
 
@@ -277,11 +277,25 @@ def _operand(m: _Machine, step: Step, refs, name: str) -> Operand:
     return Operand(res.data, res.spec, m.g.tensor(name).shape, m.host.get(name))
 
 
-def _finish(m: _Machine, name: str, spec: Spec, reg: Region, data: np.ndarray) -> np.ndarray:
-    """Output dtype as the graph says, storage rounding, zero padding."""
+def _finish(m: _Machine, name: str, spec: Spec, reg: Region, data: np.ndarray,
+            operands: Sequence[Operand | None] | None = None) -> np.ndarray:
+    """Output dtype as the graph says, storage rounding, zero padding. With the `operands` a
+    kernel read, an array of its own (sharing memory with none of them) is padded in place."""
     data = _stored(_as_dtype(m.g, name, data), m.target, m.precision)
     mask = valid_mask(m.g.tensor(name).shape, spec, reg.rows, reg.cols)
-    return data if mask is None else np.where(mask, data, np.zeros((), data.dtype))
+    if mask is None:
+        return data
+    if operands is not None and _own(data, operands) and \
+            np.broadcast_shapes(mask.shape, data.shape) == data.shape:
+        np.copyto(data, np.zeros((), data.dtype), where=~mask)
+        return data
+    return np.where(mask, data, np.zeros((), data.dtype))
+
+
+def _own(data: np.ndarray, operands: Sequence[Operand | None]) -> bool:
+    arrays = [a for x in operands if x is not None for a in (x.data, x.value) if a is not None]
+    return data.base is None and data.flags.writeable and not any(
+        np.may_share_memory(data, a) for a in arrays)
 
 
 def _retile(m: _Machine, step: Step) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir
+from google.protobuf.message import EncodeError
 from onnx import helper
 from onnx_ir.passes.common import InlinePass
 
@@ -38,11 +39,19 @@ def reference_model_bytes(source: str | Path, extra_outputs: Sequence[str] = ())
     model, base_dir = _open_proto(source)
     if model.functions:
         model = _inlined(model)
-    _check_size(model, base_dir, str(source))
+    external = sum(_external_bytes(t, base_dir) for t in _external(model))
+    if external:  # before reading it: the skeleton's size is cheap to take
+        _check_size(model.ByteSize() + external, str(source))
     if base_dir is not None:
         _inline_external(model, base_dir)
     _add_outputs(model.graph, extra_outputs)
-    return model.SerializeToString()
+    try:  # an in-memory model is measured by serializing it, which it is anyway
+        data = model.SerializeToString()
+    except (ValueError, EncodeError):  # over protobuf's limit
+        _check_size(PROTOBUF_LIMIT + 1, str(source))
+        raise
+    _check_size(len(data), str(source))
+    return data
 
 
 def input_specs(source: str | Path) -> list[InputSpec]:
@@ -82,9 +91,7 @@ def _inlined(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx_ir.to_proto(m)
 
 
-def _check_size(model: onnx.ModelProto, base_dir: Path | None, name: str) -> None:
-    external = sum(_external_bytes(t, base_dir) for t in _external(model))
-    total = model.ByteSize() + external
+def _check_size(total: int, name: str) -> None:
     if total > PROTOBUF_LIMIT:
         raise ModelError(
             f"{name}: the model is {total / 1e9:.2f} GB; verify hands ONNX Runtime the model in "

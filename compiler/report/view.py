@@ -1,0 +1,218 @@
+"""The report's view-model: plain, frozen data that a template only has to print.
+
+Wafer pictures are in core units (x = column, y = row; the template's SVG viewBox scales them),
+timelines in pixels. Anything a reader can hover carries `tip`, an index into `Report.tips`
+(a title and (label, value) rows). Colours are decided here, not in the template, so the
+legend and the pictures cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Rows = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Tip:
+    title: str
+    rows: Rows
+
+
+@dataclass(frozen=True)
+class Kpi:
+    label: str
+    value: str
+    note: str
+    state: str = ""  # "good", "warn", "bad" or "" (neutral)
+
+
+@dataclass(frozen=True)
+class Swatch:
+    label: str
+    color: str
+
+
+@dataclass(frozen=True)
+class LayerBox:
+    """One layer's rectangle on its wafer, with its label placed to fit."""
+
+    index: int
+    name: str
+    kind: str
+    wafer: int
+    row: int
+    col: int
+    rows: int
+    cols: int
+    fill: str  # by kind
+    mem_fill: str  # by per-core memory utilization
+    mark: tuple[float, float, float, float]  # x, y, w, h drawn: at least MIN_PX wide and high
+    label: str  # "" when it does not fit
+    label_size: float  # core units
+    vertical: bool
+    streamed: bool  # some of it streams from off-chip every token
+    tip: int
+
+
+@dataclass(frozen=True)
+class Cell:
+    """An aggregated heat cell: a block of cores on one wafer."""
+
+    row: int
+    col: int
+    rows: int
+    cols: int
+    fill: str
+    tip: int
+
+
+@dataclass(frozen=True)
+class Arrow:
+    """A transfer along its route, or an off-chip stream into (or out of) a region."""
+
+    points: tuple[tuple[float, float], ...]  # (x, y) in core units, ending at the head's base
+    head: tuple[tuple[float, float], ...]  # the arrowhead's triangle, core units
+    width: float  # px
+    kind: str  # "send", "offchip-in", "offchip-out"
+    tip: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """The part of a wafer a panel shows: all of it, or the used part when that is small."""
+
+    row: int
+    col: int
+    rows: int
+    cols: int
+    zoomed: bool
+
+
+@dataclass(frozen=True)
+class WaferPanel:
+    index: int
+    rows: int  # the wafer's grid
+    cols: int
+    window: Window
+    scale: float  # px per core
+    width: float  # px
+    height: float
+    layers: tuple[LayerBox, ...]
+    link_cells: tuple[Cell, ...]
+    arrows: tuple[Arrow, ...]
+    offchip: tuple[Arrow, ...]
+    grid_lines: bool  # small grids show every core
+    caption: str
+    view_box: tuple[float, float, float, float]  # x, y, w, h: the window plus band and axes
+    row_ticks: tuple[tuple[float, str], ...]  # (y, label), core units
+    col_ticks: tuple[tuple[float, str], ...]  # (x, label)
+    band: float  # height of the off-chip band above the window, core units
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """A colour scale's legend: stops and labelled ticks (0..1 positions)."""
+
+    title: str
+    stops: tuple[str, ...]
+    ticks: tuple[tuple[float, str], ...]
+
+
+@dataclass(frozen=True)
+class WaferBox:
+    """The multi-wafer overview: one box per wafer, links between them."""
+
+    index: int
+    x: float
+    y: float
+    width: float
+    height: float
+    fill_fraction: float  # of cores used
+    lines: tuple[str, ...]
+    tip: int
+
+
+@dataclass(frozen=True)
+class WaferLink:
+    src: int
+    dst: int
+    path: str  # SVG path data, px
+    width: float
+    label: str
+    label_x: float
+    label_y: float
+    tip: int
+
+
+@dataclass(frozen=True)
+class Overview:
+    width: float
+    height: float
+    boxes: tuple[WaferBox, ...]
+    links: tuple[WaferLink, ...]
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    width: float
+    kind: str  # compute | collective | send | wafer_send | load | store
+    critical: bool
+    tip: int
+
+
+@dataclass(frozen=True)
+class TimelineRow:
+    label: str
+    color: str  # the layer's kind colour, or grey for transfer rows
+    bars: tuple[Bar, ...]
+    tip: int
+
+
+@dataclass(frozen=True)
+class Timeline:
+    mode: str
+    title: str
+    width: float  # px of the time axis
+    rows: tuple[TimelineRow, ...]
+    ticks: tuple[tuple[float, str], ...]  # (px, label)
+    note: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table; `keys` give each cell's sort value (numbers sort as numbers)."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    keys: tuple[tuple[float | str, ...], ...] = ()
+    numeric: tuple[bool, ...] = ()  # right-align these columns
+    row_tips: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Report:
+    title: str
+    subtitle: str
+    kpis: tuple[Kpi, ...]
+    kinds: tuple[Swatch, ...]
+    steps: tuple[Swatch, ...]  # timeline bar colours
+    panels: tuple[WaferPanel, ...]
+    mem_ramp: Ramp
+    link_ramp: Ramp
+    overview: Overview
+    wafer_table: Table
+    offchip_table: Table
+    timelines: tuple[Timeline, ...]
+    layer_table: Table
+    metric_table: Table
+    solver_table: Table
+    verify_summary: str  # "" when OUT has no verify.json
+    verify_passed: bool | None
+    verify_table: Table | None
+    stage_table: Table
+    nodes: tuple[tuple[str, ...], ...]  # ONNX node names per layer (the details panel)
+    tips: tuple[Tip, ...]
+    files: tuple[str, ...]  # the numbers behind the pictures, relative to the HTML
