@@ -130,6 +130,18 @@ def _ref_from_doc(doc: dict[str, Any]) -> TensorRef:
     return TensorRef(doc["tensor"], spec, doc.get("partial"))
 
 
+def schedule_doc_problems(doc: dict[str, Any]) -> list[str]:
+    """`check_schedule_doc` plus a trial parse: a document too damaged to be checked (missing
+    keys, wrong types) is one problem saying so, not an exception."""
+    try:
+        problems = check_schedule_doc(doc)
+        if not problems:
+            schedule_from_doc(doc)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        return [f"malformed ({type(exc).__name__}: {exc})"]
+    return problems
+
+
 def check_schedule_doc(doc: dict[str, Any]) -> list[str]:
     """What the schema cannot say: ids in order, deps earlier, regions known, timings sized."""
     regions = {r["name"] for r in doc["regions"]}

@@ -682,18 +682,14 @@ def _table(doc: Mapping[str, Any], key: str, out: Path) -> Mapping[str, Any]:
 
 def _schedule(out: Path):
     """schedule.json parsed and checked; any structural damage is a one-line error."""
-    from compiler.trace import check_schedule_doc, schedule_from_doc
+    from compiler.trace import schedule_doc_problems, schedule_from_doc
 
     path = out / "schedule.json"
     doc = _read_json(path)
-    try:
-        problems = check_schedule_doc(doc)
-        schedule = None if problems else schedule_from_doc(doc)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        problems = [f"malformed ({type(exc).__name__}: {exc})"]
-    if problems or schedule is None:
+    problems = schedule_doc_problems(doc)
+    if problems:
         raise WaferError(f"{path}: {problems[0]}; compile again")
-    return schedule
+    return schedule_from_doc(doc)
 
 
 def _recorded_model(out: Path, model: Mapping[str, Any]) -> str:

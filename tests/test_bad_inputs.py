@@ -581,6 +581,26 @@ def test_verify_of_a_damaged_out(tmp_path, capsys, file, content, pattern):
     assert code == ExitCode.INVALID_INPUT and len(_lines(err)) == 1 and re.search(pattern, err)
 
 
+def _edit_layer(doc: dict) -> None:
+    doc["layers"][0]["rect"] = "x"
+
+
+@pytest.mark.parametrize(("file", "edit", "pattern"), [
+    ("placement.json", _edit_layer, r"placement\.json: layers\[0\]: rect is missing or not an "
+     "object"),
+    ("schedule.json", lambda d: d.update(regions=1), r"schedule\.json: malformed \(TypeError"),
+])
+def test_view_of_a_damaged_out(tmp_path, capsys, file, edit, pattern):
+    out = tmp_path / "out"
+    assert wafer(capsys, "compile", "llama-tiny", "-t", "mesh8x8", "-o", str(out),
+                 "--no-report")[0] == 0
+    doc = json.loads((out / file).read_text())
+    edit(doc)
+    (out / file).write_text(json.dumps(doc))
+    code, _, err = wafer(capsys, "view", str(out))
+    assert code == ExitCode.INVALID_INPUT and len(_lines(err)) == 1 and re.search(pattern, err)
+
+
 # --- 6. determinism across processes ------------------------------------------------------------
 
 
