@@ -8,12 +8,14 @@ leaves no partial OUT, and an existing OUT is replaced only with `force`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -164,12 +166,12 @@ def write_outputs(out: Path, files: dict[str, str | Writer], force: bool = False
     """Write `files` (name -> text, or a function writing into the directory) into `out`
     atomically: a temporary sibling directory, renamed into place when complete."""
     out = Path(out)
-    if out.exists() and not force:
-        raise UsageError(f"{out} already exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    check_out(out, force)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise UsageError(f"cannot create {out}: {exc.strerror}; choose another OUT") from None
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; OUT is an ordinary directory
@@ -186,12 +188,51 @@ def write_outputs(out: Path, files: dict[str, str | Writer], force: bool = False
     return out
 
 
+def check_out(out: Path, force: bool) -> None:
+    """OUT may be new; an existing one is replaced only with `force`, and only when it is a
+    directory that `wafer compile` wrote (or an empty one), never the working directory."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise UsageError(f"{out} already exists; pass --force to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory; choose another OUT")
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise UsageError(f"{out} is the working directory or contains it; choose another OUT")
+    if any(out.iterdir()) and not (out / "placement.json").is_file():
+        raise UsageError(f"{out} is not an output of `wafer compile` (no placement.json); "
+                         "--force replaces only those: remove it yourself or choose another OUT")
+
+
 def _swap(tmp: Path, out: Path) -> None:
-    """Rename tmp to out; an existing out is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old.{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename tmp to out; an existing out is moved aside first and removed after. Ctrl-C and
+    SIGTERM wait until the swap is done, so they never leave OUT missing or an old copy behind;
+    a failed rename puts the old OUT back."""
+    with _signals_deferred():
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old.{os.getpid()}")
+            out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old is not None:
+                old.rename(out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Block SIGINT and SIGTERM (delivered when the block ends) where the OS allows it."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    mask = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -6,20 +6,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
+import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compiler import __version__, ir
 from compiler.costs import model_cost
-from compiler.errors import ExitCode, UsageError, WaferError
+from compiler.errors import ExitCode, UsageError, WaferError, WaferWarning
 from compiler.fit import check_fit
 from compiler.target import Target, list_targets, load_target
 
@@ -55,8 +58,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="an .onnx file or a zoo name (wafer inspect --list)")
     p.add_argument("--input-shapes", action="append", default=[], metavar="NAME:[D,...]",
                    help="static shape of an input, e.g. input_ids:[1,128] (repeatable)")
-    p.add_argument("--batch", type=int, help="bind dynamic batch dims")
-    p.add_argument("--seq-len", type=int, help="bind dynamic sequence dims")
+    p.add_argument("--batch", type=_count, help="bind dynamic batch dims")
+    p.add_argument("--seq-len", type=_count, help="bind dynamic sequence dims")
     p.add_argument("--shapes-only", action="store_true", default=None,
                    help="do not read weights (default: automatic when weight files are absent)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -74,7 +77,7 @@ def _add_check(sub) -> None:
     p = sub.add_parser("check", help="is the model supported, does it fit, how many wafers")
     _model_args(p)
     p.add_argument("--target", "-t", required=True, help="a built-in target name or a .toml")
-    p.add_argument("--context", type=int, help="KV-cache context length (default: seq len)")
+    p.add_argument("--context", type=_count, help="KV-cache context length (default: seq len)")
     p.set_defaults(run=cmd_check)
 
 
@@ -84,13 +87,13 @@ def _add_compile(sub) -> None:
     p.add_argument("--target", "-t", required=True, help="a built-in target name or a .toml")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    p.add_argument("--context", type=int, help="KV-cache context length (default: seq len)")
+    p.add_argument("--context", type=_count, help="KV-cache context length (default: seq len)")
     p.add_argument("--method", choices=("cpsat", "first-fit", "serpentine"), default="cpsat",
                    help="placer (default: cpsat)")
-    p.add_argument("--time-limit", type=float, default=30.0, metavar="S",
+    p.add_argument("--time-limit", type=_seconds, default=30.0, metavar="S",
                    help="solver time limit in seconds (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="solver random seed (default 0)")
-    p.add_argument("--workers", type=int, default=1, help="solver workers (default 1)")
+    p.add_argument("--seed", type=_seed, default=0, help="solver random seed (default 0)")
+    p.add_argument("--workers", type=_workers, default=1, help="solver workers (default 1)")
     p.add_argument("--nondeterministic", action="store_true",
                    help="wall-clock time limit (with --workers N, several workers): "
                    "not reproducible")
@@ -118,7 +121,7 @@ def _add_verify(sub) -> None:
     p = sub.add_parser("verify", help="run OUT's schedule and compare it with ONNX Runtime")
     p.add_argument("out", metavar="OUT", help="an output directory of `wafer compile`")
     p.add_argument("--inputs", metavar="IN.npz", help="inputs by name (default: seeded random)")
-    p.add_argument("--seed", type=int, default=0, help="random inputs' seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random inputs' seed (default 0)")
     p.add_argument("--atol", type=float, help="absolute tolerance (fp32 default 1e-4)")
     p.add_argument("--rtol", type=float, help="relative tolerance (fp32 default 1e-3)")
     p.add_argument("--tol", action="append", default=[], metavar="NAME:ATOL",
@@ -146,15 +149,15 @@ def _add_sweep(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="SWEEPDIR",
                    help="sweep.csv, sweep.json and the cache of finished points (a re-run "
                    "computes only new points)")
-    p.add_argument("--context", type=int, help="KV-cache context length (default: seq len)")
+    p.add_argument("--context", type=_count, help="KV-cache context length (default: seq len)")
     p.add_argument("--method", choices=("cpsat", "first-fit", "serpentine"), default="cpsat",
                    help="placer (default: cpsat)")
-    p.add_argument("--time-limit", type=float, default=30.0, metavar="S",
+    p.add_argument("--time-limit", type=_seconds, default=30.0, metavar="S",
                    help="solver time limit per point in seconds (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="solver random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="solver random seed (default 0)")
     p.add_argument("--verify", action="store_true",
                    help="also run each point's schedule and compare with ONNX Runtime")
-    p.add_argument("--workers", type=int, metavar="N",
+    p.add_argument("--workers", type=_workers, metavar="N",
                    help="points compiled at once (default: the CPU cores; one solver worker each)")
     p.add_argument("--backend", choices=("pool", "ray"), default="pool",
                    help="a local process pool (default) or Ray tasks")
@@ -163,15 +166,67 @@ def _add_sweep(sub) -> None:
     p.set_defaults(run=cmd_sweep)
 
 
+INT32_MAX = (1 << 31) - 1
+MAX_WORKERS = 256
+MAX_SECONDS = 1e6
+
+
+def _int_in(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is out of range {low}..{high:,}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A size (batch, sequence length, context): 1..2^31-1."""
+    return _int_in(text, 1, INT32_MAX)
+
+
+def _seed(text: str) -> int:
+    return _int_in(text, 0, INT32_MAX)
+
+
+def _workers(text: str) -> int:
+    return _int_in(text, 1, MAX_WORKERS)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_SECONDS:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is out of range (0, {MAX_SECONDS:g}] seconds")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: `_run` with one-line warnings, library log records kept off stderr
+    (unless -v) and SIGTERM (`timeout`, a batch scheduler) stopping it like Ctrl-C."""
+    with warnings.catch_warnings(), _sigterm_interrupts():
+        warnings.simplefilter("always", WaferWarning)
+        warnings.showwarning = _show_warning
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "run", None):
             raise UsageError("no command given; try `wafer --help`")
-        return args.run(args)
+        if args.verbose:  # Python's own form, with file and line
+            warnings.showwarning = _PYTHON_SHOWWARNING
+        with _library_logs(args.verbose):
+            return args.run(args)
     except WaferError as exc:
         return _fail(str(exc), exc.exit_code, args)
+    except Terminated:
+        return _fail("terminated (SIGTERM)", 128 + signal.SIGTERM, args)
     except KeyboardInterrupt:
         return _fail("interrupted", 130, args)
     except BrokenPipeError:  # `wafer ... | head`: the reader left; not an error
@@ -180,6 +235,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so, briefly, unless -v
         msg = f"internal error: {type(exc).__name__}: {exc} (rerun with -v and report it)"
         return _fail(msg, ExitCode.INTERNAL, args)
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler so that cleanup (temporary OUT directories) runs."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _library_logs(verbose: bool) -> Iterator[None]:
+    """onnx_ir/onnxscript log warnings about the model (e.g. external data not available);
+    without -v they stay off stderr, which holds only stage lines, warnings and errors."""
+    root = logging.getLogger()
+    quiet = logging.NullHandler()
+    if not verbose and not root.handlers:
+        root.addHandler(quiet)
+    try:
+        yield
+    finally:
+        root.removeHandler(quiet)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """One line per warning; a library's warning says which category it is."""
+    kind = "" if issubclass(category, WaferWarning) else f"{category.__name__}: "
+    text = " ".join(str(message).split())
+    print(f"warning: {kind}{text}", file=sys.stderr)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
 
 
 def _fail(message: str, code: int, args: argparse.Namespace | None) -> int:
@@ -258,13 +357,12 @@ def _inspect_text(g: ir.Graph, cost, hist: Counter) -> str:
 
 
 def cmd_compile(args) -> int:
-    from compiler.artifacts import artifact_files, dumps, placement_doc, write_outputs
+    from compiler.artifacts import artifact_files, check_out, dumps, placement_doc, write_outputs
     from compiler.driver import CompileOptions, SolverOptions, compile_model
     from compiler.tiling import TilingOptions
 
     out = Path(args.output)
-    if out.exists() and not args.force:
-        raise UsageError(f"{out} already exists; pass --force to replace it")
+    check_out(out, args.force)  # before the work, and again when writing
     solver = SolverOptions(args.method, args.time_limit, args.seed, args.workers,
                            deterministic=not args.nondeterministic)
     resident = True if args.verify else None  # verifying runs the whole prompt at once
@@ -374,13 +472,27 @@ def _tolerances(specs: list[str]) -> tuple[tuple[str, float], ...]:
 def _verify(args, art, opts, report: Path, save: str | None = None) -> int:
     from compiler.verify import run_verification, save_outputs
 
+    for path in (report, save):
+        _check_parent(path)  # before the run, not after it
     v = run_verification(art, opts, None if args.quiet else _stage_line)
-    report.write_text(v.report.to_json())
+    _write(report, lambda p: p.write_text(v.report.to_json()))
     if save:
-        save_outputs(save, v)
+        _write(Path(save), lambda p: save_outputs(p, v))
     text = v.report.to_json() if args.json else "\n".join(v.report.lines()) + "\n"
     print(text, end="")
     return ExitCode.OK if v.report.passed else ExitCode.MISMATCH
+
+
+def _check_parent(path: Path | str | None) -> None:
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise UsageError(f"cannot write {path}: its directory does not exist")
+
+
+def _write(path: Path, write: Callable[[Path], None]) -> None:
+    try:
+        write(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _stage_line(name: str, seconds: float) -> None:

@@ -28,6 +28,11 @@ class WaferError(Exception):
     exit_code = ExitCode.INVALID_INPUT
 
 
+class WaferWarning(UserWarning):
+    """Something suspicious that does not stop the command; the CLI prints it as one line
+    `warning: ...` on stderr (tests can catch it with pytest.warns)."""
+
+
 class UsageError(WaferError):
     exit_code = ExitCode.USAGE
 

@@ -240,9 +240,9 @@ def _without(spec: Spec, axis: str) -> Spec:
 def _matmul(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec]) -> OpLayout:
     if any(len(g.tensor(n).shape) < 2 for n in op.inputs[:2]):  # a vector: whole tensors
         return _fallback(g, op, specs)
-    if _is_const(g, op.inputs[1]):
+    if _is_const(g, op.inputs[1]) and len(g.tensor(op.inputs[1]).shape) == 2:
         return _matmul_weight(g, op, specs, trans_b=bool(op.attr("transB", 0)))
-    return _matmul_act(g, op, specs)
+    return _matmul_act(g, op, specs)  # also a batched (3-D and up) constant: batch dims alike
 
 
 def _matmul_weight(g: ir.Graph, op: ir.Op, specs, trans_b: bool = False) -> OpLayout:

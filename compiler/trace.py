@@ -130,14 +130,28 @@ def _ref_from_doc(doc: dict[str, Any]) -> TensorRef:
     return TensorRef(doc["tensor"], spec, doc.get("partial"))
 
 
+def schedule_doc_problems(doc: dict[str, Any]) -> list[str]:
+    """`check_schedule_doc` plus a trial parse: a document too damaged to be checked (missing
+    keys, wrong types) is one problem saying so, not an exception."""
+    try:
+        problems = check_schedule_doc(doc)
+        if not problems:
+            schedule_from_doc(doc)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        return [f"malformed ({type(exc).__name__}: {exc})"]
+    return problems
+
+
 def check_schedule_doc(doc: dict[str, Any]) -> list[str]:
     """What the schema cannot say: ids in order, deps earlier, regions known, timings sized."""
     regions = {r["name"] for r in doc["regions"]}
     n = len(doc["steps"])
-    problems = []
+    problems = _check_regions(doc)
     for i, st in enumerate(doc["steps"]):
         if st["id"] != i:
             problems.append(f"steps[{i}]: id {st['id']}, expected {i}")
+        if st["kind"] not in STEP_KINDS:
+            problems.append(f"step {i}: unknown kind {st['kind']!r}")
         problems += [f"step {i}: dependency {d} is not an earlier step"
                      for d in st["deps"] if not 0 <= d < i]
         problems += [f"step {i}: unknown region {st.get(k)!r}"
@@ -145,6 +159,20 @@ def check_schedule_doc(doc: dict[str, Any]) -> list[str]:
     for mode, tm in doc["timing"].items():
         problems += _check_timing(mode, tm, n)
     return problems
+
+
+STEP_KINDS = ("load", "compute", "collective", "send", "wafer_send", "store")
+
+
+def _check_regions(doc: dict[str, Any]) -> list[str]:
+    """Every region a rectangle of at least one core inside a wafer of the grid."""
+    (rows, cols), wafers = doc["target"]["grid"], doc["target"]["wafers"]
+    return [f"region {r['name']}: {r['rows']} x {r['cols']} at ({r['row']}, {r['col']}) on wafer "
+            f"{r['wafer']} is not inside {wafers} wafer(s) of {rows} x {cols} cores"
+            for r in doc["regions"]
+            if not (r["rows"] >= 1 and r["cols"] >= 1 and r["row"] >= 0 and r["col"] >= 0
+                    and r["row"] + r["rows"] <= rows and r["col"] + r["cols"] <= cols
+                    and 0 <= r["wafer"] < wafers)]
 
 
 def _check_timing(mode: str, tm: dict[str, Any], n: int) -> list[str]:

@@ -177,7 +177,7 @@ def _session(model: bytes, name: str) -> ort.InferenceSession:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = min(2, os.cpu_count() or 1)
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: ORT's errors come back as exceptions (one line)
     try:
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -576,8 +576,10 @@ def run_verification(art: Artifact, opts: VerifyOptions, hook: Hook = None) -> V
     inputs = load_inputs(opts.inputs, g) if opts.inputs else random_inputs(g, opts.seed)
     per_layer = layer_outputs(g) if opts.per_layer else None
     extra = [n for names in (per_layer or {}).values() for n in names]
-    run = _timed(hook, "executor", execute, art, inputs, opts.precision, extra)
+    # the reference first: a model ONNX Runtime cannot run is invalid input (exit 3), never a
+    # fault of the executor
     ref = _timed(hook, "onnxruntime", run_reference, art.source, inputs, extra)
+    run = _timed(hook, "executor", execute, art, inputs, opts.precision, extra)
     got = {**run.values, **run.outputs} if opts.per_layer else dict(run.outputs)
     seed = None if opts.inputs else opts.seed
     report = verify(g, got, ref, per_layer, atol, rtol, dict(opts.overrides), seed=seed,
@@ -642,18 +644,17 @@ def open_out(out: str | Path) -> Artifact:
     """The artifact a compile wrote: model and target as recorded in placement.json (checked
     against their sha256), the graph at the recorded dims, the schedule from schedule.json."""
     from compiler.frontend import DimRequest, FrontendOptions, load_model
-    from compiler.trace import schedule_from_doc
 
     out = Path(out)
     doc = _read_json(out / "placement.json")
-    model = doc.get("model", {})
+    model, target_rec, options = (_table(doc, key, out) for key in ("model", "target", "options"))
     refuse_shape_only(model.get("name", str(out)), bool(model.get("shape_only")))
-    refuse_streamed_prompt(model, doc.get("options", {}))
+    refuse_streamed_prompt(model, options)
     source = _recorded_model(out, model)
-    target = _recorded_target(out, doc.get("target", {}))
-    dims = DimRequest(_input_shapes(source, model.get("dims", {})))
+    target = _recorded_target(out, target_rec)
+    dims = DimRequest(_input_shapes(source, _table(model, "dims", out)))
     graph = load_model(source, FrontendOptions(dims, shapes_only=False))
-    schedule = schedule_from_doc(_read_json(out / "schedule.json"))
+    schedule = _schedule(out)
     if schedule.model != graph.name:
         raise WaferError(f"{out}/schedule.json is for {schedule.model}, not {graph.name}")
     return Artifact(source, graph, target, schedule)
@@ -661,12 +662,34 @@ def open_out(out: str | Path) -> Artifact:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"{path} not found: give an OUT directory written by "
                          "`wafer compile`") from None
     except (OSError, ValueError) as exc:
         raise WaferError(f"{path}: not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise WaferError(f"{path}: expected a JSON object; compile again")
+    return doc
+
+
+def _table(doc: Mapping[str, Any], key: str, out: Path) -> Mapping[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, Mapping):
+        raise WaferError(f"{out}/placement.json: {key} is not an object; compile again")
+    return value
+
+
+def _schedule(out: Path):
+    """schedule.json parsed and checked; any structural damage is a one-line error."""
+    from compiler.trace import schedule_doc_problems, schedule_from_doc
+
+    path = out / "schedule.json"
+    doc = _read_json(path)
+    problems = schedule_doc_problems(doc)
+    if problems:
+        raise WaferError(f"{path}: {problems[0]}; compile again")
+    return schedule_from_doc(doc)
 
 
 def _recorded_model(out: Path, model: Mapping[str, Any]) -> str:

@@ -62,6 +62,12 @@ def test_existing_out_needs_force_and_is_left_untouched(tmp_path, capsys):
     code = main(["compile", "gpt2-tiny", "-t", "mesh8x8", "-o", str(out)])
     assert code == ExitCode.USAGE and "--force" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
+    code = main(["compile", "gpt2-tiny", "-t", "mesh8x8", "-o", str(out), "--force"])
+    assert code == ExitCode.USAGE and "no placement.json" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"  # not an OUT of wafer: never replaced
+    (out / "keep.txt").unlink()
+    assert _compile(tmp_path, capsys, "--force", model="llama-tiny")[0] == 0  # empty: ok
+    (out / "keep.txt").write_text("mine")
     assert _compile(tmp_path, capsys, "--force", model="gpt2-tiny")[0] == 0
     assert not (out / "keep.txt").exists() and (out / "placement.json").exists()
 

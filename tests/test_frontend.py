@@ -205,7 +205,7 @@ def test_external_location_outside_the_model_directory_is_refused(tmp_path):
 def test_not_an_onnx_file_is_a_model_error(tmp_path):
     path = tmp_path / "junk.onnx"
     path.write_bytes(b"\x00\xffnot a protobuf at all" * 10)
-    with pytest.raises(ModelError, match="not a readable ONNX model"):
+    with pytest.raises(ModelError, match="is not an ONNX model"):
         load_model(path)
 
 

@@ -6,6 +6,8 @@ are read (memory-mapped when external) unless the graph is converted shape-only.
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import onnx_ir
 from onnx import helper, numpy_helper
 
 from compiler import ir
-from compiler.errors import ModelError, ShapeError
+from compiler.errors import ModelError, ShapeError, WaferWarning
 from compiler.frontend.external import ExternalRef, read_external
 
 _DTYPES = {
@@ -74,6 +76,8 @@ def _weight(value: onnx_ir.Value, shapes_only: bool, from_source: bool) -> ir.Te
     dtype = dtype_of(int(tensor.dtype), where)
     shape = tuple(int(d) for d in tensor.shape)
     data = None if shapes_only else _weight_data(value.name, tensor, shape)
+    if data is not None and from_source:
+        warn_nonfinite(value.name, data)
     kind = ir.TensorKind.WEIGHT if from_source else ir.TensorKind.CONSTANT
     return ir.Tensor(value.name, shape, dtype, kind, data)
 
@@ -89,20 +93,78 @@ def _weight_data(name: str, tensor, shape: tuple[int, ...]) -> np.ndarray:
         raise ModelError(f"initializer {name}: data does not match its shape ({exc})") from None
 
 
+# ops whose first output holds exactly the elements of their first input
+SIZE_PRESERVING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
+                             "Identity"})
+
+
+def check_element_counts(conv: Converted) -> None:
+    """ONNX shape inference takes a constant Reshape shape as given; a shape whose element
+    count differs from the input's is an invalid model (ONNX Runtime refuses it when it runs)."""
+    shapes = {t.name: t.shape for t in conv.tensors}
+    for op in conv.ops:
+        if op.kind not in SIZE_PRESERVING or not op.inputs or not op.outputs[0]:
+            continue
+        src, dst = shapes[op.inputs[0]], shapes[op.outputs[0]]
+        if math.prod(src) != math.prod(dst):
+            raise ShapeError(
+                f"node {op.name} ({op.kind}): input {op.inputs[0]} has {math.prod(src):,} "
+                f"elements ({list(src)}) but output shape {list(dst)} holds "
+                f"{math.prod(dst):,}; the model is invalid")
+
+
+CHUNK = 1 << 22  # elements scanned at a time: a weight file is read in pieces, never mapped
+
+
+def warn_nonfinite(name: str, data: np.ndarray) -> None:
+    """A WaferWarning when a weight of the source model holds NaN or Inf: the compile goes on
+    (masks in Constant nodes legitimately hold -inf and are not checked), but outputs that use
+    the weight will not be finite."""
+    if data.dtype.kind != "f" and "float" not in data.dtype.name:
+        return
+    nan = inf = 0
+    for chunk in _chunks(data):
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            n = int(np.isnan(chunk).sum())
+            nan, inf = nan + n, inf + int(bad.sum()) - n
+    if nan or inf:
+        warnings.warn(f"initializer {name} holds {nan:,} NaN and {inf:,} Inf of {data.size:,} "
+                      "values; outputs computed from it will not be finite (check the export or "
+                      "checkpoint)", WaferWarning, stacklevel=2)
+
+
+def _chunks(data: np.ndarray):
+    """float32 pieces of `data`; a memory-mapped file is read with plain reads, so scanning it
+    does not map the whole file into the process (peak memory stays one chunk)."""
+    if isinstance(data, np.memmap) and data.filename:
+        with open(data.filename, "rb") as f:
+            f.seek(data.offset)
+            for start in range(0, data.size, CHUNK):
+                count = min(CHUNK, data.size - start)
+                yield np.fromfile(f, data.dtype, count).astype(np.float32, copy=False)
+        return
+    flat = data.reshape(-1)
+    for start in range(0, flat.size, CHUNK):
+        yield np.asarray(flat[start:start + CHUNK], dtype=np.float32)
+
+
 def _value(vi: onnx.ValueInfoProto | None, kind: ir.TensorKind, node, name: str = "") -> ir.Tensor:
-    where = node if isinstance(node, str) else f"output {name} of node {node.name} ({node.op_type})"
+    where = (f"{node} {name}" if isinstance(node, str) else
+             f"output {name} of node {node.name} ({node.op_type})")
     if vi is None or not vi.type.HasField("tensor_type"):
         raise ShapeError(f"{where}: shape inference found no tensor type")
     tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        raise ShapeError(f"{where}: rank unknown after shape inference")
     dims = []
     for i, d in enumerate(tt.shape.dim):
         if not d.HasField("dim_value"):
-            sym = d.dim_param or "unknown"
-            raise ShapeError(f"{where} {vi.name}: dim {i} ({sym}) is still dynamic after binding")
+            raise ShapeError(f"{where}: dim {i} is unknown after binding the input dims and "
+                             f"folding constants ({d.dim_param or 'no name'}): its size depends "
+                             "on values known only at run time; wafer needs static shapes")
         dims.append(int(d.dim_value))
-    if not tt.HasField("shape"):
-        raise ShapeError(f"{where} {vi.name}: rank unknown after shape inference")
-    return ir.Tensor(vi.name, tuple(dims), dtype_of(tt.elem_type, f"{where} {vi.name}"), kind)
+    return ir.Tensor(vi.name, tuple(dims), dtype_of(tt.elem_type, where), kind)
 
 
 def _op(node: onnx.NodeProto, index: int) -> ir.Op:

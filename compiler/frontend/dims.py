@@ -130,7 +130,8 @@ def _lookup(
             f"dim {name!r} is {bound[name]} by --input-shapes but "
             f"{'--batch' if role == 'batch' else '--seq-len'} says {flag}; give one or the other"
         )
-    size = bound.get(name) or flag or defaults.get(key) or defaults.get(role or "")
+    size = next((s for s in (bound.get(name), flag, defaults.get(key),
+                             defaults.get(role or "")) if s is not None), None)
     if size is None:
         flag = {"batch": "--batch N", "seq": "--seq-len N"}.get(role or "", "")
         how = f"{flag} or " if flag else ""

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir
-from google.protobuf.message import DecodeError, EncodeError
+from google.protobuf.message import EncodeError
 from onnx import helper
 from onnx_ir.passes.common import InlinePass
 
 from compiler.errors import ModelError, UsageError
 from compiler.frontend.external import external_ref, read_external, resolve_location
+from compiler.frontend.validate import check_model, normalize_domains, read_model
 
 PROTOBUF_LIMIT = (1 << 31) - 1  # bytes: the largest message protobuf serializes
 
@@ -74,12 +75,13 @@ def _open_proto(source: str | Path) -> tuple[onnx.ModelProto, Path | None]:
 
 
 def _load_file(path: Path) -> onnx.ModelProto:
+    """Parsed and checked exactly as the frontend does (validate.py), external data unread."""
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
-    try:
-        return onnx.load(path, load_external_data=False)
-    except (DecodeError, ValueError, OSError) as exc:
-        raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+    proto = read_model(path)
+    normalize_domains(proto)
+    check_model(proto, str(path), path.parent)
+    return proto
 
 
 def _inlined(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +27,12 @@ from onnxscript.optimizer import fold_constants
 
 from compiler import ir
 from compiler.errors import ModelError, ShapeError, UsageError
-from compiler.frontend.convert import convert
+from compiler.frontend.convert import check_element_counts, convert
 from compiler.frontend.dims import DimRequest, bind_dims
-from compiler.frontend.external import ExternalRef, data_available, resolve_location
+from compiler.frontend.external import ExternalRef, data_available
 from compiler.frontend.layers import group_layers
-from compiler.frontend.ops import check_supported
-
-MAX_OPSET = onnx.defs.onnx_opset_version()
+from compiler.frontend.ops import check_control_flow, check_supported
+from compiler.frontend.validate import check_model, normalize_domains, read_model
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,7 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     options = options or FrontendOptions()
     model, name = open_model(source)
     digest = source_digest(source)
-    _check_opset(model, name)
-    _check_external_paths(model)
+    check_control_flow(model)
     InlinePass()(model)
     dims = bind_dims(model, options.dims)
     source_weights = set(model.graph.initializers)
@@ -56,6 +55,7 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     typed = _infer_shapes(model, name)
     shapes_only = _shapes_only(model, options.shapes_only, zoo_shape_only(source))
     conv = convert(model, typed, shapes_only, source_weights)
+    check_element_counts(conv)
     weights = {t.name for t in conv.tensors if t.is_const}
     shapes = {t.name: t.shape for t in conv.tensors}
     layers = group_layers(conv.ops, conv.scopes, weights, shapes)
@@ -76,7 +76,9 @@ def open_model(source: str | Path) -> tuple[onnx_ir.Model, str]:
     from compiler import zoo
 
     if str(source) in zoo.ZOO:
-        return onnx_ir.from_proto(zoo.build(str(source))), str(source)
+        proto = zoo.build(str(source))
+        check_model(proto, str(source), None)
+        return _deserialize(proto, None, str(source)), str(source)
     raise UsageError(
         f"model {str(source)!r} is neither a file nor a zoo name; zoo models: "
         f"{', '.join(zoo.names())} (see `wafer inspect --list`)"
@@ -100,32 +102,59 @@ def source_digest(source: str | Path) -> str:
 
 
 def _open_file(path: Path) -> onnx_ir.Model:
-    if not path.is_file():
+    """Parse and check the file (validate.py) before onnx_ir sees it; external data stays on
+    disk, its references already checked."""
+    if not path.exists():
         raise ModelError(f"model file {path} does not exist")
+    if not path.is_file():
+        raise ModelError(f"model {path} is not a regular file; give an .onnx file")
+    proto = read_model(path)
+    normalize_domains(proto)
+    check_model(proto, str(path), path.parent)
+    return _deserialize(proto, path.parent, str(path))
+
+
+def _deserialize(proto: onnx.ModelProto, base_dir: Path | None, label: str) -> onnx_ir.Model:
     try:
-        return onnx_ir.load(path)
+        model = onnx_ir.serde.deserialize_model(proto)
     except (DecodeError, ValueError, TypeError, RuntimeError) as exc:
-        raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+        raise ModelError(f"{label} is not a readable ONNX model ({type(exc).__name__}: {exc})"
+                         ) from None
+    if base_dir is not None:
+        onnx_ir.external_data.set_base_dir(model.graph, base_dir)
+    return model
 
 
 def _opset(model: onnx_ir.Model) -> int:
     return int(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0)))
 
 
-def _check_opset(model: onnx_ir.Model, name: str) -> None:
-    if _opset(model) > MAX_OPSET:
-        raise ModelError(
-            f"{name}: opset {_opset(model)} is newer than the supported {MAX_OPSET}; "
-            "re-export with an older opset or upgrade wafer"
-        )
-
-
 def _fold(model: onnx_ir.Model, source_weights: set[str]) -> None:
     """Fold the (now static) shape arithmetic; never fold weights kept in external files."""
+    TopologicalSortPass()(model)  # the folder takes nodes in order
     LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    fold_constants(model, onnx_shape_inference=True, should_fold=_fold_policy(source_weights))
+    try:
+        fold_constants(model, onnx_shape_inference=True, should_fold=_fold_policy(source_weights))
+    except RuntimeError as exc:
+        error = _folding_error(exc)
+        if error is None:
+            raise
+        raise error from None
     RemoveUnusedNodesPass()(model)
     TopologicalSortPass()(model)
+
+
+def _folding_error(exc: RuntimeError) -> ModelError | None:
+    """onnxscript's partial evaluators (Gather of a Shape, Slice of a Shape, ...) assume a
+    valid model and fail on one whose constant inputs are out of range for the op; the folder
+    wraps that as 'Error during constant folding for node ...'. That names a node of the
+    model: a ModelError. Any other RuntimeError is ours and stays what it is."""
+    match = re.match(r"Error during constant folding for node '(.*)' \((.*)::(.*)\)$", str(exc))
+    if match is None or exc.__cause__ is None:
+        return None
+    node, op, cause = match.group(1), match.group(3), exc.__cause__
+    return ModelError(f"node {node} ({op}) cannot be evaluated on its constant inputs "
+                      f"({type(cause).__name__}: {cause}); the model is invalid")
 
 
 SMALL_CONSTANT = 1 << 16  # elements: ConstantOfShape outputs up to this size are folded
@@ -156,19 +185,13 @@ def _fold_policy(source_weights: set[str]):
 def _infer_shapes(model: onnx_ir.Model, name: str) -> onnx.ModelProto:
     """ONNX's own shape inference, strict, on a copy without the large weights."""
     infer = functools.partial(
-        onnx.shape_inference.infer_shapes, check_type=True, strict_mode=True, data_prop=True
+        onnx.shape_inference.infer_shapes, check_type=True, strict_mode=True, data_prop=False
     )
     try:
         return call_onnx_api(infer, model)
     except onnx.shape_inference.InferenceError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ShapeError(f"{name}: shape inference failed: {first}") from None
-
-
-def _check_external_paths(model: onnx_ir.Model) -> None:
-    """Our own containment check of every external-data path, before anything reads one."""
-    for name, t in _external_tensors(model):
-        resolve_location(Path(t.base_dir or "."), _ref(name, t))
 
 
 def _external_tensors(model: onnx_ir.Model) -> list[tuple[str, onnx_ir.ExternalTensor]]:

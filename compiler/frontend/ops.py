@@ -43,6 +43,18 @@ def check_supported(model: ir.Model) -> None:
         raise UnsupportedOpsError(bad)
 
 
+def check_control_flow(model: ir.Model) -> None:
+    """Before folding: a model with control flow (a node with a subgraph) is refused with every
+    unsupported node listed, not partly folded (folding would inline a constant If's branch)."""
+    if any(_has_subgraph(node) for node in model.graph):
+        check_supported(model)
+
+
+def _has_subgraph(node: ir.Node) -> bool:
+    graphs = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+    return node.op_type in CONTROL_FLOW or any(a.type in graphs for a in node.attributes.values())
+
+
 def is_supported(node: ir.Node) -> bool:
     return node.domain in STANDARD_DOMAINS and node.op_type in SUPPORTED_OPS
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -129,9 +130,36 @@ def run(model: cp_model.CpModel, limit: float, clock: Clock) -> tuple[cp_model.C
         p.interleave_search = clock.params.workers > 1
     else:
         p.max_time_in_seconds = limit
-    status = solver.solve(model)
+    status = _interruptible_solve(solver, model)
     clock.spend(solver)
     return solver, status
+
+
+def _interruptible_solve(solver: cp_model.CpSolver, model: cp_model.CpModel) -> int:
+    """solver.solve in a worker thread, so Ctrl-C (or SIGTERM) reaches Python: the search is
+    stopped and the interrupt propagates. CP-SAT's own SIGINT handler is off: it would end the
+    search quietly and let the compile carry on with the best solution so far."""
+    solver.parameters.catch_sigint_signal = False
+    result: list = []
+
+    def work() -> None:
+        try:
+            result.append(solver.solve(model))
+        except BaseException as exc:  # handed to the calling thread
+            result.append(exc)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.05)
+    except BaseException:
+        solver.stop_search()
+        worker.join()
+        raise
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
 
 
 # -- stage 1: residency and wafer ranges -------------------------------------------------------

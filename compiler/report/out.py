@@ -53,7 +53,48 @@ def docs_from_texts(texts: dict[str, str], out: str = "OUT") -> OutDocs:
         if missing:
             raise UsageError(f"{out}/{name} has no {', '.join(missing)} (written by an older "
                              f"wafer?): {_recompile(out)}")
+    _check_structure(docs, out)
     return OutDocs(docs[PLACEMENT], docs[SCHEDULE], docs[LOG], docs.get(VERIFY), out)
+
+
+# per placement.json layer: the fields the report reads and their JSON types
+LAYER_FIELDS = {"name": str, "kind": str, "residency": str, "rect": dict,
+                "per_core_bytes": dict, "weight_bytes": int, "kv_bytes": int,
+                "flops_per_token": int, "offchip_bytes_per_token": int | float,
+                "cycles_per_token": int, "onnx_nodes": list}
+RECT_FIELDS = ("wafer", "row", "col", "rows", "cols")
+_JSON_NAMES = {str: "a string", dict: "an object", int: "an integer", list: "a list"}
+
+
+def _check_structure(docs: dict[str, dict[str, Any]], out: str) -> None:
+    """A damaged (hand-edited, truncated) OUT is one error line, not an exception deep in the
+    view-model: the schedule as `wafer verify` checks it, the placement's layer records."""
+    from compiler.trace import schedule_doc_problems
+
+    problems = schedule_doc_problems(docs[SCHEDULE])
+    if problems:
+        raise WaferError(f"{out}/{SCHEDULE}: {problems[0]}: {_recompile(out)}")
+    layers = docs[PLACEMENT]["layers"]
+    if not isinstance(layers, list):
+        raise WaferError(f"{out}/{PLACEMENT}: layers is not a list: {_recompile(out)}")
+    for i, layer in enumerate(layers):
+        problem = _layer_problem(layer)
+        if problem:
+            raise WaferError(f"{out}/{PLACEMENT}: layers[{i}]: {problem}: {_recompile(out)}")
+
+
+def _layer_problem(layer: object) -> str:
+    if not isinstance(layer, dict):
+        return "not an object"
+    for key, kind in LAYER_FIELDS.items():
+        if not isinstance(layer.get(key), kind) or isinstance(layer.get(key), bool):
+            return f"{key} is missing or not {_JSON_NAMES.get(kind, 'a number')}"
+    rect = layer["rect"]
+    if not all(isinstance(rect.get(k), int) for k in RECT_FIELDS):
+        return f"rect needs integer {', '.join(RECT_FIELDS)}"
+    if not isinstance(layer["per_core_bytes"].get("total"), int):
+        return "per_core_bytes has no integer total"
+    return ""
 
 
 def _parse(out: str, name: str, text: str) -> dict[str, Any]:
