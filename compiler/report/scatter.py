@@ -101,11 +101,15 @@ def place_labels(points: Sequence[tuple[float, float, str]],
                  box: tuple[float, float, float, float]) -> tuple[Label, ...]:
     """Labels for (x, y, text) points, in order of priority: above right of the point, above
     left, below right or below left, whichever stays in the box and clear of the points and of
-    the labels placed before; a label with no such place is left out."""
+    the labels placed before; a label with no such place, or with the text of a labelled
+    point at the same spot, is left out."""
     bx, by, bw, bh = box
     taken = [(x - 5, y - 5, x + 5, y + 5) for x, y, _ in points]
-    out = []
+    out: list[Label] = []
+    done: list[tuple[float, float, str]] = []
     for x, y, text in points:
+        if any(t == text and abs(x - u) < 6 and abs(y - v) < 6 for u, v, t in done):
+            continue
         w = CHAR_W * len(text)
         for anchor, dy in (("start", -1), ("end", -1), ("start", 1), ("end", 1)):
             x0 = x + 6 if anchor == "start" else x - 6 - w
@@ -116,6 +120,7 @@ def place_labels(points: Sequence[tuple[float, float, str]],
                 taken.append(rect)
                 out.append(Label(round(x + 6 if anchor == "start" else x - 6, 2),
                                  round(y0 + LABEL_H - 2, 2), text, anchor))
+                done.append((x, y, text))
                 break
     return tuple(out)
 

@@ -45,7 +45,7 @@ COSTS = (("total_sram_bytes", "sram", "total SRAM of the machine", fmt.nbytes, F
 # plot geometry, px
 WIDTH = 414.0
 LEFT, TOP, RIGHT = 60.0, 12.0, 12.0
-PLOT_H = 230.0
+PLOT_H = 250.0
 STRIP_GAP, STRIP_H = 8.0, 20.0
 MAX_LABELLED = 40  # with more points, only frontier points get a label
 
