@@ -87,6 +87,20 @@ def test_failed_points_are_in_the_view_model(pool_sweep):
         assert ("why", p["error"]) in view.tips[i].rows
 
 
+def test_a_sweep_where_nothing_compiled_still_shows_every_point(pool_sweep):
+    _, doc, _ = pool_sweep
+    failed = [p for p in doc["points"] if p["status"] != "ok"]
+    fronts = {c: {**f, "points": []} for c, f in doc["frontiers"].items()}
+    view = sweep_view({**doc, "points": failed, "frontiers": fronts})
+    for plot in view.plots:
+        assert not plot.dots and not plot.frontier and not plot.y_ticks
+        assert len(plot.misses) == len([p for p in failed if plot.id != "sram"
+                                        or p["total_sram_bytes"] is not None])
+        assert bool(plot.x_ticks) == (plot.id == "sram")  # no made-up cores or wafers axis
+    assert len(view.point_table.rows) == len(view.failed_table.rows) == len(failed)
+    assert view.kpis[0].value == "0 ok" and view.kpis[0].state == "bad"
+
+
 def test_the_plots_follow_sweep_json(pool_sweep):
     """Dots sit where their numbers put them: more tokens/s higher, more cost further right;
     the ringed dots are sweep.json's Pareto flags."""

@@ -149,7 +149,8 @@ def _scatter(points: Sequence[Mapping[str, Any]], cost: tuple, y: Scale,
     # a failed point's machine has a known SRAM (unless its spec is invalid): on the scale;
     # it has no cores or wafers used: spread along the strip
     shown = [p for p in failed if p[key] is not None] if sram else failed
-    x = scale([p[key] for p in ok + shown], LEFT, WIDTH - RIGHT, integer)
+    on_scale = [p[key] for p in ok + (shown if sram else [])]
+    x = scale(on_scale, LEFT, WIDTH - RIGHT, integer)
     dots = sorted((Dot(p["index"], x(p[key]), y(p["tokens_per_s"]), look[p["index"]][0],
                        bool(p["pareto"].get(key)), p["index"]) for p in ok),
                   key=lambda d: d.frontier)
@@ -162,7 +163,7 @@ def _scatter(points: Sequence[Mapping[str, Any]], cost: tuple, y: Scale,
         x_label=what + (" (log scale)" if x.log else ""),
         y_label="tokens/s, decode" + (" (log scale)" if y.log else ""),
         width=WIDTH, height=below + 40, plot=box,
-        x_ticks=ticks(x, label) if ok or shown else (),
+        x_ticks=ticks(x, label) if on_scale else (),
         y_ticks=ticks(y, fmt.si) if ok else (),
         dots=tuple(dots), frontier=staircase([(d.x, d.y) for d in on]),
         labels=place_labels([(d.x, d.y, look[d.index][1]) for d in _labelled(on, dots)], box),
