@@ -105,15 +105,19 @@ def _add_compile(sub) -> None:
 
 
 def _add_view(sub) -> None:
-    p = sub.add_parser("view", help="write OUT/report.html (the compile, drawn) and print its path")
-    p.add_argument("out", metavar="OUT", help="an output directory of `wafer compile`")
-    p.add_argument("--open", action="store_true", help="open the report in a browser")
+    p = sub.add_parser("view", help="write OUT/report.html (the compile, drawn) or "
+                       "SWEEPDIR/sweep.html (the sweep's Pareto plots) and print its path")
+    p.add_argument("out", metavar="OUT", help="an output directory of `wafer compile`, or a "
+                   "SWEEPDIR of `wafer sweep` (it has sweep.json)")
+    p.add_argument("--open", action="store_true", help="open the page in a browser")
     p.add_argument("--png", metavar="FILE", help="save a screenshot (needs headless Chromium)")
     p.add_argument("--size", default="1400x900", metavar="WxH",
                    help="screenshot size in pixels (default 1400x900)")
     p.add_argument("--only", metavar="IDS", default="",
                    help="screenshot only these parts (comma-separated): sections placement, "
-                   "wafers, offchip, timeline, layers, summary, data; pictures grid, memory, links")
+                   "wafers, offchip, timeline, layers, summary, data; pictures grid, memory, "
+                   "links; of a sweep: sections plots, points, failed, data; plots sram, cores, "
+                   "wafers")
     p.set_defaults(run=cmd_view)
 
 
@@ -147,8 +151,8 @@ def _add_sweep(sub) -> None:
                    "(context, batch, seq-len, prompt-resident, method) and its values "
                    "(repeatable: the cross product is swept)")
     p.add_argument("-o", "--output", required=True, metavar="SWEEPDIR",
-                   help="sweep.csv, sweep.json and the cache of finished points (a re-run "
-                   "computes only new points)")
+                   help="sweep.csv, sweep.json, sweep.html (Pareto plots) and the cache of "
+                   "finished points (a re-run computes only new points)")
     p.add_argument("--context", type=_count, help="KV-cache context length (default: seq len)")
     p.add_argument("--method", choices=("cpsat", "first-fit", "serpentine"), default="cpsat",
                    help="placer (default: cpsat)")
@@ -403,15 +407,18 @@ def _report_files(files: dict[str, str]) -> dict[str, str]:
 
 
 def cmd_view(args) -> int:
-    from compiler.report import write_report
+    from compiler.report import is_sweep_dir, write_report, write_sweep_report
 
-    html = _stage(args, f"report: {args.out}", write_report, args.out)
+    sweep = is_sweep_dir(args.out)
+    sections = SWEEP_SECTIONS if sweep else SECTIONS
+    only, size = _sections(args.only, sections), _size(args.size)  # checked before writing
+    write = write_sweep_report if sweep else write_report
+    html = _stage(args, f"{'sweep page' if sweep else 'report'}: {args.out}", write, args.out)
     print(html)
     if args.png:
         from compiler.report.browser import screenshot
 
-        png = _stage(args, "screenshot", screenshot, html, Path(args.png), _size(args.size),
-                     _sections(args.only))
+        png = _stage(args, "screenshot", screenshot, html, Path(args.png), size, only)
         print(png)
     if args.open:
         from compiler.report.browser import open_in_browser
@@ -425,14 +432,16 @@ def cmd_view(args) -> int:
 # sections of the page, and the three pictures of the placement section
 SECTIONS = ("placement", "wafers", "offchip", "timeline", "layers", "summary", "data", "grid",
             "memory", "links")
+# the sweep page's sections, and its three plots
+SWEEP_SECTIONS = ("plots", "points", "failed", "data", "sram", "cores", "wafers")
 
 
-def _sections(text: str) -> str:
+def _sections(text: str, sections: Sequence[str]) -> str:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SECTIONS]
+    unknown = [n for n in names if n not in sections]
     if unknown:
         raise UsageError(f"--only: unknown section {unknown[0]!r}; sections: "
-                         f"{', '.join(SECTIONS)}")
+                         f"{', '.join(sections)}")
     return ",".join(names)
 
 
@@ -614,7 +623,7 @@ def _sweep_summary(doc: dict, out: str) -> str:
         table, *(["", "failed points:", *failed] if failed else []), "",
         f"{r['points']} points ({counts}); {r['computed']} computed, {r['cached']} cached; "
         f"{r['wall_s']:.1f} s on {r['backend']} ({r['workers']} workers) -> {out}/sweep.csv, "
-        "sweep.json",
+        "sweep.json, sweep.html",
         "Pareto: on the frontier of tokens/s against S total SRAM, C cores used, W wafers used",
     ])
 

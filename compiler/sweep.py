@@ -4,7 +4,7 @@ overrides (`core.sram_bytes=24KiB,48KiB`) and compile options (`context=2048,819
     plan = plan_sweep(model, target, vary, options)   # parse, validate, key every point
     outcomes = run_sweep(plan, sweep_dir, backend)     # cached points read back, the rest run
     doc = sweep_doc(plan, outcomes, run)               # rows + Pareto flags (sweep.json)
-    write_sweep(sweep_dir, doc)                        # sweep.json, sweep.csv
+    write_sweep(sweep_dir, doc)                        # sweep.json, sweep.csv, sweep.html
 
 `run_point` is the unit of work: a process-pool task here, or a Ray task (compiler/sweep_ray.py,
 the only module that imports ray). It returns a `PointResult` whatever happens to the compile.
@@ -625,9 +625,15 @@ def _cell(value: Any) -> Any:
 
 
 def write_sweep(sweep_dir: Path, doc: Mapping[str, Any]) -> None:
-    """sweep.json and sweep.csv, each written atomically."""
-    write_atomic(Path(sweep_dir) / "sweep.json", json.dumps(doc, indent=1) + "\n")
-    write_atomic(Path(sweep_dir) / "sweep.csv", sweep_csv(doc))
+    """sweep.json, sweep.csv and sweep.html (the page drawn from the JSON text, as `wafer view
+    SWEEPDIR` draws it), all made first, then each written atomically."""
+    from compiler.report import SWEEP_HTML, sweep_html
+
+    text = json.dumps(doc, indent=1) + "\n"
+    files = {"sweep.json": text, "sweep.csv": sweep_csv(doc),
+             SWEEP_HTML: sweep_html(json.loads(text))}
+    for name, content in files.items():
+        write_atomic(Path(sweep_dir) / name, content)
 
 
 def _tool() -> dict[str, str]:

@@ -10,17 +10,16 @@ import json
 import os
 import re
 import shutil
-import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import Refs
 
 from compiler.cli import main
 from compiler.errors import ExitCode
 from compiler.perf import PerfOptions, busiest_link, step_scale
 from compiler.report import build_view, read_out, view_json
-from compiler.report.browser import find_chromium, load_page, screenshot
+from compiler.report.browser import load_page, screenshot
 from compiler.report.grid import MAX_BINS
 from compiler.trace import schedule_from_doc
 
@@ -43,48 +42,10 @@ def tiny_out(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Headless Chromium, installed with apt-get when missing and we may (root, Debian)."""
-    exe = find_chromium()
-    if exe is None and shutil.which("apt-get") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=False,
-                       timeout=900)
-        exe = find_chromium()
-    if exe is None:
-        pytest.skip("headless Chromium is not installed and `apt-get install chromium` was not "
-                    "possible here (needs root and a Debian package archive)")
-    return exe
-
-
-class _Refs(HTMLParser):
-    """Every tag, and every attribute that can make a browser fetch something."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[str] = []
-        self.refs: list[str] = []
-        self.ids: set[str] = set()
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        for name, value in attrs:
-            if name in ("src", "href", "xlink:href", "action", "poster", "data") and value:
-                self.refs.append(value)
-            if name == "id":
-                self.ids.add(value)
-
-
 def test_report_is_one_self_contained_page(tiny_out):
     html = (tiny_out / "report.html").read_text()
-    parser = _Refs()
-    parser.feed(html)
-    parser.close()
-    external = [r for r in parser.refs if re.match(r"^\s*(https?:)?//", r, re.I)
-                or r.startswith(("file:", "data:text/html"))]
-    assert not external, external
+    parser = Refs.of(html)
+    assert not parser.external, parser.external
     local = [r for r in parser.refs if not r.startswith("#")]
     assert local and all(r.startswith("report-data/") and (tiny_out / r).exists() for r in local)
     css_urls = re.findall(r"url\(\s*['\"]?([^)'\"]*)", html)

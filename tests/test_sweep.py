@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SMALL
 
 from compiler.cli import main
 from compiler.driver import CompileOptions, compile_model
@@ -23,10 +24,6 @@ from compiler.sweep import FRONTIER_COSTS, cache_path, vary_keys
 from compiler.target import load_target
 from compiler.tiling import TilingOptions
 
-# gpt2-tiny on mesh8x8: 8 KiB cores are too small (a failed point), a 16 KiB reserve does not
-# fit in an 8 KiB core (an invalid spec, recorded as an error point), the rest compile.
-SMALL = ["gpt2-tiny", "-t", "mesh8x8", "--vary", "core.sram_bytes=8KiB,32KiB,64KiB",
-         "--vary", "core.reserve_bytes=4KiB,16KiB", "--vary", "context=16,64"]
 RUN_ONLY = ("compile_s", "verify_s", "cached")  # how a point was obtained, not what it is
 
 
@@ -39,14 +36,6 @@ def sweep(capsys, out: Path, *argv: str) -> tuple[int, dict, str, str]:
 
 def table(doc: dict) -> list[dict]:
     return [{k: v for k, v in p.items() if k not in RUN_ONLY} for p in doc["points"]]
-
-
-@pytest.fixture(scope="module")
-def pool_sweep(tmp_path_factory) -> tuple[Path, dict, str]:
-    out = tmp_path_factory.mktemp("pool") / "sweep"
-    code = main(["-q", "sweep", *SMALL, "--workers", "2", "-o", str(out)])
-    assert code == 0
-    return out, json.loads((out / "sweep.json").read_text()), (out / "sweep.csv").read_text()
 
 
 def test_every_point_is_a_row_failed_ones_included(pool_sweep):
@@ -153,7 +142,8 @@ def test_an_interrupted_sweep_resumes(capsys, tmp_path):
     assert len(errors) == 1 and "run the same command again to resume" in errors[0]
     finished = len(list(points.glob("*.json")))
     assert 1 <= finished < 16
-    assert not (out / "sweep.json").exists() and stdout == ""
+    assert not (out / "sweep.json").exists() and not (out / "sweep.html").exists()
+    assert stdout == ""
     code, doc, _, _ = sweep(capsys, out, *argv, "--workers", "2")
     assert code == 0
     assert doc["run"]["cached"] == finished and doc["run"]["computed"] == 16 - finished

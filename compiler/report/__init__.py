@@ -1,7 +1,10 @@
 """The compile report: OUT's documents -> a view-model of plain data (build.py) -> one
 self-contained HTML page (render.py, jinja2) and the numbers behind it as CSV/JSON
 (numbers.py). `wafer compile` writes it with the other artifacts; `wafer view OUT` rewrites it
-from the files in OUT."""
+from the files in OUT.
+
+The sweep page: SWEEPDIR/sweep.json -> a view-model (sweep.py) -> sweep.html, through the same
+templates' base. `wafer sweep` writes it with sweep.json; `wafer view SWEEPDIR` rewrites it."""
 
 from __future__ import annotations
 
@@ -12,12 +15,14 @@ from compiler.report.build import DATA_DIR, build_view, view_from_facts
 from compiler.report.facts import gather
 from compiler.report.numbers import data_files, view_json
 from compiler.report.out import OutDocs, docs_from_texts, read_out
-from compiler.report.render import render_html
+from compiler.report.render import render_html, render_sweep_html
+from compiler.report.sweep import SWEEP_HTML, is_sweep_dir, read_sweep, sweep_view
 
 REPORT = "report.html"
 
-__all__ = ["DATA_DIR", "REPORT", "OutDocs", "build_view", "docs_from_texts", "read_out",
-           "render_html", "report_files", "view_json", "write_report"]
+__all__ = ["DATA_DIR", "REPORT", "SWEEP_HTML", "OutDocs", "build_view", "docs_from_texts",
+           "is_sweep_dir", "read_out", "read_sweep", "render_html", "report_files", "sweep_html",
+           "sweep_view", "view_json", "write_report", "write_sweep_report"]
 
 
 def report_files(docs: OutDocs) -> dict[str, str]:
@@ -33,9 +38,29 @@ def write_report(out: str | Path) -> Path:
     out = Path(out)
     files = report_files(read_out(out))
     for name, text in files.items():
-        path = out / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        _replace(out / name, text)
+    return out / REPORT
+
+
+def sweep_html(doc: dict) -> str:
+    """The sweep page of a sweep.json document (as parsed from its text)."""
+    return render_sweep_html(sweep_view(doc))
+
+
+def write_sweep_report(sweep_dir: str | Path) -> Path:
+    """(Re)write SWEEPDIR/sweep.html from SWEEPDIR/sweep.json, replacing it whole."""
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / SWEEP_HTML
+    _replace(path, sweep_html(read_sweep(sweep_dir)))
+    return path
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write beside `path`, then rename over it: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
         tmp.write_text(text)
         os.replace(tmp, path)
-    return out / REPORT
+    finally:
+        tmp.unlink(missing_ok=True)

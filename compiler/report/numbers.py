@@ -14,7 +14,7 @@ import numpy as np
 from compiler.report import grid
 from compiler.report.build import DATA_DIR
 from compiler.report.facts import MODES, Facts
-from compiler.report.view import Report, WaferPanel
+from compiler.report.view import Report, SweepReport, WaferPanel
 from compiler.schedule import SETUP
 
 
@@ -25,7 +25,7 @@ def data_files(f: Facts, view: Report) -> dict[str, str]:
         ("timeline.csv", _timeline(f)), ("wafers.csv", _wafers(f)))}
 
 
-def view_json(view: Report) -> str:
+def view_json(view: Report | SweepReport) -> str:
     return json.dumps(dataclasses.asdict(view), indent=1) + "\n"
 
 

@@ -7,7 +7,7 @@ import functools
 
 import jinja2
 
-from compiler.report.view import Report
+from compiler.report.view import Report, SweepReport
 
 
 @functools.cache
@@ -23,3 +23,8 @@ def render_html(view: Report) -> str:
             "nodes": [list(n) for n in view.nodes],
             "layers": [row[1] for row in view.layer_table.rows]}
     return _env().get_template("report.html.j2").render(r=view, data=data)
+
+
+def render_sweep_html(view: SweepReport) -> str:
+    data = {"tips": [[t.title, [list(r) for r in t.rows]] for t in view.tips]}
+    return _env().get_template("sweep.html.j2").render(r=view, data=data)

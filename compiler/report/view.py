@@ -216,3 +216,77 @@ class Report:
     nodes: tuple[tuple[str, ...], ...]  # ONNX node names per layer (the details panel)
     tips: tuple[Tip, ...]
     files: tuple[str, ...]  # the numbers behind the pictures, relative to the HTML
+
+
+# --- the sweep page (sweep.html): Pareto plots and the table of points ---------------------
+
+
+@dataclass(frozen=True)
+class Dot:
+    """A point that compiled, in a scatter plot (px)."""
+
+    index: int  # the sweep point
+    x: float
+    y: float
+    color: str  # by the value of the colouring axis
+    frontier: bool  # on this plot's Pareto frontier
+    tip: int
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A failed point, marked on the strip under a plot (px)."""
+
+    index: int
+    x: float
+    y: float
+    status: str  # does-not-fit | infeasible | error
+    color: str  # by status
+    tip: int
+
+
+@dataclass(frozen=True)
+class Label:
+    """A frontier point's values, written beside it (px; anchor "start" or "end")."""
+
+    x: float
+    y: float
+    text: str
+    anchor: str
+
+
+@dataclass(frozen=True)
+class Scatter:
+    """tokens/s against one cost; the frontier as a staircase through its points."""
+
+    id: str
+    title: str
+    x_label: str  # says "log scale" when it is one
+    y_label: str
+    width: float  # the SVG, px
+    height: float
+    plot: tuple[float, float, float, float]  # the plotting area: x, y, w, h (px)
+    x_ticks: tuple[tuple[float, str], ...]  # (px, label)
+    y_ticks: tuple[tuple[float, str], ...]
+    dots: tuple[Dot, ...]  # frontier points last, so they are drawn on top
+    frontier: str  # SVG path data, px; "" when no point compiled
+    labels: tuple[Label, ...]  # beside frontier points, where they do not overlap
+    strip: tuple[float, float, float, float]  # failed points' strip: x, y, w, h; h 0 if none
+    misses: tuple[Miss, ...]
+    note: str
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    title: str
+    subtitle: str
+    kpis: tuple[Kpi, ...]
+    color_by: str  # the --vary key whose values colour the dots ("" when none varies)
+    colors: tuple[Swatch, ...]  # its values
+    statuses: tuple[Swatch, ...]  # the failed points' marks
+    plots: tuple[Scatter, ...]
+    point_table: Table
+    point_status: tuple[str, ...]  # per row of point_table: its status
+    failed_table: Table
+    tips: tuple[Tip, ...]  # tip i is sweep point i
+    files: tuple[str, ...]
