@@ -180,6 +180,7 @@ def test_nan_or_inf_where_ort_has_none_fails():
     c = V.compare("y", got, ref, 1.0, 1.0)  # any finite error would pass
     assert not c.passed and c.nan == 1 and c.where == (2, 1) and math.isnan(c.got)
     assert c.min_atol == math.inf and "1 NaN, 0 Inf where ORT has none" in c.line()
+    assert c.max_abs == math.inf  # a NaN where ORT has a number is no small error
     got[2, 1] = np.inf
     c = V.compare("y", got, ref, 1.0, 1.0)
     assert not c.passed and (c.nan, c.inf) == (0, 1)
@@ -333,6 +334,7 @@ def test_report_json_and_lines():
                                 if n not in ref]
     lines = report.lines()
     assert lines[-1].startswith("FAILED: 1 of 1 output(s) of gpt2-tiny differ from ONNX Runtime")
+    assert "max abs error inf" in lines[-1]
     assert "NaN/Inf where ORT has none in 1 output(s)" in lines[-1]
 
 
