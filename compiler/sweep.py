@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from compiler import __version__
+from compiler.atomic import write_atomic
 from compiler.driver import CompileOptions, compile_model
 from compiler.errors import (
     CapacityError,
@@ -370,17 +371,6 @@ def store(sweep_dir: Path, spec: PointSpec, result: PointResult) -> None:
            "options": dataclasses.asdict(spec.options), "verify": spec.verify,
            "result": dataclasses.asdict(result)}
     write_atomic(cache_path(sweep_dir, spec.key), json.dumps(doc, indent=1) + "\n")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary sibling, then rename it over `path` (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -254,7 +254,8 @@ def _compare(name: str, g: np.ndarray, r: np.ndarray, atol: float, rtol: float) 
     n_bad = int(bad.sum())
     passed = not n_bad and bool(np.all(diff <= atol + rtol * scale))
     return TensorCheck(
-        name=name, shape=g.shape, max_abs=math.inf if n_bad else _max(diff), mean_abs=_mean(diff, finite),
+        name=name, shape=g.shape, max_abs=math.inf if n_bad else _max(diff),
+        mean_abs=_mean(diff, finite),
         max_rel=_max(diff / np.maximum(scale, _rel_floor(scale, finite))), where=where,
         got=float(g[where]) if where is not None else math.nan,
         ref=float(r[where]) if where is not None else math.nan,

@@ -8,9 +8,9 @@ templates' base. `wafer sweep` writes it with sweep.json; `wafer view SWEEPDIR` 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from compiler.atomic import write_atomic
 from compiler.report.build import DATA_DIR, build_view, view_from_facts
 from compiler.report.facts import gather
 from compiler.report.numbers import data_files, view_json
@@ -38,7 +38,7 @@ def write_report(out: str | Path) -> Path:
     out = Path(out)
     files = report_files(read_out(out))
     for name, text in files.items():
-        _replace(out / name, text)
+        write_atomic(out / name, text)
     return out / REPORT
 
 
@@ -51,16 +51,5 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
     """(Re)write SWEEPDIR/sweep.html from SWEEPDIR/sweep.json, replacing it whole."""
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / SWEEP_HTML
-    _replace(path, sweep_html(read_sweep(sweep_dir)))
+    write_atomic(path, sweep_html(read_sweep(sweep_dir)))
     return path
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write beside `path`, then rename over it: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
