@@ -10,23 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _harness import WAFER, machine, run, table, write_section
+from _harness import WAFER, best_of, machine, run, table, write_section
 
 from compiler.report import read_out, report_files
 
 CASES = [("gpt2-small", "wse3", ["--seq-len", "64"]), ("llama3-70b", "wse3-x4", [])]
-
-
-def _best(fn, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def measure(out: Path) -> list[str]:
@@ -35,7 +25,7 @@ def measure(out: Path) -> list[str]:
         return [f"exit {code}"] + [""] * 6
     html = (out / "report.html").read_text()
     data = sum(p.stat().st_size for p in (out / "report-data").iterdir())
-    inproc = _best(lambda: report_files(read_out(out)))
+    inproc = best_of(lambda: report_files(read_out(out)))
     shot, _, code, _ = run([*WAFER, "-q", "view", str(out), "--png", str(out / "shot.png")])
     return [f"{seconds:.2f}", f"{inproc:.2f}", f"{rss:.0f}", f"{len(html) / 1e6:.2f}",
             str(html.count("<rect")), f"{data / 1e6:.1f}",

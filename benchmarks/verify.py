@@ -8,10 +8,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _harness import WAFER, machine, run, table, write_section
+from _harness import WAFER, best_of, machine, run, table, write_section
 
 from compiler.driver import CompileOptions, compile_model
 from compiler.executor import run_schedule
@@ -24,23 +23,14 @@ CASES = [("gpt2-tiny", "mesh8x8", None), ("llama-tiny", "mesh8x8", None),
          ("gpt2-small", "wse3", 64), ("gpt2-small", "wse3", 128)]
 
 
-def _best(fn, repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def forward_times(model: str, target: str, seq: int | None) -> tuple[float, float, float]:
     """(executor s, ORT s, max abs error) for one forward pass on the same inputs."""
     opts = CompileOptions(frontend=FrontendOptions(DimRequest(seq_len=seq)))
     r = compile_model(model, target, opts)
     inputs = random_inputs(r.graph, 0)
     reference_model_bytes(model)  # warm the zoo build out of the timing
-    ex = _best(lambda: run_schedule(r.schedule, r.graph, r.target, inputs))
-    ort = _best(lambda: run_reference(model, inputs))
+    ex = best_of(lambda: run_schedule(r.schedule, r.graph, r.target, inputs))
+    ort = best_of(lambda: run_reference(model, inputs))
     got = run_schedule(r.schedule, r.graph, r.target, inputs).outputs
     ref = run_reference(model, inputs)
     err = max(float(abs(got[k] - v).max()) for k, v in ref.items())
