@@ -37,8 +37,8 @@ def _with_overhead(target, cycles: int):
 def predict(result, overhead: int) -> float:
     target = _with_overhead(result.target, overhead)
     kv = {lt.layer: lt.kv_bytes for lt in result.tiled.layers if lt.kv_bytes}
-    extra = streamed_kv_cycles(result.schedule, target, kv)
-    return estimate(result.schedule, target, PerfOptions("decode"), extra).tokens_per_s
+    reads = streamed_kv_cycles(result.schedule, target, kv)
+    return estimate(result.schedule, target, PerfOptions("decode"), reads).tokens_per_s
 
 
 def fit(result, published: float) -> int:

@@ -14,7 +14,10 @@ dependent phases, not bandwidth.
 Modes: decode (one token per sequence per step at a context length: token-proportional sizes
 scale by batch / tokens, attention additionally by context / sequence) and prefill (the prompt
 as the graph describes it: time to first token). Setup steps (resident weights) cost nothing
-per token; streamed weights and KV cache are loaded every step.
+per token; streamed weights and KV cache are loaded every step, and every off-chip transfer of
+a wafer (loads, stores, streamed KV reads) queues on that wafer's one off-chip port, prefetched
+as soon as the port is free: a decode step never beats its off-chip bytes / bandwidth.
+Inter-wafer sends queue on the sender's outgoing and the receiver's incoming port.
 """
 
 from __future__ import annotations
@@ -143,19 +146,29 @@ def _offchip(step, region, t: Target, nbytes: float, flops: float) -> float:
 
 
 def timeline(s: Schedule, t: Target, opts: PerfOptions | None = None,
-             extra: dict[int, int] | None = None) -> Timeline:
+             kv_reads: dict[int, int] | None = None) -> Timeline:
     """Start and end of every step: after its dependencies and once its region (compute and
-    collectives), its links (sends sharing a row or column segment) or its off-chip port (loads
-    and stores of a wafer) are free."""
+    collectives), its links (sends sharing a row or column segment), its wafers' inter-wafer
+    ports (a wafer_send holds the sender's outgoing and the receiver's incoming port) or its
+    wafer's off-chip port (loads and stores) are free.
+
+    `kv_reads` (step id -> cycles, from `streamed_kv_cycles`): an off-chip read that must end
+    before the step starts. It holds the wafer's off-chip port like a load and, like a
+    streamed weight load, depends on nothing else: the runtime prefetches it as soon as the
+    port is free, overlapping other regions' compute. So all off-chip traffic of a wafer
+    serializes on its port, and a decode step is never shorter than its off-chip bytes /
+    off-chip bandwidth."""
     opts = opts or PerfOptions()
-    extra = extra or {}
+    kv_reads = kv_reads or {}
     starts, ends, why = [0] * len(s.steps), [0] * len(s.steps), [-1] * len(s.steps)
     free: dict[object, tuple[int, int]] = defaultdict(lambda: (0, -1))  # resource -> (t, step)
     for step in s.steps:
         if step.phase == SETUP:
             continue
-        dur = step_cycles(step, s, t, step_scale(step, s, opts)) + extra.get(step.id, 0)
+        dur = step_cycles(step, s, t, step_scale(step, s, opts))
         ready, cause = max(((ends[d], d) for d in step.deps), default=(0, -1))
+        if step.id in kv_reads:
+            ready, cause = max((ready, cause), _read(free, s, step, kv_reads[step.id]))
         for res in _resources(step, s):
             if free[res][0] > ready:
                 ready, cause = free[res]
@@ -166,13 +179,24 @@ def timeline(s: Schedule, t: Target, opts: PerfOptions | None = None,
     return Timeline(tuple(starts), tuple(ends), makespan, _critical(ends, why, makespan))
 
 
+def _read(free: dict[object, tuple[int, int]], s: Schedule, step: Step,
+          cycles: int) -> tuple[int, int]:
+    """Book an off-chip read for `step` on its wafer's port, as early as the port is free;
+    returns (end, the step that held the port before it: the critical path's way back)."""
+    port = ("offchip", s.region(step.region).wafer)
+    start, before = free[port]
+    free[port] = (start + cycles, before)
+    return start + cycles, before
+
+
 def _resources(step: Step, s: Schedule) -> list[object]:
     if step.kind in ("compute", "collective"):
         return [("region", step.region)]
     if step.kind in ("load", "store"):
         return [("offchip", s.region(step.region).wafer)]
     if step.kind == "wafer_send":
-        return [("wafer-link", s.region(step.region).wafer, s.region(step.dst).wafer)]
+        return [("wafer-out", s.region(step.region).wafer),
+                ("wafer-in", s.region(step.dst).wafer)]
     return _route_links(step, s.region(step.region).wafer)
 
 
@@ -199,15 +223,15 @@ def _critical(ends: list[int], why: list[int], makespan: int) -> tuple[int, ...]
 
 
 def streamed_kv_cycles(s: Schedule, t: Target, kv_bytes: dict[str, int]) -> dict[int, int]:
-    """Extra cycles for regions whose KV cache streams from off-chip: the cache (at the
-    schedule's context, bytes per region) is read in before the region's first attention step."""
+    """Off-chip reads (step id -> cycles) for regions whose KV cache streams from off-chip: the
+    cache (at the schedule's context, bytes per region) is read in before the region's first
+    attention step; `timeline` books each read on the wafer's off-chip port."""
     extra: dict[int, int] = {}
     streamed = {r for r, mode in s.residency if mode in ("stream_kv", "stream_all")}
     for step in s.steps:
         if step.region in streamed and step.scaling == ATTENTION and step.region in kv_bytes:
             nbytes = kv_bytes.pop(step.region)
-            extra[step.id] = int((t.offchip.latency_s + nbytes / t.offchip.bandwidth_bytes_per_s)
-                                 * t.core.clock_hz)
+            extra[step.id] = math.ceil(_offchip(step, None, t, nbytes, 0))
     return extra
 
 
@@ -258,9 +282,9 @@ def busiest_link(s: Schedule, opts: PerfOptions | None = None) -> LinkLoad | Non
 
 
 def estimate(s: Schedule, t: Target, opts: PerfOptions | None = None,
-             extra: dict[int, int] | None = None) -> Estimate:
+             kv_reads: dict[int, int] | None = None) -> Estimate:
     opts = opts or PerfOptions()
-    tl = timeline(s, t, opts, extra)
+    tl = timeline(s, t, opts, kv_reads)
     batch = opts.batch or s.batch
     context = opts.context or s.context
     flops = int(sum(st.flops * step_scale(st, s, opts) for st in s.steps if st.kind == "compute"))

@@ -10,9 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compiler.driver import compile_model
-from compiler.perf import DECODE, PREFILL, PerfOptions, estimate, step_scale, timeline
-from compiler.schedule import SETUP, Region, xy_route
+from compiler.driver import CompileOptions, compile_model
+from compiler.perf import (
+    DECODE,
+    PREFILL,
+    PerfOptions,
+    estimate,
+    step_scale,
+    streamed_kv_cycles,
+    timeline,
+)
+from compiler.schedule import ATTENTION, SETUP, Region, Schedule, Step, xy_route
+from compiler.target import load_target
+from compiler.tiling import TilingOptions
 
 CASES = [("gpt2-tiny", "mesh8x8"), ("llama-tiny", "mesh8x8"), ("bert-tiny", "mesh16x16"),
          ("llama-tiny-opset23", "mesh8x8"), ("gpt2-tiny", "mesh8x8-x2"), ("llama3-8b", "wse3")]
@@ -186,3 +196,68 @@ def test_sends_carry_the_bytes_of_the_placers_edges(case):
             key = (index[step.region], index[step.dst])
             sent[key] = sent.get(key, 0) + step.nbytes
     assert sent == {(e.src, e.dst): e.bytes_prefill for e in r.problem.edges}
+
+
+# --- shared ports: one off-chip port per wafer, one inter-wafer port per wafer and direction ------
+
+# (model, SRAM per core, grid side, context): mesh8x8 shrunk until several blocks stream
+STREAMING = [("llama-tiny", 16 * 1024, 4, 1024), ("gpt2-tiny", 32 * 1024, 4, 2048)]
+
+
+@functools.cache
+def streaming(model: str, sram: int, side: int, context: int):
+    t = load_target("mesh8x8")
+    t = dataclasses.replace(t, core=dataclasses.replace(t.core, sram_bytes=sram),
+                            grid=dataclasses.replace(t.grid, rows=side, cols=side))
+    return compile_model(model, t, CompileOptions(tiling=TilingOptions(context=context)))
+
+
+def _kv_reads(r, target=None):
+    kv = {lt.layer: lt.kv_bytes for lt in r.tiled.layers if lt.kv_bytes}
+    return streamed_kv_cycles(r.schedule, target or r.target, kv)
+
+
+@pytest.mark.parametrize("case", STREAMING)
+def test_decode_is_never_faster_than_the_offchip_port(case):
+    """All off-chip bytes of a decode token (streamed weights and KV cache, token I/O) pass one
+    port: the step takes at least bytes / bandwidth, however many blocks stream."""
+    r = streaming(*case)
+    assert sum(mode != "resident" for _, mode in r.schedule.residency) >= 2
+    t = r.target
+    port = r.metrics.offchip_bytes_per_token / t.offchip.bandwidth_bytes_per_s * t.core.clock_hz
+    assert r.estimates[DECODE].cycles >= port
+    assert estimate(r.schedule, t, PerfOptions(DECODE), _kv_reads(r)).cycles >= port
+
+
+@pytest.mark.parametrize("case", STREAMING)
+def test_a_faster_offchip_port_speeds_up_a_streaming_model(case):
+    r = streaming(*case)
+    better = _improved(r.target, "offchip.bandwidth_bytes_per_s", 2)
+    base = estimate(r.schedule, r.target, PerfOptions(DECODE), _kv_reads(r)).cycles
+    assert estimate(r.schedule, better, PerfOptions(DECODE), _kv_reads(r, better)).cycles < base
+
+
+def _schedule(target, regions, steps, residency=()):
+    return Schedule("hand", target.name, tuple(Region(n, w, 0, 0, 1, 1) for n, w in regions),
+                    tuple(steps), tokens=1, batch=1, context=1, residency=tuple(residency))
+
+
+def test_streamed_kv_reads_of_two_regions_queue_on_the_port():
+    t = load_target("mesh8x8")  # off-chip: 1 byte per cycle
+    s = _schedule(t, [("a", 0), ("b", 0)],
+                  [Step(i, "compute", name, op_kind="MatMul", scaling=ATTENTION)
+                   for i, name in enumerate("ab")], [("a", "stream_kv"), ("b", "stream_kv")])
+    reads = streamed_kv_cycles(s, t, {"a": 10_000, "b": 10_000})
+    assert sorted(reads) == [0, 1]
+    assert timeline(s, t, PerfOptions(DECODE), reads).makespan >= 20_000
+
+
+@pytest.mark.parametrize("pairs", [[("a", "b"), ("a", "c")], [("b", "a"), ("c", "a")]],
+                         ids=["one sender", "one receiver"])
+def test_transfers_between_wafers_queue_on_a_wafers_port(pairs):
+    t = load_target("mesh8x8-x2")  # wafer links: 1 byte per cycle per wafer and direction
+    t = dataclasses.replace(t, wafers=dataclasses.replace(t.wafers, count=3))
+    s = _schedule(t, [("a", 0), ("b", 1), ("c", 2)],
+                  [Step(i, "wafer_send", src, dst=dst, nbytes=10_000)
+                   for i, (src, dst) in enumerate(pairs)])
+    assert timeline(s, t, PerfOptions(DECODE)).makespan >= 20_000
