@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
+import functools
 import hashlib
 import io
 import itertools
@@ -253,10 +254,27 @@ def _check_target_values(axes: Sequence[Axis], points: Sequence[PointSpec]) -> N
 
 def point_key(model_sha256: str, target: Target, options: CompileOptions, verify: bool) -> str:
     """The cache key of one point: what its result depends on, hashed."""
-    doc = {"wafer": __version__, "model": model_sha256, "target": target.sha256,
+    doc = {"wafer": __version__, "code": code_sha256(), "model": model_sha256,
+           "target": target.sha256,
            "options": dataclasses.asdict(options), "verify": verify}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@functools.cache
+def code_sha256() -> str:
+    """A hash of wafer's own source (the compiler and zoo modules), so that a point cached by
+    other code is computed again even when the version number did not change."""
+    import compiler
+    import compiler.zoo
+
+    h = hashlib.sha256()
+    for pkg in (compiler, compiler.zoo):
+        root = Path(pkg.__file__).parent
+        for f in sorted(root.rglob("*.py")):
+            h.update(f"{pkg.__name__}/{f.relative_to(root).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

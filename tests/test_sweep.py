@@ -124,6 +124,24 @@ def test_the_cache_skips_finished_points(pool_sweep, capsys, tmp_path):
     assert len(err.splitlines()) == 1 + 5  # the counts, then one line per computed point
 
 
+def test_points_cached_by_other_code_are_computed_again(pool_sweep, capsys, tmp_path,
+                                                        monkeypatch):
+    """The key holds a hash of wafer's source: an edit without a version bump misses the cache."""
+    import compiler.sweep as sw
+
+    src, first, _ = pool_sweep
+    assert len(sw.code_sha256()) == 64 and sw.code_sha256() == sw.code_sha256()
+    out = tmp_path / "edited"
+    shutil.copytree(src, out)
+    monkeypatch.setattr(sw, "code_sha256", lambda: "0" * 64)  # as if a module had changed
+    code, doc, _, _ = sweep(capsys, out, *SMALL, "--workers", "2")
+    assert code == 0 and doc["run"]["cached"] == 0
+    assert doc["run"]["computed"] == first["run"]["computed"] + first["run"]["cached"]
+    assert table(doc) != table(first)  # other keys ...
+    assert [p["tokens_per_s"] for p in doc["points"]] == [
+        p["tokens_per_s"] for p in first["points"]]  # ... for the same (deterministic) results
+
+
 def test_an_interrupted_sweep_resumes(capsys, tmp_path):
     out = tmp_path / "sw"
     argv = ["gpt2-tiny", "-t", "mesh8x8", "--vary", "core.sram_bytes=16KiB,32KiB,64KiB,96KiB",
