@@ -172,6 +172,20 @@ def test_the_gqa_repeat_holds_no_more_per_core_than_the_keys(tmp_path, kv_heads)
                 tile_numel(src, lay.inputs[0], rows, cols) * share
 
 
+def test_405b_blocks_are_offered_a_shape_that_packs_six_a_wafer():
+    """A resident llama3.1-405b block needs a little under a sixth of a wse3 wafer; the
+    frontier's own shapes tile only 5 a wafer, so the 2 x 3 split of the wafer is offered too
+    (126 blocks then fit 22 wafers of the 24)."""
+    target = load_target("wse3-x24")
+    block = next(lt for lt in tile_graph(zoo_graph("llama3.1-405b"), target).layers
+                 if lt.kind == "block")
+    rows, cols = target.grid.rows, target.grid.cols
+    packs = [(rows // c.rows) * (cols // c.cols) for c in block.candidates
+             if c.residency is Residency.RESIDENT]
+    assert max(packs) == 6 and (rows * cols) // min(
+        c.rows * c.cols for c in block.candidates if c.residency is Residency.RESIDENT) == 6
+
+
 def test_gpt2_small_holds_a_128_token_prompt_on_wse3():
     tiled = tile_graph(zoo_graph("gpt2-small", 1, 128), load_target("wse3"),
                        TilingOptions(prompt_resident=True))
