@@ -433,12 +433,21 @@ def _unsqueeze(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
 
 
 def _expand(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """The input's splits, and its largest broadcast dim (size 1 in, more out) split over the
+    mesh axis the input leaves free: every core along that axis holds the same input tile,
+    so it makes its own slice of the copies without moving data, instead of all of them
+    (GQA's key/value repeat: the query groups go over the axis the key heads leave free)."""
     x = _spec(g, op.inputs[0], specs)
-    rank = len(g.tensor(op.outputs[0]).shape)
     shape = g.tensor(op.outputs[0]).shape
-    out = tuple(s if shape[i] > 1 else None for i, s in enumerate(_align(x, rank)))
+    rank = len(shape)
+    out = [s if shape[i] > 1 else None for i, s in enumerate(_align(x, rank))]
+    src = (1,) * (rank - len(x)) + tuple(g.tensor(op.inputs[0]).shape)
+    free = [a for a in (R, C) if a not in out]
+    broadcast = [i for i in range(rank) if src[i] == 1 and shape[i] > 1]
+    if len(free) == 1 and broadcast:
+        out[max(broadcast, key=lambda i: shape[i])] = free[0]
     ins = (x, *(replicated(len(g.tensor(n).shape)) if n else None for n in op.inputs[1:]))
-    return OpLayout(op.name, op.kind, ins, (out,))
+    return OpLayout(op.name, op.kind, ins, (tuple(out),))
 
 
 def _embedding(g: ir.Graph, op: ir.Op, specs) -> OpLayout:

@@ -26,6 +26,11 @@ from compiler.target import Target
 # Ops that reinterpret tiles in place: an input they consume last lends them its memory.
 VIEW_OPS = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
 
+# Blocks per wafer up to which a denser exact wafer tiling is searched (`_densest`): with more,
+# a lost slot is a small share of the wafer, and the extra shape only distracts the placer
+# (tried: llama3-70b on 4 wafers took 586 x 69 strips at 20 a wafer, byte-hops 7.5e7 -> 1.8e8).
+DENSE_TILING_MAX = 8
+
 # Streamed weights or KV cache pass through a double buffer of this many bytes per core.
 STREAM_BUFFER_BYTES = 2 * 2048
 
@@ -272,9 +277,15 @@ def _pick(points: list[tuple[int, int]], k: int) -> list[tuple[int, int]]:
     return chosen[:k]
 
 
-def _grid_tiling(points: list[tuple[int, int]], target: Target, k: int = 2):
+def _grid_tiling(points: list[tuple[int, int]], fits: Callable[[int, int], bool],
+                 target: Target, k: int = 2):
     """Shapes that tile the wafer exactly (rows // i x cols // j), grown from frontier points:
-    alike blocks then pack without waste, which matters when they fill most of the wafer."""
+    alike blocks then pack without waste, which matters when they fill most of the wafer.
+    When the area allows more per wafer than those pack, and a wafer holds few such blocks
+    (<= DENSE_TILING_MAX, so that a lost slot wastes a large share of it), one i x j split
+    into that many (`_densest`) is added: a frontier point's own rows or columns may not
+    divide the wafer where a shape of about the same area does (llama3.1-405b's blocks:
+    586 x 254, 6 a wafer, where the frontier's shapes tile 5)."""
     rows, cols = target.grid.rows, target.grid.cols
     tiled = set()
     for r, c in points:
@@ -284,7 +295,27 @@ def _grid_tiling(points: list[tuple[int, int]], target: Target, k: int = 2):
     if not points:
         return []
     least = min(r * c for r, c in points)
-    return sorted(tiled, key=lambda p: (p[0] * p[1], p))[:k] if tiled and least else []
+    if not (tiled and least):
+        return []
+    packed = max((rows // r) * (cols // c) for r, c in tiled)
+    most = (rows * cols) // least
+    chosen = sorted(tiled, key=lambda p: (p[0] * p[1], p))[:k]
+    if most > DENSE_TILING_MAX:
+        return chosen
+    return chosen + [p for p in _densest(fits, rows, cols, most, packed)[:1] if p not in chosen]
+
+
+def _densest(fits: Callable[[int, int], bool], rows: int, cols: int, most: int,
+             packed: int) -> list[tuple[int, int]]:
+    """Fitting shapes rows // i x cols // j with i x j = n, for the largest n of the few just
+    under `most` (blocks per wafer by area) that has one and packs more than `packed`."""
+    for n in range(most, max(packed, most - 4), -1):
+        shapes = [(rows // i, cols // (n // i)) for i in range(1, min(n, rows) + 1)
+                  if n % i == 0 and n // i <= cols]
+        found = [p for p in shapes if fits(*p)]
+        if found:
+            return found
+    return []
 
 
 # --- putting a layer together -------------------------------------------------------------------
@@ -396,7 +427,7 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
 
         frontier = _frontier(fits, target.grid.rows, target.grid.cols)
         shapes = _pick(frontier, options.max_candidates)
-        shapes += [p for p in _grid_tiling(frontier, target) if p not in shapes]
+        shapes += [p for p in _grid_tiling(frontier, fits, target) if p not in shapes]
         if mode is Residency.RESIDENT:
             resident_shapes = shapes[:2]
         else:  # streaming frees SRAM; keeping the resident shape keeps the compute parallel

@@ -11,9 +11,10 @@ from conftest import FIXTURES, zoo_graph
 from hypothesis import given
 from hypothesis import strategies as st
 
+from compiler import zoo
 from compiler.errors import CapacityError
 from compiler.frontend import DimRequest, FrontendOptions, load_model
-from compiler.layouts import R, graph_layouts, tile_shape
+from compiler.layouts import R, graph_layouts, tile_numel, tile_shape
 from compiler.placement.problem import Residency
 from compiler.target import load_target
 from compiler.tiling import TilingOptions, tile_graph, to_problem
@@ -146,6 +147,43 @@ def test_a_tensor_read_elsewhere_keeps_its_spec():
     assert _relayouts(layouts) == [k_t]
     split = next(lay for lay in layouts if lay.kind == "Split")
     assert split.outputs[1][1] is None and split.outputs[2][1] is not None
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])  # 2, 4 and 8 query heads per key head
+def test_the_gqa_repeat_holds_no_more_per_core_than_the_keys(tmp_path, kv_heads):
+    """The key/value repeat of grouped-query attention (Unsqueeze, Expand, Reshape) splits its
+    query groups over the mesh axis the key heads leave free: a core holds its share of the
+    copies, not all of them, so with as many columns as groups its tile of the repeated keys
+    is no bigger than its tile of the keys, however many query heads share a key head."""
+    cfg = dataclasses.replace(zoo.ZOO["llama-tiny"].config, heads=8, kv_heads=kv_heads)
+    path = tmp_path / "gqa.onnx"
+    path.write_bytes(zoo.build_llama(cfg).SerializeToString())
+    g = load_model(path)
+    layer = g.layers[1]
+    expands = [(op, lay) for op, lay in zip(layer.ops, graph_layouts(g)[layer.name],
+                                            strict=True) if op.kind == "Expand"]
+    assert len(expands) == 2  # K and V
+    for op, lay in expands:
+        src, out = g.tensor(op.inputs[0]).shape, g.tensor(op.outputs[0]).shape
+        assert math.prod(out) == math.prod(src) * 8 // kv_heads
+        for rows, cols in ((4, 8), (8, 16), (3, 5)):
+            share = math.ceil(8 // kv_heads / cols)  # copies per core
+            assert tile_numel(out, lay.outputs[0], rows, cols) <= \
+                tile_numel(src, lay.inputs[0], rows, cols) * share
+
+
+def test_405b_blocks_are_offered_a_shape_that_packs_six_a_wafer():
+    """A resident llama3.1-405b block needs a little under a sixth of a wse3 wafer; the
+    frontier's own shapes tile only 5 a wafer, so the 2 x 3 split of the wafer is offered too
+    (126 blocks then fit 22 wafers of the 24)."""
+    target = load_target("wse3-x24")
+    block = next(lt for lt in tile_graph(zoo_graph("llama3.1-405b"), target).layers
+                 if lt.kind == "block")
+    rows, cols = target.grid.rows, target.grid.cols
+    packs = [(rows // c.rows) * (cols // c.cols) for c in block.candidates
+             if c.residency is Residency.RESIDENT]
+    assert max(packs) == 6 and (rows * cols) // min(
+        c.rows * c.cols for c in block.candidates if c.residency is Residency.RESIDENT) == 6
 
 
 def test_gpt2_small_holds_a_128_token_prompt_on_wse3():

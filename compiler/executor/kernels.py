@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.layouts import Spec, tile_shape
-from compiler.tiles import AXIS, valid_mask
+from compiler.tiles import AXIS, mesh_shape, valid_mask
 
 ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64,
                9: np.bool_, 10: np.float16, 11: np.float64, 16: np.float32}
@@ -664,10 +664,16 @@ def transpose(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
 
 @kernel("Expand")
 def expand(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """Each core repeats its own input tile; a broadcast dim the output splits (the input
+    holds it as size 1) needs no data from another core: every core makes its slice."""
     shape, spec = outs[0]
     tile = tile_shape(shape, spec, ctx.rows, ctx.cols)
     x = lift(ins[0], len(shape))
-    return [np.broadcast_to(x, x.shape[:2] + tuple(tile)).copy()]
+    held = (None,) * (len(shape) - ins[0].rank) + tuple(ins[0].spec)
+    if any(s and s != h and d != 1 for s, h, d in zip(spec, held, x.shape[2:], strict=True)):
+        raise KernelError(f"Expand to {spec} splits a dim its input {ins[0].spec} holds whole")
+    mesh = np.broadcast_shapes(x.shape[:2], mesh_shape(spec, ctx.rows, ctx.cols))
+    return [np.broadcast_to(x, mesh + tuple(tile)).copy()]
 
 
 @kernel("Trilu")
