@@ -81,18 +81,22 @@ def _add_check(sub) -> None:
     p.set_defaults(run=cmd_check)
 
 
+def _placement_args(p: argparse.ArgumentParser, limit_help: str) -> None:
+    """--context, --method, --time-limit, --seed: shared by compile and sweep."""
+    p.add_argument("--context", type=_count, help="KV-cache context length (default: seq len)")
+    p.add_argument("--method", choices=("cpsat", "first-fit", "serpentine"), default="cpsat",
+                   help="placer (default: cpsat)")
+    p.add_argument("--time-limit", type=_seconds, default=30.0, metavar="S", help=limit_help)
+    p.add_argument("--seed", type=_seed, default=0, help="solver random seed (default 0)")
+
+
 def _add_compile(sub) -> None:
     p = sub.add_parser("compile", help="place and schedule a model on a target; write OUT/")
     _model_args(p)
     p.add_argument("--target", "-t", required=True, help="a built-in target name or a .toml")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    p.add_argument("--context", type=_count, help="KV-cache context length (default: seq len)")
-    p.add_argument("--method", choices=("cpsat", "first-fit", "serpentine"), default="cpsat",
-                   help="placer (default: cpsat)")
-    p.add_argument("--time-limit", type=_seconds, default=30.0, metavar="S",
-                   help="solver time limit in seconds (default 30)")
-    p.add_argument("--seed", type=_seed, default=0, help="solver random seed (default 0)")
+    _placement_args(p, "solver time limit in seconds (default 30)")
     p.add_argument("--workers", type=_workers, default=1, help="solver workers (default 1)")
     p.add_argument("--nondeterministic", action="store_true",
                    help="wall-clock time limit (with --workers N, several workers): "
@@ -153,12 +157,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="SWEEPDIR",
                    help="sweep.csv, sweep.json, sweep.html (Pareto plots) and the cache of "
                    "finished points (a re-run computes only new points)")
-    p.add_argument("--context", type=_count, help="KV-cache context length (default: seq len)")
-    p.add_argument("--method", choices=("cpsat", "first-fit", "serpentine"), default="cpsat",
-                   help="placer (default: cpsat)")
-    p.add_argument("--time-limit", type=_seconds, default=30.0, metavar="S",
-                   help="solver time limit per point in seconds (default 30)")
-    p.add_argument("--seed", type=_seed, default=0, help="solver random seed (default 0)")
+    _placement_args(p, "solver time limit per point in seconds (default 30)")
     p.add_argument("--verify", action="store_true",
                    help="also run each point's schedule and compare with ONNX Runtime")
     p.add_argument("--workers", type=_workers, metavar="N",
