@@ -19,6 +19,7 @@ from compiler.frontend import DimRequest, FrontendOptions, load_model
 from compiler.report.browser import find_chromium
 
 FIXTURES = Path(__file__).parent / "fixtures"
+GOLDEN = Path(__file__).parent / "golden"
 # gpt2-tiny on mesh8x8: 8 KiB cores are too small (a failed point), a 16 KiB reserve does not
 # fit in an 8 KiB core (an invalid spec, recorded as an error point), the rest compile.
 SMALL = ["gpt2-tiny", "-t", "mesh8x8", "--vary", "core.sram_bytes=8KiB,32KiB,64KiB",
@@ -104,3 +105,12 @@ class Refs(HTMLParser):
         """References that leave the page's folder: URLs, file: and inline documents."""
         return [r for r in self.refs if re.match(r"^\s*(https?:)?//", r, re.I)
                 or r.startswith(("file:", "data:text/html"))]
+
+
+def check_golden(name: str, text: str) -> None:
+    """`text` equals tests/golden/NAME; WAFER_UPDATE_GOLDEN=1 rewrites it (review the diff)."""
+    path = GOLDEN / name
+    if os.environ.get("WAFER_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"missing {path}; run with WAFER_UPDATE_GOLDEN=1 to create it"
+    assert text == path.read_text()

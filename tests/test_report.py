@@ -7,13 +7,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Refs
+from conftest import Refs, check_golden
 
 from compiler.cli import main
 from compiler.errors import ExitCode
@@ -22,8 +21,6 @@ from compiler.report import build_view, read_out, view_json
 from compiler.report.browser import load_page, screenshot
 from compiler.report.grid import MAX_BINS
 from compiler.trace import schedule_from_doc
-
-GOLDEN = Path(__file__).parent / "golden"
 
 
 def _compile(out: Path, capsys, *extra: str, model: str = "gpt2-tiny",
@@ -107,11 +104,7 @@ def test_view_model_matches_golden(tiny_out):
     log = {"stage_seconds": dict.fromkeys(docs.log["stage_seconds"], 0.0),
            "solver_wall_time_s": 0.0}
     text = view_json(build_view(dataclasses.replace(docs, log=log)))
-    path = GOLDEN / "gpt2-tiny.mesh8x8.view.json"
-    if os.environ.get("WAFER_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"missing {path}; run with WAFER_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text()
+    check_golden("gpt2-tiny.mesh8x8.view.json", text)
 
 
 def test_chromium_runs_the_page_without_console_messages(tiny_out, chromium, tmp_path):

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
-from conftest import Refs
+from conftest import Refs, check_golden
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -25,7 +23,6 @@ from compiler.report.browser import load_page, screenshot
 from compiler.report.scatter import LOG_SPAN, scale, staircase, ticks
 from compiler.sweep import FRONTIER_COSTS
 
-GOLDEN = Path(__file__).parent / "golden"
 PLOTS = dict(zip(FRONTIER_COSTS, ("sram", "cores", "wafers"), strict=True))
 
 
@@ -133,11 +130,7 @@ def test_view_model_matches_golden(pool_sweep):
     run = {**doc["run"], "wall_s": 0.0}
     points = [{**p, "compile_s": 0.0, "verify_s": 0.0} for p in doc["points"]]
     text = view_json(sweep_view({**doc, "run": run, "points": points}))
-    path = GOLDEN / "gpt2-tiny.mesh8x8.sweep.view.json"
-    if os.environ.get("WAFER_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"missing {path}; run with WAFER_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text()
+    check_golden("gpt2-tiny.mesh8x8.sweep.view.json", text)
 
 
 def test_chromium_runs_the_page_without_console_messages(pool_sweep, chromium, tmp_path):
