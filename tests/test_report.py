@@ -103,8 +103,22 @@ def test_view_model_matches_golden(tiny_out):
     docs = read_out(tiny_out)
     log = {"stage_seconds": dict.fromkeys(docs.log["stage_seconds"], 0.0),
            "solver_wall_time_s": 0.0}
-    text = view_json(build_view(dataclasses.replace(docs, log=log)))
-    check_golden("gpt2-tiny.mesh8x8.view.json", text)
+    view = build_view(dataclasses.replace(docs, log=log, verify=_pinned(docs.verify)))
+    check_golden("gpt2-tiny.mesh8x8.view.json", view_json(view))
+
+
+# What ONNX Runtime's float arithmetic decides (it changes between ORT versions and CPUs): the
+# golden view-model holds these canonical values, and the measured ones are checked for range.
+PINNED = {"max_abs": 1e-06, "mean_abs": 1e-07, "max_rel": 1e-04, "pearson": 1.0, "min_atol": 0.0,
+          "got": 1.0, "ref": 1.0, "where": [0, 0, 0]}
+
+
+def _pinned(verify: dict) -> dict:
+    outputs = []
+    for o in verify["outputs"]:
+        assert o["passed"] and o["max_abs"] < 1e-4 and o["pearson"] > 0.9999, o
+        outputs.append({**o, **PINNED})
+    return {**verify, "outputs": outputs}
 
 
 def test_chromium_runs_the_page_without_console_messages(tiny_out, chromium, tmp_path):
