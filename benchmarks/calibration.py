@@ -17,8 +17,8 @@ import sys
 from _harness import machine, table, write_section
 
 from compiler.driver import CompileOptions, compile_model
-from compiler.perf import PerfOptions, estimate, streamed_kv_cycles
-from compiler.tiling import TilingOptions
+from compiler.schedule.perf import PerfOptions, estimate, streamed_kv_cycles
+from compiler.tiling.candidates import TilingOptions
 
 CONTEXT = 2048
 CASES = {  # name: (model, target, published decode tokens/s at batch 1, source)

@@ -31,10 +31,10 @@ from _harness import machine, table, write_section
 from compiler import ir
 from compiler.driver import CompileResult, compile_model
 from compiler.executor import ScheduleFault, run_schedule
-from compiler.layouts import Spec, replicated
-from compiler.schedule import FIXED, SETUP, Schedule, Step, TensorRef
+from compiler.schedule.build import FIXED, SETUP, Schedule, Step, TensorRef
 from compiler.target import Target
-from compiler.tiles import gather, scatter, valid_mask
+from compiler.tiling.layouts import Spec, replicated
+from compiler.tiling.tiles import gather, scatter, valid_mask
 from compiler.verify import DEFAULT_TOLERANCES, compare, missing_check, random_inputs, run_reference
 
 CASES = (("gpt2-tiny", "mesh8x8"), ("llama-tiny", "mesh8x8"), ("gpt2-tiny", "mesh8x8-x2"))

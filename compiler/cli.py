@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compiler import __version__, ir
-from compiler.costs import model_cost
 from compiler.errors import ExitCode, UsageError, WaferError, WaferWarning
-from compiler.fit import check_fit
 from compiler.target import Target, list_targets, load_target
+from compiler.tiling.costs import model_cost
+from compiler.tiling.fit import check_fit
 
 if TYPE_CHECKING:
     from compiler.frontend import FrontendOptions
@@ -360,9 +360,9 @@ def _inspect_text(g: ir.Graph, cost, hist: Counter) -> str:
 
 
 def cmd_compile(args) -> int:
-    from compiler.artifacts import artifact_files, check_out, dumps, placement_doc, write_outputs
     from compiler.driver import CompileOptions, SolverOptions, compile_model
-    from compiler.tiling import TilingOptions
+    from compiler.outdir.write import artifact_files, check_out, dumps, placement_doc, write_outputs
+    from compiler.tiling.candidates import TilingOptions
 
     out = Path(args.output)
     check_out(out, args.force)  # before the work, and again when writing
@@ -540,7 +540,7 @@ def _compile_summary(result, out: Path) -> str:
 
 
 def _perf_lines(result) -> list[str]:
-    from compiler.perf import PerfOptions, busiest_link
+    from compiler.schedule.perf import PerfOptions, busiest_link
 
     d, p = result.estimates["decode"], result.estimates["prefill"]
     peak = result.target.total_peak_flops()
@@ -561,7 +561,7 @@ def _perf_lines(result) -> list[str]:
 def cmd_sweep(args) -> int:
     from compiler import sweep
     from compiler.driver import CompileOptions, SolverOptions
-    from compiler.tiling import TilingOptions
+    from compiler.tiling.candidates import TilingOptions
 
     workers = args.workers or sweep.default_workers()
     if workers < 1:

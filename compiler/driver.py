@@ -16,7 +16,11 @@ from pathlib import Path
 from compiler import ir
 from compiler.errors import InfeasiblePlacementError
 from compiler.frontend import FrontendOptions, load_model
-from compiler.perf import (
+from compiler.placement import place
+from compiler.placement.check import Metrics, metrics
+from compiler.placement.problem import Placement, PlacementProblem
+from compiler.schedule.build import Schedule, build_schedule
+from compiler.schedule.perf import (
     DECODE,
     PREFILL,
     Estimate,
@@ -26,12 +30,8 @@ from compiler.perf import (
     streamed_kv_cycles,
     timeline,
 )
-from compiler.placement import place
-from compiler.placement.check import Metrics, metrics
-from compiler.placement.problem import Placement, PlacementProblem
-from compiler.schedule import Schedule, build_schedule
 from compiler.target import Target, load_target
-from compiler.tiling import TiledGraph, TilingOptions, tile_graph, to_problem
+from compiler.tiling.candidates import TiledGraph, TilingOptions, tile_graph, to_problem
 
 StageHook = Callable[[str, float], None]
 

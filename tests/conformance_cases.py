@@ -36,9 +36,9 @@ from compiler.executor.run import host_constants
 from compiler.frontend import DimRequest, FrontendOptions, load_model
 from compiler.frontend.ops import SUPPORTED_OPS
 from compiler.placement import place
-from compiler.schedule import build_schedule
+from compiler.schedule.build import build_schedule
 from compiler.target import load_target
-from compiler.tiling import tile_graph, to_problem
+from compiler.tiling.candidates import tile_graph, to_problem
 
 # (op, input index) that must be constants for static shapes, or that are attributes in
 # all but name.

@@ -11,8 +11,8 @@ import pytest
 from compiler.cli import main
 from compiler.driver import compile_model
 from compiler.errors import ExitCode
+from compiler.outdir.trace import check_trace
 from compiler.placement.check import validate
-from compiler.trace import check_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 

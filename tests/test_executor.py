@@ -17,9 +17,9 @@ from compiler import zoo
 from compiler.driver import CompileOptions, compile_model
 from compiler.executor import TARGET, MemoryOverflow, ScheduleFault, run_schedule
 from compiler.frontend import DimRequest, FrontendOptions
-from compiler.layouts import tile_numel
 from compiler.placement import place
-from compiler.schedule import build_schedule
+from compiler.schedule.build import build_schedule
+from compiler.tiling.layouts import tile_numel
 
 TINY = ("gpt2-tiny", "llama-tiny", "bert-tiny", "llama-tiny-opset23")
 # every tiny zoo model on a small-SRAM mesh (layers span many cores) and on wse3, and split

@@ -12,9 +12,9 @@ from conftest import BIG_ZOO, TINY_ZOO, zoo_graph
 from onnx import TensorProto, helper
 
 from compiler import ir, zoo
-from compiler.costs import model_cost
 from compiler.errors import ModelError, ShapeError, UnsupportedOpsError, UsageError
 from compiler.frontend import DimRequest, FrontendOptions, load_model, parse_input_shapes
+from compiler.tiling.costs import model_cost
 
 
 def _cfg(name: str):

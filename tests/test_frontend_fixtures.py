@@ -8,8 +8,8 @@ import pytest
 from conftest import FIXTURES, fixture_entries
 
 from compiler import ir
-from compiler.costs import model_cost
 from compiler.frontend import DimRequest, FrontendOptions, load_model
+from compiler.tiling.costs import model_cost
 
 ENTRIES = fixture_entries()
 LAYERS = {"gpt2": "ebbnh", "llama": "ebbnh", "bert": "ebbh"}

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from compiler.pareto import frontier
+from compiler.sweep.pareto import frontier
 
 
 def _dominated(i: int, costs, gains) -> bool:

@@ -16,11 +16,11 @@ from conftest import Refs, check_golden
 
 from compiler.cli import main
 from compiler.errors import ExitCode
-from compiler.perf import PerfOptions, busiest_link, step_scale
+from compiler.outdir.trace import schedule_from_doc
 from compiler.report import build_view, read_out, view_json
 from compiler.report.browser import load_page, screenshot
 from compiler.report.grid import MAX_BINS
-from compiler.trace import schedule_from_doc
+from compiler.schedule.perf import PerfOptions, busiest_link, step_scale
 
 
 def _compile(out: Path, capsys, *extra: str, model: str = "gpt2-tiny",

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compiler.driver import CompileOptions, compile_model
-from compiler.perf import (
+from compiler.schedule.build import ATTENTION, SETUP, Region, Schedule, Step, xy_route
+from compiler.schedule.perf import (
     DECODE,
     PREFILL,
     PerfOptions,
@@ -20,9 +21,8 @@ from compiler.perf import (
     streamed_kv_cycles,
     timeline,
 )
-from compiler.schedule import ATTENTION, SETUP, Region, Schedule, Step, xy_route
 from compiler.target import load_target
-from compiler.tiling import TilingOptions
+from compiler.tiling.candidates import TilingOptions
 
 CASES = [("gpt2-tiny", "mesh8x8"), ("llama-tiny", "mesh8x8"), ("bert-tiny", "mesh16x16"),
          ("llama-tiny-opset23", "mesh8x8"), ("gpt2-tiny", "mesh8x8-x2"), ("llama3-8b", "wse3")]
@@ -152,7 +152,7 @@ def test_longer_context_costs_decode_time():
 
 
 def test_link_loads_add_up_to_the_routed_bytes():
-    from compiler.perf import busiest_link, link_loads
+    from compiler.schedule.perf import busiest_link, link_loads
 
     s = compiled("llama3-8b", "wse3").schedule
     opts = PerfOptions(DECODE)

@@ -19,10 +19,10 @@ from conftest import SMALL
 from compiler.cli import main
 from compiler.driver import CompileOptions, compile_model
 from compiler.errors import ExitCode
-from compiler.pareto import frontier
 from compiler.sweep import FRONTIER_COSTS, cache_path, vary_keys
+from compiler.sweep.pareto import frontier
 from compiler.target import load_target
-from compiler.tiling import TilingOptions
+from compiler.tiling.candidates import TilingOptions
 
 RUN_ONLY = ("compile_s", "verify_s", "cached")  # how a point was obtained, not what it is
 

@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 from compiler.cli import main
 from compiler.errors import ExitCode, UsageError
-from compiler.pareto import frontier
 from compiler.report import read_sweep, sweep_html, sweep_view, view_json
 from compiler.report.browser import load_page, screenshot
 from compiler.report.scatter import LOG_SPAN, scale, staircase, ticks
 from compiler.sweep import FRONTIER_COSTS
+from compiler.sweep.pareto import frontier
 
 PLOTS = dict(zip(FRONTIER_COSTS, ("sram", "cores", "wafers"), strict=True))
 

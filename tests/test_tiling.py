@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from compiler import zoo
 from compiler.errors import CapacityError
 from compiler.frontend import DimRequest, FrontendOptions, load_model
-from compiler.layouts import R, graph_layouts, tile_numel, tile_shape
 from compiler.placement.problem import Residency
 from compiler.target import load_target
-from compiler.tiling import TilingOptions, tile_graph, to_problem
+from compiler.tiling.candidates import TilingOptions, tile_graph, to_problem
+from compiler.tiling.layouts import R, graph_layouts, tile_numel, tile_shape
 
 CASES = [("gpt2-tiny", "mesh8x8"), ("llama-tiny", "mesh8x8"), ("bert-tiny", "mesh16x16"),
          ("llama-tiny-opset23", "mesh8x8"), ("llama3-8b", "wse3")]

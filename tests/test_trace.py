@@ -13,16 +13,16 @@ import jsonschema
 import pytest
 
 from compiler.driver import CompileOptions, SolverOptions, compile_model
-from compiler.perf import DECODE, PREFILL, PerfOptions, Timeline, timeline
-from compiler.schedule import SETUP, Schedule, build_schedule
-from compiler.target import Target
-from compiler.trace import (
+from compiler.outdir.trace import (
     check_schedule_doc,
     check_trace,
     schedule_doc,
     schedule_from_doc,
     trace_doc,
 )
+from compiler.schedule.build import SETUP, Schedule, build_schedule
+from compiler.schedule.perf import DECODE, PREFILL, PerfOptions, Timeline, timeline
+from compiler.target import Target
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs/schedule.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.layouts import Spec, tile_shape
-from compiler.tiles import AXIS, mesh_shape, valid_mask
+from compiler.tiling.layouts import Spec, tile_shape
+from compiler.tiling.tiles import AXIS, mesh_shape, valid_mask
 
 ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64,
                9: np.bool_, 10: np.float16, 11: np.float64, 16: np.float32}

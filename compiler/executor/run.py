@@ -17,11 +17,11 @@ import numpy as np
 from compiler import ir
 from compiler.errors import ExitCode, WaferError
 from compiler.executor.kernels import KERNELS, Ctx, KernelError, Operand
-from compiler.layouts import Spec, replicated
-from compiler.schedule import SETUP, Region, Schedule, Step
+from compiler.schedule.build import SETUP, Region, Schedule, Step
 from compiler.target import Target
-from compiler.tiles import AXIS, gather, scatter, tile_bytes, valid_mask
-from compiler.tiling import VIEW_OPS
+from compiler.tiling.candidates import VIEW_OPS
+from compiler.tiling.layouts import Spec, replicated
+from compiler.tiling.tiles import AXIS, gather, scatter, tile_bytes, valid_mask
 
 FP32, TARGET = "fp32", "target"
 

@@ -2,7 +2,7 @@
 
 The set covers what torch's dynamo and TorchScript exporters emit for GPT-2, LLaMA and BERT at
 opsets 17-23 after shape arithmetic is folded. Adding an op here means adding its kernel to the
-executor and its cost to compiler/costs.py.
+executor and its cost to compiler/tiling/costs.py.
 """
 
 from __future__ import annotations

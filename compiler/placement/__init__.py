@@ -2,7 +2,7 @@
 
 `place(problem, method)` runs one placer and then the independent validator on its answer, so a
 placement that leaves this package has passed `check.check_placement`. Methods: "cpsat" (the
-default; compiler/placement/cpsat.py, the only OR-Tools importer, loaded on first use),
+default; compiler/placement/cpsat/__init__.py, the only OR-Tools importer, loaded on first use),
 "first-fit" and "serpentine" (compiler/placement/greedy.py).
 """
 

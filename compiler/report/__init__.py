@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from compiler.atomic import write_atomic
+from compiler.outdir.read import OutDocs, docs_from_texts, read_out
 from compiler.report.build import DATA_DIR, build_view, view_from_facts
 from compiler.report.facts import gather
 from compiler.report.numbers import data_files, view_json
-from compiler.report.out import OutDocs, docs_from_texts, read_out
 from compiler.report.render import render_html, render_sweep_html
 from compiler.report.sweep import SWEEP_HTML, is_sweep_dir, read_sweep, sweep_view
 

@@ -7,9 +7,9 @@ import math
 from collections import defaultdict
 from typing import Any
 
+from compiler.outdir.read import OutDocs
 from compiler.report import colors, fmt, grid, tables, timeline
 from compiler.report.facts import Facts, LayerFacts, gather
-from compiler.report.out import OutDocs
 from compiler.report.tips import Tips
 from compiler.report.view import (
     Kpi,

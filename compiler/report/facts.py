@@ -9,10 +9,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from compiler.perf import DECODE, PerfOptions, link_loads, step_scale
-from compiler.report.out import OutDocs
-from compiler.schedule import SETUP, Schedule
-from compiler.trace import schedule_from_doc
+from compiler.outdir.read import OutDocs
+from compiler.outdir.trace import schedule_from_doc
+from compiler.schedule.build import SETUP, Schedule
+from compiler.schedule.perf import DECODE, PerfOptions, link_loads, step_scale
 
 MODES = ("decode", "prefill")
 REGION_KINDS = ("compute", "collective")  # serialized per region by the performance model

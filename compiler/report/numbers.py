@@ -15,7 +15,7 @@ from compiler.report import grid
 from compiler.report.build import DATA_DIR
 from compiler.report.facts import MODES, Facts
 from compiler.report.view import Report, SweepReport, WaferPanel
-from compiler.schedule import SETUP
+from compiler.schedule.build import SETUP
 
 
 def data_files(f: Facts, view: Report) -> dict[str, str]:

@@ -12,7 +12,7 @@ from compiler.report import colors, fmt
 from compiler.report.facts import REGION_KINDS, Facts
 from compiler.report.tips import Tips
 from compiler.report.view import Bar, Timeline, TimelineRow
-from compiler.schedule import SETUP, Step
+from compiler.schedule.build import SETUP, Step
 
 WIDTH = 1000.0  # px of the time axis
 MERGE_PX = 0.75

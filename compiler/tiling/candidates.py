@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from compiler import ir
-from compiler.costs import batch_size, kv_cache_tensors, op_flops, token_count
 from compiler.errors import CapacityError
-from compiler.layouts import OpLayout, Spec, graph_layouts, tile_numel
 from compiler.placement.problem import Block, Edge, Option, PlacementProblem, Residency
 from compiler.target import Target
+from compiler.tiling.costs import batch_size, kv_cache_tensors, op_flops, token_count
+from compiler.tiling.layouts import OpLayout, Spec, graph_layouts, tile_numel
 
 # Ops that reinterpret tiles in place: an input they consume last lends them its memory.
 VIEW_OPS = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Flatten", "Identity"})

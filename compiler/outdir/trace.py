@@ -31,8 +31,8 @@ from fractions import Fraction
 from typing import Any
 
 from compiler import __version__
-from compiler.perf import PerfOptions, Timeline, step_scale
-from compiler.schedule import SETUP, Region, Schedule, Step, TensorRef
+from compiler.schedule.build import SETUP, Region, Schedule, Step, TensorRef
+from compiler.schedule.perf import PerfOptions, Timeline, step_scale
 from compiler.target import Target
 
 SCHEDULE_SCHEMA_VERSION = "1.0"

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from compiler.layouts import Spec, tile_shape
+from compiler.tiling.layouts import Spec, tile_shape
 
 AXIS = {"r": 0, "c": 1}
 

@@ -6,8 +6,9 @@ overrides (`core.sram_bytes=24KiB,48KiB`) and compile options (`context=2048,819
     doc = sweep_doc(plan, outcomes, run)               # rows + Pareto flags (sweep.json)
     write_sweep(sweep_dir, doc)                        # sweep.json, sweep.csv, sweep.html
 
-`run_point` is the unit of work: a process-pool task here, or a Ray task (compiler/sweep_ray.py,
-the only module that imports ray). It returns a `PointResult` whatever happens to the compile.
+`run_point` is the unit of work: a process-pool task here, or a Ray task
+(compiler/sweep/ray_backend.py, the only module that imports ray). It returns a `PointResult`
+whatever happens to the compile.
 A point's key is a sha256 over the model's digest, the effective target's sha256 (after the
 overrides), the compile options and the wafer version; the parent writes each finished point
 atomically to SWEEPDIR/points/<key>.json, so a re-run computes only new points and an
@@ -47,7 +48,7 @@ from compiler.errors import (
     WaferError,
 )
 from compiler.frontend import load_model
-from compiler.pareto import frontier
+from compiler.sweep.pareto import frontier
 from compiler.target import Target, load_target, override_keys
 
 SCHEMA_VERSION = "1.0"
@@ -517,7 +518,7 @@ def default_workers() -> int:
 def make_backend(name: str, workers: int, address: str | None = None) -> Backend:
     """`pool` (default) or `ray`; Ray missing is a one-line UsageError saying how to get it."""
     if name == "ray":
-        from compiler.sweep_ray import ray_backend
+        from compiler.sweep.ray_backend import ray_backend
 
         return ray_backend(workers, address)
     return pool_backend(workers)

@@ -23,9 +23,9 @@ from typing import Any
 from compiler import __version__
 from compiler.driver import CompileResult
 from compiler.errors import UsageError
-from compiler.layouts import OpLayout
-from compiler.perf import Estimate, PerfOptions
-from compiler.trace import schedule_doc, trace_doc
+from compiler.outdir.trace import schedule_doc, trace_doc
+from compiler.schedule.perf import Estimate, PerfOptions
+from compiler.tiling.layouts import OpLayout
 
 PLACEMENT_SCHEMA_VERSION = "1.1"  # 1.1: performance
 

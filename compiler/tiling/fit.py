@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 
 from compiler import ir
-from compiler.costs import batch_size, model_cost
 from compiler.target import Target
+from compiler.tiling.costs import batch_size, model_cost
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ _JSON_NAMES = {str: "a string", dict: "an object", int: "an integer", list: "a l
 def _check_structure(docs: dict[str, dict[str, Any]], out: str) -> None:
     """A damaged (hand-edited, truncated) OUT is one error line, not an exception deep in the
     view-model: the schedule as `wafer verify` checks it, the placement's layer records."""
-    from compiler.trace import schedule_doc_problems
+    from compiler.outdir.trace import schedule_doc_problems
 
     problems = schedule_doc_problems(docs[SCHEDULE])
     if problems:

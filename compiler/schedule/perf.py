@@ -26,9 +26,9 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from compiler.schedule import ATTENTION, FIXED, SETUP, Schedule, Step
+from compiler.schedule.build import ATTENTION, FIXED, SETUP, Schedule, Step
 from compiler.target import Target
-from compiler.tiling import VIEW_OPS as TILING_VIEWS
+from compiler.tiling.candidates import VIEW_OPS as TILING_VIEWS
 
 DECODE, PREFILL = "decode", "prefill"
 

@@ -27,7 +27,7 @@ from compiler.errors import ExitCode, UsageError, WaferError
 from compiler.frontend.export import reference_model_bytes
 
 if TYPE_CHECKING:
-    from compiler.schedule import Schedule
+    from compiler.schedule.build import Schedule
     from compiler.target import Target
 
 VERIFY_SCHEMA_VERSION = "1.0"
@@ -683,7 +683,7 @@ def _table(doc: Mapping[str, Any], key: str, out: Path) -> Mapping[str, Any]:
 
 def _schedule(out: Path):
     """schedule.json parsed and checked; any structural damage is a one-line error."""
-    from compiler.trace import schedule_doc_problems, schedule_from_doc
+    from compiler.outdir.trace import schedule_doc_problems, schedule_from_doc
 
     path = out / "schedule.json"
     doc = _read_json(path)

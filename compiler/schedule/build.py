@@ -1,7 +1,7 @@
 """The schedule: an ordered, dependency-correct list of steps at region granularity.
 
 A region is one layer's placed rectangle. Tensors live on regions as tiles split by a Spec
-(compiler/layouts.py), possibly holding partial sums along one mesh axis. Steps:
+(compiler/tiling/layouts.py), possibly holding partial sums along one mesh axis. Steps:
 
 - load: off-chip -> region (graph inputs every forward; weights once at setup, or every token
   when streamed; constant tables, evaluated on the host, once at setup);
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from compiler import ir
-from compiler.costs import op_flops, token_count
-from compiler.layouts import OpLayout, Spec, replicated
 from compiler.placement.problem import Placement, PlacementProblem, Rect, Residency
 from compiler.target import Target
-from compiler.tiles import reshape_is_local
-from compiler.tiling import TiledGraph
+from compiler.tiling.candidates import TiledGraph
+from compiler.tiling.costs import op_flops, token_count
+from compiler.tiling.layouts import OpLayout, Spec, replicated
+from compiler.tiling.tiles import reshape_is_local
 
 SETUP, TOKEN = "setup", "token"
 FIXED, TOKENS, ATTENTION = "fixed", "tokens", "attention"  # how a step's size scales
