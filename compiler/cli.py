@@ -96,7 +96,7 @@ def _add_compile(sub) -> None:
     p.add_argument("--target", "-t", required=True, help="a built-in target name or a .toml")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    _placement_args(p, "solver time limit in seconds (default 30)")
+    _placement_args(p, "wall-clock limit on the placer in seconds (default 30)")
     p.add_argument("--workers", type=_workers, default=1, help="solver workers (default 1)")
     p.add_argument("--nondeterministic", action="store_true",
                    help="wall-clock time limit (with --workers N, several workers): "
@@ -360,8 +360,20 @@ def _inspect_text(g: ir.Graph, cost, hist: Counter) -> str:
 
 
 def cmd_compile(args) -> int:
+    from compiler.progress import stage_display
+
+    display = stage_display(args.quiet)
+    try:
+        return _compile(args, display)
+    finally:
+        display.close()
+
+
+def _compile(args, display) -> int:
+    """Compile (stages shown on `display`), write OUT, verify with --verify; print the summary,
+    or with --json the same as one document (docs/cli.md)."""
     from compiler.driver import CompileOptions, SolverOptions, compile_model
-    from compiler.outdir.write import artifact_files, check_out, dumps, placement_doc, write_outputs
+    from compiler.outdir.write import artifact_files, check_out, dumps, summary_doc, write_outputs
     from compiler.tiling.candidates import TilingOptions
 
     out = Path(args.output)
@@ -371,32 +383,67 @@ def cmd_compile(args) -> int:
     resident = True if args.verify else None  # verifying runs the whole prompt at once
     tiling = TilingOptions(context=args.context, prompt_resident=resident)
     options = CompileOptions(_frontend_options(args), tiling, solver)
-    hook = None if args.quiet else _stage_line
-    result = compile_model(args.model, args.target, options, on_stage=hook)
+    result = compile_model(args.model, args.target, options, on_stage=display.done,
+                           on_start=display.start, on_progress=display.solver)
     if args.verify and result.graph.shape_only:
         raise UsageError(f"{result.graph.name} is shape-only (no weights): nothing to verify; "
                          "compile it without --verify")
-    files = _stage(args, "artifacts", artifact_files, result, report=False)
+    stages = list(result.stage_times)
+    files = _shown(display, stages, "artifacts", artifact_files, result, report=False)
     if not args.no_report:
-        files.update(_stage(args, "report", _report_files, files))
+        files.update(_shown(display, stages, "report", _report_files, files))
     write_outputs(out, files, force=args.force)
+    with display.paused():
+        _warn_time_limit(result.placement.report)
     if args.verify:
-        from compiler.verify import Artifact, VerifyOptions
-
-        art = Artifact(args.model, result.graph, result.target, result.schedule)
-        if not args.json:
-            print(_compile_summary(result, out))
-        code = _verify(args, art, VerifyOptions(), out / "verify.json")
-        if not args.no_report:  # the report shows the verify result too
-            from compiler.report import write_report
-
-            _stage(args, "report", write_report, out)
-        return code
-    if args.json:
-        print(dumps({"out": str(out), "metrics": placement_doc(result)["metrics"]}), end="")
-    else:
-        print(_compile_summary(result, out))
+        return _compile_verify(args, display, result, out, stages)
+    text = dumps(summary_doc(result, out, stages)) if args.json else \
+        _compile_summary(result, out) + "\n"
+    with display.paused():
+        print(text, end="")
     return 0
+
+
+def _compile_verify(args, display, result, out: Path, stages: list[tuple[str, float]]) -> int:
+    """compile --verify after OUT is written: the summary, the verify run, verify.json, the
+    report again; with --json one document at the end."""
+    from compiler.outdir.write import dumps, summary_doc
+    from compiler.verify import Artifact, VerifyOptions
+
+    art = Artifact(args.model, result.graph, result.target, result.schedule)
+    if not args.json:
+        with display.paused():
+            print(_compile_summary(result, out), flush=True)
+
+    def verify_stage(name: str, seconds: float) -> None:
+        stages.append((name, seconds))
+        display.done(name, seconds)
+
+    v = _verified(args, art, VerifyOptions(), out / "verify.json", on_stage=verify_stage)
+    if not args.no_report:  # the report shows the verify result too
+        from compiler.report import write_report
+
+        _shown(display, stages, "report", write_report, out)
+    with display.paused():
+        print(dumps(summary_doc(result, out, stages, v.report.to_dict())) if args.json
+              else "\n".join(v.report.lines()) + "\n", end="")
+    return ExitCode.OK if v.report.passed else ExitCode.MISMATCH
+
+
+def _shown(display, stages: list[tuple[str, float]], name: str, fn: Callable, *a, **kw):
+    """Run one of compile's own stages on the display and add its time to `stages`."""
+    display.start(name)
+    t0 = time.perf_counter()
+    result = fn(*a, **kw)
+    stages.append((name, time.perf_counter() - t0))
+    display.done(name, stages[-1][1])
+    return result
+
+
+def _warn_time_limit(report) -> None:
+    for name, text in report.stages:
+        if name == "time limit":
+            warnings.warn(f"placement: {text}", WaferWarning, stacklevel=2)
 
 
 def _report_files(files: dict[str, str]) -> dict[str, str]:
@@ -478,17 +525,23 @@ def _tolerances(specs: list[str]) -> tuple[tuple[str, float], ...]:
 
 
 def _verify(args, art, opts, report: Path, save: str | None = None) -> int:
+    v = _verified(args, art, opts, report, save)
+    text = v.report.to_json() if args.json else "\n".join(v.report.lines()) + "\n"
+    print(text, end="")
+    return ExitCode.OK if v.report.passed else ExitCode.MISMATCH
+
+
+def _verified(args, art, opts, report: Path, save: str | None = None, on_stage=None):
+    """Run the verification, write its report (and outputs); stage lines on `on_stage`."""
     from compiler.verify import run_verification, save_outputs
 
     for path in (report, save):
         _check_parent(path)  # before the run, not after it
-    v = run_verification(art, opts, None if args.quiet else _stage_line)
+    v = run_verification(art, opts, on_stage or (None if args.quiet else _stage_line))
     _write(report, lambda p: p.write_text(v.report.to_json()))
     if save:
         _write(Path(save), lambda p: save_outputs(p, v))
-    text = v.report.to_json() if args.json else "\n".join(v.report.lines()) + "\n"
-    print(text, end="")
-    return ExitCode.OK if v.report.passed else ExitCode.MISMATCH
+    return v
 
 
 def _check_parent(path: Path | str | None) -> None:

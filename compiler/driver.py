@@ -3,7 +3,10 @@
     graph = frontend(model) -> tiled = tiling(graph) -> problem = adapter(tiled)
     -> placement = place(problem) (validated) -> baseline = first_fit(problem) -> result
 
-Each stage is timed; `on_stage(name, seconds)` lets the CLI print stage lines as they finish.
+Each stage is timed; `on_stage(name, seconds)` lets the CLI print stage lines as they finish,
+`on_start(name)` says a stage begins, and `on_progress(stage, objective, bound, elapsed_s)`
+hears the CP-SAT placer's incumbents (compiler/placement/problem.py ProgressHook). The hooks
+are plain callables: how progress is shown is the caller's business.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from compiler.errors import InfeasiblePlacementError
 from compiler.frontend import FrontendOptions, load_model
 from compiler.placement import place
 from compiler.placement.check import Metrics, metrics
-from compiler.placement.problem import Placement, PlacementProblem
+from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
 from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.perf import (
     DECODE,
@@ -34,6 +37,7 @@ from compiler.target import Target, load_target
 from compiler.tiling.candidates import TiledGraph, TilingOptions, tile_graph, to_problem
 
 StageHook = Callable[[str, float], None]
+StartHook = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,15 @@ class CompileResult:
 
 def compile_model(model: str | Path, target: str | Path | Target,
                   options: CompileOptions | None = None,
-                  on_stage: StageHook | None = None) -> CompileResult:
+                  on_stage: StageHook | None = None, *, on_start: StartHook | None = None,
+                  on_progress: ProgressHook | None = None) -> CompileResult:
     options = options or CompileOptions()
-    timer = _Timer(on_stage)
+    timer = _Timer(on_stage, on_start)
     tgt = target if isinstance(target, Target) else timer("target", load_target, target)
     graph = timer("frontend", load_model, model, options.frontend)
     tiled = timer("tiling", tile_graph, graph, tgt, options.tiling)
     problem = to_problem(tiled, tgt)
-    placement = timer("placement", _place, problem, options.solver)
+    placement = timer("placement", _place, problem, options.solver, on_progress)
     baseline = timer("baseline", _baseline, problem)
     same = _same_options_baseline(problem, placement)
     schedule = timer("schedule", build_schedule, graph, tiled, problem, placement, tgt)
@@ -101,11 +106,13 @@ def _performance(schedule: Schedule, tiled: TiledGraph, target: Target):
     return timelines, estimates
 
 
-def _place(problem: PlacementProblem, solver: SolverOptions) -> Placement:
+def _place(problem: PlacementProblem, solver: SolverOptions,
+           on_progress: ProgressHook | None = None) -> Placement:
     if solver.method != "cpsat":
         return place(problem, solver.method)
     return place(problem, "cpsat", time_limit_s=solver.time_limit_s, seed=solver.seed,
-                 workers=solver.workers, deterministic=solver.deterministic)
+                 workers=solver.workers, deterministic=solver.deterministic,
+                 on_progress=on_progress)
 
 
 def _baseline(problem: PlacementProblem) -> Metrics | None:
@@ -129,11 +136,13 @@ def _same_options_baseline(problem: PlacementProblem, placement: Placement) -> M
 
 
 class _Timer:
-    def __init__(self, hook: StageHook | None):
-        self.hook = hook
+    def __init__(self, hook: StageHook | None, start: StartHook | None = None):
+        self.hook, self.start = hook, start
         self.times: list[tuple[str, float]] = []
 
     def __call__(self, name: str, fn, *args):
+        if self.start:
+            self.start(name)
         t0 = time.perf_counter()
         result = fn(*args)
         seconds = time.perf_counter() - t0

@@ -35,8 +35,9 @@ _PLACERS: dict[str, Callable[..., Placement]] = {
 def place(problem: PlacementProblem, method: str = "cpsat", **solver_options: Any) -> Placement:
     """Place `problem` with `method` and validate the answer (InvalidPlacementError if broken).
 
-    solver_options go to the placer: for "cpsat" time_limit_s, seed, workers, deterministic;
-    for the greedy methods options and wafer_of (fixed choices).
+    solver_options go to the placer: for "cpsat" time_limit_s, seed, workers, deterministic,
+    on_progress (problem.ProgressHook); for the greedy methods options and wafer_of (fixed
+    choices).
     """
     placer = _PLACERS.get(method)
     if placer is None:
