@@ -674,8 +674,8 @@ def _sweep_summary(doc: dict, out: str) -> str:
     return "\n".join([
         table, *(["", "failed points:", *failed] if failed else []), "",
         f"{r['points']} points ({counts}); {r['computed']} computed, {r['cached']} cached; "
-        f"{r['wall_s']:.1f} s on {r['backend']} ({r['workers']} workers) -> {out}/sweep.csv, "
-        "sweep.json, sweep.html",
+        f"{r['wall_s']:.1f} s on {r['backend']} ({r['workers']} workers) -> "
+        f"{Path(out) / 'sweep.csv'}, sweep.json, sweep.html",
         "Pareto: on the frontier of tokens/s against S total SRAM, C cores used, W wafers used",
     ])
 
@@ -732,9 +732,15 @@ def cmd_targets(args) -> int:
 
 
 def _bytes(n: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+    """Three significant digits in the largest unit reached, never in exponent notation
+    (999.7 KB is 1 MB, not 1e+03 KB)."""
+    units = (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3))
+    for i, (unit, size) in enumerate(units):
         if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
+            value = float(f"{n / size:.3g}")
+            if value >= 1000 and i:
+                unit, value = units[i - 1][0], float(f"{n / units[i - 1][1]:.3g}")
+            return f"{round(n / size):,} {unit}" if value >= 1000 else f"{value:g} {unit}"
     return f"{int(n)} B"
 
 

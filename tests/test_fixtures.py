@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from compiler.zoo.export_hf import op_histogram  # the exporter's own count
 
 FIXTURES = Path(__file__).parent / "fixtures"

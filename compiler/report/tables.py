@@ -22,8 +22,8 @@ def _table(title: str, header: tuple[str, ...], rows: list[Row], numeric: tuple[
 
 def layers(f: Facts, layer_tips: list[int]) -> Table:
     header = ("#", "layer", "kind", "wafer", "origin", "shape", "cores", "residency",
-              "SRAM/core", "used", "weights", "KV cache", "MFLOP/token", "off-chip/token",
-              "decode busy", "est. cycles", "ONNX nodes")
+              "SRAM per core", "used", "weights", "KV cache", "MFLOP per token",
+              "off-chip per token", "decode busy", "est. cycles", "ONNX nodes")
     rows = []
     for la in f.layers:
         busy = la.busy.get("decode", 0)
