@@ -199,6 +199,10 @@ def test_equal_infinities_match_and_nan_on_both_sides_needs_allow_nan():
     assert infs.passed and infs.nan_both == 0
     for got in ([np.nan, -np.inf, -np.inf, 1.0], [0.0, np.inf, -np.inf, 1.0]):
         assert not V.compare("y", np.array(got), ref, 1e9, 0, allow_nan=True).passed
+    mixed = V.compare("y", np.array([np.nan, np.nan]), np.array([np.nan, 1.0]), 0, 0,
+                      allow_nan=True)
+    assert not mixed.passed and mixed.nonfinite_mismatches == 1
+    assert "1 NaN on both sides, allowed by --allow-nan" in mixed.line()
 
 
 def test_all_nan_on_both_sides_never_reads_as_max_abs_0():

@@ -236,6 +236,7 @@ class TensorCheck:
     nan_both: int = 0  # elements NaN on both sides: a failure unless allow_nan
     finite: int = -1  # elements finite on both sides (-1: not counted)
     reference: str = ORT  # what `ref` is: ONNX Runtime, or the --load-outputs file
+    allow_nan: bool = False  # NaN on both sides passed
 
     def line(self) -> str:
         status = "PASSED" if self.passed else "FAILED"
@@ -265,8 +266,8 @@ class TensorCheck:
         parts = [f"{self.nan} NaN, {self.inf} Inf where {who} has none"] \
             if self.nan or self.inf or not self.nan_both else []
         if self.nan_both:
-            parts.append(f"non-finite: {self.nan_both} NaN on both sides (--allow-nan accepts "
-                         "them)")
+            how = ", allowed by --allow-nan" if self.allow_nan else " (--allow-nan accepts them)"
+            parts.append(f"non-finite: {self.nan_both} NaN on both sides{how}")
         return "; ".join(parts)
 
 
@@ -308,7 +309,7 @@ def _compare(name: str, g: np.ndarray, r: np.ndarray, atol: float, rtol: float,
         min_atol=math.inf if n_bad else max(_max(slack), 0.0),
         nan=int((np.isnan(g) & ~np.isnan(r)).sum()), inf=int((np.isinf(g) & (g != r)).sum()),
         nonfinite_mismatches=n_bad, atol=atol, rtol=rtol, passed=passed,
-        nan_both=int(nan_both.sum()), finite=int(finite.sum()))
+        nan_both=int(nan_both.sum()), finite=int(finite.sum()), allow_nan=allow_nan)
 
 
 def missing_check(name: str, shape: tuple[int, ...], atol: float, rtol: float,
