@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from compiler.schedule.build import Schedule
     from compiler.target import Target
 
-VERIFY_SCHEMA_VERSION = "1.0"
+VERIFY_SCHEMA_VERSION = "1.1"  # 1.1: one `layers` entry per layer; expected, allow_nan
 FP32 = "fp32"
 TARGET = "target"  # the target's dtype, constants clamped to its finite range (as fp16 export)
 TARGET_STRICT = "target-strict"  # the target's dtype, constants rounded as they are (may be inf)
