@@ -103,6 +103,8 @@ def _add_compile(sub) -> None:
                    "not reproducible")
     p.add_argument("--verify", action="store_true",
                    help="then run the schedule and compare with ONNX Runtime (wafer verify)")
+    p.add_argument("--inputs", metavar="IN.npz",
+                   help="with --verify: inputs by name (default: seeded random)")
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.html and report-data/ (wafer view OUT does later)")
     p.set_defaults(run=cmd_compile)
@@ -136,8 +138,14 @@ def _add_verify(sub) -> None:
                    help="atol for one tensor, e.g. logits:1e-3 (repeatable)")
     p.add_argument("--per-layer", action="store_true",
                    help="compare every layer's output; name the first diverging layer and op")
-    p.add_argument("--precision", choices=("fp32", "target"), default="fp32",
-                   help="executor precision: fp32, or the target's dtype emulated")
+    p.add_argument("--precision", choices=("fp32", "target", "target-strict"), default="fp32",
+                   help="executor precision: fp32, or the target's dtype emulated with constants "
+                   "clamped to its finite range as fp16 conversion does (target) or rounded "
+                   "as they are (target-strict)")
+    p.add_argument("--allow-nan", action="store_true",
+                   help="NaN on both sides passes (default: non-finite output fails)")
+    p.add_argument("--load-outputs", metavar="FILE.npz",
+                   help="also compare with these expected outputs, by output name")
     p.add_argument("--save-outputs", metavar="FILE.npz", help="save inputs and both outputs")
     p.add_argument("--report", metavar="FILE.json", help="report path (default OUT/verify.json)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed check")
@@ -383,11 +391,17 @@ def _compile(args, display) -> int:
     resident = True if args.verify else None  # verifying runs the whole prompt at once
     tiling = TilingOptions(context=args.context, prompt_resident=resident)
     options = CompileOptions(_frontend_options(args), tiling, solver)
+    if args.inputs and not args.verify:
+        raise UsageError("--inputs is for --verify: add --verify, or drop --inputs")
     result = compile_model(args.model, args.target, options, on_stage=display.done,
                            on_start=display.start, on_progress=display.solver)
     if args.verify and result.graph.shape_only:
         raise UsageError(f"{result.graph.name} is shape-only (no weights): nothing to verify; "
                          "compile it without --verify")
+    if args.inputs:  # a bad inputs file leaves no OUT
+        from compiler.verify import load_inputs
+
+        load_inputs(args.inputs, result.graph)
     stages = list(result.stage_times)
     files = _shown(display, stages, "artifacts", artifact_files, result, report=False)
     if not args.no_report:
@@ -419,7 +433,8 @@ def _compile_verify(args, display, result, out: Path, stages: list[tuple[str, fl
         stages.append((name, seconds))
         display.done(name, seconds)
 
-    v = _verified(args, art, VerifyOptions(), out / "verify.json", on_stage=verify_stage)
+    opts = VerifyOptions(Path(args.inputs) if args.inputs else None)
+    v = _verified(args, art, opts, out / "verify.json", on_stage=verify_stage)
     if not args.no_report:  # the report shows the verify result too
         from compiler.report import write_report
 
@@ -504,7 +519,8 @@ def cmd_verify(args) -> int:
     art = _stage(args, f"open: {args.out}", open_out, args.out)
     opts = VerifyOptions(Path(args.inputs) if args.inputs else None, args.seed, args.atol,
                          args.rtol, _tolerances(args.tol), args.per_layer, args.precision,
-                         args.fail_fast)
+                         args.fail_fast, args.allow_nan,
+                         Path(args.load_outputs) if args.load_outputs else None)
     return _verify(args, art, opts, Path(args.report or Path(args.out) / "verify.json"),
                    args.save_outputs)
 

@@ -3,7 +3,9 @@ memory enforced; the numpy kernels in kernels.py are the living spec of op seman
 
 from compiler.executor.run import (
     FP32,
+    PRECISIONS,
     TARGET,
+    TARGET_STRICT,
     ExecResult,
     MemoryOverflow,
     ScheduleFault,
@@ -11,5 +13,5 @@ from compiler.executor.run import (
     run_schedule,
 )
 
-__all__ = ["FP32", "TARGET", "ExecResult", "MemoryOverflow", "ScheduleFault", "host_constants",
-           "run_schedule"]
+__all__ = ["FP32", "PRECISIONS", "TARGET", "TARGET_STRICT", "ExecResult", "MemoryOverflow",
+           "ScheduleFault", "host_constants", "run_schedule"]

@@ -23,7 +23,14 @@ from compiler.tiling.candidates import VIEW_OPS
 from compiler.tiling.layouts import Spec, replicated
 from compiler.tiling.tiles import AXIS, gather, scatter, tile_bytes, valid_mask
 
-FP32, TARGET = "fp32", "target"
+FP32, TARGET, TARGET_STRICT = "fp32", "target", "target-strict"
+PRECISIONS = (FP32, TARGET, TARGET_STRICT)
+# the largest finite value and the smallest positive (subnormal) one of each 16-bit float:
+# TARGET clamps constants into this range, as fp16 conversion does (onnxconverter-common's
+# convert_np_to_float16, with ONNX Runtime's defaults min_positive_val=5.96e-08 and
+# max_finite_val=65504)
+_FINITE_RANGE = {ir.DType.FLOAT16: (65504.0, 2.0 ** -24),
+                 ir.DType.BFLOAT16: (float(np.uint32(0x7F7F0000).view(np.float32)), 2.0 ** -133)}
 
 
 class ScheduleFault(WaferError):
@@ -73,9 +80,17 @@ class _Machine:
 def run_schedule(schedule: Schedule, graph: ir.Graph, target: Target,
                  inputs: Mapping[str, np.ndarray], precision: str = FP32,
                  keep: frozenset[str] = frozenset()) -> ExecResult:
-    """Run `schedule` for `graph` on `inputs`; returns the graph outputs (and `keep` values)."""
+    """Run `schedule` for `graph` on `inputs`; returns the graph outputs (and `keep` values).
+    Overflow to Inf and NaN are computed silently, as the machine would (no numpy warnings): a
+    comparison (compiler.verify) reports them."""
     if graph.shape_only:
         raise ScheduleFault(f"{graph.name} was loaded shape-only: there are no weights to run")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _run(schedule, graph, target, inputs, precision, keep)
+
+
+def _run(schedule: Schedule, graph: ir.Graph, target: Target, inputs: Mapping[str, np.ndarray],
+         precision: str, keep: frozenset[str]) -> ExecResult:
     m = _Machine(graph, schedule, target, precision, host_constants(graph, target, precision),
                  keep)
     m.ops = {op.name: op for op in graph.ops}
@@ -95,7 +110,7 @@ def run_schedule(schedule: Schedule, graph: ir.Graph, target: Target,
 
 def host_constants(g: ir.Graph, target: Target, precision: str) -> dict[str, np.ndarray]:
     """Weights, and every tensor computed from constants alone, as whole arrays."""
-    values = {t.name: _stored(np.asarray(t.data), target, precision)
+    values = {t.name: _stored(_clamped(np.asarray(t.data), target, precision), target, precision)
               for t in g.tensors if t.is_const and t.data is not None}
     ctx = Ctx(1, 1)
     for op in g.ops:
@@ -123,19 +138,37 @@ def _numpy_dtype(d: ir.DType):
     return np.float32 if d.is_float else np.dtype(d.value if d is not ir.DType.BOOL else "bool")
 
 
+def _clamped(arr: np.ndarray, target: Target, precision: str) -> np.ndarray:
+    """A constant as a model converted to the target's dtype holds it (TARGET only): finite
+    values clamped to the type's finite range and non-zero ones too small for it to its smallest
+    positive value, keeping sign; NaN, 0 and +-inf unchanged. So an attention mask's finfo.min
+    (-3.4e38) becomes -65504 in fp16, not -inf (whose 0 * -inf is NaN)."""
+    limits = _FINITE_RANGE.get(target.compute.dtype)
+    if precision != TARGET or limits is None or not np.issubdtype(arr.dtype, np.floating):
+        return arr
+    big, tiny = limits
+    a = arr.astype(np.float32)
+    with np.errstate(invalid="ignore"):  # NaN compares false: left as it is
+        a = np.where(np.isfinite(a) & (np.abs(a) > big), np.copysign(big, a), a)
+        a = np.where((a != 0) & (np.abs(a) < tiny), np.copysign(tiny, a), a)
+    return a.astype(np.float32)
+
+
 def _stored(arr: np.ndarray, target: Target, precision: str) -> np.ndarray:
     """Float data as the machine holds it: fp32 for reference runs, the target's storage dtype
-    (fp16 or bf16, widened back to fp32 for arithmetic) when emulating the target."""
+    (fp16 or bf16, widened back to fp32 for arithmetic) when emulating the target. A value
+    beyond the 16-bit range becomes +-inf, as on the machine (no warning)."""
     if not np.issubdtype(arr.dtype, np.floating):
         return arr
     arr = arr.astype(np.float32, copy=False)
-    if precision != TARGET:
+    if precision == FP32:
         return arr
     if target.compute.dtype is ir.DType.BFLOAT16:
         bits = arr.view(np.uint32)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         return rounded.astype(np.uint32).view(np.float32)
-    return arr.astype(np.float16).astype(np.float32)
+    with np.errstate(over="ignore"):  # overflow to inf is the emulated behaviour
+        return arr.astype(np.float16).astype(np.float32)
 
 
 # --- bookkeeping -------------------------------------------------------------------------------
