@@ -25,14 +25,14 @@ import onnxruntime as ort
 from compiler import __version__, ir
 from compiler.errors import ExitCode, UsageError, WaferError
 from compiler.frontend.export import reference_model_bytes
+from compiler.vocab import PASS_THROUGH_OPS, Precision
 
 if TYPE_CHECKING:
     from compiler.schedule.build import Schedule
     from compiler.target import Target
 
 VERIFY_SCHEMA_VERSION = "1.0"
-FP32 = "fp32"
-TARGET = "target"
+FP32, TARGET = Precision.FP32, Precision.TARGET
 # (atol, rtol) by the precision the executor computes in; --atol/--rtol override. The 16-bit
 # ones hold the tiny zoo models with a 2x margin (docs/verify.md); PCC is the better signal there.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -42,8 +42,6 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
 PCC_PASS = 0.99  # Tenstorrent's usual bar; reported, not enforced
 REL_FLOOR = 1e-3  # max rel divides by max(|ref|, REL_FLOOR * rms(ref))
 FALLBACK_VOCAB = 2  # integer inputs whose embedding table is not found: ids in [0, 2)
-_PASS_THROUGH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity",
-                           "Expand", "Transpose"})
 
 
 class InputsError(WaferError):
@@ -100,7 +98,7 @@ def index_extent(graph: ir.Graph, name: str) -> int | None:
             if op.kind == "Gather" and len(op.inputs) > 1 and op.inputs[1] == t:
                 shape = graph.tensor(op.inputs[0]).shape
                 return shape[int(op.attr("axis", 0) or 0) % len(shape)]
-            if op.kind in _PASS_THROUGH and op.inputs[0] == t:
+            if op.kind in PASS_THROUGH_OPS and op.inputs[0] == t:
                 frontier += [o for o in op.outputs if o and o not in seen]
     return None
 
