@@ -25,6 +25,7 @@ from compiler.errors import ExitCode, UsageError, WaferError, WaferWarning
 from compiler.target import Target, list_targets, load_target
 from compiler.tiling.costs import model_cost
 from compiler.tiling.fit import check_fit
+from compiler.vocab import PLACEMENT_METHODS, PRECISIONS, Mode, PlacementMethod, Precision
 
 if TYPE_CHECKING:
     from compiler.frontend import FrontendOptions
@@ -84,7 +85,7 @@ def _add_check(sub) -> None:
 def _placement_args(p: argparse.ArgumentParser, limit_help: str) -> None:
     """--context, --method, --time-limit, --seed: shared by compile and sweep."""
     p.add_argument("--context", type=_count, help="KV-cache context length (default: seq len)")
-    p.add_argument("--method", choices=("cpsat", "first-fit", "serpentine"), default="cpsat",
+    p.add_argument("--method", choices=PLACEMENT_METHODS, default=PlacementMethod.CPSAT,
                    help="placer (default: cpsat)")
     p.add_argument("--time-limit", type=_seconds, default=30.0, metavar="S", help=limit_help)
     p.add_argument("--seed", type=_seed, default=0, help="solver random seed (default 0)")
@@ -138,7 +139,7 @@ def _add_verify(sub) -> None:
                    help="atol for one tensor, e.g. logits:1e-3 (repeatable)")
     p.add_argument("--per-layer", action="store_true",
                    help="compare every layer's output; name the first diverging layer and op")
-    p.add_argument("--precision", choices=("fp32", "target", "target-strict"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default=Precision.FP32,
                    help="executor precision: fp32, or the target's dtype emulated with constants "
                    "clamped to its finite range as fp16 conversion does (target) or rounded "
                    "as they are (target-strict)")
@@ -611,9 +612,9 @@ def _compile_summary(result, out: Path) -> str:
 def _perf_lines(result) -> list[str]:
     from compiler.schedule.perf import PerfOptions, busiest_link
 
-    d, p = result.estimates["decode"], result.estimates["prefill"]
+    d, p = result.estimates[Mode.DECODE], result.estimates[Mode.PREFILL]
     peak = result.target.total_peak_flops()
-    link = busiest_link(result.schedule, PerfOptions("decode"))
+    link = busiest_link(result.schedule, PerfOptions(Mode.DECODE))
     link_line = "no on-wafer sends" if link is None else (
         f"{_bytes(link.nbytes)}/token on wafer {link.wafer} {link.src} -> {link.dst}")
     return [

@@ -24,8 +24,6 @@ from compiler.placement.check import Metrics, metrics
 from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
 from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.perf import (
-    DECODE,
-    PREFILL,
     Estimate,
     PerfOptions,
     Timeline,
@@ -35,6 +33,7 @@ from compiler.schedule.perf import (
 )
 from compiler.target import Target, load_target
 from compiler.tiling.candidates import TiledGraph, TilingOptions, tile_graph, to_problem
+from compiler.vocab import Mode, PlacementMethod
 
 StageHook = Callable[[str, float], None]
 StartHook = Callable[[str], None]
@@ -42,7 +41,7 @@ StartHook = Callable[[str], None]
 
 @dataclass(frozen=True)
 class SolverOptions:
-    method: str = "cpsat"  # or "first-fit", "serpentine"
+    method: str = PlacementMethod.CPSAT
     time_limit_s: float = 30.0
     seed: int = 0
     workers: int = 1
@@ -98,8 +97,8 @@ def compile_model(model: str | Path, target: str | Path | Target,
 def _performance(schedule: Schedule, tiled: TiledGraph, target: Target):
     kv = {lt.layer: lt.kv_bytes for lt in tiled.layers if lt.kv_bytes}
     timelines, estimates = {}, {}
-    for mode in (DECODE, PREFILL):
-        extra = streamed_kv_cycles(schedule, target, dict(kv)) if mode == DECODE else {}
+    for mode in (Mode.DECODE, Mode.PREFILL):
+        extra = streamed_kv_cycles(schedule, target, dict(kv)) if mode == Mode.DECODE else {}
         opts = PerfOptions(mode)
         timelines[mode] = timeline(schedule, target, opts, extra)
         estimates[mode] = estimate(schedule, target, opts, extra)
@@ -108,16 +107,16 @@ def _performance(schedule: Schedule, tiled: TiledGraph, target: Target):
 
 def _place(problem: PlacementProblem, solver: SolverOptions,
            on_progress: ProgressHook | None = None) -> Placement:
-    if solver.method != "cpsat":
+    if solver.method != PlacementMethod.CPSAT:
         return place(problem, solver.method)
-    return place(problem, "cpsat", time_limit_s=solver.time_limit_s, seed=solver.seed,
+    return place(problem, PlacementMethod.CPSAT, time_limit_s=solver.time_limit_s, seed=solver.seed,
                  workers=solver.workers, deterministic=solver.deterministic,
                  on_progress=on_progress)
 
 
 def _baseline(problem: PlacementProblem) -> Metrics | None:
     try:
-        return metrics(problem, place(problem, "first-fit"))
+        return metrics(problem, place(problem, PlacementMethod.FIRST_FIT))
     except InfeasiblePlacementError:
         return None
 

@@ -3,7 +3,6 @@ memory enforced; the numpy kernels in kernels.py are the living spec of op seman
 
 from compiler.executor.run import (
     FP32,
-    PRECISIONS,
     TARGET,
     TARGET_STRICT,
     ExecResult,
@@ -12,6 +11,7 @@ from compiler.executor.run import (
     host_constants,
     run_schedule,
 )
+from compiler.vocab import PRECISIONS
 
 __all__ = ["FP32", "PRECISIONS", "TARGET", "TARGET_STRICT", "ExecResult", "MemoryOverflow",
            "ScheduleFault", "host_constants", "run_schedule"]

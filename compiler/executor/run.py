@@ -17,14 +17,13 @@ import numpy as np
 from compiler import ir
 from compiler.errors import ExitCode, WaferError
 from compiler.executor.kernels import KERNELS, Ctx, KernelError, Operand
-from compiler.schedule.build import SETUP, Region, Schedule, Step
+from compiler.schedule.build import Region, Schedule, Step
 from compiler.target import Target
-from compiler.tiling.candidates import VIEW_OPS
 from compiler.tiling.layouts import Spec, replicated
 from compiler.tiling.tiles import AXIS, gather, scatter, tile_bytes, valid_mask
+from compiler.vocab import VIEW_OPS, CollectiveKind, Phase, Precision, StepKind
 
-FP32, TARGET, TARGET_STRICT = "fp32", "target", "target-strict"
-PRECISIONS = (FP32, TARGET, TARGET_STRICT)
+FP32, TARGET, TARGET_STRICT = Precision.FP32, Precision.TARGET, Precision.TARGET_STRICT
 # the largest finite value and the smallest positive (subnormal) one of each 16-bit float:
 # TARGET clamps constants into this range, as fp16 conversion does (onnxconverter-common's
 # convert_np_to_float16, with ONNX Runtime's defaults min_positive_val=5.96e-08 and
@@ -246,7 +245,7 @@ def _load(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
         value = _source(m, step, ref.tensor, feed)
         _put(m, step, reg.name, ref.tensor, ref.spec, None,
              scatter(value, ref.spec, reg.rows, reg.cols))
-        if step.phase == SETUP:  # loaded once, used by every forward: stays in SRAM
+        if step.phase == Phase.SETUP:  # loaded once, used by every forward: stays in SRAM
             m.pinned.add((reg.name, ref.tensor))
 
 
@@ -351,12 +350,12 @@ def _retile(m: _Machine, step: Step) -> None:
 
 
 def _collective(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
-    if step.op_kind == "retile":
+    if step.op_kind == CollectiveKind.RETILE:
         return _retile(m, step)
     reg = m.regions[step.region]
     (read,), (write,) = step.reads, step.writes
     res = _get(m, step, reg.name, read.tensor, read.spec, read.partial)
-    if step.op_kind == "reduce":
+    if step.op_kind == CollectiveKind.REDUCE:
         if res.partial != step.axis:
             raise _fault(step, f"{read.tensor} holds no partial sums along {step.axis}")
         data = res.data.sum(axis=AXIS[step.axis], keepdims=True)
@@ -391,5 +390,5 @@ def _store(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
         m.result.values[ref.tensor] = full
 
 
-_STEP = {"load": _load, "compute": _compute, "collective": _collective, "send": _send,
-         "wafer_send": _send, "store": _store}
+_STEP = {StepKind.LOAD: _load, StepKind.COMPUTE: _compute, StepKind.COLLECTIVE: _collective,
+         StepKind.SEND: _send, StepKind.WAFER_SEND: _send, StepKind.STORE: _store}

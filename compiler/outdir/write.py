@@ -26,6 +26,7 @@ from compiler.errors import UsageError
 from compiler.outdir.trace import schedule_doc, trace_doc
 from compiler.schedule.perf import Estimate, PerfOptions
 from compiler.tiling.layouts import OpLayout
+from compiler.vocab import Mode
 
 PLACEMENT_SCHEMA_VERSION = "1.1"  # 1.1: performance
 
@@ -176,12 +177,12 @@ def summary_doc(result: CompileResult, out: Path, stage_times: list[tuple[str, f
 def artifact_files(result: CompileResult, report: bool = True) -> dict[str, str]:
     """Every file a compile writes into OUT/, by path relative to OUT; with `report`, also
     report.html and report-data/ (built from these very files, as `wafer view` would)."""
-    decode = result.timelines["decode"]
+    decode = result.timelines[Mode.DECODE]
     files = {
         "placement.json": dumps(placement_doc(result)),
         "schedule.json": dumps(schedule_doc(result.schedule, result.target, result.timelines)),
         "trace.json": json.dumps(trace_doc(result.schedule, result.target, decode,
-                                           PerfOptions("decode"))) + "\n",
+                                           PerfOptions(Mode.DECODE))) + "\n",
         "compile_log.json": dumps(compile_log(result)),
     }
     if report:

@@ -13,6 +13,7 @@ from compiler.report import clear, colors, fmt
 from compiler.report.facts import Facts, LayerFacts, Transfer
 from compiler.report.tips import Tips
 from compiler.report.view import Arrow, Cell, LayerBox, WaferPanel, Window
+from compiler.vocab import StepKind
 
 MAX_BINS = 100  # heat cells per side at most
 PANEL_H = 540.0  # px: the tallest a wafer is drawn
@@ -31,7 +32,7 @@ def panels(f: Facts, tips: Tips, layer_tips: list[int]) -> tuple[WaferPanel, ...
     per_row = min(f.wafers, PER_ROW)
     budget = SINGLE_W if f.wafers == 1 else (ROW_W - 14 * (per_row - 1)) / per_row
     scale = min(min((budget - AXIS_LEFT) / w.cols, PANEL_H / w.rows) for w in windows)
-    sends = [t for t in f.transfers if t.kind == "send"]
+    sends = [t for t in f.transfers if t.kind == StepKind.SEND]
     top_send = max((t.bytes_per_token for t in sends), default=0.0)
     top_link = max(f.links.values(), default=0.0)
     streams = [max(la.io_in + la.offchip_streamed, la.io_out) for la in f.layers]

@@ -50,12 +50,12 @@ from compiler.errors import (
 from compiler.frontend import load_model
 from compiler.sweep.pareto import frontier
 from compiler.target import Target, load_target, override_keys
+from compiler.vocab import PLACEMENT_METHODS, Mode
 
 SCHEMA_VERSION = "1.0"
 OK, DOES_NOT_FIT, INFEASIBLE, ERROR = "ok", "does-not-fit", "infeasible", "error"
 STATUSES = (OK, DOES_NOT_FIT, INFEASIBLE, ERROR)
 OPTION_KEYS = ("context", "batch", "seq-len", "prompt-resident", "method")
-METHODS = ("cpsat", "first-fit", "serpentine")
 # Pareto frontiers: tokens/s (higher is better) against each of these costs (lower is better)
 FRONTIER_COSTS = ("total_sram_bytes", "cores_used", "wafers_used")
 MAX_POINTS = 10_000
@@ -129,8 +129,9 @@ def _check_key(key: str) -> None:
 def option_value(key: str, text: str) -> int | bool | str:
     """A compile option's value from its text; UsageError naming the key when it is bad."""
     if key == "method":
-        if text not in METHODS:
-            raise UsageError(f"--vary method={text}: expected one of {', '.join(METHODS)}")
+        if text not in PLACEMENT_METHODS:
+            raise UsageError(f"--vary method={text}: "
+                             f"expected one of {', '.join(PLACEMENT_METHODS)}")
         return text
     if key == "prompt-resident":
         if text.lower() not in ("true", "false"):
@@ -334,7 +335,7 @@ def _compile(spec: PointSpec) -> PointResult:
     t0 = time.perf_counter()
     r = compile_model(spec.model, spec.target, spec.options)
     compiled = _since(t0)
-    d, p = r.estimates["decode"], r.estimates["prefill"]
+    d, p = r.estimates[Mode.DECODE], r.estimates[Mode.PREFILL]
     out = PointResult(
         OK, tokens_per_s=d.tokens_per_s, ttft_s=p.ttft_s if p.ttft_s is not None else p.seconds,
         offchip_bytes_per_token=r.metrics.offchip_bytes_per_token, byte_hops=r.metrics.byte_hops,

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from compiler import ir
+from compiler.vocab import LAYOUT_OPS
 
 _ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Abs", "Max", "Min", "Clip",
@@ -22,9 +23,6 @@ _TRANSCENDENTAL = frozenset({"Exp", "Log", "Erf", "Tanh", "Sigmoid", "Cos", "Sin
 _PER_ELEMENT = {"Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 8, "RMSNormalization": 5,
                 "Gelu": 8}
 _REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ArgMax"})
-# Ops that only move or view data: K and V keep their identity through them.
-LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Expand", "Unsqueeze", "Squeeze", "Flatten",
-                        "Cast", "Identity", "Tile", "Concat", "Slice", "Gather"})
 
 
 @dataclass(frozen=True)

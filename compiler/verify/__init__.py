@@ -25,16 +25,14 @@ import onnxruntime as ort
 from compiler import __version__, ir
 from compiler.errors import ExitCode, UsageError, WaferError
 from compiler.frontend.export import reference_model_bytes
+from compiler.vocab import PASS_THROUGH_OPS, PRECISIONS, Precision
 
 if TYPE_CHECKING:
     from compiler.schedule.build import Schedule
     from compiler.target import Target
 
 VERIFY_SCHEMA_VERSION = "1.1"  # 1.1: one `layers` entry per layer; expected, allow_nan
-FP32 = "fp32"
-TARGET = "target"  # the target's dtype, constants clamped to its finite range (as fp16 export)
-TARGET_STRICT = "target-strict"  # the target's dtype, constants rounded as they are (may be inf)
-PRECISIONS = (FP32, TARGET, TARGET_STRICT)
+FP32, TARGET, TARGET_STRICT = Precision.FP32, Precision.TARGET, Precision.TARGET_STRICT
 # (atol, rtol) by the precision the executor computes in; --atol/--rtol override. The 16-bit
 # ones hold the tiny zoo models with a 2x margin (docs/verify.md); PCC is the better signal there.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
@@ -45,8 +43,6 @@ ORT = "onnxruntime"  # TensorCheck.reference when comparing with ONNX Runtime
 PCC_PASS = 0.99  # Tenstorrent's usual bar; reported, not enforced
 REL_FLOOR = 1e-3  # max rel divides by max(|ref|, REL_FLOOR * rms(ref))
 FALLBACK_VOCAB = 2  # integer inputs whose embedding table is not found: ids in [0, 2)
-_PASS_THROUGH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity",
-                           "Expand", "Transpose"})
 
 
 class InputsError(WaferError):
@@ -103,7 +99,7 @@ def index_extent(graph: ir.Graph, name: str) -> int | None:
             if op.kind == "Gather" and len(op.inputs) > 1 and op.inputs[1] == t:
                 shape = graph.tensor(op.inputs[0]).shape
                 return shape[int(op.attr("axis", 0) or 0) % len(shape)]
-            if op.kind in _PASS_THROUGH and op.inputs[0] == t:
+            if op.kind in PASS_THROUGH_OPS and op.inputs[0] == t:
                 frontier += [o for o in op.outputs if o and o not in seen]
     return None
 
