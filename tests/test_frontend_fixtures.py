@@ -1,4 +1,4 @@
-"""The frontend on real exporter output (tests/fixtures, made by models/export_hf.py with torch's
+"""The frontend on real exporter output (tests/fixtures, made by tools/export_hf.py with torch's
 dynamo and TorchScript exporters at opsets 17-23): every fixture groups into its blocks, and its
 parameter and KV-cache counts match the exported model's configuration."""
 

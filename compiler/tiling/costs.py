@@ -25,14 +25,6 @@ _PER_ELEMENT = {"Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 8, "RMSNorm
 _REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ArgMax"})
 
 
-@dataclass(frozen=True)
-class OpCost:
-    flops: int
-    weight_bytes: int  # bytes of constant inputs
-    input_bytes: int  # bytes of activation inputs
-    output_bytes: int
-
-
 def op_flops(g: ir.Graph, op: ir.Op) -> int:
     out = g.tensor(op.outputs[0]).numel if op.outputs and op.outputs[0] else 0
     if op.kind == "MatMul":
@@ -68,14 +60,6 @@ def _attention_flops(g: ir.Graph, op: ir.Op) -> int:
     v_dim = v[-1] if len(v) == 4 else v[-1] // int(op.attr("kv_num_heads") or 1)
     scores = batch * int(q_heads) * q_len * kv_len
     return 2 * scores * head_dim + 2 * scores * v_dim + 5 * scores
-
-
-def op_cost(g: ir.Graph, op: ir.Op) -> OpCost:
-    ins = [g.tensor(n) for n in dict.fromkeys(op.inputs) if n]
-    w = sum(t.nbytes for t in ins if t.is_const)
-    a = sum(t.nbytes for t in ins if not t.is_const)
-    o = sum(g.tensor(n).nbytes for n in op.outputs if n)
-    return OpCost(op_flops(g, op), w, a, o)
 
 
 def is_parameter(t: ir.Tensor) -> bool:

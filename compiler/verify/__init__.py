@@ -23,7 +23,8 @@ import numpy as np
 import onnxruntime as ort
 
 from compiler import __version__, ir
-from compiler.errors import ExitCode, UsageError, WaferError
+from compiler.errors import UsageError, WaferError
+from compiler.executor import run_schedule
 from compiler.frontend.export import reference_model_bytes
 from compiler.vocab import PASS_THROUGH_OPS, PRECISIONS, Precision
 
@@ -51,10 +52,6 @@ class InputsError(WaferError):
 
 class ReferenceRunError(WaferError):
     """ONNX Runtime could not load or run the original model."""
-
-
-class ExecutorMissingError(WaferError):
-    exit_code = ExitCode.INTERNAL
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -720,13 +717,7 @@ def _drill_down(art: Artifact, report: VerifyReport, inputs: Mapping[str, np.nda
 
 def execute(art: Artifact, inputs: Mapping[str, np.ndarray], precision: str,
             keep: Sequence[str] = ()):
-    """The reference executor on the artifact's schedule, keeping the whole tensors `keep`
-    (imported here, so this module imports without it)."""
-    try:
-        from compiler.executor import run_schedule
-    except ImportError as exc:
-        raise ExecutorMissingError(
-            f"the reference executor (compiler.executor) is not available: {exc}") from None
+    """The reference executor on the artifact's schedule, keeping the whole tensors `keep`."""
     with np.errstate(all="ignore"):  # overflow to Inf/NaN is reported by the comparison
         return run_schedule(art.schedule, art.graph, art.target, dict(inputs),
                             precision=precision, keep=frozenset(keep))
