@@ -39,8 +39,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="wafer", description="Compile ONNX models for wafer-scale chips.")
     p.add_argument("--version", action="version", version=f"wafer {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug detail")
-    p.add_argument("-q", "--quiet", action="store_true", help="no stage lines on stderr")
+    _global_args(p, False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_compile(sub)
     _add_inspect(sub)
@@ -51,7 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("targets", help="list the built-in target specs")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.set_defaults(run=cmd_targets)
+    for command in sub.choices.values():  # -v/-q also after the command: `wafer check ... -q`
+        _global_args(command, argparse.SUPPRESS)
     return p
+
+
+def _global_args(p: argparse.ArgumentParser, default: object) -> None:
+    """-v and -q; a command's copies default to SUPPRESS so that they never reset the values
+    given before the command."""
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="tracebacks and debug detail")
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no stage lines on stderr")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -312,11 +322,12 @@ def _stage(args, label: str, fn: Callable, *a, **kw):
 
 
 def _frontend_options(args) -> FrontendOptions:
-    from compiler.frontend import DimRequest, FrontendOptions, parse_input_shapes
+    from compiler.frontend import DimRequest, FrontendOptions, check_source, parse_input_shapes
 
     if not args.model:
         raise UsageError("give a MODEL: an .onnx file or a zoo name (wafer inspect --list)")
     dims = DimRequest(parse_input_shapes(args.input_shapes), args.batch, args.seq_len)
+    check_source(args.model)  # exists, readable, or a zoo name: before any work
     return FrontendOptions(dims, args.shapes_only)
 
 
@@ -386,14 +397,16 @@ def _compile(args, display) -> int:
     from compiler.tiling.candidates import TilingOptions
 
     out = Path(args.output)
-    check_out(out, args.force)  # before the work, and again when writing
+    frontend = _frontend_options(args)  # the inputs first: an error names the real problem
+    load_target(args.target)
+    if args.inputs and not args.verify:
+        raise UsageError("--inputs is for --verify: add --verify, or drop --inputs")
+    check_out(out, args.force)  # then OUT, before the work, and again when writing
     solver = SolverOptions(args.method, args.time_limit, args.seed, args.workers,
                            deterministic=not args.nondeterministic)
     resident = True if args.verify else None  # verifying runs the whole prompt at once
     tiling = TilingOptions(context=args.context, prompt_resident=resident)
-    options = CompileOptions(_frontend_options(args), tiling, solver)
-    if args.inputs and not args.verify:
-        raise UsageError("--inputs is for --verify: add --verify, or drop --inputs")
+    options = CompileOptions(frontend, tiling, solver)
     result = compile_model(args.model, args.target, options, on_stage=display.done,
                            on_start=display.start, on_progress=display.solver)
     if args.verify and result.graph.shape_only:
