@@ -16,17 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compiler import ir
 from compiler.errors import InfeasiblePlacementError
 from compiler.frontend import FrontendOptions, load_model
 from compiler.placement import place
 from compiler.placement.check import Metrics, metrics
 from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
+from compiler.result import CompileResult
 from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.perf import (
-    Estimate,
     PerfOptions,
-    Timeline,
     estimate,
     streamed_kv_cycles,
     timeline,
@@ -53,25 +51,6 @@ class CompileOptions:
     frontend: FrontendOptions = field(default_factory=FrontendOptions)
     tiling: TilingOptions = field(default_factory=TilingOptions)
     solver: SolverOptions = field(default_factory=SolverOptions)
-
-
-@dataclass(frozen=True)
-class CompileResult:
-    graph: ir.Graph
-    target: Target
-    tiled: TiledGraph
-    problem: PlacementProblem
-    placement: Placement
-    metrics: Metrics
-    baseline: Metrics | None  # first-fit, for comparison (None when it found no placement)
-    schedule: Schedule
-    timelines: dict[str, Timeline]  # per mode: decode, prefill
-    estimates: dict[str, Estimate]
-    options: CompileOptions
-    stage_times: tuple[tuple[str, float], ...]
-    # first-fit shelves with this placement's own options and wafers: a like-for-like layout
-    # baseline for byte-hops (None when shelves cannot pack those rectangles)
-    baseline_same_options: Metrics | None = None
 
 
 def compile_model(model: str | Path, target: str | Path | Target,

@@ -9,8 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from compiler.outdir.read import OutDocs
-from compiler.outdir.trace import schedule_from_doc
+from compiler.outdir.read import OutDir
 from compiler.schedule.build import Schedule
 from compiler.schedule.perf import PerfOptions, link_loads, step_scale
 from compiler.vocab import OFFCHIP_KINDS, REGION_KINDS, TRANSFER_KINDS, Mode, Phase, StepKind
@@ -65,7 +64,7 @@ class Transfer:
 
 @dataclass(frozen=True)
 class Facts:
-    docs: OutDocs
+    docs: OutDir
     schedule: Schedule
     rows: int
     cols: int
@@ -77,22 +76,21 @@ class Facts:
     links: dict[tuple, float]  # (wafer, (r, c), (r', c')) -> bytes per token
 
     def timing(self, mode: str) -> dict[str, Any]:
-        return self.docs.schedule["timing"][mode]
+        return self.docs.timing[mode]
 
 
-def gather(docs: OutDocs) -> Facts:
-    p, sdoc = docs.placement, docs.schedule
-    schedule = schedule_from_doc(sdoc)
+def gather(docs: OutDir) -> Facts:
+    p, schedule = docs.placement, docs.schedule
     rows, cols = p["target"]["grid"]
     decode = PerfOptions(Mode.DECODE)
     io = _io_per_token(schedule, decode)
-    busy = {m: _busy(schedule, sdoc["timing"][m]) for m in MODES if m in sdoc["timing"]}
+    busy = {m: _busy(schedule, docs.timing[m]) for m in MODES if m in docs.timing}
     cap = p["target"]["usable_bytes_per_core"]
     layers = tuple(_layer(i, doc, cap, io, busy) for i, doc in enumerate(p["layers"]))
     per_token = max(schedule.batch, 1)
     links = {k: v / per_token for k, v in link_loads(schedule, decode).items()}
     return Facts(docs, schedule, rows, cols, p["target"]["wafers"], cap,
-                 float(sdoc["target"]["clock_hz"]), layers, _transfers(schedule, decode), links)
+                 docs.clock_hz, layers, _transfers(schedule, decode), links)
 
 
 def _layer(i: int, doc: dict[str, Any], cap: int, io, busy) -> LayerFacts:
