@@ -51,7 +51,7 @@ class ResidencyInstance:
     """Stage 1's view: usable options per block, wafers, what a wafer holds, link costs.
 
     Packing "area": a wafer holds `capacity` cores (a relaxation: the choice may not pack).
-    Packing "columns" or "rows": a wafer holds strips of total width `capacity` (greedy.py's
+    Packing "columns" or "rows": a wafer holds strips of total width `capacity` (geometry.py's
     strip_class; exact: a choice that fits packs, by strip_pack)."""
 
     problem: PlacementProblem

@@ -79,25 +79,34 @@ def place_wafer(fine: LayoutInstance, limit: float, clock: Clock,
         return WaferLayout(fine.hint, hint_cost, hint_cost, True,
                            "no edges to shorten: greedy kept")
     cell, left_before, notes = cell_size(fine), clock.left, []
-    coarse = coarse_instance(fine, cell) if cell > 1 else None
-    refine, full_grid = fine, True
-    if coarse is not None:
-        clock.enter(f"stage 2 {name} coarse", cell / 2)  # about byte-hops
-        res = optimise(coarse, limit * COARSE_SHARE, clock)
-        notes.append(f"coarse {cell}x{cell} cells {coarse.rows}x{coarse.cols}: "
-                     + _describe(res))
-        if res.spots is not None:
-            start = [(r * cell, c * cell) for r, c in res.spots]
-            if layout_cost(fine, start) > hint_cost:  # rounding lost more than coarse won
-                start, notes[-1] = list(fine.hint), notes[-1] + ", refining the hint instead"
-            refine, full_grid = window_instance(fine, start, cell), False
-    elif cell > 1:
-        notes.append("coarse rounding does not pack: fine on the full grid")
+    refine, full_grid = _coarse(fine, cell, hint_cost, limit * COARSE_SHARE, clock, name, notes)
     clock.enter(f"stage 2 {name} fine", 0.5)  # doubled coordinates: byte-hops
     res = optimise(refine, limit - (left_before - clock.left), clock)
     notes.append(f"fine{'' if full_grid else f' window +-{WINDOW_CELLS * cell}'}: "
                  + _describe(res))
     return _best_of(fine, res, hint_cost, full_grid, notes)
+
+
+def _coarse(fine: LayoutInstance, cell: int, hint_cost: int, limit: float, clock: Clock,
+            name: str, notes: list[str]) -> tuple[LayoutInstance, bool]:
+    """What the fine solve refines, and whether that is the full grid: windows around the
+    coarse solve's positions (around the hint's when rounding lost more than coarse won), else
+    the whole fine grid. Appends what happened to `notes`."""
+    assert fine.hint is not None
+    coarse = coarse_instance(fine, cell) if cell > 1 else None
+    if coarse is None:
+        if cell > 1:
+            notes.append("coarse rounding does not pack: fine on the full grid")
+        return fine, True
+    clock.enter(f"stage 2 {name} coarse", cell / 2)  # about byte-hops
+    res = optimise(coarse, limit, clock)
+    notes.append(f"coarse {cell}x{cell} cells {coarse.rows}x{coarse.cols}: " + _describe(res))
+    if res.spots is None:
+        return fine, True
+    start = [(r * cell, c * cell) for r, c in res.spots]
+    if layout_cost(fine, start) > hint_cost:  # rounding lost more than coarse won
+        start, notes[-1] = list(fine.hint), notes[-1] + ", refining the hint instead"
+    return window_instance(fine, start, cell), False
 
 
 def _describe(res: LayoutResult) -> str:
