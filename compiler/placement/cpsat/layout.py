@@ -42,6 +42,7 @@ def full_ranges(rows: int, cols: int, dims: Sequence[tuple[int, int]]) -> dict:
 def layout_for(
     problem: PlacementProblem, options: Sequence[int], members: Sequence[int]
 ) -> LayoutInstance:
+    """One wafer's blocks (`members`, in block order) with their chosen options, unhinted."""
     dims = tuple((problem.blocks[b].options[options[b]].rows,
                   problem.blocks[b].options[options[b]].cols) for b in members)
     return LayoutInstance(problem.rows, problem.cols, dims, wafer_edges(problem, members),
