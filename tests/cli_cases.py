@@ -69,3 +69,7 @@ def save(tmp_path: Path, model: onnx.ModelProto | bytes, name: str = "m.onnx") -
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
     return path
+
+
+def _node(op: str, ins: list[str], outs: list[str], name: str, **attrs) -> onnx.NodeProto:
+    return helper.make_node(op, ins, outs, name=name, **attrs)
