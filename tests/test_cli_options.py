@@ -1,13 +1,8 @@
-"""Bad inputs through the command line (issue 7, item 8): for every class of docs/errors.md,
-the documented exit code, one `error: ...` line naming the file, node, op or key, no traceback,
-and after a failed `compile` no OUT and no temporary directory.
-
-Classes: exit codes; broken and non-ONNX files; versions; graph structure; tensor data; NaN/Inf
-weights (a warning); inputs; unsupported ops and control flow; onnx's node checks; external
-data (the three onnx path-traversal CVEs and their relatives); target specs; OUT handling and
-interrupts (a real SIGINT/SIGTERM to a child process); verify of a changed OUT; determinism
-across processes.
-"""
+"""Options and names that do not fit the model, caught before ONNX Runtime or OUT (issue 12,
+items 4 and 5): a --seq-len past the position table, --batch/--seq-len that the model fixes or
+cannot bind (never silently ignored), a misspelt zoo or target name (did you mean), and -q/-v
+before or after the command. The other bad-input classes of docs/errors.md: test_cli_exit_codes,
+test_cli_bad_models, test_cli_external_data, test_cli_bad_targets and test_cli_out."""
 
 from __future__ import annotations
 
@@ -19,8 +14,6 @@ from cli_cases import ROOT, mlp, refused, save, wafer
 
 from compiler.cli import main
 from compiler.errors import ExitCode
-
-# --- 7. mistakes caught before ONNX Runtime or OUT (issue 12, items 4 and 5) --------------------
 
 
 @pytest.mark.parametrize(("model", "table", "node"), [
