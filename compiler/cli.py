@@ -321,6 +321,11 @@ def _stage(args, label: str, fn: Callable, *a, **kw):
     return result
 
 
+def _checks_on() -> bool:
+    """WAFER_CHECK=1 (tests set it): check each stage's result in memory (CompileOptions.check)."""
+    return os.environ.get("WAFER_CHECK") == "1"
+
+
 def _frontend_options(args) -> FrontendOptions:
     from compiler.frontend import DimRequest, FrontendOptions, check_source, parse_input_shapes
 
@@ -406,7 +411,7 @@ def _compile(args, display) -> int:
                            deterministic=not args.nondeterministic)
     resident = True if args.verify else None  # verifying runs the whole prompt at once
     tiling = TilingOptions(context=args.context, prompt_resident=resident)
-    options = CompileOptions(frontend, tiling, solver)
+    options = CompileOptions(frontend, tiling, solver, check=_checks_on())
     result = compile_model(args.model, args.target, options, on_stage=display.done,
                            on_start=display.start, on_progress=display.solver)
     if args.verify and result.graph.shape_only:
@@ -654,7 +659,7 @@ def cmd_sweep(args) -> int:
     backend = sweep.make_backend(args.backend, workers, args.ray_address)
     solver = SolverOptions(args.method, args.time_limit, args.seed, workers=1)
     tiling = TilingOptions(context=args.context, prompt_resident=True if args.verify else None)
-    options = CompileOptions(_frontend_options(args), tiling, solver)
+    options = CompileOptions(_frontend_options(args), tiling, solver, check=_checks_on())
     plan = sweep.plan_sweep(args.model, args.target, args.vary, options, args.verify)
     t0 = time.perf_counter()
     progress = None if args.quiet else sweep.ProgressPrinter(sys.stderr)

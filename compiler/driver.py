@@ -1,18 +1,19 @@
-"""compile_model: the compiler as one straight line over its stages.
+"""compile_model: the compiler as one straight line of named stages.
 
     graph = frontend(model) -> tiled = tiling(graph) -> problem = adapter(tiled)
     -> placement = place(problem) (validated) -> baseline = first_fit(problem) -> result
 
-Each stage is timed; `on_stage(name, seconds)` lets the CLI print stage lines as they finish,
-`on_start(name)` says a stage begins, and `on_progress(stage, objective, bound, elapsed_s)`
-hears the CP-SAT placer's incumbents (compiler/placement/problem.py ProgressHook). The hooks
-are plain callables: how progress is shown is the caller's business.
+Each `with stage(name):` block is timed (compiler/stages.py); `on_stage(name, seconds)` lets
+the CLI print stage lines as they finish, `on_start(name)` says a stage begins, and
+`on_progress(stage, objective, bound, elapsed_s)` hears the CP-SAT placer's incumbents
+(compiler/placement/problem.py ProgressHook). The hooks are plain callables: how progress is
+shown is the caller's business. An unexpected exception in a stage becomes an InternalError
+naming the stage (and layer); typed WaferErrors pass through. With CompileOptions.check (on in
+tests) the tiled graph, the schedule and the timelines are checked in memory as they are made.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,18 +24,18 @@ from compiler.placement.check import Metrics, metrics
 from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
 from compiler.result import CompileResult
 from compiler.schedule.build import Schedule, build_schedule
+from compiler.schedule.check import schedule_problems, timeline_problems
 from compiler.schedule.perf import (
     PerfOptions,
     estimate,
     streamed_kv_cycles,
     timeline,
 )
+from compiler.stages import StageHook, Stages, StartHook, check
 from compiler.target import Target, load_target
 from compiler.tiling.candidates import TiledGraph, TilingOptions, tile_graph, to_problem
+from compiler.tiling.check import tiled_problems
 from compiler.vocab import Mode, PlacementMethod
-
-StageHook = Callable[[str, float], None]
-StartHook = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class CompileOptions:
     frontend: FrontendOptions = field(default_factory=FrontendOptions)
     tiling: TilingOptions = field(default_factory=TilingOptions)
     solver: SolverOptions = field(default_factory=SolverOptions)
+    # check the tiled graph, schedule and timelines in memory between stages (tests turn it on:
+    # tests/conftest.py; the CLI with WAFER_CHECK=1); not in placement.json
+    check: bool = False
 
 
 def compile_model(model: str | Path, target: str | Path | Target,
@@ -58,19 +62,40 @@ def compile_model(model: str | Path, target: str | Path | Target,
                   on_stage: StageHook | None = None, *, on_start: StartHook | None = None,
                   on_progress: ProgressHook | None = None) -> CompileResult:
     options = options or CompileOptions()
-    timer = _Timer(on_stage, on_start)
-    tgt = target if isinstance(target, Target) else timer("target", load_target, target)
-    graph = timer("frontend", load_model, model, options.frontend)
-    tiled = timer("tiling", tile_graph, graph, tgt, options.tiling)
-    problem = to_problem(tiled, tgt)
-    placement = timer("placement", _place, problem, options.solver, on_progress)
-    baseline = timer("baseline", _baseline, problem)
-    same = _same_options_baseline(problem, placement)
-    schedule = timer("schedule", build_schedule, graph, tiled, problem, placement, tgt)
-    timelines, estimates = timer("performance", _performance, schedule, tiled, tgt)
-    return CompileResult(graph, tgt, tiled, problem, placement, metrics(problem, placement),
-                         baseline, schedule, timelines, estimates, options, tuple(timer.times),
-                         same)
+    stage = Stages(on_stage, on_start)
+    if isinstance(target, Target):
+        tgt = target
+    else:
+        with stage("target"):
+            tgt = load_target(target)
+    with stage("frontend"):
+        graph = load_model(model, options.frontend)
+    with stage("tiling"):
+        tiled = tile_graph(graph, tgt, options.tiling)
+        if options.check:
+            check(tiled_problems(graph, tiled, tgt), "tiled graph")
+        problem = to_problem(tiled, tgt)
+    with stage("placement"):
+        placement = _place(problem, options.solver, on_progress)
+        placed = metrics(problem, placement)
+    with stage("baseline"):
+        baseline = _baseline(problem)
+        same = _same_options_baseline(problem, placement)
+    with stage("schedule"):
+        schedule = build_schedule(graph, tiled, problem, placement, tgt)
+        if options.check:
+            check(schedule_problems(schedule, tgt), "schedule")
+    with stage("performance"):
+        timelines, estimates = _performance(schedule, tiled, tgt)
+        if options.check:
+            check(_timelines_problems(timelines, schedule), "timeline")
+    return CompileResult(graph, tgt, tiled, problem, placement, placed, baseline, schedule,
+                         timelines, estimates, options, tuple(stage.times), same)
+
+
+def _timelines_problems(timelines: dict[str, Timeline], schedule: Schedule) -> list[str]:
+    return [p for mode, tl in timelines.items()
+            for p in timeline_problems(mode, tl, len(schedule.steps))]
 
 
 def _performance(schedule: Schedule, tiled: TiledGraph, target: Target):
@@ -111,20 +136,3 @@ def _same_options_baseline(problem: PlacementProblem, placement: Placement) -> M
     if validate(problem, ff) or list(ff.options) != list(placement.options):
         return None
     return metrics(problem, ff)
-
-
-class _Timer:
-    def __init__(self, hook: StageHook | None, start: StartHook | None = None):
-        self.hook, self.start = hook, start
-        self.times: list[tuple[str, float]] = []
-
-    def __call__(self, name: str, fn, *args):
-        if self.start:
-            self.start(name)
-        t0 = time.perf_counter()
-        result = fn(*args)
-        seconds = time.perf_counter() - t0
-        self.times.append((name, seconds))
-        if self.hook:
-            self.hook(name, seconds)
-        return result

@@ -105,3 +105,10 @@ class InvalidPlacementError(WaferError):
     """A placement broke a rule the validator checks: a bug in the placer that produced it."""
 
     exit_code = ExitCode.INTERNAL
+
+
+class InternalError(WaferError):
+    """An unexpected exception inside a compile stage, named by stage (and layer, where known);
+    the exception itself is the cause (compiler/stages.py)."""
+
+    exit_code = ExitCode.INTERNAL

@@ -27,6 +27,7 @@ from functools import cached_property
 
 from compiler import ir
 from compiler.placement.problem import Placement, PlacementProblem, Rect, Residency
+from compiler.stages import at_layer
 from compiler.target import Target
 from compiler.tiling.candidates import TiledGraph
 from compiler.tiling.costs import op_flops, token_count
@@ -133,7 +134,9 @@ def build_schedule(g: ir.Graph, tiled: TiledGraph, problem: PlacementProblem,
                  for i, b in enumerate(problem.blocks)}
     st = _State(g, target)
     for layer, lt in zip(g.layers, tiled.layers, strict=True):
-        _schedule_layer(g, layer, lt.ops, by_name[layer.name], by_name, residency[layer.name], st)
+        with at_layer(layer.name):  # an internal error names the layer
+            _schedule_layer(g, layer, lt.ops, by_name[layer.name], by_name, residency[layer.name],
+                            st)
     _store_outputs(g, st)
     return Schedule(g.name, target.name, regions, tuple(st.steps), _tokens(g), tiled.batch,
                     tiled.context, tuple((k, v.value) for k, v in residency.items()))

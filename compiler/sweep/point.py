@@ -15,7 +15,13 @@ from pathlib import Path
 from compiler import __version__
 from compiler.atomic import write_atomic
 from compiler.driver import compile_model
-from compiler.errors import CapacityError, InfeasiblePlacementError, TargetError, WaferError
+from compiler.errors import (
+    CapacityError,
+    InfeasiblePlacementError,
+    InternalError,
+    TargetError,
+    WaferError,
+)
 from compiler.sweep.plan import PointSpec
 from compiler.vocab import Mode
 
@@ -61,6 +67,8 @@ def run_point(spec: PointSpec) -> PointResult:
         return PointResult(DOES_NOT_FIT, str(exc), compile_s=_since(t0))
     except InfeasiblePlacementError as exc:
         return PointResult(INFEASIBLE, str(exc), compile_s=_since(t0))
+    except InternalError as exc:  # a bug a stage named: not cached either
+        return PointResult(ERROR, str(exc), internal=True, compile_s=_since(t0))
     except WaferError as exc:
         return PointResult(ERROR, str(exc), compile_s=_since(t0))
     except Exception as exc:  # a bug: recorded, not cached, so a re-run tries again

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from compiler import ir
 from compiler.errors import CapacityError
 from compiler.placement.problem import Block, Edge, Option, PlacementProblem, Residency
+from compiler.stages import at_layer
 from compiler.target import Target
 from compiler.tiling.costs import batch_size, kv_cache_tensors, op_flops, token_count
 from compiler.tiling.layouts import OpLayout, Spec, graph_layouts, tile_numel
@@ -361,16 +362,17 @@ def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool) -
     cache: dict[str, tuple[Candidate, ...]] = {}
     layers = []
     for layer in g.layers:
-        model = _layer_model(g, layer, layouts[layer.name], target, kv, context, batch, params)
-        model = dataclasses.replace(model, tensors=dataclasses.replace(
-            model.tensors, prompt_resident=resident))
-        template = _template(g, layer)
-        if template not in cache:
-            cache[template] = _candidates(layer.name, model, target, batch, options)
-        layers.append(LayerTiling(
-            layer.name, layer.kind.value, template, layouts[layer.name], model.weight_bytes,
-            model.kv_total * target.compute.dtype.itemsize, model.flops_per_token,
-            cache[template]))
+        with at_layer(layer.name):  # an internal error names the layer
+            model = _layer_model(g, layer, layouts[layer.name], target, kv, context, batch, params)
+            model = dataclasses.replace(model, tensors=dataclasses.replace(
+                model.tensors, prompt_resident=resident))
+            template = _template(g, layer)
+            if template not in cache:
+                cache[template] = _candidates(layer.name, model, target, batch, options)
+            layers.append(LayerTiling(
+                layer.name, layer.kind.value, template, layouts[layer.name], model.weight_bytes,
+                model.kv_total * target.compute.dtype.itemsize, model.flops_per_token,
+                cache[template]))
     return TiledGraph(g.name, tuple(layers), _edges(g, target), context, batch,
                       _io_bytes_per_token(g, target), resident)
 

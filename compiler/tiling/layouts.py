@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from compiler import ir
 from compiler.errors import UnsupportedOp, UnsupportedOpsError
+from compiler.stages import at_layer
 from compiler.vocab import RESHAPE_OPS, VIEW_OPS, CollectiveKind
 
 R, C = "r", "c"
@@ -174,7 +175,8 @@ def graph_layouts(g: ir.Graph) -> dict[str, tuple[OpLayout, ...]]:
     specs: dict[str, Spec] = {n: replicated(len(g.tensor(n).shape)) for n in g.inputs}
     result = {}
     for layer in g.layers:
-        layouts = layer_layouts(g, layer, specs)
+        with at_layer(layer.name):  # an internal error names the layer
+            layouts = layer_layouts(g, layer, specs)
         for op, lay in zip(layer.ops, layouts, strict=True):
             specs.update(zip(op.outputs, lay.outputs, strict=False))
         result[layer.name] = layouts
