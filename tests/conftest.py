@@ -1,5 +1,6 @@
 """Shared fixtures: zoo graphs are loaded once per session (they are immutable values);
-headless Chromium and an HTML reference collector for the report pages."""
+headless Chromium and an HTML reference collector for the report pages. Compiles through the
+CLI check their stages' results (WAFER_CHECK=1)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ SMALL = ["gpt2-tiny", "-t", "mesh8x8", "--vary", "core.sram_bytes=8KiB,32KiB,64K
          "--vary", "core.reserve_bytes=4KiB,16KiB", "--vary", "context=16,64"]
 TINY_ZOO = ("gpt2-tiny", "llama-tiny", "llama-tiny-opset23", "bert-tiny")
 BIG_ZOO = ("llama3-8b", "llama3-70b", "llama3.1-405b")
+# Every `wafer compile` and `wafer sweep` a test runs (in process or not) checks its tiled graph,
+# schedule and timelines in memory between stages (CompileOptions.check; compiler/stages.py).
+os.environ.setdefault("WAFER_CHECK", "1")
 
 
 @functools.cache
