@@ -95,4 +95,5 @@ def internal_message(stage: str, exc: Exception) -> str:
     layer = layer_of(exc)
     where = f"stage {stage}" + (f", layer {layer}" if layer else "")
     text = next(iter(str(exc).splitlines()), "")  # one line, whatever the exception says
-    return f"internal error in {where}: {type(exc).__name__}: {text} (rerun with -v and report it)"
+    what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return f"internal error in {where}: {what} (rerun with -v and report it)"

@@ -67,6 +67,9 @@ def test_a_failed_stage_is_not_reported_done_and_interrupts_pass_through():
     with pytest.raises(InternalError, match=r"^internal error in stage c: ValueError: bad "
                        r"\(rerun with -v and report it\)$"), stage("c"):
         raise ValueError("bad\nsecond line")
+    with pytest.raises(InternalError, match=r"^internal error in stage d: AssertionError "
+                       r"\(rerun"), stage("d"):
+        raise AssertionError
     assert done == ["a"] and [name for name, _ in stage.times] == ["a"]
 
 
