@@ -27,6 +27,7 @@ from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.check import schedule_problems, timeline_problems
 from compiler.schedule.perf import (
     PerfOptions,
+    Timeline,
     estimate,
     streamed_kv_cycles,
     timeline,
