@@ -20,6 +20,7 @@ from compiler.placement import place
 from compiler.placement.check import Metrics, metrics
 from compiler.placement.problem import Placement, PlacementProblem
 from compiler.schedule.build import Schedule, build_schedule
+from compiler.schedule.decode import DecodePlan, decode_plan
 from compiler.schedule.perf import (
     DECODE,
     PREFILL,
@@ -69,6 +70,7 @@ class CompileResult:
     # first-fit shelves with this placement's own options and wafers: a like-for-like layout
     # baseline for byte-hops (None when shelves cannot pack those rectangles)
     baseline_same_options: Metrics | None = None
+    decode: DecodePlan | None = None  # the decode step of a causal LM (schedule/decode.py)
 
 
 def compile_model(model: str | Path, target: str | Path | Target,
@@ -84,10 +86,13 @@ def compile_model(model: str | Path, target: str | Path | Target,
     baseline = timer("baseline", _baseline, problem)
     same = _same_options_baseline(problem, placement)
     schedule = timer("schedule", build_schedule, graph, tiled, problem, placement, tgt)
+    decode = timer("decode", decode_plan, str(model), graph, schedule, tgt, tiled.context)
     timelines, estimates = timer("performance", _performance, schedule, tiled, tgt)
+    if decode is not None:  # tokens/s from the decode schedule, not the prefill scaled
+        estimates = {**estimates, DECODE: decode.estimate}
     return CompileResult(graph, tgt, tiled, problem, placement, metrics(problem, placement),
                          baseline, schedule, timelines, estimates, options, tuple(timer.times),
-                         same)
+                         same, decode)
 
 
 def _performance(schedule: Schedule, tiled: TiledGraph, target: Target):

@@ -94,7 +94,8 @@ def step_cycles(step: Step, s: Schedule, t: Target, scale: float) -> int:
     overhead = t.runtime.step_overhead_cycles if _starts_phase(step, s) else 0
     nbytes = step.nbytes * scale
     cost = {"compute": _compute, "collective": _collective, "send": _send,
-            "wafer_send": _wafer, "load": _offchip, "store": _offchip}[step.kind]
+            "wafer_send": _wafer, "load": _offchip, "store": _offchip,
+            "append": _append}[step.kind]
     return int(math.ceil(cost(step, region, t, nbytes, step.flops * scale))) + overhead
 
 
@@ -124,6 +125,13 @@ def _collective(step, region, t: Target, nbytes: float, flops: float) -> float:
     if step.op_kind == "reduce":
         return (m - 1) * hop + 2 * tile / bpc
     return (m - 1) * (hop + tile / max(m, 1) / bpc)
+
+
+def _append(step, region, t: Target, nbytes: float, flops: float) -> float:
+    """A decode step's K/V into its KV cache at position t: to the core holding t along the
+    cache's split axis (at worst across it), then written there."""
+    m = _axis_size(region, step.axis)
+    return (m - 1) * t.links.hop_latency_cycles + nbytes / t.links.bytes_per_cycle
 
 
 def _send(step, region, t: Target, nbytes: float, flops: float) -> float:
@@ -190,7 +198,7 @@ def _read(free: dict[object, tuple[int, int]], s: Schedule, step: Step,
 
 
 def _resources(step: Step, s: Schedule) -> list[object]:
-    if step.kind in ("compute", "collective"):
+    if step.kind in ("compute", "collective", "append"):
         return [("region", step.region)]
     if step.kind in ("load", "store"):
         return [("offchip", s.region(step.region).wafer)]
