@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compiler import __version__, ir
+from compiler import __version__, cli_decode, ir
 from compiler.errors import ExitCode, UsageError, WaferError, WaferWarning
 from compiler.target import Target, list_targets, load_target
 from compiler.tiling.costs import model_cost
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(sub)
     _add_view(sub)
     _add_sweep(sub)
+    cli_decode.add_generate(sub, _count)
     t = sub.add_parser("targets", help="list the built-in target specs")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.set_defaults(run=cmd_targets)
@@ -103,6 +104,7 @@ def _add_compile(sub) -> None:
                    "not reproducible")
     p.add_argument("--verify", action="store_true",
                    help="then run the schedule and compare with ONNX Runtime (wafer verify)")
+    cli_decode.add_decode_arg(p, _count)
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.html and report-data/ (wafer view OUT does later)")
     p.set_defaults(run=cmd_compile)
@@ -142,6 +144,7 @@ def _add_verify(sub) -> None:
     p.add_argument("--report", metavar="FILE.json", help="report path (default OUT/verify.json)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed check")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    cli_decode.add_decode_arg(p, _count)
     p.set_defaults(run=cmd_verify)
 
 
@@ -369,13 +372,17 @@ def cmd_compile(args) -> int:
     solver = SolverOptions(args.method, args.time_limit, args.seed, args.workers,
                            deterministic=not args.nondeterministic)
     resident = True if args.verify else None  # verifying runs the whole prompt at once
-    tiling = TilingOptions(context=args.context, prompt_resident=resident)
+    if args.decode and not args.verify:
+        raise UsageError("--decode N checks decode steps after --verify; add --verify")
+    tiling = TilingOptions(context=cli_decode.decode_context(args), prompt_resident=resident)
     options = CompileOptions(_frontend_options(args), tiling, solver)
     hook = None if args.quiet else _stage_line
     result = compile_model(args.model, args.target, options, on_stage=hook)
     if args.verify and result.graph.shape_only:
         raise UsageError(f"{result.graph.name} is shape-only (no weights): nothing to verify; "
                          "compile it without --verify")
+    if args.decode:
+        cli_decode.require_plan(result)  # refuse before writing OUT
     files = _stage(args, "artifacts", artifact_files, result, report=False)
     if not args.no_report:
         files.update(_stage(args, "report", _report_files, files))
@@ -386,7 +393,10 @@ def cmd_compile(args) -> int:
         art = Artifact(args.model, result.graph, result.target, result.schedule)
         if not args.json:
             print(_compile_summary(result, out))
+        ready = cli_decode.prepare(args, art, out, result.decode) if args.decode else None
         code = _verify(args, art, VerifyOptions(), out / "verify.json")
+        if ready:
+            code = max(code, cli_decode.verify_decode(args, art, VerifyOptions(), out, ready))
         if not args.no_report:  # the report shows the verify result too
             from compiler.report import write_report
 
@@ -458,8 +468,12 @@ def cmd_verify(args) -> int:
     opts = VerifyOptions(Path(args.inputs) if args.inputs else None, args.seed, args.atol,
                          args.rtol, _tolerances(args.tol), args.per_layer, args.precision,
                          args.fail_fast)
-    return _verify(args, art, opts, Path(args.report or Path(args.out) / "verify.json"),
+    ready = cli_decode.prepare(args, art, Path(args.out)) if args.decode else None
+    code = _verify(args, art, opts, Path(args.report or Path(args.out) / "verify.json"),
                    args.save_outputs)
+    if ready:
+        code = max(code, cli_decode.verify_decode(args, art, opts, Path(args.out), ready))
+    return code
 
 
 def _tolerances(specs: list[str]) -> tuple[tuple[str, float], ...]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from compiler import ir
 from compiler.executor.run import (
+    _STEP,
     SETUP,
     CacheOverflow,
     ExecResult,
@@ -25,7 +26,6 @@ from compiler.executor.run import (
     _free_dead,
     _last_uses,
     _Machine,
-    _STEP,
     host_constants,
     run_schedule,
 )

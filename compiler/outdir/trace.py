@@ -35,7 +35,7 @@ from compiler.schedule.build import SETUP, Region, Schedule, Step, TensorRef
 from compiler.schedule.perf import PerfOptions, Timeline, step_scale
 from compiler.target import Target
 
-SCHEDULE_SCHEMA_VERSION = "1.0"
+SCHEDULE_SCHEMA_VERSION = "1.1"  # 1.1: the decode section (append steps)
 KINDS = ("load", "compute", "collective", "send", "wafer_send", "store")
 
 # Fields written for a kind even when they hold their default (the schema requires them).
@@ -46,6 +46,7 @@ KIND_FIELDS: dict[str, tuple[str, ...]] = {
     "send": ("reads", "writes", "dst", "route", "hops", "lanes", "nbytes"),
     "wafer_send": ("reads", "writes", "dst", "nbytes"),
     "store": ("reads", "nbytes"),
+    "append": ("reads", "writes", "op_kind", "nbytes"),
 }
 _ALWAYS = ("id", "kind", "region", "deps")
 _STEP_FIELDS = dataclasses.fields(Step)
@@ -161,7 +162,7 @@ def check_schedule_doc(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
-STEP_KINDS = ("load", "compute", "collective", "send", "wafer_send", "store")
+STEP_KINDS = ("load", "compute", "collective", "send", "wafer_send", "store", "append")
 
 
 def _check_regions(doc: dict[str, Any]) -> list[str]:

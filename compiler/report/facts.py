@@ -15,7 +15,7 @@ from compiler.schedule.build import SETUP, Schedule
 from compiler.schedule.perf import DECODE, PerfOptions, link_loads, step_scale
 
 MODES = ("decode", "prefill")
-REGION_KINDS = ("compute", "collective")  # serialized per region by the performance model
+REGION_KINDS = ("compute", "collective", "append")  # serialized per region by the performance model
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,23 @@ class Facts:
     links: dict[tuple, float]  # (wafer, (r, c), (r', c')) -> bytes per token
 
     def timing(self, mode: str) -> dict[str, Any]:
-        return self.docs.schedule["timing"][mode]
+        return mode_timing(self.docs.schedule, mode)
+
+    def steps(self, mode: str):
+        """The steps a mode's timing indexes: the decode schedule's when there is one."""
+        return mode_schedule(self.docs.schedule, mode, self.schedule).steps
+
+
+def mode_timing(sdoc: dict[str, Any], mode: str) -> dict[str, Any]:
+    dec = sdoc.get("decode")
+    return dec["timing"][mode] if dec and mode in dec["timing"] else sdoc["timing"][mode]
+
+
+def mode_schedule(sdoc: dict[str, Any], mode: str, prefill: Schedule) -> Schedule:
+    from compiler.outdir.decode import decode_schedule_from_doc
+
+    dec = sdoc.get("decode")
+    return decode_schedule_from_doc(sdoc) if dec and mode in dec["timing"] else prefill
 
 
 def gather(docs: OutDocs) -> Facts:
@@ -86,7 +102,8 @@ def gather(docs: OutDocs) -> Facts:
     rows, cols = p["target"]["grid"]
     decode = PerfOptions(DECODE)
     io = _io_per_token(schedule, decode)
-    busy = {m: _busy(schedule, sdoc["timing"][m]) for m in MODES if m in sdoc["timing"]}
+    busy = {m: _busy(mode_schedule(sdoc, m, schedule), mode_timing(sdoc, m))
+            for m in MODES if m in sdoc["timing"]}
     cap = p["target"]["usable_bytes_per_core"]
     layers = tuple(_layer(i, doc, cap, io, busy) for i, doc in enumerate(p["layers"]))
     per_token = max(schedule.batch, 1)

@@ -33,9 +33,20 @@ import numpy as np
 
 from compiler import ir
 from compiler.placement.problem import Residency
+from compiler.schedule.build import (
+    FIXED,
+    SETUP,
+    TOKEN,
+    Region,
+    Schedule,
+    Step,
+    TensorRef,
+    _compute,
+    _provide,
+    _State,
+    _store_outputs,
+)
 from compiler.schedule.perf import DECODE, Estimate, PerfOptions, Timeline, estimate, timeline
-from compiler.schedule.build import FIXED, SETUP, TOKEN, Region, Schedule, Step, TensorRef, \
-    _compute, _provide, _State, _store_outputs
 from compiler.target import Target
 from compiler.tiling.layouts import Spec, graph_layouts
 
