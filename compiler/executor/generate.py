@@ -156,6 +156,10 @@ def step(p: DecodeProgram, m: _Machine, token: int, position: int) -> np.ndarray
     """One decode step of `token` at absolute `position` on the decode machine: the logits
     [batch, vocab]."""
     g = p.decode_graph
+    if not 0 <= position < p.decode.context:
+        raise CacheOverflow(f"KV cache overflow: a decode step at position {position} is past "
+                            f"the {p.decode.context} positions of the KV cache; compile with a "
+                            "larger --context")
     m.position = position
     feed = {p.token_input: np.asarray([[token]], _int_dtype(g, p.token_input))}
     for name, query_axes in p.feeds:
