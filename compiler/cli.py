@@ -382,7 +382,7 @@ def cmd_compile(args) -> int:
         raise UsageError(f"{result.graph.name} is shape-only (no weights): nothing to verify; "
                          "compile it without --verify")
     if args.decode:
-        cli_decode.require_plan(result)  # refuse before writing OUT
+        cli_decode.require_plan(result, args.decode)  # refuse before writing OUT
     files = _stage(args, "artifacts", artifact_files, result, report=False)
     if not args.no_report:
         files.update(_stage(args, "report", _report_files, files))

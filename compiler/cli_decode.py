@@ -84,12 +84,16 @@ def verify_decode(args, art, opts, out: Path, prepared) -> int:
     return ExitCode.OK if report.passed else ExitCode.MISMATCH
 
 
-def require_plan(result) -> None:
-    from compiler.verify.decode import NoDecodeSchedule
+def require_plan(result, steps: int) -> None:
+    """compile --verify --decode N: refused before OUT is written when there is no decode
+    schedule or its KV cache has no room for the prompt and N steps."""
+    from compiler.verify.decode import NoDecodeSchedule, check_room
 
     if result.decode is None:
         raise NoDecodeSchedule(f"{result.graph.name} has no decode schedule: --decode needs a "
                                "causal LM whose only inputs are token ids, with weights")
+    g = result.graph
+    check_room(g.tensor(g.inputs[0]).shape[-1], steps, result.decode.graph.context)
 
 
 def decode_context(args) -> int | None:

@@ -164,12 +164,17 @@ def test_cli_compile_verify_decode_generate(tmp_path, capsys):
     assert len(ids) == 6 and all(0 <= int(i) < 256 for i in ids)
 
 
-def test_cli_decode_refused_for_an_encoder_before_writing(tmp_path, capsys):
+@pytest.mark.parametrize(("model", "context", "code", "message"), [
+    ("bert-tiny", "32", 4, "no decode schedule"),  # not a causal LM
+    ("gpt2-tiny", "20", 2, "--context >= 24"),  # 16 + 8 positions do not fit 20
+])
+def test_cli_decode_refused_before_writing(tmp_path, capsys, model, context, code, message):
     out = tmp_path / "out"
-    code = main(["-q", "compile", "bert-tiny", "-t", "mesh8x8", "-o", str(out), "--verify",
-                 "--decode", "2", "--context", "32", "--time-limit", "10"])
-    assert code == 4 and not out.exists()
-    assert "no decode schedule" in capsys.readouterr().err
+    got = main(["-q", "compile", model, "-t", "mesh8x8", "-o", str(out), "--verify",
+                "--decode", "8", "--context", context, "--time-limit", "10"])
+    err = capsys.readouterr().err
+    assert got == code and not out.exists() and list(tmp_path.iterdir()) == []
+    assert message in err and err.count("\n") == 1
 
 
 def test_generated_tokens_match_a_numpy_rerun_of_the_whole_sequence():
@@ -186,3 +191,69 @@ def test_generated_tokens_match_a_numpy_rerun_of_the_whole_sequence():
         ref = run_reference("llama-tiny", {"input_ids": np.asarray([seq], np.int64)})["logits"]
         assert int(np.argmax(ref[0, -1])) == tok
         seq.append(tok)
+
+
+def _mutated(r, mutate) -> object:
+    s = r.decode.schedule
+    return dataclasses.replace(s, steps=tuple(mutate(list(s.steps))))
+
+
+def test_a_stale_cache_read_is_caught_by_verify():
+    """The first K append runs after the MatMul that reads the cache: that MatMul sees the
+    cache without the step's own key."""
+    r = compiled("gpt2-tiny")
+
+    def stale(steps):
+        i = next(k for k, st in enumerate(steps) if st.kind == "append")
+        cache = steps[i].writes[0].tensor
+        j = next(k for k, st in enumerate(steps) if k > i and st.kind == "compute"
+                 and any(ref.tensor == cache for ref in st.reads))
+        return steps[:i] + steps[i + 1:j + 1] + [steps[i]] + steps[j + 1:]
+
+    rep = verify_decode(_art(r), r.decode.graph, _mutated(r, stale), 2, VerifyOptions())
+    assert not rep.passed and rep.first_diverging_step == 1
+
+
+def test_a_cache_tile_on_the_wrong_core_is_a_schedule_fault():
+    """The append names the cache split the other way (its tiles on other cores), or runs on
+    another region: the executor refuses the step."""
+    from compiler.executor.run import ScheduleFault
+
+    r = compiled("llama-tiny")
+    victim = next(st for st in r.decode.schedule.steps if st.kind == "append")
+    other = next(c.layer for c in r.decode.graph.caches if c.layer != victim.region)
+
+    def flip(spec):
+        return tuple({"r": "c", "c": "r"}.get(a) if a else None for a in spec)
+
+    def swapped(steps):
+        new, cache = victim.reads
+        ref = dataclasses.replace(cache, spec=flip(cache.spec))
+        return [dataclasses.replace(st, reads=(new, ref), writes=(ref,)) if st.id == victim.id
+                else st for st in steps]
+
+    def moved(steps):
+        return [dataclasses.replace(st, region=other) if st.id == victim.id else st
+                for st in steps]
+
+    for mutate, pattern in ((swapped, "is on .* as .* but the step reads"),
+                            (moved, "is not resident on")):
+        prog = program(_art(r), r.decode.graph, _mutated(r, mutate), "fp32")
+        with pytest.raises(ScheduleFault, match=f"step {victim.id} .*{pattern}"):
+            generate(prog, r.target, list(range(16)), 2)
+
+
+def test_an_append_at_the_wrong_position_changes_the_logits():
+    """Decode steps that write (and mask, and rotate) at t + 1 instead of t give logits that
+    verify's comparison with ONNX Runtime rejects."""
+    from compiler.verify import compare, run_reference
+
+    r = compiled("llama-tiny")
+    prog = program(_art(r), r.decode.graph, r.decode.schedule, "fp32")
+    prompt = [3, 1, 4, 1, 5]
+    ref = run_reference("llama-tiny", {"input_ids": np.asarray([prompt], np.int64)})["logits"]
+    for shift, ok in ((0, True), (1, False)):
+        m = start(prog, r.target, {}, "fp32")
+        for pos, tok in enumerate(prompt):
+            logits = step(prog, m, tok, pos + shift * (pos > 0))
+        assert compare("logits", logits, ref[:, -1], 1e-4, 1e-3).passed is ok

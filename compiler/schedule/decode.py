@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler import ir
+from compiler.errors import WaferError
 from compiler.placement.problem import Residency
 from compiler.schedule.build import (
     FIXED,
@@ -409,7 +410,7 @@ def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target:
         return None
     try:
         dg = load_decode_graph(source, prefill_graph, context)
-    except DecodeUnsupported:
+    except (DecodeUnsupported, WaferError):  # the decode step is extra: never fail a compile
         return None
     return plan_for(dg, prefill, target)
 
