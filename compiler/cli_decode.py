@@ -77,7 +77,10 @@ def verify_decode(args, art, opts, out: Path, prepared) -> int:
     from compiler.verify.decode import verify_decode
 
     dg, schedule = prepared
-    report = verify_decode(art, dg, schedule, args.decode, opts)
+    from compiler.cli import _stage_line
+
+    hook = None if args.quiet else _stage_line
+    report = verify_decode(art, dg, schedule, args.decode, opts, hook)
     path = out / "verify-decode.json"
     path.write_text(report.to_json())
     print(report.to_json() if args.json else "\n".join(report.lines()), end="\n" * (not args.json))

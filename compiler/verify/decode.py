@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,8 @@ class DecodeReport:
     context: int
     precision: str
     peak_bytes: tuple[tuple[str, int], ...]  # decode machine, per region (fullest core)
+    executor_s: tuple[float, ...] = ()  # wall seconds per decode step on the executor
+    reference_s: tuple[float, ...] = ()  # ORT's per step (no-cache model, growing sequence)
 
     @property
     def passed(self) -> bool:
@@ -106,10 +109,16 @@ class DecodeReport:
                        "max_abs": _finite(s.check.max_abs), "logits_passed": s.check.passed}
                       for s in self.steps],
             "peak_bytes_per_core": dict(self.peak_bytes),
+            "seconds_per_decode_step": {"executor": _mean(self.executor_s),
+                                        "onnxruntime": _mean(self.reference_s)},
         }
 
     def to_json(self) -> str:
         return json.dumps(self.doc(), indent=1) + "\n"
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return round(sum(xs) / len(xs), 6) if xs else None
 
 
 def _finite(x: float) -> float | None:
@@ -176,7 +185,7 @@ def check_room(prompt_len: int, steps: int, context: int, what: str = "") -> Non
 
 
 def verify_decode(art: Artifact, dg, decode_schedule, steps: int,
-                  opts: VerifyOptions) -> DecodeReport:
+                  opts: VerifyOptions, hook: Hook = None) -> DecodeReport:
     """Prefill + `steps` decode steps on the executor against ORT, step by step."""
     from compiler.executor.generate import generate
 
@@ -187,26 +196,47 @@ def verify_decode(art: Artifact, dg, decode_schedule, steps: int,
     check_room(len(prompt), steps, dg.context)
     run_reference(art.source, inputs)  # a model ORT cannot run is invalid input, first
     prog = program(art, dg, decode_schedule, opts.precision)
+    clock = _Clock(hook)
     with np.errstate(all="ignore"):
-        gen = generate(prog, art.target, prompt, steps + 1, opts.precision)
-    checks = _compare_steps(art, prompt, gen, atol, rtol)
+        gen = generate(prog, art.target, prompt, steps + 1, opts.precision, clock.tick)
+    checks, ref_s = _compare_steps(art, prompt, gen, atol, rtol, hook)
     return DecodeReport(g.name, art.target.name, tuple(prompt), tuple(checks), dg.context, label,
-                        tuple(sorted(gen.peak_bytes.items())))
+                        tuple(sorted(gen.peak_bytes.items())), tuple(clock.seconds[1:]),
+                        tuple(ref_s[1:]))
 
 
-def _compare_steps(art: Artifact, prompt: Sequence[int], gen, atol: float,
-                   rtol: float) -> list[StepCheck]:
+class _Clock:
+    """Wall time between generated tokens (the first includes prefill), as stage lines."""
+
+    def __init__(self, hook: Hook):
+        self.hook, self.seconds = hook, []
+        self.t0 = time.perf_counter()
+
+    def tick(self, i: int, pos: int, logits) -> None:
+        now = time.perf_counter()
+        self.seconds.append(now - self.t0)
+        if self.hook:
+            self.hook(f"executor: {'prefill' if i == 0 else f'decode step {i}'}", now - self.t0)
+        self.t0 = time.perf_counter()
+
+
+def _compare_steps(art: Artifact, prompt: Sequence[int], gen, atol: float, rtol: float,
+                   hook: Hook) -> tuple[list[StepCheck], list[float]]:
     g = art.graph
     dtype = np.dtype(g.tensor(g.inputs[0]).dtype.value)
     seq = list(prompt)
-    checks = []
+    checks, seconds = [], []
     for i, (logits, pos) in enumerate(zip(gen.logits, gen.positions, strict=True)):
         ids = np.asarray([seq[:pos + 1]], dtype)
+        t0 = time.perf_counter()
         ref = run_reference(art.source, {g.inputs[0]: ids})[g.outputs[0]][:, -1]
+        seconds.append(time.perf_counter() - t0)
+        if hook:
+            hook(f"onnxruntime: {pos + 1} tokens", seconds[-1])
         check = compare(f"logits@{pos}", logits, ref, atol, rtol)
         checks.append(StepCheck(i, pos, gen.tokens[i], int(np.argmax(ref[0])), check))
         seq.append(gen.tokens[i])
-    return checks
+    return checks, seconds
 
 
 def run_generate(art: Artifact, dg, decode_schedule, prompt: Sequence[int], new_tokens: int,
