@@ -29,7 +29,6 @@ from compiler.verify import (
     compare,
     load_inputs,
     random_inputs,
-    run_reference,
     tolerances,
 )
 
@@ -194,12 +193,13 @@ def verify_decode(art: Artifact, dg, decode_schedule, steps: int,
     inputs = load_inputs(opts.inputs, g) if opts.inputs else random_inputs(g, opts.seed)
     prompt = [int(x) for x in np.asarray(inputs[g.inputs[0]])[0]]
     check_room(len(prompt), steps, dg.context)
-    run_reference(art.source, inputs)  # a model ORT cannot run is invalid input, first
+    reference = _Reference(art.source)
+    reference(dict(inputs), g.outputs[0])  # a model ORT cannot run is invalid input, first
     prog = program(art, dg, decode_schedule, opts.precision)
     clock = _Clock(hook)
     with np.errstate(all="ignore"):
         gen = generate(prog, art.target, prompt, steps + 1, opts.precision, clock.tick)
-    checks, ref_s = _compare_steps(art, prompt, gen, atol, rtol, hook)
+    checks, ref_s = _compare_steps(art, reference, prompt, gen, (atol, rtol), hook)
     return DecodeReport(g.name, art.target.name, tuple(prompt), tuple(checks), dg.context, label,
                         tuple(sorted(gen.peak_bytes.items())), tuple(clock.seconds[1:]),
                         tuple(ref_s[1:]))
@@ -220,8 +220,30 @@ class _Clock:
         self.t0 = time.perf_counter()
 
 
-def _compare_steps(art: Artifact, prompt: Sequence[int], gen, atol: float, rtol: float,
-                   hook: Hook) -> tuple[list[StepCheck], list[float]]:
+class _Reference:
+    """One ONNX Runtime session on the original model, run once per step (building the model
+    and its session again per step costs more than the runs)."""
+
+    def __init__(self, source: str):
+        from compiler.frontend.export import reference_model_bytes
+        from compiler.verify import _session
+
+        self.source = source
+        self.session = _session(reference_model_bytes(source), str(source))
+
+    def __call__(self, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
+        from compiler.verify import ReferenceRunError
+
+        try:
+            return self.session.run([output], feed)[0]
+        except Exception as exc:  # ORT raises its own pybind types
+            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ReferenceRunError(f"ONNX Runtime failed to run {self.source}: {line}") from None
+
+
+def _compare_steps(art: Artifact, reference: _Reference, prompt: Sequence[int], gen,
+                   tols: tuple[float, float], hook: Hook) -> tuple[list[StepCheck], list[float]]:
+    atol, rtol = tols
     g = art.graph
     dtype = np.dtype(g.tensor(g.inputs[0]).dtype.value)
     seq = list(prompt)
@@ -229,7 +251,7 @@ def _compare_steps(art: Artifact, prompt: Sequence[int], gen, atol: float, rtol:
     for i, (logits, pos) in enumerate(zip(gen.logits, gen.positions, strict=True)):
         ids = np.asarray([seq[:pos + 1]], dtype)
         t0 = time.perf_counter()
-        ref = run_reference(art.source, {g.inputs[0]: ids})[g.outputs[0]][:, -1]
+        ref = reference({g.inputs[0]: ids}, g.outputs[0])[:, -1]
         seconds.append(time.perf_counter() - t0)
         if hook:
             hook(f"onnxruntime: {pos + 1} tokens", seconds[-1])
