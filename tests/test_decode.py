@@ -104,11 +104,12 @@ def test_cache_overflow_is_a_named_error():
                 _STEP[st.kind](m, st, feed)
 
 
-def test_a_dropped_cache_append_is_caught_by_verify():
-    """Fault injection: the first block's K append becomes a no-op relayout of the cache."""
+@pytest.mark.parametrize("which", [0, 3])  # block.0's K, block.1's V
+def test_a_dropped_cache_append_is_caught_by_verify(which):
+    """Fault injection: an append becomes a no-op relayout of the cache."""
     r = compiled("gpt2-tiny")
     s = r.decode.schedule
-    victim = next(st for st in s.steps if st.kind == "append")
+    victim = [st for st in s.steps if st.kind == "append"][which]
     cache = victim.reads[1]
     noop = Step(victim.id, "collective", victim.region, reads=(cache,), writes=(cache,),
                 deps=victim.deps, op_kind="relayout", axis="r", scaling=FIXED)
@@ -118,6 +119,8 @@ def test_a_dropped_cache_append_is_caught_by_verify():
     assert not rep.passed
     assert rep.first_diverging_step == 1  # prefill is right; the first decode step reads junk
     assert rep.steps[0].passed and not rep.steps[1].check.passed
+    assert rep.diverging_layer == victim.region == f"block.{which // 2}"  # where it was dropped
+    assert f"layer {victim.region}" in rep.summary()
 
 
 def test_decode_throughput_comes_from_the_decode_schedule():
@@ -212,6 +215,7 @@ def test_a_stale_cache_read_is_caught_by_verify():
 
     rep = verify_decode(_art(r), r.decode.graph, _mutated(r, stale), 2, VerifyOptions())
     assert not rep.passed and rep.first_diverging_step == 1
+    assert rep.diverging_layer == "block.0"
 
 
 def test_a_cache_tile_on_the_wrong_core_is_a_schedule_fault():

@@ -58,13 +58,16 @@ class Generation:
     logits: list[np.ndarray] = field(default_factory=list)  # [batch, vocab] per token
     positions: list[int] = field(default_factory=list)  # the position each logits row is at
     peak_bytes: dict[str, int] = field(default_factory=dict)  # decode machine, per region
+    values: list[dict[str, np.ndarray]] = field(default_factory=list)  # `keep`, per token
 
 
 def generate(p: DecodeProgram, target: Target, prompt: Sequence[int], new_tokens: int,
-             precision: str = "fp32", hook: StepHook = None) -> Generation:
+             precision: str = "fp32", hook: StepHook = None,
+             keep: frozenset[str] = frozenset()) -> Generation:
     """`new_tokens` greedy tokens after `prompt` (batch 1): the first from prefill (the prefill
     schedule when the prompt has its compiled length, else decode steps over the prompt), the
-    rest from one decode step each."""
+    rest from one decode step each. `keep`: decode-graph tensors whose whole values each token's
+    decode step records (in `Generation.values`; none for a token the prefill schedule made)."""
     prompt = [int(x) for x in prompt]
     context = _context(p)
     if len(prompt) + new_tokens - 1 > context:
@@ -76,15 +79,15 @@ def generate(p: DecodeProgram, target: Target, prompt: Sequence[int], new_tokens
     prompt_len = p.prefill_graph.tensor(p.token_input).shape[-1]
     if len(prompt) == prompt_len:
         caches, logits = _prefill(p, target, prompt, precision)
-        m = start(p, target, caches, precision)
-        _record(out, logits, len(prompt) - 1, hook)
+        m = start(p, target, caches, precision, keep)
+        _record(out, logits, len(prompt) - 1, hook, {})
     else:
-        m = start(p, target, {}, precision)
+        m = start(p, target, {}, precision, keep)
         for pos, tok in enumerate(prompt):
             logits = step(p, m, tok, pos)
-        _record(out, logits, len(prompt) - 1, hook)
+        _record(out, logits, len(prompt) - 1, hook, m.result.values)
     for pos in range(len(prompt), len(prompt) + new_tokens - 1):
-        _record(out, step(p, m, out.tokens[-1], pos), pos, hook)
+        _record(out, step(p, m, out.tokens[-1], pos), pos, hook, m.result.values)
     out.peak_bytes = dict(m.peak)
     return out
 
@@ -93,7 +96,9 @@ def _context(p: DecodeProgram) -> int:
     return p.decode.context
 
 
-def _record(out: Generation, logits: np.ndarray, pos: int, hook: StepHook) -> None:
+def _record(out: Generation, logits: np.ndarray, pos: int, hook: StepHook,
+            values: dict[str, np.ndarray]) -> None:
+    out.values.append(dict(values))
     out.logits.append(logits)
     out.positions.append(pos)
     out.tokens.append(int(np.argmax(logits[0])))
@@ -126,7 +131,7 @@ def _int_dtype(g: ir.Graph, name: str) -> np.dtype:
 
 
 def start(p: DecodeProgram, target: Target, caches: Mapping[str, np.ndarray],
-          precision: str) -> _Machine:
+          precision: str, keep: frozenset[str] = frozenset()) -> _Machine:
     """The decode machine after its setup steps: weights resident, each KV cache resident with
     `caches`' content (zeros where none is given)."""
     g, s = p.decode_graph, p.decode
@@ -135,7 +140,7 @@ def start(p: DecodeProgram, target: Target, caches: Mapping[str, np.ndarray],
     if streamed:
         raise ScheduleFault(f"{s.model}: the KV cache of {streamed[0].region} streams from "
                             "off-chip; the executor holds a KV cache in SRAM only")
-    m = _Machine(g, s, target, precision, host_constants(g, target, precision), frozenset())
+    m = _Machine(g, s, target, precision, host_constants(g, target, precision), keep)
     m.ops = {op.name: op for op in g.ops}
     m.regions = {r.name: r for r in s.regions}
     m.last_use = _last_uses(s)

@@ -11,6 +11,7 @@ not cascade into every later step's comparison.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -29,6 +30,7 @@ from compiler.verify import (
     compare,
     load_inputs,
     random_inputs,
+    run_reference,
     tolerances,
 )
 
@@ -72,6 +74,8 @@ class DecodeReport:
     context: int
     precision: str
     peak_bytes: tuple[tuple[str, int], ...]  # decode machine, per region (fullest core)
+    diverging_layer: str | None = None  # in the first diverging decode step: the first layer
+    diverging_tensor: str | None = None  # (and the tensor it hands on) that leaves tolerance
     executor_s: tuple[float, ...] = ()  # wall seconds per decode step on the executor
     reference_s: tuple[float, ...] = ()  # ORT's per step (no-cache model, growing sequence)
 
@@ -90,8 +94,10 @@ class DecodeReport:
         n = len(self.steps) - 1
         worst = max((s.check.max_abs for s in self.steps), default=0.0)
         first = self.first_diverging_step
+        where = (f" (layer {self.diverging_layer}: {self.diverging_tensor})"
+                 if self.diverging_layer else "")
         verdict = ("PASSED: greedy tokens identical" if first is None else
-                   f"FAILED: first diverging at step {first}")
+                   f"FAILED: first diverging at step {first}{where}; tokens compared")
         return (f"decode {verdict} to ONNX Runtime's over prefill + {n} decode step(s) "
                 f"({len(self.prompt)}-token prompt, context {self.context}, {self.precision}); "
                 f"worst logits max abs {worst:.3g}")
@@ -100,6 +106,8 @@ class DecodeReport:
         return {
             "schema_version": DECODE_SCHEMA_VERSION, "model": self.model, "target": self.target,
             "passed": self.passed, "first_diverging_step": self.first_diverging_step,
+            "first_diverging_layer": self.diverging_layer,
+            "first_diverging_tensor": self.diverging_tensor,
             "prompt": list(self.prompt), "context": self.context, "precision": self.precision,
             "tokens": [s.token for s in self.steps],
             "reference_tokens": [s.ref_token for s in self.steps],
@@ -197,12 +205,56 @@ def verify_decode(art: Artifact, dg, decode_schedule, steps: int,
     reference(dict(inputs), g.outputs[0])  # a model ORT cannot run is invalid input, first
     prog = program(art, dg, decode_schedule, opts.precision)
     clock = _Clock(hook)
+    handoffs = _handoffs(dg.graph)
     with np.errstate(all="ignore"):
-        gen = generate(prog, art.target, prompt, steps + 1, opts.precision, clock.tick)
+        gen = generate(prog, art.target, prompt, steps + 1, opts.precision, clock.tick,
+                       frozenset(n for names in handoffs.values() for n in names))
     checks, ref_s = _compare_steps(art, reference, prompt, gen, (atol, rtol), hook)
-    return DecodeReport(g.name, art.target.name, tuple(prompt), tuple(checks), dg.context, label,
-                        tuple(sorted(gen.peak_bytes.items())), tuple(clock.seconds[1:]),
-                        tuple(ref_s[1:]))
+    report = DecodeReport(g.name, art.target.name, tuple(prompt), tuple(checks), dg.context,
+                          label, tuple(sorted(gen.peak_bytes.items())),
+                          executor_s=tuple(clock.seconds[1:]), reference_s=tuple(ref_s[1:]))
+    first = report.first_diverging_step
+    if first:  # a decode step (prefill's own layers: wafer verify --per-layer)
+        layer, tensor = _diverging_layer(art, handoffs, report, gen, first, (atol, rtol))
+        report = dataclasses.replace(report, diverging_layer=layer, diverging_tensor=tensor)
+    return report
+
+
+def _handoffs(g) -> dict[str, list[str]]:
+    """Per layer of the decode graph, the tensors it hands on (not the logits)."""
+    from compiler.verify import layer_outputs
+
+    return {k: [n for n in v if n not in g.outputs] for k, v in layer_outputs(g).items()}
+
+
+def _diverging_layer(art: Artifact, handoffs: dict[str, list[str]], report: DecodeReport, gen,
+                     step: int, tols: tuple[float, float]) -> tuple[str | None, str | None]:
+    """ORT once more at that step's sequence, keeping the layers' handed-on tensors: the first
+    whose last position leaves tolerance."""
+    g = art.graph
+    seq = [*report.prompt, *(s.token for s in report.steps)][:gen.positions[step] + 1]
+    names = [n for v in handoffs.values() for n in v]
+    ids = np.asarray([seq], np.dtype(g.tensor(g.inputs[0]).dtype.value))
+    ref = run_reference(art.source, {g.inputs[0]: ids}, names)
+    got = gen.values[step]
+    for layer, tensors in handoffs.items():
+        for name in tensors:
+            if name not in ref or name not in got:
+                continue
+            last = _last_position(np.asarray(ref[name]), got[name].shape)
+            if last is not None and not compare(name, got[name], last, *tols).passed:
+                return layer, name
+    return None, None
+
+
+def _last_position(ref: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """ORT's tensor over the whole sequence at its last position (the decode step's shape)."""
+    if ref.shape == tuple(shape):
+        return ref
+    differ = [i for i, (a, b) in enumerate(zip(ref.shape, shape, strict=False)) if a != b]
+    if len(ref.shape) != len(shape) or len(differ) != 1 or shape[differ[0]] != 1:
+        return None
+    return np.take(ref, [-1], axis=differ[0])
 
 
 class _Clock:
