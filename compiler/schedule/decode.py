@@ -362,18 +362,37 @@ def _split_of(spec: Spec, axis: int) -> str | None:
 def load_decode_graph(source: str, prefill: ir.Graph, context: int) -> DecodeGraph:
     """The model again at one token per sequence (weights as the prefill graph has them), turned
     into its decode step over a `context`-long cache."""
+    batch = dict(prefill.dims).get("batch")
+    _precheck(prefill)  # before loading the model again
+    return decode_graph(prefill, _quiet_load(source, batch, 1, prefill.shape_only), context)
+
+
+def _precheck(g: ir.Graph) -> None:
+    """What the prefill graph already tells: token-id inputs only, an attention core."""
+    for name in g.inputs:
+        t = g.tensor(name)
+        if t.dtype.is_float or len(t.shape) != 2:
+            raise DecodeUnsupported(f"input {name} is not a [batch, seq] token-id input "
+                                    "(decode takes models whose only inputs are token ids)")
+    if not _attention_cores(g):
+        raise DecodeUnsupported(f"{g.name} has no attention core (MatMul, Softmax, MatMul)")
+
+
+def _quiet_load(source: str, batch: int | None, seq: int, shape_only: bool) -> ir.Graph:
+    """The model again at another sequence length; its warnings were given at the first load."""
+    import warnings
+
     from compiler.frontend import DimRequest, FrontendOptions, load_model
 
-    batch = dict(prefill.dims).get("batch")
-    opts = FrontendOptions(DimRequest(batch=batch, seq_len=1), shapes_only=prefill.shape_only)
-    return decode_graph(prefill, load_model(source, opts), context)
+    opts = FrontendOptions(DimRequest(batch=batch, seq_len=seq), shapes_only=shape_only)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model(source, opts)
 
 
 def load_tables(source: str, dg: DecodeGraph, batch: int | None) -> ir.Graph:
     """The model at seq = context: its position-dependent tables hold every position."""
-    from compiler.frontend import DimRequest, FrontendOptions, load_model
-
-    return load_model(source, FrontendOptions(DimRequest(batch=batch, seq_len=dg.context)))
+    return _quiet_load(source, batch, dg.context, False)
 
 
 def cache_of(dg: DecodeGraph) -> dict[str, KVCache]:
