@@ -31,11 +31,12 @@ from _harness import machine, table, write_section
 from compiler import ir
 from compiler.driver import CompileResult, compile_model
 from compiler.executor import ScheduleFault, run_schedule
-from compiler.schedule.build import FIXED, SETUP, Schedule, Step, TensorRef
+from compiler.schedule.build import FIXED, Schedule, Step, TensorRef
 from compiler.target import Target
 from compiler.tiling.layouts import Spec, replicated
 from compiler.tiling.tiles import gather, scatter, valid_mask
 from compiler.verify import DEFAULT_TOLERANCES, compare, missing_check, random_inputs, run_reference
+from compiler.vocab import Phase
 
 CASES = (("gpt2-tiny", "mesh8x8"), ("llama-tiny", "mesh8x8"), ("gpt2-tiny", "mesh8x8-x2"))
 ATOL, RTOL = DEFAULT_TOLERANCES["float32"]
@@ -251,7 +252,7 @@ def extra_load(case: Case, tensor: str, region: str, position: int) -> Mutation:
     t = case.graph.tensor(tensor)
     spec = replicated(len(t.shape))
     step = Step(id=-1, kind="load", region=region, writes=(TensorRef(tensor, spec),),
-                phase=SETUP, nbytes=case.target.tensor_bytes(t), scaling=FIXED)
+                phase=Phase.SETUP, nbytes=case.target.tensor_bytes(t), scaling=FIXED)
     steps = list(case.schedule.steps)
     steps.insert(position, step)
     extra = case.target.tensor_bytes(t)

@@ -38,7 +38,6 @@ from pathlib import Path
 import hypothesis
 import numpy as np
 import onnx
-from compiler.zoo import BertConfig, GPT2Config, LlamaConfig, build_bert, build_gpt2, build_llama
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -46,6 +45,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compiler.cli import main
 from compiler.errors import ExitCode
 from compiler.frontend.ops import SUPPORTED_OPS
+from compiler.zoo import BertConfig, GPT2Config, LlamaConfig, build_bert, build_gpt2, build_llama
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 GUARD_S = 20.0  # a case running longer than this is a hang (in Python code)

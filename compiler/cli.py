@@ -25,6 +25,7 @@ from compiler.errors import ExitCode, UsageError, WaferError, WaferWarning
 from compiler.target import Target, list_targets, load_target
 from compiler.tiling.costs import model_cost
 from compiler.tiling.fit import check_fit
+from compiler.vocab import PLACEMENT_METHODS, PRECISIONS, Mode, PlacementMethod, Precision
 
 if TYPE_CHECKING:
     from compiler.frontend import FrontendOptions
@@ -38,8 +39,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="wafer", description="Compile ONNX models for wafer-scale chips.")
     p.add_argument("--version", action="version", version=f"wafer {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug detail")
-    p.add_argument("-q", "--quiet", action="store_true", help="no stage lines on stderr")
+    _global_args(p, False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_compile(sub)
     _add_inspect(sub)
@@ -51,7 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("targets", help="list the built-in target specs")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.set_defaults(run=cmd_targets)
+    for command in sub.choices.values():  # -v/-q also after the command: `wafer check ... -q`
+        _global_args(command, argparse.SUPPRESS)
     return p
+
+
+def _global_args(p: argparse.ArgumentParser, default: object) -> None:
+    """-v and -q; a command's copies default to SUPPRESS so that they never reset the values
+    given before the command."""
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="tracebacks and debug detail")
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no stage lines on stderr")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -85,7 +96,7 @@ def _add_check(sub) -> None:
 def _placement_args(p: argparse.ArgumentParser, limit_help: str) -> None:
     """--context, --method, --time-limit, --seed: shared by compile and sweep."""
     p.add_argument("--context", type=_count, help="KV-cache context length (default: seq len)")
-    p.add_argument("--method", choices=("cpsat", "first-fit", "serpentine"), default="cpsat",
+    p.add_argument("--method", choices=PLACEMENT_METHODS, default=PlacementMethod.CPSAT,
                    help="placer (default: cpsat)")
     p.add_argument("--time-limit", type=_seconds, default=30.0, metavar="S", help=limit_help)
     p.add_argument("--seed", type=_seed, default=0, help="solver random seed (default 0)")
@@ -97,13 +108,15 @@ def _add_compile(sub) -> None:
     p.add_argument("--target", "-t", required=True, help="a built-in target name or a .toml")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output directory")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    _placement_args(p, "solver time limit in seconds (default 30)")
+    _placement_args(p, "wall-clock limit on the placer in seconds (default 30)")
     p.add_argument("--workers", type=_workers, default=1, help="solver workers (default 1)")
     p.add_argument("--nondeterministic", action="store_true",
                    help="wall-clock time limit (with --workers N, several workers): "
                    "not reproducible")
     p.add_argument("--verify", action="store_true",
                    help="then run the schedule and compare with ONNX Runtime (wafer verify)")
+    p.add_argument("--inputs", metavar="IN.npz",
+                   help="with --verify: inputs by name (default: seeded random)")
     cli_decode.add_decode_arg(p, _count)
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.html and report-data/ (wafer view OUT does later)")
@@ -138,8 +151,14 @@ def _add_verify(sub) -> None:
                    help="atol for one tensor, e.g. logits:1e-3 (repeatable)")
     p.add_argument("--per-layer", action="store_true",
                    help="compare every layer's output; name the first diverging layer and op")
-    p.add_argument("--precision", choices=("fp32", "target"), default="fp32",
-                   help="executor precision: fp32, or the target's dtype emulated")
+    p.add_argument("--precision", choices=PRECISIONS, default=Precision.FP32,
+                   help="executor precision: fp32, or the target's dtype emulated with constants "
+                   "clamped to its finite range as fp16 conversion does (target) or rounded "
+                   "as they are (target-strict)")
+    p.add_argument("--allow-nan", action="store_true",
+                   help="NaN on both sides passes (default: non-finite output fails)")
+    p.add_argument("--load-outputs", metavar="FILE.npz",
+                   help="also compare with these expected outputs, by output name")
     p.add_argument("--save-outputs", metavar="FILE.npz", help="save inputs and both outputs")
     p.add_argument("--report", metavar="FILE.json", help="report path (default OUT/verify.json)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed check")
@@ -306,11 +325,12 @@ def _stage(args, label: str, fn: Callable, *a, **kw):
 
 
 def _frontend_options(args) -> FrontendOptions:
-    from compiler.frontend import DimRequest, FrontendOptions, parse_input_shapes
+    from compiler.frontend import DimRequest, FrontendOptions, check_source, parse_input_shapes
 
     if not args.model:
         raise UsageError("give a MODEL: an .onnx file or a zoo name (wafer inspect --list)")
     dims = DimRequest(parse_input_shapes(args.input_shapes), args.batch, args.seq_len)
+    check_source(args.model)  # exists, readable, or a zoo name: before any work
     return FrontendOptions(dims, args.shapes_only)
 
 
@@ -363,50 +383,108 @@ def _inspect_text(g: ir.Graph, cost, hist: Counter) -> str:
 
 
 def cmd_compile(args) -> int:
+    from compiler.progress import stage_display
+
+    display = stage_display(args.quiet)
+    try:
+        return _compile(args, display)
+    finally:
+        display.close()
+
+
+def _compile(args, display) -> int:
+    """Compile (stages shown on `display`), write OUT, verify with --verify; print the summary,
+    or with --json the same as one document (docs/cli.md)."""
     from compiler.driver import CompileOptions, SolverOptions, compile_model
-    from compiler.outdir.write import artifact_files, check_out, dumps, placement_doc, write_outputs
+    from compiler.outdir.write import artifact_files, check_out, dumps, summary_doc, write_outputs
     from compiler.tiling.candidates import TilingOptions
 
     out = Path(args.output)
-    check_out(out, args.force)  # before the work, and again when writing
+    frontend = _frontend_options(args)  # the inputs first: an error names the real problem
+    load_target(args.target)
+    if args.inputs and not args.verify:
+        raise UsageError("--inputs is for --verify: add --verify, or drop --inputs")
+    check_out(out, args.force)  # then OUT, before the work, and again when writing
     solver = SolverOptions(args.method, args.time_limit, args.seed, args.workers,
                            deterministic=not args.nondeterministic)
     resident = True if args.verify else None  # verifying runs the whole prompt at once
     if args.decode and not args.verify:
         raise UsageError("--decode N checks decode steps after --verify; add --verify")
     tiling = TilingOptions(context=cli_decode.decode_context(args), prompt_resident=resident)
-    options = CompileOptions(_frontend_options(args), tiling, solver)
-    hook = None if args.quiet else _stage_line
-    result = compile_model(args.model, args.target, options, on_stage=hook)
+    options = CompileOptions(frontend, tiling, solver)
+    result = compile_model(args.model, args.target, options, on_stage=display.done,
+                           on_start=display.start, on_progress=display.solver)
     if args.verify and result.graph.shape_only:
         raise UsageError(f"{result.graph.name} is shape-only (no weights): nothing to verify; "
                          "compile it without --verify")
+    if args.inputs:  # a bad inputs file leaves no OUT
+        from compiler.verify import load_inputs
+
+        load_inputs(args.inputs, result.graph)
     if args.decode:
         cli_decode.require_plan(result, args.decode)  # refuse before writing OUT
-    files = _stage(args, "artifacts", artifact_files, result, report=False)
+    stages = list(result.stage_times)
+    files = _shown(display, stages, "artifacts", artifact_files, result, report=False)
     if not args.no_report:
-        files.update(_stage(args, "report", _report_files, files))
+        files.update(_shown(display, stages, "report", _report_files, files))
     write_outputs(out, files, force=args.force)
+    with display.paused():
+        _warn_time_limit(result.placement.report)
     if args.verify:
-        from compiler.verify import Artifact, VerifyOptions
-
-        art = Artifact(args.model, result.graph, result.target, result.schedule)
-        if not args.json:
-            print(_compile_summary(result, out))
-        ready = cli_decode.prepare(args, art, out, result.decode) if args.decode else None
-        code = _verify(args, art, VerifyOptions(), out / "verify.json")
-        if ready:
-            code = max(code, cli_decode.verify_decode(args, art, VerifyOptions(), out, ready))
-        if not args.no_report:  # the report shows the verify result too
-            from compiler.report import write_report
-
-            _stage(args, "report", write_report, out)
-        return code
-    if args.json:
-        print(dumps({"out": str(out), "metrics": placement_doc(result)["metrics"]}), end="")
-    else:
-        print(_compile_summary(result, out))
+        return _compile_verify(args, display, result, out, stages)
+    text = dumps(summary_doc(result, out, stages)) if args.json else \
+        _compile_summary(result, out) + "\n"
+    with display.paused():
+        print(text, end="")
     return 0
+
+
+def _compile_verify(args, display, result, out: Path, stages: list[tuple[str, float]]) -> int:
+    """compile --verify after OUT is written: the summary, the verify run, verify.json, the
+    report again; with --json one document at the end."""
+    from compiler.outdir.write import dumps, summary_doc
+    from compiler.verify import Artifact, VerifyOptions
+
+    art = Artifact(args.model, result.graph, result.target, result.schedule)
+    if not args.json:
+        with display.paused():
+            print(_compile_summary(result, out), flush=True)
+
+    def verify_stage(name: str, seconds: float) -> None:
+        stages.append((name, seconds))
+        display.done(name, seconds)
+
+    opts = VerifyOptions(Path(args.inputs) if args.inputs else None)
+    ready = cli_decode.prepare(args, art, out, result.decode) if args.decode else None
+    v = _verified(args, art, opts, out / "verify.json", on_stage=verify_stage)
+    if not args.no_report:  # the report shows the verify result too
+        from compiler.report import write_report
+
+        _shown(display, stages, "report", write_report, out)
+    with display.paused():
+        print(dumps(summary_doc(result, out, stages, v.report.to_dict())) if args.json
+              else "\n".join(v.report.lines()) + "\n", end="")
+    code = ExitCode.OK if v.report.passed else ExitCode.MISMATCH
+    if ready:  # then prefill + N decode steps (OUT/verify-decode.json)
+        with display.paused():
+            code = max(code, cli_decode.verify_decode(args, art, opts, out, ready))
+    return code
+
+
+def _shown(display, stages: list[tuple[str, float]], name: str, fn: Callable, *a, **kw):
+    """Run one of compile's own stages on the display and add its time to `stages`."""
+    display.start(name)
+    t0 = time.perf_counter()
+    result = fn(*a, **kw)
+    stages.append((name, time.perf_counter() - t0))
+    display.done(name, stages[-1][1])
+    return result
+
+
+def _warn_time_limit(report) -> None:
+    for name, text in report.stages:
+        if name == "time limit":
+            warnings.warn(f"placement: {text}", WaferWarning, stacklevel=2)
 
 
 def _report_files(files: dict[str, str]) -> dict[str, str]:
@@ -467,7 +545,8 @@ def cmd_verify(args) -> int:
     art = _stage(args, f"open: {args.out}", open_out, args.out)
     opts = VerifyOptions(Path(args.inputs) if args.inputs else None, args.seed, args.atol,
                          args.rtol, _tolerances(args.tol), args.per_layer, args.precision,
-                         args.fail_fast)
+                         args.fail_fast, args.allow_nan,
+                         Path(args.load_outputs) if args.load_outputs else None)
     ready = cli_decode.prepare(args, art, Path(args.out)) if args.decode else None
     code = _verify(args, art, opts, Path(args.report or Path(args.out) / "verify.json"),
                    args.save_outputs)
@@ -492,17 +571,23 @@ def _tolerances(specs: list[str]) -> tuple[tuple[str, float], ...]:
 
 
 def _verify(args, art, opts, report: Path, save: str | None = None) -> int:
+    v = _verified(args, art, opts, report, save)
+    text = v.report.to_json() if args.json else "\n".join(v.report.lines()) + "\n"
+    print(text, end="")
+    return ExitCode.OK if v.report.passed else ExitCode.MISMATCH
+
+
+def _verified(args, art, opts, report: Path, save: str | None = None, on_stage=None):
+    """Run the verification, write its report (and outputs); stage lines on `on_stage`."""
     from compiler.verify import run_verification, save_outputs
 
     for path in (report, save):
         _check_parent(path)  # before the run, not after it
-    v = run_verification(art, opts, None if args.quiet else _stage_line)
+    v = run_verification(art, opts, on_stage or (None if args.quiet else _stage_line))
     _write(report, lambda p: p.write_text(v.report.to_json()))
     if save:
         _write(Path(save), lambda p: save_outputs(p, v))
-    text = v.report.to_json() if args.json else "\n".join(v.report.lines()) + "\n"
-    print(text, end="")
-    return ExitCode.OK if v.report.passed else ExitCode.MISMATCH
+    return v
 
 
 def _check_parent(path: Path | str | None) -> None:
@@ -556,9 +641,9 @@ def _compile_summary(result, out: Path) -> str:
 def _perf_lines(result) -> list[str]:
     from compiler.schedule.perf import PerfOptions, busiest_link
 
-    d, p = result.estimates["decode"], result.estimates["prefill"]
+    d, p = result.estimates[Mode.DECODE], result.estimates[Mode.PREFILL]
     peak = result.target.total_peak_flops()
-    link = busiest_link(result.schedule, PerfOptions("decode"))
+    link = busiest_link(result.schedule, PerfOptions(Mode.DECODE))
     link_line = "no on-wafer sends" if link is None else (
         f"{_bytes(link.nbytes)}/token on wafer {link.wafer} {link.src} -> {link.dst}")
     return [
@@ -635,8 +720,8 @@ def _sweep_summary(doc: dict, out: str) -> str:
     return "\n".join([
         table, *(["", "failed points:", *failed] if failed else []), "",
         f"{r['points']} points ({counts}); {r['computed']} computed, {r['cached']} cached; "
-        f"{r['wall_s']:.1f} s on {r['backend']} ({r['workers']} workers) -> {out}/sweep.csv, "
-        "sweep.json, sweep.html",
+        f"{r['wall_s']:.1f} s on {r['backend']} ({r['workers']} workers) -> "
+        f"{Path(out) / 'sweep.csv'}, sweep.json, sweep.html",
         "Pareto: on the frontier of tokens/s against S total SRAM, C cores used, W wafers used",
     ])
 
@@ -693,9 +778,15 @@ def cmd_targets(args) -> int:
 
 
 def _bytes(n: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+    """Three significant digits in the largest unit reached, never in exponent notation
+    (999.7 KB is 1 MB, not 1e+03 KB)."""
+    units = (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3))
+    for i, (unit, size) in enumerate(units):
         if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
+            value = float(f"{n / size:.3g}")
+            if value >= 1000 and i:
+                unit, value = units[i - 1][0], float(f"{n / units[i - 1][1]:.3g}")
+            return f"{round(n / size):,} {unit}" if value >= 1000 else f"{value:g} {unit}"
     return f"{int(n)} B"
 
 

@@ -226,7 +226,7 @@ def _check_op(g: Graph, layer: Layer, op: Op, defined: set[str], seen: set[str])
 
 
 def format_graph(g: Graph, *, with_ops: bool = True) -> str:
-    """Stable text form of a graph, for golden tests and `--save-temps`."""
+    """Stable text form of a graph, for golden tests and `wafer inspect --ir`."""
     dims = "".join(f", {k}={v}" for k, v in g.dims)
     lines = [f"graph {g.name} (opset {g.opset}{dims}{', shape-only' if g.shape_only else ''})"]
     lines += [f"  input {n}: {g.tensor(n).type_str()}" for n in g.inputs]

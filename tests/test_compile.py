@@ -104,15 +104,49 @@ def test_every_method_gives_a_valid_placement_on_two_wafers(method):
 def test_prompt_that_does_not_fit_compiles_streamed_and_verify_says_why(tmp_path, capsys):
     from compiler.verify import open_out
 
-    # gpt2-tiny's prompt of 256 tokens does not fit mesh8x8 whole; one decode step does
-    code = main(["-q", "compile", "gpt2-tiny", "-t", "mesh8x8", "--seq-len", "256",
+    # llama-tiny's prompt of 256 tokens does not fit mesh8x8 whole; one decode step does (it has
+    # no position table: gpt2-tiny's holds 128 positions)
+    code = main(["-q", "compile", "llama-tiny", "-t", "mesh8x8", "--seq-len", "256",
                  "-o", str(tmp_path / "out")])
     assert code == 0
     doc = json.loads((tmp_path / "out" / "placement.json").read_text())
     assert doc["options"]["prompt_resident"] is False
     with pytest.raises(Exception, match="prompt streamed through in decode steps"):
         open_out(tmp_path / "out")
-    code = main(["-q", "compile", "gpt2-tiny", "-t", "mesh8x8", "--seq-len", "256", "--verify",
+    code = main(["-q", "compile", "llama-tiny", "-t", "mesh8x8", "--seq-len", "256", "--verify",
                  "-o", str(tmp_path / "v")])
     assert code == ExitCode.DOES_NOT_FIT and "shorter --seq-len" in capsys.readouterr().err
     assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_compile_json_is_the_whole_summary(tmp_path, capsys, verify):
+    """--json: one document with the human summary's numbers, equal to OUT's files."""
+    code, out = _compile(tmp_path, capsys, "--json", "--no-report", "--time-limit", "5",
+                         *(["--verify"] if verify else []), model="gpt2-tiny")
+    doc = json.loads(out)
+    assert code == 0 and doc["schema_version"] == "1.0" and doc["out"] == str(tmp_path / "out")
+    placed = json.loads((tmp_path / "out" / "placement.json").read_text())
+    log = json.loads((tmp_path / "out" / "compile_log.json").read_text())
+    assert doc["metrics"] == placed["metrics"] and doc["performance"] == placed["performance"]
+    assert doc["options"] == placed["options"]
+    solver = dict(doc["solver"])
+    assert solver.pop("wall_time_s") == log["solver_wall_time_s"]
+    assert solver == placed["solver"]
+    assert {"status", "objective", "bound", "gap", "seed", "workers"} <= set(solver)
+    assert doc["tokens_per_s"] == placed["performance"]["decode"]["tokens_per_s"] > 0
+    assert doc["ttft_s"] == placed["performance"]["prefill"]["ttft_s"] > 0
+    assert doc["utilization"] == {"decode": placed["performance"]["decode"]["utilization"],
+                                  "prefill": placed["performance"]["prefill"]["utilization"]}
+    assert doc["model"]["name"] == placed["model"]["name"] == "gpt2-tiny"
+    assert doc["target"]["name"] == "mesh8x8" and doc["target"]["cores"] == 64
+    assert doc["cores_used"] == placed["metrics"]["cores_used"]
+    stages = {s["name"]: s["seconds"] for s in doc["stages"]}
+    assert {k: stages[k] for k in log["stage_seconds"]} == log["stage_seconds"]
+    assert "artifacts" in stages and doc["total_s"] >= sum(log["stage_seconds"].values())
+    if verify:
+        checked = json.loads((tmp_path / "out" / "verify.json").read_text())
+        assert doc["verify"] == checked and doc["verify"]["passed"] is True
+        assert "onnxruntime" in stages and "executor" in stages
+    else:
+        assert doc["verify"] is None and not (tmp_path / "out" / "verify.json").exists()

@@ -1,6 +1,6 @@
 """The real Hugging Face export fixtures in tests/fixtures/ agree with their MANIFEST.json.
 
-The fixtures are tiny GPT-2 / Llama / BERT models exported by ``models/export_hf.py --fixtures``
+The fixtures are tiny GPT-2 / Llama / BERT models exported by ``tools/export_hf.py --fixtures``
 with torch's dynamo and TorchScript exporters.  These tests need only onnx, onnxruntime and numpy
 (no torch): each file exists, is small, self-contained and valid, has the recorded inputs,
 outputs and op histogram, and reproduces the saved torch reference in onnxruntime.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -20,13 +21,25 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from compiler.zoo.export_hf import op_histogram  # the exporter's own count
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MANIFEST = FIXTURES / "MANIFEST.json"
-EXPORTER = Path(__file__).parents[1] / "models" / "export_hf.py"
+EXPORTER = Path(__file__).parents[1] / "tools" / "export_hf.py"
 SIZE_LIMIT = 1_000_000
 HF_EXTRA_ERROR = "error: the exporter needs the hf extra: pip install 'wafer-compiler[hf]'"
+
+
+def _load_exporter() -> Any:
+    """tools/export_hf.py by its path (a developer tool, not part of the installed package)."""
+    spec = importlib.util.spec_from_file_location("export_hf", EXPORTER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+op_histogram = _load_exporter().op_histogram  # the exporter's own count
 
 
 def _manifest() -> dict[str, Any]:
@@ -58,7 +71,7 @@ def _io(values: Any) -> list[dict[str, Any]]:
 
 
 def test_manifest_covers_the_matrix() -> None:
-    assert MANIFEST.exists(), "run: python models/export_hf.py --out tests/fixtures --fixtures"
+    assert MANIFEST.exists(), "run: python tools/export_hf.py --out tests/fixtures --fixtures"
     kinds = {(e["family"], e["exporter"], e["seq"]) for e in ENTRIES}
     families, exporters = {"gpt2", "llama", "bert"}, {"dynamo", "torchscript"}
     assert {(f, x, s) for f in families for x in exporters for s in ("static", "dynamic")} <= kinds

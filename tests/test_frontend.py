@@ -210,7 +210,7 @@ def test_not_an_onnx_file_is_a_model_error(tmp_path):
 
 
 def test_unknown_model_name_lists_the_zoo():
-    with pytest.raises(UsageError, match="gpt2-tiny"):
+    with pytest.raises(ModelError, match="gpt2-tiny"):
         load_model("no-such-model")
 
 

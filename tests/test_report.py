@@ -18,8 +18,10 @@ from compiler.cli import main
 from compiler.errors import ExitCode
 from compiler.outdir.trace import schedule_from_doc
 from compiler.report import build_view, read_out, view_json
-from compiler.report.browser import load_page, screenshot
+from compiler.report.browser import clipped_text, load_page, screenshot
+from compiler.report.clear import _overlap, obstacles, place
 from compiler.report.grid import MAX_BINS
+from compiler.report.view import Arrow, LayerBox
 from compiler.schedule.perf import PerfOptions, busiest_link, step_scale
 
 
@@ -226,3 +228,44 @@ def test_view_refuses_bad_screenshot_options(tiny_out, capsys, tmp_path):
     assert main(["-q", "view", str(tiny_out), "--png", str(tmp_path / "a.png"),
                  "--size", "big"]) == ExitCode.USAGE
     assert "--size" in capsys.readouterr().err and not (tmp_path / "a.png").exists()
+
+
+def test_the_page_cuts_no_text_off_at_1400x900(tiny_out, chromium, tmp_path):
+    """Every table column, colour scale tick and label lies inside its container and, sideways,
+    the window (the layer table's last column was cut off); the check finds a table wider than
+    its scroll box."""
+    assert clipped_text(tiny_out / "report.html", (1400, 900)) == []
+    html = (tiny_out / "report.html").read_text()
+    narrow = tiny_out / "narrow.html"  # beside report.html, so its links still resolve
+    narrow.write_text(html.replace("</style>", ".scroll { max-width: 300px; }</style>", 1))
+    try:
+        clipped = clipped_text(narrow, (1400, 900))
+    finally:
+        narrow.unlink()
+    assert any("cut off by div.scroll" in c for c in clipped), clipped
+
+
+def test_labels_and_the_off_chip_band_stay_clear_of_arrows(tiny_out):
+    report = build_view(read_out(tiny_out))
+    for panel in report.panels:
+        arrows = obstacles(panel.arrows + panel.offchip, panel.scale)
+        for b in panel.layers:
+            assert b.col <= b.label_x <= b.col + b.cols and b.row <= b.label_y <= b.row + b.rows
+        band = (panel.band_label_x, 0.0, panel.band_label_x + 40 / panel.scale, 1.0)
+        assert not any(_overlap(band, (r[0], 0.0, r[2], 1.0)) for r in
+                       obstacles(panel.offchip, panel.scale))
+        assert arrows  # the tiny model has transfers and off-chip streams
+
+
+def test_a_label_moves_off_an_arrow_through_its_middle():
+    box = LayerBox(index=0, name="block.0", kind="block", wafer=0, row=0, col=0, rows=10, cols=2,
+                   fill="#000", mem_fill="#000", mark=(0, 0, 2, 10), label="block.0",
+                   label_size=0.8, vertical=True, streamed=False, tip=0, label_x=1.0,
+                   label_y=5.0)
+    across = Arrow(((-1.0, 5.0), (3.0, 5.0)), ((3.0, 5.0), (2.8, 4.9), (2.8, 5.1)), 2.0, "send", 0)
+    (moved,) = place([box], [across], scale=20.0)
+    half = 0.6 * len("block.0") * 0.8 / 2
+    assert moved.label_x == 1.0 and abs(moved.label_y - 5.0) > half  # clear of the line
+    assert half <= moved.label_y <= 10 - half  # still inside its rectangle
+    (kept,) = place([box], [], scale=20.0)
+    assert (kept.label_x, kept.label_y) == (1.0, 5.0)  # nothing in the way: the middle

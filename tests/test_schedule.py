@@ -11,10 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compiler.driver import CompileOptions, compile_model
-from compiler.schedule.build import ATTENTION, SETUP, Region, Schedule, Step, xy_route
+from compiler.schedule.build import ATTENTION, Region, Schedule, Step, xy_route
 from compiler.schedule.perf import (
-    DECODE,
-    PREFILL,
     PerfOptions,
     estimate,
     step_scale,
@@ -23,6 +21,7 @@ from compiler.schedule.perf import (
 )
 from compiler.target import load_target
 from compiler.tiling.candidates import TilingOptions
+from compiler.vocab import Mode, Phase
 
 CASES = [("gpt2-tiny", "mesh8x8"), ("llama-tiny", "mesh8x8"), ("bert-tiny", "mesh16x16"),
          ("llama-tiny-opset23", "mesh8x8"), ("gpt2-tiny", "mesh8x8-x2"), ("llama3-8b", "wse3")]
@@ -62,10 +61,10 @@ def test_reads_match_the_spec_last_written(case):
 @pytest.mark.parametrize("case", CASES)
 def test_no_step_starts_before_its_inputs_are_ready(case):
     r = compiled(*case)
-    for mode in (DECODE, PREFILL):
+    for mode in (Mode.DECODE, Mode.PREFILL):
         tl = r.timelines[mode]
         for step in r.schedule.steps:
-            if step.phase == SETUP:
+            if step.phase == Phase.SETUP:
                 continue
             assert tl.starts[step.id] >= max((tl.ends[d] for d in step.deps), default=0)
             assert tl.ends[step.id] >= tl.starts[step.id]
@@ -75,10 +74,10 @@ def test_no_step_starts_before_its_inputs_are_ready(case):
 @pytest.mark.parametrize("case", CASES)
 def test_steps_on_one_region_never_overlap(case):
     r = compiled(*case)
-    tl = r.timelines[DECODE]
+    tl = r.timelines[Mode.DECODE]
     busy: dict[str, list[tuple[int, int]]] = {}
     for step in r.schedule.steps:
-        if step.kind in ("compute", "collective") and step.phase != SETUP:
+        if step.kind in ("compute", "collective") and step.phase != Phase.SETUP:
             busy.setdefault(step.region, []).append((tl.starts[step.id], tl.ends[step.id]))
     for spans in busy.values():
         spans.sort()
@@ -130,7 +129,7 @@ BETTER = [("links.bytes_per_cycle", 2), ("links.hop_latency_cycles", 0.5),
 
 @settings(max_examples=25, deadline=None)
 @given(case=st.sampled_from(CASES[:5]), change=st.sampled_from(BETTER),
-       mode=st.sampled_from([DECODE, PREFILL]), batch=st.integers(1, 8))
+       mode=st.sampled_from([Mode.DECODE, Mode.PREFILL]), batch=st.integers(1, 8))
 def test_better_hardware_never_predicts_slower(case, change, mode, batch):
     r = compiled(*case)
     opts = PerfOptions(mode, batch=batch)
@@ -140,14 +139,14 @@ def test_better_hardware_never_predicts_slower(case, change, mode, batch):
 
 
 def test_batch_one_decode_is_latency_bound_far_below_the_roofline():
-    d = compiled("llama3-8b", "wse3").estimates[DECODE]
+    d = compiled("llama3-8b", "wse3").estimates[Mode.DECODE]
     assert d.tokens_per_s < d.compute_bound_tokens_per_s / 100
 
 
 def test_longer_context_costs_decode_time():
     r = compiled("llama3-8b", "wse3")
-    short = timeline(r.schedule, r.target, PerfOptions(DECODE, context=1024)).makespan
-    long = timeline(r.schedule, r.target, PerfOptions(DECODE, context=131072)).makespan
+    short = timeline(r.schedule, r.target, PerfOptions(Mode.DECODE, context=1024)).makespan
+    long = timeline(r.schedule, r.target, PerfOptions(Mode.DECODE, context=131072)).makespan
     assert long > short
 
 
@@ -155,7 +154,7 @@ def test_link_loads_add_up_to_the_routed_bytes():
     from compiler.schedule.perf import busiest_link, link_loads
 
     s = compiled("llama3-8b", "wse3").schedule
-    opts = PerfOptions(DECODE)
+    opts = PerfOptions(Mode.DECODE)
     loads = link_loads(s, opts)
     sends = [x for x in s.steps if x.kind == "send"]
     routed = sum(x.nbytes * x.hops / x.lanes for x in sends) / s.tokens  # batch 1: per token
@@ -173,9 +172,9 @@ def test_offchip_bytes_of_the_schedule_are_the_placers(case):
     """Per decode token, what the schedule loads and stores (graph inputs, the logits, streamed
     weights) plus the streamed KV cache is the placement metrics' off-chip figure."""
     r = compiled(*case)
-    s, opts = r.schedule, PerfOptions(DECODE)
+    s, opts = r.schedule, PerfOptions(Mode.DECODE)
     moved = sum(x.nbytes * step_scale(x, s, opts) for x in s.steps
-                if x.kind in ("load", "store") and x.phase != SETUP)
+                if x.kind in ("load", "store") and x.phase != Phase.SETUP)
     streamed_kv = sum(lt.kv_bytes for lt, (_, mode) in zip(r.tiled.layers, s.residency,
                                                            strict=True)
                       if mode in ("stream_kv", "stream_all"))
@@ -225,16 +224,17 @@ def test_decode_is_never_faster_than_the_offchip_port(case):
     assert sum(mode != "resident" for _, mode in r.schedule.residency) >= 2
     t = r.target
     port = r.metrics.offchip_bytes_per_token / t.offchip.bandwidth_bytes_per_s * t.core.clock_hz
-    assert r.estimates[DECODE].cycles >= port
-    assert estimate(r.schedule, t, PerfOptions(DECODE), _kv_reads(r)).cycles >= port
+    assert r.estimates[Mode.DECODE].cycles >= port
+    assert estimate(r.schedule, t, PerfOptions(Mode.DECODE), _kv_reads(r)).cycles >= port
 
 
 @pytest.mark.parametrize("case", STREAMING)
 def test_a_faster_offchip_port_speeds_up_a_streaming_model(case):
     r = streaming(*case)
     better = _improved(r.target, "offchip.bandwidth_bytes_per_s", 2)
-    base = estimate(r.schedule, r.target, PerfOptions(DECODE), _kv_reads(r)).cycles
-    assert estimate(r.schedule, better, PerfOptions(DECODE), _kv_reads(r, better)).cycles < base
+    base = estimate(r.schedule, r.target, PerfOptions(Mode.DECODE), _kv_reads(r)).cycles
+    decode = PerfOptions(Mode.DECODE)
+    assert estimate(r.schedule, better, decode, _kv_reads(r, better)).cycles < base
 
 
 def _schedule(target, regions, steps, residency=()):
@@ -249,7 +249,7 @@ def test_streamed_kv_reads_of_two_regions_queue_on_the_port():
                    for i, name in enumerate("ab")], [("a", "stream_kv"), ("b", "stream_kv")])
     reads = streamed_kv_cycles(s, t, {"a": 10_000, "b": 10_000})
     assert sorted(reads) == [0, 1]
-    assert timeline(s, t, PerfOptions(DECODE), reads).makespan >= 20_000
+    assert timeline(s, t, PerfOptions(Mode.DECODE), reads).makespan >= 20_000
 
 
 @pytest.mark.parametrize("pairs", [[("a", "b"), ("a", "c")], [("b", "a"), ("c", "a")]],
@@ -260,4 +260,4 @@ def test_transfers_between_wafers_queue_on_a_wafers_port(pairs):
     s = _schedule(t, [("a", 0), ("b", 1), ("c", 2)],
                   [Step(i, "wafer_send", src, dst=dst, nbytes=10_000)
                    for i, (src, dst) in enumerate(pairs)])
-    assert timeline(s, t, PerfOptions(DECODE)).makespan >= 20_000
+    assert timeline(s, t, PerfOptions(Mode.DECODE)).makespan >= 20_000

@@ -127,7 +127,7 @@ def test_the_cache_skips_finished_points(pool_sweep, capsys, tmp_path):
 def test_points_cached_by_other_code_are_computed_again(pool_sweep, capsys, tmp_path,
                                                         monkeypatch):
     """The key holds a hash of wafer's source: an edit without a version bump misses the cache."""
-    import compiler.sweep as sw
+    import compiler.sweep.plan as sw  # point_key calls plan.code_sha256
 
     src, first, _ = pool_sweep
     assert len(sw.code_sha256()) == 64 and sw.code_sha256() == sw.code_sha256()

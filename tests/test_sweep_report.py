@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from compiler.cli import main
 from compiler.errors import ExitCode, UsageError
 from compiler.report import read_sweep, sweep_html, sweep_view, view_json
-from compiler.report.browser import load_page, screenshot
+from compiler.report.browser import clipped_text, load_page, screenshot
 from compiler.report.scatter import LOG_SPAN, scale, staircase, ticks
 from compiler.sweep import FRONTIER_COSTS
 from compiler.sweep.pareto import frontier
@@ -220,3 +220,34 @@ def test_the_staircase_goes_through_every_frontier_point(pts):
     assert all(any(math.isclose(px, vx, abs_tol=0.006) and math.isclose(py, vy, abs_tol=0.006)
                    for vx, vy in visited) for px, py in front)
 
+
+
+def test_no_doubled_slash_when_sweepdir_ends_in_one(pool_sweep):
+    from compiler.cli import _sweep_summary
+
+    out, doc, _ = pool_sweep
+    summary = _sweep_summary(doc, f"{out}/")
+    assert f"-> {out / 'sweep.csv'}, sweep.json" in summary and "//" not in summary
+    hrefs = Refs.of((out / "sweep.html").read_text()).refs
+    assert "sweep.csv" in hrefs and not [h for h in hrefs if "//" in h]
+
+
+def test_points_on_one_spot_are_set_apart_and_counted(pool_sweep):
+    _, doc, _ = pool_sweep
+    ok = next(p for p in doc["points"] if p["status"] == "ok")
+    twins = [{**ok, "index": len(doc["points"]) + k} for k in range(2)]  # same numbers
+    view = sweep_view({**doc, "points": [*doc["points"], *twins]})
+    indexes = {ok["index"], *(t["index"] for t in twins)}
+    for plot in view.plots:
+        mine = [d for d in plot.dots if d.index in indexes]
+        assert [d.crowd for d in mine] == [3, 3, 3]
+        assert len({(d.x, d.y) for d in mine}) == 3  # side by side, not on top of each other
+        xs = sorted(d.x for d in mine)
+        assert all(b - a >= 9 for a, b in zip(xs, xs[1:], strict=False))  # dot diameter
+        assert any(c.text == "x3" and xs[0] <= c.x <= xs[-1] for c in plot.crowds)
+        assert sum(d.crowd > 1 for d in plot.dots) == sum(int(c.text[1:]) for c in plot.crowds)
+
+
+def test_the_page_cuts_no_text_off_at_1400x900(pool_sweep, chromium):
+    out, _, _ = pool_sweep
+    assert clipped_text(out / "sweep.html", (1400, 900)) == []

@@ -20,15 +20,16 @@ from compiler.outdir.trace import (
     schedule_from_doc,
     trace_doc,
 )
-from compiler.schedule.build import SETUP, Schedule, build_schedule
-from compiler.schedule.perf import DECODE, PREFILL, PerfOptions, Timeline, timeline
+from compiler.schedule.build import Schedule, build_schedule
+from compiler.schedule.perf import PerfOptions, Timeline, timeline
 from compiler.target import Target
+from compiler.vocab import Mode, Phase
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs/schedule.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 CASES = [("gpt2-tiny", "mesh8x8"), ("llama-tiny", "mesh8x8"), ("llama-tiny-opset23", "mesh8x8"),
          ("bert-tiny", "mesh8x8"), ("gpt2-tiny", "mesh8x8-x2"), ("llama3-8b", "wse3")]
-MODES = (DECODE, PREFILL)
+MODES = (Mode.DECODE, Mode.PREFILL)
 
 
 @functools.cache
@@ -47,7 +48,7 @@ def sched_doc(model: str, target: str) -> dict[str, Any]:
 
 
 @functools.cache
-def trace(model: str, target: str, mode: str = DECODE) -> dict[str, Any]:
+def trace(model: str, target: str, mode: str = Mode.DECODE) -> dict[str, Any]:
     s, t, tls = compiled(model, target)
     return trace_doc(s, t, tls[mode], PerfOptions(mode))
 
@@ -80,7 +81,7 @@ def test_schedule_doc_is_byte_identical_across_compiles():
     def text() -> str:
         r = compile_model("gpt2-tiny", "mesh8x8")
         s = build_schedule(r.graph, r.tiled, r.problem, r.placement, r.target)
-        return json.dumps(schedule_doc(s, r.target, {DECODE: timeline(s, r.target)}), indent=1)
+        return json.dumps(schedule_doc(s, r.target, {Mode.DECODE: timeline(s, r.target)}), indent=1)
 
     assert text() == text()
 
@@ -125,7 +126,7 @@ MUTATIONS = {
     "region without rows": _set("regions.0.rows", _DELETE),
     "bad residency": lambda d: d["residency"].update({"block.0": "floating"}),
     "wrong schema version": _set("schema_version", "2.0"),
-    "unknown mode": lambda d: d["timing"].update(training=d["timing"][DECODE]),
+    "unknown mode": lambda d: d["timing"].update(training=d["timing"][Mode.DECODE]),
     "timing without starts": _set("timing.decode.starts", _DELETE),
     "extra top-level key": _set("wall_time_s", 1.5),
 }
@@ -146,7 +147,7 @@ def test_semantic_check_catches_what_the_schema_cannot():
     doc = copy.deepcopy(sched_doc("gpt2-tiny", "mesh8x8"))
     doc["steps"][5]["deps"] = [7]
     doc["steps"][6]["region"] = "nowhere"
-    doc["timing"][DECODE]["ends"].pop()
+    doc["timing"][Mode.DECODE]["ends"].pop()
     problems = check_schedule_doc(doc)
     assert any("dependency 7" in p for p in problems)
     assert any("nowhere" in p for p in problems)
@@ -178,15 +179,16 @@ def test_traces_nest_after_perfettos_integer_nanosecond_import(case):
 def test_trace_is_deterministic():
     a = trace("llama-tiny", "mesh8x8")
     s, t, tls = compiled("llama-tiny", "mesh8x8")
-    assert json.dumps(a) == json.dumps(trace_doc(s, t, tls[DECODE], PerfOptions(DECODE)))
+    assert json.dumps(a) == json.dumps(trace_doc(s, t, tls[Mode.DECODE], PerfOptions(Mode.DECODE)))
 
 
 def test_every_token_step_drawn_once_setup_steps_not():
     s, _, _ = compiled("llama-tiny", "mesh8x8")
     doc = trace("llama-tiny", "mesh8x8")
     drawn = [ev["args"]["step"] for ev in slices(doc)]
-    assert sorted(drawn) == [st.id for st in s.steps if st.phase != SETUP]
-    assert doc["metadata"]["setup_steps_not_drawn"] == sum(st.phase == SETUP for st in s.steps)
+    assert sorted(drawn) == [st.id for st in s.steps if st.phase != Phase.SETUP]
+    setup = sum(st.phase == Phase.SETUP for st in s.steps)
+    assert doc["metadata"]["setup_steps_not_drawn"] == setup
 
 
 @pytest.mark.parametrize("case", CASES, ids="/".join)
@@ -194,15 +196,15 @@ def test_critical_path_steps_appear(case):
     s, _, tls = compiled(*case)
     doc = trace(*case)
     marked = {ev["args"]["step"] for ev in slices(doc) if ev["args"]["critical"]}
-    timed_path = {i for i in tls[DECODE].critical_path if s.steps[i].phase != SETUP}
+    timed_path = {i for i in tls[Mode.DECODE].critical_path if s.steps[i].phase != Phase.SETUP}
     assert timed_path and marked == timed_path
-    assert doc["metadata"]["critical_path"] == list(tls[DECODE].critical_path)
+    assert doc["metadata"]["critical_path"] == list(tls[Mode.DECODE].critical_path)
 
 
 @pytest.mark.parametrize("case", CASES, ids="/".join)
 def test_ts_follow_the_timeline(case):
     s, t, tls = compiled(*case)
-    tl, us = tls[DECODE], 1e6 / t.core.clock_hz
+    tl, us = tls[Mode.DECODE], 1e6 / t.core.clock_hz
     evs = sorted(slices(trace(*case)), key=lambda ev: (tl.starts[ev["args"]["step"]],
                                                         ev["args"]["step"]))
     assert [ev["ts"] for ev in evs] == sorted(ev["ts"] for ev in evs)
@@ -262,7 +264,7 @@ def test_concurrent_sends_get_their_own_noc_lanes():
     """Zoo sends run one after another (one lane); force them to overlap: greedy lanes give each
     its own, and putting them back on one lane is reported."""
     s, t, tls = compiled("llama-tiny", "mesh8x8")
-    tl = tls[DECODE]
+    tl = tls[Mode.DECODE]
     sends = [st.id for st in s.steps if st.kind == "send"]
     starts, ends = list(tl.starts), list(tl.ends)
     for k, i in enumerate(sends):

@@ -186,11 +186,32 @@ def test_nan_or_inf_where_ort_has_none_fails():
     assert not c.passed and (c.nan, c.inf) == (0, 1)
 
 
-def test_matching_non_finite_values_pass():
+def test_equal_infinities_match_and_nan_on_both_sides_needs_allow_nan():
     ref = np.array([np.nan, np.inf, -np.inf, 1.0])
-    assert V.compare("y", ref.copy(), ref, 0.0, 0.0).passed
-    assert not V.compare("y", np.array([np.nan, -np.inf, -np.inf, 1.0]), ref, 0, 0).passed
-    assert not V.compare("y", np.array([0.0, np.inf, -np.inf, 1.0]), ref, 1e9, 0).passed
+    strict = V.compare("y", ref.copy(), ref, 0.0, 0.0)
+    assert not strict.passed and strict.nan_both == strict.nonfinite_mismatches == 1
+    assert "non-finite: 1 NaN on both sides (--allow-nan accepts them)" in strict.line()
+    assert "max abs 0" not in strict.line()
+    allowed = V.compare("y", ref.copy(), ref, 0.0, 0.0, allow_nan=True)
+    assert allowed.passed and allowed.finite == 1
+    assert allowed.line().endswith("; non-finite: 1 NaN on both sides, allowed by --allow-nan")
+    infs = V.compare("y", ref[1:].copy(), ref[1:], 0.0, 0.0)
+    assert infs.passed and infs.nan_both == 0
+    for got in ([np.nan, -np.inf, -np.inf, 1.0], [0.0, np.inf, -np.inf, 1.0]):
+        assert not V.compare("y", np.array(got), ref, 1e9, 0, allow_nan=True).passed
+    mixed = V.compare("y", np.array([np.nan, np.nan]), np.array([np.nan, 1.0]), 0, 0,
+                      allow_nan=True)
+    assert not mixed.passed and mixed.nonfinite_mismatches == 1
+    assert "1 NaN on both sides, allowed by --allow-nan" in mixed.line()
+
+
+def test_all_nan_on_both_sides_never_reads_as_max_abs_0():
+    nan = np.full((2, 3), np.nan)
+    strict = V.compare("y", nan, nan, 1e-4, 1e-3)
+    assert not strict.passed and "no finite elements" in strict.line()
+    allowed = V.compare("y", nan, nan, 1e-4, 1e-3, allow_nan=True)
+    assert allowed.line() == ("PASSED y: non-finite: 6 NaN on both sides, allowed by "
+                              "--allow-nan; no finite elements")
 
 
 def test_pcc_of_constants():
@@ -297,12 +318,48 @@ def test_verify_names_the_first_diverging_layer_and_op():
     assert not report.passed
     assert [lc.layer for lc in report.layers] == ["embedding", "block.0", "block.1",
                                                  "final_norm", "head"]
+    assert [lc.passed for lc in report.layers] == [True, True, False, True, False]
     assert [lc.check.passed for lc in report.layers] == [True, True, False, True, False]
     d = report.first_diverging
     assert (d.layer, d.op_kind, d.tensor) == ("block.1", "Add", block_out)
     inner = V.first_diverging_op(g, "block.1", got, ref, 1e-4, 1e-3)
     assert inner == V.Divergence("block.1", "/transformer/h.1/attn/Softmax", "Softmax", softmax)
     assert "first diverging layer block.1" in report.summary()
+    assert "2 of 5 layer(s) differ from ONNX Runtime" in report.summary()
+
+
+def test_a_failed_layer_fails_the_summary_even_when_outputs_match():
+    g, _, ref = _ort_values("gpt2-tiny")
+    block_out = V.layer_outputs(g)["block.0"][0]
+    got = {**ref, block_out: ref[block_out] + 1e-2}
+    report = V.verify(g, got, ref, V.layer_outputs(g), 1e-4, 1e-3, {})
+    assert all(c.passed for c in report.outputs) and not report.passed
+    assert report.summary().startswith("FAILED: 1 of 5 layer(s) of gpt2-tiny differ from ONNX "
+                                       "Runtime")
+    assert "PASSED:" not in report.summary()
+
+
+def test_per_layer_lists_each_layer_once_with_its_node():
+    """bert-tiny's block.0 hands on two tensors (the hidden state and the attention mask that
+    block.1 reads): one line, both compared, named by the layer and the ONNX node."""
+    g, _, ref = _ort_values("bert-tiny")
+    per_layer = V.layer_outputs(g)
+    assert len(per_layer["block.0"]) == 2
+    report = V.verify(g, dict(ref), ref, per_layer, 1e-4, 1e-3, {})
+    names = [lc.layer for lc in report.layers]
+    assert names == [la.name for la in g.layers] and len(set(names)) == len(names)
+    block0 = report.layers[1]
+    assert block0.tensors == 2 and block0.failed == 0
+    assert block0.op == g.producers[block0.check.name].name
+    assert report.summary().endswith(f"all {len(g.layers)} layer(s) within tolerance")
+    lines = [ln for ln in report.lines() if ln.startswith("layer ")]
+    assert len(lines) == len(g.layers)
+    assert lines[1].startswith(f"layer block.0 ({block0.op}, {block0.op_kind}): PASSED ")
+    mask = per_layer["block.0"][0] if per_layer["block.0"][0] != block0.check.name \
+        else per_layer["block.0"][1]
+    bad = V.verify(g, {**ref, mask: ref[mask] + 1.0}, ref, per_layer, 1e-4, 1e-3, {})
+    assert bad.layers[1].failed == 1 and bad.layers[1].check.name == mask
+    assert bad.layers[1].line().endswith("[1 of 2 tensors failed]")
 
 
 def test_verify_overrides_fail_fast_and_missing_outputs():
@@ -335,7 +392,7 @@ def test_report_json_and_lines():
     lines = report.lines()
     assert lines[-1].startswith("FAILED: 1 of 1 output(s) of gpt2-tiny differ from ONNX Runtime")
     assert "max abs error inf" in lines[-1]
-    assert "NaN/Inf where ORT has none in 1 output(s)" in lines[-1]
+    assert "non-finite values (NaN/Inf) fail 1 check(s)" in lines[-1]
 
 
 # --- CLI without the executor (stubbed with ORT's values) -------------------------------------
@@ -480,3 +537,111 @@ def test_fixture_goldens_as_inputs(executor, tmp_path, capsys):
     code = main(["-q", "verify", str(out), "--inputs", str(ref), "--per-layer"])
     text = capsys.readouterr().out
     assert code == 0, text
+
+
+def _bert_inputs(tmp_path: Path, mask: int) -> Path:
+    """bert-tiny's inputs with every attention-mask value `mask`: at 3, (1 - mask) * finfo.min
+    overflows to +inf in fp32, on both sides, and the softmax makes NaN everywhere after it."""
+    inputs = V.random_inputs(zoo_graph("bert-tiny"), seed=0)
+    inputs["attention_mask"] = np.full_like(inputs["attention_mask"], mask)
+    path = tmp_path / f"mask{mask}.npz"
+    np.savez(path, **inputs)
+    return path
+
+
+def test_nan_on_both_sides_fails_unless_allow_nan(executor, tmp_root, tmp_path, capsys):
+    out = _out(tmp_root, "bert-tiny")
+    inputs = _bert_inputs(tmp_path, 3)
+    capsys.readouterr()
+    assert main(["-q", "verify", str(out), "--inputs", str(inputs)]) == ExitCode.MISMATCH
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("FAILED last_hidden_state: non-finite: ")
+    assert "NaN on both sides (--allow-nan accepts them)" in lines[0]
+    assert lines[-1].startswith("FAILED: 2 of 2 output(s) of bert-tiny differ")
+    assert main(["-q", "verify", str(out), "--inputs", str(inputs), "--allow-nan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("PASSED last_hidden_state: non-finite: ")
+    assert "NaN on both sides in 2 output(s), allowed by --allow-nan" in lines[-1]
+
+
+def test_load_outputs_compares_with_expected_outputs_too(executor, tmp_root, tmp_path, capsys):
+    out = _out(tmp_root, "bert-tiny")
+    saved = tmp_path / "saved.npz"
+    assert main(["-q", "verify", str(out), "--save-outputs", str(saved)]) == 0
+    capsys.readouterr()
+    assert main(["-q", "verify", str(out), "--load-outputs", str(saved)]) == 0  # read back
+    text = capsys.readouterr().out
+    assert f"PASSED pooler_output vs {saved}: " in text
+    assert f"2 output(s) of bert-tiny match ONNX Runtime and 2 match {saved}" in text
+    with np.load(saved) as z:  # as torch's outputs would be saved: by output name
+        torch_like = {"last_hidden_state": z["reference.last_hidden_state"],
+                      "pooler_output": z["reference.pooler_output"] + np.float32(0.01)}
+    perturbed = tmp_path / "expected.npz"
+    np.savez(perturbed, **torch_like)
+    code = main(["-q", "verify", str(out), "--load-outputs", str(perturbed)])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == ExitCode.MISMATCH
+    assert f"PASSED last_hidden_state vs {perturbed}: " in "\n".join(lines)
+    assert any(ln.startswith(f"FAILED pooler_output vs {perturbed}: ") for ln in lines)
+    assert lines[-1].startswith(f"FAILED: 1 of 2 output(s) of bert-tiny differ from {perturbed}")
+    np.savez(perturbed, logits=torch_like["pooler_output"])
+    assert main(["-q", "verify", str(out), "--load-outputs", str(perturbed)]) == \
+        ExitCode.INVALID_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {perturbed} names logits, which is not an output of bert-tiny; its "
+                   "outputs are: last_hidden_state, pooler_output"]
+
+
+def test_compile_verify_with_inputs(executor, tmp_path, capsys):
+    inputs = _bert_inputs(tmp_path, 1)
+    out = tmp_path / "out"
+    code = main(["-q", "compile", "bert-tiny", "-t", "mesh8x8", "-o", str(out), "--verify",
+                 "--inputs", str(inputs)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert f"inputs {inputs})" in text.splitlines()[-1]
+    assert json.loads((out / "verify.json").read_text())["inputs"] == str(inputs)
+    nan = tmp_path / "out-nan"
+    code = main(["-q", "compile", "bert-tiny", "-t", "mesh8x8", "-o", str(nan), "--verify",
+                 "--inputs", str(_bert_inputs(tmp_path, 3))])
+    assert code == ExitCode.MISMATCH and "NaN on both sides" in capsys.readouterr().out
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input_ids=np.zeros((1, 16), np.int64))
+    bad_out = tmp_path / "out-bad"
+    code = main(["-q", "compile", "bert-tiny", "-t", "mesh8x8", "-o", str(bad_out), "--verify",
+                 "--inputs", str(bad)])
+    assert code == ExitCode.INVALID_INPUT and not bad_out.exists()
+    assert "has no attention_mask, token_type_ids" in capsys.readouterr().err
+    code = main(["-q", "compile", "bert-tiny", "-t", "mesh8x8", "-o", str(bad_out), "--inputs",
+                 str(inputs)])
+    assert code == ExitCode.USAGE and not bad_out.exists()
+    assert "--inputs is for --verify" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["mesh8x8", "tt-wormhole"])  # float16, bfloat16
+def test_target_precision_clamps_the_attention_mask_constant(executor, tmp_root, capsys,
+                                                             target):
+    """bert-tiny's additive mask is (1 - mask) * finfo(float32).min: rounded as it is, that
+    constant is -inf in 16 bits and 0 * -inf is NaN (target-strict); clamped to the type's
+    finite range, as fp16 conversion does, the model passes (target)."""
+    out = _out(tmp_root, "bert-tiny", *(() if target == "mesh8x8" else ("-t", target)))
+    capsys.readouterr()
+    code = main(["-q", "verify", str(out), "--precision", "target", "--per-layer"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "(target), atol" in text.splitlines()[-1]
+    code = main(["-q", "verify", str(out), "--precision", "target-strict"])
+    text = capsys.readouterr().out
+    assert code == ExitCode.MISMATCH and "NaN, 0 Inf where ORT has none" in text
+    assert "(target-strict), atol" in text.splitlines()[-1]
+
+
+def test_target_precision_overflow_warns_nothing(executor, tmp_root):
+    import warnings
+
+    art = V.open_out(_out(tmp_root, "bert-tiny"))
+    inputs = V.random_inputs(art.graph, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "overflow encountered in cast" would raise here
+        for precision in (executor.TARGET, executor.TARGET_STRICT):
+            executor.run_schedule(art.schedule, art.graph, art.target, inputs, precision)

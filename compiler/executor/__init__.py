@@ -4,12 +4,14 @@ memory enforced; the numpy kernels in kernels.py are the living spec of op seman
 from compiler.executor.run import (
     FP32,
     TARGET,
+    TARGET_STRICT,
     ExecResult,
     MemoryOverflow,
     ScheduleFault,
     host_constants,
     run_schedule,
 )
+from compiler.vocab import PRECISIONS
 
-__all__ = ["FP32", "TARGET", "ExecResult", "MemoryOverflow", "ScheduleFault", "host_constants",
-           "run_schedule"]
+__all__ = ["FP32", "PRECISIONS", "TARGET", "TARGET_STRICT", "ExecResult", "MemoryOverflow",
+           "ScheduleFault", "host_constants", "run_schedule"]

@@ -19,7 +19,6 @@ import numpy as np
 from compiler import ir
 from compiler.executor.run import (
     _STEP,
-    SETUP,
     CacheOverflow,
     ExecResult,
     ScheduleFault,
@@ -31,6 +30,7 @@ from compiler.executor.run import (
 )
 from compiler.schedule.build import Schedule
 from compiler.target import Target
+from compiler.vocab import Phase, StepKind
 
 StepHook = Callable[[int, int, np.ndarray], None] | None  # (step, position, logits)
 
@@ -135,7 +135,7 @@ def start(p: DecodeProgram, target: Target, caches: Mapping[str, np.ndarray],
     """The decode machine after its setup steps: weights resident, each KV cache resident with
     `caches`' content (zeros where none is given)."""
     g, s = p.decode_graph, p.decode
-    streamed = [st for st in s.steps if st.kind == "load" and st.phase != SETUP
+    streamed = [st for st in s.steps if st.kind == StepKind.LOAD and st.phase != Phase.SETUP
                 and any(w.tensor in _cache_names(p) for w in st.writes)]
     if streamed:
         raise ScheduleFault(f"{s.model}: the KV cache of {streamed[0].region} streams from "
@@ -147,7 +147,7 @@ def start(p: DecodeProgram, target: Target, caches: Mapping[str, np.ndarray],
     feed = {name: np.asarray(caches.get(name, np.zeros(g.tensor(name).shape, np.float32)))
             for name in _cache_names(p)}
     for st in s.steps:
-        if st.phase == SETUP:
+        if st.phase == Phase.SETUP:
             _STEP[st.kind](m, st, feed)
             _free_dead(m, st)
     return m
@@ -175,7 +175,7 @@ def step(p: DecodeProgram, m: _Machine, token: int, position: int) -> np.ndarray
     m.result = ExecResult({}, {}, {})
     with np.errstate(all="ignore"):
         for st in p.decode.steps:
-            if st.phase == SETUP:
+            if st.phase == Phase.SETUP:
                 continue
             _STEP[st.kind](m, st, feed)
             _free_dead(m, st)

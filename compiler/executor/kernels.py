@@ -18,10 +18,12 @@ import numpy as np
 
 from compiler.tiling.layouts import Spec, tile_shape
 from compiler.tiling.tiles import AXIS, mesh_shape, valid_mask
+from compiler.vocab import RESHAPE_OPS, DataType
 
-ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64,
-               9: np.bool_, 10: np.float16, 11: np.float64, 16: np.float32}
-BFLOAT16 = 16
+ONNX_DTYPES = {DataType.FLOAT: np.float32, DataType.UINT8: np.uint8, DataType.INT8: np.int8,
+               DataType.INT16: np.int16, DataType.INT32: np.int32, DataType.INT64: np.int64,
+               DataType.BOOL: np.bool_, DataType.FLOAT16: np.float16, DataType.DOUBLE: np.float64,
+               DataType.BFLOAT16: np.float32}
 
 
 class KernelError(Exception):
@@ -161,7 +163,7 @@ def _clip(op, a, ins):
 def _cast(x: np.ndarray, to: int) -> np.ndarray:
     """astype; bfloat16 (no numpy dtype) is held as float32 rounded to bfloat16's precision
     (nearest, ties to even)."""
-    if to != BFLOAT16:
+    if to != DataType.BFLOAT16:
         return x.astype(ONNX_DTYPES[to])
     x = x.astype(np.float32)
     bits = x.view(np.uint32)
@@ -645,7 +647,7 @@ def concat(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
     return [np.concatenate(parts, axis=int(op.attr("axis", 0)) % rank + 2)]
 
 
-@kernel("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+@kernel(*RESHAPE_OPS)
 def reshape(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
     x = ins[0]
     shape, spec = outs[0]

@@ -17,13 +17,19 @@ import numpy as np
 from compiler import ir
 from compiler.errors import ExitCode, WaferError
 from compiler.executor.kernels import KERNELS, Ctx, KernelError, Operand
-from compiler.schedule.build import SETUP, Region, Schedule, Step
+from compiler.schedule.build import Region, Schedule, Step
 from compiler.target import Target
-from compiler.tiling.candidates import VIEW_OPS
 from compiler.tiling.layouts import Spec, replicated
 from compiler.tiling.tiles import AXIS, gather, scatter, tile_bytes, valid_mask
+from compiler.vocab import VIEW_OPS, CollectiveKind, Phase, Precision, StepKind
 
-FP32, TARGET = "fp32", "target"
+FP32, TARGET, TARGET_STRICT = Precision.FP32, Precision.TARGET, Precision.TARGET_STRICT
+# the largest finite value and the smallest positive (subnormal) one of each 16-bit float:
+# TARGET clamps constants into this range, as fp16 conversion does (onnxconverter-common's
+# convert_np_to_float16, with ONNX Runtime's defaults min_positive_val=5.96e-08 and
+# max_finite_val=65504)
+_FINITE_RANGE = {ir.DType.FLOAT16: (65504.0, 2.0 ** -24),
+                 ir.DType.BFLOAT16: (float(np.uint32(0x7F7F0000).view(np.float32)), 2.0 ** -133)}
 
 
 class ScheduleFault(WaferError):
@@ -78,9 +84,17 @@ class _Machine:
 def run_schedule(schedule: Schedule, graph: ir.Graph, target: Target,
                  inputs: Mapping[str, np.ndarray], precision: str = FP32,
                  keep: frozenset[str] = frozenset()) -> ExecResult:
-    """Run `schedule` for `graph` on `inputs`; returns the graph outputs (and `keep` values)."""
+    """Run `schedule` for `graph` on `inputs`; returns the graph outputs (and `keep` values).
+    Overflow to Inf and NaN are computed silently, as the machine would (no numpy warnings): a
+    comparison (compiler.verify) reports them."""
     if graph.shape_only:
         raise ScheduleFault(f"{graph.name} was loaded shape-only: there are no weights to run")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _run(schedule, graph, target, inputs, precision, keep)
+
+
+def _run(schedule: Schedule, graph: ir.Graph, target: Target, inputs: Mapping[str, np.ndarray],
+         precision: str, keep: frozenset[str]) -> ExecResult:
     m = _Machine(graph, schedule, target, precision, host_constants(graph, target, precision),
                  keep)
     m.ops = {op.name: op for op in graph.ops}
@@ -100,7 +114,7 @@ def run_schedule(schedule: Schedule, graph: ir.Graph, target: Target,
 
 def host_constants(g: ir.Graph, target: Target, precision: str) -> dict[str, np.ndarray]:
     """Weights, and every tensor computed from constants alone, as whole arrays."""
-    values = {t.name: _stored(np.asarray(t.data), target, precision)
+    values = {t.name: _stored(_clamped(np.asarray(t.data), target, precision), target, precision)
               for t in g.tensors if t.is_const and t.data is not None}
     ctx = Ctx(1, 1)
     for op in g.ops:
@@ -128,19 +142,37 @@ def _numpy_dtype(d: ir.DType):
     return np.float32 if d.is_float else np.dtype(d.value if d is not ir.DType.BOOL else "bool")
 
 
+def _clamped(arr: np.ndarray, target: Target, precision: str) -> np.ndarray:
+    """A constant as a model converted to the target's dtype holds it (TARGET only): finite
+    values clamped to the type's finite range and non-zero ones too small for it to its smallest
+    positive value, keeping sign; NaN, 0 and +-inf unchanged. So an attention mask's finfo.min
+    (-3.4e38) becomes -65504 in fp16, not -inf (whose 0 * -inf is NaN)."""
+    limits = _FINITE_RANGE.get(target.compute.dtype)
+    if precision != TARGET or limits is None or not np.issubdtype(arr.dtype, np.floating):
+        return arr
+    big, tiny = limits
+    a = arr.astype(np.float32)
+    with np.errstate(invalid="ignore"):  # NaN compares false: left as it is
+        a = np.where(np.isfinite(a) & (np.abs(a) > big), np.copysign(big, a), a)
+        a = np.where((a != 0) & (np.abs(a) < tiny), np.copysign(tiny, a), a)
+    return a.astype(np.float32)
+
+
 def _stored(arr: np.ndarray, target: Target, precision: str) -> np.ndarray:
     """Float data as the machine holds it: fp32 for reference runs, the target's storage dtype
-    (fp16 or bf16, widened back to fp32 for arithmetic) when emulating the target."""
+    (fp16 or bf16, widened back to fp32 for arithmetic) when emulating the target. A value
+    beyond the 16-bit range becomes +-inf, as on the machine (no warning)."""
     if not np.issubdtype(arr.dtype, np.floating):
         return arr
     arr = arr.astype(np.float32, copy=False)
-    if precision != TARGET:
+    if precision == FP32:
         return arr
     if target.compute.dtype is ir.DType.BFLOAT16:
         bits = arr.view(np.uint32)
         rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         return rounded.astype(np.uint32).view(np.float32)
-    return arr.astype(np.float16).astype(np.float32)
+    with np.errstate(over="ignore"):  # overflow to inf is the emulated behaviour
+        return arr.astype(np.float16).astype(np.float32)
 
 
 # --- bookkeeping -------------------------------------------------------------------------------
@@ -218,7 +250,7 @@ def _load(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
         value = _source(m, step, ref.tensor, feed)
         _put(m, step, reg.name, ref.tensor, ref.spec, None,
              scatter(value, ref.spec, reg.rows, reg.cols))
-        if step.phase == SETUP:  # loaded once, used by every forward: stays in SRAM
+        if step.phase == Phase.SETUP:  # loaded once, used by every forward: stays in SRAM
             m.pinned.add((reg.name, ref.tensor))
 
 
@@ -323,12 +355,12 @@ def _retile(m: _Machine, step: Step) -> None:
 
 
 def _collective(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
-    if step.op_kind == "retile":
+    if step.op_kind == CollectiveKind.RETILE:
         return _retile(m, step)
     reg = m.regions[step.region]
     (read,), (write,) = step.reads, step.writes
     res = _get(m, step, reg.name, read.tensor, read.spec, read.partial)
-    if step.op_kind == "reduce":
+    if step.op_kind == CollectiveKind.REDUCE:
         if res.partial != step.axis:
             raise _fault(step, f"{read.tensor} holds no partial sums along {step.axis}")
         data = res.data.sum(axis=AXIS[step.axis], keepdims=True)
@@ -402,5 +434,6 @@ def _key_axis(new: tuple[int, ...], cache: tuple[int, ...]) -> int | None:
     return ones[-1] if not differ and ones else None
 
 
-_STEP = {"load": _load, "compute": _compute, "collective": _collective, "send": _send,
-         "wafer_send": _send, "store": _store, "append": _append}
+_STEP = {StepKind.LOAD: _load, StepKind.COMPUTE: _compute, StepKind.COLLECTIVE: _collective,
+         StepKind.SEND: _send, StepKind.WAFER_SEND: _send, StepKind.STORE: _store,
+         StepKind.APPEND: _append}

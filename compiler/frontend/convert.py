@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 from compiler import ir
 from compiler.errors import ModelError, ShapeError, WaferWarning
 from compiler.frontend.external import ExternalRef, read_external
+from compiler.vocab import VIEW_OPS
 
 _DTYPES = {
     onnx.TensorProto.FLOAT: ir.DType.FLOAT32, onnx.TensorProto.FLOAT16: ir.DType.FLOAT16,
@@ -93,17 +94,12 @@ def _weight_data(name: str, tensor, shape: tuple[int, ...]) -> np.ndarray:
         raise ModelError(f"initializer {name}: data does not match its shape ({exc})") from None
 
 
-# ops whose first output holds exactly the elements of their first input
-SIZE_PRESERVING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose",
-                             "Identity"})
-
-
 def check_element_counts(conv: Converted) -> None:
     """ONNX shape inference takes a constant Reshape shape as given; a shape whose element
     count differs from the input's is an invalid model (ONNX Runtime refuses it when it runs)."""
     shapes = {t.name: t.shape for t in conv.tensors}
     for op in conv.ops:
-        if op.kind not in SIZE_PRESERVING or not op.inputs or not op.outputs[0]:
+        if op.kind not in VIEW_OPS or not op.inputs or not op.outputs[0]:  # size-preserving
             continue
         src, dst = shapes[op.inputs[0]], shapes[op.outputs[0]]
         if math.prod(src) != math.prod(dst):

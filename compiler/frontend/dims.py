@@ -56,14 +56,67 @@ def bind_dims(model: ir.Model, request: DimRequest) -> tuple[tuple[str, int], ..
     _check_given_names(model, given)
     defaults = _metadata_defaults(model)
     bound: dict[str, int] = {}
+    sites: list[_Site] = []
     for value in model.graph.inputs:
         if value.name in given:
             shape = _whole_shape(value, given[value.name])
             _record_names(value, shape, bound)
         else:
             shape = _bind_value(value, request, defaults, bound)
+        sites += _sites(value, shape)
         value.shape = ir.Shape(shape)
+    _check_flags_used(request, sites, given)
     return tuple(sorted(bound.items()))
+
+
+@dataclass(frozen=True)
+class _Site:
+    """One input dim that --batch or --seq-len would bind: its role, declared and final size."""
+
+    input: str
+    axis: int
+    role: str
+    declared: int | str  # an int when the model fixes it, else the dim's name (maybe "")
+    size: int
+
+
+def _sites(value: ir.Value, shape: tuple[int, ...]) -> list[_Site]:
+    out = []
+    for axis, (dim, size) in enumerate(zip(value.shape or (), shape, strict=False)):
+        declared = dim if isinstance(dim, int) else str(dim.value or "")
+        role = _role(declared.lower() if isinstance(declared, str) else "", axis, value)
+        if role is not None:
+            out.append(_Site(value.name, axis, role, declared, size))
+    return out
+
+
+def _check_flags_used(
+    req: DimRequest, sites: list[_Site], given: Mapping[str, tuple[int, ...]]
+) -> None:
+    """--batch/--seq-len never silently ignored: some input dim takes the role, and none of
+    them ends with another size (fixed by the model, or given by --input-shapes)."""
+    for role, flag, option in (("batch", req.batch, "--batch"), ("seq", req.seq_len, "--seq-len")):
+        if flag is None:
+            continue
+        mine = [s for s in sites if s.role == role]
+        if not mine:
+            raise ShapeError(
+                f"{option} {flag}: the model has no {'batch' if role == 'batch' else 'sequence'} "
+                f"dim to bind; leave out {option} (see `wafer inspect MODEL`)"
+            )
+        for s in mine:
+            if s.size == flag:
+                continue
+            if isinstance(s.declared, int):
+                raise ShapeError(
+                    f"{option} {flag}: the model fixes input {s.input} dim {s.axis} to "
+                    f"{s.declared}; leave out {option} or export the model with a dynamic dim"
+                )
+            by = "--input-shapes" if s.input in given else "the model"
+            raise ShapeError(
+                f"input {s.input} dim {s.axis} ({s.declared or 'unnamed'}) is {s.size} by {by} "
+                f"but {option} says {flag}; give one or the other"
+            )
 
 
 def _check_given_names(model: ir.Model, given: Mapping[str, tuple[int, ...]]) -> None:

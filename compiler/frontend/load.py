@@ -1,8 +1,9 @@
-"""The frontend as one straight line: open -> inline -> bind dims -> fold -> check ops ->
-infer shapes -> convert -> group layers -> check the IR."""
+"""The frontend as one straight line: open -> inline -> bind dims -> fold -> check table
+lookups -> check ops -> infer shapes -> convert -> group layers -> check the IR."""
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import math
@@ -26,12 +27,13 @@ from onnx_ir.passes.common._c_api_utils import call_onnx_api
 from onnxscript.optimizer import fold_constants
 
 from compiler import ir
-from compiler.errors import ModelError, ShapeError, UsageError
+from compiler.errors import ModelError, ShapeError
 from compiler.frontend.convert import check_element_counts, convert
 from compiler.frontend.dims import DimRequest, bind_dims
 from compiler.frontend.external import ExternalRef, data_available
 from compiler.frontend.layers import group_layers
 from compiler.frontend.ops import check_control_flow, check_supported
+from compiler.frontend.tables import check_table_lookups
 from compiler.frontend.validate import check_model, normalize_domains, read_model
 
 
@@ -51,6 +53,7 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     dims = bind_dims(model, options.dims)
     source_weights = set(model.graph.initializers)
     _fold(model, source_weights)
+    check_table_lookups(model, dims)  # a --seq-len beyond a position table, before ORT sees it
     check_supported(model)
     typed = _infer_shapes(model, name)
     shapes_only = _shapes_only(model, options.shapes_only, zoo_shape_only(source))
@@ -68,21 +71,35 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     return graph
 
 
+def check_source(source: str | Path) -> None:
+    """The cheap checks, before any work (and before `compile` looks at OUT): a model file
+    exists, is a regular file and can be opened; a zoo name is one (else: did you mean)."""
+    path = Path(source)
+    if path.suffix == ".onnx" or path.exists():
+        _check_file(path)
+        return
+    from compiler import zoo
+
+    if str(source) not in zoo.ZOO:
+        close = difflib.get_close_matches(str(source), zoo.names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ModelError(
+            f"model {str(source)!r} is neither a file nor a zoo name{hint}; zoo models: "
+            f"{', '.join(zoo.names())} (see `wafer inspect --list`)"
+        )
+
+
 def open_model(source: str | Path) -> tuple[onnx_ir.Model, str]:
     """Open a path (weights stay on disk, read lazily) or build a zoo model by name."""
+    check_source(source)
     path = Path(source)
     if path.suffix == ".onnx" or path.exists():
         return _open_file(path), path.stem
     from compiler import zoo
 
-    if str(source) in zoo.ZOO:
-        proto = zoo.build(str(source))
-        check_model(proto, str(source), None)
-        return _deserialize(proto, None, str(source)), str(source)
-    raise UsageError(
-        f"model {str(source)!r} is neither a file nor a zoo name; zoo models: "
-        f"{', '.join(zoo.names())} (see `wafer inspect --list`)"
-    )
+    proto = zoo.build(str(source))
+    check_model(proto, str(source), None)
+    return _deserialize(proto, None, str(source)), str(source)
 
 
 def source_digest(source: str | Path) -> str:
@@ -104,14 +121,21 @@ def source_digest(source: str | Path) -> str:
 def _open_file(path: Path) -> onnx_ir.Model:
     """Parse and check the file (validate.py) before onnx_ir sees it; external data stays on
     disk, its references already checked."""
-    if not path.exists():
-        raise ModelError(f"model file {path} does not exist")
-    if not path.is_file():
-        raise ModelError(f"model {path} is not a regular file; give an .onnx file")
     proto = read_model(path)
     normalize_domains(proto)
     check_model(proto, str(path), path.parent)
     return _deserialize(proto, path.parent, str(path))
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ModelError(f"model file {path} does not exist")
+    if not path.is_file():
+        raise ModelError(f"model {path} is not a regular file; give an .onnx file")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model file ({exc.strerror})") from None
 
 
 def _deserialize(proto: onnx.ModelProto, base_dir: Path | None, label: str) -> onnx_ir.Model:

@@ -15,8 +15,9 @@ from typing import Any
 from compiler.outdir.trace import _timing_doc, schedule_from_doc, step_doc, trace_doc
 from compiler.schedule.build import Schedule
 from compiler.schedule.decode import DecodePlan
-from compiler.schedule.perf import DECODE, PREFILL, PerfOptions, Timeline
+from compiler.schedule.perf import PerfOptions, Timeline
 from compiler.target import Target
+from compiler.vocab import Mode
 
 
 def decode_doc(plan: DecodePlan) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def decode_doc(plan: DecodePlan) -> dict[str, Any]:
         "feeds": [{"tensor": f.name, "query_axes": list(f.query_axes),
                    "key_axes": list(f.key_axes)} for f in dg.feeds],
         "steps": [step_doc(st) for st in s.steps],
-        "timing": {DECODE: _timing_doc(plan.timeline)},
+        "timing": {Mode.DECODE.value: _timing_doc(plan.timeline)},
     }
 
 
@@ -57,8 +58,8 @@ def decode_problems(doc: dict[str, Any]) -> list[str]:
 def two_schedule_trace(prefill: Schedule, prefill_tl: Timeline, plan: DecodePlan,
                        target: Target) -> dict[str, Any]:
     """trace.json with the decode step (pids 0..) and the prefill (pids after them)."""
-    dec = trace_doc(plan.schedule, target, plan.timeline, PerfOptions(DECODE))
-    pre = trace_doc(prefill, target, prefill_tl, PerfOptions(PREFILL))
+    dec = trace_doc(plan.schedule, target, plan.timeline, PerfOptions(Mode.DECODE))
+    pre = trace_doc(prefill, target, prefill_tl, PerfOptions(Mode.PREFILL))
     shift = max((r.wafer for r in prefill.regions), default=0) + 1
     flow_shift = len(plan.schedule.steps)
     events = list(dec["traceEvents"])

@@ -31,22 +31,21 @@ from fractions import Fraction
 from typing import Any
 
 from compiler import __version__
-from compiler.schedule.build import SETUP, Region, Schedule, Step, TensorRef
+from compiler.schedule.build import Region, Schedule, Step, TensorRef
 from compiler.schedule.perf import PerfOptions, Timeline, step_scale
 from compiler.target import Target
+from compiler.vocab import OFFCHIP_KINDS, REGION_KINDS, TRANSFER_KINDS, Phase, StepKind
 
 SCHEDULE_SCHEMA_VERSION = "1.1"  # 1.1: the decode section (append steps)
-KINDS = ("load", "compute", "collective", "send", "wafer_send", "store")
-
 # Fields written for a kind even when they hold their default (the schema requires them).
-KIND_FIELDS: dict[str, tuple[str, ...]] = {
-    "load": ("writes", "nbytes"),
-    "compute": ("reads", "writes", "op", "op_kind"),
-    "collective": ("reads", "writes", "op_kind", "axis", "nbytes"),
-    "send": ("reads", "writes", "dst", "route", "hops", "lanes", "nbytes"),
-    "wafer_send": ("reads", "writes", "dst", "nbytes"),
-    "store": ("reads", "nbytes"),
-    "append": ("reads", "writes", "op_kind", "nbytes"),
+KIND_FIELDS: dict[StepKind, tuple[str, ...]] = {
+    StepKind.LOAD: ("writes", "nbytes"),
+    StepKind.COMPUTE: ("reads", "writes", "op", "op_kind"),
+    StepKind.COLLECTIVE: ("reads", "writes", "op_kind", "axis", "nbytes"),
+    StepKind.SEND: ("reads", "writes", "dst", "route", "hops", "lanes", "nbytes"),
+    StepKind.WAFER_SEND: ("reads", "writes", "dst", "nbytes"),
+    StepKind.STORE: ("reads", "nbytes"),
+    StepKind.APPEND: ("reads", "writes", "op_kind", "nbytes"),
 }
 _ALWAYS = ("id", "kind", "region", "deps")
 _STEP_FIELDS = dataclasses.fields(Step)
@@ -122,6 +121,8 @@ def _step_from_doc(doc: dict[str, Any]) -> Step:
             value = tuple(_ref_from_doc(r) for r in value)
         elif name in ("deps", "fused", "route"):
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        elif name == "kind":
+            value = StepKind(value)
         kw[name] = value
     return Step(**kw)
 
@@ -151,7 +152,7 @@ def check_schedule_doc(doc: dict[str, Any]) -> list[str]:
     for i, st in enumerate(doc["steps"]):
         if st["id"] != i:
             problems.append(f"steps[{i}]: id {st['id']}, expected {i}")
-        if st["kind"] not in STEP_KINDS:
+        if st["kind"] not in tuple(StepKind):
             problems.append(f"step {i}: unknown kind {st['kind']!r}")
         problems += [f"step {i}: dependency {d} is not an earlier step"
                      for d in st["deps"] if not 0 <= d < i]
@@ -160,9 +161,6 @@ def check_schedule_doc(doc: dict[str, Any]) -> list[str]:
     for mode, tm in doc["timing"].items():
         problems += _check_timing(mode, tm, n)
     return problems
-
-
-STEP_KINDS = ("load", "compute", "collective", "send", "wafer_send", "store", "append")
 
 
 def _check_regions(doc: dict[str, Any]) -> list[str]:
@@ -215,7 +213,7 @@ class _Tracks:
 
 def _assign_tracks(s: Schedule, tl: Timeline, timed: list[Step]) -> _Tracks:
     where = {r.name: (i, r.wafer) for i, r in enumerate(s.regions)}
-    lanes = _noc_lanes([st for st in timed if st.kind == "send"], tl, where)
+    lanes = _noc_lanes([st for st in timed if st.kind == StepKind.SEND], tl, where)
     key_of = {st.id: _track_key(st, where, lanes) for st in timed}
     keys = sorted(set(key_of.values()) | {(w, 0, i) for i, w in where.values()})
     tid = {k: n + 1 for n, k in enumerate(keys)}
@@ -228,11 +226,11 @@ def _track_key(st: Step, where: dict[str, tuple[int, int]],
                lanes: dict[int, int]) -> tuple[int, int, int]:
     """(wafer, group, index): groups are regions, NoC lanes, inter-wafer links, off-chip."""
     index, wafer = where[st.region]
-    if st.kind in ("compute", "collective"):
+    if st.kind in REGION_KINDS:
         return wafer, 0, index
-    if st.kind == "send":
+    if st.kind == StepKind.SEND:
         return wafer, 1, lanes[st.id]
-    if st.kind == "wafer_send":
+    if st.kind == StepKind.WAFER_SEND:
         return wafer, 2, where[st.dst][1]
     return wafer, 3, 0
 
@@ -279,7 +277,7 @@ def trace_doc(schedule: Schedule, target: Target, timeline: Timeline,
               opts: PerfOptions | None = None) -> dict[str, Any]:
     """Chrome Trace Event JSON of one timeline. With `opts` (the mode the timeline was computed
     for), bytes and FLOPs in args and counters are that mode's; without, the schedule's."""
-    timed = [st for st in schedule.steps if st.phase != SETUP]
+    timed = [st for st in schedule.steps if st.phase != Phase.SETUP]
     ctx = _Ctx(schedule, timeline, target.core.clock_hz, opts,
                _assign_tracks(schedule, timeline, timed))
     critical = set(timeline.critical_path)
@@ -316,10 +314,10 @@ def _slice(ctx: _Ctx, st: Step, critical: bool) -> dict[str, Any]:
 
 
 def _slice_name(st: Step) -> str:
-    if st.kind in ("send", "wafer_send"):
+    if st.kind in TRANSFER_KINDS:
         return f"{st.kind} {st.region} -> {st.dst}"
-    if st.kind in ("load", "store"):
-        refs = st.writes if st.kind == "load" else st.reads
+    if st.kind in OFFCHIP_KINDS:
+        refs = st.writes if st.kind == StepKind.LOAD else st.reads
         return f"{st.kind} {refs[0].tensor}" if refs else st.kind
     return st.op_kind or st.kind
 
@@ -344,7 +342,7 @@ def _flows(ctx: _Ctx, timed: list[Step]) -> list[dict[str, Any]]:
             consumers[d].append(st.id)
     events = []
     for st in timed:
-        if st.kind not in ("send", "wafer_send") or not consumers[st.id]:
+        if st.kind not in TRANSFER_KINDS or not consumers[st.id]:
             continue
         used = consumers[st.id]
         to = next((c for c in used if ctx.tl.ends[c] > ctx.tl.starts[c]), used[0])
@@ -368,7 +366,7 @@ def _counters(ctx: _Ctx, timed: list[Step]) -> list[dict[str, Any]]:
     """Cumulative off-chip bytes per wafer, stepping up as each load or store completes."""
     total: dict[int, int] = {}
     events = [_counter(w, 0.0, 0) for w in sorted({r.wafer for r in ctx.s.regions})]
-    offchip = [st for st in timed if st.kind in ("load", "store")]
+    offchip = [st for st in timed if st.kind in OFFCHIP_KINDS]
     for st in sorted(offchip, key=lambda st: (ctx.tl.ends[st.id], st.id)):
         pid = ctx.tracks.of_step[st.id][0]
         total[pid] = total.get(pid, 0) + ctx.scaled(st, st.nbytes)
@@ -381,7 +379,7 @@ def _counter(pid: int, ts: float, value: int) -> dict[str, Any]:
 
 
 def _trace_metadata(ctx: _Ctx, target: Target, timed: list[Step]) -> dict[str, Any]:
-    setup = [st for st in ctx.s.steps if st.phase == SETUP]
+    setup = [st for st in ctx.s.steps if st.phase == Phase.SETUP]
     return {
         "tool": {"name": "wafer", "version": __version__},
         "model": ctx.s.model, "target": target.name, "clock_hz": ctx.clock_hz,
@@ -389,7 +387,7 @@ def _trace_metadata(ctx: _Ctx, target: Target, timed: list[Step]) -> dict[str, A
         "makespan_cycles": ctx.tl.makespan, "makespan_us": _us(ctx.tl.makespan, ctx.clock_hz),
         "critical_path": list(ctx.tl.critical_path), "steps_drawn": len(timed),
         "setup_steps_not_drawn": len(setup),
-        "setup_offchip_bytes": sum(st.nbytes for st in setup if st.kind == "load"),
+        "setup_offchip_bytes": sum(st.nbytes for st in setup if st.kind == StepKind.LOAD),
     }
 
 

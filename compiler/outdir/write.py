@@ -26,6 +26,7 @@ from compiler.errors import UsageError
 from compiler.outdir.trace import schedule_doc, trace_doc
 from compiler.schedule.perf import Estimate, PerfOptions
 from compiler.tiling.layouts import OpLayout
+from compiler.vocab import Mode
 
 PLACEMENT_SCHEMA_VERSION = "1.1"  # 1.1: performance
 
@@ -134,17 +135,56 @@ def compile_log(result: CompileResult) -> dict[str, Any]:
             "solver_wall_time_s": round(result.placement.report.wall_time_s, 4)}
 
 
+SUMMARY_SCHEMA_VERSION = "1.0"
+
+
+def summary_doc(result: CompileResult, out: Path, stage_times: list[tuple[str, float]],
+                verify: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`wafer compile --json`: the human summary as data (docs/cli.md lists the fields).
+    metrics, solver (less wall_time_s) and performance are placement.json's; stage times are
+    compile_log.json's plus artifacts and report; verify is verify.json's (None without it)."""
+    from compiler.schedule.perf import busiest_link
+
+    g, t, m = result.graph, result.target, result.metrics
+    d, p = result.estimates["decode"], result.estimates["prefill"]
+    link = busiest_link(result.schedule, PerfOptions("decode"))
+    placed = placement_doc(result)
+    return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "tool": {"name": "wafer", "version": __version__},
+        "out": str(out),
+        "model": {"name": g.name, "layers": len(g.layers), "blocks": len(g.blocks()),
+                  "shape_only": g.shape_only},
+        "target": {"name": t.name, "cores": t.total_cores, "peak_flops": t.total_peak_flops()},
+        "cores_used": m.cores_used, "wafers_used": m.wafers_used,
+        "tokens_per_s": placed["performance"]["decode"]["tokens_per_s"],
+        "ttft_s": placed["performance"]["prefill"]["ttft_s"],
+        "utilization": {"decode": d.utilization, "prefill": p.utilization},
+        "busiest_link": None if link is None else {
+            "wafer": link.wafer, "src": list(link.src), "dst": list(link.dst),
+            "bytes_per_token": link.nbytes},
+        "metrics": placed["metrics"],
+        "solver": {**placed["solver"],
+                   "wall_time_s": round(result.placement.report.wall_time_s, 4)},
+        "performance": placed["performance"],
+        "options": placed["options"],
+        "stages": [{"name": k, "seconds": round(v, 4)} for k, v in stage_times],
+        "total_s": round(sum(v for _, v in stage_times), 4),
+        "verify": verify,
+    }
+
+
 def artifact_files(result: CompileResult, report: bool = True) -> dict[str, str]:
     """Every file a compile writes into OUT/, by path relative to OUT; with `report`, also
     report.html and report-data/ (built from these very files, as `wafer view` would)."""
-    decode = result.timelines["decode"]
+    decode = result.timelines[Mode.DECODE]
     sched = schedule_doc(result.schedule, result.target, result.timelines)
-    trace = trace_doc(result.schedule, result.target, decode, PerfOptions("decode"))
+    trace = trace_doc(result.schedule, result.target, decode, PerfOptions(Mode.DECODE))
     if result.decode is not None:  # the decode step, scheduled (outdir/decode.py)
         from compiler.outdir.decode import decode_doc, two_schedule_trace
 
         sched["decode"] = decode_doc(result.decode)
-        trace = two_schedule_trace(result.schedule, result.timelines["prefill"],
+        trace = two_schedule_trace(result.schedule, result.timelines[Mode.PREFILL],
                                    result.decode, result.target)
     files = {
         "placement.json": dumps(placement_doc(result)),

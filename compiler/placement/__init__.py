@@ -15,8 +15,7 @@ from compiler.errors import UsageError
 from compiler.placement.check import check_placement
 from compiler.placement.greedy import first_fit, serpentine
 from compiler.placement.problem import Placement, PlacementProblem
-
-METHODS = ("cpsat", "first-fit", "serpentine")
+from compiler.vocab import PLACEMENT_METHODS, PlacementMethod
 
 
 def _cpsat(problem: PlacementProblem, **options: Any) -> Placement:
@@ -26,21 +25,24 @@ def _cpsat(problem: PlacementProblem, **options: Any) -> Placement:
 
 
 _PLACERS: dict[str, Callable[..., Placement]] = {
-    "cpsat": _cpsat,
-    "first-fit": first_fit,
-    "serpentine": serpentine,
+    PlacementMethod.CPSAT: _cpsat,
+    PlacementMethod.FIRST_FIT: first_fit,
+    PlacementMethod.SERPENTINE: serpentine,
 }
 
 
-def place(problem: PlacementProblem, method: str = "cpsat", **solver_options: Any) -> Placement:
+def place(problem: PlacementProblem, method: str = PlacementMethod.CPSAT,
+          **solver_options: Any) -> Placement:
     """Place `problem` with `method` and validate the answer (InvalidPlacementError if broken).
 
-    solver_options go to the placer: for "cpsat" time_limit_s, seed, workers, deterministic;
-    for the greedy methods options and wafer_of (fixed choices).
+    solver_options go to the placer: for "cpsat" time_limit_s, seed, workers, deterministic,
+    on_progress (problem.ProgressHook); for the greedy methods options and wafer_of (fixed
+    choices).
     """
     placer = _PLACERS.get(method)
     if placer is None:
-        raise UsageError(f"unknown placement method {method!r}; choose one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown placement method {method!r}; "
+                         f"choose one of {', '.join(PLACEMENT_METHODS)}")
     placement = placer(problem, **solver_options)
     check_placement(problem, placement)
     return placement

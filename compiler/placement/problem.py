@@ -11,7 +11,12 @@ and one rectangle (on one wafer) per block. Both are frozen values; placers are 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+# on_progress(stage, objective, bound, elapsed_s): a placer's live progress. A stage starting
+# has objective and bound None; an improved bound alone has objective None.
+ProgressHook = Callable[[str, float | None, float | None, float], None]
 
 
 class Residency(enum.Enum):

@@ -20,6 +20,7 @@ from compiler.report.view import (
     WaferBox,
     WaferLink,
 )
+from compiler.vocab import Mode, StepKind
 
 DATA_DIR = "report-data"
 DATA_FILES = ("layers.csv", "cells.csv", "links.csv", "transfers.csv", "timeline.csv",
@@ -79,7 +80,7 @@ def _subtitle(f: Facts) -> str:
 
 def _kpis(f: Facts) -> tuple[Kpi, ...]:
     p = f.docs.placement
-    d, pre = p["performance"]["decode"], p["performance"]["prefill"]
+    d, pre = p["performance"][Mode.DECODE], p["performance"][Mode.PREFILL]
     m, s = p["metrics"], p["solver"]
     total = f.rows * f.cols * f.wafers
     at_bound = m["offchip_bytes_per_token"] <= m["offchip_lower_bound"]
@@ -147,7 +148,7 @@ def _layer_tip(f: Facts, la: LayerFacts) -> tuple[str, list[tuple[str, str]]]:
     ops = ", ".join(f"{k} x{n}" for k, n in la.ops[:6]) + (" ..." if len(la.ops) > 6 else "")
     nodes = la.nodes[0] if len(la.nodes) == 1 else \
         f"{la.nodes[0]} ... {la.nodes[-1]}" if la.nodes else "-"
-    busy = la.busy.get("decode", 0)
+    busy = la.busy.get(Mode.DECODE, 0)
     return f"{la.name} ({la.kind})", [
         ("cores", f"{la.rows} x {la.cols} = {fmt.count(la.cores)} on wafer {la.wafer}, "
                   f"rows {la.row}-{la.row + la.rows - 1}, cols {la.col}-{la.col + la.cols - 1}"),
@@ -198,7 +199,7 @@ def _overview(f: Facts, tips: Tips) -> Overview:
 def _wafer_links(f: Facts, boxes: list[WaferBox], tips: Tips) -> tuple[WaferLink, ...]:
     flows: dict[tuple[int, int], list] = defaultdict(lambda: [0.0, []])
     for t in f.transfers:
-        if t.kind == "wafer_send":
+        if t.kind == StepKind.WAFER_SEND:
             flows[(t.src_wafer, t.dst_wafer)][0] += t.bytes_per_token
             flows[(t.src_wafer, t.dst_wafer)][1].append(f"{t.src} -> {t.dst}")
     top = max((v[0] for v in flows.values()), default=0.0)

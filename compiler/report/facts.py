@@ -11,11 +11,11 @@ from typing import Any
 
 from compiler.outdir.read import OutDocs
 from compiler.outdir.trace import schedule_from_doc
-from compiler.schedule.build import SETUP, Schedule
-from compiler.schedule.perf import DECODE, PerfOptions, link_loads, step_scale
+from compiler.schedule.build import Schedule
+from compiler.schedule.perf import PerfOptions, link_loads, step_scale
+from compiler.vocab import OFFCHIP_KINDS, REGION_KINDS, TRANSFER_KINDS, Mode, Phase, StepKind
 
-MODES = ("decode", "prefill")
-REGION_KINDS = ("compute", "collective", "append")  # serialized per region by the performance model
+MODES = tuple(Mode)
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def gather(docs: OutDocs) -> Facts:
     p, sdoc = docs.placement, docs.schedule
     schedule = schedule_from_doc(sdoc)
     rows, cols = p["target"]["grid"]
-    decode = PerfOptions(DECODE)
+    decode = PerfOptions(Mode.DECODE)
     io = _io_per_token(schedule, decode)
     busy = {m: _busy(mode_schedule(sdoc, m, schedule), mode_timing(sdoc, m))
             for m in MODES if m in sdoc["timing"]}
@@ -137,10 +137,10 @@ def _io_per_token(s: Schedule, opts: PerfOptions) -> tuple[dict[str, float], dic
     loads: dict[str, float] = defaultdict(float)
     stores: dict[str, float] = defaultdict(float)
     for st in s.steps:
-        if st.phase == SETUP or st.kind not in ("load", "store"):
+        if st.phase == Phase.SETUP or st.kind not in OFFCHIP_KINDS:
             continue
         per_token = st.nbytes * step_scale(st, s, opts) / max(opts.batch or s.batch, 1)
-        (loads if st.kind == "load" else stores)[st.region] += per_token
+        (loads if st.kind == StepKind.LOAD else stores)[st.region] += per_token
     return dict(loads), dict(stores)
 
 
@@ -150,7 +150,7 @@ def _busy(s: Schedule, timing: dict[str, Any]):
     busy: dict[str, int] = defaultdict(int)
     span: dict[str, tuple[int, int]] = {}
     for st in s.steps:
-        if st.phase == SETUP or st.kind not in REGION_KINDS:
+        if st.phase == Phase.SETUP or st.kind not in REGION_KINDS:
             continue
         a, b = starts[st.id], ends[st.id]
         busy[st.region] += b - a
@@ -164,7 +164,7 @@ def _transfers(s: Schedule, opts: PerfOptions) -> tuple[Transfer, ...]:
     acc: dict[tuple[str, str], list] = {}
     per_step = max(opts.batch or s.batch, 1)
     for st in s.steps:
-        if st.kind not in ("send", "wafer_send"):
+        if st.kind not in TRANSFER_KINDS:
             continue
         nbytes = st.nbytes * step_scale(st, s, opts) / per_step
         entry = acc.setdefault((st.region, st.dst), [st, 0.0, 0])

@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from compiler.report import colors, fmt
+from compiler.report import clear, colors, fmt
 from compiler.report.facts import Facts, LayerFacts, Transfer
 from compiler.report.tips import Tips
 from compiler.report.view import Arrow, Cell, LayerBox, WaferPanel, Window
+from compiler.vocab import StepKind
 
 MAX_BINS = 100  # heat cells per side at most
 PANEL_H = 540.0  # px: the tallest a wafer is drawn
@@ -31,7 +32,7 @@ def panels(f: Facts, tips: Tips, layer_tips: list[int]) -> tuple[WaferPanel, ...
     per_row = min(f.wafers, PER_ROW)
     budget = SINGLE_W if f.wafers == 1 else (ROW_W - 14 * (per_row - 1)) / per_row
     scale = min(min((budget - AXIS_LEFT) / w.cols, PANEL_H / w.rows) for w in windows)
-    sends = [t for t in f.transfers if t.kind == "send"]
+    sends = [t for t in f.transfers if t.kind == StepKind.SEND]
     top_send = max((t.bytes_per_token for t in sends), default=0.0)
     top_link = max(f.links.values(), default=0.0)
     streams = [max(la.io_in + la.offchip_streamed, la.io_out) for la in f.layers]
@@ -39,21 +40,25 @@ def panels(f: Facts, tips: Tips, layer_tips: list[int]) -> tuple[WaferPanel, ...
     out = []
     for w, win in enumerate(windows):
         mine = [la for la in f.layers if la.wafer == w]
+        cells = _link_cells(f, w, win, top_link, tips)  # tips in this order: cells, arrows
+        arrows = tuple(_arrow(t, top_send, scale, tips) for t in sends if t.src_wafer == w)
+        offchip = _offchip(mine, win, scale, top_stream, tips)
+        boxes = [_box(la, scale, layer_tips[la.index]) for la in mine]
         out.append(WaferPanel(
             index=w, rows=f.rows, cols=f.cols, window=win, scale=_r(scale),
             width=_r(win.cols * scale + AXIS_LEFT),
             height=_r(win.rows * scale + OFFCHIP_BAND + AXIS_BOTTOM),
-            layers=tuple(_box(la, scale, layer_tips[la.index]) for la in mine),
-            link_cells=_link_cells(f, w, win, top_link, tips),
-            arrows=tuple(_arrow(t, top_send, scale, tips) for t in sends if t.src_wafer == w),
-            offchip=_offchip(mine, win, scale, top_stream, tips),
+            layers=clear.place(boxes, arrows + offchip, scale),
+            link_cells=cells,
+            arrows=arrows, offchip=offchip,
             grid_lines=win.rows <= 64 and win.cols <= 64,
             caption=_caption(f, w, win, mine),
             view_box=(_r(win.col - AXIS_LEFT / scale), _r(win.row - OFFCHIP_BAND / scale),
                       _r(win.cols + AXIS_LEFT / scale),
                       _r(win.rows + (OFFCHIP_BAND + AXIS_BOTTOM) / scale)),
             row_ticks=_ticks(win.row, win.rows), col_ticks=_ticks(win.col, win.cols),
-            band=_r(OFFCHIP_BAND / scale)))
+            band=_r(OFFCHIP_BAND / scale),
+            band_label_x=clear.band_x(win.col, win.cols, offchip, scale)))
     return tuple(out)
 
 
@@ -98,7 +103,7 @@ def _box(la: LayerFacts, scale: float, tip: int) -> LayerBox:
         rows=la.rows, cols=la.cols, fill=colors.kind_color(la.kind, la.block),
         mem_fill=colors.ramp(colors.VIRIDIS, la.util), mark=_mark(la, scale), label=label,
         label_size=_r(size / scale), vertical=vertical, streamed=la.residency != "resident",
-        tip=tip)
+        tip=tip, label_x=_r(la.col + la.cols / 2), label_y=_r(la.row + la.rows / 2))
 
 
 def _mark(la: LayerFacts, scale: float) -> tuple[float, float, float, float]:

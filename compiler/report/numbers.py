@@ -15,7 +15,7 @@ from compiler.report import grid
 from compiler.report.build import DATA_DIR
 from compiler.report.facts import MODES, Facts
 from compiler.report.view import Report, SweepReport, WaferPanel
-from compiler.schedule.build import SETUP
+from compiler.vocab import Mode, Phase
 
 
 def data_files(f: Facts, view: Report) -> dict[str, str]:
@@ -125,7 +125,7 @@ def _timeline(f: Facts) -> str:
         crit = set(t["critical_path"])
         rows += [[mode, st.id, st.kind, st.op_kind, st.region, st.op, t["starts"][st.id],
                   t["ends"][st.id], int(st.id in crit)]
-                 for st in f.steps(mode) if st.phase != SETUP]
+                 for st in f.steps(mode) if st.phase != Phase.SETUP]
     return _csv(header, rows)
 
 
@@ -140,7 +140,7 @@ def _wafers(f: Facts) -> str:
         rows.append([w, len(mine), sum(la.cores for la in mine), f.rows * f.cols,
                      sum(la.per_core["total"] * la.cores for la in mine), cycles,
                      _n(sum(la.offchip_streamed + la.io_in + la.io_out for la in mine)),
-                     sum(la.busy.get("decode", 0) for la in mine)])
+                     sum(la.busy.get(Mode.DECODE, 0) for la in mine)])
     return _csv(header, rows)
 
 

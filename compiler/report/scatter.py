@@ -94,17 +94,45 @@ def dodge(xs: Sequence[float], gap: float) -> list[float]:
     return out
 
 
+def crowd(xy: Sequence[tuple[float, float]], radius: float, gap: float,
+          span: float) -> tuple[list[tuple[float, float, int]], list[tuple[float, float, int]]]:
+    """Points closer than `radius` to the first of a group would hide each other: set each
+    group side by side, `gap` apart (closer when the row would be wider than `span`) and
+    centred on that first point's x; each keeps its own y. Returns every point's (x, y, size
+    of its group), in order, and (x, y, size) of every group of more than one, at its first
+    point."""
+    groups: list[list[int]] = []
+    for i, (x, y) in enumerate(xy):
+        home = next((g for g in groups if math.dist(xy[g[0]], (x, y)) < radius), None)
+        if home is None:
+            groups.append([i])
+        else:
+            home.append(i)
+    out = [(x, y, 1) for x, y in xy]
+    crowds = []
+    for g in groups:
+        if len(g) == 1:
+            continue
+        x0, y0 = xy[g[0]]
+        step = min(gap, span / (len(g) - 1))
+        for k, i in enumerate(g):
+            out[i] = (round(x0 + step * (k - (len(g) - 1) / 2), 2), xy[i][1], len(g))
+        crowds.append((x0, y0, len(g)))
+    return out, crowds
+
+
 CHAR_W, LABEL_H = 5.6, 11.0  # a label's size at the page's 10 px font, px
 
 
 def place_labels(points: Sequence[tuple[float, float, str]],
-                 box: tuple[float, float, float, float]) -> tuple[Label, ...]:
+                 box: tuple[float, float, float, float],
+                 avoid: Sequence[tuple[float, float, float, float]] = ()) -> tuple[Label, ...]:
     """Labels for (x, y, text) points, in order of priority: above right of the point, above
     left, below right or below left, whichever stays in the box and clear of the points and of
-    the labels placed before; a label with no such place, or with the text of a labelled
-    point at the same spot, is left out."""
+    the labels placed before (and of the `avoid` rectangles: x0, y0, x1, y1); a label with no
+    such place, or with the text of a labelled point at the same spot, is left out."""
     bx, by, bw, bh = box
-    taken = [(x - 5, y - 5, x + 5, y + 5) for x, y, _ in points]
+    taken = [(x - 5, y - 5, x + 5, y + 5) for x, y, _ in points] + list(avoid)
     out: list[Label] = []
     done: list[tuple[float, float, str]] = []
     for x, y, text in points:

@@ -16,11 +16,22 @@ from typing import Any
 
 from compiler.errors import UsageError, WaferError
 from compiler.report import fmt
-from compiler.report.scatter import Scale, dodge, place_labels, scale, staircase, ticks
+from compiler.report.scatter import (
+    CHAR_W,
+    LABEL_H,
+    Scale,
+    crowd,
+    dodge,
+    place_labels,
+    scale,
+    staircase,
+    ticks,
+)
 from compiler.report.tips import Tips
 from compiler.report.view import (
     Dot,
     Kpi,
+    Label,
     Miss,
     Scatter,
     Swatch,
@@ -47,6 +58,7 @@ WIDTH = 414.0
 LEFT, TOP, RIGHT = 60.0, 12.0, 12.0
 PLOT_H = 250.0
 STRIP_GAP, STRIP_H = 8.0, 20.0
+CROWD_RADIUS, CROWD_GAP, CROWD_SPAN = 6.0, 11.0, 66.0  # dots closer than this are set apart
 MAX_LABELLED = 40  # with more points, only frontier points get a label
 
 
@@ -151,11 +163,15 @@ def _scatter(points: Sequence[Mapping[str, Any]], cost: tuple, y: Scale,
     shown = [p for p in failed if p[key] is not None] if sram else failed
     on_scale = [p[key] for p in ok + (shown if sram else [])]
     x = scale(on_scale, LEFT, WIDTH - RIGHT, integer)
-    dots = sorted((Dot(p["index"], x(p[key]), y(p["tokens_per_s"]), look[p["index"]][0],
-                       bool(p["pareto"].get(key)), p["index"]) for p in ok),
+    at = [(x(p[key]), y(p["tokens_per_s"])) for p in ok]
+    spread, crowds = crowd(at, CROWD_RADIUS, CROWD_GAP, CROWD_SPAN)
+    dots = sorted((Dot(p["index"], px, py, look[p["index"]][0], bool(p["pareto"].get(key)),
+                       p["index"], n) for p, (px, py, n) in zip(ok, spread, strict=True)),
                   key=lambda d: d.frontier)
     on = sorted((d for d in dots if d.frontier), key=lambda d: d.x)
     box = (LEFT, TOP, WIDTH - RIGHT - LEFT, PLOT_H)
+    counts = tuple(Label(round(cx, 2), round(cy - 9, 2), f"x{n}", "middle")
+                   for cx, cy, n in crowds)
     strip = (LEFT, TOP + PLOT_H + STRIP_GAP, WIDTH - RIGHT - LEFT, STRIP_H if shown else 0.0)
     below = strip[1] + strip[3]
     return Scatter(
@@ -166,9 +182,17 @@ def _scatter(points: Sequence[Mapping[str, Any]], cost: tuple, y: Scale,
         x_ticks=ticks(x, label) if on_scale else (),
         y_ticks=ticks(y, fmt.si) if ok else (),
         dots=tuple(dots), frontier=staircase([(d.x, d.y) for d in on]),
-        labels=place_labels([(d.x, d.y, look[d.index][1]) for d in _labelled(on, dots)], box),
+        labels=place_labels([(d.x, d.y, look[d.index][1]) for d in _labelled(on, dots)], box,
+                            [_text_box(c) for c in counts]),
+        crowds=counts,
         strip=strip, misses=_misses(shown, key if sram else "", x, strip),
         note=_note(key, what, ok, failed, len(shown)))
+
+
+def _text_box(label: Label) -> tuple[float, float, float, float]:
+    """The rectangle a centred label covers (px)."""
+    w = CHAR_W * len(label.text)
+    return (label.x - w / 2, label.y - LABEL_H + 2, label.x + w / 2, label.y + 2)
 
 
 def _labelled(on: Sequence[Dot], dots: Sequence[Dot]) -> list[Dot]:

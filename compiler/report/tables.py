@@ -10,6 +10,7 @@ from typing import Any
 from compiler.report import fmt
 from compiler.report.facts import Facts
 from compiler.report.view import Table
+from compiler.vocab import Mode, StepKind
 
 Row = tuple[tuple[str, ...], tuple[float | str, ...]]
 
@@ -22,11 +23,11 @@ def _table(title: str, header: tuple[str, ...], rows: list[Row], numeric: tuple[
 
 def layers(f: Facts, layer_tips: list[int]) -> Table:
     header = ("#", "layer", "kind", "wafer", "origin", "shape", "cores", "residency",
-              "SRAM/core", "used", "weights", "KV cache", "MFLOP/token", "off-chip/token",
-              "decode busy", "est. cycles", "ONNX nodes")
+              "SRAM per core", "used", "weights", "KV cache", "MFLOP per token",
+              "off-chip per token", "decode busy", "est. cycles", "ONNX nodes")
     rows = []
     for la in f.layers:
-        busy = la.busy.get("decode", 0)
+        busy = la.busy.get(Mode.DECODE, 0)
         off = la.offchip_streamed + la.io_in + la.io_out
         rows.append((
             (str(la.index), la.name, la.kind, str(la.wafer), f"({la.row}, {la.col})",
@@ -47,7 +48,7 @@ def wafers(f: Facts) -> Table:
     out_b: dict[int, float] = defaultdict(float)
     in_b: dict[int, float] = defaultdict(float)
     for t in f.transfers:
-        if t.kind == "wafer_send":
+        if t.kind == StepKind.WAFER_SEND:
             out_b[t.src_wafer] += t.bytes_per_token
             in_b[t.dst_wafer] += t.bytes_per_token
     rows = []
@@ -100,7 +101,7 @@ def metrics(f: Facts) -> Table:
     p = f.docs.placement
     m, perf = p["metrics"], p["performance"]
     ff, same = m.get("first_fit") or {}, m.get("first_fit_same_options") or {}
-    d, pre = perf["decode"], perf["prefill"]
+    d, pre = perf[Mode.DECODE], perf[Mode.PREFILL]
 
     def ratio(value: float, ref: float | None) -> str:
         return "-" if not ref else f"{value / ref:.2f}x"

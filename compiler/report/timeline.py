@@ -9,21 +9,22 @@ import math
 from collections import Counter, defaultdict
 
 from compiler.report import colors, fmt
-from compiler.report.facts import REGION_KINDS, Facts
+from compiler.report.facts import Facts
 from compiler.report.tips import Tips
 from compiler.report.view import Bar, Timeline, TimelineRow
-from compiler.schedule.build import SETUP, Step
+from compiler.schedule.build import Step
+from compiler.vocab import REGION_KINDS, TRANSFER_KINDS, Mode, Phase, StepKind
 
 WIDTH = 1000.0  # px of the time axis
 MERGE_PX = 0.75
 NARROW_PX = 1.5  # narrower bars merge with their neighbours whatever their kind
-TRANSFER_ROWS = (("send", "NoC sends"), ("wafer_send", "to other wafers"),
-                 ("load", "off-chip"), ("store", "off-chip"))
-TITLES = {"decode": "Decode: one token", "prefill": "Prefill: the whole prompt (TTFT)"}
+TRANSFER_ROWS = ((StepKind.SEND, "NoC sends"), (StepKind.WAFER_SEND, "to other wafers"),
+                 (StepKind.LOAD, "off-chip"), (StepKind.STORE, "off-chip"))
+TITLES = {Mode.DECODE: "Decode: one token", Mode.PREFILL: "Prefill: the whole prompt (TTFT)"}
 
 
 def timelines(f: Facts, tips: Tips, layer_tips: list[int]) -> tuple[Timeline, ...]:
-    return tuple(_timeline(f, mode, tips, layer_tips) for mode in ("decode", "prefill")
+    return tuple(_timeline(f, mode, tips, layer_tips) for mode in (Mode.DECODE, Mode.PREFILL)
                  if mode in f.docs.schedule["timing"])
 
 
@@ -33,7 +34,7 @@ def _timeline(f: Facts, mode: str, tips: Tips, layer_tips: list[int]) -> Timelin
     critical = set(timing["critical_path"])
     groups: dict[tuple, list[Step]] = defaultdict(list)
     for st in f.steps(mode):
-        if st.phase != SETUP and ends[st.id] > starts[st.id]:
+        if st.phase != Phase.SETUP and ends[st.id] > starts[st.id]:
             groups[_row_key(st, f)].append(st)
     px = WIDTH / span
     rows = []
@@ -102,7 +103,7 @@ def _bar(run: list[Step], starts, ends, critical: set[int], px: float, f: Facts,
 
 
 def _describe(st: Step) -> str:
-    if st.kind in ("send", "wafer_send"):
+    if st.kind in TRANSFER_KINDS:
         return f"#{st.id} -> {st.dst}, {fmt.nbytes(st.nbytes)}"
     name = st.op or (st.reads[0].tensor if st.reads else st.writes[0].tensor if st.writes else "")
     return f"#{st.id} {st.op_kind or st.kind} {name}"

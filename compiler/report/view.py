@@ -53,6 +53,8 @@ class LayerBox:
     vertical: bool
     streamed: bool  # some of it streams from off-chip every token
     tip: int
+    label_x: float  # the label's middle, core units: inside the rectangle, clear of arrows
+    label_y: float
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ class WaferPanel:
     row_ticks: tuple[tuple[float, str], ...]  # (y, label), core units
     col_ticks: tuple[tuple[float, str], ...]  # (x, label)
     band: float  # height of the off-chip band above the window, core units
+    band_label_x: float  # where the band's "off-chip" starts, clear of off-chip arrows
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,7 @@ class Dot:
     color: str  # by the value of the colouring axis
     frontier: bool  # on this plot's Pareto frontier
     tip: int
+    crowd: int = 1  # points drawn at this spot (this one included): >1 when they would overlap
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,7 @@ class Scatter:
     dots: tuple[Dot, ...]  # frontier points last, so they are drawn on top
     frontier: str  # SVG path data, px; "" when no point compiled
     labels: tuple[Label, ...]  # beside frontier points, where they do not overlap
+    crowds: tuple[Label, ...]  # "x3" above dots that sit on one spot (set side by side)
     strip: tuple[float, float, float, float]  # failed points' strip: x, y, w, h; h 0 if none
     misses: tuple[Miss, ...]
     note: str

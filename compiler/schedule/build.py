@@ -32,8 +32,8 @@ from compiler.tiling.candidates import TiledGraph
 from compiler.tiling.costs import op_flops, token_count
 from compiler.tiling.layouts import OpLayout, Spec, replicated
 from compiler.tiling.tiles import reshape_is_local
+from compiler.vocab import RESHAPE_OPS, CollectiveKind, Phase, StepKind
 
-SETUP, TOKEN = "setup", "token"
 FIXED, TOKENS, ATTENTION = "fixed", "tokens", "attention"  # how a step's size scales
 
 
@@ -61,20 +61,20 @@ class TensorRef:
 @dataclass(frozen=True)
 class Step:
     id: int
-    kind: str  # load | compute | collective | send | wafer_send | store
+    kind: StepKind
     region: str  # where it runs (a send's source)
     reads: tuple[TensorRef, ...] = ()
     writes: tuple[TensorRef, ...] = ()
     deps: tuple[int, ...] = ()
     op: str = ""  # ONNX node name (compute)
-    op_kind: str = ""  # ONNX op type, or the collective's kind (reduce, relayout)
+    op_kind: str = ""  # ONNX op type, or the collective's CollectiveKind (reduce, relayout, ...)
     axis: str | None = None  # collective axis
     fused: tuple[tuple[str, str], ...] = ()  # (kind, axis) reduced inside a compute step
     dst: str = ""  # send / wafer_send: destination region
     route: tuple[tuple[int, int], ...] = ()  # (row, col) waypoints: start, corner, end
     hops: int = 0
     lanes: int = 1  # parallel paths a send spreads over
-    phase: str = TOKEN  # setup (once) or token (every forward)
+    phase: Phase = Phase.TOKEN
     nbytes: int = 0  # moved (load, collective, send, store), at the target's storage size
     flops: int = 0  # computed
     scaling: str = TOKENS  # fixed, tokens, attention (tokens x context)
@@ -174,11 +174,11 @@ def _provide(g: ir.Graph, name: str, spec: Spec | None, region: Region,
 def _bring(g, name: str, spec: Spec, region: Region, regions, streamed: bool, st: _State) -> None:
     t = g.tensor(name)
     if name in g.const_derived:
-        phase = TOKEN if streamed and t.kind is ir.TensorKind.WEIGHT else SETUP
-        step = st.add(kind="load", region=region.name, writes=(TensorRef(name, spec),),
+        phase = Phase.TOKEN if streamed and t.kind is ir.TensorKind.WEIGHT else Phase.SETUP
+        step = st.add(kind=StepKind.LOAD, region=region.name, writes=(TensorRef(name, spec),),
                       phase=phase, nbytes=st.bytes(name), scaling=FIXED)
     elif name in g.inputs:
-        step = st.add(kind="load", region=region.name, writes=(TensorRef(name, spec),),
+        step = st.add(kind=StepKind.LOAD, region=region.name, writes=(TensorRef(name, spec),),
                       nbytes=st.bytes(name))
     else:
         step = _send(g, name, spec, regions[st.home[name]], region, st)
@@ -192,12 +192,12 @@ def _send(g: ir.Graph, name: str, spec: Spec, src: Region, dst: Region, st: _Sta
     nbytes = st.bytes(name)
     read, write = TensorRef(name, have), TensorRef(name, spec)
     if src.wafer != dst.wafer:
-        return st.add(kind="wafer_send", region=src.name, dst=dst.name, reads=(read,),
+        return st.add(kind=StepKind.WAFER_SEND, region=src.name, dst=dst.name, reads=(read,),
                       writes=(write,), deps=(last,), nbytes=nbytes)
     route, hops = xy_route(src, dst)
     lanes = max(1, min(src.rows, dst.rows) if route[0][0] == route[-1][0] else
                 min(src.cols, dst.cols))
-    return st.add(kind="send", region=src.name, dst=dst.name, reads=(read,), writes=(write,),
+    return st.add(kind=StepKind.SEND, region=src.name, dst=dst.name, reads=(read,), writes=(write,),
                   deps=(last,), route=route, hops=hops, lanes=lanes, nbytes=nbytes)
 
 
@@ -216,14 +216,14 @@ def _relayout(g: ir.Graph, name: str, have: Spec, partial: str | None, want: Spe
     """Complete partial sums (`reduce`) and/or re-split (`relayout`) inside a region."""
     nbytes = st.bytes(name)
     if partial:
-        step = st.add(kind="collective", region=region, op_kind="reduce", axis=partial,
-                      reads=(TensorRef(name, have, partial),), writes=(TensorRef(name, have),),
-                      deps=(last,), nbytes=nbytes)
+        step = st.add(kind=StepKind.COLLECTIVE, region=region, op_kind=CollectiveKind.REDUCE,
+                      axis=partial, reads=(TensorRef(name, have, partial),),
+                      writes=(TensorRef(name, have),), deps=(last,), nbytes=nbytes)
         last = step.id
     if have != want:
         axis = next((a or b for a, b in zip(have, want, strict=True) if a != b), None)
-        step = st.add(kind="collective", region=region, op_kind="relayout", axis=axis,
-                      reads=(TensorRef(name, have),), writes=(TensorRef(name, want),),
+        step = st.add(kind=StepKind.COLLECTIVE, region=region, op_kind=CollectiveKind.RELAYOUT,
+                      axis=axis, reads=(TensorRef(name, have),), writes=(TensorRef(name, want),),
                       deps=(last,), nbytes=nbytes)
         last = step.id
     st.at[(region, name)] = (want, None, last)
@@ -232,33 +232,30 @@ def _relayout(g: ir.Graph, name: str, have: Spec, partial: str | None, want: Spe
 
 def _compute(g: ir.Graph, op: ir.Op, lay: OpLayout, region: Region, deps: list[int],
              st: _State) -> None:
-    reduce_axis = next((c.axis for c in lay.collectives if c.kind == "reduce"), None)
+    reduce_axis = next((c.axis for c in lay.collectives if c.kind == CollectiveKind.REDUCE), None)
     reads = tuple(TensorRef(n, s) for n, s in zip(op.inputs, lay.inputs, strict=True)
                   if n and s is not None)
     outs = [(n, s) for n, s in zip(op.outputs, lay.outputs, strict=False) if n]
     writes = tuple(TensorRef(n, s, reduce_axis) for n, s in outs)
-    fused = tuple((c.kind, c.axis) for c in lay.collectives if c.kind == "allreduce")
+    fused = tuple((c.kind, c.axis) for c in lay.collectives if c.kind == CollectiveKind.ALLREDUCE)
     attention = op.kind in ("MatMul", "Attention") and not any(
         n in g.const_derived for n in op.inputs[1:2])
-    retile = next((c.axis for c in lay.collectives if c.kind == "retile"), None)
-    if retile is None and op.kind in RESHAPES and not _reshape_local(g, op, lay, region):
+    retile = next((c.axis for c in lay.collectives if c.kind == CollectiveKind.RETILE), None)
+    if retile is None and op.kind in RESHAPE_OPS and not _reshape_local(g, op, lay, region):
         retile = next((a for a in lay.inputs[0] or () if a), None) or next(
             (a for a in lay.outputs[0] if a), None)
     if retile:  # the op moves tiles across cores: a collective that computes the op
-        step = st.add(kind="collective", region=region.name, reads=reads, writes=writes,
-                      deps=tuple(sorted(set(deps))), op=op.name, op_kind="retile",
+        step = st.add(kind=StepKind.COLLECTIVE, region=region.name, reads=reads, writes=writes,
+                      deps=tuple(sorted(set(deps))), op=op.name, op_kind=CollectiveKind.RETILE,
                       axis=retile, nbytes=sum(st.bytes(n) for n, _ in outs))
     else:
-        step = st.add(kind="compute", region=region.name, reads=reads, writes=writes,
+        step = st.add(kind=StepKind.COMPUTE, region=region.name, reads=reads, writes=writes,
                       deps=tuple(sorted(set(deps))), op=op.name, op_kind=op.kind,
                       fused=fused, flops=op_flops(g, op),
                       scaling=ATTENTION if attention else TOKENS)
     for n, s in outs:
         st.at[(region.name, n)] = (s, reduce_axis, step.id)
         st.home.setdefault(n, region.name)
-
-
-RESHAPES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 
 
 def _reshape_local(g: ir.Graph, op: ir.Op, lay: OpLayout, region: Region) -> bool:
@@ -279,5 +276,5 @@ def _store_outputs(g: ir.Graph, st: _State) -> None:
         if partial:
             last = _relayout(g, name, have, partial, have, home, last, st)
             have = st.at[(home, name)][0]
-        st.add(kind="store", region=home, reads=(TensorRef(name, have),), deps=(last,),
+        st.add(kind=StepKind.STORE, region=home, reads=(TensorRef(name, have),), deps=(last,),
                nbytes=st.bytes(name))

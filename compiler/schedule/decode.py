@@ -36,8 +36,6 @@ from compiler.errors import WaferError
 from compiler.placement.problem import Residency
 from compiler.schedule.build import (
     FIXED,
-    SETUP,
-    TOKEN,
     Region,
     Schedule,
     Step,
@@ -47,11 +45,12 @@ from compiler.schedule.build import (
     _State,
     _store_outputs,
 )
-from compiler.schedule.perf import DECODE, Estimate, PerfOptions, Timeline, estimate, timeline
+from compiler.schedule.perf import Estimate, PerfOptions, Timeline, estimate, timeline
 from compiler.target import Target
 from compiler.tiling.layouts import Spec, graph_layouts
+from compiler.vocab import Mode, Phase, StepKind
 
-APPEND = "append"  # the step kind that writes the step's own K/V into the cache at position t
+APPEND = StepKind.APPEND  # writes a step's own K/V into its cache at position t
 _PATH_OPS = frozenset({"Div", "Mul", "Add", "Sub", "Where", "Softmax", "Cast", "Identity",
                        "Dropout", "Neg", "Max", "Min"})
 
@@ -343,8 +342,8 @@ def _cache(g: ir.Graph, cache: KVCache, spec: Spec | None, region: Region,
     every step when the region streams its KV cache), then the append of the step's own K/V."""
     spec = spec if spec is not None else (None,) * len(g.tensor(cache.name).shape)
     streamed = mode in (Residency.STREAM_KV.value, Residency.STREAM_ALL.value)
-    load = st.add(kind="load", region=region.name, writes=(TensorRef(cache.name, spec),),
-                  phase=TOKEN if streamed else SETUP, nbytes=st.bytes(cache.name),
+    load = st.add(kind=StepKind.LOAD, region=region.name, writes=(TensorRef(cache.name, spec),),
+                  phase=Phase.TOKEN if streamed else Phase.SETUP, nbytes=st.bytes(cache.name),
                   scaling=FIXED)
     st.at[(region.name, cache.name)] = (spec, None, load.id)
     new_dep = _provide(g, cache.new, spec, region, regions, False, st)
@@ -436,5 +435,5 @@ def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target:
 
 def plan_for(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan:
     s = build_decode_schedule(dg, prefill, target)
-    opts = PerfOptions(DECODE, context=dg.context)
+    opts = PerfOptions(Mode.DECODE, context=dg.context)
     return DecodePlan(dg, s, timeline(s, target, opts), estimate(s, target, opts))

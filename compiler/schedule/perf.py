@@ -26,16 +26,22 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from compiler.schedule.build import ATTENTION, FIXED, SETUP, Schedule, Step
+from compiler.schedule.build import ATTENTION, FIXED, Schedule, Step
 from compiler.target import Target
-from compiler.tiling.candidates import VIEW_OPS as TILING_VIEWS
-
-DECODE, PREFILL = "decode", "prefill"
+from compiler.vocab import (
+    OFFCHIP_KINDS,
+    REGION_KINDS,
+    ZERO_COST_OPS,
+    CollectiveKind,
+    Mode,
+    Phase,
+    StepKind,
+)
 
 
 @dataclass(frozen=True)
 class PerfOptions:
-    mode: str = DECODE
+    mode: Mode = Mode.DECODE
     batch: int | None = None  # sequences per decode step (default: the graph's batch)
     context: int | None = None  # KV length for decode attention (default: the schedule's)
 
@@ -67,7 +73,7 @@ def step_scale(step: Step, s: Schedule, opts: PerfOptions) -> float:
     """Factor from the schedule's sizes (one forward of s.tokens tokens) to this mode's."""
     if step.scaling == FIXED:
         return 1.0
-    if opts.mode == PREFILL:
+    if opts.mode == Mode.PREFILL:
         return 1.0
     batch = opts.batch or s.batch
     per_step = batch / s.tokens
@@ -77,33 +83,29 @@ def step_scale(step: Step, s: Schedule, opts: PerfOptions) -> float:
     return per_step
 
 
-# Ops that cost no time: views that reinterpret tiles in place (tiling.VIEW_OPS, which also
-# alias memory), inference Dropout, and Expand (a broadcast read, not a copy, on the machine).
-VIEW_OPS = TILING_VIEWS | {"Dropout", "Expand"}
-
-
 def step_cycles(step: Step, s: Schedule, t: Target, scale: float) -> int:
     """Cycles of one step in isolation (without waiting for resources).
 
     The runtime overhead is paid once per dependent phase: by every transfer and collective,
     and by a compute step that waits on one; a compute step fed only by compute steps runs
     fused into the same kernel (elementwise chains do on a wafer)."""
-    if step.phase == SETUP or (step.kind == "compute" and step.op_kind in VIEW_OPS):
+    if step.phase == Phase.SETUP or (step.kind == StepKind.COMPUTE
+                                     and step.op_kind in ZERO_COST_OPS):
         return 0
     region = s.region(step.region)
     overhead = t.runtime.step_overhead_cycles if _starts_phase(step, s) else 0
     nbytes = step.nbytes * scale
-    cost = {"compute": _compute, "collective": _collective, "send": _send,
-            "wafer_send": _wafer, "load": _offchip, "store": _offchip,
-            "append": _append}[step.kind]
+    cost = {StepKind.COMPUTE: _compute, StepKind.COLLECTIVE: _collective, StepKind.SEND: _send,
+            StepKind.WAFER_SEND: _wafer, StepKind.LOAD: _offchip,
+            StepKind.STORE: _offchip, StepKind.APPEND: _append}[step.kind]
     return int(math.ceil(cost(step, region, t, nbytes, step.flops * scale))) + overhead
 
 
 def _starts_phase(step: Step, s: Schedule) -> bool:
-    if step.kind != "compute":
+    if step.kind != StepKind.COMPUTE:
         return True
-    return not step.deps or any(s.steps[d].kind != "compute" or s.steps[d].region != step.region
-                                for d in step.deps)
+    return not step.deps or any(s.steps[d].kind != StepKind.COMPUTE
+                                or s.steps[d].region != step.region for d in step.deps)
 
 
 def _axis_size(region, axis: str | None) -> int:
@@ -122,7 +124,7 @@ def _collective(step, region, t: Target, nbytes: float, flops: float) -> float:
     lines = region.rows * region.cols / max(m, 1)
     tile = nbytes / max(lines, 1)  # bytes each line of m cores works on
     hop, bpc = t.links.hop_latency_cycles, t.links.bytes_per_cycle
-    if step.op_kind == "reduce":
+    if step.op_kind == CollectiveKind.REDUCE:
         return (m - 1) * hop + 2 * tile / bpc
     return (m - 1) * (hop + tile / max(m, 1) / bpc)
 
@@ -171,7 +173,7 @@ def timeline(s: Schedule, t: Target, opts: PerfOptions | None = None,
     starts, ends, why = [0] * len(s.steps), [0] * len(s.steps), [-1] * len(s.steps)
     free: dict[object, tuple[int, int]] = defaultdict(lambda: (0, -1))  # resource -> (t, step)
     for step in s.steps:
-        if step.phase == SETUP:
+        if step.phase == Phase.SETUP:
             continue
         dur = step_cycles(step, s, t, step_scale(step, s, opts))
         ready, cause = max(((ends[d], d) for d in step.deps), default=(0, -1))
@@ -198,11 +200,11 @@ def _read(free: dict[object, tuple[int, int]], s: Schedule, step: Step,
 
 
 def _resources(step: Step, s: Schedule) -> list[object]:
-    if step.kind in ("compute", "collective", "append"):
+    if step.kind in REGION_KINDS:
         return [("region", step.region)]
-    if step.kind in ("load", "store"):
+    if step.kind in OFFCHIP_KINDS:
         return [("offchip", s.region(step.region).wafer)]
-    if step.kind == "wafer_send":
+    if step.kind == StepKind.WAFER_SEND:
         return [("wafer-out", s.region(step.region).wafer),
                 ("wafer-in", s.region(step.dst).wafer)]
     return _route_links(step, s.region(step.region).wafer)
@@ -259,7 +261,7 @@ def link_loads(s: Schedule, opts: PerfOptions | None = None) -> dict[tuple, floa
     opts = opts or PerfOptions()
     loads: dict[tuple, float] = defaultdict(float)
     for step in s.steps:
-        if step.kind != "send":
+        if step.kind != StepKind.SEND:
             continue
         share = step.nbytes * step_scale(step, s, opts) / max(step.lanes, 1)
         wafer = s.region(step.region).wafer
@@ -295,15 +297,16 @@ def estimate(s: Schedule, t: Target, opts: PerfOptions | None = None,
     tl = timeline(s, t, opts, kv_reads)
     batch = opts.batch or s.batch
     context = opts.context or s.context
-    flops = int(sum(st.flops * step_scale(st, s, opts) for st in s.steps if st.kind == "compute"))
+    flops = int(sum(st.flops * step_scale(st, s, opts) for st in s.steps
+                    if st.kind == StepKind.COMPUTE))
     seconds = tl.makespan / t.core.clock_hz
-    tokens = batch if opts.mode == DECODE else s.tokens
+    tokens = batch if opts.mode == Mode.DECODE else s.tokens
     peak = t.total_peak_flops()
     per_token = flops / max(tokens, 1)
     return Estimate(
         mode=opts.mode, batch=batch, context=context, cycles=tl.makespan, seconds=seconds,
         tokens_per_s=tokens / seconds if seconds else math.inf,
-        ttft_s=seconds if opts.mode == PREFILL else None,
+        ttft_s=seconds if opts.mode == Mode.PREFILL else None,
         utilization=flops / seconds / peak if seconds else 0.0, flops=flops,
         critical_path_steps=len(tl.critical_path),
         compute_bound_tokens_per_s=peak / per_token if per_token else math.inf,

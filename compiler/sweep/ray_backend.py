@@ -2,7 +2,7 @@
 (`--ray-address`) or on a local Ray started for the run. The only module that imports ray
 (an optional extra: `pip install 'wafer-compiler[ray]'`).
 
-Each point is one task of one CPU running `compiler.sweep.run_point`; results come back to the
+Each point is one task of one CPU running `compiler.sweep.point.run_point`; results come back to the
 driver, which caches them (so the cluster's nodes need wafer installed and the model reachable
 at the same path, but no shared filesystem).
 """
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from compiler.errors import UsageError
-from compiler.sweep import ERROR, Backend, OnResult, PointResult, PointSpec, run_point
+from compiler.sweep.plan import PointSpec
+from compiler.sweep.point import ERROR, Backend, OnResult, PointResult, run_point
 
 INSTALL_HINT = "pip install 'wafer-compiler[ray]'"
 

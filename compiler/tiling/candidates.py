@@ -22,9 +22,7 @@ from compiler.placement.problem import Block, Edge, Option, PlacementProblem, Re
 from compiler.target import Target
 from compiler.tiling.costs import batch_size, kv_cache_tensors, op_flops, token_count
 from compiler.tiling.layouts import OpLayout, Spec, graph_layouts, tile_numel
-
-# Ops that reinterpret tiles in place: an input they consume last lends them its memory.
-VIEW_OPS = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Flatten", "Identity"})
+from compiler.vocab import ONE_BUFFER_OPS, VIEW_OPS
 
 # Blocks per wafer up to which a denser exact wafer tiling is searched (`_densest`): with more,
 # a lost slot is a small share of the wafer, and the extra shape only distracts the placer
@@ -131,7 +129,7 @@ def _layer_tensors(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], ta
                     weights.setdefault(name, entry)
             elif name not in g.const_derived or feeds_activation:  # incl. tables it reads
                 op_acts.append(entry)
-        if op.kind in VIEW_OPS | {"Expand"} and op_acts:  # a view: one buffer, not two
+        if op.kind in ONE_BUFFER_OPS and op_acts:  # a view: one buffer, not two
             op_acts = [max(op_acts, key=lambda e: math.prod(e[0]))]
         acts.append(tuple(op_acts))
     tokens = max(token_count(g), 1)

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from compiler import ir
+from compiler.vocab import LAYOUT_OPS
 
 _ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Abs", "Max", "Min", "Clip",
@@ -22,17 +23,6 @@ _TRANSCENDENTAL = frozenset({"Exp", "Log", "Erf", "Tanh", "Sigmoid", "Cos", "Sin
 _PER_ELEMENT = {"Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 8, "RMSNormalization": 5,
                 "Gelu": 8}
 _REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ArgMax"})
-# Ops that only move or view data: K and V keep their identity through them.
-LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Expand", "Unsqueeze", "Squeeze", "Flatten",
-                        "Cast", "Identity", "Tile", "Concat", "Slice", "Gather"})
-
-
-@dataclass(frozen=True)
-class OpCost:
-    flops: int
-    weight_bytes: int  # bytes of constant inputs
-    input_bytes: int  # bytes of activation inputs
-    output_bytes: int
 
 
 def op_flops(g: ir.Graph, op: ir.Op) -> int:
@@ -70,14 +60,6 @@ def _attention_flops(g: ir.Graph, op: ir.Op) -> int:
     v_dim = v[-1] if len(v) == 4 else v[-1] // int(op.attr("kv_num_heads") or 1)
     scores = batch * int(q_heads) * q_len * kv_len
     return 2 * scores * head_dim + 2 * scores * v_dim + 5 * scores
-
-
-def op_cost(g: ir.Graph, op: ir.Op) -> OpCost:
-    ins = [g.tensor(n) for n in dict.fromkeys(op.inputs) if n]
-    w = sum(t.nbytes for t in ins if t.is_const)
-    a = sum(t.nbytes for t in ins if not t.is_const)
-    o = sum(g.tensor(n).nbytes for n in op.outputs if n)
-    return OpCost(op_flops(g, op), w, a, o)
 
 
 def is_parameter(t: ir.Tensor) -> bool:

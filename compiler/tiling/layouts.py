@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from compiler import ir
 from compiler.errors import UnsupportedOp, UnsupportedOpsError
+from compiler.vocab import RESHAPE_OPS, VIEW_OPS, CollectiveKind
 
 R, C = "r", "c"
 Spec = tuple[str | None, ...]
@@ -28,8 +29,7 @@ Spec = tuple[str | None, ...]
 class Collective:
     """Communication an op needs inside its layer's rectangle, along one mesh axis."""
 
-    kind: str  # "reduce" (partial sums), "allreduce" (statistics), "relayout", "gather",
-    # "retile" (the op itself moves tiles: split/slice/concat/index along a split dim)
+    kind: CollectiveKind
     axis: str  # "r" or "c"
     tensor: str
 
@@ -106,7 +106,7 @@ def _hoisted(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout],
     found: dict[str, Spec] = {}
     for op, lay in zip(layer.ops, layouts, strict=True):
         for c in lay.collectives:
-            if c.kind != "relayout" or c.tensor not in specs:
+            if c.kind != CollectiveKind.RELAYOUT or c.tensor not in specs:
                 continue
             want = lay.inputs[op.inputs.index(c.tensor)]
             if want is not None and _narrows(specs[c.tensor], want):
@@ -127,7 +127,7 @@ def _trace_back(g: ir.Graph, ops, specs: Mapping[str, Spec], name: str,
                 len(g.consumers.get(name, ())) != 1:
             return {}
         op, lay = ops[made.name]
-        if any(c.kind == "retile" for c in lay.collectives):
+        if any(c.kind == CollectiveKind.RETILE for c in lay.collectives):
             return {name: want}
         src = _chain_input(g, op)
         back = _spec_back(g, op, src, want) if src else None
@@ -136,13 +136,10 @@ def _trace_back(g: ir.Graph, ops, specs: Mapping[str, Spec], name: str,
         name, want = src, back
 
 
-_VIEWS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
-
-
 def _chain_input(g: ir.Graph, op: ir.Op) -> str | None:
     """The one activation a view, or an elementwise op with constant operands (a scale, a
     cast), reads: its tiles can be computed in a narrower spec as they come."""
-    if op.kind in _VIEWS:
+    if op.kind in VIEW_OPS:
         acts = list(op.inputs[:1])
     elif _RULES.get(op.kind) is _elementwise:
         acts = [n for n in op.inputs if n and not _is_const(g, n)]
@@ -159,7 +156,7 @@ def _spec_back(g: ir.Graph, op: ir.Op, src: str, want: Spec) -> Spec | None:
         back: list[str | None] = [None] * len(shape)
         for i, p in enumerate(perm):
             back[p] = want[i]
-    elif op.kind in _VIEWS and op.kind != "Identity":  # the reshape family
+    elif op.kind in RESHAPE_OPS:
         back = [None] * len(shape)
         for group_in, group_out in _factor_groups(shape, g.tensor(op.outputs[0]).shape):
             axis = next((want[j] for j in group_out if want[j]), None)
@@ -259,7 +256,7 @@ def _matmul_weight(g: ir.Graph, op: ir.Op, specs, trans_b: bool = False) -> OpLa
     if len(op.inputs) > 2:  # Gemm bias: along N
         ins.append(_bias_spec(g, op.inputs[2], n_axis) if op.inputs[2] else None)
     return OpLayout(op.name, op.kind, tuple(ins), (out,),
-                    (Collective("reduce", k_axis, op.outputs[0]),))
+                    (Collective(CollectiveKind.REDUCE, k_axis, op.outputs[0]),))
 
 
 def _bias_spec(g: ir.Graph, name: str, axis: str) -> Spec:
@@ -288,11 +285,11 @@ def _matmul_act(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     else:
         n_axis = free if shape_b[-1] > 1 else None
         want_a, want_b, out = (*a_batch, None, None), (*b_batch, None, n_axis), n_axis
-    coll = [Collective("relayout", _first_axis(have, want), name)
+    coll = [Collective(CollectiveKind.RELAYOUT, _first_axis(have, want), name)
             for name, have, want in ((op.inputs[0], sa, want_a), (op.inputs[1], sb, want_b))
             if have != want and any(have)]
     if k_axis:
-        coll.append(Collective("reduce", k_axis, op.outputs[0]))
+        coll.append(Collective(CollectiveKind.REDUCE, k_axis, op.outputs[0]))
     return OpLayout(op.name, op.kind, (want_a, want_b), ((*batch, None, out),), tuple(coll))
 
 
@@ -325,7 +322,7 @@ def _elementwise(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
         want = tuple(s if d > 1 else None for s, d in zip(want, g.tensor(name).shape, strict=True))
         have = _spec(g, name, specs)
         if not _is_const(g, name) and have != want and any(have):
-            coll.append(Collective("relayout", _first_axis(have, want), name))
+            coll.append(Collective(CollectiveKind.RELAYOUT, _first_axis(have, want), name))
         ins.append(want)
     return OpLayout(op.name, op.kind, tuple(ins), (out,) * len(op.outputs), tuple(coll))
 
@@ -352,7 +349,7 @@ def _reduction(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     x = _spec(g, op.inputs[0], specs)
     _check_legacy_softmax(g, op, len(x))
     axes = _reduced_axes(g, op)
-    coll = tuple(Collective("allreduce", x[a], op.outputs[0]) for a in axes if x[a])
+    coll = tuple(Collective(CollectiveKind.ALLREDUCE, x[a], op.outputs[0]) for a in axes if x[a])
     out_rank = len(g.tensor(op.outputs[0]).shape)
     if out_rank == len(x):
         out = x if op.kind in _NORMALIZING else tuple(
@@ -458,14 +455,14 @@ def _embedding(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     idx = _spec(g, op.inputs[1], specs)
     out = (*replicated(len(idx)), C)
     return OpLayout(op.name, op.kind, ((R, C), replicated(len(idx))), (out,),
-                    (Collective("reduce", R, op.outputs[0]),))
+                    (Collective(CollectiveKind.REDUCE, R, op.outputs[0]),))
 
 
 def _gather_data(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     x = _spec(g, op.inputs[0], specs)
     axis = int(op.attr("axis", 0)) % max(len(x), 1)
     idx_rank = len(g.tensor(op.inputs[1]).shape)
-    coll = (Collective("retile", x[axis], op.inputs[0]),) if x and x[axis] else ()
+    coll = (Collective(CollectiveKind.RETILE, x[axis], op.inputs[0]),) if x and x[axis] else ()
     kept = tuple(None if d == axis else a for d, a in enumerate(x))
     out = (*kept[:axis], *replicated(idx_rank), *kept[axis + 1:])
     return OpLayout(op.name, op.kind, (x, replicated(idx_rank)), (out,), coll)
@@ -484,7 +481,7 @@ def _along_axis(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     else:
         ins = tuple(_spec(g, n, specs) if n else None for n in op.inputs)
     outs = _per_output(op, lambda k, o: _align(x, len(g.tensor(o).shape)))
-    coll = (Collective("retile", moves, first),) if moves else ()
+    coll = (Collective(CollectiveKind.RETILE, moves, first),) if moves else ()
     return OpLayout(op.name, op.kind, ins, outs, coll)
 
 
@@ -535,7 +532,7 @@ def _attention(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
             continue
         spec, have = want(name, roles.get(i, "kv")), _spec(g, name, specs)
         if have != spec and not _is_const(g, name) and any(have):
-            coll.append(Collective("relayout", _first_axis(have, spec), name))
+            coll.append(Collective(CollectiveKind.RELAYOUT, _first_axis(have, spec), name))
         ins.append(spec)
     outs = _per_output(op, lambda k, o: want(o, "kv" if k in (1, 2) else "q"))
     return OpLayout(op.name, op.kind, tuple(ins), outs, tuple(coll))
@@ -544,7 +541,7 @@ def _attention(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
 def _fallback(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     """Anything else runs on whole tensors: split inputs are gathered first."""
     ins = tuple(_spec(g, n, specs) if n else None for n in op.inputs)
-    coll = tuple(Collective("gather", next(s for s in spec if s), n)
+    coll = tuple(Collective(CollectiveKind.GATHER, next(s for s in spec if s), n)
                  for n, spec in zip(op.inputs, ins, strict=True) if spec and any(spec))
     outs = _per_output(op, lambda k, o: replicated(len(g.tensor(o).shape)))
     full_ins = tuple(replicated(len(s)) if s is not None else None for s in ins)

@@ -23,27 +23,27 @@ import numpy as np
 import onnxruntime as ort
 
 from compiler import __version__, ir
-from compiler.errors import ExitCode, UsageError, WaferError
+from compiler.errors import UsageError, WaferError
+from compiler.executor import run_schedule
 from compiler.frontend.export import reference_model_bytes
+from compiler.vocab import PASS_THROUGH_OPS, PRECISIONS, Precision
 
 if TYPE_CHECKING:
     from compiler.schedule.build import Schedule
     from compiler.target import Target
 
-VERIFY_SCHEMA_VERSION = "1.0"
-FP32 = "fp32"
-TARGET = "target"
+VERIFY_SCHEMA_VERSION = "1.1"  # 1.1: one `layers` entry per layer; expected, allow_nan
+FP32, TARGET, TARGET_STRICT = Precision.FP32, Precision.TARGET, Precision.TARGET_STRICT
 # (atol, rtol) by the precision the executor computes in; --atol/--rtol override. The 16-bit
 # ones hold the tiny zoo models with a 2x margin (docs/verify.md); PCC is the better signal there.
 DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "float32": (1e-4, 1e-3), "float64": (1e-4, 1e-3),
     "float16": (5e-2, 1e-2), "bfloat16": (4e-1, 5e-2),
 }
+ORT = "onnxruntime"  # TensorCheck.reference when comparing with ONNX Runtime
 PCC_PASS = 0.99  # Tenstorrent's usual bar; reported, not enforced
 REL_FLOOR = 1e-3  # max rel divides by max(|ref|, REL_FLOOR * rms(ref))
 FALLBACK_VOCAB = 2  # integer inputs whose embedding table is not found: ids in [0, 2)
-_PASS_THROUGH = frozenset({"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity",
-                           "Expand", "Transpose"})
 
 
 class InputsError(WaferError):
@@ -52,10 +52,6 @@ class InputsError(WaferError):
 
 class ReferenceRunError(WaferError):
     """ONNX Runtime could not load or run the original model."""
-
-
-class ExecutorMissingError(WaferError):
-    exit_code = ExitCode.INTERNAL
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -100,7 +96,7 @@ def index_extent(graph: ir.Graph, name: str) -> int | None:
             if op.kind == "Gather" and len(op.inputs) > 1 and op.inputs[1] == t:
                 shape = graph.tensor(op.inputs[0]).shape
                 return shape[int(op.attr("axis", 0) or 0) % len(shape)]
-            if op.kind in _PASS_THROUGH and op.inputs[0] == t:
+            if op.kind in PASS_THROUGH_OPS and op.inputs[0] == t:
                 frontier += [o for o in op.outputs if o and o not in seen]
     return None
 
@@ -114,10 +110,11 @@ def _np_dtype(t: ir.Tensor) -> np.dtype:
 
 def load_inputs(path: str | Path, graph: ir.Graph) -> dict[str, np.ndarray]:
     """Inputs from an .npz keyed by input name (or `input.NAME`, as --save-outputs writes
-    them); `output.*` and `reference.*` entries are ignored. Shapes and dtypes must match."""
+    them); `output.*` and `reference.*` entries and the model's output names are ignored (so one
+    file can hold inputs and expected outputs). Shapes and dtypes must match."""
     arrays = _read_npz(Path(path))
     named = {k.removeprefix("input."): v for k, v in arrays.items()
-             if not k.startswith(("output.", "reference."))}
+             if not k.startswith(("output.", "reference.")) and k not in graph.outputs}
     unknown = sorted(set(named) - set(graph.inputs))
     missing = [n for n in graph.inputs if n not in named]
     if unknown or missing:
@@ -128,12 +125,27 @@ def load_inputs(path: str | Path, graph: ir.Graph) -> dict[str, np.ndarray]:
     return {n: named[n] for n in graph.inputs}
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def load_expected(path: str | Path, graph: ir.Graph) -> dict[str, np.ndarray]:
+    """Expected outputs from an .npz keyed by output name (or `reference.NAME`, so a
+    --save-outputs file reads back as ORT's outputs of that run); `input.*` and `output.*`
+    entries and the model's input names are ignored. Every other name must be an output."""
+    arrays = _read_npz(Path(path), "outputs")
+    named = {k.removeprefix("reference."): v for k, v in arrays.items()
+             if not k.startswith(("input.", "output.")) and k not in graph.inputs}
+    unknown = sorted(set(named) - set(graph.outputs))
+    if unknown or not named:
+        what = (f"names {', '.join(unknown)}, which is not an output of {graph.name}" if unknown
+                else "holds no outputs")
+        raise InputsError(f"{path} {what}; its outputs are: {', '.join(graph.outputs)}")
+    return named
+
+
+def _read_npz(path: Path, what: str = "inputs") -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except FileNotFoundError:
-        raise InputsError(f"{path}: no such inputs file") from None
+        raise InputsError(f"{path}: no such {what} file") from None
     except (OSError, ValueError, AttributeError) as exc:
         raise InputsError(f"{path}: not a readable .npz archive ({type(exc).__name__})") from None
 
@@ -214,38 +226,65 @@ class TensorCheck:
     rtol: float
     passed: bool
     note: str = ""  # why it could not be compared (missing, shape), when it could not
+    nan_both: int = 0  # elements NaN on both sides: a failure unless allow_nan
+    finite: int = -1  # elements finite on both sides (-1: not counted)
+    reference: str = ORT  # what `ref` is: ONNX Runtime, or the --load-outputs file
+    allow_nan: bool = False  # NaN on both sides passed
 
     def line(self) -> str:
         status = "PASSED" if self.passed else "FAILED"
+        head = f"{status} {self.name}" + ("" if self.reference == ORT else f" vs {self.reference}")
         if self.note:
-            return f"{status} {self.name}: {self.note}"
+            return f"{head}: {self.note}"
         at = f"at {list(self.where)}: {_pair(self.got, self.ref)}" if self.where else "empty"
         stats = f"max rel {_e(self.max_rel)}, PCC {self.pearson:.6f}"
         if self.nonfinite_mismatches:
             rest = ("no finite elements" if self.nonfinite_mismatches == math.prod(self.shape)
                     else f"finite elements: max abs {_e(self.max_abs)}, {stats}")
-            text = (f"{status} {self.name}: {self.nan} NaN, {self.inf} Inf where ORT has none; "
-                    f"{self.nonfinite_mismatches} non-finite mismatch(es), first {at}; {rest}")
+            text = (f"{head}: {self._nonfinite()}; {self.nonfinite_mismatches} non-finite "
+                    f"mismatch(es), first {at}; {rest}")
+        elif self.nan_both and not self.finite:
+            text = (f"{head}: non-finite: {self.nan_both} NaN on both sides, allowed by "
+                    "--allow-nan; no finite elements")
         else:
-            text = (f"{status} {self.name}: max abs {_e(self.max_abs)} ({at}), {stats}, passes "
+            text = (f"{head}: max abs {_e(self.max_abs)} ({at}), {stats}, passes "
                     f"at atol >= {_e(self.min_atol)}")
+            if self.nan_both:
+                text += (f"; non-finite: {self.nan_both} NaN on both sides, allowed by "
+                         "--allow-nan")
         return text if self.passed else f"{text} (atol {self.atol:g}, rtol {self.rtol:g})"
 
+    def _nonfinite(self) -> str:
+        who = "ORT" if self.reference == ORT else "the file"
+        parts = [f"{self.nan} NaN, {self.inf} Inf where {who} has none"] \
+            if self.nan or self.inf or not self.nan_both else []
+        if self.nan_both:
+            how = ", allowed by --allow-nan" if self.allow_nan else " (--allow-nan accepts them)"
+            parts.append(f"non-finite: {self.nan_both} NaN on both sides{how}")
+        return "; ".join(parts)
 
-def compare(name: str, got: np.ndarray, ref: np.ndarray, atol: float,
-            rtol: float) -> TensorCheck:
-    """`got` (ours) against `ref` (ORT): error statistics and the allclose verdict."""
+
+def compare(name: str, got: np.ndarray, ref: np.ndarray, atol: float, rtol: float, *,
+            allow_nan: bool = False, reference: str = ORT) -> TensorCheck:
+    """`got` (ours) against `ref` (ORT's, or `reference`'s): error statistics and the allclose
+    verdict. NaN on both sides fails unless `allow_nan`; equal infinities match."""
     got, ref = np.asarray(got), np.asarray(ref)
     if got.shape != ref.shape:
-        return missing_check(name, got.shape, atol, rtol,
-                             f"shape {list(got.shape)}, ONNX Runtime's is {list(ref.shape)}")
+        who = "ONNX Runtime's" if reference == ORT else f"{reference}'s"
+        return replace(missing_check(name, got.shape, atol, rtol,
+                                     f"shape {list(got.shape)}, {who} is {list(ref.shape)}"),
+                       reference=reference)
     with np.errstate(all="ignore"):  # Inf - Inf, x / tiny: masked below
-        return _compare(name, got.astype(np.float64), ref.astype(np.float64), atol, rtol)
+        check = _compare(name, got.astype(np.float64), ref.astype(np.float64), atol, rtol,
+                         allow_nan)
+    return replace(check, reference=reference) if reference != ORT else check
 
 
-def _compare(name: str, g: np.ndarray, r: np.ndarray, atol: float, rtol: float) -> TensorCheck:
+def _compare(name: str, g: np.ndarray, r: np.ndarray, atol: float, rtol: float,
+             allow_nan: bool) -> TensorCheck:
     finite = np.isfinite(g) & np.isfinite(r)
-    same_nonfinite = (np.isnan(g) & np.isnan(r)) | (np.isinf(g) & (g == r))
+    nan_both = np.isnan(g) & np.isnan(r)
+    same_nonfinite = (nan_both if allow_nan else False) | (np.isinf(g) & (g == r))
     bad = ~finite & ~same_nonfinite
     diff = np.where(finite, np.abs(g - r), 0.0)
     scale = np.where(finite, np.abs(r), 0.0)
@@ -262,7 +301,8 @@ def _compare(name: str, g: np.ndarray, r: np.ndarray, atol: float, rtol: float) 
         pearson=_pearson(g[finite], r[finite], passed),
         min_atol=math.inf if n_bad else max(_max(slack), 0.0),
         nan=int((np.isnan(g) & ~np.isnan(r)).sum()), inf=int((np.isinf(g) & (g != r)).sum()),
-        nonfinite_mismatches=n_bad, atol=atol, rtol=rtol, passed=passed)
+        nonfinite_mismatches=n_bad, atol=atol, rtol=rtol, passed=passed,
+        nan_both=int(nan_both.sum()), finite=int(finite.sum()), allow_nan=allow_nan)
 
 
 def missing_check(name: str, shape: tuple[int, ...], atol: float, rtol: float,
@@ -309,12 +349,26 @@ def _pearson(g: np.ndarray, r: np.ndarray, within_tolerance: bool) -> float:
 
 @dataclass(frozen=True)
 class LayerCheck:
-    """One tensor a layer hands on (to a later layer, or as a graph output)."""
+    """One layer: every tensor it hands on (to a later layer, or as a graph output) compared;
+    `check` is the first that failed, else the one with the largest max abs error, and `op`
+    the ONNX node producing it."""
 
     layer: str
-    op: str  # the ONNX node producing the tensor
+    op: str  # the ONNX node producing check's tensor
     op_kind: str
     check: TensorCheck
+    tensors: int = 1  # how many tensors the layer hands on, all compared
+    failed: int = 0  # how many of them failed
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    def line(self) -> str:
+        more = ("" if self.tensors == 1 else
+                f" [{self.failed} of {self.tensors} tensors failed]" if self.failed else
+                f" [worst of {self.tensors} tensors]")
+        return f"layer {self.layer} ({self.op}, {self.op_kind}): {self.check.line()}{more}"
 
 
 @dataclass(frozen=True)
@@ -330,9 +384,9 @@ class Divergence:
 @dataclass(frozen=True)
 class VerifyReport:
     outputs: tuple[TensorCheck, ...]
-    layers: tuple[LayerCheck, ...]  # in layer order; empty without --per-layer
+    layers: tuple[LayerCheck, ...]  # one per layer, in layer order; empty without --per-layer
     first_diverging: Divergence | None
-    passed: bool  # every graph output passed
+    passed: bool  # every graph output, layer and expected output passed
     atol: float
     rtol: float
     seed: int | None  # None when the inputs came from a file
@@ -342,29 +396,48 @@ class VerifyReport:
     model: str = ""
     target: str = ""
     inputs: str = ""  # "random (seed N)" or the --inputs path
+    allow_nan: bool = False
+    expected: tuple[TensorCheck, ...] = ()  # our outputs against the --load-outputs file
+    expected_file: str = ""  # that file
 
     def lines(self) -> list[str]:
-        """Per-layer lines (with --per-layer), a line per output, and the summary."""
-        layer_lines = [f"layer {lc.layer}: {lc.check.line()}" for lc in self.layers]
-        return [*layer_lines, *(c.line() for c in self.outputs), self.summary()]
+        """Per-layer lines (with --per-layer), a line per output (and per expected output with
+        --load-outputs), and the summary."""
+        return [*(lc.line() for lc in self.layers), *(c.line() for c in self.outputs),
+                *(c.line() for c in self.expected), self.summary()]
 
     def summary(self) -> str:
-        n = len(self.outputs)
-        failed = sum(not c.passed for c in self.outputs)
-        worst = max((c.max_abs for c in self.outputs), default=0.0)
         how = f"{self.precision}, atol {self.atol:g}, rtol {self.rtol:g}, inputs {self.inputs}"
-        head = (f"PASSED: {n} output(s) of {self.model} match ONNX Runtime" if self.passed else
-                f"FAILED: {failed} of {n} output(s) of {self.model} differ from ONNX Runtime")
-        nonfinite = sum(c.nonfinite_mismatches > 0 for c in self.outputs)
-        nf = f"; NaN/Inf where ORT has none in {nonfinite} output(s)" if nonfinite else ""
-        return f"{head} ({how}); max abs error {_e(worst)}{nf}{self._layer_note()}"
+        worst = max((c.max_abs for c in (*self.outputs, *self.expected)), default=0.0)
+        nonfinite = sum(c.nonfinite_mismatches > 0 for c in (*self.outputs, *self.expected))
+        nf = f"; non-finite values (NaN/Inf) fail {nonfinite} check(s)" if nonfinite else ""
+        allowed = sum(c.nan_both > 0 and not c.nonfinite_mismatches for c in self.outputs)
+        nf += (f"; NaN on both sides in {allowed} output(s), allowed by --allow-nan"
+               if allowed else "")
+        return f"{self._head()} ({how}); max abs error {_e(worst)}{nf}{self._layer_note()}"
+
+    def _head(self) -> str:
+        n, k = len(self.outputs), len(self.expected)
+        if self.passed:
+            also = f" and {k} match {self.expected_file}" if self.expected else ""
+            return f"PASSED: {n} output(s) of {self.model} match ONNX Runtime{also}"
+        counts = ((sum(not c.passed for c in self.outputs), n, "output(s)", "ONNX Runtime"),
+                  (sum(not c.passed for c in self.expected), k, "output(s)",
+                   self.expected_file),
+                  (sum(not lc.passed for lc in self.layers), len(self.layers), "layer(s)",
+                   "ONNX Runtime"))
+        reasons = [f"{bad} of {total} {what}{{of}} differ from {ref}"
+                   for bad, total, what, ref in counts if bad]
+        reasons = [r.replace("{of}", f" of {self.model}" if i == 0 else "")
+                   for i, r in enumerate(reasons or ["nothing compared{of}"])]
+        return "FAILED: " + "; ".join(reasons)
 
     def _layer_note(self) -> str:
         d = self.first_diverging
         if d is not None:
             return f"; first diverging layer {d.layer}: {d.op} ({d.op_kind}) -> {d.tensor}"
         if self.layers:
-            return f"; all {len(self.layers)} layer output(s) within tolerance"
+            return f"; all {len(self.layers)} layer(s) within tolerance"
         return ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -421,64 +494,92 @@ def check_overrides(graph: ir.Graph, overrides: Mapping[str, float]) -> None:
                          f"its outputs are: {', '.join(graph.outputs)}")
 
 
+@dataclass(frozen=True)
+class Tolerance:
+    """atol (or a tensor's override), rtol, and whether NaN on both sides passes."""
+
+    atol: float
+    rtol: float
+    overrides: Mapping[str, float]
+    allow_nan: bool = False
+
+    def check(self, name: str, got: np.ndarray, ref: np.ndarray, reference: str = ORT):
+        return compare(name, got, ref, self.overrides.get(name, self.atol), self.rtol,
+                       allow_nan=self.allow_nan, reference=reference)
+
+
 def verify(graph: ir.Graph, executor_outputs: Mapping[str, np.ndarray],
            reference: Mapping[str, np.ndarray], layer_outputs: Mapping[str, Sequence[str]] | None,
            atol: float, rtol: float, overrides: Mapping[str, float] | None = None, *,
-           seed: int | None = 0, precision: str = FP32, fail_fast: bool = False) -> VerifyReport:
+           seed: int | None = 0, precision: str = FP32, fail_fast: bool = False,
+           allow_nan: bool = False, expected: Mapping[str, np.ndarray] | None = None,
+           expected_file: str = "expected") -> VerifyReport:
     """Compare the executor's values (graph outputs, and with `layer_outputs` the tensors each
-    layer hands on) with ORT's. `overrides` gives an atol per tensor name."""
-    tol = dict(overrides or {})
-    check_overrides(graph, tol)
-    outs = _check_outputs(graph, executor_outputs, reference, atol, rtol, tol, fail_fast)
+    layer hands on) with ORT's, and the graph outputs with `expected` (by name) when given.
+    `overrides` gives an atol per tensor name."""
+    tol = Tolerance(atol, rtol, dict(overrides or {}), allow_nan)
+    check_overrides(graph, tol.overrides)
+    outs = _check_outputs(graph, executor_outputs, reference, tol, fail_fast)
+    exp = tuple(_check(graph, n, executor_outputs, expected, tol, expected_file)
+                for n in graph.outputs if n in (expected or {}))
     layers, unmatched = _check_layers(graph, layer_outputs or {}, executor_outputs, reference,
-                                      (atol, rtol, tol), fail_fast)
+                                      tol, fail_fast)
     first = next((Divergence(lc.layer, lc.op, lc.op_kind, lc.check.name)
-                  for lc in layers if not lc.check.passed), None)
-    passed = len(outs) == len(graph.outputs) and all(c.passed for c in outs)
+                  for lc in layers if not lc.passed), None)
+    passed = (len(outs) == len(graph.outputs) and all(c.passed for c in (*outs, *exp))
+              and all(lc.passed for lc in layers))
     return VerifyReport(outs, layers, first, passed, atol, rtol, seed, precision,
-                        tuple(sorted(tol.items())), unmatched, graph.name,
-                        inputs="file" if seed is None else f"random (seed {seed})")
+                        tuple(sorted(tol.overrides.items())), unmatched, graph.name,
+                        inputs="file" if seed is None else f"random (seed {seed})",
+                        allow_nan=allow_nan, expected=exp,
+                        expected_file=expected_file if expected is not None else "")
 
 
 def _check_outputs(graph: ir.Graph, got: Mapping[str, np.ndarray],
-                   ref: Mapping[str, np.ndarray], atol: float, rtol: float,
-                   tol: Mapping[str, float], fail_fast: bool) -> tuple[TensorCheck, ...]:
+                   ref: Mapping[str, np.ndarray], tol: Tolerance,
+                   fail_fast: bool) -> tuple[TensorCheck, ...]:
     checks: list[TensorCheck] = []
     for name in graph.outputs:
-        checks.append(_check(graph, name, got, ref, tol.get(name, atol), rtol))
+        checks.append(_check(graph, name, got, ref, tol))
         if fail_fast and not checks[-1].passed:
             break
     return tuple(checks)
 
 
 def _check(graph: ir.Graph, name: str, got: Mapping[str, np.ndarray],
-           ref: Mapping[str, np.ndarray], atol: float, rtol: float) -> TensorCheck:
+           ref: Mapping[str, np.ndarray], tol: Tolerance, reference: str = ORT) -> TensorCheck:
     shape = graph.tensor(name).shape
+    atol = tol.overrides.get(name, tol.atol)
     if name not in got:
-        return missing_check(name, shape, atol, rtol, "the executor did not produce it")
+        return missing_check(name, shape, atol, tol.rtol, "the executor did not produce it")
     if name not in ref:
-        return missing_check(name, shape, atol, rtol, "ONNX Runtime did not return it")
-    return compare(name, got[name], ref[name], atol, rtol)
+        return missing_check(name, shape, atol, tol.rtol, "ONNX Runtime did not return it")
+    return tol.check(name, got[name], ref[name], reference)
 
 
 def _check_layers(graph: ir.Graph, per_layer: Mapping[str, Sequence[str]],
                   got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray],
-                  tols: tuple[float, float, Mapping[str, float]],
+                  tol: Tolerance,
                   fail_fast: bool) -> tuple[tuple[LayerCheck, ...], tuple[str, ...]]:
-    atol, rtol, tol = tols
+    """One LayerCheck per layer with at least one tensor ORT also computes."""
     checks: list[LayerCheck] = []
     unmatched: list[str] = []
     for layer in graph.layers:
-        for name in per_layer.get(layer.name, ()):
-            if name not in ref:
-                unmatched.append(name)
-                continue
-            op = graph.producers[name]
-            check = _check(graph, name, got, ref, tol.get(name, atol), rtol)
-            checks.append(LayerCheck(layer.name, op.name, op.kind, check))
-        if fail_fast and any(not c.check.passed for c in checks):
+        names = per_layer.get(layer.name, ())
+        unmatched += [n for n in names if n not in ref]
+        tensors = [_check(graph, n, got, ref, tol) for n in names if n in ref]
+        if tensors:
+            checks.append(_layer_check(graph, layer.name, tensors))
+        if fail_fast and checks and not checks[-1].passed:
             break
     return tuple(checks), tuple(unmatched)
+
+
+def _layer_check(graph: ir.Graph, layer: str, tensors: Sequence[TensorCheck]) -> LayerCheck:
+    failed = [c for c in tensors if not c.passed]
+    shown = failed[0] if failed else max(tensors, key=lambda c: c.max_abs)
+    op = graph.producers[shown.name]
+    return LayerCheck(layer, op.name, op.kind, shown, len(tensors), len(failed))
 
 
 def layer_activations(graph: ir.Graph, layer: str) -> list[str]:
@@ -489,13 +590,14 @@ def layer_activations(graph: ir.Graph, layer: str) -> list[str]:
 
 def first_diverging_op(graph: ir.Graph, layer: str, got: Mapping[str, np.ndarray],
                        ref: Mapping[str, np.ndarray], atol: float, rtol: float,
-                       overrides: Mapping[str, float] | None = None) -> Divergence | None:
+                       overrides: Mapping[str, float] | None = None, *,
+                       allow_nan: bool = False) -> Divergence | None:
     """Inside a diverging layer: the first op (in order) whose output leaves tolerance."""
-    tol = overrides or {}
+    tol = Tolerance(atol, rtol, overrides or {}, allow_nan)
     for name in layer_activations(graph, layer):
         if name not in got or name not in ref:
             continue
-        if not compare(name, got[name], ref[name], tol.get(name, atol), rtol).passed:
+        if not tol.check(name, got[name], ref[name]).passed:
             op = graph.producers[name]
             return Divergence(layer, op.name, op.kind, name)
     return None
@@ -523,8 +625,10 @@ class VerifyOptions:
     rtol: float | None = None
     overrides: tuple[tuple[str, float], ...] = ()
     per_layer: bool = False
-    precision: str = FP32  # or TARGET: the target's compute dtype, emulated
+    precision: str = FP32  # or TARGET / TARGET_STRICT: the target's compute dtype, emulated
     fail_fast: bool = False
+    allow_nan: bool = False  # NaN on both sides passes
+    expected: Path | None = None  # --load-outputs: expected outputs by name (.npz)
 
 
 @dataclass(frozen=True)
@@ -556,8 +660,10 @@ def refuse_streamed_prompt(model: dict, options: dict) -> None:
 
 def tolerances(art: Artifact, opts: VerifyOptions) -> tuple[str, float, float]:
     """(precision label, atol, rtol): the precision's defaults unless given."""
+    if opts.precision not in PRECISIONS:
+        raise UsageError(f"--precision {opts.precision}: expected one of {', '.join(PRECISIONS)}")
     dtype = "float32" if opts.precision == FP32 else art.target.compute.dtype.value
-    label = FP32 if opts.precision == FP32 else f"{dtype} (target)"
+    label = FP32 if opts.precision == FP32 else f"{dtype} ({opts.precision})"
     atol, rtol = DEFAULT_TOLERANCES.get(dtype, DEFAULT_TOLERANCES["float16"])
     for name, v in (("--atol", opts.atol), ("--rtol", opts.rtol)):
         if v is not None and not (v >= 0 and math.isfinite(v)):
@@ -575,6 +681,7 @@ def run_verification(art: Artifact, opts: VerifyOptions, hook: Hook = None) -> V
     label, atol, rtol = tolerances(art, opts)
     g = art.graph
     inputs = load_inputs(opts.inputs, g) if opts.inputs else random_inputs(g, opts.seed)
+    expected = load_expected(opts.expected, g) if opts.expected else None
     per_layer = layer_outputs(g) if opts.per_layer else None
     extra = [n for names in (per_layer or {}).values() for n in names]
     # the reference first: a model ONNX Runtime cannot run is invalid input (exit 3), never a
@@ -584,7 +691,8 @@ def run_verification(art: Artifact, opts: VerifyOptions, hook: Hook = None) -> V
     got = {**run.values, **run.outputs} if opts.per_layer else dict(run.outputs)
     seed = None if opts.inputs else opts.seed
     report = verify(g, got, ref, per_layer, atol, rtol, dict(opts.overrides), seed=seed,
-                    precision=label, fail_fast=opts.fail_fast)
+                    precision=label, fail_fast=opts.fail_fast, allow_nan=opts.allow_nan,
+                    expected=expected, expected_file=str(opts.expected))
     report = replace(report, target=art.target.name,
                      inputs=str(opts.inputs) if opts.inputs else report.inputs)
     if report.first_diverging is not None:
@@ -603,19 +711,13 @@ def _drill_down(art: Artifact, report: VerifyReport, inputs: Mapping[str, np.nda
     ref = _timed(hook, f"onnxruntime: {d.layer}", run_reference, art.source, inputs, names)
     got = {**run.values, **run.outputs}
     op = first_diverging_op(art.graph, d.layer, got, ref, report.atol, report.rtol,
-                            dict(report.overrides))
+                            dict(report.overrides), allow_nan=report.allow_nan)
     return replace(report, first_diverging=op or d)
 
 
 def execute(art: Artifact, inputs: Mapping[str, np.ndarray], precision: str,
             keep: Sequence[str] = ()):
-    """The reference executor on the artifact's schedule, keeping the whole tensors `keep`
-    (imported here, so this module imports without it)."""
-    try:
-        from compiler.executor import run_schedule
-    except ImportError as exc:
-        raise ExecutorMissingError(
-            f"the reference executor (compiler.executor) is not available: {exc}") from None
+    """The reference executor on the artifact's schedule, keeping the whole tensors `keep`."""
     with np.errstate(all="ignore"):  # overflow to Inf/NaN is reported by the comparison
         return run_schedule(art.schedule, art.graph, art.target, dict(inputs),
                             precision=precision, keep=frozenset(keep))

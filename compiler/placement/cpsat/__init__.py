@@ -19,8 +19,13 @@ first-fit shelves, or a skyline), solves on a coarse grid first (at most MAX_CEL
 side), then refines at full resolution inside a window around each coarse position. The answer
 is never worse than the hint.
 
-Determinism: by default one worker, a fixed seed and a deterministic-time limit, so the same
-input gives the same placement; a wall-clock fuse of FUSE x the limit guards against runaways.
+Time and determinism: `time_limit_s` is a wall-clock deadline on the whole solve (every CP-SAT
+call stops at it). By default one worker, a fixed seed and a deterministic-time budget of
+DET_SHARE of the limit decide when the search ends, so the same input gives the same placement
+on any machine that keeps up with DET_PER_SECOND; the deadline stops only a machine that does
+not (the report then says so: that result depends on the machine). `on_progress(stage,
+objective, bound, elapsed_s)` hears each stage as it starts (objective and bound None) and each
+improving incumbent; it does not change the search.
 """
 
 from __future__ import annotations
@@ -57,7 +62,14 @@ from compiler.placement.greedy import (
     strips_fit,
     usable,
 )
-from compiler.placement.problem import Option, Placement, PlacementProblem, Rect, SolverReport
+from compiler.placement.problem import (
+    Option,
+    Placement,
+    PlacementProblem,
+    ProgressHook,
+    Rect,
+    SolverReport,
+)
 
 # Share of a wafer's cores stage 1 may fill, tried in turn while stage 2 cannot pack the choice.
 # 1.0 first: when that packs, its off-chip minimum is proven for every placement.
@@ -78,13 +90,15 @@ LNS_STEP = 0.5  # seconds at most per neighbourhood solve
 # CP-SAT deterministic time per wall second, measured for these models on the 2-core dev machine
 # (0.3-0.45), and a charge per solve for what deterministic time leaves out (presolve, model
 # building; 10-20 ms measured for small neighbourhood solves). Time limits are given in seconds
-# and converted, so deterministic runs take about as long as asked here. SOLVER_SHARE of the
-# limit goes to solves, the rest is left for Python. A wall-clock fuse of FUSE x a solve's
-# limit stops runaways on a much slower or busier machine (a fuse that fires makes that result
-# depend on the machine).
+# and converted. In deterministic mode DET_SHARE of the limit goes to solves: headroom for a
+# machine up to 1 / DET_SHARE times slower than the calibration (or busy) before the wall-clock
+# deadline, at the limit, cuts a solve short (which makes that result depend on the machine).
+# With --nondeterministic, WALL_SHARE of the limit goes to solves, the rest is left for Python.
+# Either way a solve also stops at FUSE x its own limit.
 DET_PER_SECOND = 0.35
 SOLVE_CHARGE_S = 0.015
-SOLVER_SHARE = 0.9
+DET_SHARE = 0.6
+WALL_SHARE = 0.9
 FUSE = 3.0
 TERM_WEIGHTS = {"off-chip": 2.0, "pipeline": 2.0, "cycles": 1.0, "shape": 1.0}
 SOLVED = (cp_model.OPTIMAL, cp_model.FEASIBLE)
@@ -102,10 +116,18 @@ class SolveParams:
 
 @dataclass
 class Clock:
-    """Solver time left in seconds: wall seconds, or deterministic time / DET_PER_SECOND."""
+    """Solver time left in seconds (wall seconds, or deterministic time / DET_PER_SECOND), the
+    wall-clock deadline (time.perf_counter), and who hears of progress: `stage` names the solve
+    running now (None: its incumbents are not reported)."""
 
     params: SolveParams
     left: float
+    deadline: float = math.inf
+    on_progress: ProgressHook | None = None
+    started: float = field(default_factory=time.perf_counter)
+    stage: str | None = None
+    scale: float = 1.0  # reported objective and bound = the solve's times this
+    cut_short: int = 0  # searches the deadline stopped before their deterministic limit
 
     def spend(self, solver: cp_model.CpSolver) -> None:
         if self.params.deterministic:
@@ -113,6 +135,41 @@ class Clock:
         else:
             used = solver.wall_time
         self.left = max(0.0, self.left - used)
+
+    def wall_left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def cut_by_deadline(self) -> bool:
+        """Has the deadline passed (counted as a cut in deterministic mode)?"""
+        expired = self.wall_left() <= 0.0
+        self.cut_short += expired and self.params.deterministic
+        return expired
+
+    def enter(self, stage: str | None, scale: float = 1.0) -> None:
+        """Name the solves that follow (and say so); None: do not report their incumbents.
+        `scale` turns their objective into the reported unit (stage 2: byte-hops)."""
+        self.stage, self.scale = stage, scale
+        if stage is not None:
+            self.tell(None, None)
+
+    def tell(self, objective: float | None, bound: float | None, stage: str | None = None) -> None:
+        """Report an incumbent, a bound (objective None) or, both None, a stage starting."""
+        stage = stage or self.stage
+        if self.on_progress is not None and stage is not None:
+            objective = None if objective is None else objective * self.scale
+            bound = None if bound is None else bound * self.scale
+            self.on_progress(stage, objective, bound, time.perf_counter() - self.started)
+
+
+class _Incumbents(cp_model.CpSolverSolutionCallback):
+    """Reports each incumbent (objective, bound) of one solve to the clock's hook."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def on_solution_callback(self) -> None:
+        self.clock.tell(self.objective_value, self.best_objective_bound)
 
 
 def run(model: cp_model.CpModel, limit: float, clock: Clock) -> tuple[cp_model.CpSolver, int]:
@@ -122,20 +179,34 @@ def run(model: cp_model.CpModel, limit: float, clock: Clock) -> tuple[cp_model.C
     p.random_seed = clock.params.seed
     p.num_workers = clock.params.workers
     limit = max(limit, 0.01)
+    wall = max(min(clock.wall_left(), FUSE * limit + 1.0), 0.01)
     if clock.params.deterministic:
         p.max_deterministic_time = limit * DET_PER_SECOND
-        p.max_time_in_seconds = FUSE * limit + 1.0
+        p.max_time_in_seconds = wall
         # Several workers are deterministic only interleaved; one worker is deterministic as it
         # is (interleaving one worker was measured NOT to be, ortools 9.15).
         p.interleave_search = clock.params.workers > 1
     else:
-        p.max_time_in_seconds = limit
-    status = _interruptible_solve(solver, model)
+        p.max_time_in_seconds = min(limit, wall)
+    callback = None
+    if clock.on_progress is not None and clock.stage is not None and model.has_objective():
+        solver.best_bound_callback = functools.partial(_bound_improved, clock)
+        callback = _Incumbents(clock)
+    status = _interruptible_solve(solver, model, callback)
     clock.spend(solver)
+    if (clock.params.deterministic and status not in (cp_model.OPTIMAL, cp_model.INFEASIBLE)
+            and solver.wall_time >= wall * 0.99
+            and solver.deterministic_time < p.max_deterministic_time * 0.99):
+        clock.cut_short += 1
     return solver, status
 
 
-def _interruptible_solve(solver: cp_model.CpSolver, model: cp_model.CpModel) -> int:
+def _bound_improved(clock: Clock, bound: float) -> None:
+    clock.tell(None, bound)
+
+
+def _interruptible_solve(solver: cp_model.CpSolver, model: cp_model.CpModel,
+                         callback: cp_model.CpSolverSolutionCallback | None = None) -> int:
     """solver.solve in a worker thread, so Ctrl-C (or SIGTERM) reaches Python: the search is
     stopped and the interrupt propagates. CP-SAT's own SIGINT handler is off: it would end the
     search quietly and let the compile carry on with the best solution so far."""
@@ -144,7 +215,7 @@ def _interruptible_solve(solver: cp_model.CpSolver, model: cp_model.CpModel) -> 
 
     def work() -> None:
         try:
-            result.append(solver.solve(model))
+            result.append(solver.solve(model, callback))
         except BaseException as exc:  # handed to the calling thread
             result.append(exc)
 
@@ -558,6 +629,7 @@ def _lexicographic(
         if name == "pipeline" and lex.best is not None:
             hint_residency(model, inst, v, _rebalanced(inst, lex.best))
         model.minimize(expr)
+        clock.enter(f"stage 1 {_label(inst)}: {name}")
         solver, status = run(model, left * weights[t] / sum(weights[t:]), clock)
         if status == cp_model.INFEASIBLE and lex.best is None:
             return None
@@ -883,23 +955,27 @@ def neighbourhoods(
 
 
 def improve(
-    inst: LayoutInstance, spots: tuple[Position, ...], limit: float, clock: Clock
+    inst: LayoutInstance, spots: tuple[Position, ...], limit: float, clock: Clock,
+    bound: float = 0.0,
 ) -> tuple[tuple[Position, ...], str]:
     """Re-solve neighbourhoods with the other rectangles fixed, while that pays and time
     lasts. CP-SAT's own neighbourhood search needs several workers; this one is deterministic
-    with one."""
+    with one. Progress reports the whole layout's cost against `bound` (the whole solve's)."""
     left_before, cost, solves, gains, gained = clock.left, layout_cost(inst, spots), 0, 0, True
+    stage, scale = f"{clock.stage} LNS" if clock.stage else None, clock.scale
+    clock.enter(None, scale)  # a neighbourhood's own objective is not the layout's
     while gained:
         gained = False
         for free in neighbourhoods(inst, spots):
             left = limit - (left_before - clock.left)
-            if left <= 0.01:
+            if left <= 0.01 or clock.cut_by_deadline():
                 return spots, f"{solves} neighbourhoods, {gains} better"
             res = solve_layout(neighbourhood(inst, spots, free), min(left, LNS_STEP), clock)
             solves += 1
             new_cost = layout_cost(inst, res.spots) if res.spots is not None else cost
             if res.spots is not None and new_cost < cost:
                 spots, cost, gains, gained = res.spots, new_cost, gains + 1, True
+                clock.tell(cost, bound, stage)
     return spots, f"{solves} neighbourhoods, {gains} better"
 
 
@@ -910,7 +986,7 @@ def optimise(inst: LayoutInstance, limit: float, clock: Clock) -> LayoutResult:
     spots = res.spots or inst.hint
     if res.status == "OPTIMAL" or spots is None:
         return res
-    spots, note = improve(inst, spots, limit - (left_before - clock.left), clock)
+    spots, note = improve(inst, spots, limit - (left_before - clock.left), clock, res.bound)
     return LayoutResult(spots, "FEASIBLE", layout_cost(inst, spots), res.bound,
                         time.perf_counter() - started, note)
 
@@ -918,7 +994,8 @@ def optimise(inst: LayoutInstance, limit: float, clock: Clock) -> LayoutResult:
 # -- stage 2 per wafer: hint, coarse, fine -----------------------------------------------------
 
 
-def place_wafer(fine: LayoutInstance, limit: float, clock: Clock) -> WaferLayout:
+def place_wafer(fine: LayoutInstance, limit: float, clock: Clock,
+                name: str = "layout") -> WaferLayout:
     """Best of the hint, and CP-SAT coarse-then-windowed (or full when the grid is small)."""
     assert fine.hint is not None
     hint_cost = layout_cost(fine, fine.hint)
@@ -929,6 +1006,7 @@ def place_wafer(fine: LayoutInstance, limit: float, clock: Clock) -> WaferLayout
     coarse = coarse_instance(fine, cell) if cell > 1 else None
     refine, full_grid = fine, True
     if coarse is not None:
+        clock.enter(f"stage 2 {name} coarse", cell / 2)  # about byte-hops
         res = optimise(coarse, limit * COARSE_SHARE, clock)
         notes.append(f"coarse {cell}x{cell} cells {coarse.rows}x{coarse.cols}: "
                      + _describe(res))
@@ -939,6 +1017,7 @@ def place_wafer(fine: LayoutInstance, limit: float, clock: Clock) -> WaferLayout
             refine, full_grid = window_instance(fine, start, cell), False
     elif cell > 1:
         notes.append("coarse rounding does not pack: fine on the full grid")
+    clock.enter(f"stage 2 {name} fine", 0.5)  # doubled coordinates: byte-hops
     res = optimise(refine, limit - (left_before - clock.left), clock)
     notes.append(f"fine{'' if full_grid else f' window +-{WINDOW_CELLS * cell}'}: "
                  + _describe(res))
@@ -1048,10 +1127,12 @@ def _rescue(r: _Run, inst: LayoutInstance) -> tuple[Position, ...] | None:
     """CP-SAT packing with no hint, for a few rectangles that greedy packers cannot fit."""
     if len(inst.dims) > RESCUE_MAX_BLOCKS or r.rescue_left <= 0.05:
         return None
-    left_before = r.clock.left
+    left_before, stage = r.clock.left, r.clock.stage
+    r.clock.enter("packing rescue")
     found = solve_layout(inst, min(r.rescue_left, RESCUE_STEP * r.time_limit_s), r.clock,
                          minimize=False).spots
     r.rescue_left -= left_before - r.clock.left
+    r.clock.stage = stage
     return found
 
 
@@ -1062,20 +1143,33 @@ def solve(
     seed: int = 0,
     workers: int = 1,
     deterministic: bool = True,
+    on_progress: ProgressHook | None = None,
 ) -> Placement:
-    """Place every block: CP-SAT stage 1 (residency, wafers), then stage 2 (layout per wafer)."""
+    """Place every block: CP-SAT stage 1 (residency, wafers), then stage 2 (layout per wafer).
+    Every solve ends by `time_limit_s` wall seconds from now (module docstring)."""
     for b in range(len(problem.blocks)):
         usable(problem, b)  # raises InfeasiblePlacementError naming a block with no option
     params = SolveParams(seed, max(1, workers), deterministic)
-    r = _Run(problem, time_limit_s, Clock(params, SOLVER_SHARE * time_limit_s))
+    share = DET_SHARE if deterministic else WALL_SHARE
+    clock = Clock(params, share * time_limit_s, time.perf_counter() + time_limit_s, on_progress)
+    r = _Run(problem, time_limit_s, clock)
     residency, layouts = _stages_1(r)
     if residency is None or layouts is None:
         return _greedy_fallback(r)
-    placed = {k: place_wafer(inst, _wafer_share(r, layouts, k), r.clock)
+    placed = {k: place_wafer(inst, _wafer_share(r, layouts, k), r.clock, f"wafer {k}")
               for k, inst in sorted(layouts.items())}
     for k, lay in placed.items():
         r.stages.append((f"wafer {k}", f"{len(layouts[k].dims)} blocks; {lay.summary}"))
     return _assemble(r, residency, layouts, placed)
+
+
+def _note_deadline(r: _Run) -> None:
+    """Say so when the wall-clock limit, not the deterministic budget, ended solves."""
+    if r.clock.cut_short:
+        r.stages.append(("time limit", (
+            f"the wall clock ({r.time_limit_s:g} s limit, or a solve's fuse) stopped the search "
+            f"{r.clock.cut_short} time(s) before its deterministic budget: this placement "
+            "depends on the machine's speed; a larger --time-limit makes it reproducible")))
 
 
 Packed = tuple[Residency, dict[int, LayoutInstance]]  # a choice and its packed layouts
@@ -1259,6 +1353,7 @@ def _assemble(
 
 def _report(r: _Run, status: str, placement: Placement, bound: float | None) -> SolverReport:
     params = r.clock.params
+    _note_deadline(r)
     return SolverReport(
         method="cpsat", status=status, objective=byte_hops(r.problem, placement), bound=bound,
         wall_time_s=time.perf_counter() - r.started, seed=params.seed, workers=params.workers,

@@ -9,7 +9,7 @@ at a second shape for dynamic exports).  Each export is one self-contained ``.on
 
 Run as a script::
 
-    python models/export_hf.py --out DIR [--models gpt2,llama,bert]
+    python tools/export_hf.py --out DIR [--models gpt2,llama,bert]
         [--exporters dynamo,torchscript] [--opsets 17,18,20,23] [--seq static,dynamic]
         [--no-optimize] [--fixtures]
 
@@ -17,7 +17,8 @@ Run as a script::
 and saves torch reference outputs next to it; this is how ``tests/fixtures/`` is made.  Every run
 writes ``DIR/MANIFEST.json`` (the kept files, and every tried combination with its one-line
 failure reason).  torch, transformers, onnx and onnxruntime are imported inside functions, so
-importing this module (``compiler.zoo.export_hf`` when installed) needs none of them.
+importing this module needs none of them.  A developer tool: it sits in tools/, outside the
+installed ``compiler`` package, and needs the ``[hf]`` extra only to export.
 """
 
 from __future__ import annotations
@@ -570,7 +571,7 @@ def _manifest(args: argparse.Namespace, entries: list, results: Sequence[Result]
         for r in results
     ]
     return {
-        "generator": "models/export_hf.py", "argv": sys.argv[1:], "seed": SEED,
+        "generator": "tools/export_hf.py", "argv": sys.argv[1:], "seed": SEED,
         "static_shape": dict(zip(DIM_NAMES, STATIC_SHAPE, strict=True)),
         "dynamic_check_shape": dict(zip(DIM_NAMES, CHECK_SHAPE, strict=True)),
         "weights": "random, seeded: norm scales 1+0.1*N(0,1), all other parameters 0.1*N(0,1)",
