@@ -461,13 +461,18 @@ def _compile_verify(args, display, result, out: Path, stages: list[tuple[str, fl
         from compiler.report import write_report
 
         _shown(display, stages, "report", write_report, out)
-    with display.paused():
-        print(dumps(summary_doc(result, out, stages, v.report.to_dict())) if args.json
-              else "\n".join(v.report.lines()) + "\n", end="")
     code = ExitCode.OK if v.report.passed else ExitCode.MISMATCH
+    if not args.json:
+        with display.paused():
+            print("\n".join(v.report.lines()) + "\n", end="")
+    decode = None
     if ready:  # then prefill + N decode steps (OUT/verify-decode.json)
         with display.paused():
-            code = max(code, cli_decode.verify_decode(args, art, opts, out, ready))
+            decoded, decode = cli_decode.verify_decode(args, art, opts, out, ready, not args.json)
+        code = max(code, decoded)
+    if args.json:  # one document: the summary, verify's and decode's reports
+        doc = summary_doc(result, out, stages, v.report.to_dict())
+        print(dumps({**doc, "decode": decode.doc()} if decode else doc), end="")
     return code
 
 
@@ -547,12 +552,10 @@ def cmd_verify(args) -> int:
                          args.rtol, _tolerances(args.tol), args.per_layer, args.precision,
                          args.fail_fast, args.allow_nan,
                          Path(args.load_outputs) if args.load_outputs else None)
-    ready = cli_decode.prepare(args, art, Path(args.out)) if args.decode else None
-    code = _verify(args, art, opts, Path(args.report or Path(args.out) / "verify.json"),
-                   args.save_outputs)
-    if ready:
-        code = max(code, cli_decode.verify_decode(args, art, opts, Path(args.out), ready))
-    return code
+    report = Path(args.report or Path(args.out) / "verify.json")
+    if args.decode:
+        return cli_decode.verify_with_decode(args, art, opts, report, _verified)
+    return _verify(args, art, opts, report, args.save_outputs)
 
 
 def _tolerances(specs: list[str]) -> tuple[tuple[str, float], ...]:

@@ -71,20 +71,37 @@ def prepare(args, art, out: Path, plan=None):
     return dg, schedule
 
 
-def verify_decode(args, art, opts, out: Path, prepared) -> int:
+def verify_decode(args, art, opts, out: Path, prepared, show: bool = True):
     """Prefill + args.decode steps against ONNX Runtime; writes OUT/verify-decode.json and
-    prints a line per step."""
+    (with `show`) prints a line per step, or the report as JSON with --json. Returns (exit
+    code, report)."""
+    from compiler.cli import _stage_line
     from compiler.verify.decode import verify_decode
 
     dg, schedule = prepared
-    from compiler.cli import _stage_line
-
     hook = None if args.quiet else _stage_line
     report = verify_decode(art, dg, schedule, args.decode, opts, hook)
     path = out / "verify-decode.json"
     path.write_text(report.to_json())
-    print(report.to_json() if args.json else "\n".join(report.lines()), end="\n" * (not args.json))
-    return ExitCode.OK if report.passed else ExitCode.MISMATCH
+    if show:
+        print(report.to_json() if args.json else "\n".join(report.lines()) + "\n", end="")
+    return (ExitCode.OK if report.passed else ExitCode.MISMATCH), report
+
+
+def verify_with_decode(args, art, opts, report: Path, verified) -> int:
+    """wafer verify OUT --decode N: the forward pass (`verified`: cli's run-and-write), then
+    prefill + N decode steps; with --json one document (verify's report plus `decode`)."""
+    from compiler.outdir.write import dumps
+
+    ready = prepare(args, art, Path(args.out))
+    v = verified(args, art, opts, report, args.save_outputs)
+    code = ExitCode.OK if v.report.passed else ExitCode.MISMATCH
+    if not args.json:
+        print("\n".join(v.report.lines()) + "\n", end="")
+    decoded, decode = verify_decode(args, art, opts, Path(args.out), ready, not args.json)
+    if args.json:
+        print(dumps({**v.report.to_dict(), "decode": decode.doc()}), end="")
+    return max(code, decoded)
 
 
 def require_plan(result, steps: int) -> None:

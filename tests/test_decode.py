@@ -159,6 +159,10 @@ def test_cli_compile_verify_decode_generate(tmp_path, capsys):
     assert not check_trace(json.loads((out / "trace.json").read_text()))
     # verify from OUT again: the same tokens; too many steps is refused before running
     assert main(["-q", "verify", str(out), "--decode", "4"]) == 0
+    capsys.readouterr()
+    assert main(["-q", "verify", str(out), "--decode", "4", "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)  # one document: verify's report and decode's
+    assert both["outputs"][0]["name"] == "logits" and both["decode"]["passed"]
     assert main(["-q", "verify", str(out), "--decode", "5"]) == 2
     err = capsys.readouterr().err
     assert "--context >= 21" in err and err.count("\n") == 1
