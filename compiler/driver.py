@@ -16,18 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compiler import ir
 from compiler.errors import InfeasiblePlacementError
 from compiler.frontend import FrontendOptions, load_model
 from compiler.placement import place
 from compiler.placement.check import Metrics, metrics
 from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
+from compiler.result import CompileResult
 from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.decode import DecodePlan, decode_plan
 from compiler.schedule.perf import (
-    Estimate,
     PerfOptions,
-    Timeline,
     estimate,
     streamed_kv_cycles,
     timeline,
@@ -56,6 +54,7 @@ class CompileOptions:
     solver: SolverOptions = field(default_factory=SolverOptions)
 
 
+<<<<<<< HEAD
 @dataclass(frozen=True)
 class CompileResult:
     graph: ir.Graph
@@ -76,6 +75,8 @@ class CompileResult:
     decode: DecodePlan | None = None  # the decode step of a causal LM (schedule/decode.py)
 
 
+=======
+>>>>>>> main
 def compile_model(model: str | Path, target: str | Path | Target,
                   options: CompileOptions | None = None,
                   on_stage: StageHook | None = None, *, on_start: StartHook | None = None,

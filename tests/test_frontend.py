@@ -1,5 +1,6 @@
-"""The frontend on zoo models: layers, closed-form parameter/FLOP/KV counts, dim binding,
-unsupported ops, external data and the structural grouping fallback."""
+"""The frontend on zoo models: layers, dim binding, unsupported ops, external data and the
+structural grouping fallback. Parameter/FLOP/KV counts (compiler/tiling/costs.py) are in
+test_costs.py."""
 
 from __future__ import annotations
 
@@ -31,65 +32,6 @@ def test_zoo_model_groups_into_one_layer_per_block(name):
     assert kinds[-1] is ir.LayerKind.HEAD
     assert all(isinstance(d, int) and d > 0 for t in g.tensors for d in t.shape) or any(
         t.shape == () for t in g.tensors)
-
-
-def _llama_params(c) -> int:
-    hd = c.hidden // c.heads
-    attn = c.hidden * (c.heads * hd) * 2 + c.hidden * (c.kv_heads * hd) * 2
-    mlp = 3 * c.hidden * c.intermediate
-    block = attn + mlp + 2 * c.hidden
-    head = 0 if c.tie_embeddings else c.vocab * c.hidden
-    return c.vocab * c.hidden + c.layers * block + c.hidden + head
-
-
-def _gpt2_params(c) -> int:
-    h, i = c.hidden, c.intermediate
-    block = 4 * h + (3 * h * h + 3 * h) + (h * h + h) + (h * i + i) + (i * h + h)
-    return c.vocab * h + c.max_positions * h + c.layers * block + 2 * h
-
-
-def _bert_params(c) -> int:
-    h, i = c.hidden, c.intermediate
-    emb = (c.vocab + c.max_positions + c.type_vocab) * h + 2 * h
-    block = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h
-    return emb + c.layers * block + (h * h + h if c.with_pooler else 0)
-
-
-_PARAMS = {"llama": _llama_params, "gpt2": _gpt2_params, "bert": _bert_params}
-
-
-@pytest.mark.parametrize("name", TINY_ZOO + BIG_ZOO)
-def test_parameter_count_matches_closed_form(name):
-    entry = zoo.ZOO[name]
-    assert model_cost(zoo_graph(name)).params == _PARAMS[entry.family](entry.config)
-
-
-def test_published_llama_parameter_counts():
-    counts = {n: model_cost(zoo_graph(n)).params for n in BIG_ZOO}
-    assert counts == {"llama3-8b": 8_030_261_248, "llama3-70b": 70_553_706_496,
-                      "llama3.1-405b": 405_853_388_800}
-
-
-@pytest.mark.parametrize("name", ["llama-tiny", "llama3-8b", "gpt2-tiny"])
-def test_matmul_flops_match_closed_form(name):
-    g, c = zoo_graph(name), _cfg(name)
-    tokens = model_cost(g).tokens
-    seq = dict(g.dims)["seq"]
-    hd = c.hidden // c.heads
-    linear = sum(t.numel for t in g.weights if len(t.shape) == 2 and t.kind is ir.TensorKind.WEIGHT
-                 and "wpe" not in t.name and "embed_tokens" not in t.name)
-    # (GPT-2's tied wte is counted once: as the lm_head matrix; its lookup costs no FLOPs)
-    attention = 2 * 2 * c.layers * c.heads * seq * seq * hd  # Q K^T and P V, batch 1
-    assert model_cost(g).matmul_flops == 2 * linear * tokens + attention
-
-
-@pytest.mark.parametrize("name", ["llama-tiny", "llama-tiny-opset23", "llama3-70b", "gpt2-tiny"])
-def test_kv_cache_bytes_per_token(name):
-    c = _cfg(name)
-    kv_heads = getattr(c, "kv_heads", c.heads)
-    itemsize = 2 if c.dtype == "float16" else 4
-    expected = c.layers * 2 * kv_heads * (c.hidden // c.heads) * itemsize
-    assert model_cost(zoo_graph(name)).kv_bytes_per_token == expected
 
 
 def test_seq_len_and_batch_bind_dynamic_dims():

@@ -75,8 +75,9 @@ def test_the_detector_flags_what_the_issue_forbids(tmp_path):
 
 
 # --- regressions: each internal error or hang the fuzzer found, as its smallest case ------------
-# (also in tests/test_bad_inputs.py: Shape without input, Cast to -3, a Reshape changing the
-# element count, input dims of 2^40, unknown external-data keys)
+# (also in tests/test_cli_bad_models.py: Shape without input, Cast to -3, a Reshape changing the
+# element count, input dims of 2^40; in tests/test_cli_external_data.py: unknown external-data
+# keys)
 
 
 def _run(capsys, tmp_path, model: onnx.ModelProto | bytes, *argv: str) -> tuple[int, str]:

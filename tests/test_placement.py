@@ -1,11 +1,11 @@
 """Placement: the validator names every broken rule; costs and bounds are right by hand; greedy
-placers are valid; CP-SAT (real OR-Tools) is valid, deterministic, never worse than its hint,
-streams the least, balances wafers; random small problems always validate or are infeasible."""
+placers and their stage-1 hints are valid and deterministic; place() rejects unknown methods;
+random small problems always validate or are infeasible with every method. (Packing geometry:
+test_geometry.py; the CP-SAT placer: test_cpsat.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -37,18 +37,12 @@ from compiler.placement.check import (
 )
 from compiler.placement.greedy import (
     StripFill,
-    balanced_split,
     first_fit,
     greedy_residency,
     greedy_strips,
     grouped_choices,
-    min_max_split,
     serpentine,
-    shelf_pack,
-    skyline_pack,
     spread_choices,
-    strip_pack,
-    strip_width,
 )
 from compiler.placement.problem import Block, Edge, Placement, PlacementProblem, Rect
 
@@ -156,29 +150,6 @@ def test_offchip_lower_bound_is_the_fractional_knapsack() -> None:
 # -- greedy ------------------------------------------------------------------------------------
 
 
-def test_shelf_packers() -> None:
-    dims = [(2, 3)] * 5
-    assert shelf_pack(4, 9, dims, snake=False) == ((0, 0), (0, 3), (0, 6), (2, 0), (2, 3))
-    # serpentine: the second band runs right to left, starting under the end of the first
-    assert shelf_pack(4, 9, dims, snake=True) == ((0, 0), (0, 3), (0, 6), (2, 6), (2, 3))
-    assert shelf_pack(4, 9, [(2, 3)] * 7, snake=True) is None
-    # skyline: tallest (then widest) first, each where its top is lowest, then leftmost
-    assert skyline_pack(4, 6, [(2, 2), (4, 2), (2, 2), (2, 4)]) == ((2, 2), (0, 0), (2, 4), (0, 2))
-    assert skyline_pack(4, 6, [(4, 4), (4, 4)]) is None
-
-
-def test_strip_pack_stacks_each_class_in_strips() -> None:
-    # 4x2 stack two high on 8 rows: strips 2 wide, filled down then up; a 8x1 strip of its own
-    dims = [(4, 2)] * 3 + [(8, 1)] + [(4, 2)] * 2
-    assert strip_width(8, 7, dims, "columns") == 3 * 2 + 1
-    assert strip_pack(8, 7, dims, "columns") == (
-        (0, 0), (4, 0), (4, 2), (0, 6), (0, 2), (0, 4))
-    assert strip_pack(8, 6, dims, "columns") is None  # 7 columns of strips
-    # rows: the same, turned sideways
-    assert strip_pack(7, 8, [(w, h) for h, w in dims], "rows") == (
-        (0, 0), (0, 4), (2, 4), (6, 0), (2, 0), (4, 0))
-
-
 def test_strip_fill_mixes_classes_to_hold_the_most() -> None:
     fill = StripFill(strip_chain(), "columns")
     key = ((4, 2), (5, 3))  # 5 blocks: 5 + 4 (3 + 2 stacked) beats 5 + 5 and 4 + 4 + 4
@@ -198,21 +169,6 @@ def test_greedy_strips_keeps_strips_resident() -> None:
 def test_grouped_choices_put_equal_choices_together_per_wafer() -> None:
     p = equal_chain(6, 4, 16, 16, shapes=True)
     assert grouped_choices(p, (1, 0, 1, 2, 0, 2), (0, 0, 0, 1, 1, 1)) == (1, 1, 0, 2, 2, 0)
-
-
-def test_min_max_split() -> None:
-    assert min_max_split([5, 1, 1, 1, 1, 1, 5], 3) == (0, 1, 1, 1, 1, 1, 2)
-    assert min_max_split([4, 4, 4], 5) == (0, 1, 2)
-
-
-def test_balanced_split_under_a_capacity() -> None:
-    loads, sizes = [5, 1, 1, 1, 1, 1, 5], [1] * 7  # at most 2 items a range
-    assert balanced_split(loads, sizes, 3, 2) is None
-    split = balanced_split(loads, sizes, 4, 2)
-    assert split is not None and max(split.count(k) for k in set(split)) <= 2
-    assert max(sum(x for x, k in zip(loads, split, strict=True) if k == part)
-               for part in set(split)) == 6
-    assert balanced_split([1], [3], 1, 2) is None  # an item bigger than a wafer
 
 
 def test_spread_choices_deals_alike_blocks_evenly() -> None:
@@ -265,120 +221,7 @@ def test_greedy_residency_streams_cheaply() -> None:
     assert choice is not None and choice[0] == (0, 1, 0)  # 36 + 1 + 16 cores
 
 
-# -- CP-SAT ------------------------------------------------------------------------------------
-
-
-def mixed_problem() -> PlacementProblem:
-    """12 blocks of mixed sizes and shapes with skip edges: serpentine is not optimal here."""
-    sides = [6, 10, 4, 8, 6, 12, 4, 6, 10, 8, 4, 6]
-    blocks = [square_block(f"block.{i}", s, shapes=True, stream_side=2, stream_bytes=500)
-              for i, s in enumerate(sides)]
-    edges = chain_edges(len(sides), 1_000, skips=[(0, 11, 300), (2, 6, 500), (3, 9, 200)])
-    return problem(blocks, 40, 48, edges=edges, name="mixed")
-
-
-@pytest.fixture
-def budget_decides(monkeypatch) -> None:
-    """A deterministic budget far inside the wall-clock deadline even on a busy machine (these
-    searches use their whole budget): the deadline must not decide, or the result would vary."""
-    from compiler.placement import cpsat
-
-    monkeypatch.setattr(cpsat, "DET_PER_SECOND", cpsat.DET_PER_SECOND / 20)
-
-
-def test_cpsat_valid_never_worse_than_its_hint_and_reports(budget_decides) -> None:
-    p = mixed_problem()
-    pl = place(p, "cpsat", **FAST)
-    wafers = [r.wafer for r in pl.rects]
-    hint = serpentine(p, pl.options, wafers)
-    assert byte_hops(p, pl) <= byte_hops(p, hint)
-    r = pl.report
-    assert r.method == "cpsat" and r.status in ("OPTIMAL", "FEASIBLE")
-    assert (r.seed, r.workers, r.time_limit_s, r.deterministic) == (0, 1, 3.0, True)
-    assert r.objective == byte_hops(p, pl)
-    assert r.bound is not None and byte_hops_lower_bound(p, pl.options) <= r.bound <= r.objective
-    assert [name for name, _ in r.stages] == ["residency", "wafer 0"]
-
-
-def test_cpsat_is_deterministic(budget_decides) -> None:
-    p = mixed_problem()
-    a = place(p, "cpsat", time_limit_s=2.0, seed=3)
-    b = place(p, "cpsat", time_limit_s=2.0, seed=3)
-    assert (a.options, a.rects) == (b.options, b.rects)
-    assert a.report.seed == 3
-
-
-def test_residency_streams_two_small_blocks_rather_than_one_big() -> None:
-    # 56 cores: all resident needs 80; streaming big saves 36 cores for 100 B, streaming both
-    # small ones saves 38 for 90 B: the minimum streams the small ones.
-    blocks = [Block("big", "b", (opt(5, 8), opt(2, 2, STREAM, offchip=100))),
-              Block("s1", "b", (opt(4, 5), opt(1, 2, STREAM, offchip=45))),
-              Block("s2", "b", (opt(4, 5), opt(1, 2, STREAM, offchip=45)))]
-    p = problem(blocks, 7, 8, io=1)
-    pl = place(p, "cpsat", **FAST)
-    assert pl.options == (0, 1, 1)
-    assert offchip_bytes_per_token(p, pl) == 91
-    assert offchip_lower_bound(p) <= 91
-
-
-def test_residency_equals_the_bound_when_everything_fits() -> None:
-    p = dataclasses.replace(equal_chain(16, 16, 64, 64), io_bytes_per_token=7)
-    pl = place(p, "cpsat", **FAST)  # 16 x 256 cores tile the 4096 exactly
-    assert offchip_bytes_per_token(p, pl) == offchip_lower_bound(p) == 7
-
-
-def test_residency_streams_the_least_needed() -> None:
-    p = equal_chain(20, 16, 64, 64)  # 20 x 256 > 4096: ceil(1024 / 192) = 6 must stream
-    pl = place(p, "cpsat", **FAST)
-    assert offchip_bytes_per_token(p, pl) == 6 * 10_000
-
-
-@pytest.mark.parametrize("wafers", [1, 2])
-def test_only_strips_pack_and_everything_stays_resident(wafers: int) -> None:
-    # by area three fast 4x7 blocks fit a wafer, but only three 10x3 strips do (and greedy
-    # placers, taking the fewest cores, stream): stage 1 by strips keeps all resident
-    p = strip_chain(3 * wafers, wafers=wafers)
-    assert offchip_bytes_per_token(p, first_fit(p)) > offchip_lower_bound(p)
-    pl = place(p, "cpsat", **FAST)
-    assert offchip_bytes_per_token(p, pl) == offchip_lower_bound(p) == 0
-    assert pl.options[:-1] == (0,) * 3 * wafers
-    assert any(line.startswith("rows: off-chip 0") for _, line in pl.report.stages)
-
-
-def test_infeasible_capacity_says_cores_needed_and_available() -> None:
-    p = equal_chain(20, 16, 32, 32)  # even streaming, 20 x 64 = 1280 cores > 1024
-    with pytest.raises(InfeasiblePlacementError, match=r"need at least 1,280 cores.*1,024"):
-        place(p, "cpsat", **FAST)
-    fat = Block("fat", "block", (opt(2, 2, per_core=CAPACITY + 1),))
-    with pytest.raises(InfeasiblePlacementError, match="block fat has no usable option"):
-        place(problem([fat], 8, 8), "cpsat", **FAST)
-
-
-def test_chain_on_a_big_grid_beats_first_fit_and_nears_the_bound() -> None:
-    p = equal_chain(20, 20, 100, 100, shapes=True)
-    pl = place(p, "cpsat", **FAST)
-    ff = first_fit(p)
-    assert byte_hops(p, pl) <= 0.7 * byte_hops(p, ff)
-    assert byte_hops(p, pl) <= 1.25 * byte_hops_lower_bound(p, pl.options)
-
-
-def best_split(cycles: list[int], parts: int) -> int:
-    """Least slowest-part sum over contiguous splits into at most `parts` (brute force)."""
-    best = sum(cycles)
-    for cuts in itertools.combinations(range(1, len(cycles)), parts - 1):
-        bounds = (0, *cuts, len(cycles))
-        best = min(best, max(sum(cycles[a:b]) for a, b in itertools.pairwise(bounds)))
-    return best
-
-
-def test_multi_wafer_ranges_are_contiguous_and_balanced() -> None:
-    cycles = [900, 100, 400, 700, 300, 300, 800, 200, 500, 600]
-    blocks = [square_block(f"block.{i}", 8, cycles=c) for i, c in enumerate(cycles)]
-    p = problem(blocks, 16, 16, wafers=3, edges=chain_edges(len(blocks), 1))
-    pl = place(p, "cpsat", **FAST)
-    wafers = [r.wafer for r in pl.rects]
-    assert wafers == sorted(wafers)
-    assert max(wafer_cycles(p, pl)) == best_split(cycles, 3)
+# -- place() -----------------------------------------------------------------------------------
 
 
 def test_place_rejects_unknown_methods_and_validates() -> None:

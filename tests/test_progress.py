@@ -13,7 +13,8 @@ from rich.console import Console
 
 from compiler.cli import main
 from compiler.driver import CompileOptions, SolverOptions, compile_model
-from compiler.placement import cpsat, place
+from compiler.placement import place
+from compiler.placement.cpsat import runner
 from compiler.progress import Live, Plain, Quiet, solver_text, stage_display
 
 
@@ -85,7 +86,7 @@ def test_time_limit_is_a_wall_clock_deadline(monkeypatch):
     """Make the deterministic budget far larger than the wall limit (as on a machine 100x
     slower than the calibration): the deadline still ends the solve, and the report says the
     result depends on the machine."""
-    monkeypatch.setattr(cpsat, "DET_PER_SECOND", 100.0)
+    monkeypatch.setattr(runner, "DET_PER_SECOND", 100.0)
     n = 16  # blocks of mixed sizes with skip edges: not solved to optimality in a second
     blocks = [square_block(f"b{i}", 4 + (i * 5) % 7, shapes=True) for i in range(n)]
     skips = [(i, i + 3, 500 + 100 * i) for i in range(n - 3)] + [(0, n - 1, 3000)]

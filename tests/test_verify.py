@@ -21,9 +21,10 @@ from onnx import TensorProto, helper
 from compiler import ir
 from compiler import verify as V
 from compiler.cli import main
-from compiler.errors import ExitCode, ModelError
+from compiler.errors import ExitCode, ModelError, UsageError
 from compiler.frontend import DimRequest, FrontendOptions, export, load_model
 from compiler.frontend.export import input_specs, reference_model_bytes
+from compiler.verify import run as verify_run
 from tests.conftest import FIXTURES, TINY_ZOO, zoo_graph
 
 ALL_LAYERS = "all"
@@ -373,7 +374,7 @@ def test_verify_overrides_fail_fast_and_missing_outputs():
     assert loose.passed and all(c.atol == 2e-3 for c in loose.outputs)
     missing = V.verify(g, {}, ref, None, 1e-4, 1e-3, {})
     assert not missing.passed and "the executor did not produce it" in missing.lines()[0]
-    with pytest.raises(V.UsageError, match="--tol names nope"):
+    with pytest.raises(UsageError, match="--tol names nope"):
         V.verify(g, got, ref, None, 1e-4, 1e-3, {"nope": 1.0})
 
 
@@ -426,7 +427,7 @@ def test_cli_without_an_out_directory(tmp_path, capsys):
 
 
 def test_cli_passes_and_writes_the_report(tmp_root, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(V, "execute", _stub_executor())
+    monkeypatch.setattr(verify_run, "execute", _stub_executor())
     out = _out(tmp_root, "gpt2-tiny")
     capsys.readouterr()
     report, saved = tmp_path / "r.json", tmp_path / "s.npz"
@@ -447,7 +448,7 @@ def test_cli_passes_and_writes_the_report(tmp_root, tmp_path, capsys, monkeypatc
 def test_cli_mismatch_exits_1_and_names_the_diverging_op(tmp_root, capsys, monkeypatch):
     softmax = "/transformer/h.1/attn/Softmax_output_0"
     block_out = "/transformer/h.1/Add_1_output_0"
-    monkeypatch.setattr(V, "execute", _stub_executor({softmax: 1e-2, block_out: 1e-2,
+    monkeypatch.setattr(verify_run, "execute", _stub_executor({softmax: 1e-2, block_out: 1e-2,
                                                        "logits": 1e-2}))
     out = _out(tmp_root, "gpt2-tiny")
     capsys.readouterr()
@@ -485,7 +486,7 @@ def test_open_out_rebinds_the_recorded_dims(tmp_path, capsys):
     (["--precision", "fp8"], "invalid choice"),
 ])
 def test_cli_usage_errors(tmp_root, capsys, monkeypatch, argv, message):
-    monkeypatch.setattr(V, "execute", _stub_executor())
+    monkeypatch.setattr(verify_run, "execute", _stub_executor())
     out = _out(tmp_root, "gpt2-tiny")
     assert main(["-q", "verify", str(out), *argv]) == ExitCode.USAGE
     assert message in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The original model as ONNX Runtime gets it, for `wafer verify` (compiler/verify/__init__.py).
+"""The original model as ONNX Runtime gets it, for `wafer verify` (compiler/verify/reference.py).
 
 ONNX Runtime runs the *source* model, not our IR: shape arithmetic unfolded, dims dynamic.
 Intermediate tensors it should return as well (`extra_outputs`, IR tensor names) are added as

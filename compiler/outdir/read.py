@@ -1,15 +1,19 @@
-"""The documents of one compile, read from OUT/ (or parsed from the texts a compile is about to
-write): the report is built from these only, so `wafer view OUT` and `wafer compile` draw the
-same picture."""
+"""The one reader of OUT/: the documents of one compile as an `OutDir`, read from OUT (or parsed
+from the texts a compile is about to write). The report is built from these only, so `wafer view
+OUT` and `wafer compile` draw the same picture; `wafer verify` opens OUT through `read_compiled`,
+which needs only what verification does (placement.json's records and schedule.json)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from compiler.errors import UsageError, WaferError
+from compiler.outdir.trace import schedule_doc_problems, schedule_from_doc
+from compiler.schedule.build import Schedule
 
 PLACEMENT, SCHEDULE, LOG, VERIFY = ("placement.json", "schedule.json", "compile_log.json",
                                     "verify.json")
@@ -20,15 +24,62 @@ NEEDED = {PLACEMENT: ("model", "target", "layers", "metrics", "solver", "perform
 
 
 @dataclass(frozen=True)
-class OutDocs:
+class ModelRecord:
+    """placement.json's `model`: what was compiled, at which dims."""
+
+    name: str  # "" when not recorded
+    source: str
+    sha256: str | None
+    dims: Mapping[str, Any]
+    shape_only: bool
+
+
+@dataclass(frozen=True)
+class TargetRecord:
+    """placement.json's `target`: which target, from where, its sha256."""
+
+    name: str
+    source: str
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class OutDir:
+    """One compile's documents: placement.json (as parsed), schedule.json as a Schedule (its
+    per-mode `timing` and `clock_hz` beside it), compile_log.json, verify.json when present."""
+
     placement: dict[str, Any]
-    schedule: dict[str, Any]
+    schedule: Schedule
+    timing: dict[str, Any]  # schedule.json's timing: per mode, starts/ends per step
+    clock_hz: float  # schedule.json's target clock
     log: dict[str, Any]
     verify: dict[str, Any] | None  # verify.json, when OUT has one
     out: str = "OUT"  # where they came from, for messages
 
+    @property
+    def model(self) -> ModelRecord:
+        m = self.placement.get("model", {})
+        return ModelRecord(str(m.get("name", "")), str(m.get("source", "")),
+                           m.get("sha256"), m.get("dims", {}), bool(m.get("shape_only")))
 
-def read_out(out: str | Path) -> OutDocs:
+    @property
+    def target(self) -> TargetRecord:
+        t = self.placement.get("target", {})
+        return TargetRecord(str(t.get("name", "")), str(t.get("source", "")), t.get("sha256"))
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        return self.placement.get("options", {})
+
+
+def _out_dir(docs: dict[str, dict[str, Any]], out: str) -> OutDir:
+    sdoc = docs[SCHEDULE]
+    timing, target = sdoc.get("timing", {}), sdoc.get("target", {})
+    return OutDir(docs[PLACEMENT], schedule_from_doc(sdoc), timing,
+                  float(target.get("clock_hz", 0.0)), docs.get(LOG, {}), docs.get(VERIFY), out)
+
+
+def read_out(out: str | Path) -> OutDir:
     """OUT's documents; one-line errors for a missing OUT, a missing file or an old format."""
     out = Path(out)
     if not out.is_dir():
@@ -43,7 +94,7 @@ def read_out(out: str | Path) -> OutDocs:
     return docs_from_texts(texts, str(out))
 
 
-def docs_from_texts(texts: dict[str, str], out: str = "OUT") -> OutDocs:
+def docs_from_texts(texts: dict[str, str], out: str = "OUT") -> OutDir:
     docs = {name: _parse(out, name, texts[name]) for name in (PLACEMENT, SCHEDULE, LOG, VERIFY)
             if name in texts}
     for name, keys in NEEDED.items():
@@ -54,7 +105,7 @@ def docs_from_texts(texts: dict[str, str], out: str = "OUT") -> OutDocs:
             raise UsageError(f"{out}/{name} has no {', '.join(missing)} (written by an older "
                              f"wafer?): {_recompile(out)}")
     _check_structure(docs, out)
-    return OutDocs(docs[PLACEMENT], docs[SCHEDULE], docs[LOG], docs.get(VERIFY), out)
+    return _out_dir(docs, out)
 
 
 # per placement.json layer: the fields the report reads and their JSON types
@@ -69,8 +120,6 @@ _JSON_NAMES = {str: "a string", dict: "an object", int: "an integer", list: "a l
 def _check_structure(docs: dict[str, dict[str, Any]], out: str) -> None:
     """A damaged (hand-edited, truncated) OUT is one error line, not an exception deep in the
     view-model: the schedule as `wafer verify` checks it, the placement's layer records."""
-    from compiler.outdir.trace import schedule_doc_problems
-
     problems = schedule_doc_problems(docs[SCHEDULE])
     if problems:
         raise WaferError(f"{out}/{SCHEDULE}: {problems[0]}: {_recompile(out)}")
@@ -109,3 +158,49 @@ def _parse(out: str, name: str, text: str) -> dict[str, Any]:
 
 def _recompile(out: str | Path) -> str:
     return f"recompile with `wafer compile MODEL -t TARGET -o {out} --force`"
+
+
+# --- what verification reads --------------------------------------------------------------------
+
+
+def read_compiled(out: str | Path) -> OutDir:
+    """OUT as `wafer verify` reads it: placement.json (its model, target and options objects)
+    and schedule.json (checked, parsed); not compile_log.json or an earlier verify.json (`log`
+    is empty, `verify` None). One-line errors name the file and say to compile again."""
+    out = Path(out)
+    placement = _read_json(out / PLACEMENT)
+    model = _table(placement, "model", out)
+    for key in ("target", "options"):
+        _table(placement, key, out)
+    _table(model, "dims", out)
+    docs = {PLACEMENT: placement, SCHEDULE: _read_schedule(out / SCHEDULE)}
+    return _out_dir(docs, str(out))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path} not found: give an OUT directory written by "
+                         "`wafer compile`") from None
+    except (OSError, ValueError) as exc:
+        raise WaferError(f"{path}: not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise WaferError(f"{path}: expected a JSON object; compile again")
+    return doc
+
+
+def _table(doc: Mapping[str, Any], key: str, out: Path) -> Mapping[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, Mapping):
+        raise WaferError(f"{out}/placement.json: {key} is not an object; compile again")
+    return value
+
+
+def _read_schedule(path: Path) -> dict[str, Any]:
+    """schedule.json, checked: any structural damage is a one-line error."""
+    doc = _read_json(path)
+    problems = schedule_doc_problems(doc)
+    if problems:
+        raise WaferError(f"{path}: {problems[0]}; compile again")
+    return doc

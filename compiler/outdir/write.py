@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from compiler import __version__
-from compiler.driver import CompileResult
 from compiler.errors import UsageError
 from compiler.outdir.trace import schedule_doc, trace_doc
+from compiler.result import CompileResult
 from compiler.schedule.perf import Estimate, PerfOptions
 from compiler.tiling.layouts import OpLayout
 from compiler.vocab import Mode
@@ -204,6 +204,12 @@ def artifact_files(result: CompileResult, report: bool = True) -> dict[str, str]
 
 def dumps(doc: Any) -> str:
     return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+
+
+def verify_text(doc: dict[str, Any]) -> str:
+    """verify.json's text, from the verify report's document (compiler/verify/report.py; its
+    non-finite floats already strings)."""
+    return json.dumps(doc, indent=1, allow_nan=False) + "\n"
 
 
 Writer = Callable[[Path], None]

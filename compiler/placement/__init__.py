@@ -2,8 +2,9 @@
 
 `place(problem, method)` runs one placer and then the independent validator on its answer, so a
 placement that leaves this package has passed `check.check_placement`. Methods: "cpsat" (the
-default; compiler/placement/cpsat/__init__.py, the only OR-Tools importer, loaded on first use),
-"first-fit" and "serpentine" (compiler/placement/greedy.py).
+default; the package compiler/placement/cpsat/, the only OR-Tools importer, loaded on first
+use), "first-fit" and "serpentine" (compiler/placement/greedy.py, on the packing geometry of
+geometry.py).
 """
 
 from __future__ import annotations

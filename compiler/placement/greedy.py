@@ -1,10 +1,8 @@
 """Deterministic greedy placers: tt-buda-style first-fit and a serpentine; also CP-SAT's hints.
 
-Both walk the blocks in order and pack rectangles into horizontal bands ("shelves"): a band's
-height is its tallest rectangle, and a rectangle that does not fit the band's remaining width
-starts a new band below. First-fit fills every band left to right; serpentine alternates left to
-right and right to left (boustrophedon) and starts each band under the end of the last, so
-consecutive blocks touch.
+Both walk the blocks in order and shelf-pack their rectangles (geometry.py): first-fit fills
+every band left to right; serpentine alternates direction and starts each band under the end of
+the last, so consecutive blocks touch.
 
 Option rule when none are given: each block's RESIDENT option with the fewest cores. When a
 wafer is full, a new epoch begins, as in tt-buda: the remaining blocks cannot keep their weights
@@ -13,15 +11,8 @@ wafer (if any) starts, resident again. Serpentine on several wafers first tries 
 ranges with the least largest core count, and falls back to that sequential fill. Both accept
 fixed `options` and `wafer_of` (how CP-SAT gets its hints).
 
-Helpers for CP-SAT: `shelf_pack` / `skyline_pack` / `strip_pack` / `any_pack` on a bare grid,
-`skyline_shapes` (each rectangle may take one of several shapes), `greedy_residency` and
-`greedy_strips` (stage-1 hints by cores or by strips) and `min_max_split` (contiguous ranges).
-
-Strip packing is the exact one stage 1 can count: rectangles of one class (width, and how many
-stack in the grid's height) share full-height strips ("columns"; "rows" turned sideways), so a
-wafer's rectangles pack whenever their classes' strips fit its width. Shapes that tile the wafer
-(e.g. 1172 x 36 on a 1172 x 762 grid) pack this way without waste where area-first choices of
-squarer shapes leave unusable gaps.
+Stage-1 hints for CP-SAT: `greedy_residency` and `greedy_strips` (options and wafer ranges by
+cores or by strips), `spread_choices` / `grouped_choices` (alike blocks' choices re-dealt).
 """
 
 from __future__ import annotations
@@ -32,6 +23,14 @@ from dataclasses import dataclass, field
 
 from compiler.errors import InfeasiblePlacementError
 from compiler.placement.check import usable_options
+from compiler.placement.geometry import (
+    Shelf,
+    StripClass,
+    min_max_split,
+    shelf_pack,
+    strip_class,
+    strip_length,
+)
 from compiler.placement.problem import (
     Option,
     Placement,
@@ -40,201 +39,6 @@ from compiler.placement.problem import (
     Residency,
     SolverReport,
 )
-
-Position = tuple[int, int]  # (row, col) of a rectangle's top-left core
-
-
-# -- shelf packing on a bare grid --------------------------------------------------------------
-
-
-@dataclass
-class Band:
-    """One horizontal band: its top row, height (tallest member) and members' (rows, cols)."""
-
-    top: int
-    height: int
-    dims: list[tuple[int, int]] = field(default_factory=list)
-
-    @property
-    def width(self) -> int:
-        return sum(w for _, w in self.dims)
-
-
-@dataclass
-class Shelf:
-    """Band packer on a rows x cols grid. `add` commits a rectangle to the current band or a new
-    one below (False, and no change, if neither has room); `positions` lays the bands out."""
-
-    rows: int
-    cols: int
-    bands: list[Band] = field(default_factory=list)
-
-    def add(self, h: int, w: int) -> bool:
-        band = self.bands[-1] if self.bands else None
-        if band is not None and h <= self.rows - band.top and band.width + w <= self.cols:
-            band.dims.append((h, w))
-            band.height = max(band.height, h)
-            return True
-        top = band.top + band.height if band is not None else 0
-        if top + h > self.rows or w > self.cols:
-            return False
-        self.bands.append(Band(top, h, [(h, w)]))
-        return True
-
-    def positions(self, *, snake: bool) -> list[Position]:
-        """Top-left corners in the order added. Snake: bands alternate direction, and each band
-        starts under the end of the band before, as near as the grid allows."""
-        out: list[Position] = []
-        left, right = 0, 0  # columns spanned by the band before
-        for k, band in enumerate(self.bands):
-            width = band.width
-            if snake and k % 2 == 1:  # right to left, ending under the last rectangle
-                right = min(self.cols, max(right, width))
-                left = right - width
-                out.extend(self._run(band, right, rtl=True))
-            else:
-                left = max(0, min(left, self.cols - width)) if snake else 0
-                right = left + width
-                out.extend(self._run(band, left, rtl=False))
-        return out
-
-    @staticmethod
-    def _run(band: Band, edge: int, *, rtl: bool) -> list[Position]:
-        spots, cursor = [], edge
-        for _, w in band.dims:
-            if rtl:
-                cursor -= w
-            spots.append((band.top, cursor))
-            if not rtl:
-                cursor += w
-        return spots
-
-
-def shelf_pack(
-    rows: int, cols: int, dims: Sequence[tuple[int, int]], *, snake: bool
-) -> tuple[Position, ...] | None:
-    """Top-left corners for rectangles (rows, cols) packed in order, or None if they don't fit."""
-    shelf = Shelf(rows, cols)
-    if not all(shelf.add(h, w) for h, w in dims):
-        return None
-    return tuple(shelf.positions(snake=snake))
-
-
-def skyline_pack(
-    rows: int, cols: int, dims: Sequence[tuple[int, int]]
-) -> tuple[Position, ...] | None:
-    """Bottom-left skyline packing, tallest rectangles first (see skyline_shapes)."""
-    found = skyline_shapes(rows, cols, [[d] for d in dims])
-    return None if found is None else found[0]
-
-
-def skyline_shapes(
-    rows: int, cols: int, shapes: Sequence[Sequence[tuple[int, int]]]
-) -> tuple[tuple[Position, ...], tuple[int, ...]] | None:
-    """Skyline packing where each rectangle may take any of its shapes (rows, cols): tallest
-    (then widest) first, each where its top ends lowest (then leftmost, then its earlier
-    shape). Ignores block order (a packing of last resort, for hints). Positions and shape
-    indices in input order, or None if some rectangle finds no room."""
-    level = [0] * cols  # first free row under each column
-    spots: dict[int, tuple[Position, int]] = {}
-    for i in sorted(range(len(shapes)), key=lambda i: (*min((-h, -w) for h, w in shapes[i]), i)):
-        fits = [(y + h, x, s, y) for s, (h, w) in enumerate(shapes[i])
-                for x, y in _skyline_spots(level, w) if y + h <= rows]
-        if not fits:
-            return None
-        top, x, s, y = min(fits)
-        level[x:x + shapes[i][s][1]] = [top] * shapes[i][s][1]
-        spots[i] = ((y, x), s)
-    return (tuple(spots[i][0] for i in range(len(shapes))),
-            tuple(spots[i][1] for i in range(len(shapes))))
-
-
-def _skyline_spots(level: Sequence[int], w: int) -> list[tuple[int, int]]:
-    """(col, row) where a w-wide rectangle can rest on the skyline, at each step of it."""
-    starts = [x for x in range(len(level) - w + 1) if x == 0 or level[x] != level[x - 1]]
-    return [(x, max(level[x:x + w])) for x in starts]
-
-
-def any_pack(rows: int, cols: int, dims: Sequence[tuple[int, int]]) -> tuple[Position, ...] | None:
-    """Serpentine, else first-fit, else strips (columns, rows), else skyline: the first greedy
-    packing that fits."""
-    return (shelf_pack(rows, cols, dims, snake=True)
-            or shelf_pack(rows, cols, dims, snake=False)
-            or strip_pack(rows, cols, dims, "columns")
-            or strip_pack(rows, cols, dims, "rows")
-            or skyline_pack(rows, cols, dims))
-
-
-# -- strip packing: exact, so stage 1 can count it ---------------------------------------------
-
-STRIPS = ("columns", "rows")
-
-
-def strip_class(rows: int, cols: int, dims: tuple[int, int], packing: str) -> tuple[int, int]:
-    """(width, stack) of a rectangle in strip packing: "columns" are full-height strips as wide
-    as the rectangle, holding `stack` rectangles of its class one above the other; "rows" are
-    the same turned sideways (full-width strips). Stack 0: it does not fit the strip at all."""
-    h, w = dims if packing == "columns" else dims[::-1]
-    return w, (rows if packing == "columns" else cols) // h
-
-
-def strip_length(rows: int, cols: int, packing: str) -> int:
-    """How much width the strips of one wafer may take: the grid's cols (columns) or rows."""
-    return cols if packing == "columns" else rows
-
-
-def strip_width(rows: int, cols: int, dims: Sequence[tuple[int, int]], packing: str) -> int:
-    """Total width of the strips holding these rectangles, each class in strips of its own."""
-    counts: dict[tuple[int, int], int] = {}
-    for d in dims:
-        key = strip_class(rows, cols, d, packing)
-        counts[key] = counts.get(key, 0) + 1
-    if any(stack == 0 for _, stack in counts):
-        return strip_length(rows, cols, packing) + 1
-    return sum(-(-n // stack) * width for (width, stack), n in counts.items())
-
-
-def strips_fit(rows: int, cols: int, dims: Sequence[tuple[int, int]], packing: str) -> bool:
-    return strip_width(rows, cols, dims, packing) <= strip_length(rows, cols, packing)
-
-
-def strip_pack(
-    rows: int, cols: int, dims: Sequence[tuple[int, int]], packing: str
-) -> tuple[Position, ...] | None:
-    """Strip packing (see strip_class), or None if the strips are too wide: classes in order of
-    first appearance, strips left to right (top to bottom for rows), each filled in input
-    order alternately down and up, so consecutive rectangles of a class touch."""
-    if not strips_fit(rows, cols, dims, packing):
-        return None
-    if packing == "rows":
-        found = strip_pack(cols, rows, [(w, h) for h, w in dims], "columns")
-        return None if found is None else tuple((c, r) for r, c in found)
-    classes: dict[tuple[int, int], list[int]] = {}
-    for i, d in enumerate(dims):
-        classes.setdefault(strip_class(rows, cols, d, packing), []).append(i)
-    spots: dict[int, Position] = {}
-    x = strip = 0
-    for (width, stack), members in classes.items():
-        for first in range(0, len(members), stack):
-            spots.update(_stack(rows, dims, members[first:first + stack], x, up=strip % 2 == 1))
-            x, strip = x + width, strip + 1
-    return tuple(spots[i] for i in range(len(dims)))
-
-
-def _stack(
-    rows: int, dims: Sequence[tuple[int, int]], members: Sequence[int], x: int, *, up: bool
-) -> dict[int, Position]:
-    """Rectangles one above the other in a column at x: from the top, or (up) from the bottom."""
-    out, cursor = {}, rows if up else 0
-    for i in members:
-        h = dims[i][0]
-        if up:
-            cursor -= h
-        out[i] = (cursor, x)
-        if not up:
-            cursor += h
-    return out
-
 
 # -- option rules ------------------------------------------------------------------------------
 
@@ -351,49 +155,82 @@ def _balanced(
         return None
 
 
-def min_max_split(sizes: Sequence[int], parts: int) -> tuple[int, ...]:
-    """Part index per item: contiguous ranges, at most `parts`, with the least largest sum."""
-    found = balanced_split(sizes, [0] * len(sizes), parts, 0)
-    assert found is not None  # without a capacity, one range per item always works
-    return found
+@dataclass
+class _Fill:
+    """State of the sequential fill: current wafer, its shelf, and the epoch (resident or not)."""
+
+    problem: PlacementProblem
+    wafer: int = 0
+    streaming: bool = False
+    shelves: list[Shelf] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.shelves.append(Shelf(self.problem.rows, self.problem.cols))
+
+    def add(self, b: int, option: int) -> bool:
+        return self.shelves[-1].add(*_dims(self.problem, b, option))
+
+    def next_wafer(self) -> bool:
+        if self.wafer + 1 >= self.problem.wafers:
+            return False
+        self.wafer, self.streaming = self.wafer + 1, False
+        self.shelves.append(Shelf(self.problem.rows, self.problem.cols))
+        return True
 
 
-def balanced_split(
-    loads: Sequence[int], sizes: Sequence[int], parts: int, capacity: int
-) -> tuple[int, ...] | None:
-    """Part index per item: contiguous ranges, at most `parts`, each with sizes summing to at
-    most `capacity`, and the least largest sum of loads (None if the capacity cannot be met).
-    Filling ranges greedily meets a limit with the fewest ranges, so a binary search on the
-    limit finds the least one."""
-    if not loads:
-        return ()
-    if capacity and max(sizes) > capacity:
-        return None
-    lo, hi = max(loads), sum(loads)
-    if _fill(loads, hi, sizes, capacity)[-1] >= parts:
-        return None
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _fill(loads, mid, sizes, capacity)[-1] < parts:
-            hi = mid
-        else:
-            lo = mid + 1
-    return _fill(loads, lo, sizes, capacity)
+def _sequential(
+    problem: PlacementProblem, options: Sequence[int] | None, snake: bool
+) -> tuple[list[int], list[Rect]]:
+    """Fill wafers in order; with free options, switch to streaming when a wafer is full."""
+    fill = _Fill(problem)
+    chosen, wafer_of = [], []
+    for b in range(len(problem.blocks)):
+        chosen.append(_place_one(fill, options, b))
+        wafer_of.append(fill.wafer)
+    spots = [pos for shelf in fill.shelves for pos in shelf.positions(snake=snake)]
+    rects = [Rect(k, row, col, *_dims(problem, b, o))
+             for b, (k, o, (row, col)) in enumerate(zip(wafer_of, chosen, spots, strict=True))]
+    return chosen, rects
 
 
-def _fill(
-    loads: Sequence[int], limit: int, sizes: Sequence[int], capacity: int
-) -> tuple[int, ...]:
-    """Greedy ranges: extend while loads stay within `limit` and sizes within `capacity` (no
-    capacity when it is 0); an item too big for any range gets a range of its own."""
-    out, part, load, size, empty = [], 0, 0, 0, True
-    for item_load, item_size in zip(loads, sizes, strict=True):
-        over = load + item_load > limit or (capacity and size + item_size > capacity)
-        if over and not empty:
-            part, load, size = part + 1, 0, 0
-        out.append(part)
-        load, size, empty = load + item_load, size + item_size, False
-    return tuple(out)
+def _pick(fill: _Fill, options: Sequence[int] | None, b: int) -> int:
+    if options is not None:
+        return options[b]
+    if fill.streaming:
+        return streaming_choice(fill.problem, b)
+    return resident_choice(fill.problem, b)
+
+
+def _place_one(fill: _Fill, options: Sequence[int] | None, b: int) -> int:
+    """Add block b: this wafer, then (free options) streaming, then the next wafers."""
+    while True:
+        option = _pick(fill, options, b)
+        if fill.add(b, option):
+            return option
+        if options is None and not fill.streaming:
+            fill.streaming = True
+            option = _pick(fill, options, b)
+            if fill.add(b, option):
+                return option
+        if not fill.next_wafer():
+            raise _full_error(fill.problem, b, option, fill.wafer)
+
+
+def _full_error(
+    problem: PlacementProblem, b: int, option: int, wafer: int
+) -> InfeasiblePlacementError:
+    need = sum(problem.blocks[i].options[streaming_choice(problem, i)].cores
+               for i in range(b, len(problem.blocks)))
+    opt = problem.blocks[b].options[option]
+    return InfeasiblePlacementError(
+        f"block {problem.blocks[b].name} ({opt.rows}x{opt.cols} = {opt.cores:,} cores) does not "
+        f"fit on wafer {wafer}, the last of {problem.wafers}: blocks from it on need at least "
+        f"{need:,} cores, a wafer has {problem.cores_per_wafer:,}; use more wafers or options "
+        "with fewer cores"
+    )
+
+
+# -- stage-1 hints for CP-SAT ------------------------------------------------------------------
 
 
 def spread_choices(problem: PlacementProblem, options: Sequence[int]) -> tuple[int, ...]:
@@ -514,9 +351,6 @@ def _alike_options(problem: PlacementProblem, b: int, o: Option) -> list[Option]
     return [a for _, a in usable(problem, b) if alike(a, o)]
 
 
-StripClass = tuple[int, int]  # (width, stack), see strip_class
-
-
 @dataclass
 class StripFill:
     """Fill wafers with blocks in order, each block free to take any shape alike its chosen
@@ -604,78 +438,3 @@ def grouped_choices(
         for b, o in zip(members, sorted(chosen, key=order.__getitem__), strict=True):
             out[b] = o
     return tuple(out)
-
-
-@dataclass
-class _Fill:
-    """State of the sequential fill: current wafer, its shelf, and the epoch (resident or not)."""
-
-    problem: PlacementProblem
-    wafer: int = 0
-    streaming: bool = False
-    shelves: list[Shelf] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.shelves.append(Shelf(self.problem.rows, self.problem.cols))
-
-    def add(self, b: int, option: int) -> bool:
-        return self.shelves[-1].add(*_dims(self.problem, b, option))
-
-    def next_wafer(self) -> bool:
-        if self.wafer + 1 >= self.problem.wafers:
-            return False
-        self.wafer, self.streaming = self.wafer + 1, False
-        self.shelves.append(Shelf(self.problem.rows, self.problem.cols))
-        return True
-
-
-def _sequential(
-    problem: PlacementProblem, options: Sequence[int] | None, snake: bool
-) -> tuple[list[int], list[Rect]]:
-    """Fill wafers in order; with free options, switch to streaming when a wafer is full."""
-    fill = _Fill(problem)
-    chosen, wafer_of = [], []
-    for b in range(len(problem.blocks)):
-        chosen.append(_place_one(fill, options, b))
-        wafer_of.append(fill.wafer)
-    spots = [pos for shelf in fill.shelves for pos in shelf.positions(snake=snake)]
-    rects = [Rect(k, row, col, *_dims(problem, b, o))
-             for b, (k, o, (row, col)) in enumerate(zip(wafer_of, chosen, spots, strict=True))]
-    return chosen, rects
-
-
-def _pick(fill: _Fill, options: Sequence[int] | None, b: int) -> int:
-    if options is not None:
-        return options[b]
-    if fill.streaming:
-        return streaming_choice(fill.problem, b)
-    return resident_choice(fill.problem, b)
-
-
-def _place_one(fill: _Fill, options: Sequence[int] | None, b: int) -> int:
-    """Add block b: this wafer, then (free options) streaming, then the next wafers."""
-    while True:
-        option = _pick(fill, options, b)
-        if fill.add(b, option):
-            return option
-        if options is None and not fill.streaming:
-            fill.streaming = True
-            option = _pick(fill, options, b)
-            if fill.add(b, option):
-                return option
-        if not fill.next_wafer():
-            raise _full_error(fill.problem, b, option, fill.wafer)
-
-
-def _full_error(
-    problem: PlacementProblem, b: int, option: int, wafer: int
-) -> InfeasiblePlacementError:
-    need = sum(problem.blocks[i].options[streaming_choice(problem, i)].cores
-               for i in range(b, len(problem.blocks)))
-    opt = problem.blocks[b].options[option]
-    return InfeasiblePlacementError(
-        f"block {problem.blocks[b].name} ({opt.rows}x{opt.cols} = {opt.cores:,} cores) does not "
-        f"fit on wafer {wafer}, the last of {problem.wafers}: blocks from it on need at least "
-        f"{need:,} cores, a wafer has {problem.cores_per_wafer:,}; use more wafers or options "
-        "with fewer cores"
-    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compiler.atomic import write_atomic
-from compiler.outdir.read import OutDocs, docs_from_texts, read_out
+from compiler.outdir.read import OutDir, docs_from_texts, read_out
 from compiler.report.build import DATA_DIR, build_view, view_from_facts
 from compiler.report.facts import gather
 from compiler.report.numbers import data_files, view_json
@@ -20,12 +20,12 @@ from compiler.report.sweep import SWEEP_HTML, is_sweep_dir, read_sweep, sweep_vi
 
 REPORT = "report.html"
 
-__all__ = ["DATA_DIR", "REPORT", "SWEEP_HTML", "OutDocs", "build_view", "docs_from_texts",
+__all__ = ["DATA_DIR", "REPORT", "SWEEP_HTML", "OutDir", "build_view", "docs_from_texts",
            "is_sweep_dir", "read_out", "read_sweep", "render_html", "report_files", "sweep_html",
            "sweep_view", "view_json", "write_report", "write_sweep_report"]
 
 
-def report_files(docs: OutDocs) -> dict[str, str]:
+def report_files(docs: OutDir) -> dict[str, str]:
     """report.html and the data files, by path relative to OUT."""
     facts = gather(docs)
     view = view_from_facts(facts)

@@ -7,7 +7,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from compiler.outdir.read import OutDocs
+from compiler.outdir.read import OutDir
 from compiler.report import colors, fmt, grid, tables, timeline
 from compiler.report.facts import Facts, LayerFacts, gather
 from compiler.report.tips import Tips
@@ -27,7 +27,7 @@ DATA_FILES = ("layers.csv", "cells.csv", "links.csv", "transfers.csv", "timeline
               "wafers.csv")
 
 
-def build_view(docs: OutDocs) -> Report:
+def build_view(docs: OutDir) -> Report:
     f = gather(docs)
     return view_from_facts(f)
 

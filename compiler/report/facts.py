@@ -9,8 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from compiler.outdir.read import OutDocs
-from compiler.outdir.trace import schedule_from_doc
+from compiler.outdir.read import OutDir
 from compiler.schedule.build import Schedule
 from compiler.schedule.perf import PerfOptions, link_loads, step_scale
 from compiler.vocab import OFFCHIP_KINDS, REGION_KINDS, TRANSFER_KINDS, Mode, Phase, StepKind
@@ -65,7 +64,7 @@ class Transfer:
 
 @dataclass(frozen=True)
 class Facts:
-    docs: OutDocs
+    docs: OutDir
     schedule: Schedule
     rows: int
     cols: int
@@ -77,6 +76,7 @@ class Facts:
     links: dict[tuple, float]  # (wafer, (r, c), (r', c')) -> bytes per token
 
     def timing(self, mode: str) -> dict[str, Any]:
+<<<<<<< HEAD
         return mode_timing(self.docs.schedule, mode)
 
     def steps(self, mode: str):
@@ -94,22 +94,28 @@ def mode_schedule(sdoc: dict[str, Any], mode: str, prefill: Schedule) -> Schedul
 
     dec = sdoc.get("decode")
     return decode_schedule_from_doc(sdoc) if dec and mode in dec["timing"] else prefill
+=======
+        return self.docs.timing[mode]
+>>>>>>> main
 
 
-def gather(docs: OutDocs) -> Facts:
-    p, sdoc = docs.placement, docs.schedule
-    schedule = schedule_from_doc(sdoc)
+def gather(docs: OutDir) -> Facts:
+    p, schedule = docs.placement, docs.schedule
     rows, cols = p["target"]["grid"]
     decode = PerfOptions(Mode.DECODE)
     io = _io_per_token(schedule, decode)
+<<<<<<< HEAD
     busy = {m: _busy(mode_schedule(sdoc, m, schedule), mode_timing(sdoc, m))
             for m in MODES if m in sdoc["timing"]}
+=======
+    busy = {m: _busy(schedule, docs.timing[m]) for m in MODES if m in docs.timing}
+>>>>>>> main
     cap = p["target"]["usable_bytes_per_core"]
     layers = tuple(_layer(i, doc, cap, io, busy) for i, doc in enumerate(p["layers"]))
     per_token = max(schedule.batch, 1)
     links = {k: v / per_token for k, v in link_loads(schedule, decode).items()}
     return Facts(docs, schedule, rows, cols, p["target"]["wafers"], cap,
-                 float(sdoc["target"]["clock_hz"]), layers, _transfers(schedule, decode), links)
+                 docs.clock_hz, layers, _transfers(schedule, decode), links)
 
 
 def _layer(i: int, doc: dict[str, Any], cap: int, io, busy) -> LayerFacts:

@@ -119,7 +119,7 @@ def _timeline(f: Facts) -> str:
               "critical"]
     rows = []
     for mode in MODES:
-        if mode not in f.docs.schedule["timing"]:
+        if mode not in f.docs.timing:
             continue
         t = f.timing(mode)
         crit = set(t["critical_path"])

@@ -25,7 +25,7 @@ TITLES = {Mode.DECODE: "Decode: one token", Mode.PREFILL: "Prefill: the whole pr
 
 def timelines(f: Facts, tips: Tips, layer_tips: list[int]) -> tuple[Timeline, ...]:
     return tuple(_timeline(f, mode, tips, layer_tips) for mode in (Mode.DECODE, Mode.PREFILL)
-                 if mode in f.docs.schedule["timing"])
+                 if mode in f.docs.timing)
 
 
 def _timeline(f: Facts, mode: str, tips: Tips, layer_tips: list[int]) -> Timeline:

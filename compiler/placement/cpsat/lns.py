@@ -1,0 +1,96 @@
+"""Stage 2's neighbourhood search (LNS), deterministic with one worker.
+
+`optimise` runs one whole-model solve from the hint, then, unless that proved optimality,
+`improve` re-solves neighbourhoods (runs of consecutive blocks and spatial clusters) with every
+other rectangle fixed, while that pays and time lasts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from compiler.placement.cpsat.layout import (
+    LayoutInstance,
+    LayoutResult,
+    layout_cost,
+    solve_layout,
+)
+from compiler.placement.cpsat.runner import Clock
+from compiler.placement.geometry import Position
+
+FULL_SHARE = 0.4  # of a layout's time, for one whole-model solve before the neighbourhoods
+LNS_SIZES = (6, 10)  # rectangles freed per neighbourhood (block-order runs, clusters)
+LNS_STEP = 0.5  # seconds at most per neighbourhood solve
+
+
+def neighbourhood(
+    inst: LayoutInstance, spots: Sequence[Position], free: frozenset[int]
+) -> LayoutInstance:
+    """`inst` with every rectangle outside `free` fixed at `spots`, hinted with `spots`."""
+    rows = tuple(inst.row_range[i] if i in free else (r, r) for i, (r, _) in enumerate(spots))
+    cols = tuple(inst.col_range[i] if i in free else (c, c) for i, (_, c) in enumerate(spots))
+    return LayoutInstance(inst.rows, inst.cols, inst.dims, inst.edges, rows, cols, tuple(spots))
+
+
+def _runs(n: int, size: int) -> list[frozenset[int]]:
+    """Runs of `size` consecutive rectangles (block order), overlapping by half."""
+    if n <= size:
+        return [frozenset(range(n))]
+    starts = [*range(0, n - size, max(1, size // 2)), n - size]
+    return [frozenset(range(s, s + size)) for s in starts]
+
+
+def _clusters(inst: LayoutInstance, spots: Sequence[Position], size: int) -> list[frozenset[int]]:
+    """Each rectangle with its size - 1 nearest (by centre), duplicates dropped."""
+    centre = [(2 * r + h, 2 * c + w) for (r, c), (h, w) in zip(spots, inst.dims, strict=True)]
+    found: dict[frozenset[int], None] = {}
+    for ra, ca in centre:
+        near = sorted((abs(ra - rb) + abs(ca - cb), b) for b, (rb, cb) in enumerate(centre))
+        found[frozenset(b for _, b in near[:size])] = None
+    return list(found)
+
+
+def neighbourhoods(
+    inst: LayoutInstance, spots: Sequence[Position]
+) -> list[frozenset[int]]:
+    """One pass: chain runs and spatial clusters, small ones first."""
+    return [free for size in LNS_SIZES
+            for free in _runs(len(inst.dims), size) + _clusters(inst, spots, size)]
+
+
+def improve(
+    inst: LayoutInstance, spots: tuple[Position, ...], limit: float, clock: Clock,
+    bound: float = 0.0,
+) -> tuple[tuple[Position, ...], str]:
+    """Re-solve neighbourhoods with the other rectangles fixed, while that pays and time
+    lasts. CP-SAT's own neighbourhood search needs several workers; this one is deterministic
+    with one. Progress reports the whole layout's cost against `bound` (the whole solve's)."""
+    left_before, cost, solves, gains, gained = clock.left, layout_cost(inst, spots), 0, 0, True
+    stage, scale = f"{clock.stage} LNS" if clock.stage else None, clock.scale
+    clock.enter(None, scale)  # a neighbourhood's own objective is not the layout's
+    while gained:
+        gained = False
+        for free in neighbourhoods(inst, spots):
+            left = limit - (left_before - clock.left)
+            if left <= 0.01 or clock.cut_by_deadline():
+                return spots, f"{solves} neighbourhoods, {gains} better"
+            res = solve_layout(neighbourhood(inst, spots, free), min(left, LNS_STEP), clock)
+            solves += 1
+            new_cost = layout_cost(inst, res.spots) if res.spots is not None else cost
+            if res.spots is not None and new_cost < cost:
+                spots, cost, gains, gained = res.spots, new_cost, gains + 1, True
+                clock.tell(cost, bound, stage)
+    return spots, f"{solves} neighbourhoods, {gains} better"
+
+
+def optimise(inst: LayoutInstance, limit: float, clock: Clock) -> LayoutResult:
+    """One whole-model solve from the hint, then neighbourhoods unless it proved optimality."""
+    started, left_before = time.perf_counter(), clock.left
+    res = solve_layout(inst, limit * FULL_SHARE, clock)
+    spots = res.spots or inst.hint
+    if res.status == "OPTIMAL" or spots is None:
+        return res
+    spots, note = improve(inst, spots, limit - (left_before - clock.left), clock, res.bound)
+    return LayoutResult(spots, "FEASIBLE", layout_cost(inst, spots), res.bound,
+                        time.perf_counter() - started, note)

@@ -1,0 +1,356 @@
+"""The CP-SAT placer's orchestration: stage order, time split, fallbacks, report.
+
+Stage 1 (residency.py) by area at factor 1.0 first; when that choice does not pack at its floor,
+again with exact strip packing (columns, then rows), then, if the area choice did not pack at
+all, with the area times falling FACTORS while those may stream less. The packed choice
+streaming least is kept. Stage 2 (wafer.py) lays each wafer out from a complete greedy packing
+hint (serpentine, else first-fit shelves, strips or a skyline; shapes may flex, or a short
+CP-SAT packing rescues a few rectangles). Time: shares of the limit per try (STAGE1_SHARES,
+RESCUE_*), the rest split over wafers by their edges; the clock (runner.py) keeps the deadline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from compiler.errors import InfeasiblePlacementError
+from compiler.placement.check import byte_hops, offchip_lower_bound, usable_options
+from compiler.placement.cpsat.layout import LayoutInstance, layout_for, solve_layout
+from compiler.placement.cpsat.residency import (
+    NoSolution,
+    Residency,
+    ResidencyInstance,
+    dense,
+    label,
+    offchip_of,
+    pipeline_cost,
+    residency_hints,
+    residency_instance,
+    solve_residency,
+    strip_guess,
+    wafer_members,
+)
+from compiler.placement.cpsat.runner import DET_SHARE, WALL_SHARE, Clock, SolveParams
+from compiler.placement.cpsat.wafer import WaferLayout, place_wafer
+from compiler.placement.geometry import STRIPS, Position, any_pack, skyline_shapes
+from compiler.placement.greedy import alike, first_fit, serpentine, usable
+from compiler.placement.problem import (
+    Placement,
+    PlacementProblem,
+    ProgressHook,
+    Rect,
+    SolverReport,
+)
+
+# Share of a wafer's cores stage 1 may fill, tried in turn while stage 2 cannot pack the choice.
+# 1.0 first: when that packs, its off-chip minimum is proven for every placement.
+FACTORS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+# Of the time limit, for stage 1's tries: area at 1.0; each strip packing and the factor 0.95;
+# each lower factor.
+STAGE1_SHARES = (0.1, 0.08, 0.05)
+# CP-SAT packing when greedy packers fail: all rescues share RESCUE_SHARE of the limit, each
+# gets at most RESCUE_STEP of it, and only wafers of at most RESCUE_MAX_BLOCKS blocks try.
+RESCUE_SHARE, RESCUE_STEP, RESCUE_MAX_BLOCKS = 0.1, 0.03, 24
+
+
+# -- the whole solve ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """The solve in progress: problem, options, clock and what each stage said."""
+
+    problem: PlacementProblem
+    time_limit_s: float
+    clock: Clock
+    started: float = field(default_factory=time.perf_counter)
+    stages: list[tuple[str, str]] = field(default_factory=list)
+    rescue_left: float = 0.0  # seconds left for CP-SAT packing rescues, over all attempts
+
+    def __post_init__(self) -> None:
+        self.rescue_left = RESCUE_SHARE * self.time_limit_s
+
+
+def solve(
+    problem: PlacementProblem,
+    *,
+    time_limit_s: float = 30.0,
+    seed: int = 0,
+    workers: int = 1,
+    deterministic: bool = True,
+    on_progress: ProgressHook | None = None,
+) -> Placement:
+    """Place every block: CP-SAT stage 1 (residency, wafers), then stage 2 (layout per wafer).
+    Every solve ends by `time_limit_s` wall seconds from now (module docstring)."""
+    for b in range(len(problem.blocks)):
+        usable(problem, b)  # raises InfeasiblePlacementError naming a block with no option
+    params = SolveParams(seed, max(1, workers), deterministic)
+    share = DET_SHARE if deterministic else WALL_SHARE
+    clock = Clock(params, share * time_limit_s, time.perf_counter() + time_limit_s, on_progress)
+    r = _Run(problem, time_limit_s, clock)
+    residency, layouts = _stages_1(r)
+    if residency is None or layouts is None:
+        return _greedy_fallback(r)
+    placed = {k: place_wafer(inst, _wafer_share(r, layouts, k), r.clock, f"wafer {k}")
+              for k, inst in sorted(layouts.items())}
+    for k, lay in placed.items():
+        r.stages.append((f"wafer {k}", f"{len(layouts[k].dims)} blocks; {lay.summary}"))
+    return _assemble(r, residency, layouts, placed)
+
+
+def _wafer_share(r: _Run, layouts: dict[int, LayoutInstance], k: int) -> float:
+    """This wafer's part of the time left, by its edges among the wafers not yet solved."""
+    weights = {j: len(inst.edges) for j, inst in layouts.items() if j >= k}
+    total = sum(weights.values())
+    return r.clock.left * weights[k] / total if total else 0.0
+
+
+def _note_deadline(r: _Run) -> None:
+    """Say so when the wall-clock limit, not the deterministic budget, ended solves."""
+    if r.clock.cut_short:
+        r.stages.append(("time limit", (
+            f"the wall clock ({r.time_limit_s:g} s limit, or a solve's fuse) stopped the search "
+            f"{r.clock.cut_short} time(s) before its deterministic budget: this placement "
+            "depends on the machine's speed; a larger --time-limit makes it reproducible")))
+
+
+# -- stage 1 until its choice packs ------------------------------------------------------------
+
+
+Packed = tuple[Residency, dict[int, LayoutInstance]]  # a choice and its packed layouts
+
+
+def _stages_1(r: _Run) -> tuple[Residency | None, dict[int, LayoutInstance] | None]:
+    """Stage 1 until stage 2's greedy hints can pack its choice. By area at factor 1.0 first
+    (its off-chip minimum, or the analytic bound, is a floor for every placement); unless that
+    packs at the floor, by strips (exact packings), then, if area did not pack, by area at
+    falling factors while those may stream less. The packed choice streaming least (then
+    with the least pipeline cost) is kept."""
+    problem, hint = r.problem, _greedy_hint(r.problem)
+    first = _residency_or_hint(r, residency_instance(problem), STAGE1_SHARES[0], hint)
+    if first is None:
+        raise _stage1_infeasible(problem)
+    floor = max(first.offchip_bound, offchip_lower_bound(problem) - problem.io_bytes_per_token)
+    area = _packed(r, first)
+    found = [area] if area is not None else []
+    if _least(r, found) > floor:
+        found += _by_strips(r, hint, floor, _least(r, found))
+    if area is None and _least(r, found) > floor:
+        found += _by_falling_factors(r, hint, _least(r, found))
+    if not found:
+        return None, None
+    inst = residency_instance(problem)
+    best = min(found, key=lambda p: (offchip_of(problem, p[0].options),
+                                     pipeline_cost(inst, (p[0].options, p[0].wafer_of))))
+    if len(found) > 1:
+        r.stages.append(("residency", f"kept {best[0].summary.split(':')[0]}"))
+    return best
+
+
+def _least(r: _Run, found: Sequence[Packed]) -> float:
+    return min((offchip_of(r.problem, p[0].options) for p in found), default=math.inf)
+
+
+def _packed(r: _Run, res: Residency) -> Packed | None:
+    """The choice with its packing hints (stage recorded), or None if it does not pack."""
+    packed = greedy_hints(r, res)
+    r.stages.append(("residency", res.summary + "; does not pack" if packed is None
+                     else packed[0].summary))
+    return packed
+
+
+def _by_strips(r: _Run, hint: Placement | None, floor: float, beat: float) -> list[Packed]:
+    """Stage 1 by columns, then rows, until one packs at the floor; a packing is solved only
+    when its greedy choice exists and streams less than `beat` (what already packs)."""
+    found: list[Packed] = []
+    for packing in STRIPS:
+        guess = strip_guess(r.problem, packing)
+        if guess is None or offchip_of(r.problem, guess[0]) >= min(beat, _least(r, found)):
+            r.stages.append(("residency", f"{packing}: " + (
+                "the blocks do not fit" if guess is None else "greedy streams no less, skipped")))
+            continue
+        res = _residency_or_hint(r, residency_instance(r.problem, packing=packing),
+                                 STAGE1_SHARES[1], hint)
+        if res is None:
+            r.stages.append(("residency", f"{packing}: the blocks do not fit"))
+            continue
+        packed = _packed(r, res)
+        if packed is not None:
+            found.append(packed)
+            if _least(r, found) <= floor:
+                break
+    return found
+
+
+def _by_falling_factors(r: _Run, hint: Placement | None, best: float) -> list[Packed]:
+    """Stage 1 by area at factors below 1.0 until one packs or streams at least `best`."""
+    for attempt, factor in enumerate(FACTORS[1:], start=1):
+        share = STAGE1_SHARES[min(attempt, len(STAGE1_SHARES) - 1)]
+        res = _residency_or_hint(r, residency_instance(r.problem, factor), share, hint)
+        if res is None:
+            r.stages.append(("residency", f"factor {factor:.2f}: infeasible"))
+            return []
+        if offchip_of(r.problem, res.options) >= best:
+            r.stages.append(("residency", res.summary + "; streams no less: stop"))
+            return []
+        packed = _packed(r, res)
+        if packed is not None:
+            return [packed]
+    return []
+
+
+def _residency_or_hint(
+    r: _Run, inst: ResidencyInstance, share: float, greedy: Placement | None
+) -> Residency | None:
+    """Stage 1's answer in `share` of the time limit, or a greedy choice when that streams
+    less or time ran out (None: infeasible, or strips and nothing found)."""
+    limit = share * r.time_limit_s
+    try:
+        res = solve_residency(inst, limit, r.clock, greedy)
+    except NoSolution as err:
+        hints = residency_hints(inst, greedy)
+        if not hints and inst.packing != "area":
+            return None
+        if not hints:
+            raise InfeasiblePlacementError(
+                f"{r.problem.name}: stage 1 found no option choice in {limit:.1f} s ({err}); "
+                "give the solver more time") from None
+        best = min(hints, key=lambda c: offchip_of(r.problem, c[0]))
+        return Residency(tuple(best[0]), tuple(best[1]), False,
+                         f"{label(inst)}: {err}, greedy choice")
+    if res is not None and greedy is not None and (
+            offchip_of(r.problem, greedy.options) < offchip_of(r.problem, res.options)):
+        return Residency(greedy.options, dense([rc.wafer for rc in greedy.rects]), False,
+                         res.summary + f"; {greedy.report.method} streams less, its choice kept",
+                         res.offchip_bound)
+    return res
+
+
+def _greedy_hint(problem: PlacementProblem) -> Placement | None:
+    for placer in (serpentine, first_fit):
+        try:
+            return placer(problem)
+        except InfeasiblePlacementError:
+            continue
+    return None
+
+
+def _stage1_infeasible(problem: PlacementProblem) -> InfeasiblePlacementError:
+    need = sum(min(o.cores for _, o in usable(problem, b)) for b in range(len(problem.blocks)))
+    have = problem.wafers * problem.cores_per_wafer
+    why = ("" if need > have else
+           f"; no split of the blocks into {problem.wafers} contiguous wafer range(s) of at most "
+           f"{problem.cores_per_wafer:,} cores each exists")
+    return InfeasiblePlacementError(
+        f"{problem.name}: the blocks need at least {need:,} cores with their smallest usable "
+        f"options, and {problem.wafers} wafer(s) x {problem.cores_per_wafer:,} = {have:,} cores "
+        f"are available{why}; use more wafers or options with fewer cores"
+    )
+
+
+# -- stage 2's packing hints -------------------------------------------------------------------
+
+
+def greedy_hints(r: _Run, res: Residency) -> tuple[Residency, dict[int, LayoutInstance]] | None:
+    """Per wafer, the layout instance with a complete packing hint (None if one cannot pack).
+    A wafer whose shapes do not pack may switch blocks to other shapes that stream the same
+    bytes (the returned Residency says so)."""
+    problem, out, options, flexed = r.problem, {}, list(res.options), 0
+    for k, members in sorted(wafer_members(res.wafer_of).items()):
+        inst = layout_for(problem, options, members)
+        spots = any_pack(inst.rows, inst.cols, inst.dims)
+        if spots is None:
+            flex = _flex_shapes(problem, options, members)
+            if flex is not None:  # new shapes; serpentine on them may pack now, and closer
+                flexed += sum(options[b] != res.options[b] for b in members)
+                inst = layout_for(problem, options, members)
+                spots = any_pack(inst.rows, inst.cols, inst.dims) or flex
+        spots = spots or _rescue(r, inst)
+        if spots is None:
+            return None
+        out[k] = dataclasses.replace(inst, hint=spots)
+    if flexed:
+        res = dataclasses.replace(res, options=tuple(options), optimal=False, summary=(
+            res.summary + f"; {flexed} block(s) changed shape to pack"))
+    return res, out
+
+
+def _flex_shapes(
+    problem: PlacementProblem, options: list[int], members: Sequence[int]
+) -> tuple[Position, ...] | None:
+    """Skyline-pack these blocks letting each take any shape streaming the same bytes in the
+    same mode; on success, update `options` in place."""
+    alternatives = []
+    for b in members:
+        now = problem.blocks[b].options[options[b]]
+        same = [o for o in usable_options(problem, b) if o != options[b] and alike(
+            problem.blocks[b].options[o], now)]
+        alternatives.append([options[b], *same])
+    found = skyline_shapes(problem.rows, problem.cols, [
+        [(problem.blocks[b].options[o].rows, problem.blocks[b].options[o].cols) for o in alts]
+        for b, alts in zip(members, alternatives, strict=True)])
+    if found is None:
+        return None
+    for b, alts, s in zip(members, alternatives, found[1], strict=True):
+        options[b] = alts[s]
+    return found[0]
+
+
+def _rescue(r: _Run, inst: LayoutInstance) -> tuple[Position, ...] | None:
+    """CP-SAT packing with no hint, for a few rectangles that greedy packers cannot fit."""
+    if len(inst.dims) > RESCUE_MAX_BLOCKS or r.rescue_left <= 0.05:
+        return None
+    left_before, stage = r.clock.left, r.clock.stage
+    r.clock.enter("packing rescue")
+    found = solve_layout(inst, min(r.rescue_left, RESCUE_STEP * r.time_limit_s), r.clock,
+                         minimize=False).spots
+    r.rescue_left -= left_before - r.clock.left
+    r.clock.stage = stage
+    return found
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+
+def _greedy_fallback(r: _Run) -> Placement:
+    """Stage 1 could not give a packable choice: the better greedy placement, else infeasible."""
+    found = []
+    for placer in (serpentine, first_fit):
+        try:
+            found.append(placer(r.problem))
+        except InfeasiblePlacementError as err:
+            r.stages.append((placer.__name__, str(err)))
+    if not found:
+        raise InfeasiblePlacementError(
+            f"{r.problem.name}: no packing found; " + "; ".join(s for _, s in r.stages))
+    best = min(found, key=lambda p: (offchip_of(r.problem, p.options), byte_hops(r.problem, p)))
+    r.stages.append(("fallback", f"stage 1's choices did not pack: {best.report.method} kept"))
+    return Placement(best.options, best.rects, _report(r, "FEASIBLE", best, None))
+
+
+def _assemble(
+    r: _Run, res: Residency, layouts: dict[int, LayoutInstance], placed: dict[int, WaferLayout]
+) -> Placement:
+    rects: list[Rect | None] = [None] * len(r.problem.blocks)
+    for k, members in wafer_members(res.wafer_of).items():
+        for b, (row, col), (h, w) in zip(members, placed[k].spots, layouts[k].dims, strict=True):
+            rects[b] = Rect(k, row, col, h, w)
+    placement = Placement(res.options, tuple(rc for rc in rects if rc is not None))
+    bound = sum(lay.bound for lay in placed.values()) / 2
+    optimal = res.optimal and all(lay.optimal for lay in placed.values())
+    report = _report(r, "OPTIMAL" if optimal else "FEASIBLE", placement, bound)
+    return Placement(placement.options, placement.rects, report)
+
+
+def _report(r: _Run, status: str, placement: Placement, bound: float | None) -> SolverReport:
+    params = r.clock.params
+    _note_deadline(r)
+    return SolverReport(
+        method="cpsat", status=status, objective=byte_hops(r.problem, placement), bound=bound,
+        wall_time_s=time.perf_counter() - r.started, seed=params.seed, workers=params.workers,
+        time_limit_s=r.time_limit_s, deterministic=params.deterministic, stages=tuple(r.stages),
+    )

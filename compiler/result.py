@@ -1,0 +1,36 @@
+"""CompileResult: what a compile produced, stage by stage. Its own module so that the writers of
+OUT/ (compiler/outdir/) and the tools reading a result need not import the driver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from compiler import ir
+    from compiler.driver import CompileOptions
+    from compiler.placement.check import Metrics
+    from compiler.placement.problem import Placement, PlacementProblem
+    from compiler.schedule.build import Schedule
+    from compiler.schedule.perf import Estimate, Timeline
+    from compiler.target import Target
+    from compiler.tiling.candidates import TiledGraph
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    graph: ir.Graph
+    target: Target
+    tiled: TiledGraph
+    problem: PlacementProblem
+    placement: Placement
+    metrics: Metrics
+    baseline: Metrics | None  # first-fit, for comparison (None when it found no placement)
+    schedule: Schedule
+    timelines: dict[str, Timeline]  # per mode: decode, prefill
+    estimates: dict[str, Estimate]
+    options: CompileOptions
+    stage_times: tuple[tuple[str, float], ...]
+    # first-fit shelves with this placement's own options and wafers: a like-for-like layout
+    # baseline for byte-hops (None when shelves cannot pack those rectangles)
+    baseline_same_options: Metrics | None = None
