@@ -23,7 +23,7 @@ from compiler.placement.check import Metrics, metrics
 from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
 from compiler.result import CompileResult
 from compiler.schedule.build import Schedule, build_schedule
-from compiler.schedule.decode import DecodePlan, decode_plan
+from compiler.schedule.decode import decode_plan
 from compiler.schedule.perf import (
     PerfOptions,
     estimate,
@@ -54,29 +54,6 @@ class CompileOptions:
     solver: SolverOptions = field(default_factory=SolverOptions)
 
 
-<<<<<<< HEAD
-@dataclass(frozen=True)
-class CompileResult:
-    graph: ir.Graph
-    target: Target
-    tiled: TiledGraph
-    problem: PlacementProblem
-    placement: Placement
-    metrics: Metrics
-    baseline: Metrics | None  # first-fit, for comparison (None when it found no placement)
-    schedule: Schedule
-    timelines: dict[str, Timeline]  # per mode: decode, prefill
-    estimates: dict[str, Estimate]
-    options: CompileOptions
-    stage_times: tuple[tuple[str, float], ...]
-    # first-fit shelves with this placement's own options and wafers: a like-for-like layout
-    # baseline for byte-hops (None when shelves cannot pack those rectangles)
-    baseline_same_options: Metrics | None = None
-    decode: DecodePlan | None = None  # the decode step of a causal LM (schedule/decode.py)
-
-
-=======
->>>>>>> main
 def compile_model(model: str | Path, target: str | Path | Target,
                   options: CompileOptions | None = None,
                   on_stage: StageHook | None = None, *, on_start: StartHook | None = None,

@@ -76,27 +76,22 @@ class Facts:
     links: dict[tuple, float]  # (wafer, (r, c), (r', c')) -> bytes per token
 
     def timing(self, mode: str) -> dict[str, Any]:
-<<<<<<< HEAD
-        return mode_timing(self.docs.schedule, mode)
+        return mode_timing(self.docs, mode)
 
     def steps(self, mode: str):
         """The steps a mode's timing indexes: the decode schedule's when there is one."""
-        return mode_schedule(self.docs.schedule, mode, self.schedule).steps
+        return mode_schedule(self.docs, mode).steps
 
 
-def mode_timing(sdoc: dict[str, Any], mode: str) -> dict[str, Any]:
-    dec = sdoc.get("decode")
-    return dec["timing"][mode] if dec and mode in dec["timing"] else sdoc["timing"][mode]
+def mode_timing(docs: OutDir, mode: str) -> dict[str, Any]:
+    """A mode's timeline: decode's from the decode schedule when OUT has one."""
+    if mode == Mode.DECODE and docs.decode_timing is not None:
+        return docs.decode_timing
+    return docs.timing[mode]
 
 
-def mode_schedule(sdoc: dict[str, Any], mode: str, prefill: Schedule) -> Schedule:
-    from compiler.outdir.decode import decode_schedule_from_doc
-
-    dec = sdoc.get("decode")
-    return decode_schedule_from_doc(sdoc) if dec and mode in dec["timing"] else prefill
-=======
-        return self.docs.timing[mode]
->>>>>>> main
+def mode_schedule(docs: OutDir, mode: str) -> Schedule:
+    return docs.decode if mode == Mode.DECODE and docs.decode is not None else docs.schedule
 
 
 def gather(docs: OutDir) -> Facts:
@@ -104,12 +99,8 @@ def gather(docs: OutDir) -> Facts:
     rows, cols = p["target"]["grid"]
     decode = PerfOptions(Mode.DECODE)
     io = _io_per_token(schedule, decode)
-<<<<<<< HEAD
-    busy = {m: _busy(mode_schedule(sdoc, m, schedule), mode_timing(sdoc, m))
-            for m in MODES if m in sdoc["timing"]}
-=======
-    busy = {m: _busy(schedule, docs.timing[m]) for m in MODES if m in docs.timing}
->>>>>>> main
+    busy = {m: _busy(mode_schedule(docs, m), mode_timing(docs, m))
+            for m in MODES if m in docs.timing}
     cap = p["target"]["usable_bytes_per_core"]
     layers = tuple(_layer(i, doc, cap, io, busy) for i, doc in enumerate(p["layers"]))
     per_token = max(schedule.batch, 1)

@@ -278,7 +278,7 @@ class _Reference:
 
     def __init__(self, source: str):
         from compiler.frontend.export import reference_model_bytes
-        from compiler.verify import _session
+        from compiler.verify.reference import _session
 
         self.source = source
         self.session = _session(reference_model_bytes(source), str(source))
