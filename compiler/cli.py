@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compiler import __version__, ir
+from compiler import __version__, cli_decode, ir
 from compiler.errors import ExitCode, UsageError, WaferError, WaferWarning
 from compiler.target import Target, list_targets, load_target
 from compiler.tiling.costs import model_cost
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(sub)
     _add_view(sub)
     _add_sweep(sub)
+    cli_decode.add_generate(sub, _count)
     t = sub.add_parser("targets", help="list the built-in target specs")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.set_defaults(run=cmd_targets)
@@ -116,6 +117,7 @@ def _add_compile(sub) -> None:
                    help="then run the schedule and compare with ONNX Runtime (wafer verify)")
     p.add_argument("--inputs", metavar="IN.npz",
                    help="with --verify: inputs by name (default: seeded random)")
+    cli_decode.add_decode_arg(p, _count)
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.html and report-data/ (wafer view OUT does later)")
     p.set_defaults(run=cmd_compile)
@@ -161,6 +163,7 @@ def _add_verify(sub) -> None:
     p.add_argument("--report", metavar="FILE.json", help="report path (default OUT/verify.json)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed check")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    cli_decode.add_decode_arg(p, _count)
     p.set_defaults(run=cmd_verify)
 
 
@@ -410,7 +413,9 @@ def _compile(args, display) -> int:
     solver = SolverOptions(args.method, args.time_limit, args.seed, args.workers,
                            deterministic=not args.nondeterministic)
     resident = True if args.verify else None  # verifying runs the whole prompt at once
-    tiling = TilingOptions(context=args.context, prompt_resident=resident)
+    if args.decode and not args.verify:
+        raise UsageError("--decode N checks decode steps after --verify; add --verify")
+    tiling = TilingOptions(context=cli_decode.decode_context(args), prompt_resident=resident)
     options = CompileOptions(frontend, tiling, solver, check=_checks_on())
     result = compile_model(args.model, args.target, options, on_stage=display.done,
                            on_start=display.start, on_progress=display.solver)
@@ -421,6 +426,8 @@ def _compile(args, display) -> int:
         from compiler.verify import load_inputs
 
         load_inputs(args.inputs, result.graph)
+    if args.decode:
+        cli_decode.require_plan(result, args.decode)  # refuse before writing OUT
     stages = list(result.stage_times)
     files = _shown(display, stages, "artifacts", artifact_files, result, report=False)
     if not args.no_report:
@@ -453,15 +460,25 @@ def _compile_verify(args, display, result, out: Path, stages: list[tuple[str, fl
         display.done(name, seconds)
 
     opts = VerifyOptions(Path(args.inputs) if args.inputs else None)
+    ready = cli_decode.prepare(args, art, out, result.decode) if args.decode else None
     v = _verified(args, art, opts, out / "verify.json", on_stage=verify_stage)
     if not args.no_report:  # the report shows the verify result too
         from compiler.report import write_report
 
         _shown(display, stages, "report", write_report, out)
-    with display.paused():
-        print(dumps(summary_doc(result, out, stages, v.report.to_dict())) if args.json
-              else "\n".join(v.report.lines()) + "\n", end="")
-    return ExitCode.OK if v.report.passed else ExitCode.MISMATCH
+    code = ExitCode.OK if v.report.passed else ExitCode.MISMATCH
+    if not args.json:
+        with display.paused():
+            print("\n".join(v.report.lines()) + "\n", end="")
+    decode = None
+    if ready:  # then prefill + N decode steps (OUT/verify-decode.json)
+        with display.paused():
+            decoded, decode = cli_decode.verify_decode(args, art, opts, out, ready, not args.json)
+        code = max(code, decoded)
+    if args.json:  # one document: the summary, verify's and decode's reports
+        doc = summary_doc(result, out, stages, v.report.to_dict())
+        print(dumps({**doc, "decode": decode.doc()} if decode else doc), end="")
+    return code
 
 
 def _shown(display, stages: list[tuple[str, float]], name: str, fn: Callable, *a, **kw):
@@ -540,8 +557,10 @@ def cmd_verify(args) -> int:
                          args.rtol, _tolerances(args.tol), args.per_layer, args.precision,
                          args.fail_fast, args.allow_nan,
                          Path(args.load_outputs) if args.load_outputs else None)
-    return _verify(args, art, opts, Path(args.report or Path(args.out) / "verify.json"),
-                   args.save_outputs)
+    report = Path(args.report or Path(args.out) / "verify.json")
+    if args.decode:
+        return cli_decode.verify_with_decode(args, art, opts, report, _verified)
+    return _verify(args, art, opts, report, args.save_outputs)
 
 
 def _tolerances(specs: list[str]) -> tuple[tuple[str, float], ...]:

@@ -25,6 +25,7 @@ from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
 from compiler.result import CompileResult
 from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.check import schedule_problems, timeline_problems
+from compiler.schedule.decode import decode_plan
 from compiler.schedule.perf import (
     PerfOptions,
     Timeline,
@@ -86,12 +87,16 @@ def compile_model(model: str | Path, target: str | Path | Target,
         schedule = build_schedule(graph, tiled, problem, placement, tgt)
         if options.check:
             check(schedule_problems(schedule, tgt), "schedule")
+    with stage("decode"):
+        decode = decode_plan(str(model), graph, schedule, tgt, tiled.context)
     with stage("performance"):
         timelines, estimates = _performance(schedule, tiled, tgt)
         if options.check:
             check(_timelines_problems(timelines, schedule), "timeline")
+        if decode is not None:  # tokens/s from the decode schedule, not the prefill scaled
+            estimates = {**estimates, Mode.DECODE: decode.estimate}
     return CompileResult(graph, tgt, tiled, problem, placement, placed, baseline, schedule,
-                         timelines, estimates, options, tuple(stage.times), same)
+                         timelines, estimates, options, tuple(stage.times), same, decode)
 
 
 def _timelines_problems(timelines: dict[str, Timeline], schedule: Schedule) -> list[str]:

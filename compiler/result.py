@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from compiler.placement.check import Metrics
     from compiler.placement.problem import Placement, PlacementProblem
     from compiler.schedule.build import Schedule
+    from compiler.schedule.decode import DecodePlan
     from compiler.schedule.perf import Estimate, Timeline
     from compiler.target import Target
     from compiler.tiling.candidates import TiledGraph
@@ -34,3 +35,4 @@ class CompileResult:
     # first-fit shelves with this placement's own options and wafers: a like-for-like layout
     # baseline for byte-hops (None when shelves cannot pack those rectangles)
     baseline_same_options: Metrics | None = None
+    decode: DecodePlan | None = None  # the decode step of a causal LM (schedule/decode.py)

@@ -41,11 +41,13 @@ class StepKind(enum.StrEnum):
     SEND = "send"  # region -> region on one wafer
     WAFER_SEND = "wafer_send"  # region -> region across wafers
     STORE = "store"  # region -> off-chip
+    APPEND = "append"  # decode: a step's own K/V into its resident KV cache at position t
 
 
 TRANSFER_KINDS = (StepKind.SEND, StepKind.WAFER_SEND)  # region -> region
 OFFCHIP_KINDS = (StepKind.LOAD, StepKind.STORE)  # between a region and off-chip memory
-REGION_KINDS = (StepKind.COMPUTE, StepKind.COLLECTIVE)  # serialized per region by the model
+REGION_KINDS = (StepKind.COMPUTE, StepKind.COLLECTIVE,  # serialized per region by the model
+                StepKind.APPEND)
 
 
 class CollectiveKind(enum.StrEnum):

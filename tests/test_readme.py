@@ -49,7 +49,8 @@ def test_the_use_block_runs_top_to_bottom(tmp_path, chromium):
         assert proc.returncode == 0, f"{shlex.join(argv)}\n{proc.stderr}"
         assert "error:" not in proc.stderr, f"{shlex.join(argv)}\n{proc.stderr}"
     for written in ("out-8b/placement.json", "out-8b/schedule.json", "out-8b/trace.json",
-                    "out/verify.json", "out/report.html", "shot.png", "sweep/sweep.csv",
+                    "out/verify.json", "out/report.html", "out-tiny/verify-decode.json",
+                    "shot.png", "sweep/sweep.csv",
                     "sweep/sweep.json", "sweep/sweep.html", "sweep.png"):
         assert (tmp_path / written).stat().st_size > 0, written
 

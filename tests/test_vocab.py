@@ -31,7 +31,7 @@ def test_every_step_kind_of_real_schedules_parses_back():
     seen: set[StepKind] = set()
     for doc in _docs():
         assert check_schedule_doc(doc) == []
-        for st in doc["steps"]:
+        for st in [*doc["steps"], *doc.get("decode", {}).get("steps", ())]:  # decode: appends
             seen.add(StepKind(st["kind"]))
             Phase(st.get("phase", Phase.TOKEN))
             if st["kind"] == StepKind.COLLECTIVE:

@@ -42,6 +42,10 @@ class MemoryOverflow(ScheduleFault):
     pass
 
 
+class CacheOverflow(ScheduleFault):
+    """A decode step appends past the end of its KV cache (the compile's --context)."""
+
+
 @dataclass
 class _Resident:
     spec: Spec
@@ -73,6 +77,7 @@ class _Machine:
     peak: dict[str, int] = field(default_factory=dict)
     last_use: dict[tuple[str, str], int] = field(default_factory=dict)
     pinned: set[tuple[str, str]] = field(default_factory=set)  # resident weights: never freed
+    position: int = 0  # a decode step's absolute position t (where `append` steps write)
     result: ExecResult = field(default_factory=lambda: ExecResult({}, {}, {}))
 
 
@@ -390,5 +395,45 @@ def _store(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
         m.result.values[ref.tensor] = full
 
 
+def _append(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
+    """A decode step's own K/V written into its KV cache at position t, in place: the cache
+    keeps its tiles and bytes; the tile of the core holding position t changes."""
+    (new_ref, cache_ref), (write,) = step.reads, step.writes
+    if write.tensor != cache_ref.tensor or write.spec != cache_ref.spec:
+        raise _fault(step, f"an append writes its cache in place, not {write.tensor}")
+    reg = m.regions[step.region]
+    new = _get(m, step, reg.name, new_ref.tensor, new_ref.spec, new_ref.partial)
+    cache = _get(m, step, reg.name, cache_ref.tensor, cache_ref.spec, cache_ref.partial)
+    if new.partial or cache.partial:
+        raise _fault(step, "cannot append partial sums")
+    shape, new_shape = m.g.tensor(cache_ref.tensor).shape, m.g.tensor(new_ref.tensor).shape
+    axis = _key_axis(new_shape, shape)
+    if axis is None:
+        raise _fault(step, f"{new_ref.tensor} {list(new_shape)} is not one position of "
+                     f"{cache_ref.tensor} {list(shape)}")
+    if not 0 <= m.position < shape[axis]:
+        raise CacheOverflow(
+            f"KV cache overflow at {_where(step)}: position {m.position} is past the "
+            f"{shape[axis]} positions of {cache_ref.tensor}; compile with a larger --context")
+    whole = np.array(gather(cache.data, cache.spec, shape))
+    index = tuple(slice(m.position, m.position + 1) if i == axis else slice(None)
+                  for i in range(len(shape)))
+    whole[index] = gather(new.data, new.spec, new_shape)
+    _put(m, step, reg.name, cache_ref.tensor, cache_ref.spec, None,
+         _finish(m, cache_ref.tensor, cache_ref.spec, reg,
+                 scatter(whole, cache_ref.spec, reg.rows, reg.cols)))
+
+
+def _key_axis(new: tuple[int, ...], cache: tuple[int, ...]) -> int | None:
+    if len(new) != len(cache):
+        return None
+    differ = [i for i, (a, b) in enumerate(zip(new, cache, strict=True)) if a != b]
+    if len(differ) == 1 and new[differ[0]] == 1:
+        return differ[0]
+    ones = [i for i, (a, b) in enumerate(zip(new, cache, strict=True)) if a == b == 1]
+    return ones[-1] if not differ and ones else None
+
+
 _STEP = {StepKind.LOAD: _load, StepKind.COMPUTE: _compute, StepKind.COLLECTIVE: _collective,
-         StepKind.SEND: _send, StepKind.WAFER_SEND: _send, StepKind.STORE: _store}
+         StepKind.SEND: _send, StepKind.WAFER_SEND: _send, StepKind.STORE: _store,
+         StepKind.APPEND: _append}

@@ -55,6 +55,8 @@ class OutDir:
     log: dict[str, Any]
     verify: dict[str, Any] | None  # verify.json, when OUT has one
     out: str = "OUT"  # where they came from, for messages
+    decode: Schedule | None = None  # schedule.json's decode section, when it has one
+    decode_timing: dict[str, Any] | None = None  # its timeline (one decode step)
 
     @property
     def model(self) -> ModelRecord:
@@ -75,8 +77,12 @@ class OutDir:
 def _out_dir(docs: dict[str, dict[str, Any]], out: str) -> OutDir:
     sdoc = docs[SCHEDULE]
     timing, target = sdoc.get("timing", {}), sdoc.get("target", {})
+    from compiler.outdir.decode import decode_schedule_from_doc
+
+    dec = sdoc.get("decode")
     return OutDir(docs[PLACEMENT], schedule_from_doc(sdoc), timing,
-                  float(target.get("clock_hz", 0.0)), docs.get(LOG, {}), docs.get(VERIFY), out)
+                  float(target.get("clock_hz", 0.0)), docs.get(LOG, {}), docs.get(VERIFY), out,
+                  decode_schedule_from_doc(sdoc), dec["timing"]["decode"] if dec else None)
 
 
 def read_out(out: str | Path) -> OutDir:

@@ -36,7 +36,7 @@ from compiler.schedule.perf import PerfOptions, Timeline, step_scale
 from compiler.target import Target
 from compiler.vocab import OFFCHIP_KINDS, REGION_KINDS, TRANSFER_KINDS, Phase, StepKind
 
-SCHEDULE_SCHEMA_VERSION = "1.0"
+SCHEDULE_SCHEMA_VERSION = "1.1"  # 1.1: the decode section (append steps)
 # Fields written for a kind even when they hold their default (the schema requires them).
 KIND_FIELDS: dict[StepKind, tuple[str, ...]] = {
     StepKind.LOAD: ("writes", "nbytes"),
@@ -45,6 +45,7 @@ KIND_FIELDS: dict[StepKind, tuple[str, ...]] = {
     StepKind.SEND: ("reads", "writes", "dst", "route", "hops", "lanes", "nbytes"),
     StepKind.WAFER_SEND: ("reads", "writes", "dst", "nbytes"),
     StepKind.STORE: ("reads", "nbytes"),
+    StepKind.APPEND: ("reads", "writes", "op_kind", "nbytes"),
 }
 _ALWAYS = ("id", "kind", "region", "deps")
 _STEP_FIELDS = dataclasses.fields(Step)

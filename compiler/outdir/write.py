@@ -178,11 +178,18 @@ def artifact_files(result: CompileResult, report: bool = True) -> dict[str, str]
     """Every file a compile writes into OUT/, by path relative to OUT; with `report`, also
     report.html and report-data/ (built from these very files, as `wafer view` would)."""
     decode = result.timelines[Mode.DECODE]
+    sched = schedule_doc(result.schedule, result.target, result.timelines)
+    trace = trace_doc(result.schedule, result.target, decode, PerfOptions(Mode.DECODE))
+    if result.decode is not None:  # the decode step, scheduled (outdir/decode.py)
+        from compiler.outdir.decode import decode_doc, two_schedule_trace
+
+        sched["decode"] = decode_doc(result.decode)
+        trace = two_schedule_trace(result.schedule, result.timelines[Mode.PREFILL],
+                                   result.decode, result.target)
     files = {
         "placement.json": dumps(placement_doc(result)),
-        "schedule.json": dumps(schedule_doc(result.schedule, result.target, result.timelines)),
-        "trace.json": json.dumps(trace_doc(result.schedule, result.target, decode,
-                                           PerfOptions(Mode.DECODE))) + "\n",
+        "schedule.json": dumps(sched),
+        "trace.json": json.dumps(trace) + "\n",
         "compile_log.json": dumps(compile_log(result)),
     }
     if report:

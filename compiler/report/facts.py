@@ -76,7 +76,22 @@ class Facts:
     links: dict[tuple, float]  # (wafer, (r, c), (r', c')) -> bytes per token
 
     def timing(self, mode: str) -> dict[str, Any]:
-        return self.docs.timing[mode]
+        return mode_timing(self.docs, mode)
+
+    def steps(self, mode: str):
+        """The steps a mode's timing indexes: the decode schedule's when there is one."""
+        return mode_schedule(self.docs, mode).steps
+
+
+def mode_timing(docs: OutDir, mode: str) -> dict[str, Any]:
+    """A mode's timeline: decode's from the decode schedule when OUT has one."""
+    if mode == Mode.DECODE and docs.decode_timing is not None:
+        return docs.decode_timing
+    return docs.timing[mode]
+
+
+def mode_schedule(docs: OutDir, mode: str) -> Schedule:
+    return docs.decode if mode == Mode.DECODE and docs.decode is not None else docs.schedule
 
 
 def gather(docs: OutDir) -> Facts:
@@ -84,7 +99,8 @@ def gather(docs: OutDir) -> Facts:
     rows, cols = p["target"]["grid"]
     decode = PerfOptions(Mode.DECODE)
     io = _io_per_token(schedule, decode)
-    busy = {m: _busy(schedule, docs.timing[m]) for m in MODES if m in docs.timing}
+    busy = {m: _busy(mode_schedule(docs, m), mode_timing(docs, m))
+            for m in MODES if m in docs.timing}
     cap = p["target"]["usable_bytes_per_core"]
     layers = tuple(_layer(i, doc, cap, io, busy) for i, doc in enumerate(p["layers"]))
     per_token = max(schedule.batch, 1)

@@ -125,7 +125,7 @@ def _timeline(f: Facts) -> str:
         crit = set(t["critical_path"])
         rows += [[mode, st.id, st.kind, st.op_kind, st.region, st.op, t["starts"][st.id],
                   t["ends"][st.id], int(st.id in crit)]
-                 for st in f.schedule.steps if st.phase != Phase.SETUP]
+                 for st in f.steps(mode) if st.phase != Phase.SETUP]
     return _csv(header, rows)
 
 

@@ -33,7 +33,7 @@ def _timeline(f: Facts, mode: str, tips: Tips, layer_tips: list[int]) -> Timelin
     starts, ends, span = timing["starts"], timing["ends"], max(timing["cycles"], 1)
     critical = set(timing["critical_path"])
     groups: dict[tuple, list[Step]] = defaultdict(list)
-    for st in f.schedule.steps:
+    for st in f.steps(mode):
         if st.phase != Phase.SETUP and ends[st.id] > starts[st.id]:
             groups[_row_key(st, f)].append(st)
     px = WIDTH / span

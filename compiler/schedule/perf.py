@@ -97,7 +97,7 @@ def step_cycles(step: Step, s: Schedule, t: Target, scale: float) -> int:
     nbytes = step.nbytes * scale
     cost = {StepKind.COMPUTE: _compute, StepKind.COLLECTIVE: _collective, StepKind.SEND: _send,
             StepKind.WAFER_SEND: _wafer, StepKind.LOAD: _offchip,
-            StepKind.STORE: _offchip}[step.kind]
+            StepKind.STORE: _offchip, StepKind.APPEND: _append}[step.kind]
     return int(math.ceil(cost(step, region, t, nbytes, step.flops * scale))) + overhead
 
 
@@ -127,6 +127,13 @@ def _collective(step, region, t: Target, nbytes: float, flops: float) -> float:
     if step.op_kind == CollectiveKind.REDUCE:
         return (m - 1) * hop + 2 * tile / bpc
     return (m - 1) * (hop + tile / max(m, 1) / bpc)
+
+
+def _append(step, region, t: Target, nbytes: float, flops: float) -> float:
+    """A decode step's K/V into its KV cache at position t: to the core holding t along the
+    cache's split axis (at worst across it), then written there."""
+    m = _axis_size(region, step.axis)
+    return (m - 1) * t.links.hop_latency_cycles + nbytes / t.links.bytes_per_cycle
 
 
 def _send(step, region, t: Target, nbytes: float, flops: float) -> float:

@@ -1,0 +1,439 @@
+"""The decode step of a causal LM: a decode-step graph derived from the prefill graph, and its
+schedule on the prefill placement's regions.
+
+The decode graph is the model at one new token per sequence (the frontend's graph at seq 1,
+`g1`) with every recognised attention core (two activation x activation MatMuls around a
+Softmax) reading a **KV cache** instead of the step's own K and V:
+
+- the scores MatMul's key operand and the P x V MatMul's value operand become resident cache
+  tensors `kv_cache.<layer>.k|v`, shaped like the operand with its key axis at `context`;
+  the step's own K / V (key axis 1) is appended in place at the absolute position t by an
+  `append` step before the MatMul reads the cache;
+- the ops between the two MatMuls (scale, mask, softmax) take `context` keys;
+- constants that follow the position (the tensors a non-constant op reads whose shape grows
+  with the sequence: position-embedding rows, causal-mask rows, rotary-table rows) become
+  per-step inputs (`PositionFeed`), fed with row t of the model's own table at `context`
+  (their query axes at t, their key axes whole), so positions, masks and rotary tables follow
+  t, not 0.
+
+The decode schedule runs that graph on the prefill placement's regions with the same layout
+rules (the cache takes the key-split layout of the MatMul reading it). The cache is allocated
+by a setup step (resident; written by prefill) or loaded every step when the region streams its
+KV cache. Its steps are sized for one step at the full context (attention over `context`
+keys): scaling `fixed`, so the performance model prices them as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler import ir
+from compiler.errors import WaferError
+from compiler.placement.problem import Residency
+from compiler.schedule.build import (
+    FIXED,
+    Region,
+    Schedule,
+    Step,
+    TensorRef,
+    _compute,
+    _provide,
+    _State,
+    _store_outputs,
+)
+from compiler.schedule.perf import Estimate, PerfOptions, Timeline, estimate, timeline
+from compiler.target import Target
+from compiler.tiling.layouts import Spec, graph_layouts
+from compiler.vocab import Mode, Phase, StepKind
+
+APPEND = StepKind.APPEND  # writes a step's own K/V into its cache at position t
+_PATH_OPS = frozenset({"Div", "Mul", "Add", "Sub", "Where", "Softmax", "Cast", "Identity",
+                       "Dropout", "Neg", "Max", "Min"})
+
+
+class DecodeUnsupported(ValueError):
+    """The graph has no decode step this compiler can derive (the reason is the message)."""
+
+
+@dataclass(frozen=True)
+class KVCache:
+    layer: str
+    name: str  # the resident cache tensor of the decode graph
+    new: str  # the step's own K or V (key axis 1), appended at position t
+    prefill: str  # the same operand in the prefill graph: what prefill writes into the cache
+    axis: int  # the key axis
+
+
+@dataclass(frozen=True)
+class PositionFeed:
+    name: str  # a tensor of the model that follows the position
+    query_axes: tuple[int, ...]  # taken at t
+    key_axes: tuple[int, ...]  # all `context` positions
+
+
+@dataclass(frozen=True)
+class DecodeGraph:
+    graph: ir.Graph
+    caches: tuple[KVCache, ...]
+    feeds: tuple[PositionFeed, ...]
+    context: int
+    tokens: tuple[str, ...]  # the token-id inputs (one id per sequence)
+
+
+# --- the decode-step graph ----------------------------------------------------------------------
+
+
+def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int) -> DecodeGraph:
+    """`g1` (the model at seq 1) turned into one decode step over a `context`-long cache;
+    `prefill` (the same model at its prompt length, >= 2) tells which dims follow the sequence.
+    Raises DecodeUnsupported naming what does not fit the pattern."""
+    _check_pair(prefill, g1)
+    cores = _attention_cores(g1)
+    if not cores:
+        raise DecodeUnsupported(f"{g1.name} has no attention core (MatMul, Softmax, MatMul)")
+    shapes = {t.name: t.shape for t in g1.tensors}
+    layer_of = {op.name: layer.name for layer in g1.layers for op in layer.ops}
+    caches, renames = [], {}
+    for scores, pv in cores:
+        layer = layer_of[scores.name]
+        for op, role, axis in ((scores, "k", -1), (pv, "v", -2)):
+            new = op.inputs[1]
+            if prefill.tensor(new).shape == shapes[new]:
+                raise DecodeUnsupported(f"the {role} operand of {op.name} does not grow with "
+                                        "the sequence")
+            rank = len(shapes[new])
+            name = f"kv_cache.{layer}.{role}"
+            cache_shape = list(shapes[new])
+            cache_shape[axis % rank] = context
+            shapes[name] = tuple(cache_shape)
+            caches.append(KVCache(layer, name, new, new, axis % rank))
+            renames[(op.name, 1)] = name
+    feeds = _position_feeds(prefill, g1, cores, context, shapes)
+    graph = _rebuild(g1, caches, feeds, renames, shapes)
+    tokens = tuple(n for n in g1.inputs)
+    return DecodeGraph(graph, tuple(caches), feeds, context, tokens)
+
+
+def _check_pair(prefill: ir.Graph, g1: ir.Graph) -> None:
+    if _device_ops(prefill) != _device_ops(g1):  # constant subgraphs may fold differently
+        raise DecodeUnsupported(f"{g1.name} has other ops at one token than at the prompt")
+    seq = max((t.shape[-1] for t in (prefill.tensor(n) for n in prefill.inputs)), default=1)
+    if seq < 2:
+        raise DecodeUnsupported("the prompt has one token: compile with --seq-len >= 2")
+    for name in g1.inputs:
+        t = g1.tensor(name)
+        if t.dtype.is_float or len(t.shape) != 2 or t.shape[-1] != 1:
+            raise DecodeUnsupported(f"input {name} is not a [batch, seq] token-id input "
+                                    "(decode takes models whose only inputs are token ids)")
+
+
+def _device_ops(g: ir.Graph) -> list[tuple[str, str]]:
+    return [(o.name, o.kind) for o in g.ops
+            if not all(n in g.const_derived for n in o.inputs if n)]
+
+
+def _attention_cores(g: ir.Graph) -> list[tuple[ir.Op, ir.Op]]:
+    """(scores MatMul, P x V MatMul) around each Softmax whose both MatMuls read activations."""
+    cores = []
+    for sm in (op for op in g.ops if op.kind == "Softmax"):
+        scores = _back_to_matmul(g, sm.inputs[0])
+        pv = _forward_to_matmul(g, sm.outputs[0])
+        if scores is None or pv is None:
+            raise DecodeUnsupported(f"Softmax {sm.name} is not between two activation MatMuls")
+        cores.append((scores, pv))
+    return cores
+
+
+def _is_act_matmul(g: ir.Graph, op: ir.Op) -> bool:
+    return op.kind == "MatMul" and not any(n in g.const_derived for n in op.inputs)
+
+
+def _back_to_matmul(g: ir.Graph, name: str) -> ir.Op | None:
+    for _ in range(8):
+        op = g.producers.get(name)
+        if op is None:
+            return None
+        if _is_act_matmul(g, op):
+            return op
+        acts = [n for n in op.inputs if n and n not in g.const_derived]
+        if op.kind not in _PATH_OPS or len(acts) != 1:
+            return None
+        name = acts[0]
+    return None
+
+
+def _forward_to_matmul(g: ir.Graph, name: str) -> ir.Op | None:
+    for _ in range(4):
+        users = g.consumers.get(name, ())
+        if len(users) != 1:
+            return None
+        op = users[0]
+        if _is_act_matmul(g, op) and op.inputs[0] == name:
+            return op
+        if op.kind not in _PATH_OPS:
+            return None
+        name = op.outputs[0]
+    return None
+
+
+def _scores_path(g: ir.Graph, cores) -> dict[str, ir.Op]:
+    """Ops from each scores MatMul up to (not including) its P x V MatMul: their last axis is
+    the keys."""
+    path = {}
+    for scores, pv in cores:
+        name, op = scores.outputs[0], scores
+        path[op.name] = op
+        while True:
+            users = g.consumers.get(name, ())
+            op = users[0]
+            if op is pv:
+                break
+            path[op.name] = op
+            name = op.outputs[0]
+    return path
+
+
+def _position_feeds(prefill: ir.Graph, g1: ir.Graph, cores, context: int,
+                    shapes: dict[str, tuple[int, ...]]) -> tuple[PositionFeed, ...]:
+    """Constants read by non-constant ops whose shape grows with the sequence."""
+    path = _scores_path(g1, cores)
+    feeds: dict[str, PositionFeed] = {}
+    for op in g1.ops:
+        if all(n in g1.const_derived for n in op.inputs if n):
+            continue
+        for name in op.inputs:
+            if not name or name not in g1.const_derived or name in feeds:
+                continue
+            small, big = g1.tensor(name).shape, prefill.tensor(name).shape
+            if small == big:
+                continue
+            seq_axes = [i for i, (a, b) in enumerate(zip(small, big, strict=True)) if a != b]
+            if any(small[i] != 1 for i in seq_axes):
+                raise DecodeUnsupported(f"{name} (read by {op.name}) grows with the sequence "
+                                        "along a dim that is not 1 at one token")
+            keys = tuple(i for i in seq_axes if op.name in path and
+                         i == len(small) - 1) if op.name in path else ()
+            query = tuple(i for i in seq_axes if i not in keys)
+            feeds[name] = PositionFeed(name, query, keys)
+            shapes[name] = tuple(context if i in keys else d for i, d in enumerate(small))
+    return tuple(feeds.values())
+
+
+def _rebuild(g1: ir.Graph, caches, feeds, renames, shapes) -> ir.Graph:
+    fed = {f.name for f in feeds}
+    cache_names = [c.name for c in caches]
+    layers = []
+    for layer in g1.layers:
+        ops = []
+        for op in layer.ops:
+            if any(o in fed for o in op.outputs):
+                continue  # now an input of the step
+            ins = tuple(renames.get((op.name, i), n) for i, n in enumerate(op.inputs))
+            ops.append(dataclasses.replace(op, inputs=ins))
+        layers.append(dataclasses.replace(layer, ops=tuple(ops)))
+    layers = _prune(layers, set(g1.outputs) | {c.new for c in caches})
+    tensors = {t.name: t for t in g1.tensors}
+    for name in fed:
+        tensors[name] = ir.Tensor(name, shapes[name], tensors[name].dtype, ir.TensorKind.INPUT)
+    for c in caches:
+        tensors[c.name] = ir.Tensor(c.name, shapes[c.name], tensors[c.new].dtype,
+                                    ir.TensorKind.INPUT)
+    g = ir.Graph(g1.name, tuple(tensors.values()), (*g1.inputs, *sorted(fed), *cache_names),
+                 g1.outputs, tuple(layers), g1.opset, g1.source, g1.shape_only, g1.dims,
+                 g1.source_sha256)
+    widened = {c.name for c in caches} | {f.name for f in feeds if f.key_axes}
+    g = _reshape_path(g, widened)
+    used = {n for op in g.ops for n in (*op.inputs, *op.outputs) if n}
+    used |= set(g.inputs) | set(g.outputs)
+    g = dataclasses.replace(g, tensors=tuple(t for t in g.tensors if t.name in used))
+    ir.check_graph(g)
+    return g
+
+
+def _prune(layers: list[ir.Layer], outputs: set[str]) -> list[ir.Layer]:
+    """Drop ops nothing reads (constant subgraphs that fed what is now an input)."""
+    while True:
+        read = {n for la in layers for op in la.ops for n in op.inputs if n} | outputs
+        keep = [dataclasses.replace(la, ops=tuple(op for op in la.ops
+                                                  if any(o in read for o in op.outputs if o)))
+                for la in layers]
+        if sum(len(la.ops) for la in keep) == sum(len(la.ops) for la in layers):
+            return keep
+        layers = keep
+
+
+def _reshape_path(g: ir.Graph, widened: set[str]) -> ir.Graph:
+    """Shapes of the ops that read the cache or a key-long feed, in order: MatMul and
+    broadcasting elementwise ops; the P x V MatMul's output is back to the step's shape."""
+    tensors = dict(g.tensor_map)
+    changed = set(widened)
+    for op in g.ops:
+        if not any(n in changed for n in op.inputs if n):
+            continue
+        ins = [tensors[n].shape for n in op.inputs if n]
+        if op.kind == "MatMul":
+            out = np.broadcast_shapes(ins[0][:-2], ins[1][:-2]) + (ins[0][-2], ins[1][-1])
+        elif op.kind in _PATH_OPS:
+            out = np.broadcast_shapes(*ins) if op.kind != "Softmax" else ins[0]
+        else:
+            raise DecodeUnsupported(f"{op.kind} {op.name} reads the KV cache's key axis; "
+                                    "decode derives only scale, mask and softmax there")
+        name = op.outputs[0]
+        if tuple(out) != tensors[name].shape:
+            tensors[name] = dataclasses.replace(tensors[name], shape=tuple(out))
+            changed.add(name)
+    return dataclasses.replace(g, tensors=tuple(tensors[t.name] for t in g.tensors))
+
+
+# --- feeds: the position-dependent tables ------------------------------------------------------
+
+
+def position_values(dg: DecodeGraph, tables: Mapping[str, np.ndarray],
+                    t: int) -> dict[str, np.ndarray]:
+    """Each feed at absolute position t, from its table at `context` (the model's own tensor
+    at seq = context): query axes at t, key axes whole."""
+    out = {}
+    for f in dg.feeds:
+        value = np.asarray(tables[f.name])
+        index = tuple(slice(t, t + 1) if i in f.query_axes else slice(None)
+                      for i in range(value.ndim))
+        out[f.name] = np.ascontiguousarray(value[index])
+    return out
+
+
+# --- the decode schedule ------------------------------------------------------------------------
+
+
+def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target) -> Schedule:
+    """One decode step on the prefill schedule's regions: weights and the KV cache resident
+    (setup), the step's own K/V appended at t, attention over the cache, the last logits."""
+    g = dg.graph
+    layouts = graph_layouts(g)
+    regions = {r.name: r for r in prefill.regions}
+    residency = dict(prefill.residency)
+    by_tensor = {c.name: c for c in dg.caches}
+    st = _State(g, target)
+    for layer in g.layers:
+        region = regions[layer.name]
+        mode = residency.get(layer.name, Residency.RESIDENT.value)
+        streamed = mode in (Residency.STREAM_WEIGHTS.value, Residency.STREAM_ALL.value)
+        for op, lay in zip(layer.ops, layouts[layer.name], strict=True):
+            if all(n in g.const_derived for n in op.inputs if n):
+                continue
+            for name, spec in zip(op.inputs, lay.inputs, strict=True):
+                if name in by_tensor and (region.name, name) not in st.at:
+                    _cache(g, by_tensor[name], spec, region, regions, mode, st)
+            deps = [_provide(g, name, spec, region, regions, streamed, st)
+                    for name, spec in zip(op.inputs, lay.inputs, strict=True) if name]
+            _compute(g, op, lay, region, deps, st)
+    _store_outputs(g, st)
+    steps = tuple(dataclasses.replace(s, scaling=FIXED) for s in st.steps)
+    return Schedule(g.name, target.name, prefill.regions, steps, prefill.batch, prefill.batch,
+                    dg.context, prefill.residency)
+
+
+def _cache(g: ir.Graph, cache: KVCache, spec: Spec | None, region: Region,
+           regions: dict[str, Region], mode: str, st: _State) -> None:
+    """The cache on the region in the layout its reader wants (allocated at setup, or read in
+    every step when the region streams its KV cache), then the append of the step's own K/V."""
+    spec = spec if spec is not None else (None,) * len(g.tensor(cache.name).shape)
+    streamed = mode in (Residency.STREAM_KV.value, Residency.STREAM_ALL.value)
+    load = st.add(kind=StepKind.LOAD, region=region.name, writes=(TensorRef(cache.name, spec),),
+                  phase=Phase.TOKEN if streamed else Phase.SETUP, nbytes=st.bytes(cache.name),
+                  scaling=FIXED)
+    st.at[(region.name, cache.name)] = (spec, None, load.id)
+    new_dep = _provide(g, cache.new, spec, region, regions, False, st)
+    step = st.add(kind=APPEND, region=region.name,
+                  reads=(TensorRef(cache.new, spec), TensorRef(cache.name, spec)),
+                  writes=(TensorRef(cache.name, spec),), deps=tuple(sorted({new_dep, load.id})),
+                  op_kind=APPEND, axis=_split_of(spec, cache.axis), nbytes=st.bytes(cache.new))
+    st.at[(region.name, cache.name)] = (spec, None, step.id)
+
+
+def _split_of(spec: Spec, axis: int) -> str | None:
+    return spec[axis] if axis < len(spec) else None
+
+
+def load_decode_graph(source: str, prefill: ir.Graph, context: int) -> DecodeGraph:
+    """The model again at one token per sequence (weights as the prefill graph has them), turned
+    into its decode step over a `context`-long cache."""
+    batch = dict(prefill.dims).get("batch")
+    _precheck(prefill)  # before loading the model again
+    return decode_graph(prefill, _quiet_load(source, batch, 1, prefill.shape_only), context)
+
+
+def _precheck(g: ir.Graph) -> None:
+    """What the prefill graph already tells: token-id inputs only, an attention core."""
+    for name in g.inputs:
+        t = g.tensor(name)
+        if t.dtype.is_float or len(t.shape) != 2:
+            raise DecodeUnsupported(f"input {name} is not a [batch, seq] token-id input "
+                                    "(decode takes models whose only inputs are token ids)")
+    if not _attention_cores(g):
+        raise DecodeUnsupported(f"{g.name} has no attention core (MatMul, Softmax, MatMul)")
+
+
+def _quiet_load(source: str, batch: int | None, seq: int, shape_only: bool) -> ir.Graph:
+    """The model again at another sequence length; its warnings were given at the first load."""
+    import warnings
+
+    from compiler.frontend import DimRequest, FrontendOptions, load_model
+
+    opts = FrontendOptions(DimRequest(batch=batch, seq_len=seq), shapes_only=shape_only)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model(source, opts)
+
+
+def load_tables(source: str, dg: DecodeGraph, batch: int | None) -> ir.Graph:
+    """The model at seq = context: its position-dependent tables hold every position."""
+    return _quiet_load(source, batch, dg.context, False)
+
+
+def cache_of(dg: DecodeGraph) -> dict[str, KVCache]:
+    return {c.name: c for c in dg.caches}
+
+
+def append_step_ids(s: Schedule) -> tuple[int, ...]:
+    return tuple(st.id for st in s.steps if st.kind == APPEND)
+
+
+def steps_of(s: Schedule, kind: str) -> tuple[Step, ...]:
+    return tuple(st for st in s.steps if st.kind == kind)
+
+
+# --- the plan a compile carries ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """A compile's decode step: its graph, schedule, timeline and estimate (one step at the
+    full context: attention over `context` cached keys, the cache append, the logits)."""
+
+    graph: DecodeGraph
+    schedule: Schedule
+    timeline: Timeline
+    estimate: Estimate
+
+
+def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target: Target,
+                context: int) -> DecodePlan | None:
+    """The decode plan of a causal LM with weights; None for anything else (no attention core,
+    not only token-id inputs, a one-token prompt, a shape-only graph)."""
+    if prefill_graph.shape_only:
+        return None
+    try:
+        dg = load_decode_graph(source, prefill_graph, context)
+    except (DecodeUnsupported, WaferError):  # the decode step is extra: never fail a compile
+        return None
+    return plan_for(dg, prefill, target)
+
+
+def plan_for(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan:
+    s = build_decode_schedule(dg, prefill, target)
+    opts = PerfOptions(Mode.DECODE, context=dg.context)
+    return DecodePlan(dg, s, timeline(s, target, opts), estimate(s, target, opts))

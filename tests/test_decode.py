@@ -1,0 +1,267 @@
+"""Autoregressive decode (issue 14): the decode schedule, greedy generation on the executor with
+the KV cache in per-core SRAM, checked step by step against ONNX Runtime (no-cache model on the
+growing sequence), faults in the cache, and decode performance from the decode schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+
+import numpy as np
+import pytest
+
+from compiler.cli import main
+from compiler.driver import CompileOptions, SolverOptions, compile_model
+from compiler.executor.generate import generate, start, step
+from compiler.executor.run import CacheOverflow
+from compiler.outdir.trace import check_trace
+from compiler.schedule.build import FIXED, Step
+from compiler.tiling.candidates import TilingOptions
+from compiler.verify import Artifact, VerifyOptions
+from compiler.verify.decode import program, verify_decode
+
+STEPS = 8
+
+
+@functools.cache
+def compiled(model: str, context: int = 16 + STEPS):
+    opts = CompileOptions(tiling=TilingOptions(context=context, prompt_resident=True),
+                          solver=SolverOptions(time_limit_s=10))
+    return compile_model(model, "mesh8x8", opts)
+
+
+def _art(r) -> Artifact:
+    return Artifact(r.graph.source or r.graph.name, r.graph, r.target, r.schedule)
+
+
+@pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny"])
+def test_greedy_decode_matches_onnx_runtime(model):
+    r = compiled(model)
+    assert r.decode is not None
+    rep = verify_decode(_art(r), r.decode.graph, r.decode.schedule, STEPS, VerifyOptions())
+    assert rep.passed, "\n".join(rep.lines())
+    assert len(rep.steps) == STEPS + 1  # prefill's token, then one per decode step
+    assert [s.token for s in rep.steps] == [s.ref_token for s in rep.steps]
+    assert all(s.check.max_abs <= 1e-4 for s in rep.steps)
+    assert [s.position for s in rep.steps] == list(range(15, 16 + STEPS))
+
+
+@pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny"])
+def test_decode_schedule_holds_a_resident_cache_appended_in_place(model):
+    r = compiled(model)
+    s, dg = r.decode.schedule, r.decode.graph
+    appends = [st for st in s.steps if st.kind == "append"]
+    assert len(appends) == len(dg.caches) == 2 * len(r.graph.blocks())
+    for c, st in zip(dg.caches, appends, strict=True):
+        cache = dg.graph.tensor(c.name)
+        assert cache.shape[c.axis] == r.decode.schedule.context == 16 + STEPS
+        assert st.writes[0].tensor == c.name and st.reads[1].tensor == c.name
+        assert st.region == c.layer
+        loads = [x for x in s.steps if x.kind == "load" and x.writes[0].tensor == c.name]
+        assert [x.phase for x in loads] == ["setup"]  # resident: allocated once
+        assert any(st.writes[0].spec)  # split over the region's cores, not replicated
+    assert all(st.scaling == FIXED for st in s.steps)
+    assert dg.graph.tensor(r.graph.outputs[0]).shape[1] == 1  # the last token's logits
+
+
+def test_decode_peak_is_counted_and_within_the_tiling_estimate():
+    """The cache lives in the decode machine's per-core SRAM; its fullest core stays within what
+    the tiling (KV at the context + activations) promised the placer."""
+    for model in ("gpt2-tiny", "llama-tiny"):
+        r = compiled(model)
+        prog = program(_art(r), r.decode.graph, r.decode.schedule, "fp32")
+        gen = generate(prog, r.target, list(range(16)), 3)
+        layers = {lt.layer: i for i, lt in enumerate(r.tiled.layers)}
+        for region, peak in gen.peak_bytes.items():
+            opt = r.placement.option(r.problem, layers[region])
+            assert 0 < peak <= opt.per_core_bytes, (model, region, peak, opt.per_core_bytes)
+        caches = {c.layer for c in r.decode.graph.caches}
+        cache_free = max(p for reg, p in gen.peak_bytes.items() if reg not in caches)
+        assert min(gen.peak_bytes[c] for c in caches) > 0 and cache_free > 0
+
+
+def test_cache_overflow_is_a_named_error():
+    r = compiled("gpt2-tiny")
+    prog = program(_art(r), r.decode.graph, r.decode.schedule, "fp32")
+    with pytest.raises(CacheOverflow, match="--context"):
+        generate(prog, r.target, list(range(16)), STEPS + 2)
+    m = start(prog, r.target, {}, "fp32")
+    with pytest.raises(CacheOverflow, match="KV cache overflow: .* position 24 .* 24 positions"):
+        step(prog, m, 1, 16 + STEPS)
+    # the append itself refuses a position past its cache (the executor's own check)
+    m.position = 16 + STEPS
+    victim = next(st for st in r.decode.schedule.steps if st.kind == "append")
+    from compiler.executor.run import _STEP
+
+    with pytest.raises(CacheOverflow, match=f"KV cache overflow at step {victim.id} "):
+        for st in r.decode.schedule.steps:
+            if st.phase != "setup" and st.id <= victim.id:
+                feed = {"input_ids": np.asarray([[1]])}
+                feed.update({n: np.asarray(prog.tables[n])[tuple(
+                    slice(0, 1) if i in q else slice(None) for i in range(prog.tables[n].ndim))]
+                    for n, q in prog.feeds})
+                _STEP[st.kind](m, st, feed)
+
+
+@pytest.mark.parametrize("which", [0, 3])  # block.0's K, block.1's V
+def test_a_dropped_cache_append_is_caught_by_verify(which):
+    """Fault injection: an append becomes a no-op relayout of the cache."""
+    r = compiled("gpt2-tiny")
+    s = r.decode.schedule
+    victim = [st for st in s.steps if st.kind == "append"][which]
+    cache = victim.reads[1]
+    noop = Step(victim.id, "collective", victim.region, reads=(cache,), writes=(cache,),
+                deps=victim.deps, op_kind="relayout", axis="r", scaling=FIXED)
+    broken = dataclasses.replace(s, steps=tuple(noop if st.id == victim.id else st
+                                                for st in s.steps))
+    rep = verify_decode(_art(r), r.decode.graph, broken, 3, VerifyOptions())
+    assert not rep.passed
+    assert rep.first_diverging_step == 1  # prefill is right; the first decode step reads junk
+    assert rep.steps[0].passed and not rep.steps[1].check.passed
+    assert rep.diverging_layer == victim.region == f"block.{which // 2}"  # where it was dropped
+    assert f"layer {victim.region}" in rep.summary()
+
+
+def test_decode_throughput_comes_from_the_decode_schedule():
+    from compiler.schedule.decode import load_decode_graph, plan_for
+
+    r = compiled("gpt2-tiny")
+    assert r.estimates["decode"] == r.decode.estimate
+    assert r.estimates["decode"].cycles == r.decode.timeline.makespan
+    assert r.estimates["decode"].context == 16 + STEPS
+    # the same placement at longer contexts: attention over more cached keys costs more
+    plans = [plan_for(load_decode_graph("gpt2-tiny", r.graph, c), r.schedule, r.target)
+             for c in (24, 1024, 8192)]
+    cycles = [p.estimate.cycles for p in plans]
+    assert cycles[0] == r.decode.estimate.cycles and cycles[0] < cycles[1] < cycles[2]
+    assert [p.estimate.flops for p in plans] == sorted({p.estimate.flops for p in plans})
+    # TTFT is the prefill's
+    assert r.estimates["prefill"].ttft_s == r.timelines["prefill"].makespan / r.target.core.clock_hz
+
+
+def test_no_decode_schedule_for_an_encoder():
+    assert compile_model("bert-tiny", "mesh8x8",
+                         CompileOptions(solver=SolverOptions(time_limit_s=10))).decode is None
+
+
+def test_cli_compile_verify_decode_generate(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["-q", "compile", "llama-tiny", "-t", "mesh8x8", "-o", str(out), "--verify",
+                 "--decode", "4", "--time-limit", "10", "--no-report"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "decode PASSED" in text and "context 20" in text  # --context defaults to 16 + 4
+    doc = json.loads((out / "verify-decode.json").read_text())
+    assert doc["passed"] and doc["tokens"] == doc["reference_tokens"] and len(doc["steps"]) == 5
+    sched = json.loads((out / "schedule.json").read_text())
+    assert sched["schema_version"] == "1.1" and sched["decode"]["context"] == 20
+    assert not check_trace(json.loads((out / "trace.json").read_text()))
+    # verify from OUT again: the same tokens; too many steps is refused before running
+    assert main(["-q", "verify", str(out), "--decode", "4"]) == 0
+    capsys.readouterr()
+    assert main(["-q", "verify", str(out), "--decode", "4", "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)  # one document: verify's report and decode's
+    assert both["outputs"][0]["name"] == "logits" and both["decode"]["passed"]
+    assert main(["-q", "verify", str(out), "--decode", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--context >= 21" in err and err.count("\n") == 1
+    assert main(["-q", "generate", str(out), "--prompt-ids", "1,2,3", "-n", "6"]) == 0
+    ids = capsys.readouterr().out.strip().split(",")
+    assert len(ids) == 6 and all(0 <= int(i) < 256 for i in ids)
+
+
+@pytest.mark.parametrize(("model", "context", "code", "message"), [
+    ("bert-tiny", "32", 4, "no decode schedule"),  # not a causal LM
+    ("gpt2-tiny", "20", 2, "--context >= 24"),  # 16 + 8 positions do not fit 20
+])
+def test_cli_decode_refused_before_writing(tmp_path, capsys, model, context, code, message):
+    out = tmp_path / "out"
+    got = main(["-q", "compile", model, "-t", "mesh8x8", "-o", str(out), "--verify",
+                "--decode", "8", "--context", context, "--time-limit", "10"])
+    err = capsys.readouterr().err
+    assert got == code and not out.exists() and list(tmp_path.iterdir()) == []
+    assert message in err and err.count("\n") == 1
+
+
+def test_generated_tokens_match_a_numpy_rerun_of_the_whole_sequence():
+    """Generation from a prompt shorter than the compiled one (prefill through decode steps)
+    gives the tokens that ORT gives on the growing sequence."""
+    from compiler.verify import run_reference
+
+    r = compiled("llama-tiny")
+    prog = program(_art(r), r.decode.graph, r.decode.schedule, "fp32")
+    prompt = [5, 17, 99]
+    gen = generate(prog, r.target, prompt, 5)
+    seq = list(prompt)
+    for tok in gen.tokens:
+        ref = run_reference("llama-tiny", {"input_ids": np.asarray([seq], np.int64)})["logits"]
+        assert int(np.argmax(ref[0, -1])) == tok
+        seq.append(tok)
+
+
+def _mutated(r, mutate) -> object:
+    s = r.decode.schedule
+    return dataclasses.replace(s, steps=tuple(mutate(list(s.steps))))
+
+
+def test_a_stale_cache_read_is_caught_by_verify():
+    """The first K append runs after the MatMul that reads the cache: that MatMul sees the
+    cache without the step's own key."""
+    r = compiled("gpt2-tiny")
+
+    def stale(steps):
+        i = next(k for k, st in enumerate(steps) if st.kind == "append")
+        cache = steps[i].writes[0].tensor
+        j = next(k for k, st in enumerate(steps) if k > i and st.kind == "compute"
+                 and any(ref.tensor == cache for ref in st.reads))
+        return steps[:i] + steps[i + 1:j + 1] + [steps[i]] + steps[j + 1:]
+
+    rep = verify_decode(_art(r), r.decode.graph, _mutated(r, stale), 2, VerifyOptions())
+    assert not rep.passed and rep.first_diverging_step == 1
+    assert rep.diverging_layer == "block.0"
+
+
+def test_a_cache_tile_on_the_wrong_core_is_a_schedule_fault():
+    """The append names the cache split the other way (its tiles on other cores), or runs on
+    another region: the executor refuses the step."""
+    from compiler.executor.run import ScheduleFault
+
+    r = compiled("llama-tiny")
+    victim = next(st for st in r.decode.schedule.steps if st.kind == "append")
+    other = next(c.layer for c in r.decode.graph.caches if c.layer != victim.region)
+
+    def flip(spec):
+        return tuple({"r": "c", "c": "r"}.get(a) if a else None for a in spec)
+
+    def swapped(steps):
+        new, cache = victim.reads
+        ref = dataclasses.replace(cache, spec=flip(cache.spec))
+        return [dataclasses.replace(st, reads=(new, ref), writes=(ref,)) if st.id == victim.id
+                else st for st in steps]
+
+    def moved(steps):
+        return [dataclasses.replace(st, region=other) if st.id == victim.id else st
+                for st in steps]
+
+    for mutate, pattern in ((swapped, "is on .* as .* but the step reads"),
+                            (moved, "is not resident on")):
+        prog = program(_art(r), r.decode.graph, _mutated(r, mutate), "fp32")
+        with pytest.raises(ScheduleFault, match=f"step {victim.id} .*{pattern}"):
+            generate(prog, r.target, list(range(16)), 2)
+
+
+def test_an_append_at_the_wrong_position_changes_the_logits():
+    """Decode steps that write (and mask, and rotate) at t + 1 instead of t give logits that
+    verify's comparison with ONNX Runtime rejects."""
+    from compiler.verify import compare, run_reference
+
+    r = compiled("llama-tiny")
+    prog = program(_art(r), r.decode.graph, r.decode.schedule, "fp32")
+    prompt = [3, 1, 4, 1, 5]
+    ref = run_reference("llama-tiny", {"input_ids": np.asarray([prompt], np.int64)})["logits"]
+    for shift, ok in ((0, True), (1, False)):
+        m = start(prog, r.target, {}, "fp32")
+        for pos, tok in enumerate(prompt):
+            logits = step(prog, m, tok, pos + shift * (pos > 0))
+        assert compare("logits", logits, ref[:, -1], 1e-4, 1e-3).passed is ok
