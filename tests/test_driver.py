@@ -29,7 +29,8 @@ from compiler.vocab import Mode, Phase, StepKind
 
 FIRST_FIT = SolverOptions(method="first-fit")
 TARGETS = Path(__file__).resolve().parents[1] / "compiler" / "targets"
-STAGES = ["target", "frontend", "tiling", "placement", "baseline", "schedule", "performance"]
+STAGES = ["target", "frontend", "tiling", "placement", "baseline", "schedule", "decode",
+          "performance"]
 
 
 @pytest.fixture(scope="module")
