@@ -120,22 +120,22 @@ def _as_bandwidth(value: object) -> float:
     return float(number * factor)
 
 
-def _as_hz(value: object) -> float:
+def _scaled(value: object, kind: str, units: dict) -> float:
+    """A plain number, or a quantity string whose unit is one of `units` (name -> factor)."""
     if not isinstance(value, str):
-        return _as_number(value, "hz")
-    number, unit = _quantity(value, "hz")
-    if unit not in _HZ_UNITS:
-        raise expected("hz", value)
-    return float(number * _HZ_UNITS[unit])
+        return _as_number(value, kind)
+    number, unit = _quantity(value, kind)
+    if unit not in units:
+        raise expected(kind, value)
+    return float(number * units[unit])
+
+
+def _as_hz(value: object) -> float:
+    return _scaled(value, "hz", _HZ_UNITS)
 
 
 def _as_seconds(value: object) -> float:
-    if not isinstance(value, str):
-        return _as_number(value, "seconds")
-    number, unit = _quantity(value, "seconds")
-    if unit not in _TIME_UNITS:
-        raise expected("seconds", value)
-    return float(number * _TIME_UNITS[unit])
+    return _scaled(value, "seconds", _TIME_UNITS)
 
 
 def as_dtype(value: object) -> DType:
