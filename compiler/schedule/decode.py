@@ -82,6 +82,9 @@ class DecodeGraph:
     feeds: tuple[PositionFeed, ...]
     context: int
     tokens: tuple[str, ...]  # the token-id inputs (one id per sequence)
+    # per-step boolean masks made from t (not tables of the model): (feed name, left window or
+    # -1), for the ONNX Attention op (compiler/schedule/decode_attention.py)
+    masks: tuple[tuple[str, int], ...] = ()
 
 
 # --- the decode-step graph ----------------------------------------------------------------------
@@ -93,6 +96,10 @@ def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int) -> DecodeGraph:
     Raises DecodeUnsupported naming what does not fit the pattern."""
     _check_pair(prefill, g1)
     cores = _attention_cores(g1)
+    if not cores and _has_attention_op(g1):
+        from compiler.schedule.decode_attention import attention_op_decode
+
+        return attention_op_decode(prefill, g1, context)
     if not cores:
         raise DecodeUnsupported(f"{g1.name} has no attention core (MatMul, Softmax, MatMul)")
     shapes = {t.name: t.shape for t in g1.tensors}
@@ -129,6 +136,10 @@ def _check_pair(prefill: ir.Graph, g1: ir.Graph) -> None:
         if t.dtype.is_float or len(t.shape) != 2 or t.shape[-1] != 1:
             raise DecodeUnsupported(f"input {name} is not a [batch, seq] token-id input "
                                     "(decode takes models whose only inputs are token ids)")
+
+
+def _has_attention_op(g: ir.Graph) -> bool:
+    return any(op.kind == "Attention" for op in g.ops)
 
 
 def _device_ops(g: ir.Graph) -> list[tuple[str, str]]:
@@ -275,6 +286,8 @@ def _reshape_path(g: ir.Graph, widened: set[str]) -> ir.Graph:
         if not any(n in changed for n in op.inputs if n):
             continue
         ins = [tensors[n].shape for n in op.inputs if n]
+        if op.kind == "Attention":  # reads whole caches and a key-long mask; out: the query's
+            continue
         if op.kind == "MatMul":
             out = np.broadcast_shapes(ins[0][:-2], ins[1][:-2]) + (ins[0][-2], ins[1][-1])
         elif op.kind in _PATH_OPS:
@@ -373,8 +386,9 @@ def _precheck(g: ir.Graph) -> None:
         if t.dtype.is_float or len(t.shape) != 2:
             raise DecodeUnsupported(f"input {name} is not a [batch, seq] token-id input "
                                     "(decode takes models whose only inputs are token ids)")
-    if not _attention_cores(g):
-        raise DecodeUnsupported(f"{g.name} has no attention core (MatMul, Softmax, MatMul)")
+    if not _attention_cores(g) and not _has_attention_op(g):
+        raise DecodeUnsupported(f"{g.name} has no attention core (MatMul, Softmax, MatMul, or "
+                                "an Attention op)")
 
 
 def _quiet_load(source: str, batch: int | None, seq: int, shape_only: bool) -> ir.Graph:

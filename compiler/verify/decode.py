@@ -141,10 +141,12 @@ def program(art: Artifact, dg, decode_schedule, precision: str):
     from compiler.executor import host_constants
     from compiler.executor.generate import DecodeProgram
     from compiler.schedule.decode import load_tables
+    from compiler.schedule.decode_attention import mask_table
 
     big = load_tables(art.source, dg, dict(art.graph.dims).get("batch"))
     consts = host_constants(big, art.target, precision)
-    tables = {f.name: consts[f.name] for f in dg.feeds}
+    masks = {name: mask_table(dg.context, window) for name, window in dg.masks}
+    tables = {f.name: masks[f.name] if f.name in masks else consts[f.name] for f in dg.feeds}
     return DecodeProgram(art.schedule, art.graph, decode_schedule, dg.graph,
                          tuple((c.prefill, c.name, c.axis) for c in dg.caches),
                          tuple((f.name, f.query_axes) for f in dg.feeds), tables,
