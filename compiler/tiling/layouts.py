@@ -199,6 +199,8 @@ CONSTANT_INPUTS = {
     "Slice": ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps")),
     "Range": ((0, "start"), (1, "limit"), (2, "delta")), "ConstantOfShape": ((0, "shape"),),
 }
+# Mixture-of-experts routing: k and the one-hot depth fix output shapes.
+CONSTANT_INPUTS |= {"TopK": ((1, "K"),), "OneHot": ((1, "depth"),)}
 
 
 def _check_constant_inputs(g: ir.Graph, op: ir.Op) -> None:
