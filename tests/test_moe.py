@@ -14,9 +14,16 @@ import pytest
 from onnx import helper
 
 from compiler import ir
+from compiler.cli import main
+from compiler.driver import CompileOptions, compile_model
 from compiler.errors import UnsupportedOpsError
+from compiler.executor import run_schedule
 from compiler.executor.kernels import KERNELS, Ctx, KernelError, Operand
 from compiler.frontend import DimRequest, FrontendOptions, load_model
+from compiler.tiling.costs import op_flops
+from compiler.verify import run_reference
+from compiler.verify.compare import DEFAULT_TOLERANCES, compare
+from compiler.verify.inputs import random_inputs
 
 
 def test_moe_record_checks_its_counts():
@@ -197,3 +204,121 @@ def test_scatter_elements_matches_onnxruntime_on_the_combine_of_expert_outputs(r
     (got,) = KERNELS["ScatterElements"](op, [_whole(data), _whole(idx), _whole(upd)], [],
                                         Ctx(1, 1))
     np.testing.assert_allclose(got[0, 0], want, rtol=1e-6, atol=1e-6)
+
+
+# --- compiled, run on the executor, against ONNX Runtime ---------------------------------------
+
+
+@functools.cache
+def compiled(family: str, target: str = "mesh8x8"):
+    options = CompileOptions(frontend=FrontendOptions(DimRequest(batch=1, seq_len=8)),
+                             check=True)
+    return compile_model(MOE / f"{family}_batched_mm_dynamo.onnx", target, options)
+
+
+@functools.cache
+def reference(family: str) -> tuple[dict, dict]:
+    graph = compiled(family).graph
+    inputs = random_inputs(graph, seed=0)
+    return inputs, run_reference(MOE / f"{family}_batched_mm_dynamo.onnx", inputs)
+
+
+def _logits_check(result, graph: ir.Graph | None = None, family: str = "mixtral"):
+    inputs, ref = reference(family)
+    with np.errstate(all="ignore"):
+        run = run_schedule(result.schedule, graph or result.graph, result.target, inputs)
+    atol, rtol = DEFAULT_TOLERANCES["float32"]
+    return compare("logits", run.outputs["logits"], ref["logits"], atol, rtol)
+
+
+@pytest.mark.parametrize("target", ["mesh8x8", "wse3"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_moe_exports_match_onnxruntime_on_the_executor(family, target):
+    check = _logits_check(compiled(family, target), family=family)
+    assert check.passed, check.line()
+
+
+def test_expert_weights_are_split_over_the_cores_of_their_block():
+    """Each core of an MoE block holds a column slice of every expert (the stacked weights'
+    last dim over the columns), not the whole expert set on every core."""
+    result = compiled("mixtral")
+    moe = result.graph.blocks()[0].moe
+    loads = [s for s in result.schedule.steps
+             if s.kind == "load" and s.writes[0].tensor in moe.stacked]
+    assert {s.writes[0].tensor for s in loads} == set(moe.stacked)
+    assert all(s.writes[0].spec[-1] == "c" for s in loads)
+
+
+def _wrong_expert(kernel):
+    """TopK as the machine would run it with token 0 sent to the expert after its first pick."""
+    def faulty(op, ins, outs, ctx):
+        values, index = kernel(op, ins, outs, ctx)
+        index = index.copy()
+        experts = ins[0].shape[-1]
+        index[..., 0, 0] = (index[..., 0, 0] + 1) % experts
+        return [values, index]
+    return faulty
+
+
+def test_a_token_sent_to_the_wrong_expert_is_caught(monkeypatch):
+    result = compiled("mixtral")
+    assert _logits_check(result).passed
+    monkeypatch.setitem(KERNELS, "TopK", _wrong_expert(KERNELS["TopK"]))
+    check = _logits_check(result)
+    assert not check.passed
+    assert check.line().startswith("FAILED logits")
+
+
+def test_experts_whose_weights_trade_places_are_caught():
+    """Expert 0's weights where expert 1's should be (and back): tokens reach the wrong expert."""
+    result = compiled("mixtral")
+    name = result.graph.blocks()[1].moe.stacked[0]
+    data = result.graph.tensor(name).data.copy()
+    data[[0, 1]] = data[[1, 0]]
+    tensors = tuple(dataclasses.replace(t, data=data) if t.name == name else t
+                    for t in result.graph.tensors)
+    check = _logits_check(result, dataclasses.replace(result.graph, tensors=tensors))
+    assert not check.passed
+
+
+def test_expert_flops_count_k_experts_per_token_not_all():
+    """The batched expert MatMuls of a block cost tokens x k x (gate+up and down), and the
+    router's TopK two comparisons per logit."""
+    g = moe_graph("mixtral")  # batch 1, seq 8
+    config = _manifest("mixtral")["config"]
+    hidden, ffn, k = config["hidden"], config["intermediate"], config["active"]
+    block = g.blocks()[0]
+    experts = [op for op in block.ops if op.kind == "MatMul"
+               and g.producers.get(op.inputs[0]) is not None
+               and g.producers[op.inputs[0]].kind == "GatherND"]
+    assert len(experts) == 2
+    per_token = 2 * hidden * 2 * ffn + 2 * ffn * hidden
+    assert sum(op_flops(g, op) for op in experts) == 8 * k * per_token
+    (topk,) = (op for op in block.ops if op.kind == "TopK")
+    assert op_flops(g, topk) == 2 * 8 * config["experts"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_token_id_only_exports_match_torch(family):
+    """The `_ids` exports (token ids alone, the form decode takes) at the torch reference's
+    (batch, seq) = (2, 12): the executor against the logits torch computed."""
+    name = f"{family}_batched_mm_dynamo_ids"
+    with np.load(MOE / f"{name}.ref.npz") as z:
+        ids, want = z["input.input_ids"], z["output.logits"]
+    options = CompileOptions(frontend=FrontendOptions(DimRequest(batch=2, seq_len=12)),
+                             check=True)
+    result = compile_model(MOE / f"{name}.onnx", "mesh8x8", options)
+    run = run_schedule(result.schedule, result.graph, result.target, {"input_ids": ids})
+    check = compare("logits", run.outputs["logits"], want, *DEFAULT_TOLERANCES["float32"],
+                    reference="torch")
+    assert check.passed, check.line()
+
+
+def test_wafer_compile_verify_passes_with_the_exports_default_dims(tmp_path):
+    """The exports record wafer.default_dims (batch 1, seq 8): no dim flags needed."""
+    out = tmp_path / "out"
+    source = MOE / "qwen2moe_batched_mm_dynamo.onnx"
+    code = main(["-q", "compile", str(source), "-t", "mesh8x8", "-o", str(out), "--verify"])
+    assert code == 0
+    doc = json.loads((out / "verify.json").read_text())
+    assert doc["passed"] is True

@@ -52,6 +52,7 @@ ATOL = 1e-4
 DIM_NAMES = ("batch", "seq")
 TRACE_SHAPE = (2, 16)  # (batch, seq) the export is traced at
 REFERENCE_SHAPE = (2, 12)  # another (batch, seq): dims stay dynamic
+DEFAULT_DIMS = (1, 8)  # (batch, seq) recorded as the model's wafer.default_dims
 EXPERTS, ACTIVE = 4, 2
 
 # Tiny configs; within a family the dims are pairwise distinct so a test can tell them apart.
@@ -70,20 +71,24 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
         "hidden_size": 32, "intermediate_size": 24, "vocab_size": 136, "num_experts": EXPERTS,
         "num_experts_per_tok": ACTIVE, "norm_topk_prob": False, **_ATTENTION}),
 }
-# (family, experts implementation, exporter): what is exported and kept.
+# (family, experts implementation, exporter, inputs): what is exported and kept. "ids" exports
+# take the token ids alone (the causal mask is built inside), the form `--decode` accepts.
 PICKS = (
-    ("mixtral", "batched_mm", "dynamo"),
-    ("qwen2moe", "batched_mm", "dynamo"),
-    ("olmoe", "batched_mm", "dynamo"),
-    ("mixtral", "eager", "torchscript"),
+    ("mixtral", "batched_mm", "dynamo", "ids+mask"),
+    ("qwen2moe", "batched_mm", "dynamo", "ids+mask"),
+    ("olmoe", "batched_mm", "dynamo", "ids+mask"),
+    ("mixtral", "batched_mm", "dynamo", "ids"),
+    ("qwen2moe", "batched_mm", "dynamo", "ids"),
+    ("olmoe", "batched_mm", "dynamo", "ids"),
+    ("mixtral", "eager", "torchscript", "ids+mask"),
 )
 
 
-def fixture_name(family: str, impl: str, exporter: str) -> str:
-    return f"{family}_{impl}_{exporter}"
+def fixture_name(family: str, impl: str, exporter: str, inputs: str = "ids+mask") -> str:
+    return f"{family}_{impl}_{exporter}" + ("_ids" if inputs == "ids" else "")
 
 
-def build_model(family: str, impl: str) -> torch.nn.Module:
+def build_model(family: str, impl: str, inputs: str = "ids+mask") -> torch.nn.Module:
     """A tiny seeded random-weight MoE model of `family` with the experts forward `impl`."""
     torch, transformers = hf.load_hf()
     config_name, model_name, kwargs = FAMILIES[family]
@@ -93,24 +98,40 @@ def build_model(family: str, impl: str) -> torch.nn.Module:
     model = getattr(transformers, model_name)(config)
     hf._randomize(model)
     hf._make_exportable(model, ("logits",))
+    if inputs == "ids":
+        _ids_only(model)
     return model.eval()
 
 
-def make_inputs(family: str, batch: int, seq: int) -> dict[str, torch.Tensor]:
-    """Seeded token ids and an all-ones mask (causal LMs: no padding)."""
+def _ids_only(model: torch.nn.Module) -> None:
+    """Give `model` a forward of the token ids alone (no attention mask input), in place."""
+    base = type(model)
+
+    def forward(self: Any, input_ids: Any) -> Any:
+        return base.forward(self, input_ids, None)
+
+    names = {"__module__": base.__module__, "__qualname__": base.__qualname__}
+    model.__class__ = type(base.__name__, (base,), {"forward": forward, **names})
+
+
+def make_inputs(family: str, batch: int, seq: int, inputs: str = "ids+mask") -> dict:
+    """Seeded token ids and (unless `inputs` is "ids") an all-ones mask (no padding)."""
     import torch
 
     vocab = FAMILIES[family][2]["vocab_size"]
     generator = torch.Generator().manual_seed(SEED + 1)
     ids = torch.randint(0, vocab, (batch, seq), generator=generator)
+    if inputs == "ids":
+        return {"input_ids": ids}
     return {"input_ids": ids, "attention_mask": torch.ones(batch, seq, dtype=torch.int64)}
 
 
-def export(model: torch.nn.Module, family: str, exporter: str, path: Path) -> None:
+def export(model: torch.nn.Module, family: str, exporter: str, path: Path,
+           kind: str = "ids+mask") -> None:
     """Dynamo with dynamic (batch, seq) dims, or TorchScript at TRACE_SHAPE."""
     import torch
 
-    inputs = make_inputs(family, *TRACE_SHAPE)
+    inputs = make_inputs(family, *TRACE_SHAPE, kind)
     names = {"input_names": list(inputs), "output_names": ["logits"]}
     if exporter == "dynamo":
         dims = {axis: torch.export.Dim(name) for axis, name in enumerate(DIM_NAMES)}
@@ -119,19 +140,31 @@ def export(model: torch.nn.Module, family: str, exporter: str, path: Path) -> No
             dynamic_shapes={name: dims for name in inputs}, verbose=False, **names)
         program.save(path, external_data=False)
         hf._strip_metadata(path)
+        _default_dims(path)
     else:
         torch.onnx.export(model, tuple(inputs.values()), str(path), dynamo=False,
                           opset_version=OPSET, **names)
 
 
-def check(model: torch.nn.Module, family: str, exporter: str, path: Path) -> float:
+def _default_dims(path: Path) -> None:
+    """Record DEFAULT_DIMS as `wafer.default_dims`, so `wafer compile FILE` needs no dim flags."""
+    import onnx
+
+    model = onnx.load(str(path))
+    dims = ",".join(f"{k}={v}" for k, v in zip(DIM_NAMES, DEFAULT_DIMS, strict=True))
+    onnx.helper.set_model_props(model, {"wafer.default_dims": dims})
+    onnx.save(model, str(path))
+
+
+def check(model: torch.nn.Module, family: str, exporter: str, path: Path,
+          kind: str = "ids+mask") -> float:
     """onnxruntime against torch at the trace shape (and REFERENCE_SHAPE when dynamic)."""
     import numpy as np
 
     shapes = [TRACE_SHAPE] + ([REFERENCE_SHAPE] if exporter == "dynamo" else [])
     worst = 0.0
     for batch, seq in shapes:
-        inputs = make_inputs(family, batch, seq)
+        inputs = make_inputs(family, batch, seq, kind)
         got = hf.run_onnxruntime(path, inputs)[0]
         worst = max(worst, float(np.max(np.abs(got - hf.torch_outputs(model, inputs)[0]))))
     if worst > ATOL:
@@ -139,11 +172,12 @@ def check(model: torch.nn.Module, family: str, exporter: str, path: Path) -> flo
     return worst
 
 
-def save_reference(model: torch.nn.Module, family: str, exporter: str, path: Path) -> dict:
+def save_reference(model: torch.nn.Module, family: str, exporter: str, path: Path,
+                   kind: str = "ids+mask") -> dict:
     import numpy as np
 
     batch, seq = REFERENCE_SHAPE if exporter == "dynamo" else TRACE_SHAPE
-    inputs = make_inputs(family, batch, seq)
+    inputs = make_inputs(family, batch, seq, kind)
     arrays = {f"input.{k}": v.numpy() for k, v in inputs.items()}
     arrays["output.logits"] = hf.torch_outputs(model, inputs)[0]
     ref = path.with_suffix(".ref.npz")
@@ -151,23 +185,23 @@ def save_reference(model: torch.nn.Module, family: str, exporter: str, path: Pat
     return {"file": ref.name, "batch": batch, "seq": seq, "atol": ATOL}
 
 
-def export_one(family: str, impl: str, exporter: str, out: Path) -> dict[str, Any]:
+def export_one(family: str, impl: str, exporter: str, kind: str, out: Path) -> dict[str, Any]:
     """Export, check and describe one pick; a failure is recorded as its one-line reason."""
-    model = build_model(family, impl)
-    path = out / f"{fixture_name(family, impl, exporter)}.onnx"
+    model = build_model(family, impl, kind)
+    path = out / f"{fixture_name(family, impl, exporter, kind)}.onnx"
     entry: dict[str, Any] = {"name": path.stem, "family": family, "experts_implementation": impl,
-                             "exporter": exporter, "opset_requested": OPSET}
+                             "exporter": exporter, "inputs": kind, "opset_requested": OPSET}
     notes: list[str] = []
     try:
         with hf._diagnostics(notes):
-            export(model, family, exporter, path)
-            entry["max_abs_err"] = check(model, family, exporter, path)
+            export(model, family, exporter, path, kind)
+            entry["max_abs_err"] = check(model, family, exporter, path, kind)
     except Exception as error:  # noqa: BLE001 - any exporter or runtime error is a finding
         path.unlink(missing_ok=True)
         return entry | {"failed": f"{type(error).__name__}: {hf._first_line(str(error))}"}
     entry |= hf.describe_file(path)
     entry |= {"config": _moe_config(model), "parameters": hf.describe_parameters(model)}
-    entry["reference"] = save_reference(model, family, exporter, path)
+    entry["reference"] = save_reference(model, family, exporter, path, kind)
     return entry
 
 
@@ -181,7 +215,7 @@ def _moe_config(model: torch.nn.Module) -> dict[str, Any]:
                         "dense_layers": list(getattr(c, "mlp_only_layers", []) or [])}
 
 
-def run(out: Path, picks: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+def run(out: Path, picks: Sequence[tuple[str, str, str, str]]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     entries = [export_one(*pick, out) for pick in picks]
     for entry in entries:
