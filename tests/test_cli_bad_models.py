@@ -160,7 +160,7 @@ def test_several_unsupported_ops_and_control_flow_listed_at_once(tmp_path, capsy
     nodes = [_node("If", ["cond"], ["a"], "branch", then_branch=then, else_branch=other),
              _node("Loop", ["trips", "cond", "a"], ["b"], "loop", body=body),
              _node("Scan", ["W", "W"], ["s1", "s2"], "scan", body=scan, num_scan_inputs=1),
-             _node("TopK", ["b", "trips"], ["k", "ki"], "topk"),
+             _node("NonZero", ["b"], ["k"], "nonzero"),
              _node("MyGelu", ["k"], ["g"], "custom", domain="com.example"),
              _node("Concat", ["g", "s1", "s2"], ["y"], "cat", axis=0)]
     model = mlp(nodes=nodes, inits=inits)
@@ -168,7 +168,7 @@ def test_several_unsupported_ops_and_control_flow_listed_at_once(tmp_path, capsy
     line = refused(capsys, tmp_path, save(tmp_path, model), ExitCode.UNSUPPORTED,
                    r"5 unsupported op\(s\)")
     for name in ("branch (ai.onnx::If (control flow)", "loop (ai.onnx::Loop (control flow)",
-                 "scan (ai.onnx::Scan (control flow)", "topk (ai.onnx::TopK",
+                 "scan (ai.onnx::Scan (control flow)", "nonzero (ai.onnx::NonZero",
                  "custom (com.example::MyGelu"):
         assert name in line, line
 

@@ -570,9 +570,13 @@ def _whole_or_fail(x: Operand) -> np.ndarray:
 
 @kernel("GatherND")
 def gather_nd(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
-    """ONNX GatherND with batch_dims, on whole tensors (the layout keeps them whole)."""
-    data, index = (_whole_or_fail(x) for x in ins)
+    """ONNX GatherND with batch_dims. The indices and the dims they index are whole; the
+    data's trailing dims may be split (each core gathers its own slices: MoE expert weights)."""
     b = int(op.attr("batch_dims", 0))
+    depth = ins[1].shape[-1]
+    if any(ins[0].spec[:b + depth]):
+        raise KernelError(f"GatherND indexes dims split {ins[0].spec[:b + depth]}")
+    data, index = ins[0].data, _whole_or_fail(ins[1])
     mesh = np.broadcast_shapes(data.shape[:2], index.shape[:2])
     data = np.broadcast_to(data, mesh + data.shape[2:])
     index = np.broadcast_to(index, mesh + index.shape[2:])

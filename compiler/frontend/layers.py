@@ -5,11 +5,13 @@ in dynamo's `pkg.torch.onnx.name_scopes` metadata (`model.layers.3.self_attn`), 
 names of the weights an op reads (`encoder.layer.3.attention.self.query.weight`). Ops with no
 name of their own go with their producers (or, failing that, their first consumer). When a graph
 carries no names at all, a structural fallback counts residual additions along the hidden state:
-two per transformer block.
+two per transformer block. A block that routes tokens with a TopK is marked a
+mixture-of-experts block (`mark_moe`: experts, k, router, each expert's weights).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -206,3 +208,89 @@ def _descendants(net: _Net, starts: Sequence[int]) -> set[int]:
                 seen.add(c)
                 stack.append(c)
     return seen
+
+
+# --- mixture-of-experts blocks ---------------------------------------------------------------
+
+_EXPERT = re.compile(r"(?:^|[/._])experts?[._/](\d+)(?=$|[/._])")
+_SHARED = re.compile(r"shared_experts?(?:[._/](\d+))?(?=$|[/._])")
+_ROUTER_PATH = frozenset({"Softmax", "Sigmoid", "Cast", "Reshape", "Flatten", "Squeeze",
+                          "Unsqueeze", "Add", "Identity", "LogSoftmax"})
+
+
+def mark_moe(g: ir.Graph) -> ir.Graph:
+    """Each block whose ops route tokens with a TopK gets its `ir.MoE` record: E experts (the
+    TopK's input along its axis), k active (its output there), the router weight (the weight
+    matmul the TopK's scores come from), the routed experts' weights (stacked `[E, ...]`
+    weights the block gathers from, or per-expert weights named `experts.N`) and the shared
+    experts' (named `shared_expert`). Dense blocks keep `moe=None`."""
+    layers = tuple(_with_moe(g, layer) for layer in g.layers)
+    return g if layers == g.layers else dataclasses.replace(g, layers=layers)
+
+
+def _with_moe(g: ir.Graph, layer: ir.Layer) -> ir.Layer:
+    topk = next((op for op in layer.ops if op.kind == "TopK"), None)
+    if topk is None or layer.kind is not ir.LayerKind.BLOCK:
+        return layer
+    axis = int(topk.attr("axis", -1)) % len(g.tensor(topk.inputs[0]).shape)
+    experts = g.tensor(topk.inputs[0]).shape[axis]
+    active = g.tensor(topk.outputs[0]).shape[axis]
+    read = [name for op in layer.ops for name in op.inputs if name and _is_param(g, name)]
+    read = list(dict.fromkeys(read))
+    stacked = tuple(n for n in read if _stacked(g, layer, n, experts))
+    per_expert = _per_expert(read, experts)
+    shared = tuple(n for n in read if _SHARED.search(n))
+    moe = ir.MoE(experts=experts, active=active, shared=_shared_count(shared),
+                 router=_router(g, topk), expert_weights=per_expert, stacked=stacked,
+                 shared_weights=shared)
+    return dataclasses.replace(layer, moe=moe)
+
+
+def _is_param(g: ir.Graph, name: str) -> bool:
+    t = g.tensor(name)
+    return t.kind is ir.TensorKind.WEIGHT and len(t.shape) >= 1 and t.numel > 1
+
+
+def _stacked(g: ir.Graph, layer: ir.Layer, name: str, experts: int) -> bool:
+    """A weight holding every expert along axis 0 that the block indexes (Gather, GatherND)."""
+    shape = g.tensor(name).shape
+    if len(shape) < 3 or shape[0] != experts:
+        return False
+    return any(op.kind in ("Gather", "GatherND") and op.inputs[0] == name for op in layer.ops)
+
+
+def _per_expert(read: Sequence[str], experts: int) -> tuple[tuple[str, ...], ...]:
+    groups: dict[int, list[str]] = {}
+    for name in read:
+        found = _EXPERT.findall(name)
+        if found and not _SHARED.search(name):
+            groups.setdefault(int(found[-1]), []).append(name)
+    if sorted(groups) != list(range(experts)):
+        return ()
+    return tuple(tuple(groups[i]) for i in range(experts))
+
+
+def _shared_count(names: Sequence[str]) -> int:
+    if not names:
+        return 0
+    indexed = {m.group(1) for n in names for m in [_SHARED.search(n)] if m and m.group(1)}
+    return len(indexed) or 1
+
+
+def _router(g: ir.Graph, topk: ir.Op) -> tuple[str, ...]:
+    """The weights of the matmul whose scores reach the TopK through element-wise and layout
+    ops (softmax, sigmoid, bias, reshapes)."""
+    name = topk.inputs[0]
+    for _ in range(8):
+        op = g.producers.get(name)
+        if op is None:
+            return ()
+        if op.kind in ("MatMul", "Gemm"):
+            return tuple(n for n in op.inputs if n and _is_param(g, n))
+        if op.kind not in _ROUTER_PATH:
+            return ()
+        acts = [n for n in op.inputs if n and n not in g.const_derived]
+        if len(acts) != 1:
+            return ()
+        name = acts[0]
+    return ()

@@ -31,7 +31,7 @@ from compiler.errors import ModelError, ShapeError
 from compiler.frontend.convert import check_element_counts, convert
 from compiler.frontend.dims import DimRequest, bind_dims
 from compiler.frontend.external import ExternalRef, data_available
-from compiler.frontend.layers import group_layers
+from compiler.frontend.layers import group_layers, mark_moe
 from compiler.frontend.ops import check_control_flow, check_supported
 from compiler.frontend.tables import check_table_lookups
 from compiler.frontend.validate import check_model, normalize_domains, read_model
@@ -67,6 +67,7 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
         layers=layers, opset=_opset(model), source=str(source), shape_only=shapes_only,
         dims=dims, source_sha256=digest,
     )
+    graph = mark_moe(graph)
     ir.check_graph(graph)
     return graph
 

@@ -30,6 +30,10 @@ SUPPORTED_OPS = frozenset({
     "Transpose", "Expand", "Unsqueeze", "Squeeze", "Flatten", "Tile", "Cast", "CastLike",
     "Identity", "Dropout", "Trilu", "Range", "Shape", "Size", "ConstantOfShape", "Constant",
 })
+# Mixture-of-experts routing (kernels in executor/kernels_moe.py). NonZero stays unsupported:
+# the per-expert loop form it comes with gives tensors of data-dependent shapes.
+MOE_OPS = frozenset({"TopK", "OneHot", "ScatterElements"})
+SUPPORTED_OPS = SUPPORTED_OPS | MOE_OPS
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 _DTYPE_NAMES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16",

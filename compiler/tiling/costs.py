@@ -23,6 +23,10 @@ _TRANSCENDENTAL = frozenset({"Exp", "Log", "Erf", "Tanh", "Sigmoid", "Cos", "Sin
 _PER_ELEMENT = {"Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 8, "RMSNormalization": 5,
                 "Gelu": 8}
 _REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ArgMax"})
+# Mixture-of-experts routing, per input element: TopK compares each logit with the running
+# k best, OneHot compares each index with each class (counted per output element), and
+# ScatterElements adds or writes each update.
+_ROUTING = {"TopK": 2, "ScatterElements": 1}
 
 
 def op_flops(g: ir.Graph, op: ir.Op) -> int:
@@ -41,6 +45,11 @@ def op_flops(g: ir.Graph, op: ir.Op) -> int:
         return _PER_ELEMENT[op.kind] * out
     if op.kind in _REDUCE:
         return g.tensor(op.inputs[0]).numel
+    if op.kind in _ROUTING:
+        counted = op.inputs[-1 if op.kind == "ScatterElements" else 0]  # updates or logits
+        return _ROUTING[op.kind] * g.tensor(counted).numel
+    if op.kind == "OneHot":
+        return out
     return 0
 
 

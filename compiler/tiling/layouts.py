@@ -199,6 +199,8 @@ CONSTANT_INPUTS = {
     "Slice": ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps")),
     "Range": ((0, "start"), (1, "limit"), (2, "delta")), "ConstantOfShape": ((0, "shape"),),
 }
+# Mixture-of-experts routing: k and the one-hot depth fix output shapes.
+CONSTANT_INPUTS |= {"TopK": ((1, "K"),), "OneHot": ((1, "depth"),)}
 
 
 def _check_constant_inputs(g: ir.Graph, op: ir.Op) -> None:
@@ -598,3 +600,26 @@ _RULES = {
         "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Erf", "Tanh", "Sigmoid",
         "Relu", "Softplus", "Gelu", "Cast", "CastLike", "Identity")},
 }
+
+
+# --- mixture-of-experts: per-token expert weights ---------------------------------------------
+
+
+def _expert_gather(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """GatherND of each token's expert weights from stacked `[E, ..., K]` weights (the
+    batched-expert form of an MoE export): the weights' last dim split over columns, so each
+    core gathers its own K-slice of every selected expert and the batched MatMul that follows
+    contracts over that split (partial sums, reduced along the columns). The indices (the
+    router's choice) are whole on every core. Anything else runs on whole tensors."""
+    data, index = op.inputs[0], op.inputs[1]
+    shape, depth = g.tensor(data).shape, g.tensor(index).shape[-1]
+    if not _is_const(g, data) or op.attr("batch_dims", 0) or len(shape) - depth < 2:
+        return _fallback(g, op, specs)
+    have = _spec(g, index, specs)
+    coll = tuple(Collective(CollectiveKind.GATHER, s, index) for s in have if s)[:1]
+    d_spec = (*replicated(len(shape) - 1), C)
+    out = (*replicated(len(g.tensor(op.outputs[0]).shape) - 1), C)
+    return OpLayout(op.name, op.kind, (d_spec, replicated(len(have))), (out,), coll)
+
+
+_RULES["GatherND"] = _expert_gather
