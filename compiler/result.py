@@ -36,3 +36,9 @@ class CompileResult:
     # baseline for byte-hops (None when shelves cannot pack those rectangles)
     baseline_same_options: Metrics | None = None
     decode: DecodePlan | None = None  # the decode step of a causal LM (schedule/decode.py)
+
+
+def decode_steps(result: CompileResult) -> Schedule:
+    """The schedule one decode token runs: the decode schedule of a causal LM, else the prefill
+    schedule (priced per token by scaling)."""
+    return result.decode.schedule if result.decode is not None else result.schedule
