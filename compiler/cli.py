@@ -647,11 +647,12 @@ def _compile_summary(result, out: Path) -> str:
 
 
 def _perf_lines(result) -> list[str]:
+    from compiler.result import decode_steps
     from compiler.schedule.perf import PerfOptions, busiest_link
 
     d, p = result.estimates[Mode.DECODE], result.estimates[Mode.PREFILL]
     peak = result.target.total_peak_flops()
-    link = busiest_link(result.schedule, PerfOptions(Mode.DECODE))
+    link = busiest_link(decode_steps(result), PerfOptions(Mode.DECODE))
     link_line = "no on-wafer sends" if link is None else (
         f"{_bytes(link.nbytes)}/token on wafer {link.wafer} {link.src} -> {link.dst}")
     return [

@@ -59,11 +59,14 @@ def cmd_generate(args) -> int:
 
 def prepare(args, art, out: Path, plan=None):
     """(decode graph, decode schedule) for --decode, refused early when the cache has no room:
-    `plan` is the compile's DecodePlan (else OUT's is read)."""
+    `plan` is the compile's DecodePlan (its decode graph loaded again with weights), else OUT's
+    is read."""
     from compiler.verify.decode import check_room, open_decode
 
     if plan is not None:
-        dg, schedule = plan.graph, plan.schedule
+        from compiler.schedule.decode import with_weights
+
+        dg, schedule = with_weights(plan.graph, art.source, art.graph), plan.schedule
     else:
         dg, schedule = open_decode(out, art)
     prompt = art.graph.tensor(art.graph.inputs[0]).shape[-1]

@@ -37,3 +37,9 @@ class CompileResult:
     baseline_same_options: Metrics | None = None
     decode: DecodePlan | None = None  # the decode step of a causal LM (schedule/decode.py)
     reused: tuple[str, ...] = ()  # stages taken from an earlier compile (driver.Reuse)
+
+
+def decode_steps(result: CompileResult) -> Schedule:
+    """The schedule one decode token runs: the decode schedule of a causal LM, else the prefill
+    schedule (priced per token by scaling)."""
+    return result.decode.schedule if result.decode is not None else result.schedule

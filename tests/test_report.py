@@ -204,6 +204,32 @@ def test_a_wafer_scale_grid_draws_aggregates_not_cores(tmp_path, capsys):
     assert html.count("<rect") < 2000 and len(html) < 500_000
 
 
+def test_decode_numbers_come_from_the_decode_schedule(tiny_out):
+    """Per decode token the report's links, transfers, off-chip inputs and timeline are the
+    decode schedule's (a causal LM has one), not the prefill scaled to a token."""
+    from compiler.outdir.decode import decode_schedule_from_doc
+    from compiler.report.facts import gather
+    from compiler.schedule.perf import link_loads
+
+    doc = json.loads((tiny_out / "schedule.json").read_text())
+    dec = decode_schedule_from_doc(doc)
+    f = gather(read_out(tiny_out))
+    opts = PerfOptions("decode")
+    assert f.links == pytest.approx({k: v / dec.batch for k, v in link_loads(dec, opts).items()})
+    assert {(t.src, t.dst): t.bytes_per_token for t in f.transfers} == pytest.approx({
+        (s.region, s.dst): sum(x.nbytes for x in dec.steps if x.kind == "send"
+                               and (x.region, x.dst) == (s.region, s.dst))
+        for s in dec.steps if s.kind == "send"})
+    loads = {}  # the decode step loads its token and position feeds (a position row, a mask row)
+    for s in dec.steps:
+        if s.kind == "load" and s.phase == "token":
+            loads[s.region] = loads.get(s.region, 0) + s.nbytes
+    assert {la.name: la.io_in for la in f.layers if la.io_in} == pytest.approx(loads)
+    assert len(loads) > 1  # more than the token ids: the prefill scaled had only those
+    assert f.timing("decode") == doc["decode"]["timing"]["decode"]
+    assert len(f.steps("decode")) == len(dec.steps)
+
+
 def test_two_wafers_show_the_traffic_between_them(tmp_path, capsys):
     out = _compile(tmp_path / "x2", capsys, target="mesh8x8-x2")
     view = build_view(read_out(out))

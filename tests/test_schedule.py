@@ -135,3 +135,26 @@ def test_sends_carry_the_bytes_of_the_placers_edges(case):
             key = (index[step.region], index[step.dst])
             sent[key] = sent.get(key, 0) + step.nbytes
     assert sent == {(e.src, e.dst): e.bytes_prefill for e in r.problem.edges}
+
+
+@pytest.mark.parametrize(("src", "dst"), [
+    ((1, 2, 4, 40, 16), (1, 8, 40, 16)),  # a grouped-query repeat's merge, keys kept
+    ((1, 40, 64), (1, 40, 4, 16)),  # heads split off, tokens kept
+    ((1, 4, 40, 16), (1, 4, 640)),
+])
+def test_reshape_locality_on_shrunk_shapes_is_the_exact_answer(src, dst):
+    """build._shrunk cuts the dims a reshape keeps as they are; the exact index-array check
+    gives the same verdict on the cut shapes for every split of the regrouped dims."""
+    import itertools
+
+    from compiler.schedule.build import Region, _shrunk
+    from compiler.tiling.tiles import reshape_is_local
+
+    region = Region("x", 0, 0, 0, 3, 5)
+    axes = (None, "r", "c")
+    for a in itertools.product(axes, repeat=len(src)):
+        for b in itertools.product(axes, repeat=len(dst)):
+            if any(a.count(m) > 1 for m in "rc") or any(b.count(m) > 1 for m in "rc"):
+                continue
+            s, d = _shrunk(src, a, dst, b, region)
+            assert reshape_is_local(s, a, d, b, 3, 5) == reshape_is_local(src, a, dst, b, 3, 5)

@@ -46,7 +46,7 @@ class FrontendOptions:
 def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir.Graph:
     """A model file path or a zoo name -> ir.Graph with static shapes, grouped into layers."""
     options = options or FrontendOptions()
-    model, name = open_model(source)
+    model, name = open_model(source, options.shapes_only is True)
     digest = source_digest(source)
     check_control_flow(model)
     InlinePass()(model)
@@ -90,15 +90,16 @@ def check_source(source: str | Path) -> None:
         )
 
 
-def open_model(source: str | Path) -> tuple[onnx_ir.Model, str]:
-    """Open a path (weights stay on disk, read lazily) or build a zoo model by name."""
+def open_model(source: str | Path, shapes_only: bool = False) -> tuple[onnx_ir.Model, str]:
+    """Open a path (weights stay on disk, read lazily) or build a zoo model by name (without
+    drawing its weights when `shapes_only`: they would not be read)."""
     check_source(source)
     path = Path(source)
     if path.suffix == ".onnx" or path.exists():
         return _open_file(path), path.stem
     from compiler import zoo
 
-    proto = zoo.build(str(source))
+    proto = zoo.build(str(source), shape_only=shapes_only)
     check_model(proto, str(source), None)
     return _deserialize(proto, None, str(source)), str(source)
 

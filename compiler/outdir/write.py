@@ -23,7 +23,7 @@ from typing import Any
 from compiler import __version__
 from compiler.errors import UsageError
 from compiler.outdir.trace import schedule_doc, trace_doc
-from compiler.result import CompileResult
+from compiler.result import CompileResult, decode_steps
 from compiler.schedule.perf import Estimate, PerfOptions
 from compiler.tiling.layouts import OpLayout
 from compiler.vocab import Mode
@@ -147,7 +147,7 @@ def summary_doc(result: CompileResult, out: Path, stage_times: list[tuple[str, f
 
     g, t, m = result.graph, result.target, result.metrics
     d, p = result.estimates["decode"], result.estimates["prefill"]
-    link = busiest_link(result.schedule, PerfOptions("decode"))
+    link = busiest_link(decode_steps(result), PerfOptions("decode"))
     placed = placement_doc(result)
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,

@@ -1,7 +1,9 @@
 """The numbers behind the report, derived from OUT's documents: per layer (placement, memory,
 time per mode), per transfer (sends aggregated per pair of regions, with decode bytes), per
 NoC link (perf.link_loads, the same model the compile summary's busiest link comes from) and the
-off-chip I/O per token. Pictures (build.py) and CSV files (numbers.py) both read these."""
+off-chip I/O per token. Everything per decode token comes from the decode schedule when OUT has
+one (a causal LM), else from the prefill schedule scaled to one token. Pictures (build.py) and
+CSV files (numbers.py) both read these."""
 
 from __future__ import annotations
 
@@ -98,15 +100,16 @@ def gather(docs: OutDir) -> Facts:
     p, schedule = docs.placement, docs.schedule
     rows, cols = p["target"]["grid"]
     decode = PerfOptions(Mode.DECODE)
-    io = _io_per_token(schedule, decode)
+    step = mode_schedule(docs, Mode.DECODE)  # per token: the decode schedule's, when OUT has one
+    io = _io_per_token(step, decode)
     busy = {m: _busy(mode_schedule(docs, m), mode_timing(docs, m))
             for m in MODES if m in docs.timing}
     cap = p["target"]["usable_bytes_per_core"]
     layers = tuple(_layer(i, doc, cap, io, busy) for i, doc in enumerate(p["layers"]))
-    per_token = max(schedule.batch, 1)
-    links = {k: v / per_token for k, v in link_loads(schedule, decode).items()}
+    per_token = max(step.batch, 1)
+    links = {k: v / per_token for k, v in link_loads(step, decode).items()}
     return Facts(docs, schedule, rows, cols, p["target"]["wafers"], cap,
-                 docs.clock_hz, layers, _transfers(schedule, decode), links)
+                 docs.clock_hz, layers, _transfers(step, decode), links)
 
 
 def _layer(i: int, doc: dict[str, Any], cap: int, io, busy) -> LayerFacts:

@@ -22,6 +22,7 @@ executor's memory accounting count it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -266,8 +267,27 @@ def _reshape_local(g: ir.Graph, op: ir.Op, lay: OpLayout, region: Region) -> boo
     src, dst = g.tensor(op.inputs[0]), g.tensor(op.outputs[0])
     if not any(lay.inputs[0] or ()) and not any(lay.outputs[0]):
         return True
-    return reshape_is_local(src.shape, lay.inputs[0], dst.shape, lay.outputs[0], region.rows,
-                            region.cols)
+    a, b = _shrunk(src.shape, lay.inputs[0], dst.shape, lay.outputs[0], region)
+    return reshape_is_local(a, lay.inputs[0], b, lay.outputs[0], region.rows, region.cols)
+
+
+def _shrunk(src: tuple[int, ...], src_spec, dst: tuple[int, ...], dst_spec,
+            region: Region) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes with every dim the reshape keeps as it is (same size, same product before it,
+    same split) cut to the mesh extent it is split over (1 when whole): whether tiles reshape
+    in place depends only on the dims it regroups, and the exact check builds an index array
+    of the whole tensor (a decode step's repeat of a 128k-key cache would take gigabytes)."""
+    src, dst = list(src), list(dst)
+    extent = {"r": region.rows, "c": region.cols}
+    pre_src = [math.prod(src[:i]) for i in range(len(src))]
+    pre_dst = [math.prod(dst[:j]) for j in range(len(dst))]
+    for i, j in ((i, j) for i in range(len(src)) for j in range(len(dst))):
+        if pre_src[i] == pre_dst[j] and src[i] == dst[j] and src_spec[i] == dst_spec[j]:
+            small = min(src[i], extent.get(src_spec[i], 1) if src_spec[i] else 1)
+            src[i] = dst[j] = small
+            pre_src = [math.prod(src[:k]) for k in range(len(src))]
+            pre_dst = [math.prod(dst[:k]) for k in range(len(dst))]
+    return tuple(src), tuple(dst)
 
 
 def _store_outputs(g: ir.Graph, st: _State) -> None:

@@ -26,6 +26,7 @@ keys): scaling `fixed`, so the performance model prices them as they are.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ from compiler.schedule.build import (
 )
 from compiler.schedule.perf import Estimate, PerfOptions, Timeline, estimate, timeline
 from compiler.target import Target
-from compiler.tiling.layouts import Spec, graph_layouts
+from compiler.tiling.layouts import OpLayout, Spec, _spec_back, graph_layouts
 from compiler.vocab import Mode, Phase, StepKind
 
 APPEND = StepKind.APPEND  # writes a step's own K/V into its cache at position t
@@ -107,22 +108,52 @@ def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int) -> DecodeGraph:
     caches, renames = [], {}
     for scores, pv in cores:
         layer = layer_of[scores.name]
-        for op, role, axis in ((scores, "k", -1), (pv, "v", -2)):
-            new = op.inputs[1]
-            if prefill.tensor(new).shape == shapes[new]:
+        for op, role in ((scores, "k"), (pv, "v")):
+            reader, slot = _cache_point(prefill, g1, op)
+            new = reader.inputs[slot]
+            grown = [i for i, (a, b) in enumerate(zip(prefill.tensor(new).shape, shapes[new],
+                                                      strict=True)) if a != b]
+            if len(grown) != 1:
                 raise DecodeUnsupported(f"the {role} operand of {op.name} does not grow with "
-                                        "the sequence")
-            rank = len(shapes[new])
+                                        "the sequence along one axis")
             name = f"kv_cache.{layer}.{role}"
             cache_shape = list(shapes[new])
-            cache_shape[axis % rank] = context
+            cache_shape[grown[0]] = context
             shapes[name] = tuple(cache_shape)
-            caches.append(KVCache(layer, name, new, new, axis % rank))
-            renames[(op.name, 1)] = name
+            caches.append(KVCache(layer, name, new, new, grown[0]))
+            renames[(reader.name, slot)] = name
     feeds = _position_feeds(prefill, g1, cores, context, shapes)
-    graph = _rebuild(g1, caches, feeds, renames, shapes)
+    graph = _rebuild(prefill, g1, caches, feeds, renames, shapes)
     tokens = tuple(n for n in g1.inputs)
     return DecodeGraph(graph, tuple(caches), feeds, context, tokens)
+
+
+_REPEAT_OPS = frozenset({"Transpose", "Reshape", "Expand", "Unsqueeze"})
+
+
+def _cache_point(prefill: ir.Graph, g: ir.Graph, op: ir.Op) -> tuple[ir.Op, int]:
+    """(reader, input slot) of the tensor the cache replaces: the attention MatMul's K / V
+    operand, or, under a grouped-query repeat (Unsqueeze, Expand, Reshape, Transpose from
+    [.., H_kv, T, D] to H heads), the tensor before the repeat: the cache then holds K / V at
+    the KV-head count and the repeat runs on the cache every step."""
+    chain: list[ir.Op] = []
+    name = op.inputs[1]
+    while (p := g.producers.get(name)) is not None and p.kind in _REPEAT_OPS:
+        acts = [n for n in p.inputs if n and n not in g.const_derived]
+        if acts != [p.inputs[0]] or len(g.consumers.get(name, ())) != 1:
+            break
+        chain.append(p)
+        name = p.inputs[0]
+    kinds = [p.kind for p in chain]
+    if "Expand" not in kinds:
+        return op, 1
+    first = kinds.index("Expand")
+    if first + 1 < len(chain) and kinds[first + 1] == "Unsqueeze":
+        first += 1
+    reader = chain[first]
+    if len(g.consumers.get(reader.inputs[0], ())) != 1:
+        return op, 1
+    return reader, 0
 
 
 def _check_pair(prefill: ir.Graph, g1: ir.Graph) -> None:
@@ -234,7 +265,7 @@ def _position_feeds(prefill: ir.Graph, g1: ir.Graph, cores, context: int,
     return tuple(feeds.values())
 
 
-def _rebuild(g1: ir.Graph, caches, feeds, renames, shapes) -> ir.Graph:
+def _rebuild(prefill: ir.Graph, g1: ir.Graph, caches, feeds, renames, shapes) -> ir.Graph:
     fed = {f.name for f in feeds}
     cache_names = [c.name for c in caches]
     layers = []
@@ -257,7 +288,7 @@ def _rebuild(g1: ir.Graph, caches, feeds, renames, shapes) -> ir.Graph:
                  g1.outputs, tuple(layers), g1.opset, g1.source, g1.shape_only, g1.dims,
                  g1.source_sha256)
     widened = {c.name for c in caches} | {f.name for f in feeds if f.key_axes}
-    g = _reshape_path(g, widened)
+    g = _reshape_path(g, widened, prefill)
     used = {n for op in g.ops for n in (*op.inputs, *op.outputs) if n}
     used |= set(g.inputs) | set(g.outputs)
     g = dataclasses.replace(g, tensors=tuple(t for t in g.tensors if t.name in used))
@@ -277,29 +308,57 @@ def _prune(layers: list[ir.Layer], outputs: set[str]) -> list[ir.Layer]:
         layers = keep
 
 
-def _reshape_path(g: ir.Graph, widened: set[str]) -> ir.Graph:
-    """Shapes of the ops that read the cache or a key-long feed, in order: MatMul and
-    broadcasting elementwise ops; the P x V MatMul's output is back to the step's shape."""
+def _reshape_path(g: ir.Graph, widened: set[str], prefill: ir.Graph) -> ir.Graph:
+    """Shapes of the ops that read the cache or a key-long feed, in order: a grouped-query
+    repeat's Unsqueeze / Expand / Reshape / Transpose (the key axis followed through it), MatMul
+    and broadcasting elementwise ops; the P x V MatMul's output is back to the step's shape."""
     tensors = dict(g.tensor_map)
     changed = set(widened)
+    prefill_ops = {op.name: op for op in prefill.ops}
     for op in g.ops:
         if not any(n in changed for n in op.inputs if n):
             continue
         ins = [tensors[n].shape for n in op.inputs if n]
         if op.kind == "Attention":  # reads whole caches and a key-long mask; out: the query's
             continue
+        name = op.outputs[0]
         if op.kind == "MatMul":
             out = np.broadcast_shapes(ins[0][:-2], ins[1][:-2]) + (ins[0][-2], ins[1][-1])
         elif op.kind in _PATH_OPS:
             out = np.broadcast_shapes(*ins) if op.kind != "Softmax" else ins[0]
+        elif op.kind in _REPEAT_OPS and op.inputs[0] in changed:
+            pop = prefill_ops[op.name]
+            out = _repeat_shape(pop, ins[0], g.tensor(pop.inputs[0]).shape,
+                                tensors[name].shape, prefill)
         else:
             raise DecodeUnsupported(f"{op.kind} {op.name} reads the KV cache's key axis; "
-                                    "decode derives only scale, mask and softmax there")
-        name = op.outputs[0]
+                                    "decode derives only a grouped-query repeat, scale, mask "
+                                    "and softmax there")
         if tuple(out) != tensors[name].shape:
             tensors[name] = dataclasses.replace(tensors[name], shape=tuple(out))
             changed.add(name)
     return dataclasses.replace(g, tensors=tuple(tensors[t.name] for t in g.tensors))
+
+
+def _repeat_shape(op: ir.Op, new_in: tuple[int, ...], step_in: tuple[int, ...],
+                  out: tuple[int, ...], prefill: ir.Graph) -> tuple[int, ...]:
+    """The output of a shape op (`op` as the prefill graph has it) whose input (`step_in` at one
+    token, `new_in` now) had its key axis grown from 1 to the context: that axis found in the
+    prefill graph (the output axis of the same length with the same elements after it; a
+    Transpose by its perm), set to the context."""
+    pin, pout = prefill.tensor(op.inputs[0]).shape, prefill.tensor(op.outputs[0]).shape
+    grown = [i for i, (a, b) in enumerate(zip(pin, step_in, strict=True)) if a != b]
+    if len(grown) != 1:
+        raise DecodeUnsupported(f"{op.kind} {op.name}: the cache's key axis is not one axis")
+    a = grown[0]
+    if op.kind == "Transpose":
+        perm = op.attr("perm") or tuple(reversed(range(len(new_in))))
+        return tuple(new_in[p] for p in perm)
+    after = math.prod(pin[a + 1:])
+    hits = [j for j in range(len(pout)) if pout[j] == pin[a] and math.prod(pout[j + 1:]) == after]
+    if len(hits) != 1 or out[hits[0]] != 1:
+        raise DecodeUnsupported(f"{op.kind} {op.name}: cannot follow the cache's key axis")
+    return tuple(new_in[a] if j == hits[0] else d for j, d in enumerate(out))
 
 
 # --- feeds: the position-dependent tables ------------------------------------------------------
@@ -325,7 +384,7 @@ def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target) ->
     """One decode step on the prefill schedule's regions: weights and the KV cache resident
     (setup), the step's own K/V appended at t, attention over the cache, the last logits."""
     g = dg.graph
-    layouts = graph_layouts(g)
+    layouts = decode_layouts(dg)
     regions = {r.name: r for r in prefill.regions}
     residency = dict(prefill.residency)
     by_tensor = {c.name: c for c in dg.caches}
@@ -347,6 +406,40 @@ def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target) ->
     steps = tuple(dataclasses.replace(s, scaling=FIXED) for s in st.steps)
     return Schedule(g.name, target.name, prefill.regions, steps, prefill.batch, prefill.batch,
                     dg.context, prefill.residency)
+
+
+def decode_layouts(dg: DecodeGraph) -> dict[str, tuple[OpLayout, ...]]:
+    """The decode graph's layouts with each KV cache split as its attention MatMul reads it,
+    traced back through a grouped-query repeat between them (else a cache read by the repeat
+    would be replicated on every core of its region)."""
+    g = dg.graph
+    layouts = graph_layouts(g)
+    by_op = {lay.op: lay for lays in layouts.values() for lay in lays}
+    known = {}
+    for c in dg.caches:
+        spec = _spec_through_repeat(g, c.name, by_op)
+        if spec is not None and any(spec):
+            known[c.name] = spec
+    return graph_layouts(g, known) if known else layouts
+
+
+def _spec_through_repeat(g: ir.Graph, name: str, by_op: dict[str, OpLayout]) -> Spec | None:
+    chain: list[tuple[ir.Op, str]] = []
+    while True:
+        users = g.consumers.get(name, ())
+        if len(users) != 1:
+            return None
+        op = users[0]
+        if op.kind not in _REPEAT_OPS:
+            break
+        chain.append((op, name))
+        name = op.outputs[0]
+    if not chain:
+        return None
+    want = by_op[op.name].inputs[op.inputs.index(name)]
+    for op, src in reversed(chain):
+        want = _spec_back(g, op, src, want) if want is not None else None
+    return want
 
 
 def _cache(g: ir.Graph, cache: KVCache, spec: Spec | None, region: Region,
@@ -371,12 +464,23 @@ def _split_of(spec: Spec, axis: int) -> str | None:
     return spec[axis] if axis < len(spec) else None
 
 
-def load_decode_graph(source: str, prefill: ir.Graph, context: int) -> DecodeGraph:
-    """The model again at one token per sequence (weights as the prefill graph has them), turned
-    into its decode step over a `context`-long cache."""
+def load_decode_graph(source: str, prefill: ir.Graph, context: int,
+                      shapes_only: bool = False) -> DecodeGraph:
+    """The model again at one token per sequence (weights as the prefill graph has them, or
+    none with `shapes_only`: enough to schedule it), turned into its decode step over a
+    `context`-long cache."""
     batch = dict(prefill.dims).get("batch")
     _precheck(prefill)  # before loading the model again
-    return decode_graph(prefill, _quiet_load(source, batch, 1, prefill.shape_only), context)
+    g1 = _quiet_load(source, batch, 1, shapes_only or prefill.shape_only)
+    return decode_graph(prefill, g1, context)
+
+
+def with_weights(dg: DecodeGraph, source: str, prefill: ir.Graph) -> DecodeGraph:
+    """A decode graph that can run: `dg` itself when it has weights, else the model loaded
+    again at one token with its weights (a compile's plan holds a shape-only decode graph)."""
+    if not dg.graph.shape_only or prefill.shape_only:
+        return dg
+    return load_decode_graph(source, prefill, dg.context)
 
 
 def _precheck(g: ir.Graph) -> None:
@@ -436,12 +540,12 @@ class DecodePlan:
 
 def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target: Target,
                 context: int) -> DecodePlan | None:
-    """The decode plan of a causal LM with weights; None for anything else (no attention core,
-    not only token-id inputs, a one-token prompt, a shape-only graph)."""
-    if prefill_graph.shape_only:
-        return None
+    """The decode plan of a causal LM, with weights or shape-only; None for anything else (no
+    attention core, not only token-id inputs, a one-token prompt). Its graph is shape-only
+    (the model at one token loaded without weights: a schedule needs shapes only), so running
+    it (`--decode`) loads the decode graph with weights again (verify.decode.open_decode)."""
     try:
-        dg = load_decode_graph(source, prefill_graph, context)
+        dg = load_decode_graph(source, prefill_graph, context, shapes_only=True)
     except (DecodeUnsupported, WaferError):  # the decode step is extra: never fail a compile
         return None
     return plan_for(dg, prefill, target)

@@ -70,7 +70,7 @@ def attention_op_decode(prefill: ir.Graph, g1: ir.Graph, context: int) -> Decode
         new_ops[op.name] = dataclasses.replace(op, inputs=(*op.inputs[:3], mask), attrs=attrs)
     g1 = _with_ops(g1, new_ops, extra)
     feeds += tuple(PositionFeed(name, (2,), (3,)) for name, _ in masks)
-    graph = _rebuild(g1, caches, feeds, renames, shapes)
+    graph = _rebuild(prefill, g1, caches, feeds, renames, shapes)
     return DecodeGraph(graph, tuple(caches), feeds, context, tuple(g1.inputs), tuple(masks))
 
 

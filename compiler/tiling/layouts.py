@@ -171,8 +171,12 @@ def _spec_back(g: ir.Graph, op: ir.Op, src: str, want: Spec) -> Spec | None:
     return spec if op_layout(g, op, {src: spec}).outputs[0] == want else None
 
 
-def graph_layouts(g: ir.Graph) -> dict[str, tuple[OpLayout, ...]]:
+def graph_layouts(g: ir.Graph, inputs: Mapping[str, Spec] | None = None
+                  ) -> dict[str, tuple[OpLayout, ...]]:
+    """Every layer's op layouts; graph inputs are replicated unless `inputs` gives their spec
+    (a decode step's KV cache: split as its attention MatMul reads it)."""
     specs: dict[str, Spec] = {n: replicated(len(g.tensor(n).shape)) for n in g.inputs}
+    specs.update(inputs or {})
     result = {}
     for layer in g.layers:
         with at_layer(layer.name):  # an internal error names the layer
