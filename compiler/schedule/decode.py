@@ -86,12 +86,15 @@ class DecodeGraph:
     # per-step boolean masks made from t (not tables of the model): (feed name, left window or
     # -1), for the ONNX Attention op (compiler/schedule/decode_attention.py)
     masks: tuple[tuple[str, int], ...] = ()
+    # GQA caches before the grouped-query repeat (KV heads) rather than after it (query heads)
+    grouped: bool = False
 
 
 # --- the decode-step graph ----------------------------------------------------------------------
 
 
-def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int) -> DecodeGraph:
+def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int,
+                 grouped: bool = True) -> DecodeGraph:
     """`g1` (the model at seq 1) turned into one decode step over a `context`-long cache;
     `prefill` (the same model at its prompt length, >= 2) tells which dims follow the sequence.
     Raises DecodeUnsupported naming what does not fit the pattern."""
@@ -109,7 +112,7 @@ def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int) -> DecodeGraph:
     for scores, pv in cores:
         layer = layer_of[scores.name]
         for op, role in ((scores, "k"), (pv, "v")):
-            reader, slot = _cache_point(prefill, g1, op)
+            reader, slot = _cache_point(prefill, g1, op) if grouped else (op, 1)
             new = reader.inputs[slot]
             grown = [i for i, (a, b) in enumerate(zip(prefill.tensor(new).shape, shapes[new],
                                                       strict=True)) if a != b]
@@ -125,7 +128,12 @@ def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int) -> DecodeGraph:
     feeds = _position_feeds(prefill, g1, cores, context, shapes)
     graph = _rebuild(prefill, g1, caches, feeds, renames, shapes)
     tokens = tuple(n for n in g1.inputs)
-    return DecodeGraph(graph, tuple(caches), feeds, context, tokens)
+    grouped = any(c.new != op.inputs[1] for c, op in zip(caches, _readers(cores), strict=True))
+    return DecodeGraph(graph, tuple(caches), feeds, context, tokens, grouped=grouped)
+
+
+def _readers(cores) -> list[ir.Op]:
+    return [op for scores, pv in cores for op in (scores, pv)]
 
 
 _REPEAT_OPS = frozenset({"Transpose", "Reshape", "Expand", "Unsqueeze"})
@@ -465,14 +473,17 @@ def _split_of(spec: Spec, axis: int) -> str | None:
 
 
 def load_decode_graph(source: str, prefill: ir.Graph, context: int,
-                      shapes_only: bool = False) -> DecodeGraph:
+                      shapes_only: bool = False, grouped: bool = False) -> DecodeGraph:
     """The model again at one token per sequence (weights as the prefill graph has them, or
     none with `shapes_only`: enough to schedule it), turned into its decode step over a
-    `context`-long cache."""
-    batch = dict(prefill.dims).get("batch")
+    `context`-long cache (GQA caches at the KV heads with `grouped`)."""
+    return decode_graph(prefill, _load_g1(source, prefill, shapes_only), context, grouped)
+
+
+def _load_g1(source: str, prefill: ir.Graph, shapes_only: bool) -> ir.Graph:
     _precheck(prefill)  # before loading the model again
-    g1 = _quiet_load(source, batch, 1, shapes_only or prefill.shape_only)
-    return decode_graph(prefill, g1, context)
+    batch = dict(prefill.dims).get("batch")
+    return _quiet_load(source, batch, 1, shapes_only or prefill.shape_only)
 
 
 def with_weights(dg: DecodeGraph, source: str, prefill: ir.Graph) -> DecodeGraph:
@@ -480,7 +491,7 @@ def with_weights(dg: DecodeGraph, source: str, prefill: ir.Graph) -> DecodeGraph
     again at one token with its weights (a compile's plan holds a shape-only decode graph)."""
     if not dg.graph.shape_only or prefill.shape_only:
         return dg
-    return load_decode_graph(source, prefill, dg.context)
+    return load_decode_graph(source, prefill, dg.context, grouped=dg.grouped)
 
 
 def _precheck(g: ir.Graph) -> None:
@@ -543,12 +554,23 @@ def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target:
     """The decode plan of a causal LM, with weights or shape-only; None for anything else (no
     attention core, not only token-id inputs, a one-token prompt). Its graph is shape-only
     (the model at one token loaded without weights: a schedule needs shapes only), so running
-    it (`--decode`) loads the decode graph with weights again (verify.decode.open_decode)."""
+    it (`--decode`) loads the decode graph with weights again (verify.decode.open_decode).
+    Under grouped-query attention both cache forms are scheduled — after the repeat (query
+    heads: more bytes, no repeat per step) and before it (KV heads: a quarter of the bytes,
+    the repeat runs on the cache every step) — and the faster decode step is kept; schedule.json
+    records which (`kv_cache`), so verify derives the same graph."""
     try:
-        dg = load_decode_graph(source, prefill_graph, context, shapes_only=True)
+        g1 = _load_g1(source, prefill_graph, shapes_only=True)
+        forms = [decode_graph(prefill_graph, g1, context, grouped=False)]
     except (DecodeUnsupported, WaferError):  # the decode step is extra: never fail a compile
         return None
-    return plan_for(dg, prefill, target)
+    try:
+        grouped = decode_graph(prefill_graph, g1, context, grouped=True)
+        forms += [grouped] if grouped.grouped else []
+    except DecodeUnsupported:
+        pass
+    plans = [plan_for(dg, prefill, target) for dg in forms]
+    return max(plans, key=lambda p: p.estimate.tokens_per_s or 0.0)  # first of equals
 
 
 def plan_for(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan:

@@ -169,7 +169,8 @@ def open_decode(out: str | Path, art: Artifact):
     if problems:
         raise WaferError(f"{path}: {problems[0]}; compile again")
     try:
-        dg = load_decode_graph(art.source, art.graph, int(doc["decode"]["context"]))
+        dg = load_decode_graph(art.source, art.graph, int(doc["decode"]["context"]),
+                               grouped=doc["decode"].get("kv_cache") == "grouped")
     except DecodeUnsupported as exc:
         raise NoDecodeSchedule(f"{art.graph.name}: {exc}") from None
     if [c.name for c in dg.caches] != [c["tensor"] for c in doc["decode"]["caches"]]:
