@@ -47,6 +47,7 @@ CONST_INPUTS: dict[str, tuple[int, ...]] = {
     "Unsqueeze": (1,), "Squeeze": (1,), "ReduceSum": (1,), "ReduceMean": (1,),
     "ReduceMax": (1,), "Range": (0, 1, 2), "ConstantOfShape": (0,), "Trilu": (1,),
     "Dropout": (1, 2), "CastLike": (1,),
+    "CumSum": (1,),  # issue 15 (h-real)
 }
 
 # Tolerances per expected dtype: fp32 as the brief says; fp16/bf16 expectations were computed

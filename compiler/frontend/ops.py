@@ -30,6 +30,9 @@ SUPPORTED_OPS = frozenset({
     "Transpose", "Expand", "Unsqueeze", "Squeeze", "Flatten", "Tile", "Cast", "CastLike",
     "Identity", "Dropout", "Trilu", "Range", "Shape", "Size", "ConstantOfShape", "Constant",
 })
+# --- issue 15, real checkpoints (h-real): positions computed from the runtime mask ---
+SUPPORTED_OPS = SUPPORTED_OPS | frozenset({"CumSum"})
+# --- end issue 15 ---
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 _DTYPE_NAMES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16",

@@ -23,6 +23,9 @@ _TRANSCENDENTAL = frozenset({"Exp", "Log", "Erf", "Tanh", "Sigmoid", "Cos", "Sin
 _PER_ELEMENT = {"Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 8, "RMSNormalization": 5,
                 "Gelu": 8}
 _REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ArgMax"})
+# --- issue 15, real checkpoints (h-real): one add per output element ---
+_ELEMENTWISE = _ELEMENTWISE | {"CumSum"}
+# --- end issue 15 ---
 
 
 def op_flops(g: ir.Graph, op: ir.Op) -> int:
