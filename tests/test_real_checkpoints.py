@@ -113,3 +113,61 @@ def test_sentence_bert_mean_pooling_verifies_on_wse3(seq: int) -> None:
     r = _verify(SENTENCE, "wse3", 1, seq)
     needed = max(c.per_core_bytes for lt in r.tiled.layers for c in lt.candidates)
     assert needed <= r.target.usable_bytes_per_core
+
+
+# --- tiling, schedule and executor agree on SRAM ----------------------------------------------
+
+
+def _tiny_target(tmp: Path) -> Path:
+    """mesh8x8 cut to 4 x 4 cores of 32 KiB: the sentence BERT's weights only fit streamed."""
+    text = (Path(__file__).parents[1] / "targets" / "mesh8x8.toml").read_text()
+    for old, new in (('name = "mesh8x8"', 'name = "tiny4x4"'), ("rows = 8", "rows = 4"),
+                     ("cols = 8", "cols = 4"), ('sram_bytes = "64 KiB"', 'sram_bytes = "32 KiB"')):
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp / "tiny4x4.toml"
+    path.write_text(text)
+    return path
+
+
+def test_verify_compile_never_streams_weights_it_cannot_run(tmp_path: Path) -> None:
+    """Was exit 70 after OUT was written (a weight streamed on a few cores, loaded whole at
+    step 0 by the executor): now the whole-prompt tiling refuses it, exit 5, before OUT."""
+    from compiler.cli import main
+
+    out = tmp_path / "out"
+    code = main(["compile", str(SENTENCE), "-t", str(_tiny_target(tmp_path)), "--batch", "1",
+                 "--seq-len", "8", "-o", str(out), "--verify", "--time-limit", "3"])
+    assert code == 5
+    assert not out.exists()
+
+
+def test_streamed_modes_are_offered_without_a_whole_prompt(tmp_path: Path) -> None:
+    from compiler.placement.problem import Residency
+
+    opts = CompileOptions(frontend=FrontendOptions(DimRequest(batch=1, seq_len=8)),
+                          tiling=TilingOptions(prompt_resident=False), solver=GREEDY)
+    r = compile_model(SENTENCE, _tiny_target(tmp_path), opts)
+    modes = {c.residency for lt in r.tiled.layers for c in lt.candidates}
+    assert Residency.STREAM_WEIGHTS in modes
+    whole = compile_model(SENTENCE, "mesh8x8", CompileOptions(
+        frontend=FrontendOptions(DimRequest(batch=1, seq_len=8)),
+        tiling=TilingOptions(prompt_resident=True), solver=GREEDY))
+    assert {c.residency for lt in whole.tiled.layers for c in lt.candidates} <= {
+        Residency.RESIDENT, Residency.STREAM_KV}
+
+
+@pytest.mark.parametrize(("model", "target", "seq"), [
+    (SENTENCE, "mesh8x8", 8), (ROBERTA, "mesh8x8", 16), (SENTENCE, "wse3", 64)])
+def test_schedule_memory_dry_run_matches_the_executor(model: Path, target: str, seq: int) -> None:
+    from compiler.executor import run_schedule
+    from compiler.schedule.memory import simulate
+    from compiler.verify import random_inputs
+
+    opts = CompileOptions(frontend=FrontendOptions(DimRequest(batch=1, seq_len=seq)),
+                          tiling=TilingOptions(prompt_resident=True), solver=GREEDY)
+    r = compile_model(model, target, opts)
+    peaks, overflow = simulate(r.schedule, r.graph, r.target)
+    assert overflow is None
+    ran = run_schedule(r.schedule, r.graph, r.target, random_inputs(r.graph))
+    assert peaks == ran.peak_bytes

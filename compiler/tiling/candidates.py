@@ -412,7 +412,17 @@ def _modes(model: _LayerModel) -> list[Residency]:
         modes.append(Residency.STREAM_WEIGHTS)
     if model.kv_total and model.weight_bytes:
         modes.append(Residency.STREAM_ALL)
+    if model.tensors.prompt_resident:  # issue 15 (h-real): see _runnable
+        modes = [m for m in modes if _runnable(m)]
     return modes
+
+
+def _runnable(mode: Residency) -> bool:
+    """A whole-prompt (verifiable) tiling offers only what the schedule and the executor run:
+    they load a layer's weight tiles whole, so a table or matrix that fits SRAM only when
+    streamed through a small buffer is refused here (exit 5), not found at step 0 of a run
+    (issue 15: an embedding 'streamed' on 2 cores overflowed one core's SRAM, exit 70)."""
+    return mode not in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL)
 
 
 def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
