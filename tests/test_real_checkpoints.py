@@ -171,3 +171,68 @@ def test_schedule_memory_dry_run_matches_the_executor(model: Path, target: str, 
     assert overflow is None
     ran = run_schedule(r.schedule, r.graph, r.target, random_inputs(r.graph))
     assert peaks == ran.peak_bytes
+
+
+# --- bfloat16 -------------------------------------------------------------------------------------
+
+
+BF16_BERT = REAL / "bert_bf16_ts_op17.onnx"
+
+
+def test_bfloat16_export_verifies() -> None:
+    """A BERT converted with .to(torch.bfloat16) and fed bfloat16 embeddings: was `input x is
+    bfloat16, which numpy cannot hold`; ORT's CPU provider has no bfloat16 Add, so the
+    reference is the same graph with bfloat16 held as float32 (frontend/upcast.py)."""
+    model = onnx.load(BF16_BERT)
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.BFLOAT16
+    _verify(BF16_BERT, "mesh8x8", 1, 8)
+
+
+def test_bfloat16_inputs_are_ml_dtypes_arrays() -> None:
+    import ml_dtypes
+
+    from compiler.frontend import load_model
+    from compiler.verify import random_inputs
+
+    g = load_model(BF16_BERT, FrontendOptions(DimRequest(batch=1, seq_len=8)))
+    x = random_inputs(g)["x"]
+    assert x.dtype == ml_dtypes.bfloat16 and x.shape == (1, 8, 32)
+
+
+def test_bfloat16_inputs_round_trip_through_npz(tmp_path: Path) -> None:
+    from compiler.frontend import load_model
+    from compiler.verify import load_inputs, random_inputs
+
+    g = load_model(BF16_BERT, FrontendOptions(DimRequest(batch=1, seq_len=8)))
+    inputs = random_inputs(g)
+    np.savez(tmp_path / "in.npz", **inputs)
+    back = load_inputs(tmp_path / "in.npz", g)
+    assert back["x"].dtype == inputs["x"].dtype
+    assert np.array_equal(back["x"].astype(np.float32), inputs["x"].astype(np.float32))
+
+
+def test_bfloat16_io_and_weights_verify_against_ort_itself(tmp_path: Path) -> None:
+    """bf16 inputs, weights and outputs around float32 arithmetic (as a converted checkpoint
+    stores them): the output's rounding to bfloat16 happens on both sides."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 6)).astype(np.float32), "w32")
+    import ml_dtypes
+
+    w16 = numpy_helper.from_array(numpy_helper.to_array(w).astype(ml_dtypes.bfloat16), "w")
+    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT, name="in"),
+             helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT, name="wcast"),
+             helper.make_node("MatMul", ["xf", "wf"], ["h"], name="mm"),
+             helper.make_node("Tanh", ["h"], ["t"], name="act"),
+             helper.make_node("Cast", ["t"], ["y"], to=TensorProto.BFLOAT16, name="out")]
+    graph = helper.make_graph(
+        nodes, "bf16io", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2, 4, 6])], [w16])
+    path = tmp_path / "bf16io.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    r = compile_model(path, "mesh8x8", CompileOptions(solver=GREEDY, tiling=TilingOptions(
+        prompt_resident=True)))
+    v = run_verification(Artifact(str(path), r.graph, r.target, r.schedule), VerifyOptions())
+    assert v.report.passed, "\n".join(v.report.lines())
+    y = v.reference["y"].astype(np.float32)
+    assert np.array_equal(y.astype(ml_dtypes.bfloat16).astype(np.float32), y)  # rounded
+    assert np.array_equal(v.outputs["y"], y)

@@ -7,11 +7,14 @@
   12/768/12/3072/30522/512).
 * ``roberta``: a tiny RoBERTa, whose position ids come from the runtime mask through CumSum
   (``(cumsum(mask) * mask) + padding_idx``, as OPT and XLM-R compute them).
+* ``bf16``: a tiny BERT converted with ``.to(torch.bfloat16)``, fed bfloat16 embeddings ``x``
+  (ONNX Runtime's CPU provider cannot run it as it is: not checked here, see wafer verify).
 
 Run as a script::
 
     python tools/export_real.py sentence --out FILE.onnx [--layers 3 --hidden 384 ...]
     python tools/export_real.py roberta --out FILE.onnx
+    python tools/export_real.py bf16 --out FILE.onnx
 
 Dynamic ``batch``/``seq`` dims; onnxruntime is checked against torch before the file is kept.
 torch and transformers are imported inside functions (the ``[hf]`` extra). A developer tool,
@@ -101,6 +104,28 @@ def roberta_model(args: argparse.Namespace) -> Any:
     return Encoder().eval(), ("last_hidden_state",)
 
 
+def bf16_model(args: argparse.Namespace) -> Any:
+    """A tiny BertModel in bfloat16 (`.to(torch.bfloat16)`), fed bfloat16 embeddings."""
+    torch, transformers = _hf()
+    config = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        vocab_size=50, max_position_embeddings=40, use_cache=False, attn_implementation="eager")
+    torch.manual_seed(SEED)
+    bert = transformers.BertModel(config, add_pooling_layer=False)
+    _randomize(bert)
+    bert = bert.to(torch.bfloat16)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, x: Any, attention_mask: Any) -> Any:
+            return self.bert(inputs_embeds=x, attention_mask=attention_mask)[0]
+
+    return Encoder().eval(), ("last_hidden_state",)
+
+
 def make_inputs(vocab: int, batch: int, seq: int) -> dict[str, Any]:
     """Seeded ids (never the pad id 1), a mask whose last row is right-padded by 3 tokens."""
     torch, _ = _hf()
@@ -114,14 +139,20 @@ def make_inputs(vocab: int, batch: int, seq: int) -> dict[str, Any]:
 def export(model: Any, outputs: Sequence[str], vocab: int, path: Path) -> float:
     """TorchScript export (dynamic batch and seq), checked against torch with onnxruntime."""
     torch, _ = _hf()
-    inputs = make_inputs(vocab, *CHECK_SHAPE)
+    inputs = make_inputs(max(vocab, 3), *CHECK_SHAPE)
+    if vocab == 0:  # bf16: embeddings in, as bfloat16
+        generator = torch.Generator().manual_seed(SEED + 2)
+        x = torch.randn(*CHECK_SHAPE, 32, generator=generator).to(torch.bfloat16)
+        inputs = {"x": x, "attention_mask": inputs["attention_mask"]}
     dims = {0: "batch", 1: "seq"}
     with torch.no_grad():
         torch.onnx.export(
             model, tuple(inputs.values()), str(path), dynamo=False, opset_version=OPSET,
             input_names=list(inputs), output_names=list(outputs),
             dynamic_axes={name: dims for name in inputs})
-        want = model(**inputs).numpy()
+        want = model(**inputs).float().numpy()
+    if vocab == 0:  # ORT's CPU provider has no bfloat16 kernels: checked by wafer verify
+        return 0.0
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -131,7 +162,7 @@ def export(model: Any, outputs: Sequence[str], vocab: int, path: Path) -> float:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("kind", choices=("sentence", "roberta"))
+    p.add_argument("kind", choices=("sentence", "roberta", "bf16"))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--hidden", type=int, default=384)
@@ -144,9 +175,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    build = sentence_model if args.kind == "sentence" else roberta_model
-    model, outputs = build(args)
-    vocab = args.vocab if args.kind == "sentence" else 96
+    build = {"sentence": sentence_model, "roberta": roberta_model, "bf16": bf16_model}
+    model, outputs = build[args.kind](args)
+    vocab = {"sentence": args.vocab, "roberta": 96, "bf16": 0}[args.kind]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     err = export(model, outputs, vocab, args.out)
     if err > ATOL:
