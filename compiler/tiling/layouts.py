@@ -84,7 +84,8 @@ def _forward(g: ir.Graph, layer: ir.Layer, known: Mapping[str, Spec],
         if any(o in fixed for o in op.outputs):
             layout = dataclasses.replace(layout, outputs=tuple(
                 fixed.get(o, s) for o, s in zip(op.outputs, layout.outputs, strict=True)))
-        if any(o in fixed for o in op.outputs) and _is_broadcast(g, op):
+        if any(o in fixed for o in op.outputs) and (
+                _is_broadcast(g, op) or _RULES.get(op.kind) is _elementwise):
             layout = _broadcast_into(g, op, specs, fixed[op.outputs[0]])
         specs.update(zip(op.outputs, layout.outputs, strict=False))
         out.append(layout)
@@ -125,18 +126,24 @@ def _narrows(have: Spec, want: Spec) -> bool:
 
 def _trace_back(g: ir.Graph, ops, specs: Mapping[str, Spec], name: str,
                 want: Spec) -> dict[str, Spec]:
+    """Back to a retile, which writes `want` itself; else (issue 15) to the first elementwise
+    op of the chain (a projection's bias Add), which reads its input narrowed (a relayout of
+    that input alone) and writes `want`: the wide tensor then dies at that op instead of
+    living on through the rest of the layer (attention's K and V beside a whole Q)."""
+    first: dict[str, Spec] = {}
     while True:
         made = g.producers.get(name)
         if made is None or made.name not in ops or name in g.outputs or \
                 len(g.consumers.get(name, ())) != 1:
-            return {}
+            return first
         op, lay = ops[made.name]
         if any(c.kind == CollectiveKind.RETILE for c in lay.collectives):
             return {name: want}
         src = _chain_input(g, op)
         back = _spec_back(g, op, src, want) if src else None
         if back is None:
-            return {}
+            return first
+        first = {name: want} if _RULES.get(op.kind) is _elementwise else first
         name, want = src, back
 
 
@@ -249,7 +256,11 @@ def _broadcast_into(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec], out: Spec
     ins = tuple(_narrowed(g, n, out) if n else None for n in data)
     if op.kind == "Expand":
         ins = (*ins, *(replicated(len(g.tensor(n).shape)) if n else None for n in op.inputs[1:]))
-    return OpLayout(op.name, op.kind, ins, (out,) * len(op.outputs))
+    coll = tuple(Collective(CollectiveKind.RELAYOUT, _first_axis(have, want), n)
+                 for n, want in zip(op.inputs, ins, strict=True)
+                 if n and want is not None and not _is_const(g, n)
+                 and (have := _spec(g, n, specs)) != want and any(have))
+    return OpLayout(op.name, op.kind, ins, (out,) * len(op.outputs), coll)
 
 
 def graph_layouts(g: ir.Graph) -> dict[str, tuple[OpLayout, ...]]:
