@@ -25,12 +25,10 @@ def has_bfloat16(model: onnx.ModelProto) -> bool:
         any(_casts_to_bf16(n) for n in g.node)
 
 
-def upcast_bfloat16(data: bytes) -> bytes | None:
-    """The serialized model with bfloat16 held as float32 (above), or None when it has none."""
-    model = onnx.ModelProto()
-    model.ParseFromString(data)
+def upcast_bfloat16(model: onnx.ModelProto) -> bool:
+    """Hold the model's bfloat16 as float32 (above), in place; False when it has none."""
     if not has_bfloat16(model):
-        return None
+        return False
     g = model.graph
     for v in [*g.input, *g.output, *g.value_info]:
         if v.type.tensor_type.elem_type == BF16:
@@ -43,7 +41,7 @@ def upcast_bfloat16(data: bytes) -> bytes | None:
         nodes.extend(_upcast_node(node))
     del g.node[:]
     g.node.extend(nodes)
-    return model.SerializeToString()
+    return True
 
 
 def _widened(t: onnx.TensorProto) -> onnx.TensorProto:

@@ -14,7 +14,6 @@ from ml_dtypes import bfloat16 as BFLOAT16
 
 from compiler.errors import WaferError
 from compiler.frontend.export import reference_model_bytes
-from compiler.frontend.upcast import upcast_bfloat16
 from compiler.verify.inputs import InputsError
 
 
@@ -26,8 +25,8 @@ def run_reference(source: str | Path, inputs: Mapping[str, np.ndarray],
                   extra_outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """ONNX Runtime on the original model: its outputs and those of `extra_outputs` that the
     source graph computes, by name."""
-    session, inputs = _bf16_session(reference_model_bytes(source, extra_outputs), str(source),
-                                    inputs)
+    session = _session(reference_model_bytes(source, extra_outputs), str(source))
+    inputs = _widened(inputs)
     missing = [i.name for i in session.get_inputs() if i.name not in inputs]
     if missing:
         raise InputsError(f"{source}: no value for input(s) {', '.join(missing)}")
@@ -41,17 +40,10 @@ def run_reference(source: str | Path, inputs: Mapping[str, np.ndarray],
     return dict(zip(names, values, strict=True))
 
 
-def _bf16_session(model: bytes, name: str, inputs: Mapping[str, np.ndarray]
-                 ) -> tuple[ort.InferenceSession, Mapping[str, np.ndarray]]:
-    """The session; for a model with bfloat16 tensors (issue 15), one on the model with
-    bfloat16 held as float32 and its Casts to bfloat16 still rounding (frontend/upcast.py), as
-    the executor holds it: ORT's CPU provider has almost no bfloat16 kernels, and its Python
-    API takes no bfloat16 arrays. bfloat16 inputs are fed widened to float32 (exactly)."""
-    wide = upcast_bfloat16(model)
-    if wide is None:
-        return _session(model, name), inputs
-    feed = {k: v.astype(np.float32) if v.dtype == BFLOAT16 else v for k, v in inputs.items()}
-    return _session(wide, name), feed
+def _widened(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """bfloat16 inputs as float32 (exactly): the reference model holds bfloat16 as float32
+    (frontend/upcast.py), ORT's Python API takes no bfloat16 arrays (issue 15)."""
+    return {k: v.astype(np.float32) if v.dtype == BFLOAT16 else v for k, v in inputs.items()}
 
 
 def _session(model: bytes, name: str) -> ort.InferenceSession:
