@@ -252,3 +252,24 @@ def test_attention_keys_and_values_are_split_by_position_at_their_bias_add() -> 
         assert add.outputs[0][1] is not None  # [B, S, H]: S split
     query = layouts["/bert/encoder/layer.0/attention/self/query/Add"]
     assert query.outputs[0][1] is None  # every query of a head on its cores
+
+
+OPT = REAL / "opt_ts_op17.onnx"
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+def test_opt_positions_from_cumsum_of_a_left_padded_mask(tmp_path: Path, pad: int) -> None:
+    """OPT's positions are (cumsum(mask) * mask) - 1 (+ 2 in its table): with a left-padded
+    mask the positions differ from arange, and the executor's CumSum must agree with ORT's."""
+    assert "CumSum" in {n.op_type for n in onnx.load(OPT).graph.node}
+    rng = np.random.default_rng(1)
+    ids = rng.integers(2, 96, (2, 12)).astype(np.int64)
+    mask = np.ones((2, 12), np.int64)
+    mask[1, :pad] = 0
+    np.savez(tmp_path / "in.npz", input_ids=ids, attention_mask=mask)
+    opts = CompileOptions(frontend=FrontendOptions(DimRequest(batch=2, seq_len=12)),
+                          tiling=TilingOptions(prompt_resident=True), solver=GREEDY)
+    r = compile_model(OPT, "mesh8x8", opts)
+    v = run_verification(Artifact(str(OPT), r.graph, r.target, r.schedule),
+                         VerifyOptions(inputs=tmp_path / "in.npz"))
+    assert v.report.passed, "\n".join(v.report.lines())

@@ -7,6 +7,7 @@
   12/768/12/3072/30522/512).
 * ``roberta``: a tiny RoBERTa, whose position ids come from the runtime mask through CumSum
   (``(cumsum(mask) * mask) + padding_idx``, as OPT and XLM-R compute them).
+* ``opt``: a tiny OPT decoder: positions ``(cumsum(mask) * mask) - 1``, offset 2 in the table.
 * ``bf16``: a tiny BERT converted with ``.to(torch.bfloat16)``, fed bfloat16 embeddings ``x``
   (ONNX Runtime's CPU provider cannot run it as it is: not checked here, see wafer verify).
 
@@ -14,6 +15,7 @@ Run as a script::
 
     python tools/export_real.py sentence --out FILE.onnx [--layers 3 --hidden 384 ...]
     python tools/export_real.py roberta --out FILE.onnx
+    python tools/export_real.py opt --out FILE.onnx
     python tools/export_real.py bf16 --out FILE.onnx
 
 Dynamic ``batch``/``seq`` dims; onnxruntime is checked against torch before the file is kept.
@@ -104,6 +106,28 @@ def roberta_model(args: argparse.Namespace) -> Any:
     return Encoder().eval(), ("last_hidden_state",)
 
 
+def opt_model(args: argparse.Namespace) -> Any:
+    """A tiny OPTForCausalLM: positions = (cumsum(mask) * mask) - 1, looked up at + 2."""
+    torch, transformers = _hf()
+    config = transformers.OPTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64, vocab_size=96,
+        max_position_embeddings=64, word_embed_proj_dim=32, use_cache=False,
+        attn_implementation="eager")
+    torch.manual_seed(SEED)
+    opt = transformers.OPTForCausalLM(config)
+    _randomize(opt)
+
+    class Decoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.opt = opt
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.opt(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    return Decoder().eval(), ("logits",)
+
+
 def bf16_model(args: argparse.Namespace) -> Any:
     """A tiny BertModel in bfloat16 (`.to(torch.bfloat16)`), fed bfloat16 embeddings."""
     torch, transformers = _hf()
@@ -162,7 +186,7 @@ def export(model: Any, outputs: Sequence[str], vocab: int, path: Path) -> float:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("kind", choices=("sentence", "roberta", "bf16"))
+    p.add_argument("kind", choices=("sentence", "roberta", "opt", "bf16"))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--hidden", type=int, default=384)
@@ -175,9 +199,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    build = {"sentence": sentence_model, "roberta": roberta_model, "bf16": bf16_model}
+    build = {"sentence": sentence_model, "roberta": roberta_model, "opt": opt_model,
+             "bf16": bf16_model}
     model, outputs = build[args.kind](args)
-    vocab = {"sentence": args.vocab, "roberta": 96, "bf16": 0}[args.kind]
+    vocab = {"sentence": args.vocab, "roberta": 96, "opt": 96, "bf16": 0}[args.kind]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     err = export(model, outputs, vocab, args.out)
     if err > ATOL:
