@@ -74,7 +74,14 @@ def simulate(schedule: Schedule, g: ir.Graph, target: Target
     return peak, None
 
 
-def check_runnable(schedule: Schedule, g: ir.Graph, target: Target) -> None:
+HINT_COMPILE = ("use a shorter --seq-len or a target with more SRAM per core, or compile "
+                "without --verify (the prompt then streams through in decode steps)")
+HINT_VERIFY = ("compile it again with --verify (a tiling the executor can run, or exit 5 "
+               "saying why there is none)")
+
+
+def check_runnable(schedule: Schedule, g: ir.Graph, target: Target,
+                   hint: str = HINT_COMPILE) -> None:
     """Raise CapacityError (exit 5) when the executor could not hold the schedule's tiles."""
     over = first_overflow(schedule, g, target)
     if over is not None:
@@ -82,6 +89,4 @@ def check_runnable(schedule: Schedule, g: ir.Graph, target: Target) -> None:
         raise CapacityError(
             f"layer {over.region}: a core holding {over.tensor} at step {over.step} ({step.kind}"
             f"{' ' + step.op_kind if step.op_kind else ''}) of the whole-prompt schedule",
-            over.needed, over.available,
-            "use a shorter --seq-len or a target with more SRAM per core, or compile without "
-            "--verify (the prompt then streams through in decode steps)")
+            over.needed, over.available, hint)
