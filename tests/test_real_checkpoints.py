@@ -273,3 +273,17 @@ def test_opt_positions_from_cumsum_of_a_left_padded_mask(tmp_path: Path, pad: in
     v = run_verification(Artifact(str(OPT), r.graph, r.target, r.schedule),
                          VerifyOptions(inputs=tmp_path / "in.npz"))
     assert v.report.passed, "\n".join(v.report.lines())
+
+
+def test_verify_of_a_default_compile_with_streamed_weights_is_refused_before_running(
+        tmp_path: Path) -> None:
+    """A default compile keeps streamed-weight candidates (its decode streams them); `wafer
+    verify` of that OUT was a MemoryOverflow (exit 70) at the first streamed load: now exit 5
+    before the executor runs, naming the step, the tensor and the bytes."""
+    from compiler.cli import main
+
+    out = tmp_path / "out"
+    target = str(_tiny_target(tmp_path))
+    assert main(["-q", "compile", str(SENTENCE), "-t", target, "--batch", "1", "--seq-len", "8",
+                 "-o", str(out), "--time-limit", "3"]) == 0
+    assert main(["verify", str(out)]) == 5
