@@ -27,6 +27,7 @@ from compiler.result import CompileResult
 from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.check import schedule_problems, timeline_problems
 from compiler.schedule.decode import decode_plan
+from compiler.schedule.memory import check_runnable
 from compiler.schedule.perf import (
     PerfOptions,
     Timeline,
@@ -129,6 +130,8 @@ def compile_model(model: str | Path, target: str | Path | Target,
         schedule = build_schedule(graph, tiled, problem, placement, tgt)
         if options.check:
             check(schedule_problems(schedule, tgt), "schedule")
+        if options.tiling.prompt_resident:  # to be run (--verify): refused here, exit 5
+            check_runnable(schedule, graph, tgt)
     with stage("decode"):
         decode = decode_plan(str(model), graph, schedule, tgt, tiled.context)
     with stage("performance"):

@@ -48,6 +48,7 @@ CONST_INPUTS: dict[str, tuple[int, ...]] = {
     "ReduceMax": (1,), "Range": (0, 1, 2), "ConstantOfShape": (0,), "Trilu": (1,),
     "Dropout": (1, 2), "CastLike": (1,),
     "TopK": (1,), "OneHot": (1,),  # k and depth: output shapes (mixture-of-experts routing)
+    "CumSum": (1,),  # issue 15 (h-real)
 }
 
 # Tolerances per expected dtype: fp32 as the brief says; fp16/bf16 expectations were computed

@@ -731,3 +731,25 @@ def tile(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
     if any(ins[0].spec):
         raise KernelError("Tile of a split tensor")
     return [np.tile(ins[0].data, (1, 1, *reps))]
+
+
+# --- issue 15, real checkpoints (h-real): CumSum --------------------------------------------
+
+
+@kernel("CumSum")
+def cumsum(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """ONNX CumSum along the constant `axis` (held whole on every core), as ONNX Runtime
+    computes it: the running sum in the input's dtype, `exclusive` shifts it by one (the first
+    element 0), `reverse` sums from the end."""
+    x = ins[0]
+    dim = int(_const(ins[1]).reshape(-1)[0]) % x.rank
+    if x.spec[dim]:
+        raise KernelError(f"CumSum along dim {dim}, which {x.spec} splits")
+    axis = dim + 2
+    data = np.flip(x.data, axis) if op.attr("reverse", 0) else x.data
+    total = np.cumsum(data, axis=axis, dtype=data.dtype)
+    if op.attr("exclusive", 0):
+        total = np.concatenate([np.zeros_like(np.take(total, [0], axis=axis)),
+                                np.delete(total, -1, axis=axis)], axis=axis)
+    return [np.flip(total, axis) if op.attr("reverse", 0) else total]
+# --- end issue 15 ---

@@ -34,6 +34,9 @@ SUPPORTED_OPS = frozenset({
 # the per-expert loop form it comes with gives tensors of data-dependent shapes.
 MOE_OPS = frozenset({"TopK", "OneHot", "ScatterElements"})
 SUPPORTED_OPS = SUPPORTED_OPS | MOE_OPS
+# --- issue 15, real checkpoints (h-real): positions computed from the runtime mask ---
+SUPPORTED_OPS = SUPPORTED_OPS | frozenset({"CumSum"})
+# --- end issue 15 ---
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 _DTYPE_NAMES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16",

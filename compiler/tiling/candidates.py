@@ -415,13 +415,26 @@ def _modes(model: _LayerModel) -> list[Residency]:
     return modes
 
 
+def _runnable(mode: Residency) -> bool:
+    """A tiling asked to hold the whole prompt (compile --verify) offers only what the schedule
+    and the executor run: they load a layer's weight tiles whole, so a table or matrix that
+    fits SRAM only when streamed through a small buffer is refused here (exit 5), not found at
+    step 0 of a run (issue 15: an embedding 'streamed' on 2 cores overflowed one core's SRAM,
+    exit 70). A default compile keeps them (its decode streams them); `wafer verify` of such an
+    OUT is refused before it runs (schedule/memory.py)."""
+    return mode not in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL)
+
+
 def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
                 options: TilingOptions) -> tuple[Candidate, ...]:
     cap = target.usable_bytes_per_core
     kv_item = target.compute.dtype.itemsize
     out: list[Candidate] = []
     resident_shapes: list[tuple[int, int]] = []
-    for mode in _modes(model):
+    modes = _modes(model)
+    if options.prompt_resident:  # issue 15 (h-real): see _runnable
+        modes = [m for m in modes if _runnable(m)]
+    for mode in modes:
         def fits(r: int, c: int, mode=mode) -> bool:
             return sum(_per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch)) <= cap
 
@@ -438,7 +451,7 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
                                  _cycles(model, r, c, target)))
     if not out:
         rows, cols = target.grid.rows, target.grid.cols
-        mode = _modes(model)[-1]  # the most streaming mode: the least SRAM it can take
+        mode = modes[-1]  # the most streaming mode offered: the least SRAM it can take
         need = sum(_per_core(model.tensors, mode, rows, cols, model.kv_total, kv_item, batch))
         raise CapacityError(
             f"layer {name}: a core", need, cap,

@@ -27,6 +27,9 @@ _REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ArgMax"})
 # k best, OneHot compares each index with each class (counted per output element), and
 # ScatterElements adds or writes each update.
 _ROUTING = {"TopK": 2, "ScatterElements": 1}
+# --- issue 15, real checkpoints (h-real): one add per output element ---
+_ELEMENTWISE = _ELEMENTWISE | {"CumSum"}
+# --- end issue 15 ---
 
 
 def op_flops(g: ir.Graph, op: ir.Op) -> int:

@@ -84,6 +84,9 @@ def _forward(g: ir.Graph, layer: ir.Layer, known: Mapping[str, Spec],
         if any(o in fixed for o in op.outputs):
             layout = dataclasses.replace(layout, outputs=tuple(
                 fixed.get(o, s) for o, s in zip(op.outputs, layout.outputs, strict=True)))
+        if any(o in fixed for o in op.outputs) and (
+                _is_broadcast(g, op) or _RULES.get(op.kind) is _elementwise):
+            layout = _broadcast_into(g, op, specs, fixed[op.outputs[0]])
         specs.update(zip(op.outputs, layout.outputs, strict=False))
         out.append(layout)
     return tuple(out), specs
@@ -112,6 +115,7 @@ def _hoisted(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout],
             want = lay.inputs[op.inputs.index(c.tensor)]
             if want is not None and _narrows(specs[c.tensor], want):
                 found.update(_trace_back(g, ops, specs, c.tensor, want))
+    found.update(_broadcasts_hoisted(g, layer, layouts, specs, ops))
     return found
 
 
@@ -122,18 +126,24 @@ def _narrows(have: Spec, want: Spec) -> bool:
 
 def _trace_back(g: ir.Graph, ops, specs: Mapping[str, Spec], name: str,
                 want: Spec) -> dict[str, Spec]:
+    """Back to a retile, which writes `want` itself; else (issue 15) to the first elementwise
+    op of the chain (a projection's bias Add), which reads its input narrowed (a relayout of
+    that input alone) and writes `want`: the wide tensor then dies at that op instead of
+    living on through the rest of the layer (attention's K and V beside a whole Q)."""
+    first: dict[str, Spec] = {}
     while True:
         made = g.producers.get(name)
         if made is None or made.name not in ops or name in g.outputs or \
                 len(g.consumers.get(name, ())) != 1:
-            return {}
+            return first
         op, lay = ops[made.name]
         if any(c.kind == CollectiveKind.RETILE for c in lay.collectives):
             return {name: want}
         src = _chain_input(g, op)
         back = _spec_back(g, op, src, want) if src else None
         if back is None:
-            return {}
+            return first
+        first = {name: want} if _RULES.get(op.kind) is _elementwise else first
         name, want = src, back
 
 
@@ -169,6 +179,88 @@ def _spec_back(g: ir.Graph, op: ir.Op, src: str, want: Spec) -> Spec | None:
                                                      strict=True)]
     spec = tuple(back)
     return spec if op_layout(g, op, {src: spec}).outputs[0] == want else None
+
+
+# --- issue 15: broadcasts written split (h-real) ----------------------------------------------
+# A whole (replicated) activation that a consumer reads narrower is traced back to the
+# broadcast that made it (an Expand, or an elementwise op larger than its inputs, e.g. the
+# attention mask's [S, 1] & [1, S] or a mean-pooling tail's mask expanded to [B, S, hidden]).
+# The broadcast writes the narrower tiles itself from its small inputs (narrowed alike), so
+# the wide tensor never exists whole on a core; without this a BERT's [1, 1, S, S] mask and
+# its pooling tail's int64 [B, S, H] mask are held whole, and seq 128 does not fit a WSE-3.
+
+
+def _broadcasts_hoisted(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout],
+                        specs: Mapping[str, Spec], ops) -> dict[str, Spec]:
+    found: dict[str, Spec] = {}
+    for op, lay in zip(layer.ops, layouts, strict=True):
+        for name, want in zip(op.inputs, lay.inputs, strict=True):
+            if not name or want is None or _is_const(g, name) or name not in specs:
+                continue
+            have = specs[name]
+            if not any(have) and any(want) and len(have) == len(want):
+                found.update(_trace_to_broadcast(g, ops, specs, name, want))
+    return found
+
+
+def _trace_to_broadcast(g: ir.Graph, ops, specs: Mapping[str, Spec], name: str,
+                        want: Spec) -> dict[str, Spec]:
+    """Through views and one-activation elementwise ops back to a broadcast whose inputs are
+    whole on every core; other consumers of the tensors on the way read it re-laid-out."""
+    while True:
+        made = g.producers.get(name)
+        if made is None or made.name not in ops or name in g.outputs or any(specs.get(name, ())):
+            return {}
+        op, _ = ops[made.name]
+        if _is_broadcast(g, op) and _narrowable_inputs(g, op, specs, want):
+            return {name: want}
+        src = _chain_input(g, op)
+        back = _spec_back(g, op, src, want) if src else None
+        if back is None:
+            return {}
+        name, want = src, back
+
+
+def _is_broadcast(g: ir.Graph, op: ir.Op) -> bool:
+    """An Expand, or an elementwise op whose output is larger than each activation it reads."""
+    if op.kind == "Expand":
+        return True
+    acts = [n for n in op.inputs if n and not _is_const(g, n)]
+    if _RULES.get(op.kind) is not _elementwise or not acts or not op.outputs[0]:
+        return False
+    size = g.tensor(op.outputs[0]).numel
+    return all(g.tensor(n).numel < size for n in acts)
+
+
+def _narrowed(g: ir.Graph, name: str, want: Spec) -> Spec:
+    shape = g.tensor(name).shape
+    return tuple(s if d > 1 else None for s, d in zip(_align(want, len(shape)), shape,
+                                                       strict=True))
+
+
+def _narrowable_inputs(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec], want: Spec) -> bool:
+    """Every activation input is whole on every core (so each core can take its own slice of
+    it) or already split the way `want` splits it."""
+    acts = [n for n in op.inputs[:1 if op.kind == "Expand" else None] if n and not _is_const(g, n)]
+    for n in acts:
+        have, need = _spec(g, n, specs), _narrowed(g, n, want)
+        if any(have) and have != need:
+            return False
+    return bool(acts)
+
+
+def _broadcast_into(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec], out: Spec) -> OpLayout:
+    """A broadcast written in `out`: its inputs read in `out` right-aligned, size-1 dims whole
+    (a narrowing of a whole input: each core keeps its own slice)."""
+    data = op.inputs[:1] if op.kind == "Expand" else op.inputs
+    ins = tuple(_narrowed(g, n, out) if n else None for n in data)
+    if op.kind == "Expand":
+        ins = (*ins, *(replicated(len(g.tensor(n).shape)) if n else None for n in op.inputs[1:]))
+    coll = tuple(Collective(CollectiveKind.RELAYOUT, _first_axis(have, want), n)
+                 for n, want in zip(op.inputs, ins, strict=True)
+                 if n and want is not None and not _is_const(g, n)
+                 and (have := _spec(g, n, specs)) != want and any(have))
+    return OpLayout(op.name, op.kind, ins, (out,) * len(op.outputs), coll)
 
 
 def graph_layouts(g: ir.Graph, inputs: Mapping[str, Spec] | None = None
@@ -627,3 +719,23 @@ def _expert_gather(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
 
 
 _RULES["GatherND"] = _expert_gather
+# --- issue 15, real checkpoints (h-real): CumSum --------------------------------------------
+
+
+def _cumsum(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """CumSum runs along one dim: that dim whole on every core (a split one is gathered along
+    its axis first), the others split as the input is."""
+    x = _spec(g, op.inputs[0], specs)
+    data = g.tensor(op.inputs[1]).data if len(op.inputs) > 1 else None
+    axis = int(data.reshape(-1)[0]) % len(x) if data is not None and x else None
+    if axis is None:  # shape-only graph: nothing to run, whole tensors
+        return _fallback(g, op, specs)
+    want = tuple(None if d == axis else s for d, s in enumerate(x))
+    coll = (Collective(CollectiveKind.RELAYOUT, x[axis], op.inputs[0]),) if x[axis] else ()
+    return OpLayout(op.name, op.kind, (want, replicated(len(g.tensor(op.inputs[1]).shape))),
+                    (want,), coll)
+
+
+CONSTANT_INPUTS["CumSum"] = ((1, "axis"),)
+_RULES["CumSum"] = _cumsum
+# --- end issue 15 ---

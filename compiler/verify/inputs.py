@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from ml_dtypes import bfloat16
 
 from compiler import ir
 from compiler.errors import WaferError
@@ -65,9 +66,8 @@ def index_extent(graph: ir.Graph, name: str) -> int | None:
 
 
 def _np_dtype(t: ir.Tensor) -> np.dtype:
-    if t.dtype is ir.DType.BFLOAT16:
-        raise InputsError(f"input {t.name} is bfloat16, which numpy cannot hold; "
-                          "verify a float32 or float16 export of the model")
+    if t.dtype is ir.DType.BFLOAT16:  # ml_dtypes' numpy dtype, as onnx and ORT take it
+        return np.dtype(bfloat16)
     return np.dtype(t.dtype.value)
 
 
@@ -83,9 +83,17 @@ def load_inputs(path: str | Path, graph: ir.Graph) -> dict[str, np.ndarray]:
     if unknown or missing:
         what = f"has no {', '.join(missing)}" if missing else f"names {', '.join(unknown)}"
         raise InputsError(f"{path} {what}; the model's inputs are: {', '.join(graph.inputs)}")
+    named = {n: _bfloat16_view(graph.tensor(n), named[n]) for n in graph.inputs}
     for name in graph.inputs:
         _check_input(path, graph.tensor(name), named[name])
     return {n: named[n] for n in graph.inputs}
+
+
+def _bfloat16_view(t: ir.Tensor, a: np.ndarray) -> np.ndarray:
+    """np.savez writes a bfloat16 array as 2-byte raw records ('V2'): read them back as it."""
+    if t.dtype is ir.DType.BFLOAT16 and a.dtype == np.dtype("V2"):
+        return a.view(bfloat16)
+    return a
 
 
 def load_expected(path: str | Path, graph: ir.Graph) -> dict[str, np.ndarray]:

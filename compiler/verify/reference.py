@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from ml_dtypes import bfloat16 as BFLOAT16
 
 from compiler.errors import WaferError
 from compiler.frontend.export import reference_model_bytes
@@ -25,6 +26,7 @@ def run_reference(source: str | Path, inputs: Mapping[str, np.ndarray],
     """ONNX Runtime on the original model: its outputs and those of `extra_outputs` that the
     source graph computes, by name."""
     session = _session(reference_model_bytes(source, extra_outputs), str(source))
+    inputs = _widened(inputs)
     missing = [i.name for i in session.get_inputs() if i.name not in inputs]
     if missing:
         raise InputsError(f"{source}: no value for input(s) {', '.join(missing)}")
@@ -36,6 +38,12 @@ def run_reference(source: str | Path, inputs: Mapping[str, np.ndarray],
         msg = f"ONNX Runtime failed to run {source}: {_first_line(exc)}"
         raise ReferenceRunError(msg) from None
     return dict(zip(names, values, strict=True))
+
+
+def _widened(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """bfloat16 inputs as float32 (exactly): the reference model holds bfloat16 as float32
+    (frontend/upcast.py), ORT's Python API takes no bfloat16 arrays (issue 15)."""
+    return {k: v.astype(np.float32) if v.dtype == BFLOAT16 else v for k, v in inputs.items()}
 
 
 def _session(model: bytes, name: str) -> ort.InferenceSession:

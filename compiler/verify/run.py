@@ -17,6 +17,7 @@ from compiler import ir
 from compiler.errors import UsageError, WaferError
 from compiler.executor import run_schedule
 from compiler.outdir.read import ModelRecord, TargetRecord, read_compiled
+from compiler.schedule.memory import HINT_VERIFY, check_runnable
 from compiler.verify.compare import (
     DEFAULT_TOLERANCES,
     FP32,
@@ -111,6 +112,9 @@ def run_verification(art: Artifact, opts: VerifyOptions, hook: Hook = None) -> V
     the first diverging op inside it (a second ORT run over that layer's tensors only)."""
     refuse_shape_only(art.graph.name, art.graph.shape_only)
     check_overrides(art.graph, dict(opts.overrides))
+    # issue 15: tiles the executor could not hold (weights streamed by a default compile) are
+    # refused here, exit 5, not found as a MemoryOverflow (exit 70) midway through the run
+    check_runnable(art.schedule, art.graph, art.target, HINT_VERIFY)
     label, atol, rtol = tolerances(art, opts)
     g = art.graph
     inputs = load_inputs(opts.inputs, g) if opts.inputs else random_inputs(g, opts.seed)
