@@ -78,6 +78,9 @@ class Tensor:
     dtype: DType
     kind: TensorKind
     data: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # Bits per element as stored, when not the dtype's (block-quantized weights: MXFP4 = 4.25,
+    # 4-bit values plus an 8-bit scale per 32); None: the dtype's (or the target's) width.
+    storage_bits: float | None = None
 
     @property
     def is_const(self) -> bool:
@@ -89,10 +92,20 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
+        return stored_bytes(self.numel, self.dtype.itemsize, self.storage_bits)
 
     def type_str(self) -> str:
-        return f"{self.dtype.value}[{','.join(map(str, self.shape))}]"
+        stored = f"@{self.storage_bits:g}b" if self.storage_bits is not None else ""
+        return f"{self.dtype.value}{stored}[{','.join(map(str, self.shape))}]"
+
+
+def stored_bytes(numel: int, itemsize: float, storage_bits: float | None = None) -> int:
+    """Bytes of `numel` elements at `itemsize` bytes each, or at `storage_bits` bits each when
+    a tensor has its own storage width; rounded up to whole bytes. The one byte helper: the IR,
+    the target's byte rule (tiling, placement, schedule, executor) all count through it."""
+    if storage_bits is not None:
+        return math.ceil(numel * storage_bits / 8)
+    return math.ceil(numel * itemsize)
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,22 @@ class Op:
         return default
 
 
+@dataclass(frozen=True)
+class MoE:
+    """A mixture-of-experts layer: the router's layer (`count` 0) holds the router and any
+    shared experts; an expert-group layer holds experts [first, first + count) of the E."""
+
+    experts: int  # E, in the whole MoE layer
+    active: int  # k experts each token visits
+    shared: int = 0  # always-active shared experts (in the router's layer)
+    first: int = 0
+    count: int = 0  # experts in this group; 0 for the router's layer
+
+    @property
+    def is_group(self) -> bool:
+        return self.count > 0
+
+
 class LayerKind(enum.Enum):
     EMBEDDING = "embedding"
     BLOCK = "block"  # a transformer block (attention + MLP)
@@ -129,6 +158,7 @@ class Layer:
     kind: LayerKind
     index: int | None
     ops: tuple[Op, ...]
+    moe: MoE | None = None  # mixture-of-experts role, if any
 
 
 @dataclass(frozen=True)
@@ -232,7 +262,8 @@ def format_graph(g: Graph, *, with_ops: bool = True) -> str:
     lines += [f"  input {n}: {g.tensor(n).type_str()}" for n in g.inputs]
     lines += [f"  output {n}: {g.tensor(n).type_str()}" for n in g.outputs]
     for layer in g.layers:
-        lines.append(f"layer {layer.name} ({layer.kind.value}, {len(layer.ops)} ops)")
+        moe = _format_moe(layer.moe) if layer.moe else ""
+        lines.append(f"layer {layer.name} ({layer.kind.value}, {len(layer.ops)} ops{moe})")
         if with_ops:
             lines += [f"  {_format_op(g, op)}" for op in layer.ops]
     return "\n".join(lines) + "\n"
@@ -243,3 +274,9 @@ def _format_op(g: Graph, op: Op) -> str:
     attrs = ", ".join(f"{k}={v}" for k, v in op.attrs)
     attrs = f" {{{attrs}}}" if attrs else ""
     return f"{outs} = {op.kind}({', '.join(op.inputs)}){attrs}  # {op.name}"
+
+
+def _format_moe(m: MoE) -> str:
+    where = f"experts {m.first}..{m.first + m.count - 1}" if m.is_group else "router"
+    shared = f", {m.shared} shared" if m.shared else ""
+    return f", moe {where} of {m.experts}, top-{m.active}{shared}"

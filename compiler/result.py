@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from compiler.placement.problem import Placement, PlacementProblem
     from compiler.schedule.build import Schedule
     from compiler.schedule.decode import DecodePlan
+    from compiler.schedule.moe import MoEEstimate
     from compiler.schedule.perf import Estimate, Timeline
     from compiler.target import Target
     from compiler.tiling.candidates import TiledGraph
@@ -36,3 +37,4 @@ class CompileResult:
     # baseline for byte-hops (None when shelves cannot pack those rectangles)
     baseline_same_options: Metrics | None = None
     decode: DecodePlan | None = None  # the decode step of a causal LM (schedule/decode.py)
+    moe: MoEEstimate | None = None  # MoE models: expected / worst-case decode (schedule/moe.py)

@@ -98,8 +98,10 @@ def valid_mask(shape: Sequence[int], spec: Spec, rows: int, cols: int) -> np.nda
     return mask
 
 
-def tile_bytes(shape: Sequence[int], spec: Spec, rows: int, cols: int, itemsize: int) -> int:
-    return math.prod(tile_shape(shape, spec, rows, cols)) * itemsize
+def tile_bytes(shape: Sequence[int], spec: Spec, rows: int, cols: int,
+               itemsize: float) -> int:
+    """Bytes of one core's tile; `itemsize` may be fractional (`Target.element_bytes`)."""
+    return math.ceil(math.prod(tile_shape(shape, spec, rows, cols)) * itemsize)
 
 
 @functools.cache
