@@ -126,22 +126,6 @@ class Op:
         return default
 
 
-@dataclass(frozen=True)
-class MoE:
-    """A mixture-of-experts layer: the router's layer (`count` 0) holds the router and any
-    shared experts; an expert-group layer holds experts [first, first + count) of the E."""
-
-    experts: int  # E, in the whole MoE layer
-    active: int  # k experts each token visits
-    shared: int = 0  # always-active shared experts (in the router's layer)
-    first: int = 0
-    count: int = 0  # experts in this group; 0 for the router's layer
-
-    @property
-    def is_group(self) -> bool:
-        return self.count > 0
-
-
 class LayerKind(enum.Enum):
     EMBEDDING = "embedding"
     BLOCK = "block"  # a transformer block (attention + MLP)
@@ -151,14 +135,69 @@ class LayerKind(enum.Enum):
 
 
 @dataclass(frozen=True)
+class MoE:
+    """The mixture-of-experts MLP of a layer: `experts` routed experts, `active` (k) of them
+    per token, `shared` experts every token goes through.
+
+    Weights are named so each expert's can be placed on its own: `expert_weights[i]` holds the
+    weights only routed expert i reads (per-expert Linear weights, e.g. Mixtral's
+    `experts.i.w1`); `stacked` the weights holding every expert at once along axis 0 (a
+    batched-expert MatMul's `[E, K, N]`), expert i's share being `w[i]`. `router` is the gate
+    (the weight whose logits pick the experts), `shared_weights` the shared expert(s)' weights
+    and their gate. Empty tuples mean "not identified" (a shape-only builder may leave them).
+    """
+
+    experts: int
+    active: int
+    shared: int = 0
+    router: tuple[str, ...] = ()
+    expert_weights: tuple[tuple[str, ...], ...] = ()
+    stacked: tuple[str, ...] = ()
+    shared_weights: tuple[str, ...] = ()
+    # A layer of its own holding experts [first, first + count) of the E (the shape-only zoo's
+    # expert groups, `block.N.experts.G`: one placed rectangle each); count 0: the whole MoE
+    # MLP or its router's layer.
+    first: int = 0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.active <= self.experts:
+            raise ValueError(f"MoE: active {self.active} not in 1..experts {self.experts}")
+        if self.shared < 0:
+            raise ValueError(f"MoE: shared {self.shared} < 0")
+        if self.expert_weights and len(self.expert_weights) != self.experts:
+            raise ValueError(
+                f"MoE: {len(self.expert_weights)} expert weight groups for {self.experts} experts"
+            )
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        """Every weight named here: router, routed experts, stacked, shared."""
+        routed = tuple(w for group in self.expert_weights for w in group)
+        return self.router + routed + self.stacked + self.shared_weights
+
+    @property
+    def is_group(self) -> bool:
+        return self.count > 0
+
+    def describe(self) -> str:
+        shared = f", {self.shared} shared" if self.shared else ""
+        group = f" (experts {self.first}..{self.first + self.count - 1})" if self.is_group else ""
+        return f"moe {self.experts} experts{group}, top-{self.active}{shared}"
+
+
+@dataclass(frozen=True)
 class Layer:
-    """A named group of ops placed as one unit: embedding, block N, final norm, head."""
+    """A named group of ops placed as one unit: embedding, block N, final norm, head.
+
+    `moe` is set on a block whose MLP is a mixture of experts (frontend/layers.py recognises it);
+    `None` on dense layers."""
 
     name: str
     kind: LayerKind
     index: int | None
     ops: tuple[Op, ...]
-    moe: MoE | None = None  # mixture-of-experts role, if any
+    moe: MoE | None = None
 
 
 @dataclass(frozen=True)
@@ -232,9 +271,27 @@ def check_graph(g: Graph) -> None:
     for layer in g.layers:
         for op in layer.ops:
             _check_op(g, layer, op, defined, seen_ops)
+    for layer in g.layers:
+        _check_moe(g, layer)
     missing = [o for o in g.outputs if o not in defined]
     if missing:
         raise GraphCheckError(f"graph {g.name}: outputs never produced: {missing}")
+
+
+def _check_moe(g: Graph, layer: Layer) -> None:
+    if layer.moe is None:
+        return
+    read = {name for op in layer.ops for name in op.inputs}
+    for name in layer.moe.weights:
+        if name not in read:
+            raise GraphCheckError(f"layer {layer.name}: MoE weight {name!r} is not read there")
+    for name in layer.moe.stacked:
+        shape = g.tensor(name).shape
+        if not shape or shape[0] != layer.moe.experts:
+            raise GraphCheckError(
+                f"layer {layer.name}: stacked expert weight {name!r} has shape {shape}, "
+                f"not {layer.moe.experts} experts along axis 0"
+            )
 
 
 def _check_op(g: Graph, layer: Layer, op: Op, defined: set[str], seen: set[str]) -> None:
@@ -262,7 +319,7 @@ def format_graph(g: Graph, *, with_ops: bool = True) -> str:
     lines += [f"  input {n}: {g.tensor(n).type_str()}" for n in g.inputs]
     lines += [f"  output {n}: {g.tensor(n).type_str()}" for n in g.outputs]
     for layer in g.layers:
-        moe = _format_moe(layer.moe) if layer.moe else ""
+        moe = f", {layer.moe.describe()}" if layer.moe else ""
         lines.append(f"layer {layer.name} ({layer.kind.value}, {len(layer.ops)} ops{moe})")
         if with_ops:
             lines += [f"  {_format_op(g, op)}" for op in layer.ops]
@@ -275,8 +332,3 @@ def _format_op(g: Graph, op: Op) -> str:
     attrs = f" {{{attrs}}}" if attrs else ""
     return f"{outs} = {op.kind}({', '.join(op.inputs)}){attrs}  # {op.name}"
 
-
-def _format_moe(m: MoE) -> str:
-    where = f"experts {m.first}..{m.first + m.count - 1}" if m.is_group else "router"
-    shared = f", {m.shared} shared" if m.shared else ""
-    return f", moe {where} of {m.experts}, top-{m.active}{shared}"
