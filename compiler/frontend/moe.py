@@ -65,10 +65,13 @@ def attach_moe(meta: Mapping[str, str], layers: Sequence[ir.Layer]) -> tuple[ir.
         m = _GROUP_LAYER.match(layer.name)
         if m:
             record = ir.MoE(experts, fields["active"], fields["shared"],
-                            int(m.group(2)) * per_group, per_group)
+                            first=int(m.group(2)) * per_group, count=per_group)
         elif layer.index is not None and str(layer.index) in router and \
                 layer.name == f"block.{layer.index}":
-            record = ir.MoE(experts, fields["active"], fields["shared"])
+            read = sorted({n for op in layer.ops for n in op.inputs if n})
+            record = ir.MoE(experts, fields["active"], fields["shared"],
+                            router=tuple(n for n in read if ".mlp.router." in n),
+                            shared_weights=tuple(n for n in read if ".mlp.shared_expert." in n))
         out.append(dataclasses.replace(layer, moe=record) if record else layer)
     return tuple(out)
 
