@@ -123,8 +123,9 @@ def _moe(tmp: Path) -> None:
     body = (f"MoE giants, shape-only, each on the smallest WSE-3 cluster that holds it: `wafer "
             f"compile` with default options (deterministic CP-SAT, 1 worker, 30 s limit; "
             f"{machine()}; load average {load:.1f} when it started, `uptime`). Decode at batch "
-            "1: expected over uniform routing, worst case (every token's experts in the "
-            "farthest groups), and the schedule as built (every expert on every token)."
+            "1: expected over uniform routing, worst case (every token to the same k experts "
+            "in the groups farthest from the router), and the schedule as built (every expert "
+            "on every token)."
             "\n\n" + table(header, rows))
     write_section("placement_moe", body)
 

@@ -662,8 +662,8 @@ def _moe_lines(result) -> list[str]:
         return []
     return [
         f"  moe decode   {moe.expected_tokens_per_s:,.0f} tokens/s expected ({moe.routing} "
-        f"routing, {moe.samples} draws), {moe.worst_tokens_per_s:,.0f} worst case (all tokens "
-        f"to one far expert), {moe.all_experts_tokens_per_s:,.0f} with every expert run",
+        f"routing, {moe.samples} draws), {moe.worst_tokens_per_s:,.0f} worst case (every token "
+        f"to the same far experts), {moe.all_experts_tokens_per_s:,.0f} with every expert run",
         f"  expert load  {len(moe.regions)} expert regions; imbalance up to "
         f"{moe.max_imbalance:.2f}x its layer's mean (expected experts per token)",
     ]

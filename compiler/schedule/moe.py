@@ -13,8 +13,11 @@ would; a real MoE token visits k experts. This module re-times the decode step
 Expected: the mean over `samples` seeded draws of each token's k experts from the routing
 distribution (uniform, or `--routing FILE`), one draw per MoE layer. Worst case: in every MoE
 layer all tokens' experts land in the groups farthest from the router (other wafer first, then
-NoC distance), the same k experts for every token (the busiest expert gets every token). Load
-imbalance per expert region: its expected experts per token over its layer's mean.
+NoC distance), the same k experts for every token (the busiest expert gets every token):
+packed into as few groups as hold them, or one expert per group in the k farthest groups,
+whichever is slower (at batch 1 more visited groups mean more sends and more contention, so
+usually the latter). Load imbalance per expert region: its expected experts per token over its
+layer's mean.
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ def moe_estimate(s: Schedule, target: Target, loads: dict[str, GroupLoad],
     shares = shares or {}
     draws = [_draw(loads, shares, batch, rng) for _ in range(samples)]
     expected = float(np.mean([_cycles(s, target, opts, d) for d in draws]))
-    worst = _cycles(s, target, opts, _worst(s, loads))
+    worst = max(_cycles(s, target, opts, _worst(s, loads, spread))
+                for spread in (False, True))
     dense = timeline(s, target, opts).makespan
     hz = target.core.clock_hz
     return MoEEstimate(
@@ -128,9 +132,9 @@ def _draw(loads: dict[str, GroupLoad], shares: dict[str, tuple[float, ...]], bat
     return scenario
 
 
-def _worst(s: Schedule, loads: dict[str, GroupLoad]) -> Scenario:
-    """Every layer: all tokens pick the same k experts, in the groups farthest from the router
-    (the farthest first, filled with k / experts-per-group of them)."""
+def _worst(s: Schedule, loads: dict[str, GroupLoad], spread: bool) -> Scenario:
+    """Every layer: all tokens pick the same k experts, in the groups farthest from the router:
+    packed into as few groups as hold k (`spread` False) or one per group, k groups (True)."""
     regions = {r.name: r for r in s.regions}
     scenario: Scenario = {name: (0.0, 0.0) for name in loads}
     routers: dict[str, list[str]] = {}
@@ -140,7 +144,8 @@ def _worst(s: Schedule, loads: dict[str, GroupLoad]) -> Scenario:
         far = sorted(sorted(names), key=lambda n: _distance(regions.get(router), regions[n]),
                      reverse=True)
         first = loads[far[0]]
-        for name in far[:math.ceil(first.active / first.count)]:
+        used = first.active if spread else math.ceil(first.active / first.count)
+        for name in far[:used]:
             scenario[name] = (1.0, 1.0)
     return scenario
 
