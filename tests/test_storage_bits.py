@@ -84,3 +84,12 @@ def test_bad_storage_metadata_is_a_model_error(tmp_path, rule):
     onnx.save(model, path)
     with pytest.raises(ModelError, match="wafer.storage_bits"):
         load_model(path)
+
+
+def test_wafer_check_counts_gpt_oss_experts_at_4_25_bits(capsys):
+    from compiler.cli import main
+
+    code = main(["check", "gpt-oss-120b", "--target", "wse3-x2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "fits: needs at least 2 wafer(s) of wse3-x2" in out
+    # in float16 its 115B expert weights alone would take 230 GB: at least 6 wafers of 40.2 GB
