@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compiler import ir
 from compiler.errors import InfeasiblePlacementError
 from compiler.frontend import FrontendOptions, load_model
 from compiler.placement import place
@@ -103,7 +104,7 @@ def compile_model(model: str | Path, target: str | Path | Target,
     return CompileResult(graph, tgt, tiled, problem, placement, placed, baseline, schedule,
                          timelines, estimates, options, tuple(stage.times), same, decode, moe)
 
-def _moe(graph, schedule: Schedule, decode: DecodePlan | None, target: Target,
+def _moe(graph: ir.Graph, schedule: Schedule, decode: DecodePlan | None, target: Target,
          routing: Routing) -> MoEEstimate | None:
     """Expected and worst-case decode of an MoE model, on the decode schedule when there is
     one (else the prefill schedule scaled to one token, as the dense estimate is)."""
