@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import WAFER, machine, run, table, write_section
+from _harness import PERF_DOC, WAFER, machine, run, table, write_section
 
 CASES = [  # (model, target, extra flags)
     ("gpt2-small", "wse3", []),
@@ -37,7 +37,7 @@ MOE_CASES = [
     # and some stream their weights (13 tokens/s); 3 hold it
     ("gpt-oss-120b", ["wse3-x3", "wse3-x4"]),
     ("qwen3-235b-a22b", ["wse3-x12", "wse3-x16"]),
-    ("llama4-maverick", ["wse3-x24"]),
+    ("llama4-maverick", ["wse3-x24", "wse3-x32"]),  # >= 20; on 24 some layers stream
 ]
 
 
@@ -96,11 +96,15 @@ def bench_moe(model: str, targets: list[str], out: Path) -> list[object]:
 
 
 def main() -> None:
-    moe_only = "--moe" in sys.argv[1:]
+    """No flag: every table. `--moe`: only the MoE giants. `--moe MODEL ...`: only those giants,
+    their rows replaced in the section as it stands (the others kept)."""
+    args = sys.argv[1:]
+    moe_only = "--moe" in args
+    names = [a for a in args if a != "--moe"]
     with tempfile.TemporaryDirectory() as tmp:
         if not moe_only:
             _dense(Path(tmp))
-        _moe(Path(tmp))
+        _moe(Path(tmp), names)
 
 
 def _dense(tmp: Path) -> None:
@@ -117,10 +121,14 @@ def _dense(tmp: Path) -> None:
     write_section("placement", body)
 
 
-def _moe(tmp: Path) -> None:
+def _moe(tmp: Path, names: list[str]) -> None:
     load = os.getloadavg()[0]
+    kept = _kept_rows() if names else {}
     rows = []
     for i, (model, targets) in enumerate(MOE_CASES):
+        if names and model not in names:
+            rows.append(kept[model])
+            continue
         row = bench_moe(model, targets, tmp / f"moe{i}")
         print(" | ".join(map(str, row)), flush=True)
         rows.append(row)
@@ -129,12 +137,22 @@ def _moe(tmp: Path) -> None:
               "worst case", "every expert run"]
     body = (f"MoE giants, shape-only, each on the smallest WSE-3 cluster that holds it: `wafer "
             f"compile` with default options (deterministic CP-SAT, 1 worker, 30 s limit; "
-            f"{machine()}; load average {load:.1f} when it started, `uptime`). Decode at batch "
+            f"{machine()}; load average {load:.1f} when it started, `uptime`"
+            f"{'; re-run alone: ' + ', '.join(names) if names else ''}). Decode at batch "
             "1: expected over uniform routing, worst case (every token to the same k experts "
             "in the groups farthest from the router), and the schedule as built (every expert "
             "on every token)."
             "\n\n" + table(header, rows))
     write_section("placement_moe", body)
+
+
+def _kept_rows() -> dict[str, list[str]]:
+    """The MoE table's rows as docs/performance.md has them, by model."""
+    text = PERF_DOC.read_text()
+    section = text[text.index("<!-- placement_moe:start -->"):text.index("<!-- placement_moe:end")]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines()
+            if line.startswith("| ") and " on wse3" in line]
+    return {row[0].strip().split(" on ")[0]: [c.strip() for c in row] for row in rows}
 
 
 if __name__ == "__main__":

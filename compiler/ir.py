@@ -57,6 +57,12 @@ _ITEMSIZE = {
     DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2, DType.FLOAT64: 8, DType.INT8: 1,
     DType.UINT8: 1, DType.INT16: 2, DType.INT32: 4, DType.INT64: 8, DType.BOOL: 1,
 }
+
+
+def storage_bytes(numel: int, bits: float) -> int:
+    """Bytes `numel` elements of `bits` each take, packed (rounded up to a whole byte): the one
+    place a stored width becomes bytes (4-bit weights are half a byte each)."""
+    return math.ceil(numel * bits / 8)
 _ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64",
             "half": "float16", "float": "float32", "double": "float64"}
 
@@ -92,20 +98,13 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return stored_bytes(self.numel, self.dtype.itemsize, self.storage_bits)
+        bits = self.storage_bits if self.storage_bits is not None else 8 * self.dtype.itemsize
+        return storage_bytes(self.numel, bits)
 
     def type_str(self) -> str:
         stored = f"@{self.storage_bits:g}b" if self.storage_bits is not None else ""
         return f"{self.dtype.value}{stored}[{','.join(map(str, self.shape))}]"
 
-
-def stored_bytes(numel: int, itemsize: float, storage_bits: float | None = None) -> int:
-    """Bytes of `numel` elements at `itemsize` bytes each, or at `storage_bits` bits each when
-    a tensor has its own storage width; rounded up to whole bytes. The one byte helper: the IR,
-    the target's byte rule (tiling, placement, schedule, executor) all count through it."""
-    if storage_bits is not None:
-        return math.ceil(numel * storage_bits / 8)
-    return math.ceil(numel * itemsize)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Per-tensor storage width (`ir.Tensor.storage_bits`, `ir.stored_bytes`): block-quantized
+"""Per-tensor storage width (`ir.Tensor.storage_bits`, `ir.storage_bytes`): block-quantized
 weights (gpt-oss's MXFP4 experts, 4.25 bits per weight) are counted at their width by the IR,
 the target's byte rule, tiling, `wafer check` and placement."""
 

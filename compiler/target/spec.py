@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.errors import TargetError
-from compiler.ir import DType, Tensor, stored_bytes
+from compiler.ir import DType, Tensor, storage_bytes
 from compiler.target.schema import SECTIONS
 from compiler.target.units import dtype_name, freeze_flops
 from compiler.target.validate import problems
@@ -170,9 +170,8 @@ class Target:
         return t.storage_bits / 8 if t.storage_bits is not None else self.itemsize(t.dtype)
 
     def tensor_bytes(self, t: Tensor) -> int:
-        """Bytes of a whole tensor on the machine: its elements at `element_bytes(t)`, rounded
-        up (`ir.stored_bytes`)."""
-        return stored_bytes(t.numel, self.itemsize(t.dtype), t.storage_bits)
+        """Bytes of a whole tensor on the machine: its elements at `element_bytes(t)`, packed."""
+        return storage_bytes(t.numel, self.element_bytes(t) * 8)
 
     # -- rates ------------------------------------------------------------------------------
     def peak_flops(self, dtype: DType | str | None = None) -> float:

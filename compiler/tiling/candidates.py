@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from compiler import ir
 from compiler.errors import CapacityError
+from compiler.ir import storage_bytes
 from compiler.placement.problem import Block, Edge, Option, PlacementProblem, Residency
 from compiler.stages import at_layer
 from compiler.target import Target
@@ -197,7 +198,7 @@ def _is_scores(g: ir.Graph, op: ir.Op) -> bool:
 
 
 def _bytes(entries, rows: int, cols: int) -> int:
-    return sum(math.ceil(tile_numel(shape, spec, rows, cols) * size)
+    return sum(storage_bytes(tile_numel(shape, spec, rows, cols), size * 8)
                for shape, spec, size in entries)
 
 
@@ -226,7 +227,7 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
 
 
 def _live_bytes(live, rows: int, cols: int) -> int:
-    return sum(math.ceil(max(tile_numel(shape, s, rows, cols) for s in specs) * size)
+    return sum(storage_bytes(max(tile_numel(shape, s, rows, cols) for s in specs), size * 8)
                for shape, specs, size in live)
 
 
