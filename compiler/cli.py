@@ -118,6 +118,9 @@ def _add_compile(sub) -> None:
     p.add_argument("--inputs", metavar="IN.npz",
                    help="with --verify: inputs by name (default: seeded random)")
     cli_decode.add_decode_arg(p, _count)
+    p.add_argument("--routing", metavar="FILE",
+                   help="MoE models: measured per-expert routing frequencies (JSON, "
+                   "docs/cli.md; default uniform) for placement's traffic and the decode rates")
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.html and report-data/ (wafer view OUT does later)")
     p.set_defaults(run=cmd_compile)
@@ -416,7 +419,8 @@ def _compile(args, display) -> int:
     if args.decode and not args.verify:
         raise UsageError("--decode N checks decode steps after --verify; add --verify")
     tiling = TilingOptions(context=cli_decode.decode_context(args), prompt_resident=resident)
-    options = CompileOptions(frontend, tiling, solver, check=_checks_on())
+    options = CompileOptions(frontend, tiling, solver, check=_checks_on(),
+                             routing=_routing(args.routing))
     result = compile_model(args.model, args.target, options, on_stage=display.done,
                            on_start=display.start, on_progress=display.solver)
     if args.verify and result.graph.shape_only:
@@ -646,6 +650,25 @@ def _compile_summary(result, out: Path) -> str:
     ])
 
 
+def _routing(path: str | None):
+    from compiler.tiling.routing import UNIFORM, load_routing
+
+    return UNIFORM if path is None else load_routing(path)
+
+
+def _moe_lines(result) -> list[str]:
+    moe = result.moe
+    if moe is None:
+        return []
+    return [
+        f"  moe decode   {moe.expected_tokens_per_s:,.0f} tokens/s expected ({moe.routing} "
+        f"routing, {moe.samples} draws), {moe.worst_tokens_per_s:,.0f} worst case (every token "
+        f"to the same far experts), {moe.all_experts_tokens_per_s:,.0f} with every expert run",
+        f"  expert load  {len(moe.regions)} expert regions; imbalance up to "
+        f"{moe.max_imbalance:.2f}x its layer's mean (expected experts per token)",
+    ]
+
+
 def _perf_lines(result) -> list[str]:
     from compiler.result import decode_steps
     from compiler.schedule.perf import PerfOptions, busiest_link
@@ -663,6 +686,7 @@ def _perf_lines(result) -> list[str]:
         f"  prefill      TTFT {p.seconds * 1e3:,.2f} ms for {result.schedule.tokens:,} tokens",
         f"  utilization  {d.utilization:.3%} of {peak / 1e15:.3g} PFLOP/s in decode, "
         f"{p.utilization:.3%} in prefill",
+        *_moe_lines(result),
     ]
 
 

@@ -14,6 +14,7 @@ tests) the tiled graph, the schedule and the timelines are checked in memory as 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,9 @@ from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
 from compiler.result import CompileResult
 from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.check import schedule_problems, timeline_problems
-from compiler.schedule.decode import decode_plan
+from compiler.schedule.decode import DecodePlan, decode_plan
 from compiler.schedule.memory import check_runnable
+from compiler.schedule.moe import MoEEstimate, moe_estimate
 from compiler.schedule.perf import (
     PerfOptions,
     Timeline,
@@ -39,6 +41,7 @@ from compiler.stages import StageHook, Stages, StartHook, check
 from compiler.target import Target, load_target
 from compiler.tiling.candidates import TiledGraph, TilingOptions, tile_graph, to_problem
 from compiler.tiling.check import tiled_problems
+from compiler.tiling.routing import UNIFORM, Routing, group_loads, routed_edges
 from compiler.vocab import Mode, PlacementMethod
 
 
@@ -50,7 +53,6 @@ class SolverOptions:
     workers: int = 1
     deterministic: bool = True
 
-
 @dataclass(frozen=True)
 class CompileOptions:
     frontend: FrontendOptions = field(default_factory=FrontendOptions)
@@ -59,7 +61,7 @@ class CompileOptions:
     # check the tiled graph, schedule and timelines in memory between stages (tests turn it on:
     # tests/conftest.py; the CLI with WAFER_CHECK=1); not in placement.json
     check: bool = False
-
+    routing: Routing = UNIFORM  # MoE models: per-expert routing frequencies (--routing FILE)
 
 KEEP_PLACEMENTS = 16  # Reuse keeps this many placements (a problem of a giant is ~1 MB)
 
@@ -116,6 +118,8 @@ def compile_model(model: str | Path, target: str | Path | Target,
                  else load_model(model, options.frontend))
     with stage("tiling"):
         tiled = tile_graph(graph, tgt, options.tiling)
+        tiled = dataclasses.replace(tiled, edges=routed_edges(graph, tiled.edges,
+                                                              options.routing))
         if options.check:
             check(tiled_problems(graph, tiled, tgt), "tiled graph")
         problem = to_problem(tiled, tgt)
@@ -140,15 +144,29 @@ def compile_model(model: str | Path, target: str | Path | Target,
             check(_timelines_problems(timelines, schedule), "timeline")
         if decode is not None:  # tokens/s from the decode schedule, not the prefill scaled
             estimates = {**estimates, Mode.DECODE: decode.estimate}
+        moe = _moe(graph, schedule, decode, tgt, options.routing)
     return CompileResult(graph, tgt, tiled, problem, placement, placed, baseline, schedule,
                          timelines, estimates, options, tuple(stage.times), same, decode,
-                         tuple(used))
+                         tuple(used), moe)
 
+def _moe(graph: ir.Graph, schedule: Schedule, decode: DecodePlan | None, target: Target,
+         routing: Routing) -> MoEEstimate | None:
+    """Expected and worst-case decode of an MoE model, on the decode schedule when there is
+    one (else the prefill schedule scaled to one token, as the dense estimate is)."""
+    loads = group_loads(graph, routing)
+    if not loads:
+        return None
+    shares = {load.router: routing.shares(load.router, load.experts) for load in loads.values()}
+    if decode is not None:
+        return moe_estimate(decode.schedule, target, loads,
+                            PerfOptions(Mode.DECODE, context=decode.graph.context),
+                            routing.source, shares)
+    return moe_estimate(schedule, target, loads, PerfOptions(Mode.DECODE), routing.source,
+                        shares)
 
 def _timelines_problems(timelines: dict[str, Timeline], schedule: Schedule) -> list[str]:
     return [p for mode, tl in timelines.items()
             for p in timeline_problems(mode, tl, len(schedule.steps))]
-
 
 def _performance(schedule: Schedule, tiled: TiledGraph, target: Target):
     kv = {lt.layer: lt.kv_bytes for lt in tiled.layers if lt.kv_bytes}
@@ -160,7 +178,6 @@ def _performance(schedule: Schedule, tiled: TiledGraph, target: Target):
         estimates[mode] = estimate(schedule, target, opts, extra)
     return timelines, estimates
 
-
 def _place(problem: PlacementProblem, solver: SolverOptions,
            on_progress: ProgressHook | None = None) -> Placement:
     if solver.method != PlacementMethod.CPSAT:
@@ -169,13 +186,11 @@ def _place(problem: PlacementProblem, solver: SolverOptions,
                  workers=solver.workers, deterministic=solver.deterministic,
                  on_progress=on_progress)
 
-
 def _baseline(problem: PlacementProblem) -> Metrics | None:
     try:
         return metrics(problem, place(problem, PlacementMethod.FIRST_FIT))
     except InfeasiblePlacementError:
         return None
-
 
 def _same_options_baseline(problem: PlacementProblem, placement: Placement) -> Metrics | None:
     from compiler.placement.check import validate

@@ -57,6 +57,12 @@ _ITEMSIZE = {
     DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2, DType.FLOAT64: 8, DType.INT8: 1,
     DType.UINT8: 1, DType.INT16: 2, DType.INT32: 4, DType.INT64: 8, DType.BOOL: 1,
 }
+
+
+def storage_bytes(numel: int, bits: float) -> int:
+    """Bytes `numel` elements of `bits` each take, packed (rounded up to a whole byte): the one
+    place a stored width becomes bytes (4-bit weights are half a byte each)."""
+    return math.ceil(numel * bits / 8)
 _ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64",
             "half": "float16", "float": "float32", "double": "float64"}
 
@@ -78,6 +84,9 @@ class Tensor:
     dtype: DType
     kind: TensorKind
     data: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # Bits per element as stored, when not the dtype's (block-quantized weights: MXFP4 = 4.25,
+    # 4-bit values plus an 8-bit scale per 32); None: the dtype's (or the target's) width.
+    storage_bits: float | None = None
 
     @property
     def is_const(self) -> bool:
@@ -89,10 +98,13 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.dtype.itemsize
+        bits = self.storage_bits if self.storage_bits is not None else 8 * self.dtype.itemsize
+        return storage_bytes(self.numel, bits)
 
     def type_str(self) -> str:
-        return f"{self.dtype.value}[{','.join(map(str, self.shape))}]"
+        stored = f"@{self.storage_bits:g}b" if self.storage_bits is not None else ""
+        return f"{self.dtype.value}{stored}[{','.join(map(str, self.shape))}]"
+
 
 
 @dataclass(frozen=True)
@@ -141,6 +153,11 @@ class MoE:
     expert_weights: tuple[tuple[str, ...], ...] = ()
     stacked: tuple[str, ...] = ()
     shared_weights: tuple[str, ...] = ()
+    # A layer of its own holding experts [first, first + count) of the E (the shape-only zoo's
+    # expert groups, `block.N.experts.G`: one placed rectangle each); count 0: the whole MoE
+    # MLP or its router's layer.
+    first: int = 0
+    count: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.active <= self.experts:
@@ -158,9 +175,14 @@ class MoE:
         routed = tuple(w for group in self.expert_weights for w in group)
         return self.router + routed + self.stacked + self.shared_weights
 
+    @property
+    def is_group(self) -> bool:
+        return self.count > 0
+
     def describe(self) -> str:
         shared = f", {self.shared} shared" if self.shared else ""
-        return f"moe {self.experts} experts, top-{self.active}{shared}"
+        group = f" (experts {self.first}..{self.first + self.count - 1})" if self.is_group else ""
+        return f"moe {self.experts} experts{group}, top-{self.active}{shared}"
 
 
 @dataclass(frozen=True)
@@ -308,3 +330,4 @@ def _format_op(g: Graph, op: Op) -> str:
     attrs = ", ".join(f"{k}={v}" for k, v in op.attrs)
     attrs = f" {{{attrs}}}" if attrs else ""
     return f"{outs} = {op.kind}({', '.join(op.inputs)}){attrs}  # {op.name}"
+

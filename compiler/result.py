@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from compiler.placement.problem import Placement, PlacementProblem
     from compiler.schedule.build import Schedule
     from compiler.schedule.decode import DecodePlan
+    from compiler.schedule.moe import MoEEstimate
     from compiler.schedule.perf import Estimate, Timeline
     from compiler.target import Target
     from compiler.tiling.candidates import TiledGraph
@@ -37,6 +38,7 @@ class CompileResult:
     baseline_same_options: Metrics | None = None
     decode: DecodePlan | None = None  # the decode step of a causal LM (schedule/decode.py)
     reused: tuple[str, ...] = ()  # stages taken from an earlier compile (driver.Reuse)
+    moe: MoEEstimate | None = None  # MoE models: expected / worst-case decode (schedule/moe.py)
 
 
 def decode_steps(result: CompileResult) -> Schedule:

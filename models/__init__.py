@@ -24,14 +24,15 @@ import onnx
 from .bert import BertConfig, build_bert
 from .gpt2 import GPT2Config, build_gpt2
 from .llama import LlamaConfig, build_llama
+from .moe import MoEConfig, build_moe
 
 __all__ = [
-    "ZOO", "BertConfig", "GPT2Config", "LlamaConfig", "ZooEntry", "build", "build_bert",
-    "build_gpt2", "build_llama", "names",
+    "ZOO", "BertConfig", "GPT2Config", "LlamaConfig", "MoEConfig", "ZooEntry", "build",
+    "build_bert", "build_gpt2", "build_llama", "build_moe", "names",
 ]
 
-Family = Literal["gpt2", "llama", "bert"]
-Config = GPT2Config | LlamaConfig | BertConfig
+Family = Literal["gpt2", "llama", "bert", "moe"]
+Config = GPT2Config | LlamaConfig | BertConfig | MoEConfig
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class ZooEntry:
 
 
 _BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
-    "gpt2": build_gpt2, "llama": build_llama, "bert": build_bert,
+    "gpt2": build_gpt2, "llama": build_llama, "bert": build_bert, "moe": build_moe,
 }
 # Tiny models use weights ~N(0, 0.2) rather than HF's 0.02, so attention is peaked and the
 # nonlinearities are exercised: numeric checks against them are meaningful.
@@ -82,6 +83,35 @@ _ENTRIES = (
            "Llama 3.1 405B shapes, fp16, shape-only (external weights)",
            LlamaConfig(**_LLAMA3, hidden=16384, layers=126, heads=128, intermediate=53248,
                        max_positions=131072)),
+    # Mixture-of-experts giants, shape-only, at their published (HF config) shapes; experts in
+    # groups of 16 (Mixtral: one expert per group), each group its own rectangle.
+    _entry("mixtral-8x7b", "moe",
+           "Mixtral 8x7B shapes (46.7B, 8 experts, top-2), fp16, shape-only",
+           MoEConfig(vocab=32000, hidden=4096, layers=32, heads=32, kv_heads=8, head_dim=128,
+                     experts=8, active=2, expert_intermediate=14336, expert_groups=8,
+                     max_positions=32768, eps=1e-5)),
+    _entry("qwen3-30b-a3b", "moe",
+           "Qwen3-30B-A3B shapes (128 experts, top-8), fp16, shape-only",
+           MoEConfig(vocab=151936, hidden=2048, layers=48, heads=32, kv_heads=4, head_dim=128,
+                     experts=128, active=8, expert_intermediate=768, expert_groups=8,
+                     max_positions=40960)),
+    _entry("qwen3-235b-a22b", "moe",
+           "Qwen3-235B-A22B shapes (128 experts, top-8), fp16, shape-only",
+           MoEConfig(vocab=151936, hidden=4096, layers=94, heads=64, kv_heads=4, head_dim=128,
+                     experts=128, active=8, expert_intermediate=1536, expert_groups=8,
+                     max_positions=40960)),
+    _entry("gpt-oss-120b", "moe",
+           "gpt-oss-120B shapes (128 experts, top-4), MXFP4 experts (4.25 bits), shape-only",
+           MoEConfig(vocab=201088, hidden=2880, layers=36, heads=64, kv_heads=8, head_dim=64,
+                     experts=128, active=4, expert_intermediate=2880, expert_groups=8,
+                     expert_storage_bits=4.25, rope_theta=150000.0, eps=1e-5)),
+    _entry("llama4-maverick", "moe",
+           "Llama 4 Maverick shapes (400B, 128 experts, top-1, 1 shared, MoE every other "
+           "layer), fp16, shape-only",
+           MoEConfig(vocab=202048, hidden=5120, layers=48, heads=40, kv_heads=8, head_dim=128,
+                     experts=128, active=1, shared=1, expert_intermediate=8192,
+                     expert_groups=8, intermediate=16384, moe_every=2, rope_theta=500000.0,
+                     eps=1e-5)),
 )
 ZOO: dict[str, ZooEntry] = {e.name: e for e in _ENTRIES}
 

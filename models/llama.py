@@ -135,7 +135,8 @@ def _reduce_mean(b: GraphBuilder, s: str, x: str) -> str:
 def _attention(b: GraphBuilder, cfg: LlamaConfig, s: str, p: str, x: str,
                rope: tuple[str, str], mask: str | None) -> str:
     hid, hd, kv_dim = cfg.hidden, cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    q = split_heads(b, s, linear(b, f"{s}/q_proj", x, f"{p}.q_proj", hid, hid, False), -1, hd)
+    q_dim = cfg.heads * hd  # = hidden for Llama; wider for Qwen3's explicit head_dim
+    q = split_heads(b, s, linear(b, f"{s}/q_proj", x, f"{p}.q_proj", hid, q_dim, False), -1, hd)
     k = split_heads(b, s, linear(b, f"{s}/k_proj", x, f"{p}.k_proj", hid, kv_dim, False), -1, hd)
     v = split_heads(b, s, linear(b, f"{s}/v_proj", x, f"{p}.v_proj", hid, kv_dim, False), -1, hd)
     cos, sin = (b.op(s, "Unsqueeze", t, b.ints(s, [1])) for t in rope)
@@ -144,8 +145,8 @@ def _attention(b: GraphBuilder, cfg: LlamaConfig, s: str, p: str, x: str,
         context = b.op(s, "Attention", q, k, v, is_causal=1, scale=1.0 / math.sqrt(hd))
     else:
         context = _eager_attention(b, cfg, s, q, k, v, mask)
-    return linear(b, f"{s}/o_proj", merge_heads(b, s, context, hid), f"{p}.o_proj", hid, hid,
-                  False)
+    return linear(b, f"{s}/o_proj", merge_heads(b, s, context, q_dim), f"{p}.o_proj", q_dim,
+                  hid, False)
 
 
 def _eager_attention(b: GraphBuilder, cfg: LlamaConfig, s: str, q: str, k: str, v: str,

@@ -25,8 +25,8 @@ from compiler.target import (
     target_from_dict,
 )
 
-BUILTINS = ["mesh16x16", "mesh8x8", "mesh8x8-x2", "tt-wormhole", "wse2", "wse3", "wse3-x24",
-            "wse3-x4"]
+BUILTINS = ["mesh16x16", "mesh8x8", "mesh8x8-x2", "tt-wormhole", "wse2", "wse3", "wse3-x12",
+            "wse3-x16", "wse3-x2", "wse3-x24", "wse3-x3", "wse3-x32", "wse3-x4"]
 
 
 def builtin_text(name: str) -> str:

@@ -22,7 +22,9 @@ from onnx import numpy_helper
 from compiler import zoo
 
 RUNNABLE = ["gpt2-tiny", "llama-tiny", "llama-tiny-opset23", "bert-tiny", "gpt2-small"]
-SHAPE_ONLY = ["llama3-8b", "llama3-70b", "llama3.1-405b"]
+SHAPE_ONLY = ["llama3-8b", "llama3-70b", "llama3.1-405b", "mixtral-8x7b", "qwen3-30b-a3b",
+              "qwen3-235b-a22b", "gpt-oss-120b", "llama4-maverick"]
+MOE = [n for n in zoo.names() if zoo.ZOO[n].family == "moe"]
 SEQ = 16
 
 
@@ -110,7 +112,19 @@ def bert_params(c: zoo.BertConfig) -> int:
     return (c.vocab + c.max_positions + c.type_vocab) * h + 2 * h + c.layers * block + pooler
 
 
-FORMULAS = {"gpt2": gpt2_params, "llama": llama_params, "bert": bert_params}
+def moe_params(c: zoo.MoEConfig) -> int:
+    h, q, kv = c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim
+    attention = 2 * h * q + 2 * h * kv + 2 * h
+    moe = h * c.experts + 3 * h * c.expert_intermediate * (c.experts + c.shared)
+    moe_layers = sum(c.is_moe(i) for i in range(c.layers))
+    dense = 3 * h * c.intermediate * (c.layers - moe_layers)
+    return 2 * c.vocab * h + c.layers * attention + moe_layers * moe + dense + h
+
+
+FORMULAS = {"gpt2": gpt2_params, "llama": llama_params, "bert": bert_params, "moe": moe_params}
+# Published totals (model cards): the shapes reproduce them to within 1%.
+PUBLISHED = {"mixtral-8x7b": 46.7e9, "qwen3-30b-a3b": 30.5e9, "qwen3-235b-a22b": 235e9,
+             "gpt-oss-120b": 117e9, "llama4-maverick": 400e9}
 KNOWN_COUNTS = {
     "gpt2-small": 124_439_808,
     "llama3-8b": 8_030_261_248,
@@ -125,14 +139,15 @@ KNOWN_COUNTS = {
 def test_entry_builds_and_checks(name: str) -> None:
     entry, model = zoo.ZOO[name], built(name)
     assert entry.name == name and entry.shape_only == entry.config.shape_only
-    assert entry.family in ("gpt2", "llama", "bert") and "\n" not in entry.description
+    assert entry.family in ("gpt2", "llama", "bert", "moe") and "\n" not in entry.description
     if entry.shape_only:
         onnx.checker.check_model(skeleton(model), full_check=False)
     else:
         onnx.checker.check_model(serialized(name), full_check=False)
     meta = {p.key: p.value for p in model.metadata_props}
     seq = SEQ if name.endswith(("tiny", "opset23")) else 128
-    assert meta == {"wafer.zoo_name": name, "wafer.default_dims": f"batch=1,seq={seq}"}
+    extra = entry.config.metadata() if entry.family == "moe" else {}
+    assert meta == {"wafer.zoo_name": name, "wafer.default_dims": f"batch=1,seq={seq}", **extra}
 
 
 @pytest.mark.parametrize("name", zoo.names())
@@ -161,6 +176,8 @@ def test_parameter_count_closed_form(name: str) -> None:
     assert count == FORMULAS[entry.family](entry.config)
     if name in KNOWN_COUNTS:
         assert count == KNOWN_COUNTS[name]
+    if name in PUBLISHED:
+        assert count == pytest.approx(PUBLISHED[name], rel=0.01)
 
 
 @pytest.mark.parametrize("name", zoo.names())
@@ -180,6 +197,9 @@ def test_names_are_unique_and_exporter_like(name: str) -> None:
                   "/model/layers.0/mlp/down_proj/MatMul", "/lm_head/MatMul"],
         "bert": ["/bert/embeddings/word_embeddings/Gather", "/bert/pooler/dense/Gemm",
                  "/bert/encoder/layer.0/attention/self/query/MatMul"],
+        "moe": ["/model/embed_tokens/Gather", "/model/layers.0/self_attn/q_proj/MatMul",
+                "/model/layers.1/mlp/router/MatMul",
+                "/model/layers.1/mlp/expert_groups.0/down_proj/MatMul", "/lm_head/MatMul"],
     }[zoo.ZOO[name].family]
     assert set(expected) <= set(node_names)
 
@@ -223,7 +243,7 @@ def test_shape_only_is_small_fast_and_external(name: str) -> None:
         assert entries == {"location": f"{name}.weights.bin", "offset": str(offset),
                            "length": str(length)}
         offset += length
-    assert offset == 2 * KNOWN_COUNTS[name]
+    assert offset == 2 * FORMULAS[zoo.ZOO[name].family](zoo.ZOO[name].config)
 
 
 # -- running in onnxruntime -----------------------------------------------------------------

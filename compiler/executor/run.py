@@ -201,7 +201,7 @@ def _put(m: _Machine, step: Step, region: str, name: str, spec: Spec, partial: s
     t = m.g.tensor(name)
     if len(spec) != len(t.shape):
         raise _fault(step, f"{name} has rank {len(t.shape)} but the step gives spec {spec}")
-    nbytes = tile_bytes(t.shape, spec, reg.rows, reg.cols, m.target.itemsize(t.dtype))
+    nbytes = tile_bytes(t.shape, spec, reg.rows, reg.cols, m.target.element_bytes(t))
     old = m.at.pop((region, name), None)
     m.used[region] = m.used.get(region, 0) - (old.nbytes if old else 0) + nbytes
     capacity = m.target.usable_bytes_per_core

@@ -23,6 +23,8 @@ _BLOCK = re.compile(
     r"(?:^|[/._\s'\[,])(?:h|layers?|blocks?|decoder_layers?|encoder_layers?)[._/](\d+)"
     r"(?=$|[/._\s'\],])"
 )
+# A group of experts in its own scope (models/moe.py): its own layer, `block.N.experts.G`.
+_EXPERT_GROUP = re.compile(r"(?:^|[/._])expert_groups[._/](\d+)(?=$|[/._])")
 _EMBED = re.compile(r"embed|(?:^|[/._])(?:wte|wpe)(?:$|[/._])")
 _NORM = re.compile(r"(?:^|[/.])(?:ln_f|norm|norm_f|final_norm|final_layer_?norm)(?:$|[/.])")
 _HEAD = re.compile(r"lm_head|pooler|classifier|(?:^|[/.])(?:cls|score|qa_outputs)(?:$|[/.])")
@@ -32,7 +34,7 @@ _KIND = {EMBEDDING: ir.LayerKind.EMBEDDING, BLOCK: ir.LayerKind.BLOCK, NORM: ir.
          HEAD: ir.LayerKind.HEAD}
 _NAME = {EMBEDDING: "embedding", NORM: "final_norm", HEAD: "head"}
 
-Key = tuple[int, int]  # (rank, block index); compares in model order
+Key = tuple[int, ...]  # (rank, block index[, 1 + expert group]); compares in model order
 Shapes = Mapping[str, tuple[int, ...]]
 
 
@@ -71,6 +73,9 @@ def key_from_text(text: str) -> Key | None:
     """The layer a module path names, if any: 'model.layers.3.mlp' -> (BLOCK, 3)."""
     blocks = _BLOCK.findall(text)
     if blocks:
+        group = _EXPERT_GROUP.search(text)
+        if group:
+            return (BLOCK, int(blocks[-1]), 1 + int(group.group(1)))
         return (BLOCK, int(blocks[-1]))
     for rank, pattern in ((HEAD, _HEAD), (NORM, _NORM), (EMBEDDING, _EMBED)):
         if pattern.search(text):
@@ -113,10 +118,16 @@ def _build_layers(ops: Sequence[ir.Op], keys: list[Key]) -> tuple[ir.Layer, ...]
     for op, key in sorted(zip(ops, keys, strict=True), key=lambda pair: pair[1]):
         groups.setdefault(key, []).append(op)
     return tuple(
-        ir.Layer(_NAME.get(rank, f"block.{idx}"), _KIND[rank], idx if rank == BLOCK else None,
+        ir.Layer(_layer_name(key), _KIND[key[0]], key[1] if key[0] == BLOCK else None,
                  tuple(members))
-        for (rank, idx), members in groups.items()
+        for key, members in groups.items()
     )
+
+
+def _layer_name(key: Key) -> str:
+    if key[0] != BLOCK:
+        return _NAME[key[0]]
+    return f"block.{key[1]}" if len(key) == 2 else f"block.{key[1]}.experts.{key[2] - 1}"
 
 
 # --- structural fallback ---------------------------------------------------------------------

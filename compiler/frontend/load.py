@@ -32,6 +32,7 @@ from compiler.frontend.convert import check_element_counts, convert
 from compiler.frontend.dims import DimRequest, bind_dims
 from compiler.frontend.external import ExternalRef, data_available
 from compiler.frontend.layers import group_layers, mark_moe
+from compiler.frontend.moe import attach_moe, storage_widths
 from compiler.frontend.ops import check_control_flow, check_supported
 from compiler.frontend.tables import check_table_lookups
 from compiler.frontend.validate import check_model, normalize_domains, read_model
@@ -61,9 +62,11 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     check_element_counts(conv)
     weights = {t.name for t in conv.tensors if t.is_const}
     shapes = {t.name: t.shape for t in conv.tensors}
-    layers = group_layers(conv.ops, conv.scopes, weights, shapes)
+    meta = dict(model.metadata_props)
+    layers = attach_moe(meta, group_layers(conv.ops, conv.scopes, weights, shapes))
     graph = ir.Graph(
-        name=name, tensors=conv.tensors, inputs=conv.inputs, outputs=conv.outputs,
+        name=name, tensors=storage_widths(meta, conv.tensors), inputs=conv.inputs,
+        outputs=conv.outputs,
         layers=layers, opset=_opset(model), source=str(source), shape_only=shapes_only,
         dims=dims, source_sha256=digest,
     )

@@ -47,7 +47,20 @@ def placement_doc(result: CompileResult) -> dict[str, Any]:
         "metrics": _metrics(result),
         "solver": _solver(result),
         "performance": {mode: _estimate(e) for mode, e in result.estimates.items()},
+        **_moe(result),
     }
+
+
+def _moe(result: CompileResult) -> dict[str, Any]:
+    """MoE models only: expected / worst-case decode and each expert region's load."""
+    moe = result.moe
+    if moe is None:
+        return {}
+    doc = {k: v for k, v in asdict(moe).items() if k != "regions"}
+    doc["max_imbalance"] = _round(moe.max_imbalance)
+    doc["regions"] = [{k: _round(v) if isinstance(v, float) else v
+                       for k, v in asdict(r).items()} for r in moe.regions]
+    return {"moe": doc}
 
 
 def _options(result: CompileResult) -> dict[str, Any]:
@@ -77,6 +90,7 @@ def _layer(result: CompileResult, i: int) -> dict[str, Any]:
         "offchip_bytes_per_token": cand.offchip_bytes_per_token,
         "cycles_per_token": cand.cycles,
         "layouts": [_layout(lay) for lay in lt.ops],
+        **({"moe": asdict(layer.moe)} if layer.moe else {}),
     }
 
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 from typing import Any
 
 from compiler.outdir.read import OutDir
-from compiler.report import colors, fmt, grid, tables, timeline
+from compiler.report import colors, experts, fmt, grid, tables, timeline
 from compiler.report.facts import Facts, LayerFacts, gather
 from compiler.report.tips import Tips
 from compiler.report.view import (
@@ -36,13 +36,14 @@ def view_from_facts(f: Facts) -> Report:
     p = f.docs.placement
     tips = Tips()
     layer_tips = [tips.add(*_layer_tip(f, la)) for la in f.layers]
-    panels = grid.panels(f, tips, layer_tips)
+    panels = grid.panels(f, tips, layer_tips, experts.fills(f))
+    moe = experts.experts_view(f)
     overview = _overview(f, tips)
     lines = timeline.timelines(f, tips, layer_tips)
     return Report(
         title=f"{p['model']['name']} on {p['target']['name']}",
         subtitle=_subtitle(f),
-        kpis=_kpis(f),
+        kpis=_kpis(f) + ((moe.kpi,) if moe else ()),
         kinds=_kind_legend(f),
         steps=tuple(Swatch(k.replace("_", " "), c) for k, c in colors.STEP_COLORS.items()),
         panels=panels,
@@ -63,6 +64,7 @@ def view_from_facts(f: Facts) -> Report:
         nodes=tuple(la.nodes for la in f.layers),
         tips=tuple(tips.items),
         files=tuple(f"{DATA_DIR}/{name}" for name in DATA_FILES),
+        experts=moe,
     )
 
 

@@ -27,7 +27,10 @@ LABEL_MIN, LABEL_MAX = 7.0, 13.0  # px
 MIN_PX = 4.0  # a layer is drawn at least this wide and high
 
 
-def panels(f: Facts, tips: Tips, layer_tips: list[int]) -> tuple[WaferPanel, ...]:
+def panels(f: Facts, tips: Tips, layer_tips: list[int],
+           fills: dict[int, str] | None = None) -> tuple[WaferPanel, ...]:
+    """`fills`: layer index -> a fill other than its kind's (expert regions by load)."""
+    fills = fills or {}
     windows = [window(f, w) for w in range(f.wafers)]
     per_row = min(f.wafers, PER_ROW)
     budget = SINGLE_W if f.wafers == 1 else (ROW_W - 14 * (per_row - 1)) / per_row
@@ -43,7 +46,7 @@ def panels(f: Facts, tips: Tips, layer_tips: list[int]) -> tuple[WaferPanel, ...
         cells = _link_cells(f, w, win, top_link, tips)  # tips in this order: cells, arrows
         arrows = tuple(_arrow(t, top_send, scale, tips) for t in sends if t.src_wafer == w)
         offchip = _offchip(mine, win, scale, top_stream, tips)
-        boxes = [_box(la, scale, layer_tips[la.index]) for la in mine]
+        boxes = [_box(la, scale, layer_tips[la.index], fills.get(la.index)) for la in mine]
         out.append(WaferPanel(
             index=w, rows=f.rows, cols=f.cols, window=win, scale=_r(scale),
             width=_r(win.cols * scale + AXIS_LEFT),
@@ -96,11 +99,11 @@ def _span(lo: int, hi: int, at_least: float, size: int) -> tuple[int, int]:
     return lo, hi
 
 
-def _box(la: LayerFacts, scale: float, tip: int) -> LayerBox:
+def _box(la: LayerFacts, scale: float, tip: int, fill: str | None = None) -> LayerBox:
     label, size, vertical = _label(la.name, la.cols * scale, la.rows * scale)
     return LayerBox(
         index=la.index, name=la.name, kind=la.kind, wafer=la.wafer, row=la.row, col=la.col,
-        rows=la.rows, cols=la.cols, fill=colors.kind_color(la.kind, la.block),
+        rows=la.rows, cols=la.cols, fill=fill or colors.kind_color(la.kind, la.block),
         mem_fill=colors.ramp(colors.VIRIDIS, la.util), mark=_mark(la, scale), label=label,
         label_size=_r(size / scale), vertical=vertical, streamed=la.residency != "resident",
         tip=tip, label_x=_r(la.col + la.cols / 2), label_y=_r(la.row + la.rows / 2))

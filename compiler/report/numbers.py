@@ -26,7 +26,10 @@ def data_files(f: Facts, view: Report) -> dict[str, str]:
 
 
 def view_json(view: Report | SweepReport) -> str:
-    return json.dumps(dataclasses.asdict(view), indent=1) + "\n"
+    doc = dataclasses.asdict(view)
+    if doc.get("experts", False) is None:  # a dense model: no experts section
+        del doc["experts"]
+    return json.dumps(doc, indent=1) + "\n"
 
 
 def _csv(header: list[str], rows) -> str:

@@ -9,6 +9,7 @@ legend and the pictures cannot disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 Rows = tuple[tuple[str, str], ...]
 
@@ -219,6 +220,7 @@ class Report:
     nodes: tuple[tuple[str, ...], ...]  # ONNX node names per layer (the details panel)
     tips: tuple[Tip, ...]
     files: tuple[str, ...]  # the numbers behind the pictures, relative to the HTML
+    experts: Any = None  # report/experts.py ExpertsView: MoE models only
 
 
 # --- the sweep page (sweep.html): Pareto plots and the table of points ---------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.errors import TargetError
-from compiler.ir import DType, Tensor
+from compiler.ir import DType, Tensor, storage_bytes
 from compiler.target.schema import SECTIONS
 from compiler.target.units import dtype_name, freeze_flops
 from compiler.target.validate import problems
@@ -164,9 +164,14 @@ class Target:
         performance model and the report) and the executor's memory accounting count with it."""
         return self.compute.dtype.itemsize if dtype.is_float else dtype.itemsize
 
+    def element_bytes(self, t: Tensor) -> float:
+        """Bytes per element of `t` on the machine: its own storage width when it has one
+        (`Tensor.storage_bits`, e.g. MXFP4 weights at 4.25 bits), else `itemsize(t.dtype)`."""
+        return t.storage_bits / 8 if t.storage_bits is not None else self.itemsize(t.dtype)
+
     def tensor_bytes(self, t: Tensor) -> int:
-        """Bytes of a whole tensor on the machine: its elements x `itemsize(t.dtype)`."""
-        return t.numel * self.itemsize(t.dtype)
+        """Bytes of a whole tensor on the machine: its elements at `element_bytes(t)`, packed."""
+        return storage_bytes(t.numel, self.element_bytes(t) * 8)
 
     # -- rates ------------------------------------------------------------------------------
     def peak_flops(self, dtype: DType | str | None = None) -> float:
