@@ -64,6 +64,9 @@ def _entry(name: str, family: Family, description: str, config: Config) -> ZooEn
 _ENTRIES = (
     _entry("gpt2-tiny", "gpt2", "GPT-2 toy: 2 layers, hidden 64, 4 heads, vocab 256, fp32",
            GPT2Config(**_TINY, intermediate=256, max_positions=128)),
+    _entry("gpt2-tiny-mask", "gpt2",
+           "gpt2-tiny with an attention_mask input [batch, seq] (padding), as HF exports have",
+           GPT2Config(**_TINY, intermediate=256, max_positions=128, attention_mask=True)),
     _entry("llama-tiny", "llama",
            "LLaMA toy: 2 layers, hidden 64, 4 heads / 2 kv heads (GQA), vocab 256, fp32",
            _LLAMA_TINY),

@@ -45,6 +45,7 @@ class GPT2Config:
     default_seq: int = 128
     seed: int = 0
     init_std: float = 0.02  # HF `initializer_range`
+    attention_mask: bool = False  # an `attention_mask` input [batch, seq] (1 = attend, 0 = pad)
 
     def __post_init__(self) -> None:
         check_common(self.dtype, self.hidden, self.heads, self.opset)
@@ -55,11 +56,14 @@ class GPT2Config:
 
 
 def build_gpt2(cfg: GPT2Config, *, name: str = "gpt2") -> onnx.ModelProto:
-    """input_ids int64 [batch, seq] -> logits [batch, seq, vocab]."""
+    """input_ids int64 [batch, seq] (and attention_mask int64 [batch, seq]) -> logits
+    [batch, seq, vocab]."""
     b = GraphBuilder(name, dtype=cfg.dtype, opset=cfg.opset, shape_only=cfg.shape_only,
                      seed=cfg.seed, init_std=cfg.init_std)
     ids = b.input("input_ids", TensorProto.INT64, ["batch", "seq"])
     x, mask = _embeddings(b, cfg, ids)
+    if cfg.attention_mask:
+        mask = _padding_mask(b, mask)
     for i in range(cfg.layers):
         x = _block(b, cfg, i, x, mask)
     x = layer_norm(b, "/transformer/ln_f", x, "transformer.ln_f", cfg.hidden, cfg.eps)
@@ -79,6 +83,15 @@ def _embeddings(b: GraphBuilder, cfg: GPT2Config, ids: str) -> tuple[str, str]:
     positions = b.op(f"{s}/wpe", "Gather", wpe, position_ids(b, s, seq))
     x = b.op(s, "Add", tokens, positions)
     return x, causal_bool_mask(b, s, seq)
+
+
+def _padding_mask(b: GraphBuilder, causal: str) -> str:
+    """The causal mask and'ed with `attention_mask` over the keys: [batch, 1, seq, seq] bool
+    (HF's `_prepare_4d_causal_attention_mask` as a boolean)."""
+    s = "/transformer"
+    mask = b.input("attention_mask", TensorProto.INT64, ["batch", "seq"])
+    keys = b.op(s, "Cast", b.op(s, "Unsqueeze", mask, b.ints(s, [1, 2])), to=TensorProto.BOOL)
+    return b.op(s, "And", causal, keys)
 
 
 def _block(b: GraphBuilder, cfg: GPT2Config, i: int, x: str, mask: str) -> str:

@@ -265,3 +265,58 @@ def test_an_append_at_the_wrong_position_changes_the_logits():
         for pos, tok in enumerate(prompt):
             logits = step(prog, m, tok, pos + shift * (pos > 0))
         assert compare("logits", logits, ref[:, -1], 1e-4, 1e-3).passed is ok
+
+
+# --- attention_mask inputs: a [batch, context] mask per step, padding following t -------------
+
+FIXTURES = "tests/fixtures"
+
+
+@functools.cache
+def compiled_file(path: str, seq: int = 8, context: int = 8 + STEPS):
+    from compiler.frontend import DimRequest, FrontendOptions
+
+    opts = CompileOptions(frontend=FrontendOptions(DimRequest(batch=1, seq_len=seq)),
+                          tiling=TilingOptions(context=context, prompt_resident=True),
+                          solver=SolverOptions(time_limit_s=10))
+    return compile_model(path, "mesh8x8", opts)
+
+
+@pytest.mark.parametrize("model", ["gpt2-tiny-mask",
+                                   f"{FIXTURES}/gpt2_torchscript_op20_dynamic.onnx",
+                                   f"{FIXTURES}/llama_dynamo_op18_dynamic.onnx"])
+def test_decode_with_an_attention_mask_matches_onnx_runtime(model):
+    """HF-style models with input_ids and attention_mask: the mask is a host feed, its rows at t
+    reach the decode step, ORT gets the growing mask."""
+    r = compiled(model) if not model.endswith(".onnx") else compiled_file(model)
+    assert r.decode is not None
+    dg = r.decode.graph
+    assert dg.masks == ("attention_mask",) and dg.tokens == ("input_ids",)
+    assert "attention_mask" not in dg.graph.inputs  # expanded on the host, rows fed per step
+    keyed = [f for f in dg.feeds if f.key_axes]
+    assert keyed and all(dg.graph.tensor(f.name).shape[f.key_axes[0]] == dg.context
+                         for f in keyed)
+    rep = verify_decode(_art(r), dg, r.decode.schedule, STEPS, VerifyOptions())
+    assert rep.passed, "\n".join(rep.lines())
+    assert all(s.check.max_abs <= 1e-4 for s in rep.steps)
+
+
+def test_a_padded_prompt_mask_follows_every_decode_step(tmp_path):
+    """A left-padded prompt: its zeros stay masked in every decode step (ORT is fed the same
+    mask, grown by ones); the padding changes the tokens' logits, so a mask ignored would fail."""
+    from compiler.verify import random_inputs
+
+    r = compiled("gpt2-tiny-mask")
+    inputs = random_inputs(r.graph)
+    inputs["attention_mask"][0, :5] = 0
+    path = tmp_path / "in.npz"
+    np.savez(path, **inputs)
+    dg, s = r.decode.graph, r.decode.schedule
+    padded = verify_decode(_art(r), dg, s, 4, VerifyOptions(inputs=path))
+    assert padded.passed, "\n".join(padded.lines())
+    plain = verify_decode(_art(r), dg, s, 4, VerifyOptions())
+    assert plain.prompt == padded.prompt
+    prog = program(_art(r), dg, s, "fp32")
+    ones, pad = (generate(prog, r.target, list(padded.prompt), 3, prompt_mask=m).logits
+                 for m in ([1] * 16, [0] * 5 + [1] * 11))
+    assert all(np.abs(a - b).max() > 1e-3 for a, b in zip(ones, pad, strict=True))

@@ -21,7 +21,8 @@ from onnx import numpy_helper
 
 from compiler import zoo
 
-RUNNABLE = ["gpt2-tiny", "llama-tiny", "llama-tiny-opset23", "bert-tiny", "gpt2-small"]
+RUNNABLE = ["gpt2-tiny", "gpt2-tiny-mask", "llama-tiny", "llama-tiny-opset23", "bert-tiny",
+            "gpt2-small"]
 SHAPE_ONLY = ["llama3-8b", "llama3-70b", "llama3.1-405b"]
 SEQ = 16
 
@@ -84,6 +85,8 @@ def run(name: str, ids: np.ndarray) -> list[np.ndarray]:
     feeds = {"input_ids": ids}
     if zoo.ZOO[name].family == "bert":
         feeds |= {"attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    if getattr(zoo.ZOO[name].config, "attention_mask", False):
+        feeds["attention_mask"] = np.ones_like(ids)
     return session(name).run(None, feeds)
 
 
@@ -131,7 +134,7 @@ def test_entry_builds_and_checks(name: str) -> None:
     else:
         onnx.checker.check_model(serialized(name), full_check=False)
     meta = {p.key: p.value for p in model.metadata_props}
-    seq = SEQ if name.endswith(("tiny", "opset23")) else 128
+    seq = SEQ if "-tiny" in name else 128
     assert meta == {"wafer.zoo_name": name, "wafer.default_dims": f"batch=1,seq={seq}"}
 
 
@@ -236,6 +239,22 @@ def test_runs_in_onnxruntime(name: str) -> None:
                 else [(1, SEQ, cfg.vocab)])
     assert [o.shape for o in outputs] == expected
     assert all(np.isfinite(o).all() for o in outputs)
+
+
+def test_padding_mask_matches_gpt2_tiny() -> None:
+    """gpt2-tiny-mask is gpt2-tiny (same weights) with all-ones masks; a padded key is ignored
+    by every later query."""
+    ids = token_ids(256)
+    ones = np.ones_like(ids)
+    np.testing.assert_allclose(run("gpt2-tiny-mask", ids)[0], run("gpt2-tiny", ids)[0],
+                               atol=1e-6)
+    padded = ones.copy()
+    padded[0, 0] = 0
+    changed = ids.copy()
+    changed[0, 0] = (changed[0, 0] + 7) % 256
+    a, b = (session("gpt2-tiny-mask").run(None, {"input_ids": i, "attention_mask": padded})[0]
+            for i in (ids, changed))
+    np.testing.assert_allclose(a[0, 1:], b[0, 1:], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["gpt2-tiny", "llama-tiny", "llama-tiny-opset23"])

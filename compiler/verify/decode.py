@@ -35,6 +35,7 @@ from compiler.verify import (
 )
 
 DECODE_SCHEMA_VERSION = "1.0"
+_ORT_INT = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
 
 class NoDecodeSchedule(WaferError):
@@ -139,16 +140,19 @@ def program(art: Artifact, dg, decode_schedule, precision: str):
     """The executor's DecodeProgram: both schedules and graphs, the position tables (the model
     at seq = context, its constants evaluated on the host)."""
     from compiler.executor import host_constants
-    from compiler.executor.generate import DecodeProgram
-    from compiler.schedule.decode import load_tables
+    from compiler.executor.generate import DecodeProgram, MaskTables
+    from compiler.schedule.decode import load_tables, mask_dependent
 
     big = load_tables(art.source, dg, dict(art.graph.dims).get("batch"))
     consts = host_constants(big, art.target, precision)
-    tables = {f.name: consts[f.name] for f in dg.feeds}
+    masked = mask_dependent(big, dg.masks)
+    tables = {f.name: consts[f.name] for f in dg.feeds if f.name not in masked}
+    hosted = frozenset(f.name for f in dg.feeds if f.name in masked)
     return DecodeProgram(art.schedule, art.graph, decode_schedule, dg.graph,
                          tuple((c.prefill, c.name, c.axis) for c in dg.caches),
                          tuple((f.name, f.query_axes) for f in dg.feeds), tables,
-                         art.graph.inputs[0], art.graph.outputs[0])
+                         dg.tokens[0], art.graph.outputs[0], dg.masks,
+                         MaskTables(big, consts, hosted) if dg.masks else None)
 
 
 def open_decode(out: str | Path, art: Artifact):
@@ -161,8 +165,8 @@ def open_decode(out: str | Path, art: Artifact):
     doc = json.loads(path.read_text())
     if "decode" not in doc:
         raise NoDecodeSchedule(f"{path} has no decode schedule: {art.graph.name} is not a causal "
-                               "LM whose only inputs are token ids (or OUT predates decode); "
-                               "compile it again")
+                               "LM whose inputs are token ids and an attention mask (or OUT "
+                               "predates decode); compile it again")
     problems = decode_problems(doc)
     if problems:
         raise WaferError(f"{path}: {problems[0]}; compile again")
@@ -199,23 +203,25 @@ def verify_decode(art: Artifact, dg, decode_schedule, steps: int,
     label, atol, rtol = tolerances(art, opts)
     g = art.graph
     inputs = load_inputs(opts.inputs, g) if opts.inputs else random_inputs(g, opts.seed)
-    prompt = [int(x) for x in np.asarray(inputs[g.inputs[0]])[0]]
+    prompt = [int(x) for x in np.asarray(inputs[dg.tokens[0]])[0]]
+    mask = [int(x) for x in np.asarray(inputs[dg.masks[0]])[0]] if dg.masks else None
     check_room(len(prompt), steps, dg.context)
-    reference = _Reference(art.source)
+    reference = _Reference(art.source, dg.tokens[0], dg.masks)
     reference(dict(inputs), g.outputs[0])  # a model ORT cannot run is invalid input, first
     prog = program(art, dg, decode_schedule, opts.precision)
     clock = _Clock(hook)
     handoffs = _handoffs(dg.graph)
     with np.errstate(all="ignore"):
         gen = generate(prog, art.target, prompt, steps + 1, opts.precision, clock.tick,
-                       frozenset(n for names in handoffs.values() for n in names))
-    checks, ref_s = _compare_steps(art, reference, prompt, gen, (atol, rtol), hook)
+                       frozenset(n for names in handoffs.values() for n in names), mask)
+    checks, ref_s = _compare_steps(art, reference, prompt, gen, (atol, rtol), hook, mask)
     report = DecodeReport(g.name, art.target.name, tuple(prompt), tuple(checks), dg.context,
                           label, tuple(sorted(gen.peak_bytes.items())),
                           executor_s=tuple(clock.seconds[1:]), reference_s=tuple(ref_s[1:]))
     first = report.first_diverging_step
     if first:  # a decode step (prefill's own layers: wafer verify --per-layer)
-        layer, tensor = _diverging_layer(art, handoffs, report, gen, first, (atol, rtol))
+        layer, tensor = _diverging_layer(art, reference, handoffs, report, gen, first,
+                                         (atol, rtol), mask)
         report = dataclasses.replace(report, diverging_layer=layer, diverging_tensor=tensor)
     return report
 
@@ -227,15 +233,14 @@ def _handoffs(g) -> dict[str, list[str]]:
     return {k: [n for n in v if n not in g.outputs] for k, v in layer_outputs(g).items()}
 
 
-def _diverging_layer(art: Artifact, handoffs: dict[str, list[str]], report: DecodeReport, gen,
-                     step: int, tols: tuple[float, float]) -> tuple[str | None, str | None]:
+def _diverging_layer(art: Artifact, reference: _Reference, handoffs: dict[str, list[str]],
+                     report: DecodeReport, gen, step: int, tols: tuple[float, float],
+                     mask: list[int] | None) -> tuple[str | None, str | None]:
     """ORT once more at that step's sequence, keeping the layers' handed-on tensors: the first
     whose last position leaves tolerance."""
-    g = art.graph
     seq = [*report.prompt, *(s.token for s in report.steps)][:gen.positions[step] + 1]
     names = [n for v in handoffs.values() for n in v]
-    ids = np.asarray([seq], np.dtype(g.tensor(g.inputs[0]).dtype.value))
-    ref = run_reference(art.source, {g.inputs[0]: ids}, names)
+    ref = run_reference(art.source, reference.feed(seq, mask), names)
     got = gen.values[step]
     for layer, tensors in handoffs.items():
         for name in tensors:
@@ -276,12 +281,23 @@ class _Reference:
     """One ONNX Runtime session on the original model, run once per step (building the model
     and its session again per step costs more than the runs)."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, tokens: str, masks: tuple[str, ...] = ()):
         from compiler.frontend.export import reference_model_bytes
         from compiler.verify.reference import _session
 
-        self.source = source
+        self.source, self.tokens, self.masks = source, tokens, masks
         self.session = _session(reference_model_bytes(source), str(source))
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        self.dtypes = {n: _ORT_INT.get(types.get(n, ""), np.int64) for n in (tokens, *masks)}
+
+    def feed(self, seq: Sequence[int], mask: Sequence[int] | None) -> dict[str, np.ndarray]:
+        """The no-cache model's inputs for the sequence `seq`: its ids and the growing mask
+        (the prompt's own mask over its positions, 1 after)."""
+        feed = {self.tokens: np.asarray([seq], self.dtypes[self.tokens])}
+        for name in self.masks:
+            grown = [*(mask or []), *[1] * len(seq)][:len(seq)]
+            feed[name] = np.asarray([grown], self.dtypes[name])
+        return feed
 
     def __call__(self, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
         from compiler.verify import ReferenceRunError
@@ -294,16 +310,16 @@ class _Reference:
 
 
 def _compare_steps(art: Artifact, reference: _Reference, prompt: Sequence[int], gen,
-                   tols: tuple[float, float], hook: Hook) -> tuple[list[StepCheck], list[float]]:
+                   tols: tuple[float, float], hook: Hook,
+                   mask: list[int] | None = None) -> tuple[list[StepCheck], list[float]]:
     atol, rtol = tols
     g = art.graph
-    dtype = np.dtype(g.tensor(g.inputs[0]).dtype.value)
     seq = list(prompt)
     checks, seconds = [], []
     for i, (logits, pos) in enumerate(zip(gen.logits, gen.positions, strict=True)):
-        ids = np.asarray([seq[:pos + 1]], dtype)
+        feed = reference.feed(seq[:pos + 1], mask)
         t0 = time.perf_counter()
-        ref = reference({g.inputs[0]: ids}, g.outputs[0])[:, -1]
+        ref = reference(feed, g.outputs[0])[:, -1]
         seconds.append(time.perf_counter() - t0)
         if hook:
             hook(f"onnxruntime: {pos + 1} tokens", seconds[-1])
@@ -319,7 +335,7 @@ def run_generate(art: Artifact, dg, decode_schedule, prompt: Sequence[int], new_
     from compiler.executor.generate import generate
     from compiler.verify import index_extent
 
-    vocab = index_extent(art.graph, art.graph.inputs[0])
+    vocab = index_extent(art.graph, dg.tokens[0])
     bad = [t for t in prompt if t < 0 or (vocab is not None and t >= vocab)]
     if bad or not prompt:
         what = f"{bad[0]} is outside the vocabulary [0, {vocab})" if bad else "it is empty"
