@@ -320,3 +320,54 @@ def test_a_padded_prompt_mask_follows_every_decode_step(tmp_path):
     ones, pad = (generate(prog, r.target, list(padded.prompt), 3, prompt_mask=m).logits
                  for m in ([1] * 16, [0] * 5 + [1] * 11))
     assert all(np.abs(a - b).max() > 1e-3 for a, b in zip(ones, pad, strict=True))
+
+
+# --- with-past exports: past_key_values in, present out, mapped onto the resident cache --------
+
+
+def test_a_with_past_export_decodes_onto_the_resident_cache():
+    """gpt2-tiny-past (gpt2-tiny's weights, exported with past): prefill is its graph at past
+    length 0, the decode step reads the resident cache where the graph read Concat(past, new),
+    and ORT runs its with-past graph step by step; the tokens are gpt2-tiny's."""
+    r, plain = compiled("gpt2-tiny-past"), compiled("gpt2-tiny")
+    assert r.graph.inputs == ("input_ids",)
+    assert r.graph.outputs[1:] == tuple(f"present.{i}.{kv}" for i in range(2)
+                                        for kv in ("key", "value"))
+    assert r.decode is not None and r.decode.graph.graph.outputs == ("logits",)
+    assert [c.name for c in r.decode.graph.caches] == [c.name for c in plain.decode.graph.caches]
+    rep = verify_decode(_art(r), r.decode.graph, r.decode.schedule, STEPS, VerifyOptions())
+    assert rep.passed, "\n".join(rep.lines())
+    ref = verify_decode(_art(plain), plain.decode.graph, plain.decode.schedule, STEPS,
+                        VerifyOptions())
+    assert [s.token for s in rep.steps] == [s.token for s in ref.steps]
+
+
+def test_the_with_past_reference_feeds_present_back_as_past():
+    from compiler.verify import run_reference
+    from compiler.verify.decode import _Reference
+
+    ref = _Reference("gpt2-tiny-past", "input_ids")
+    assert len(ref.pasts) == 4
+    seq = [5, 17, 99, 3]
+    for n in range(len(seq), len(seq) + 4):
+        got = ref.last_logits(seq[:n], None, "logits")
+        assert ref.state is not None and ref.state[0] == seq[:n]
+        assert all(v.shape[2] == n for v in ref.state[1].values())  # the past grew to n
+        want = run_reference("gpt2-tiny", {"input_ids": np.asarray([seq[:n]])})["logits"]
+        np.testing.assert_allclose(got, want[:, -1], atol=1e-5)
+        seq.append(int(np.argmax(got[0])))
+
+
+def test_a_past_that_is_not_concatenated_is_refused_naming_its_reader(tmp_path, capsys):
+    import onnx
+
+    from compiler import zoo
+
+    model = zoo.build("gpt2-tiny-past")
+    model.graph.node.append(onnx.helper.make_node(
+        "Mul", ["past_key_values.1.value", "past_key_values.1.value"], ["sq"], name="/odd/Mul"))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["-q", "inspect", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert "past_key_values.1.value is read by Mul /odd/Mul" in err and err.count("\n") == 1

@@ -24,6 +24,7 @@ from compiler import zoo
 RUNNABLE = ["gpt2-tiny", "gpt2-tiny-mask", "llama-tiny", "llama-tiny-opset23", "bert-tiny",
             "gpt2-small"]
 SHAPE_ONLY = ["llama3-8b", "llama3-70b", "llama3.1-405b"]
+WITH_PAST = ["gpt2-tiny-past", "gpt2-small-past"]  # tests/test_decode.py runs them
 SEQ = 16
 
 
@@ -143,11 +144,13 @@ def test_strict_shape_inference_after_binding(name: str) -> None:
     model = built(name)
     if model.ByteSize() > 20 * 2**20:  # gpt2-small: infer on the weightless skeleton
         model = skeleton(model)
-    bound = bind(model, {"batch": 1, "seq": SEQ})
+    bound = bind(model, {"batch": 1, "seq": SEQ, "past_seq": 3, "total_seq": SEQ + 3})
     inferred = onnx.shape_inference.infer_shapes(bound, strict_mode=True, data_prop=True)
     cfg = zoo.ZOO[name].config
     expected = {"logits": [1, SEQ, cfg.vocab], "last_hidden_state": [1, SEQ, cfg.hidden],
                 "pooler_output": [1, cfg.hidden]}
+    expected |= {f"present.{i}.{kv}": [1, cfg.heads, SEQ + 3, cfg.hidden // cfg.heads]
+                 for i in range(cfg.layers) for kv in ("key", "value")}
     for out in inferred.graph.output:
         assert [d.dim_value for d in out.type.tensor_type.shape.dim] == expected[out.name]
 
@@ -196,7 +199,7 @@ def test_unknown_name_lists_valid_names() -> None:
 
 def test_catalogue() -> None:
     assert zoo.names() == list(zoo.ZOO)
-    assert set(RUNNABLE) | set(SHAPE_ONLY) == set(zoo.names())
+    assert set(RUNNABLE) | set(SHAPE_ONLY) | set(WITH_PAST) == set(zoo.names())
     assert all(zoo.ZOO[n].shape_only for n in SHAPE_ONLY)
     assert not any(zoo.ZOO[n].shape_only for n in RUNNABLE)
 

@@ -93,7 +93,7 @@ def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int) -> DecodeGraph:
     `prefill` (the same model at its prompt length, >= 2) tells which dims follow the sequence.
     Raises DecodeUnsupported naming what does not fit the pattern."""
     masks = mask_inputs(g1)
-    prefill, g1 = host_masks(prefill, masks), host_masks(g1, masks)
+    prefill, g1 = host_masks(prefill, masks), without_presents(host_masks(g1, masks))
     _check_pair(prefill, g1)
     cores = _attention_cores(g1)
     if not cores:
@@ -343,6 +343,14 @@ def mask_dependent(big: ir.Graph, masks: tuple[str, ...]) -> frozenset[str]:
         if any(n in found for n in ins) and all(n in found or n in fixed for n in ins):
             found.update(o for o in op.outputs if o)
     return frozenset(found)
+
+
+def without_presents(g1: ir.Graph) -> ir.Graph:
+    """A with-past export's decode step outputs its logits only: its presents (the K / V with
+    the step's own appended) are the resident caches themselves."""
+    from compiler.frontend.past import is_present
+
+    return dataclasses.replace(g1, outputs=tuple(o for o in g1.outputs if not is_present(o)))
 
 
 def step_mask(prompt_mask: Sequence[int], position: int, context: int) -> np.ndarray:

@@ -283,12 +283,35 @@ class _Reference:
 
     def __init__(self, source: str, tokens: str, masks: tuple[str, ...] = ()):
         from compiler.frontend.export import reference_model_bytes
+        from compiler.frontend.past import is_past, is_present
         from compiler.verify.reference import _session
 
         self.source, self.tokens, self.masks = source, tokens, masks
         self.session = _session(reference_model_bytes(source), str(source))
         types = {i.name: i.type for i in self.session.get_inputs()}
         self.dtypes = {n: _ORT_INT.get(types.get(n, ""), np.int64) for n in (tokens, *masks)}
+        pasts = [i.name for i in self.session.get_inputs() if is_past(i.name)]
+        presents = [o.name for o in self.session.get_outputs() if is_present(o.name)]
+        self.pasts = tuple(zip(pasts, presents, strict=True)) if len(pasts) == len(presents) \
+            else ()
+        self.state: tuple[list[int], dict[str, np.ndarray]] | None = None
+
+    def last_logits(self, seq: Sequence[int], mask: Sequence[int] | None,
+                    output: str) -> np.ndarray:
+        """The logits at the last position of `seq`: the no-cache model on the whole sequence,
+        or a with-past model's graph one step on from the previous call (its presents fed back
+        as the pasts), the whole sequence at past length 0 when `seq` does not extend it."""
+        feed = self.feed(seq, mask)
+        if not self.pasts:
+            return self(feed, output)[:, -1]
+        names = [output, *(present for _, present in self.pasts)]
+        if self.state is not None and list(seq[:-1]) == self.state[0]:
+            feed[self.tokens] = feed[self.tokens][:, -1:]
+            feed.update(self.state[1])
+        values = self._run(names, feed)
+        self.state = (list(seq), {past: v for (past, _), v in zip(self.pasts, values[1:],
+                                                                   strict=True)})
+        return values[0][:, -1]
 
     def feed(self, seq: Sequence[int], mask: Sequence[int] | None) -> dict[str, np.ndarray]:
         """The no-cache model's inputs for the sequence `seq`: its ids and the growing mask
@@ -300,10 +323,15 @@ class _Reference:
         return feed
 
     def __call__(self, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
-        from compiler.verify import ReferenceRunError
+        return self._run([output], feed)[0]
 
+    def _run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from compiler.verify import ReferenceRunError
+        from compiler.verify.reference import empty_pasts
+
+        feed = {**empty_pasts(self.session, feed), **feed}
         try:
-            return self.session.run([output], feed)[0]
+            return self.session.run(names, feed)
         except Exception as exc:  # ORT raises its own pybind types
             line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ReferenceRunError(f"ONNX Runtime failed to run {self.source}: {line}") from None
@@ -317,9 +345,8 @@ def _compare_steps(art: Artifact, reference: _Reference, prompt: Sequence[int], 
     seq = list(prompt)
     checks, seconds = [], []
     for i, (logits, pos) in enumerate(zip(gen.logits, gen.positions, strict=True)):
-        feed = reference.feed(seq[:pos + 1], mask)
         t0 = time.perf_counter()
-        ref = reference(feed, g.outputs[0])[:, -1]
+        ref = reference.last_logits(seq[:pos + 1], mask, g.outputs[0])
         seconds.append(time.perf_counter() - t0)
         if hook:
             hook(f"onnxruntime: {pos + 1} tokens", seconds[-1])
