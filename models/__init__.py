@@ -74,6 +74,9 @@ _ENTRIES = (
     _entry("llama-tiny", "llama",
            "LLaMA toy: 2 layers, hidden 64, 4 heads / 2 kv heads (GQA), vocab 256, fp32",
            _LLAMA_TINY),
+    _entry("llama-tiny-past", "llama",
+           "llama-tiny exported with past (use_cache): GQA caches at 2 kv heads, rotary and "
+           "mask from the past length", replace(_LLAMA_TINY, past=True)),
     _entry("llama-tiny-opset23", "llama",
            "llama-tiny at opset 23, with the RMSNormalization and Attention ops",
            replace(_LLAMA_TINY, opset=23)),

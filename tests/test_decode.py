@@ -325,11 +325,13 @@ def test_a_padded_prompt_mask_follows_every_decode_step(tmp_path):
 # --- with-past exports: past_key_values in, present out, mapped onto the resident cache --------
 
 
-def test_a_with_past_export_decodes_onto_the_resident_cache():
-    """gpt2-tiny-past (gpt2-tiny's weights, exported with past): prefill is its graph at past
-    length 0, the decode step reads the resident cache where the graph read Concat(past, new),
-    and ORT runs its with-past graph step by step; the tokens are gpt2-tiny's."""
-    r, plain = compiled("gpt2-tiny-past"), compiled("gpt2-tiny")
+@pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny"])
+def test_a_with_past_export_decodes_onto_the_resident_cache(model):
+    """MODEL-past (MODEL's weights, exported with past; llama's caches at 2 KV heads, rotary
+    and mask from the past length): prefill is its graph at past length 0, the decode step
+    reads the resident cache where the graph read Concat(past, new), and ORT runs its with-past
+    graph step by step; the tokens are the no-cache model's."""
+    r, plain = compiled(f"{model}-past"), compiled(model)
     assert r.graph.inputs == ("input_ids",)
     assert r.graph.outputs[1:] == tuple(f"present.{i}.{kv}" for i in range(2)
                                         for kv in ("key", "value"))

@@ -24,7 +24,7 @@ from compiler import zoo
 RUNNABLE = ["gpt2-tiny", "gpt2-tiny-mask", "llama-tiny", "llama-tiny-opset23", "bert-tiny",
             "gpt2-small"]
 SHAPE_ONLY = ["llama3-8b", "llama3-70b", "llama3.1-405b"]
-WITH_PAST = ["gpt2-tiny-past", "gpt2-small-past"]  # tests/test_decode.py runs them
+WITH_PAST = ["gpt2-tiny-past", "llama-tiny-past", "gpt2-small-past"]  # run in test_decode.py
 SEQ = 16
 
 
@@ -149,7 +149,8 @@ def test_strict_shape_inference_after_binding(name: str) -> None:
     cfg = zoo.ZOO[name].config
     expected = {"logits": [1, SEQ, cfg.vocab], "last_hidden_state": [1, SEQ, cfg.hidden],
                 "pooler_output": [1, cfg.hidden]}
-    expected |= {f"present.{i}.{kv}": [1, cfg.heads, SEQ + 3, cfg.hidden // cfg.heads]
+    expected |= {f"present.{i}.{kv}": [1, getattr(cfg, "kv_heads", cfg.heads), SEQ + 3,
+                                        cfg.hidden // cfg.heads]
                  for i in range(cfg.layers) for kv in ("key", "value")}
     for out in inferred.graph.output:
         assert [d.dim_value for d in out.type.tensor_type.shape.dim] == expected[out.name]
