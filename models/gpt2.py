@@ -64,8 +64,8 @@ def build_gpt2(cfg: GPT2Config, *, name: str = "gpt2") -> onnx.ModelProto:
     ids = b.input("input_ids", TensorProto.INT64, ["batch", "seq"])
     pasts = [_past_inputs(b, cfg, i) for i in range(cfg.layers)] if cfg.past else []
     x, mask = _embeddings(b, cfg, ids, pasts[0][0] if pasts else None)
-    if cfg.attention_mask:
-        mask = _padding_mask(b, mask)
+    if cfg.attention_mask:  # with a past it spans past and new tokens, as HF's does
+        mask = _padding_mask(b, mask, "past_seq + seq" if cfg.past else "seq")
     for i in range(cfg.layers):
         x = _block(b, cfg, i, x, mask, pasts[i] if pasts else None)
     x = layer_norm(b, "/transformer/ln_f", x, "transformer.ln_f", cfg.hidden, cfg.eps)
@@ -106,11 +106,11 @@ def _past_inputs(b: GraphBuilder, cfg: GPT2Config, i: int) -> tuple[str, str]:
             b.input(f"past_key_values.{i}.value", b.onnx_dtype, dims))
 
 
-def _padding_mask(b: GraphBuilder, causal: str) -> str:
-    """The causal mask and'ed with `attention_mask` over the keys: [batch, 1, seq, seq] bool
+def _padding_mask(b: GraphBuilder, causal: str, keys: str) -> str:
+    """The causal mask and'ed with `attention_mask` over the keys: [batch, 1, seq, keys] bool
     (HF's `_prepare_4d_causal_attention_mask` as a boolean)."""
     s = "/transformer"
-    mask = b.input("attention_mask", TensorProto.INT64, ["batch", "seq"])
+    mask = b.input("attention_mask", TensorProto.INT64, ["batch", keys])
     keys = b.op(s, "Cast", b.op(s, "Unsqueeze", mask, b.ints(s, [1, 2])), to=TensorProto.BOOL)
     return b.op(s, "And", causal, keys)
 

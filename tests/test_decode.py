@@ -373,3 +373,23 @@ def test_a_past_that_is_not_concatenated_is_refused_naming_its_reader(tmp_path, 
     assert main(["-q", "inspect", str(path)]) == 3
     err = capsys.readouterr().err
     assert "past_key_values.1.value is read by Mul /odd/Mul" in err and err.count("\n") == 1
+
+
+def test_a_with_past_export_with_an_attention_mask_spanning_past_and_new(tmp_path, capsys):
+    """HF's with-past form: attention_mask [batch, past_seq + seq] beside the pasts; at past
+    length 0 its dim is the prompt's, and in decode it is the [batch, context] host feed."""
+    import onnx
+
+    from compiler import zoo
+
+    cfg = dataclasses.replace(zoo.ZOO["gpt2-tiny"].config, past=True, attention_mask=True)
+    model = zoo.build_gpt2(cfg, name="gpt2-tiny-past-mask")
+    dims = [d.dim_param for d in model.graph.input[-1].type.tensor_type.shape.dim]
+    assert model.graph.input[-1].name == "attention_mask" and dims == ["batch", "past_seq + seq"]
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    out = tmp_path / "out"
+    assert main(["-q", "compile", str(path), "-t", "mesh8x8", "-o", str(out), "--verify",
+                 "--decode", "6", "--time-limit", "10", "--no-report"]) == 0, capsys.readouterr()
+    doc = json.loads((out / "verify-decode.json").read_text())
+    assert doc["passed"] and doc["tokens"] == doc["reference_tokens"]

@@ -42,7 +42,27 @@ def strip_past(model: onnx_ir.Model) -> dict[str, int]:
         axes[value.name] = _drop_from_concat(value)
     for value in pasts:
         g.inputs.remove(value)
+    _total_dims(model, {_dim_name(v, axes[v.name]) for v in pasts} - {""})
     return axes
+
+
+def _dim_name(value: onnx_ir.Value, axis: int) -> str:
+    dim = value.shape[axis] if value.shape is not None and axis < len(value.shape) else None
+    return "" if dim is None or isinstance(dim, int) else str(dim.value or "")
+
+
+def _total_dims(model: onnx_ir.Model, past_dims: set[str]) -> None:
+    """Dims spanning the past and the new tokens (an attention mask's `past_seq + seq`) are the
+    new tokens' at past length 0: `seq`."""
+    for value in model.graph.inputs:
+        if value.shape is None:
+            continue
+        dims = list(value.shape)
+        for i, d in enumerate(dims):
+            terms = [] if isinstance(d, int) else [t.strip() for t in str(d.value).split("+")]
+            if len(terms) == 2 and any(t in past_dims for t in terms):
+                dims[i] = next((t for t in terms if t not in past_dims), terms[0])
+        value.shape = onnx_ir.Shape(dims)
 
 
 def _drop_from_concat(value: onnx_ir.Value) -> int:
