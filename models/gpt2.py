@@ -8,7 +8,7 @@ Learned position embeddings, pre-LayerNorm blocks with fused qkv (`c_attn`, Conv
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 from onnx import TensorProto
@@ -45,8 +45,10 @@ class GPT2Config:
     default_seq: int = 128
     seed: int = 0
     init_std: float = 0.02  # HF `initializer_range`
-    attention_mask: bool = False  # an `attention_mask` input [batch, seq] (1 = attend, 0 = pad)
-    past: bool = False  # with-past (use_cache=True): past_key_values.N.key|value in, present out
+    # Variants (zoo names tell them apart; out of repr, so a zoo digest, the entry's name and
+    # config repr, is what it was before they existed):
+    attention_mask: bool = field(default=False, repr=False)  # input [batch, seq], 0 = padding
+    past: bool = field(default=False, repr=False)  # past_key_values.N.* in, present.N.* out
 
     def __post_init__(self) -> None:
         check_common(self.dtype, self.hidden, self.heads, self.opset)

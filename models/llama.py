@@ -9,7 +9,7 @@ causal mask, a SwiGLU MLP and no biases. Linear weights are stored [in, out].
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -48,7 +48,8 @@ class LlamaConfig:
     default_seq: int = 128
     seed: int = 0
     init_std: float = 0.02  # HF `initializer_range`
-    past: bool = False  # with-past (use_cache=True): past_key_values.N.key|value in, present out
+    # with past (out of repr, as GPT2Config's variants): past_key_values.N.* in, present.N.* out
+    past: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         check_common(self.dtype, self.hidden, self.heads, self.opset)
