@@ -393,3 +393,5 @@ def test_a_with_past_export_with_an_attention_mask_spanning_past_and_new(tmp_pat
                  "--decode", "6", "--time-limit", "10", "--no-report"]) == 0, capsys.readouterr()
     doc = json.loads((out / "verify-decode.json").read_text())
     assert doc["passed"] and doc["tokens"] == doc["reference_tokens"]
+    # from OUT again: the recorded dims bind the model without its pasts (past length 0)
+    assert main(["-q", "verify", str(out), "--decode", "3"]) == 0, capsys.readouterr()
