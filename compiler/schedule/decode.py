@@ -52,7 +52,7 @@ from compiler.vocab import Mode, Phase, StepKind
 
 APPEND = StepKind.APPEND  # writes a step's own K/V into its cache at position t
 _PATH_OPS = frozenset({"Div", "Mul", "Add", "Sub", "Where", "Softmax", "Cast", "Identity",
-                       "Dropout", "Neg", "Max", "Min", "IsNaN"})
+                       "Dropout", "Neg", "Max", "Min", "IsNaN", "Tanh"})
 
 
 class DecodeUnsupported(ValueError):
