@@ -395,3 +395,22 @@ def test_a_with_past_export_with_an_attention_mask_spanning_past_and_new(tmp_pat
     assert doc["passed"] and doc["tokens"] == doc["reference_tokens"]
     # from OUT again: the recorded dims bind the model without its pasts (past length 0)
     assert main(["-q", "verify", str(out), "--decode", "3"]) == 0, capsys.readouterr()
+
+
+# --- HF causal-LM families (tests/fixtures/hf, tools/export_hf.py): no-cache and with-past -------
+
+HF_DECODING = ["mistral", "qwen2", "phi", "gpt_neox", "falcon", "gptj", "gemma2", "stablelm"]
+
+
+@pytest.mark.parametrize("form", ["", "_withpast"])
+@pytest.mark.parametrize("family", HF_DECODING)
+def test_hf_family_decodes_like_onnx_runtime(family, form):
+    """GQA (mistral, qwen2, gemma2), MQA (falcon), partial and interleaved rotary (phi,
+    gpt_neox, gptj, stablelm), sliding windows of 8 (mistral, gemma2; the 8-token prompt and
+    8 steps pass them), soft-capping (gemma2), parallel attention; with-past forms run in ORT
+    step by step. docs/performance.md lists the 32-step runs."""
+    r = compiled_file(f"{FIXTURES}/hf/{family}_dynamo_op18_dynamic{form}.onnx")
+    assert r.decode is not None and r.decode.graph.masks == ("attention_mask",)
+    rep = verify_decode(_art(r), r.decode.graph, r.decode.schedule, STEPS, VerifyOptions())
+    assert rep.passed, "\n".join(rep.lines())
+    assert all(s.check.max_abs <= 1e-4 for s in rep.steps)
