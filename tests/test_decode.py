@@ -291,7 +291,7 @@ def test_decode_with_an_attention_mask_matches_onnx_runtime(model):
     r = compiled(model) if not model.endswith(".onnx") else compiled_file(model)
     assert r.decode is not None
     dg = r.decode.graph
-    assert dg.masks == ("attention_mask",) and dg.tokens == ("input_ids",)
+    assert dg.input_masks == ("attention_mask",) and dg.tokens == ("input_ids",)
     assert "attention_mask" not in dg.graph.inputs  # expanded on the host, rows fed per step
     keyed = [f for f in dg.feeds if f.key_axes]
     assert keyed and all(dg.graph.tensor(f.name).shape[f.key_axes[0]] == dg.context
@@ -410,7 +410,7 @@ def test_hf_family_decodes_like_onnx_runtime(family, form):
     8 steps pass them), soft-capping (gemma2), parallel attention; with-past forms run in ORT
     step by step. docs/performance.md lists the 32-step runs."""
     r = compiled_file(f"{FIXTURES}/hf/{family}_dynamo_op18_dynamic{form}.onnx")
-    assert r.decode is not None and r.decode.graph.masks == ("attention_mask",)
+    assert r.decode is not None and r.decode.graph.input_masks == ("attention_mask",)
     rep = verify_decode(_art(r), r.decode.graph, r.decode.schedule, STEPS, VerifyOptions())
     assert rep.passed, "\n".join(rep.lines())
     assert all(s.check.max_abs <= 1e-4 for s in rep.steps)

@@ -82,7 +82,7 @@ class DecodeGraph:
     feeds: tuple[PositionFeed, ...]
     context: int
     tokens: tuple[str, ...]  # the token-id inputs (one id per sequence)
-    masks: tuple[str, ...] = ()  # attention-mask inputs: [batch, context] per step, on the host
+    input_masks: tuple[str, ...] = ()  # attention-mask inputs: [batch, context] per step (host)
 
 
 # --- the decode-step graph ----------------------------------------------------------------------
@@ -119,7 +119,7 @@ def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int) -> DecodeGraph:
     _check_causal(g1, feeds)
     graph = _rebuild(g1, caches, feeds, renames, shapes)
     tokens = tuple(n for n in g1.inputs)
-    return DecodeGraph(graph, tuple(caches), feeds, context, tokens, masks)
+    return DecodeGraph(graph, tuple(caches), feeds, context, tokens, input_masks=masks)
 
 
 def _check_pair(prefill: ir.Graph, g1: ir.Graph) -> None:

@@ -145,14 +145,14 @@ def program(art: Artifact, dg, decode_schedule, precision: str):
 
     big = load_tables(art.source, dg, dict(art.graph.dims).get("batch"))
     consts = host_constants(big, art.target, precision)
-    masked = mask_dependent(big, dg.masks)
+    masked = mask_dependent(big, dg.input_masks)
     tables = {f.name: consts[f.name] for f in dg.feeds if f.name not in masked}
     hosted = frozenset(f.name for f in dg.feeds if f.name in masked)
     return DecodeProgram(art.schedule, art.graph, decode_schedule, dg.graph,
                          tuple((c.prefill, c.name, c.axis) for c in dg.caches),
                          tuple((f.name, f.query_axes) for f in dg.feeds), tables,
-                         dg.tokens[0], art.graph.outputs[0], dg.masks,
-                         MaskTables(big, consts, hosted) if dg.masks else None)
+                         dg.tokens[0], art.graph.outputs[0], dg.input_masks,
+                         MaskTables(big, consts, hosted) if dg.input_masks else None)
 
 
 def open_decode(out: str | Path, art: Artifact):
@@ -204,9 +204,10 @@ def verify_decode(art: Artifact, dg, decode_schedule, steps: int,
     g = art.graph
     inputs = load_inputs(opts.inputs, g) if opts.inputs else random_inputs(g, opts.seed)
     prompt = [int(x) for x in np.asarray(inputs[dg.tokens[0]])[0]]
-    mask = [int(x) for x in np.asarray(inputs[dg.masks[0]])[0]] if dg.masks else None
+    masks = dg.input_masks
+    mask = [int(x) for x in np.asarray(inputs[masks[0]])[0]] if masks else None
     check_room(len(prompt), steps, dg.context)
-    reference = _Reference(art.source, dg.tokens[0], dg.masks)
+    reference = _Reference(art.source, dg.tokens[0], dg.input_masks)
     reference(dict(inputs), g.outputs[0])  # a model ORT cannot run is invalid input, first
     prog = program(art, dg, decode_schedule, opts.precision)
     clock = _Clock(hook)
