@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # constraints.txt pins every package to the version the suite last passed with (pyproject.toml
 # keeps ranges); `make lock` refreshes it from the newest releases inside those ranges.
+# PIP_CONSTRAINT also pins pip's isolated build environment (setuptools, wheel), which -c
+# does not reach.
 LOCK := constraints.txt
 
 .PHONY: demo test lint bench clean lock
@@ -12,7 +14,7 @@ LOCK := constraints.txt
 $(STAMP): pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade -c $(LOCK) pip
-	$(BIN)/pip install -q -c $(LOCK) -e '.[dev]'
+	PIP_CONSTRAINT=$(LOCK) $(BIN)/pip install -q -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compiler import ir
 from compiler.errors import InfeasiblePlacementError
 from compiler.frontend import FrontendOptions, load_model
 from compiler.placement import place
@@ -59,11 +60,50 @@ class CompileOptions:
     check: bool = False
 
 
+KEEP_PLACEMENTS = 16  # Reuse keeps this many placements (a problem of a giant is ~1 MB)
+
+
+@dataclass
+class Reuse:
+    """What a run of compiles in one process (a sweep worker) shares: frontend graphs by
+    (model, frontend options), placements by (placement problem, solver options). A hit is
+    what computing it again would give: the frontend is a function of its key, and the
+    placement of a deterministic solve of an equal problem (non-deterministic solves are never
+    shared). `compile_model` names what it took from here in `CompileResult.reused`."""
+
+    graphs: dict[tuple[str, FrontendOptions], ir.Graph] = field(default_factory=dict)
+    placements: dict[tuple[PlacementProblem, SolverOptions], Placement] = field(
+        default_factory=dict)
+
+    def graph(self, model: str | Path, options: FrontendOptions, used: list[str]) -> ir.Graph:
+        key = (str(model), options)
+        if key in self.graphs:
+            used.append("frontend")
+        else:
+            self.graphs = {key: load_model(model, options)}  # the last model only: memory
+        return self.graphs[key]
+
+    def placement(self, problem: PlacementProblem, solver: SolverOptions, used: list[str],
+                  on_progress: ProgressHook | None) -> Placement:
+        key = (problem, solver)
+        if key in self.placements:
+            used.append("placement")
+            return self.placements[key]
+        placement = _place(problem, solver, on_progress)
+        if solver.deterministic:
+            if len(self.placements) >= KEEP_PLACEMENTS:  # the oldest goes
+                del self.placements[next(iter(self.placements))]
+            self.placements[key] = placement
+        return placement
+
+
 def compile_model(model: str | Path, target: str | Path | Target,
                   options: CompileOptions | None = None,
                   on_stage: StageHook | None = None, *, on_start: StartHook | None = None,
-                  on_progress: ProgressHook | None = None) -> CompileResult:
+                  on_progress: ProgressHook | None = None,
+                  reuse: Reuse | None = None) -> CompileResult:
     options = options or CompileOptions()
+    used: list[str] = []
     stage = Stages(on_stage, on_start)
     if isinstance(target, Target):
         tgt = target
@@ -71,14 +111,16 @@ def compile_model(model: str | Path, target: str | Path | Target,
         with stage("target"):
             tgt = load_target(target)
     with stage("frontend"):
-        graph = load_model(model, options.frontend)
+        graph = (reuse.graph(model, options.frontend, used) if reuse
+                 else load_model(model, options.frontend))
     with stage("tiling"):
         tiled = tile_graph(graph, tgt, options.tiling)
         if options.check:
             check(tiled_problems(graph, tiled, tgt), "tiled graph")
         problem = to_problem(tiled, tgt)
     with stage("placement"):
-        placement = _place(problem, options.solver, on_progress)
+        placement = (reuse.placement(problem, options.solver, used, on_progress) if reuse
+                     else _place(problem, options.solver, on_progress))
         placed = metrics(problem, placement)
     with stage("baseline"):
         baseline = _baseline(problem)
@@ -96,7 +138,8 @@ def compile_model(model: str | Path, target: str | Path | Target,
         if decode is not None:  # tokens/s from the decode schedule, not the prefill scaled
             estimates = {**estimates, Mode.DECODE: decode.estimate}
     return CompileResult(graph, tgt, tiled, problem, placement, placed, baseline, schedule,
-                         timelines, estimates, options, tuple(stage.times), same, decode)
+                         timelines, estimates, options, tuple(stage.times), same, decode,
+                         tuple(used))
 
 
 def _timelines_problems(timelines: dict[str, Timeline], schedule: Schedule) -> list[str]:

@@ -36,3 +36,4 @@ class CompileResult:
     # baseline for byte-hops (None when shelves cannot pack those rectangles)
     baseline_same_options: Metrics | None = None
     decode: DecodePlan | None = None  # the decode step of a causal LM (schedule/decode.py)
+    reused: tuple[str, ...] = ()  # stages taken from an earlier compile (driver.Reuse)

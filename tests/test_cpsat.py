@@ -27,6 +27,7 @@ from compiler.placement.check import (
     byte_hops_lower_bound,
     offchip_bytes_per_token,
     offchip_lower_bound,
+    validate,
     wafer_cycles,
 )
 from compiler.placement.cpsat import runner
@@ -160,3 +161,20 @@ def test_multi_wafer_ranges_are_contiguous_and_balanced() -> None:
     wafers = [r.wafer for r in pl.rects]
     assert wafers == sorted(wafers)
     assert max(wafer_cycles(p, pl)) == best_split(cycles, 3)
+
+
+def test_alike_wafers_are_solved_once_and_share_the_layout() -> None:
+    """A model's repeating unit: wafers with the same blocks, shapes and edges get one stage-2
+    solve (with all their time) and the same layout, said in the report."""
+    p = equal_chain(12, 4, 10, 10, wafers=3)
+    pl = place(p, "cpsat", **FAST)
+    assert not validate(p, pl)
+    by_wafer = {}
+    for rect in pl.rects:
+        by_wafer.setdefault(rect.wafer, []).append((rect.row, rect.col, rect.rows, rect.cols))
+    assert len(by_wafer) == 3
+    notes = dict(pl.report.stages)
+    shared = [k for k in (1, 2) if "its layout" in notes[f"wafer {k}"]]
+    assert shared  # at least one wafer reused an earlier one's layout ...
+    for k in shared:  # ... and holds exactly that layout
+        assert by_wafer[k] == by_wafer[int(notes[f"wafer {k}"].split("wafer ")[1][0])]

@@ -35,7 +35,7 @@ def _art(r) -> Artifact:
     return Artifact(r.graph.source or r.graph.name, r.graph, r.target, r.schedule)
 
 
-@pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny"])
+@pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny", "llama-tiny-opset23"])
 def test_greedy_decode_matches_onnx_runtime(model):
     r = compiled(model)
     assert r.decode is not None
@@ -63,6 +63,39 @@ def test_decode_schedule_holds_a_resident_cache_appended_in_place(model):
         assert any(st.writes[0].spec)  # split over the region's cores, not replicated
     assert all(st.scaling == FIXED for st in s.steps)
     assert dg.graph.tensor(r.graph.outputs[0]).shape[1] == 1  # the last token's logits
+
+
+def test_attention_op_reads_the_caches_and_a_per_step_mask():
+    """The ONNX Attention op (opset 23) in decode: K and V come from the resident caches, the
+    causal frontier from a boolean mask fed at t (the op's own is_causal would be top-left)."""
+    r = compiled("llama-tiny-opset23")
+    dg = r.decode.graph
+    ops = [op for op in dg.graph.ops if op.kind == "Attention"]
+    assert len(ops) == len(r.graph.blocks()) and len(dg.masks) == len(ops)
+    caches = {c.name for c in dg.caches}
+    for op, (mask, window) in zip(ops, dg.masks, strict=True):
+        assert set(op.inputs[1:3]) <= caches and op.inputs[3] == mask and window == -1
+        assert not op.attr("is_causal", 0)
+        assert dg.graph.tensor(mask).shape == (1, 1, 1, r.decode.schedule.context)
+    assert len([st for st in r.decode.schedule.steps if st.kind == "append"]) == len(caches)
+
+
+@pytest.mark.parametrize("window", [-1, 0, 3])
+def test_decode_mask_rows_are_the_causal_window_after_a_cache(window):
+    """Row t of the decode mask allows what Attention(is_causal, left_window_size) allows a
+    query after t cached keys (the executor's kernel), and masks the empty rows past t."""
+    from compiler import ir
+    from compiler.executor.kernels import _attention_bias
+    from compiler.schedule.decode_attention import mask_table
+
+    context = 10
+    table = mask_table(context, window)
+    op = ir.Op("a", "Attention", ("q", "k", "v"), ("y",),
+               (("is_causal", 1), ("left_window_size", window)))
+    for t in range(context):
+        bias = _attention_bias(op, None, None, 1, t + 1, t).reshape(-1)
+        want = np.concatenate([bias == 0, np.zeros(context - t - 1, bool)])
+        assert table[0, 0, t].tolist() == want.tolist()
 
 
 def test_decode_peak_is_counted_and_within_the_tiling_estimate():

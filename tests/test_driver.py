@@ -316,3 +316,29 @@ def test_check_names_the_first_problem_and_counts_the_rest():
     with pytest.raises(CheckError, match=r"^schedule: a \(and 2 more\)$"):
         check(["a", "b", "c"], "schedule")
     check([], "schedule")
+
+
+def test_reuse_shares_the_frontend_and_an_equal_problems_placement():
+    """A sweep worker's Reuse: a second compile of the same model takes the frontend's graph,
+    and the placement when its placement problem is equal (a target change the placer never
+    sees: off-chip latency); a change the tiling sees (SRAM) solves again. What is shared is
+    what a fresh compile gives."""
+    from compiler.target import load_target
+
+    base = load_target("mesh8x8")
+    slow = dataclasses.replace(base, offchip=dataclasses.replace(base.offchip, latency_s=1e-3))
+    small = dataclasses.replace(base, core=dataclasses.replace(base.core, sram_bytes=48 * 1024))
+    opts = driver.CompileOptions(solver=driver.SolverOptions(time_limit_s=10))
+    reuse = driver.Reuse()
+    first = driver.compile_model("gpt2-tiny", base, opts, reuse=reuse)
+    again = driver.compile_model("gpt2-tiny", slow, opts, reuse=reuse)
+    other = driver.compile_model("gpt2-tiny", small, opts, reuse=reuse)
+    fresh = driver.compile_model("gpt2-tiny", slow, opts)
+    assert first.reused == () and fresh.reused == ()
+    assert again.reused == ("frontend", "placement") and other.reused == ("frontend",)
+    assert again.problem == fresh.problem
+    assert again.placement.rects == fresh.placement.rects
+    assert again.placement.options == fresh.placement.options
+    assert again.placement.report.stages == fresh.placement.report.stages
+    assert again.estimates == fresh.estimates  # priced with its own target
+    assert again.estimates["prefill"].seconds != first.estimates["prefill"].seconds

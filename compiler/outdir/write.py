@@ -203,7 +203,24 @@ def artifact_files(result: CompileResult, report: bool = True) -> dict[str, str]
 
 
 def dumps(doc: Any) -> str:
-    return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+    """JSON for people and tools alike: objects open one key a line (three levels deep), a list
+    of objects or lists one element a line, everything inside an element on its line.
+    json.dumps(indent=...) runs the pure-Python encoder (5 s of a 405B compile's artifacts);
+    every element here goes through the C one."""
+    return _pretty(doc, 0) + "\n"
+
+
+PRETTY_DEPTH = 3  # objects this deep or deeper are written on one line
+
+
+def _pretty(value: Any, depth: int) -> str:
+    pad = " " * (depth + 1)
+    if isinstance(value, dict) and value and depth < PRETTY_DEPTH:
+        items = (f"{pad}{json.dumps(str(k))}: {_pretty(v, depth + 1)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        return "[\n" + ",\n".join(pad + json.dumps(v) for v in value) + "\n" + " " * depth + "]"
+    return json.dumps(value)
 
 
 def verify_text(doc: dict[str, Any]) -> str:

@@ -82,6 +82,9 @@ class DecodeGraph:
     feeds: tuple[PositionFeed, ...]
     context: int
     tokens: tuple[str, ...]  # the token-id inputs (one id per sequence)
+    # per-step boolean masks made from t (not tables of the model): (feed name, left window or
+    # -1), for the ONNX Attention op (compiler/schedule/decode_attention.py)
+    masks: tuple[tuple[str, int], ...] = ()
     input_masks: tuple[str, ...] = ()  # attention-mask inputs: [batch, context] per step (host)
 
 
@@ -96,6 +99,10 @@ def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int) -> DecodeGraph:
     prefill, g1 = host_masks(prefill, masks), without_presents(host_masks(g1, masks))
     _check_pair(prefill, g1)
     cores = _attention_cores(g1)
+    if not cores and _has_attention_op(g1):
+        from compiler.schedule.decode_attention import attention_op_decode
+
+        return attention_op_decode(prefill, g1, context)
     if not cores:
         raise DecodeUnsupported(f"{g1.name} has no attention core (MatMul, Softmax, MatMul)")
     shapes = {t.name: t.shape for t in g1.tensors}
@@ -141,6 +148,10 @@ def _check_causal(g1: ir.Graph, feeds: tuple[PositionFeed, ...]) -> None:
     if not any(f.query_axes and f.key_axes for f in feeds):
         raise DecodeUnsupported(f"{g1.name} has no causal mask on its attention scores (an "
                                 "encoder attends to every position): decode needs a causal LM")
+
+
+def _has_attention_op(g: ir.Graph) -> bool:
+    return any(op.kind == "Attention" for op in g.ops)
 
 
 def _device_ops(g: ir.Graph) -> list[tuple[str, str]]:
@@ -296,6 +307,8 @@ def _reshape_path(g: ir.Graph, widened: set[str]) -> ir.Graph:
         if not any(n in changed for n in op.inputs if n):
             continue
         ins = [tensors[n].shape for n in op.inputs if n]
+        if op.kind == "Attention":  # reads whole caches and a key-long mask; out: the query's
+            continue
         if op.kind == "MatMul":
             out = np.broadcast_shapes(ins[0][:-2], ins[1][:-2]) + (ins[0][-2], ins[1][-1])
         elif op.kind in _PATH_OPS:
@@ -449,8 +462,9 @@ def _precheck(g: ir.Graph) -> None:
             raise DecodeUnsupported(f"input {name} is not a [batch, seq] token-id input "
                                     "(decode takes token ids and an attention mask)")
     g = host_masks(g, masks)
-    if not _attention_cores(g):
-        raise DecodeUnsupported(f"{g.name} has no attention core (MatMul, Softmax, MatMul)")
+    if not _attention_cores(g) and not _has_attention_op(g):
+        raise DecodeUnsupported(f"{g.name} has no attention core (MatMul, Softmax, MatMul, or "
+                                "an Attention op)")
 
 
 def _quiet_load(source: str, batch: int | None, seq: int, shape_only: bool) -> ir.Graph:

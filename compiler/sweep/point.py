@@ -14,7 +14,7 @@ from pathlib import Path
 
 from compiler import __version__
 from compiler.atomic import write_atomic
-from compiler.driver import compile_model
+from compiler.driver import Reuse, compile_model
 from compiler.errors import (
     CapacityError,
     InfeasiblePlacementError,
@@ -52,10 +52,16 @@ class PointResult:
     verify_max_abs: float | None = None
     compile_s: float = 0.0
     verify_s: float = 0.0
+    # stages taken from an earlier point in the same worker (same model and frontend options;
+    # an equal placement problem and solver options): "frontend", "placement"
+    reused: tuple[str, ...] = ()
 
     @property
     def cacheable(self) -> bool:
         return not self.internal
+
+
+_REUSE = Reuse()  # per process: a worker's points share their frontend and placements
 
 
 def run_point(spec: PointSpec) -> PointResult:
@@ -81,7 +87,7 @@ def _compile(spec: PointSpec) -> PointResult:
     if spec.target is None:
         raise TargetError(spec.target_error)
     t0 = time.perf_counter()
-    r = compile_model(spec.model, spec.target, spec.options)
+    r = compile_model(spec.model, spec.target, spec.options, reuse=_REUSE)
     compiled = _since(t0)
     d, p = r.estimates[Mode.DECODE], r.estimates[Mode.PREFILL]
     out = PointResult(
@@ -90,7 +96,7 @@ def _compile(spec: PointSpec) -> PointResult:
         cores_used=r.metrics.cores_used, wafers_used=r.metrics.wafers_used,
         decode_context=r.tiled.context, decode_batch=r.tiled.batch,
         prompt_resident=r.tiled.prompt_resident,
-        solver_status=r.placement.report.status, compile_s=compiled)
+        solver_status=r.placement.report.status, compile_s=compiled, reused=r.reused)
     return _verify(spec, r, out) if spec.verify else out
 
 
@@ -125,7 +131,8 @@ def load_cached(sweep_dir: Path, spec: PointSpec) -> PointResult | None:
         doc = json.loads(cache_path(sweep_dir, spec.key).read_text())
         if doc.get("schema_version") != SCHEMA_VERSION or doc.get("key") != spec.key:
             return None
-        return PointResult(**doc["result"])
+        result = doc["result"]
+        return PointResult(**{**result, "reused": tuple(result.get("reused", ()))})
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
 

@@ -142,11 +142,14 @@ def program(art: Artifact, dg, decode_schedule, precision: str):
     from compiler.executor import host_constants
     from compiler.executor.generate import DecodeProgram, MaskTables
     from compiler.schedule.decode import load_tables, mask_dependent
+    from compiler.schedule.decode_attention import mask_table
 
     big = load_tables(art.source, dg, dict(art.graph.dims).get("batch"))
     consts = host_constants(big, art.target, precision)
+    masks = {name: mask_table(dg.context, window) for name, window in dg.masks}
     masked = mask_dependent(big, dg.input_masks)
-    tables = {f.name: consts[f.name] for f in dg.feeds if f.name not in masked}
+    tables = {f.name: masks[f.name] if f.name in masks else consts[f.name] for f in dg.feeds
+              if f.name not in masked}
     hosted = frozenset(f.name for f in dg.feeds if f.name in masked)
     return DecodeProgram(art.schedule, art.graph, decode_schedule, dg.graph,
                          tuple((c.prefill, c.name, c.axis) for c in dg.caches),

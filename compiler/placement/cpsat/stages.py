@@ -95,18 +95,37 @@ def solve(
     residency, layouts = _stages_1(r)
     if residency is None or layouts is None:
         return _greedy_fallback(r)
-    placed = {k: place_wafer(inst, _wafer_share(r, layouts, k), r.clock, f"wafer {k}")
-              for k, inst in sorted(layouts.items())}
-    for k, lay in placed.items():
-        r.stages.append((f"wafer {k}", f"{len(layouts[k].dims)} blocks; {lay.summary}"))
+    placed = _place_wafers(r, layouts)
     return _assemble(r, residency, layouts, placed)
 
 
+def _place_wafers(r: _Run, layouts: dict[int, LayoutInstance]) -> dict[int, WaferLayout]:
+    """Stage 2 on each wafer. Wafers with the same instance (blocks, shapes, edges, hint: a
+    model's repeating unit, e.g. 6 alike blocks on each of 20 wafers) are solved once, with the
+    time all of them would have had, and share the layout."""
+    placed: dict[int, WaferLayout] = {}
+    first: dict[LayoutInstance, int] = {}
+    for k, inst in sorted(layouts.items()):
+        blocks = f"{len(inst.dims)} blocks; "
+        if inst in first:
+            placed[k] = placed[first[inst]]
+            r.stages.append((f"wafer {k}", f"{blocks}the blocks, shapes and edges of wafer "
+                             f"{first[inst]}: its layout"))
+            continue
+        first[inst] = k
+        placed[k] = place_wafer(inst, _wafer_share(r, layouts, k), r.clock, f"wafer {k}")
+        r.stages.append((f"wafer {k}", blocks + placed[k].summary))
+    return placed
+
+
 def _wafer_share(r: _Run, layouts: dict[int, LayoutInstance], k: int) -> float:
-    """This wafer's part of the time left, by its edges among the wafers not yet solved."""
+    """This wafer's part of the time left, by its edges among the wafers not yet solved
+    (with the edges of the later wafers that will reuse its layout)."""
     weights = {j: len(inst.edges) for j, inst in layouts.items() if j >= k}
-    total = sum(weights.values())
-    return r.clock.left * weights[k] / total if total else 0.0
+    mine = sum(w for j, w in weights.items() if layouts[j] == layouts[k])
+    first = {inst: j for j, inst in sorted(layouts.items(), reverse=True)}  # lowest j wins
+    total = sum(w for j, w in weights.items() if first[layouts[j]] >= k)
+    return r.clock.left * mine / total if total else 0.0
 
 
 def _note_deadline(r: _Run) -> None:
