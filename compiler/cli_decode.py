@@ -114,7 +114,8 @@ def require_plan(result, steps: int) -> None:
 
     if result.decode is None:
         raise NoDecodeSchedule(f"{result.graph.name} has no decode schedule: --decode needs a "
-                               "causal LM whose only inputs are token ids, with weights")
+                               "causal LM whose inputs are token ids (and an attention mask), "
+                               "with weights")
     g = result.graph
     check_room(g.tensor(g.inputs[0]).shape[-1], steps, result.decode.graph.context)
 

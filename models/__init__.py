@@ -65,9 +65,19 @@ def _entry(name: str, family: Family, description: str, config: Config) -> ZooEn
 _ENTRIES = (
     _entry("gpt2-tiny", "gpt2", "GPT-2 toy: 2 layers, hidden 64, 4 heads, vocab 256, fp32",
            GPT2Config(**_TINY, intermediate=256, max_positions=128)),
+    _entry("gpt2-tiny-mask", "gpt2",
+           "gpt2-tiny with an attention_mask input [batch, seq] (padding), as HF exports have",
+           GPT2Config(**_TINY, intermediate=256, max_positions=128, attention_mask=True)),
+    _entry("gpt2-tiny-past", "gpt2",
+           "gpt2-tiny exported with past (use_cache): past_key_values.N.key|value in, "
+           "present.N.key|value out", GPT2Config(**_TINY, intermediate=256, max_positions=128,
+                                                 past=True)),
     _entry("llama-tiny", "llama",
            "LLaMA toy: 2 layers, hidden 64, 4 heads / 2 kv heads (GQA), vocab 256, fp32",
            _LLAMA_TINY),
+    _entry("llama-tiny-past", "llama",
+           "llama-tiny exported with past (use_cache): GQA caches at 2 kv heads, rotary and "
+           "mask from the past length", replace(_LLAMA_TINY, past=True)),
     _entry("llama-tiny-opset23", "llama",
            "llama-tiny at opset 23, with the RMSNormalization and Attention ops",
            replace(_LLAMA_TINY, opset=23)),
@@ -75,6 +85,8 @@ _ENTRIES = (
            BertConfig(**_TINY, intermediate=128, max_positions=64)),
     _entry("gpt2-small", "gpt2", "GPT-2 small (124M), tied lm_head, random N(0, 0.02) weights",
            GPT2Config()),
+    _entry("gpt2-small-past", "gpt2", "gpt2-small exported with past (use_cache)",
+           GPT2Config(past=True)),
     _entry("llama3-8b", "llama", "Llama 3 8B shapes, fp16, shape-only (external weights)",
            LlamaConfig(**_LLAMA3, hidden=4096, layers=32, heads=32, intermediate=14336)),
     _entry("llama3-70b", "llama", "Llama 3 70B shapes, fp16, shape-only (external weights)",

@@ -9,7 +9,7 @@ causal mask, a SwiGLU MLP and no biases. Linear weights are stored [in, out].
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -48,6 +48,8 @@ class LlamaConfig:
     default_seq: int = 128
     seed: int = 0
     init_std: float = 0.02  # HF `initializer_range`
+    # with past (out of repr, as GPT2Config's variants): past_key_values.N.* in, present.N.* out
+    past: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         check_common(self.dtype, self.hidden, self.heads, self.opset)
@@ -71,21 +73,52 @@ def build_llama(cfg: LlamaConfig, *, name: str = "llama") -> onnx.ModelProto:
     b = GraphBuilder(name, dtype=cfg.dtype, opset=cfg.opset, shape_only=cfg.shape_only,
                      seed=cfg.seed, init_std=cfg.init_std)
     ids = b.input("input_ids", TensorProto.INT64, ["batch", "seq"])
+    pasts = [_past_inputs(b, cfg, i) for i in range(cfg.layers)] if cfg.past else []
     embed = b.weight("model.embed_tokens.weight", (cfg.vocab, cfg.hidden))
     x = b.op("/model/embed_tokens", "Gather", embed, ids)
     seq = seq_len(b, "/model", ids)
-    cos, sin = _rotary(b, cfg, position_ids(b, "/model", seq))
-    mask = None if cfg.native_ops else causal_additive_mask(b, "/model", seq)
+    if pasts:
+        positions, mask = _past_positions(b, cfg, seq, pasts[0][0])
+    else:
+        positions = position_ids(b, "/model", seq)
+        mask = None if cfg.native_ops else causal_additive_mask(b, "/model", seq)
+    cos, sin = _rotary(b, cfg, positions)
     for i in range(cfg.layers):
-        x = _layer(b, cfg, i, x, (cos, sin), mask)
+        x = _layer(b, cfg, i, x, (cos, sin), mask, pasts[i] if pasts else None)
     x = _rms_norm(b, cfg, "/model/norm", x, "model.norm")
     head = (b.op("/lm_head", "Transpose", embed, perm=(1, 0)) if cfg.tie_embeddings
             else b.weight("lm_head.weight", (cfg.hidden, cfg.vocab)))
     b.op("/lm_head", "MatMul", x, head, out="logits")
     b.output("logits", ["batch", "seq", cfg.vocab])
+    for i in range(cfg.layers if cfg.past else 0):
+        for kv in ("key", "value"):
+            b.output(f"present.{i}.{kv}", ["batch", cfg.kv_heads, "total_seq", cfg.head_dim])
     doc = f"LLaMA ({cfg.layers} layers, hidden {cfg.hidden}, GQA {cfg.heads}/{cfg.kv_heads})"
     return b.model(doc=f"{doc}, built by wafer.zoo",
                    metadata={"wafer.default_dims": f"batch=1,seq={cfg.default_seq}"})
+
+
+def _past_inputs(b: GraphBuilder, cfg: LlamaConfig, i: int) -> tuple[str, str]:
+    dims = ["batch", cfg.kv_heads, "past_seq", cfg.head_dim]
+    return (b.input(f"past_key_values.{i}.key", b.onnx_dtype, dims),
+            b.input(f"past_key_values.{i}.value", b.onnx_dtype, dims))
+
+
+def _past_positions(b: GraphBuilder, cfg: LlamaConfig, seq: str,
+                    past: str) -> tuple[str, str | None]:
+    """Positions past..past+seq-1 ([1, seq]) and the additive causal mask's rows past.. of
+    [past+seq, past+seq] (HF's cache_position)."""
+    s = "/model"
+    start = b.op(s, "Gather", b.op(s, "Shape", past), b.int_scalar(s, 2), axis=0)
+    total = b.op(s, "Add", start, seq)
+    positions = b.op(s, "Unsqueeze", b.op(s, "Range", start, total, b.int_scalar(s, 1)),
+                     b.ints(s, [0]))
+    if cfg.native_ops:
+        return positions, None
+    rows = b.op(s, "Unsqueeze", start, b.ints(s, [0]))
+    mask = b.op(s, "Slice", causal_additive_mask(b, s, total), rows,
+                b.op(s, "Unsqueeze", total, b.ints(s, [0])), b.ints(s, [0]))
+    return positions, mask
 
 
 def _rotary(b: GraphBuilder, cfg: LlamaConfig, positions: str) -> tuple[str, str]:
@@ -103,10 +136,11 @@ def _rotary(b: GraphBuilder, cfg: LlamaConfig, positions: str) -> tuple[str, str
 
 
 def _layer(b: GraphBuilder, cfg: LlamaConfig, i: int, x: str, rope: tuple[str, str],
-           mask: str | None) -> str:
+           mask: str | None, past: tuple[str, str] | None = None) -> str:
     s, p = f"/model/layers.{i}", f"model.layers.{i}"
     h = _rms_norm(b, cfg, f"{s}/input_layernorm", x, f"{p}.input_layernorm")
-    x = b.op(s, "Add", x, _attention(b, cfg, f"{s}/self_attn", f"{p}.self_attn", h, rope, mask))
+    x = b.op(s, "Add", x, _attention(b, cfg, f"{s}/self_attn", f"{p}.self_attn", h, rope, mask,
+                                     past, i))
     h = _rms_norm(b, cfg, f"{s}/post_attention_layernorm", x, f"{p}.post_attention_layernorm")
     return b.op(s, "Add", x, _mlp(b, cfg, f"{s}/mlp", f"{p}.mlp", h))
 
@@ -133,7 +167,8 @@ def _reduce_mean(b: GraphBuilder, s: str, x: str) -> str:
 
 
 def _attention(b: GraphBuilder, cfg: LlamaConfig, s: str, p: str, x: str,
-               rope: tuple[str, str], mask: str | None) -> str:
+               rope: tuple[str, str], mask: str | None, past: tuple[str, str] | None = None,
+               i: int = 0) -> str:
     hid, hd, kv_dim = cfg.hidden, cfg.head_dim, cfg.kv_heads * cfg.head_dim
     q_dim = cfg.heads * hd  # = hidden for Llama; wider for Qwen3's explicit head_dim
     q = split_heads(b, s, linear(b, f"{s}/q_proj", x, f"{p}.q_proj", hid, q_dim, False), -1, hd)
@@ -141,6 +176,9 @@ def _attention(b: GraphBuilder, cfg: LlamaConfig, s: str, p: str, x: str,
     v = split_heads(b, s, linear(b, f"{s}/v_proj", x, f"{p}.v_proj", hid, kv_dim, False), -1, hd)
     cos, sin = (b.op(s, "Unsqueeze", t, b.ints(s, [1])) for t in rope)
     q, k = _apply_rotary(b, cfg, s, q, cos, sin), _apply_rotary(b, cfg, s, k, cos, sin)
+    if past is not None:  # DynamicCache.update: cat((past, new), dim=-2), at the KV-head count
+        k = b.op(s, "Concat", past[0], k, axis=2, out=f"present.{i}.key")
+        v = b.op(s, "Concat", past[1], v, axis=2, out=f"present.{i}.value")
     if cfg.native_ops:
         context = b.op(s, "Attention", q, k, v, is_causal=1, scale=1.0 / math.sqrt(hd))
     else:

@@ -330,3 +330,152 @@ def test_an_append_at_the_wrong_position_changes_the_logits():
         for pos, tok in enumerate(prompt):
             logits = step(prog, m, tok, pos + shift * (pos > 0))
         assert compare("logits", logits, ref[:, -1], 1e-4, 1e-3).passed is ok
+
+
+# --- attention_mask inputs: a [batch, context] mask per step, padding following t -------------
+
+FIXTURES = "tests/fixtures"
+
+
+@functools.cache
+def compiled_file(path: str, seq: int = 8, context: int = 8 + STEPS):
+    from compiler.frontend import DimRequest, FrontendOptions
+
+    opts = CompileOptions(frontend=FrontendOptions(DimRequest(batch=1, seq_len=seq)),
+                          tiling=TilingOptions(context=context, prompt_resident=True),
+                          solver=SolverOptions(time_limit_s=10))
+    return compile_model(path, "mesh8x8", opts)
+
+
+@pytest.mark.parametrize("model", ["gpt2-tiny-mask",
+                                   f"{FIXTURES}/gpt2_torchscript_op20_dynamic.onnx",
+                                   f"{FIXTURES}/llama_dynamo_op18_dynamic.onnx"])
+def test_decode_with_an_attention_mask_matches_onnx_runtime(model):
+    """HF-style models with input_ids and attention_mask: the mask is a host feed, its rows at t
+    reach the decode step, ORT gets the growing mask."""
+    r = compiled(model) if not model.endswith(".onnx") else compiled_file(model)
+    assert r.decode is not None
+    dg = r.decode.graph
+    assert dg.input_masks == ("attention_mask",) and dg.tokens == ("input_ids",)
+    assert "attention_mask" not in dg.graph.inputs  # expanded on the host, rows fed per step
+    keyed = [f for f in dg.feeds if f.key_axes]
+    assert keyed and all(dg.graph.tensor(f.name).shape[f.key_axes[0]] == dg.context
+                         for f in keyed)
+    rep = verify_decode(_art(r), dg, r.decode.schedule, STEPS, VerifyOptions())
+    assert rep.passed, "\n".join(rep.lines())
+    assert all(s.check.max_abs <= 1e-4 for s in rep.steps)
+
+
+def test_a_padded_prompt_mask_follows_every_decode_step(tmp_path):
+    """A left-padded prompt: its zeros stay masked in every decode step (ORT is fed the same
+    mask, grown by ones); the padding changes the tokens' logits, so a mask ignored would fail."""
+    from compiler.verify import random_inputs
+
+    r = compiled("gpt2-tiny-mask")
+    inputs = random_inputs(r.graph)
+    inputs["attention_mask"][0, :5] = 0
+    path = tmp_path / "in.npz"
+    np.savez(path, **inputs)
+    dg, s = r.decode.graph, r.decode.schedule
+    padded = verify_decode(_art(r), dg, s, 4, VerifyOptions(inputs=path))
+    assert padded.passed, "\n".join(padded.lines())
+    plain = verify_decode(_art(r), dg, s, 4, VerifyOptions())
+    assert plain.prompt == padded.prompt
+    prog = program(_art(r), dg, s, "fp32")
+    ones, pad = (generate(prog, r.target, list(padded.prompt), 3, prompt_mask=m).logits
+                 for m in ([1] * 16, [0] * 5 + [1] * 11))
+    assert all(np.abs(a - b).max() > 1e-3 for a, b in zip(ones, pad, strict=True))
+
+
+# --- with-past exports: past_key_values in, present out, mapped onto the resident cache --------
+
+
+@pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny"])
+def test_a_with_past_export_decodes_onto_the_resident_cache(model):
+    """MODEL-past (MODEL's weights, exported with past; llama's caches at 2 KV heads, rotary
+    and mask from the past length): prefill is its graph at past length 0, the decode step
+    reads the resident cache where the graph read Concat(past, new), and ORT runs its with-past
+    graph step by step; the tokens are the no-cache model's."""
+    r, plain = compiled(f"{model}-past"), compiled(model)
+    assert r.graph.inputs == ("input_ids",)
+    assert r.graph.outputs[1:] == tuple(f"present.{i}.{kv}" for i in range(2)
+                                        for kv in ("key", "value"))
+    assert r.decode is not None and r.decode.graph.graph.outputs == ("logits",)
+    assert [c.name for c in r.decode.graph.caches] == [c.name for c in plain.decode.graph.caches]
+    rep = verify_decode(_art(r), r.decode.graph, r.decode.schedule, STEPS, VerifyOptions())
+    assert rep.passed, "\n".join(rep.lines())
+    ref = verify_decode(_art(plain), plain.decode.graph, plain.decode.schedule, STEPS,
+                        VerifyOptions())
+    assert [s.token for s in rep.steps] == [s.token for s in ref.steps]
+
+
+def test_the_with_past_reference_feeds_present_back_as_past():
+    from compiler.verify import run_reference
+    from compiler.verify.decode import _Reference
+
+    ref = _Reference("gpt2-tiny-past", "input_ids")
+    assert len(ref.pasts) == 4
+    seq = [5, 17, 99, 3]
+    for n in range(len(seq), len(seq) + 4):
+        got = ref.last_logits(seq[:n], None, "logits")
+        assert ref.state is not None and ref.state[0] == seq[:n]
+        assert all(v.shape[2] == n for v in ref.state[1].values())  # the past grew to n
+        want = run_reference("gpt2-tiny", {"input_ids": np.asarray([seq[:n]])})["logits"]
+        np.testing.assert_allclose(got, want[:, -1], atol=1e-5)
+        seq.append(int(np.argmax(got[0])))
+
+
+def test_a_past_that_is_not_concatenated_is_refused_naming_its_reader(tmp_path, capsys):
+    import onnx
+
+    from compiler import zoo
+
+    model = zoo.build("gpt2-tiny-past")
+    model.graph.node.append(onnx.helper.make_node(
+        "Mul", ["past_key_values.1.value", "past_key_values.1.value"], ["sq"], name="/odd/Mul"))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["-q", "inspect", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert "past_key_values.1.value is read by Mul /odd/Mul" in err and err.count("\n") == 1
+
+
+def test_a_with_past_export_with_an_attention_mask_spanning_past_and_new(tmp_path, capsys):
+    """HF's with-past form: attention_mask [batch, past_seq + seq] beside the pasts; at past
+    length 0 its dim is the prompt's, and in decode it is the [batch, context] host feed."""
+    import onnx
+
+    from compiler import zoo
+
+    cfg = dataclasses.replace(zoo.ZOO["gpt2-tiny"].config, past=True, attention_mask=True)
+    model = zoo.build_gpt2(cfg, name="gpt2-tiny-past-mask")
+    dims = [d.dim_param for d in model.graph.input[-1].type.tensor_type.shape.dim]
+    assert model.graph.input[-1].name == "attention_mask" and dims == ["batch", "past_seq + seq"]
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    out = tmp_path / "out"
+    assert main(["-q", "compile", str(path), "-t", "mesh8x8", "-o", str(out), "--verify",
+                 "--decode", "6", "--time-limit", "10", "--no-report"]) == 0, capsys.readouterr()
+    doc = json.loads((out / "verify-decode.json").read_text())
+    assert doc["passed"] and doc["tokens"] == doc["reference_tokens"]
+    # from OUT again: the recorded dims bind the model without its pasts (past length 0)
+    assert main(["-q", "verify", str(out), "--decode", "3"]) == 0, capsys.readouterr()
+
+
+# --- HF causal-LM families (tests/fixtures/hf, tools/export_hf.py): no-cache and with-past -------
+
+HF_DECODING = ["mistral", "qwen2", "phi", "gpt_neox", "falcon", "gptj", "gemma2", "stablelm"]
+
+
+@pytest.mark.parametrize("form", ["", "_withpast"])
+@pytest.mark.parametrize("family", HF_DECODING)
+def test_hf_family_decodes_like_onnx_runtime(family, form):
+    """GQA (mistral, qwen2, gemma2), MQA (falcon), partial and interleaved rotary (phi,
+    gpt_neox, gptj, stablelm), sliding windows of 8 (mistral, gemma2; the 8-token prompt and
+    8 steps pass them), soft-capping (gemma2), parallel attention; with-past forms run in ORT
+    step by step. docs/performance.md lists the 32-step runs."""
+    r = compiled_file(f"{FIXTURES}/hf/{family}_dynamo_op18_dynamic{form}.onnx")
+    assert r.decode is not None and r.decode.graph.input_masks == ("attention_mask",)
+    rep = verify_decode(_art(r), r.decode.graph, r.decode.schedule, STEPS, VerifyOptions())
+    assert rep.passed, "\n".join(rep.lines())
+    assert all(s.check.max_abs <= 1e-4 for s in rep.steps)

@@ -21,10 +21,12 @@ from onnx import numpy_helper
 
 from compiler import zoo
 
-RUNNABLE = ["gpt2-tiny", "llama-tiny", "llama-tiny-opset23", "bert-tiny", "gpt2-small"]
+RUNNABLE = ["gpt2-tiny", "gpt2-tiny-mask", "llama-tiny", "llama-tiny-opset23", "bert-tiny",
+            "gpt2-small"]
 SHAPE_ONLY = ["llama3-8b", "llama3-70b", "llama3.1-405b", "mixtral-8x7b", "qwen3-30b-a3b",
               "qwen3-235b-a22b", "gpt-oss-120b", "llama4-maverick"]
 MOE = [n for n in zoo.names() if zoo.ZOO[n].family == "moe"]
+WITH_PAST = ["gpt2-tiny-past", "llama-tiny-past", "gpt2-small-past"]  # run in test_decode.py
 SEQ = 16
 
 
@@ -86,6 +88,8 @@ def run(name: str, ids: np.ndarray) -> list[np.ndarray]:
     feeds = {"input_ids": ids}
     if zoo.ZOO[name].family == "bert":
         feeds |= {"attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    if getattr(zoo.ZOO[name].config, "attention_mask", False):
+        feeds["attention_mask"] = np.ones_like(ids)
     return session(name).run(None, feeds)
 
 
@@ -145,7 +149,7 @@ def test_entry_builds_and_checks(name: str) -> None:
     else:
         onnx.checker.check_model(serialized(name), full_check=False)
     meta = {p.key: p.value for p in model.metadata_props}
-    seq = SEQ if name.endswith(("tiny", "opset23")) else 128
+    seq = SEQ if "-tiny" in name else 128
     extra = entry.config.metadata() if entry.family == "moe" else {}
     assert meta == {"wafer.zoo_name": name, "wafer.default_dims": f"batch=1,seq={seq}", **extra}
 
@@ -155,11 +159,14 @@ def test_strict_shape_inference_after_binding(name: str) -> None:
     model = built(name)
     if model.ByteSize() > 20 * 2**20:  # gpt2-small: infer on the weightless skeleton
         model = skeleton(model)
-    bound = bind(model, {"batch": 1, "seq": SEQ})
+    bound = bind(model, {"batch": 1, "seq": SEQ, "past_seq": 3, "total_seq": SEQ + 3})
     inferred = onnx.shape_inference.infer_shapes(bound, strict_mode=True, data_prop=True)
     cfg = zoo.ZOO[name].config
     expected = {"logits": [1, SEQ, cfg.vocab], "last_hidden_state": [1, SEQ, cfg.hidden],
                 "pooler_output": [1, cfg.hidden]}
+    expected |= {f"present.{i}.{kv}": [1, getattr(cfg, "kv_heads", cfg.heads), SEQ + 3,
+                                        cfg.hidden // cfg.heads]
+                 for i in range(cfg.layers) for kv in ("key", "value")}
     for out in inferred.graph.output:
         assert [d.dim_value for d in out.type.tensor_type.shape.dim] == expected[out.name]
 
@@ -213,7 +220,7 @@ def test_unknown_name_lists_valid_names() -> None:
 
 def test_catalogue() -> None:
     assert zoo.names() == list(zoo.ZOO)
-    assert set(RUNNABLE) | set(SHAPE_ONLY) == set(zoo.names())
+    assert set(RUNNABLE) | set(SHAPE_ONLY) | set(WITH_PAST) == set(zoo.names())
     assert all(zoo.ZOO[n].shape_only for n in SHAPE_ONLY)
     assert not any(zoo.ZOO[n].shape_only for n in RUNNABLE)
 
@@ -256,6 +263,22 @@ def test_runs_in_onnxruntime(name: str) -> None:
                 else [(1, SEQ, cfg.vocab)])
     assert [o.shape for o in outputs] == expected
     assert all(np.isfinite(o).all() for o in outputs)
+
+
+def test_padding_mask_matches_gpt2_tiny() -> None:
+    """gpt2-tiny-mask is gpt2-tiny (same weights) with all-ones masks; a padded key is ignored
+    by every later query."""
+    ids = token_ids(256)
+    ones = np.ones_like(ids)
+    np.testing.assert_allclose(run("gpt2-tiny-mask", ids)[0], run("gpt2-tiny", ids)[0],
+                               atol=1e-6)
+    padded = ones.copy()
+    padded[0, 0] = 0
+    changed = ids.copy()
+    changed[0, 0] = (changed[0, 0] + 7) % 256
+    a, b = (session("gpt2-tiny-mask").run(None, {"input_ids": i, "attention_mask": padded})[0]
+            for i in (ids, changed))
+    np.testing.assert_allclose(a[0, 1:], b[0, 1:], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["gpt2-tiny", "llama-tiny", "llama-tiny-opset23"])

@@ -17,22 +17,54 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compiler import ir
+from compiler.executor.kernels import KERNELS, Ctx
 from compiler.executor.run import (
     _STEP,
     CacheOverflow,
     ExecResult,
     ScheduleFault,
+    _as_dtype,
     _free_dead,
     _last_uses,
     _Machine,
+    _whole,
     host_constants,
     run_schedule,
 )
 from compiler.schedule.build import Schedule
+from compiler.schedule.decode import step_mask
 from compiler.target import Target
+from compiler.tiling.layouts import replicated
 from compiler.vocab import Phase, StepKind
 
 StepHook = Callable[[int, int, np.ndarray], None] | None  # (step, position, logits)
+
+
+@dataclass(frozen=True)
+class MaskTables:
+    """The feeds that follow an attention mask: the model at seq = context (`big`) evaluated on
+    the host from the step's [batch, context] masks and its constants (`consts`), by the
+    model's own ops (the mask's expansion into the attention's mask rows)."""
+
+    big: ir.Graph
+    consts: Mapping[str, np.ndarray]
+    names: frozenset[str]  # the feeds among them
+
+    def __call__(self, masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        g, found = self.big, set(masks)
+        values = {**self.consts, **{n: _as_dtype(g, n, np.asarray(v)) for n, v in masks.items()}}
+        ctx = Ctx(1, 1)
+        for op in g.ops:
+            ins = [n for n in op.inputs if n]
+            if not (any(n in found for n in ins) and all(n in values for n in ins)):
+                continue
+            operands = [_whole(g, n, values) if n else None for n in op.inputs]
+            outs = [o for o in op.outputs if o]
+            shapes = [(g.tensor(o).shape, replicated(len(g.tensor(o).shape))) for o in outs]
+            for name, arr in zip(outs, KERNELS[op.kind](op, operands, shapes, ctx), strict=True):
+                values[name] = _as_dtype(g, name, np.asarray(arr)[0, 0])
+            found.update(outs)
+        return {n: values[n] for n in self.names}
 
 
 @dataclass(frozen=True)
@@ -49,6 +81,8 @@ class DecodeProgram:
     tables: Mapping[str, np.ndarray]
     token_input: str
     logits: str
+    masks: tuple[str, ...] = ()  # attention-mask inputs ([batch, context] per step)
+    mask_tables: MaskTables | None = None  # the mask-dependent feeds' tables from the masks
 
 
 @dataclass
@@ -63,12 +97,15 @@ class Generation:
 
 def generate(p: DecodeProgram, target: Target, prompt: Sequence[int], new_tokens: int,
              precision: str = "fp32", hook: StepHook = None,
-             keep: frozenset[str] = frozenset()) -> Generation:
+             keep: frozenset[str] = frozenset(),
+             prompt_mask: Sequence[int] | None = None) -> Generation:
     """`new_tokens` greedy tokens after `prompt` (batch 1): the first from prefill (the prefill
     schedule when the prompt has its compiled length, else decode steps over the prompt), the
     rest from one decode step each. `keep`: decode-graph tensors whose whole values each token's
-    decode step records (in `Generation.values`; none for a token the prefill schedule made)."""
+    decode step records (in `Generation.values`; none for a token the prefill schedule made).
+    `prompt_mask`: the prompt's attention mask (default all ones); later positions are 1."""
     prompt = [int(x) for x in prompt]
+    mask = [1] * len(prompt) if prompt_mask is None else [int(x) for x in prompt_mask]
     context = _context(p)
     if len(prompt) + new_tokens - 1 > context:
         raise CacheOverflow(f"a {len(prompt)}-token prompt and {new_tokens} new tokens need "
@@ -78,16 +115,16 @@ def generate(p: DecodeProgram, target: Target, prompt: Sequence[int], new_tokens
     out = Generation(prompt)
     prompt_len = p.prefill_graph.tensor(p.token_input).shape[-1]
     if len(prompt) == prompt_len:
-        caches, logits = _prefill(p, target, prompt, precision)
+        caches, logits = _prefill(p, target, prompt, precision, mask)
         m = start(p, target, caches, precision, keep)
         _record(out, logits, len(prompt) - 1, hook, {})
     else:
         m = start(p, target, {}, precision, keep)
         for pos, tok in enumerate(prompt):
-            logits = step(p, m, tok, pos)
+            logits = step(p, m, tok, pos, mask)
         _record(out, logits, len(prompt) - 1, hook, m.result.values)
     for pos in range(len(prompt), len(prompt) + new_tokens - 1):
-        _record(out, step(p, m, out.tokens[-1], pos), pos, hook, m.result.values)
+        _record(out, step(p, m, out.tokens[-1], pos, mask), pos, hook, m.result.values)
     out.peak_bytes = dict(m.peak)
     return out
 
@@ -106,15 +143,15 @@ def _record(out: Generation, logits: np.ndarray, pos: int, hook: StepHook,
         hook(len(out.tokens) - 1, pos, logits)
 
 
-def _prefill(p: DecodeProgram, target: Target, prompt: list[int],
-             precision: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _prefill(p: DecodeProgram, target: Target, prompt: list[int], precision: str,
+             mask: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The prefill schedule on the prompt: its last logits, and every cache's content (the
     K/V the prompt wrote, zero past it)."""
     dtype = _int_dtype(p.prefill_graph, p.token_input)
-    ids = np.asarray([prompt], dtype)
+    feed = {p.token_input: np.asarray([prompt], dtype)}
+    feed.update({n: np.asarray([mask], _int_dtype(p.prefill_graph, n)) for n in p.masks})
     keep = frozenset(src for src, _, _ in p.caches)
-    run = run_schedule(p.prefill, p.prefill_graph, target, {p.token_input: ids}, precision,
-                       keep)
+    run = run_schedule(p.prefill, p.prefill_graph, target, feed, precision, keep)
     caches = {}
     for src, name, axis in p.caches:
         value = run.values[src]
@@ -157,9 +194,11 @@ def _cache_names(p: DecodeProgram) -> list[str]:
     return [name for _, name, _ in p.caches]
 
 
-def step(p: DecodeProgram, m: _Machine, token: int, position: int) -> np.ndarray:
+def step(p: DecodeProgram, m: _Machine, token: int, position: int,
+         prompt_mask: Sequence[int] = ()) -> np.ndarray:
     """One decode step of `token` at absolute `position` on the decode machine: the logits
-    [batch, vocab]."""
+    [batch, vocab]. With attention-mask inputs, the step's mask is `prompt_mask` over the
+    prompt's positions and 1 up to `position`."""
     g = p.decode_graph
     if not 0 <= position < p.decode.context:
         raise CacheOverflow(f"KV cache overflow: a decode step at position {position} is past "
@@ -167,8 +206,12 @@ def step(p: DecodeProgram, m: _Machine, token: int, position: int) -> np.ndarray
                             "larger --context")
     m.position = position
     feed = {p.token_input: np.asarray([[token]], _int_dtype(g, p.token_input))}
+    tables = p.tables
+    if p.mask_tables is not None:
+        mask = step_mask(prompt_mask, position, p.decode.context)
+        tables = {**tables, **p.mask_tables({n: mask for n in p.masks})}
     for name, query_axes in p.feeds:
-        table = np.asarray(p.tables[name])
+        table = np.asarray(tables[name])
         index = tuple(slice(position, position + 1) if i in query_axes else slice(None)
                       for i in range(table.ndim))
         feed[name] = np.ascontiguousarray(table[index])

@@ -34,6 +34,7 @@ from compiler.frontend.external import ExternalRef, data_available
 from compiler.frontend.layers import group_layers, mark_moe
 from compiler.frontend.moe import attach_moe, storage_widths
 from compiler.frontend.ops import check_control_flow, check_supported
+from compiler.frontend.past import bind_past, strip_past
 from compiler.frontend.tables import check_table_lookups
 from compiler.frontend.validate import check_model, normalize_domains, read_model
 
@@ -51,7 +52,10 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     digest = source_digest(source)
     check_control_flow(model)
     InlinePass()(model)
+    pasts = {v.name: v for v in model.graph.inputs}
+    past_axes = strip_past(model)  # a with-past export: its graph at past length 0
     dims = bind_dims(model, options.dims)
+    bind_past(model, past_axes, pasts, dict(dims))
     source_weights = set(model.graph.initializers)
     _fold(model, source_weights)
     check_table_lookups(model, dims)  # a --seq-len beyond a position table, before ORT sees it

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +53,7 @@ from compiler.vocab import Mode, Phase, StepKind
 
 APPEND = StepKind.APPEND  # writes a step's own K/V into its cache at position t
 _PATH_OPS = frozenset({"Div", "Mul", "Add", "Sub", "Where", "Softmax", "Cast", "Identity",
-                       "Dropout", "Neg", "Max", "Min"})
+                       "Dropout", "Neg", "Max", "Min", "IsNaN", "Tanh"})
 
 
 class DecodeUnsupported(ValueError):
@@ -88,6 +88,7 @@ class DecodeGraph:
     masks: tuple[tuple[str, int], ...] = ()
     # GQA caches before the grouped-query repeat (KV heads) rather than after it (query heads)
     grouped: bool = False
+    input_masks: tuple[str, ...] = ()  # attention-mask inputs: [batch, context] per step (host)
 
 
 # --- the decode-step graph ----------------------------------------------------------------------
@@ -98,6 +99,8 @@ def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int,
     """`g1` (the model at seq 1) turned into one decode step over a `context`-long cache;
     `prefill` (the same model at its prompt length, >= 2) tells which dims follow the sequence.
     Raises DecodeUnsupported naming what does not fit the pattern."""
+    masks = mask_inputs(g1)
+    prefill, g1 = host_masks(prefill, masks), without_presents(host_masks(g1, masks))
     _check_pair(prefill, g1)
     cores = _attention_cores(g1)
     if not cores and _has_attention_op(g1):
@@ -126,10 +129,12 @@ def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int,
             caches.append(KVCache(layer, name, new, new, grown[0]))
             renames[(reader.name, slot)] = name
     feeds = _position_feeds(prefill, g1, cores, context, shapes)
+    _check_causal(g1, feeds)
     graph = _rebuild(prefill, g1, caches, feeds, renames, shapes)
     tokens = tuple(n for n in g1.inputs)
     grouped = any(c.new != op.inputs[1] for c, op in zip(caches, _readers(cores), strict=True))
-    return DecodeGraph(graph, tuple(caches), feeds, context, tokens, grouped=grouped)
+    return DecodeGraph(graph, tuple(caches), feeds, context, tokens, input_masks=masks,
+                       grouped=grouped)
 
 
 def _readers(cores) -> list[ir.Op]:
@@ -172,9 +177,17 @@ def _check_pair(prefill: ir.Graph, g1: ir.Graph) -> None:
         raise DecodeUnsupported("the prompt has one token: compile with --seq-len >= 2")
     for name in g1.inputs:
         t = g1.tensor(name)
-        if t.dtype.is_float or len(t.shape) != 2 or t.shape[-1] != 1:
+        if t.dtype.is_float or len(t.shape) != 2 or t.shape[-1] != 1 or name != g1.inputs[0]:
             raise DecodeUnsupported(f"input {name} is not a [batch, seq] token-id input "
-                                    "(decode takes models whose only inputs are token ids)")
+                                    "(decode takes token ids and an attention mask)")
+
+
+def _check_causal(g1: ir.Graph, feeds: tuple[PositionFeed, ...]) -> None:
+    """A causal LM masks its scores with a mask that follows both the query position and the
+    keys (the rows of a causal mask); an encoder's (BERT's) attends to every position."""
+    if not any(f.query_axes and f.key_axes for f in feeds):
+        raise DecodeUnsupported(f"{g1.name} has no causal mask on its attention scores (an "
+                                "encoder attends to every position): decode needs a causal LM")
 
 
 def _has_attention_op(g: ir.Graph) -> bool:
@@ -218,7 +231,7 @@ def _back_to_matmul(g: ir.Graph, name: str) -> ir.Op | None:
 
 def _forward_to_matmul(g: ir.Graph, name: str) -> ir.Op | None:
     for _ in range(4):
-        users = g.consumers.get(name, ())
+        users = _nan_guarded(g, name) or g.consumers.get(name, ())
         if len(users) != 1:
             return None
         op = users[0]
@@ -230,20 +243,29 @@ def _forward_to_matmul(g: ir.Graph, name: str) -> ir.Op | None:
     return None
 
 
+def _nan_guarded(g: ir.Graph, name: str) -> tuple[ir.Op, ...]:
+    """HF's guard of fully masked rows, `Where(IsNaN(p), 0, p)` after the Softmax: (the Where,)
+    when `name` is read by exactly that pair, else ()."""
+    users = g.consumers.get(name, ())
+    if len(users) != 2 or {u.kind for u in users} != {"IsNaN", "Where"}:
+        return ()
+    isnan = next(u for u in users if u.kind == "IsNaN")
+    where = next(u for u in users if u.kind == "Where")
+    return (where,) if where.inputs[0] == isnan.outputs[0] else ()
+
+
 def _scores_path(g: ir.Graph, cores) -> dict[str, ir.Op]:
     """Ops from each scores MatMul up to (not including) its P x V MatMul: their last axis is
     the keys."""
     path = {}
     for scores, pv in cores:
-        name, op = scores.outputs[0], scores
-        path[op.name] = op
-        while True:
-            users = g.consumers.get(name, ())
-            op = users[0]
-            if op is pv:
-                break
+        todo = [scores]
+        while todo:
+            op = todo.pop()
+            if op is pv or op.name in path:
+                continue
             path[op.name] = op
-            name = op.outputs[0]
+            todo += [u for o in op.outputs if o for u in g.consumers.get(o, ())]
     return path
 
 
@@ -367,6 +389,59 @@ def _repeat_shape(op: ir.Op, new_in: tuple[int, ...], step_in: tuple[int, ...],
     if len(hits) != 1 or out[hits[0]] != 1:
         raise DecodeUnsupported(f"{op.kind} {op.name}: cannot follow the cache's key axis")
     return tuple(new_in[a] if j == hits[0] else d for j, d in enumerate(out))
+
+
+# --- attention masks: a [batch, context] feed per step, expanded on the host -----------------
+
+
+def mask_inputs(g: ir.Graph) -> tuple[str, ...]:
+    """The attention-mask inputs: integer or bool [batch, seq] inputs named like a mask (HF's
+    `attention_mask`), beside the token ids."""
+    return tuple(n for n in g.inputs if "mask" in n.lower() and len(g.tensor(n).shape) == 2
+                 and not g.tensor(n).dtype.is_float)
+
+
+def host_masks(g: ir.Graph, masks: tuple[str, ...]) -> ir.Graph:
+    """`g` with its mask inputs taken as host values: constants without data, so the model's
+    own ops that read only masks and constants (the mask's expansion into the attention's mask
+    rows) count as constant-derived, and what they hand to the device becomes a per-step feed
+    (query axes at t, key axes over the context) like a position table."""
+    if not masks:
+        return g
+    tensors = tuple(dataclasses.replace(t, kind=ir.TensorKind.CONSTANT) if t.name in masks
+                    else t for t in g.tensors)
+    return dataclasses.replace(g, tensors=tensors,
+                               inputs=tuple(n for n in g.inputs if n not in masks))
+
+
+def mask_dependent(big: ir.Graph, masks: tuple[str, ...]) -> frozenset[str]:
+    """Tensors of `big` (the model with its mask inputs) computed from a mask and constants:
+    the feeds among them are evaluated per step, from that step's mask."""
+    fixed = set(big.const_derived)
+    found = set(masks)
+    for op in big.ops:
+        ins = [n for n in op.inputs if n]
+        if any(n in found for n in ins) and all(n in found or n in fixed for n in ins):
+            found.update(o for o in op.outputs if o)
+    return frozenset(found)
+
+
+def without_presents(g1: ir.Graph) -> ir.Graph:
+    """A with-past export's decode step outputs its logits only: its presents (the K / V with
+    the step's own appended) are the resident caches themselves."""
+    from compiler.frontend.past import is_present
+
+    return dataclasses.replace(g1, outputs=tuple(o for o in g1.outputs if not is_present(o)))
+
+
+def step_mask(prompt_mask: Sequence[int], position: int, context: int) -> np.ndarray:
+    """The [1, context] mask of the decode step at `position`: the prompt's own mask over its
+    positions (padding stays 0), 1 for every later position up to `position`, 0 after."""
+    m = np.zeros((1, context), np.int64)
+    m[0, :position + 1] = 1
+    n = min(len(prompt_mask), position + 1)
+    m[0, :n] = np.asarray(prompt_mask[:n], np.int64)
+    return m
 
 
 # --- feeds: the position-dependent tables ------------------------------------------------------
@@ -496,11 +571,13 @@ def with_weights(dg: DecodeGraph, source: str, prefill: ir.Graph) -> DecodeGraph
 
 def _precheck(g: ir.Graph) -> None:
     """What the prefill graph already tells: token-id inputs only, an attention core."""
+    masks = mask_inputs(g)
     for name in g.inputs:
         t = g.tensor(name)
         if t.dtype.is_float or len(t.shape) != 2:
             raise DecodeUnsupported(f"input {name} is not a [batch, seq] token-id input "
-                                    "(decode takes models whose only inputs are token ids)")
+                                    "(decode takes token ids and an attention mask)")
+    g = host_masks(g, masks)
     if not _attention_cores(g) and not _has_attention_op(g):
         raise DecodeUnsupported(f"{g.name} has no attention core (MatMul, Softmax, MatMul, or "
                                 "an Attention op)")

@@ -35,6 +35,7 @@ from compiler.verify import (
 )
 
 DECODE_SCHEMA_VERSION = "1.0"
+_ORT_INT = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
 
 class NoDecodeSchedule(WaferError):
@@ -139,18 +140,22 @@ def program(art: Artifact, dg, decode_schedule, precision: str):
     """The executor's DecodeProgram: both schedules and graphs, the position tables (the model
     at seq = context, its constants evaluated on the host)."""
     from compiler.executor import host_constants
-    from compiler.executor.generate import DecodeProgram
-    from compiler.schedule.decode import load_tables
+    from compiler.executor.generate import DecodeProgram, MaskTables
+    from compiler.schedule.decode import load_tables, mask_dependent
     from compiler.schedule.decode_attention import mask_table
 
     big = load_tables(art.source, dg, dict(art.graph.dims).get("batch"))
     consts = host_constants(big, art.target, precision)
     masks = {name: mask_table(dg.context, window) for name, window in dg.masks}
-    tables = {f.name: masks[f.name] if f.name in masks else consts[f.name] for f in dg.feeds}
+    masked = mask_dependent(big, dg.input_masks)
+    tables = {f.name: masks[f.name] if f.name in masks else consts[f.name] for f in dg.feeds
+              if f.name not in masked}
+    hosted = frozenset(f.name for f in dg.feeds if f.name in masked)
     return DecodeProgram(art.schedule, art.graph, decode_schedule, dg.graph,
                          tuple((c.prefill, c.name, c.axis) for c in dg.caches),
                          tuple((f.name, f.query_axes) for f in dg.feeds), tables,
-                         art.graph.inputs[0], art.graph.outputs[0])
+                         dg.tokens[0], art.graph.outputs[0], dg.input_masks,
+                         MaskTables(big, consts, hosted) if dg.input_masks else None)
 
 
 def open_decode(out: str | Path, art: Artifact):
@@ -163,8 +168,8 @@ def open_decode(out: str | Path, art: Artifact):
     doc = json.loads(path.read_text())
     if "decode" not in doc:
         raise NoDecodeSchedule(f"{path} has no decode schedule: {art.graph.name} is not a causal "
-                               "LM whose only inputs are token ids (or OUT predates decode); "
-                               "compile it again")
+                               "LM whose inputs are token ids and an attention mask (or OUT "
+                               "predates decode); compile it again")
     problems = decode_problems(doc)
     if problems:
         raise WaferError(f"{path}: {problems[0]}; compile again")
@@ -202,23 +207,26 @@ def verify_decode(art: Artifact, dg, decode_schedule, steps: int,
     label, atol, rtol = tolerances(art, opts)
     g = art.graph
     inputs = load_inputs(opts.inputs, g) if opts.inputs else random_inputs(g, opts.seed)
-    prompt = [int(x) for x in np.asarray(inputs[g.inputs[0]])[0]]
+    prompt = [int(x) for x in np.asarray(inputs[dg.tokens[0]])[0]]
+    masks = dg.input_masks
+    mask = [int(x) for x in np.asarray(inputs[masks[0]])[0]] if masks else None
     check_room(len(prompt), steps, dg.context)
-    reference = _Reference(art.source)
+    reference = _Reference(art.source, dg.tokens[0], dg.input_masks)
     reference(dict(inputs), g.outputs[0])  # a model ORT cannot run is invalid input, first
     prog = program(art, dg, decode_schedule, opts.precision)
     clock = _Clock(hook)
     handoffs = _handoffs(dg.graph)
     with np.errstate(all="ignore"):
         gen = generate(prog, art.target, prompt, steps + 1, opts.precision, clock.tick,
-                       frozenset(n for names in handoffs.values() for n in names))
-    checks, ref_s = _compare_steps(art, reference, prompt, gen, (atol, rtol), hook)
+                       frozenset(n for names in handoffs.values() for n in names), mask)
+    checks, ref_s = _compare_steps(art, reference, prompt, gen, (atol, rtol), hook, mask)
     report = DecodeReport(g.name, art.target.name, tuple(prompt), tuple(checks), dg.context,
                           label, tuple(sorted(gen.peak_bytes.items())),
                           executor_s=tuple(clock.seconds[1:]), reference_s=tuple(ref_s[1:]))
     first = report.first_diverging_step
     if first:  # a decode step (prefill's own layers: wafer verify --per-layer)
-        layer, tensor = _diverging_layer(art, handoffs, report, gen, first, (atol, rtol))
+        layer, tensor = _diverging_layer(art, reference, handoffs, report, gen, first,
+                                         (atol, rtol), mask)
         report = dataclasses.replace(report, diverging_layer=layer, diverging_tensor=tensor)
     return report
 
@@ -230,15 +238,14 @@ def _handoffs(g) -> dict[str, list[str]]:
     return {k: [n for n in v if n not in g.outputs] for k, v in layer_outputs(g).items()}
 
 
-def _diverging_layer(art: Artifact, handoffs: dict[str, list[str]], report: DecodeReport, gen,
-                     step: int, tols: tuple[float, float]) -> tuple[str | None, str | None]:
+def _diverging_layer(art: Artifact, reference: _Reference, handoffs: dict[str, list[str]],
+                     report: DecodeReport, gen, step: int, tols: tuple[float, float],
+                     mask: list[int] | None) -> tuple[str | None, str | None]:
     """ORT once more at that step's sequence, keeping the layers' handed-on tensors: the first
     whose last position leaves tolerance."""
-    g = art.graph
     seq = [*report.prompt, *(s.token for s in report.steps)][:gen.positions[step] + 1]
     names = [n for v in handoffs.values() for n in v]
-    ids = np.asarray([seq], np.dtype(g.tensor(g.inputs[0]).dtype.value))
-    ref = run_reference(art.source, {g.inputs[0]: ids}, names)
+    ref = run_reference(art.source, reference.feed(seq, mask), names)
     got = gen.values[step]
     for layer, tensors in handoffs.items():
         for name in tensors:
@@ -279,34 +286,72 @@ class _Reference:
     """One ONNX Runtime session on the original model, run once per step (building the model
     and its session again per step costs more than the runs)."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, tokens: str, masks: tuple[str, ...] = ()):
         from compiler.frontend.export import reference_model_bytes
+        from compiler.frontend.past import is_past, is_present
         from compiler.verify.reference import _session
 
-        self.source = source
+        self.source, self.tokens, self.masks = source, tokens, masks
         self.session = _session(reference_model_bytes(source), str(source))
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        self.dtypes = {n: _ORT_INT.get(types.get(n, ""), np.int64) for n in (tokens, *masks)}
+        pasts = [i.name for i in self.session.get_inputs() if is_past(i.name)]
+        presents = [o.name for o in self.session.get_outputs() if is_present(o.name)]
+        self.pasts = tuple(zip(pasts, presents, strict=True)) if len(pasts) == len(presents) \
+            else ()
+        self.state: tuple[list[int], dict[str, np.ndarray]] | None = None
+
+    def last_logits(self, seq: Sequence[int], mask: Sequence[int] | None,
+                    output: str) -> np.ndarray:
+        """The logits at the last position of `seq`: the no-cache model on the whole sequence,
+        or a with-past model's graph one step on from the previous call (its presents fed back
+        as the pasts), the whole sequence at past length 0 when `seq` does not extend it."""
+        feed = self.feed(seq, mask)
+        if not self.pasts:
+            return self(feed, output)[:, -1]
+        names = [output, *(present for _, present in self.pasts)]
+        if self.state is not None and list(seq[:-1]) == self.state[0]:
+            feed[self.tokens] = feed[self.tokens][:, -1:]
+            feed.update(self.state[1])
+        values = self._run(names, feed)
+        self.state = (list(seq), {past: v for (past, _), v in zip(self.pasts, values[1:],
+                                                                   strict=True)})
+        return values[0][:, -1]
+
+    def feed(self, seq: Sequence[int], mask: Sequence[int] | None) -> dict[str, np.ndarray]:
+        """The no-cache model's inputs for the sequence `seq`: its ids and the growing mask
+        (the prompt's own mask over its positions, 1 after)."""
+        feed = {self.tokens: np.asarray([seq], self.dtypes[self.tokens])}
+        for name in self.masks:
+            grown = [*(mask or []), *[1] * len(seq)][:len(seq)]
+            feed[name] = np.asarray([grown], self.dtypes[name])
+        return feed
 
     def __call__(self, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
-        from compiler.verify import ReferenceRunError
+        return self._run([output], feed)[0]
 
+    def _run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from compiler.verify import ReferenceRunError
+        from compiler.verify.reference import empty_pasts
+
+        feed = {**empty_pasts(self.session, feed), **feed}
         try:
-            return self.session.run([output], feed)[0]
+            return self.session.run(names, feed)
         except Exception as exc:  # ORT raises its own pybind types
             line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ReferenceRunError(f"ONNX Runtime failed to run {self.source}: {line}") from None
 
 
 def _compare_steps(art: Artifact, reference: _Reference, prompt: Sequence[int], gen,
-                   tols: tuple[float, float], hook: Hook) -> tuple[list[StepCheck], list[float]]:
+                   tols: tuple[float, float], hook: Hook,
+                   mask: list[int] | None = None) -> tuple[list[StepCheck], list[float]]:
     atol, rtol = tols
     g = art.graph
-    dtype = np.dtype(g.tensor(g.inputs[0]).dtype.value)
     seq = list(prompt)
     checks, seconds = [], []
     for i, (logits, pos) in enumerate(zip(gen.logits, gen.positions, strict=True)):
-        ids = np.asarray([seq[:pos + 1]], dtype)
         t0 = time.perf_counter()
-        ref = reference({g.inputs[0]: ids}, g.outputs[0])[:, -1]
+        ref = reference.last_logits(seq[:pos + 1], mask, g.outputs[0])
         seconds.append(time.perf_counter() - t0)
         if hook:
             hook(f"onnxruntime: {pos + 1} tokens", seconds[-1])
@@ -322,7 +367,7 @@ def run_generate(art: Artifact, dg, decode_schedule, prompt: Sequence[int], new_
     from compiler.executor.generate import generate
     from compiler.verify import index_extent
 
-    vocab = index_extent(art.graph, art.graph.inputs[0])
+    vocab = index_extent(art.graph, dg.tokens[0])
     bad = [t for t in prompt if t < 0 or (vocab is not None and t >= vocab)]
     if bad or not prompt:
         what = f"{bad[0]} is outside the vocabulary [0, {vocab})" if bad else "it is empty"

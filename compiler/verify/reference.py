@@ -26,7 +26,7 @@ def run_reference(source: str | Path, inputs: Mapping[str, np.ndarray],
     """ONNX Runtime on the original model: its outputs and those of `extra_outputs` that the
     source graph computes, by name."""
     session = _session(reference_model_bytes(source, extra_outputs), str(source))
-    inputs = _widened(inputs)
+    inputs = _widened({**empty_pasts(session, inputs), **inputs})
     missing = [i.name for i in session.get_inputs() if i.name not in inputs]
     if missing:
         raise InputsError(f"{source}: no value for input(s) {', '.join(missing)}")
@@ -44,6 +44,26 @@ def _widened(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """bfloat16 inputs as float32 (exactly): the reference model holds bfloat16 as float32
     (frontend/upcast.py), ORT's Python API takes no bfloat16 arrays (issue 15)."""
     return {k: v.astype(np.float32) if v.dtype == BFLOAT16 else v for k, v in inputs.items()}
+
+
+def empty_pasts(session: ort.InferenceSession,
+                inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A with-past export's past inputs at past length 0 (the graph the compiler takes): every
+    dynamic dim but the batch (the other inputs') is the past axis."""
+    from compiler.frontend.past import is_past
+
+    batch = next((np.shape(v)[0] for v in inputs.values() if np.ndim(v)), 1)
+    out = {}
+    for i in session.get_inputs():
+        if i.name not in inputs and is_past(i.name):
+            shape = [d if isinstance(d, int) else (batch if k == 0 else 0)
+                     for k, d in enumerate(i.shape)]
+            out[i.name] = np.zeros(shape, ORT_TYPES.get(i.type, np.float32))
+    return out
+
+
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
 
 def _session(model: bytes, name: str) -> ort.InferenceSession:

@@ -226,12 +226,27 @@ def _recorded_target(out: Path, rec: TargetRecord) -> Target:
     return target
 
 
+def _without_past(dim: int | str, past: set[str]) -> int | str:
+    """`past_seq + seq` at past length 0 is `seq` (as the frontend binds it)."""
+    terms = [t.strip() for t in dim.split("+")] if isinstance(dim, str) else []
+    if len(terms) == 2 and any(t in past for t in terms):
+        return next((t for t in terms if t not in past), dim)
+    return dim
+
+
 def _input_shapes(source: str, dims: Mapping[str, int]) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """The recorded dim bindings as whole input shapes (--input-shapes)."""
     from compiler.frontend.export import input_specs
+    from compiler.frontend.past import is_past
 
+    specs = input_specs(source)
+    past = {d for name, _, spec in specs if is_past(name) for d in spec
+            if isinstance(d, str) and d not in dims}  # a with-past export: past length 0
     shapes = []
-    for name, _, spec in input_specs(source):
+    for name, _, spec in specs:
+        if is_past(name):
+            continue
+        spec = [_without_past(d, past) for d in spec]
         unbound = [d for d in spec if isinstance(d, str) and d not in dims]
         if unbound:
             raise WaferError(f"placement.json records no size for dim {unbound[0]!r} of input "
