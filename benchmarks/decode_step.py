@@ -77,8 +77,8 @@ def main() -> int:
     ]
     for row in rows:
         print(" | ".join(row), flush=True)
-    body = (f"`python benchmarks/decode_step.py`: {MODEL} on {TARGET}, {PROMPT}-token prompt, context "
-            f"{PROMPT + STEPS}, prefill + {STEPS} decode steps on the executor, and ONNX "
+    body = (f"`python benchmarks/decode_step.py`: {MODEL} on {TARGET}, {PROMPT}-token prompt, "
+            f"context {PROMPT + STEPS}, prefill + {STEPS} decode steps on the executor, and ONNX "
             f"Runtime's with-past graph ({PAST}, same weights) on the same tokens, each timed "
             f"per step in one process ({machine()}).\n\n"
             f"Machine load: `{before}` before, `{after}` after.\n\n"
