@@ -633,6 +633,7 @@ def _compile_summary(result, out: Path) -> str:
         f"compiled {g.name} for {t.name} in {total:.1f} s -> {out}/",
         f"  layers       {len(g.layers)} ({len(g.blocks())} blocks) on {m.wafers_used} wafer(s),"
         f" {m.cores_used:,} of {cores:,} cores ({m.cores_used / cores:.0%})",
+        _idle_line(result),
         f"  off-chip     {_bytes(m.offchip_bytes_per_token)}/token ({off_note}; token I/O "
         f"{_bytes(result.problem.io_bytes_per_token)})",
         f"  byte-hops    {m.byte_hops:.4g} per token ({vs_ff}; {m.byte_hops_ratio:.2f}x the "
@@ -644,6 +645,13 @@ def _compile_summary(result, out: Path) -> str:
         *_perf_lines(result),
         f"  stages       {stages}",
     ])
+
+
+def _idle_line(result) -> str:
+    from compiler.placement.idle import idle_cores
+
+    idle = idle_cores(result.problem, result.placement)
+    return f"  idle cores   {idle.cores:,}: {idle.reason}"
 
 
 def _perf_lines(result) -> list[str]:

@@ -23,6 +23,7 @@ from typing import Any
 from compiler import __version__
 from compiler.errors import UsageError
 from compiler.outdir.trace import schedule_doc, trace_doc
+from compiler.placement.idle import idle_cores
 from compiler.result import CompileResult
 from compiler.schedule.perf import Estimate, PerfOptions
 from compiler.tiling.layouts import OpLayout
@@ -138,6 +139,12 @@ def compile_log(result: CompileResult) -> dict[str, Any]:
 SUMMARY_SCHEMA_VERSION = "1.0"
 
 
+def _idle(result: CompileResult) -> dict[str, Any]:
+    idle = idle_cores(result.problem, result.placement)
+    return {"cores": idle.cores, "faster_not_taken": idle.faster_not_taken,
+            "reason": idle.reason}
+
+
 def summary_doc(result: CompileResult, out: Path, stage_times: list[tuple[str, float]],
                 verify: dict[str, Any] | None = None) -> dict[str, Any]:
     """`wafer compile --json`: the human summary as data (docs/cli.md lists the fields).
@@ -157,6 +164,7 @@ def summary_doc(result: CompileResult, out: Path, stage_times: list[tuple[str, f
                   "shape_only": g.shape_only},
         "target": {"name": t.name, "cores": t.total_cores, "peak_flops": t.total_peak_flops()},
         "cores_used": m.cores_used, "wafers_used": m.wafers_used,
+        "idle_cores": _idle(result),
         "tokens_per_s": placed["performance"]["decode"]["tokens_per_s"],
         "ttft_s": placed["performance"]["prefill"]["ttft_s"],
         "utilization": {"decode": d.utilization, "prefill": p.utilization},
