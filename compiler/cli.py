@@ -643,8 +643,24 @@ def _compile_summary(result, out: Path) -> str:
         f"  solver       {r.method} {r.status}{gap}, {r.wall_time_s:.1f} s, seed {r.seed}, "
         f"{r.workers} worker(s)",
         *_perf_lines(result),
+        *_breakdown_lines(result),
         f"  stages       {stages}",
     ])
+
+
+def _breakdown_lines(result) -> list[str]:
+    from compiler.outdir.write import cycle_breakdown
+    from compiler.schedule.perf import shares
+
+    lines = []
+    for mode, rows in cycle_breakdown(result).items():
+        if not rows:
+            continue
+        split = ", ".join(f"{k} {v:.0%}" for k, v in shares(rows).items() if v >= 0.005)
+        top = max(rows, key=lambda r: r.total)
+        lines.append(f"  {mode + ' path':<12} {split}; most in {top.layer} "
+                     f"({top.total:,} of {sum(r.total for r in rows):,} cycles)")
+    return lines
 
 
 def _idle_line(result) -> str:

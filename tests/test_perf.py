@@ -15,7 +15,9 @@ from compiler.driver import CompileOptions, compile_model
 from compiler.schedule.build import ATTENTION, Region, Schedule, Step
 from compiler.schedule.perf import (
     PerfOptions,
+    breakdown,
     estimate,
+    shares,
     streamed_kv_cycles,
     timeline,
 )
@@ -177,3 +179,17 @@ def test_a_weight_loaded_at_setup_opens_no_phase():
     tl = timeline(_chain(t, 2, 2, "r", setup_weight=True), t, PerfOptions(Mode.DECODE))
     flops_cycles = (1 << 20) // (4 * 8)
     assert tl.makespan == flops_cycles + t.runtime.step_overhead_cycles  # the token's first step
+
+
+@pytest.mark.parametrize("case", CASES[:5])
+def test_the_breakdown_adds_up_to_the_makespan(case):
+    """Where the cycles go: per layer and category, the critical path's cycles, summing to the
+    makespan in both modes, every category >= 0, compute only where there are FLOPs."""
+    r = compiled(*case)
+    for mode in (Mode.DECODE, Mode.PREFILL):
+        tl = r.timelines[mode]
+        rows = breakdown(r.schedule, r.target, tl)
+        assert sum(x.total for x in rows) == tl.makespan
+        assert all(v >= 0 for x in rows for v in dataclasses.astuple(x)[1:])
+        assert {x.layer for x in rows} <= {reg.name for reg in r.schedule.regions}
+        assert abs(sum(shares(rows).values()) - 1) < 1e-9

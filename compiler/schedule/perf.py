@@ -328,3 +328,58 @@ def estimate(s: Schedule, t: Target, opts: PerfOptions | None = None,
         critical_path_steps=len(tl.critical_path),
         compute_bound_tokens_per_s=peak / per_token if per_token else math.inf,
     )
+
+
+# --- where the cycles go --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerCycles:
+    """Cycles of the critical path charged to one layer (region), by physics: compute (FLOPs
+    at the cores' rate), hops and serialization of collectives, sends between regions or
+    wafers, off-chip transfers, the runtime's per-phase overhead, and waiting for a shared
+    resource (a port, a link) that no step of the path explains."""
+
+    layer: str
+    compute: int
+    collective: int
+    send: int
+    offchip: int
+    overhead: int
+    wait: int
+
+    @property
+    def total(self) -> int:
+        return self.compute + self.collective + self.send + self.offchip + self.overhead + \
+            self.wait
+
+
+_CATEGORY = {StepKind.COMPUTE: "compute", StepKind.COLLECTIVE: "collective",
+             StepKind.APPEND: "collective", StepKind.SEND: "send", StepKind.WAFER_SEND: "send",
+             StepKind.LOAD: "offchip", StepKind.STORE: "offchip"}
+
+
+def breakdown(s: Schedule, t: Target, tl: Timeline) -> tuple[LayerCycles, ...]:
+    """The critical path's cycles per layer, in layer order; they add up to the makespan."""
+    acc: dict[str, dict[str, int]] = {}
+    prev_end = 0
+    for i in tl.critical_path:
+        step = s.steps[i]
+        row = acc.setdefault(step.region, defaultdict(int))
+        dur = tl.ends[i] - tl.starts[i]
+        over = min(dur, t.runtime.step_overhead_cycles) if dur and _starts_phase(step, s) else 0
+        row["overhead"] += over
+        row[_CATEGORY[step.kind]] += dur - over
+        row["wait"] += max(0, tl.starts[i] - prev_end)
+        prev_end = tl.ends[i]
+    order = {r.name: k for k, r in enumerate(s.regions)}
+    return tuple(LayerCycles(name, *(row[k] for k in ("compute", "collective", "send",
+                                                       "offchip", "overhead", "wait")))
+                 for name, row in sorted(acc.items(), key=lambda kv: order.get(kv[0], 0)))
+
+
+def shares(rows: tuple[LayerCycles, ...]) -> dict[str, float]:
+    """Each category's share of the critical path (the rows' totals)."""
+    keys = ("compute", "collective", "send", "offchip", "overhead", "wait")
+    total = sum(r.total for r in rows) or 1
+    return {k: sum(getattr(r, k) for r in rows) / total for k in keys}
