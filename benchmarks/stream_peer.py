@@ -86,6 +86,11 @@ def run_peer(peer: Path, blocks: int) -> dict:
     return res
 
 
+def _seconds(value: float | str) -> str:
+    """A wall time, or a saved line's range as written (e.g. "278-844")."""
+    return f"{value:.1f}" if isinstance(value, int | float) else str(value)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--peer", type=Path, default=PEER, help="the peer harness directory")
@@ -107,11 +112,12 @@ def main() -> int:
     rows = [
         ["wafer", f"{w['compile_s']:.1f} ({w['wall_s']:.1f} process)", f"{w['cycles']:,}",
          f"{w['offchip']:,} ({w['weights']:,} weights)", f"{w['cores']} of {CORES}"],
-        ["Stream (stream-dse 2.1.1)", f"{p['wall_s']:.1f}", f"{p['latency_cycles']:,.0f}",
+        ["Stream (stream-dse 2.1.1)", _seconds(p["wall_s"]), f"{p['latency_cycles']:,.0f}",
          f"{p['offchip_bytes']:,.0f}", f"{p.get('cores', CORES)} available"],
     ]
     ratio = w["cycles"] / p["latency_cycles"]
-    source = (f"Stream's numbers from the saved run `{args.peer_json.name}`" if args.peer_json
+    source = (f"Stream's numbers from the saved run `{args.peer_json.name}`"
+              + (f" ({p['note']})" if p.get("note") else "") if args.peer_json
               else "both tools run back to back in this run")
     body = (f"Synthetic GPT-style decoder, {args.blocks} blocks (d_model 64, 4 heads, 16-token "
             f"prompt, ffn 256), on an 8 x 8 mesh of 2 MiB cores with 32 x 32 MACs and 256-bit "
@@ -122,7 +128,7 @@ def main() -> int:
             + f"\n\nwafer / Stream cycles: {ratio:.2f}x. wafer's decode step (one token at "
               f"context 16): {w['decode_cycles']:,} cycles.")
     if w.get("idle"):
-        body += f" Idle cores: {w['idle']}."
+        body += f" wafer's idle cores: {w['idle']['cores']} ({w['idle']['reason']})."
     write_section("stream-peer", body)
     print(body)
     return 0
