@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 
 from _harness import machine, table, write_section
@@ -27,6 +28,17 @@ CASES = {  # name: (model, target, published decode tokens/s at batch 1, source)
     "waferllm-8b": ("llama3-8b", "wse2", 2700, "WaferLLM (OSDI 2025), Llama3-8B, 1 WSE-2"),
 }
 FIT = "cerebras-8b"
+# Published figures the model does not price (kept in the table, out of every fit), and why.
+UNMODELED = {
+    "Cerebras Inference, Llama 3.1 70B, 4 WSE-3, Oct 2024 (2,100 tokens/s)":
+        "same 4 CS-3 as the 450 after a software update (its cause is not stated in the sources "
+        "here; speculative decoding is the usual reading); wafer has no speculative-decoding "
+        "option yet, and a fitted constant would move every other prediction",
+    "WaferLLM (arXiv v2), Qwen2-72B, 1 WSE-2 (840 tokens/s)":
+        "145 GB of fp16 weights on one 40 GB WSE-2 cannot be resident (the paper's setup for it "
+        "is not in the sources here); no Qwen2 zoo entry; streaming the weights at 150 GB/s "
+        "bounds one wafer at ~1 token/s",
+}
 
 
 def _with_overhead(target, cycles: int):
@@ -49,6 +61,30 @@ def fit(result, published: float) -> int:
     return lo
 
 
+def fit_minimax(results: list, published: list[float]) -> int:
+    """The overhead minimizing the largest |log error| over `results` (golden-section search on
+    a quasi-convex function of one integer)."""
+    def worst(o: int) -> float:
+        return max(abs(math.log(predict(r, o) / p)) for r, p in zip(results, published,
+                                                                      strict=True))
+    lo, hi = 0, 2000
+    while hi - lo > 2:
+        a, b = lo + (hi - lo) // 3, hi - (hi - lo) // 3
+        lo, hi = (lo, b) if worst(a) <= worst(b) else (a, hi)
+    return min(range(lo, hi + 1), key=worst)
+
+
+def leave_one_out(compiled: dict) -> dict[str, tuple[int, float]]:
+    """Per case: (overhead fitted on the other cases, this case's prediction with it)."""
+    out = {}
+    for name in CASES:
+        rest = [n for n in CASES if n != name]
+        o = fit_minimax([compiled[n] for n in rest], [CASES[n][2] for n in rest])
+        out[name] = (o, predict(compiled[name], o))
+        print(f"leave out {name}: overhead {o}", file=sys.stderr, flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fit", default=FIT, choices=sorted(CASES))
@@ -59,19 +95,27 @@ def main() -> int:
         compiled[name] = compile_model(model, target, opts)
         print(f"compiled {name}", file=sys.stderr, flush=True)
     overhead = fit(compiled[args.fit], CASES[args.fit][2])
+    loo = leave_one_out(compiled)
     rows = []
     for name, (model, target, published, source) in CASES.items():
         got = predict(compiled[name], overhead)
         role = "fitted" if name == args.fit else "predicted"
         off = compiled[name].metrics.offchip_bytes_per_token
+        o, left = loo[name]
         rows.append([source, f"{model} on {target}", f"{published:,}", f"{got:,.0f}",
-                     f"{got / published - 1:+.0%}", role, f"{off / 1e6:,.2f}"])
+                     f"{got / published - 1:+.0%}", role, f"{left:,.0f} ({o})",
+                     f"{left / published - 1:+.0%}", f"{off / 1e6:,.2f}"])
         print(rows[-1], flush=True)
     body = (f"Decode, batch 1, context {CONTEXT:,}, fp16. Free parameter: the per-step runtime "
             f"overhead, fitted on **{args.fit}** to **{overhead} cycles**; every other number "
-            f"uses the same value ({machine()}).\n\n"
+            f"uses the same value. Leave-one-out: the overhead (in brackets) minimizing the "
+            f"largest error on the other rows, and this row predicted with it "
+            f"({machine()}).\n\n"
             + table(["published", "model / target", "published tokens/s", "predicted",
-                     "error", "", "off-chip MB/token"], rows))
+                     "error", "", "leave-one-out (overhead)", "error", "off-chip MB/token"],
+                    rows)
+            + "\n\nNot priced (outside every fit):\n\n"
+            + "\n".join(f"- {k}: {v}." for k, v in UNMODELED.items()))
     write_section("calibration", body)
     print(f"step_overhead_cycles = {overhead}")
     return 0

@@ -637,6 +637,7 @@ def _compile_summary(result, out: Path) -> str:
         f"compiled {g.name} for {t.name} in {total:.1f} s -> {out}/",
         f"  layers       {len(g.layers)} ({len(g.blocks())} blocks) on {m.wafers_used} wafer(s),"
         f" {m.cores_used:,} of {cores:,} cores ({m.cores_used / cores:.0%})",
+        _idle_line(result),
         f"  off-chip     {_bytes(m.offchip_bytes_per_token)}/token ({off_note}; token I/O "
         f"{_bytes(result.problem.io_bytes_per_token)})",
         f"  byte-hops    {m.byte_hops:.4g} per token ({vs_ff}; {m.byte_hops_ratio:.2f}x the "
@@ -646,6 +647,7 @@ def _compile_summary(result, out: Path) -> str:
         f"  solver       {r.method} {r.status}{gap}, {r.wall_time_s:.1f} s, seed {r.seed}, "
         f"{r.workers} worker(s)",
         *_perf_lines(result),
+        *_breakdown_lines(result),
         f"  stages       {stages}",
     ])
 
@@ -667,6 +669,28 @@ def _moe_lines(result) -> list[str]:
         f"  expert load  {len(moe.regions)} expert regions; imbalance up to "
         f"{moe.max_imbalance:.2f}x its layer's mean (expected experts per token)",
     ]
+
+
+def _breakdown_lines(result) -> list[str]:
+    from compiler.outdir.write import cycle_breakdown
+    from compiler.schedule.perf import shares
+
+    lines = []
+    for mode, rows in cycle_breakdown(result).items():
+        if not rows:
+            continue
+        split = ", ".join(f"{k} {v:.0%}" for k, v in shares(rows).items() if v >= 0.005)
+        top = max(rows, key=lambda r: r.total)
+        lines.append(f"  {mode + ' path':<12} {split}; most in {top.layer} "
+                     f"({top.total:,} of {sum(r.total for r in rows):,} cycles)")
+    return lines
+
+
+def _idle_line(result) -> str:
+    from compiler.placement.idle import idle_cores
+
+    idle = idle_cores(result.problem, result.placement)
+    return f"  idle cores   {idle.cores:,}: {idle.reason}"
 
 
 def _perf_lines(result) -> list[str]:

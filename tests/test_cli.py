@@ -125,3 +125,18 @@ def test_output_into_a_closed_pipe_is_not_an_error():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "internal error" not in proc.stderr
+
+
+def test_compile_summary_says_where_the_cycles_go_and_why_cores_idle(capsys, tmp_path):
+    code, out, _ = run(capsys, "compile", "gpt2-tiny", "-t", "mesh8x8", "-o",
+                       str(tmp_path / "o"), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    idle = doc["idle_cores"]
+    assert idle["cores"] == doc["target"]["cores"] - doc["cores_used"] and idle["reason"]
+    for mode in ("decode", "prefill"):
+        rows = doc["cycle_breakdown"][mode]
+        assert sum(r["total"] for r in rows) == doc["performance"][mode]["cycles"]
+    code, out, _ = run(capsys, "compile", "gpt2-tiny", "-t", "mesh8x8", "-o",
+                       str(tmp_path / "p"))
+    assert "idle cores" in out and "decode path" in out and "prefill path" in out

@@ -210,10 +210,13 @@ def test_reduce_along_a_one_core_axis_is_a_noop():
 
 
 def test_relayout_between_identical_placements_is_a_noop():
-    c = case(*LLAMA)  # K^T [-,r,-,-] -> [-,r,-,c] on a 2x1 region: the column axis is one core
+    c = case(*LLAMA)  # K^T [-,r,-,-] -> [-,r,-,c] on an Nx1 region: the column axis is one core
     step = _first(c, lambda s: s.op_kind == "relayout")  # wide
+    region = c.schedule.region(c.schedule.steps[step].region)
+    assert region.cols == 1
     o = fi.detect(c, fi.drop_transfer(c, step))
-    assert "put the same tiles on the same cores of block.0 (2x1)" in o.mutation.noop
+    assert (f"put the same tiles on the same cores of block.0 ({region.rows}x1)"
+            in o.mutation.noop)
     assert not o.counted
     assert o.detector == fi.EXECUTOR  # the executor's spec check flags it anyway
 
@@ -226,7 +229,7 @@ def test_axes_swapped_on_a_single_core_is_a_noop():
 
 def test_swapping_identical_tiles_is_a_noop():
     c = case(*GPT2)
-    name = "transformer.h.0.attn.c_attn.bias"
+    name = "transformer.h.0.mlp.c_proj.bias"  # split over block.0's 4 columns
     flat = dataclasses.replace(c.result, graph=fi._with_data(
         c.graph, name, np.full(c.graph.tensor(name).shape, 0.5, np.float32)))
     m = fi.swap_core_tiles(dataclasses.replace(c, result=flat), _load_of(c, name), 0, 1)

@@ -15,7 +15,9 @@ from compiler.driver import CompileOptions, compile_model
 from compiler.schedule.build import ATTENTION, Region, Schedule, Step
 from compiler.schedule.perf import (
     PerfOptions,
+    breakdown,
     estimate,
+    shares,
     streamed_kv_cycles,
     timeline,
 )
@@ -147,3 +149,47 @@ def test_transfers_between_wafers_queue_on_a_wafers_port(pairs):
                   [Step(i, "wafer_send", src, dst=dst, nbytes=10_000)
                    for i, (src, dst) in enumerate(pairs)])
     assert timeline(s, t, PerfOptions(Mode.DECODE)).makespan >= 20_000
+
+
+def _chain(t, rows: int, cols: int, axis: str, setup_weight: bool = False):
+    """load x -> reduce along `axis` -> matmul (reading a weight loaded at setup) on one region."""
+    region = Region("a", 0, 0, 0, rows, cols)
+    steps = [Step(0, "load", "a", nbytes=64),
+             Step(1, "collective", "a", op_kind="reduce", axis=axis, deps=(0,), nbytes=4096),
+             Step(2, "compute", "a", op_kind="MatMul", deps=(1,), flops=1 << 20)]
+    if setup_weight:
+        steps = [Step(0, "load", "a", phase="setup", nbytes=64, scaling="fixed"),
+                 Step(1, "compute", "a", op_kind="MatMul", deps=(0,), flops=1 << 20)]
+    return Schedule("hand", t.name, (region,), tuple(steps), tokens=1, batch=1, context=1)
+
+
+def test_a_collective_along_a_one_core_axis_is_free_and_fused():
+    t = load_target("mesh8x8")
+    over = t.runtime.step_overhead_cycles
+    lone = timeline(_chain(t, 1, 4, "r"), t, PerfOptions(Mode.DECODE))
+    spread = timeline(_chain(t, 4, 1, "r"), t, PerfOptions(Mode.DECODE))
+    assert lone.ends[1] == lone.starts[1] + over  # the reduce opens the phase, moves nothing
+    assert lone.ends[2] - lone.starts[2] == (1 << 20) // (4 * 8)  # matmul fused, no overhead
+    assert spread.ends[1] - spread.starts[1] > over  # 4 cores along r: hops and bytes
+    assert spread.ends[2] - spread.starts[2] > (1 << 20) // (4 * 8)  # waits on a real phase
+
+
+def test_a_weight_loaded_at_setup_opens_no_phase():
+    t = load_target("mesh8x8")
+    tl = timeline(_chain(t, 2, 2, "r", setup_weight=True), t, PerfOptions(Mode.DECODE))
+    flops_cycles = (1 << 20) // (4 * 8)
+    assert tl.makespan == flops_cycles + t.runtime.step_overhead_cycles  # the token's first step
+
+
+@pytest.mark.parametrize("case", CASES[:5])
+def test_the_breakdown_adds_up_to_the_makespan(case):
+    """Where the cycles go: per layer and category, the critical path's cycles, summing to the
+    makespan in both modes, every category >= 0, compute only where there are FLOPs."""
+    r = compiled(*case)
+    for mode in (Mode.DECODE, Mode.PREFILL):
+        tl = r.timelines[mode]
+        rows = breakdown(r.schedule, r.target, tl)
+        assert sum(x.total for x in rows) == tl.makespan
+        assert all(v >= 0 for x in rows for v in dataclasses.astuple(x)[1:])
+        assert {x.layer for x in rows} <= {reg.name for reg in r.schedule.regions}
+        assert abs(sum(shares(rows).values()) - 1) < 1e-9

@@ -4,13 +4,17 @@ The layout rules and tile shapes are in test_layouts.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import zoo_graph
 
 from compiler.errors import CapacityError
 from compiler.placement.problem import Residency
 from compiler.target import load_target
-from compiler.tiling.candidates import TilingOptions, tile_graph, to_problem
+from compiler.tiling.candidates import LATENCY_SHARE, TilingOptions, tile_graph, to_problem
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CASES = [("gpt2-tiny", "mesh8x8"), ("llama-tiny", "mesh8x8"), ("bert-tiny", "mesh16x16"),
          ("llama-tiny-opset23", "mesh8x8"), ("llama3-8b", "wse3")]
@@ -111,3 +115,31 @@ def test_problem_adapter_keeps_blocks_and_edges(tiled):
     problem = to_problem(tg, load_target("mesh8x8"))
     assert [b.name for b in problem.blocks] == [lt.layer for lt in tg.layers]
     assert problem.edges == tg.edges and problem.capacity_bytes == 65536 - 4096
+
+
+def test_wider_shapes_are_offered_when_they_cut_decode_cycles(tiled):
+    """Llama 3 8B's blocks on a wse3: besides the smallest rectangles that fit, one wider
+    shape (idle cores otherwise) with fewer decode cycles than all of them, within a fair
+    share of the wafer per layer."""
+    target = load_target("wse3")
+    graph = tiled[("llama3-8b", "wse3")]
+    share = LATENCY_SHARE * target.grid.rows * target.grid.cols / len(graph.layers)
+    block = next(lt for lt in graph.layers if lt.kind == "block")
+    resident = [c for c in block.candidates if c.residency is Residency.RESIDENT]
+    least = min(c.rows * c.cols for c in resident)
+    small = [c for c in resident if c.rows * c.cols <= 1.25 * least]
+    fast = min(resident, key=lambda c: c.cycles)
+    assert fast.cycles < min(c.cycles for c in small)
+    assert least * 1.25 < fast.rows * fast.cols <= share
+
+
+def test_one_core_candidates_pay_no_collectives():
+    """On one core every collective is local: the candidate's decode cycles are its FLOPs at
+    one core's rate plus one phase's overhead (the performance model prices it so too)."""
+    target = load_target(ROOT / "benchmarks" / "targets" / "stream-mesh8x8.toml")
+    rate = target.core.flops(target.compute.dtype)
+    for lt in tile_graph(zoo_graph("gpt2-tiny"), target).layers:
+        for c in lt.candidates:
+            if c.rows * c.cols == 1:
+                assert c.cycles == -(-lt.flops_per_token // rate) + \
+                    target.runtime.step_overhead_cycles, lt.layer

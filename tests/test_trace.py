@@ -267,8 +267,9 @@ def test_concurrent_sends_get_their_own_noc_lanes():
     tl = tls[Mode.DECODE]
     sends = [st.id for st in s.steps if st.kind == "send"]
     starts, ends = list(tl.starts), list(tl.ends)
-    for k, i in enumerate(sends):
-        starts[i], ends[i] = 1000 + k, 2000 + k
+    first = min(starts[i] for i in sends)
+    for k, i in enumerate(sends):  # staggered from the first one's start, each still ending
+        starts[i] = first + k         # when its consumer needs it: they overlap, none nests
     doc = trace_doc(s, t, Timeline(tuple(starts), tuple(ends), tl.makespan, tl.critical_path))
     assert check_trace(doc) == []
     lanes = {k: v for k, v in _thread_names(doc).items() if v.startswith("NoC")}

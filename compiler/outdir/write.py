@@ -23,8 +23,9 @@ from typing import Any
 from compiler import __version__
 from compiler.errors import UsageError
 from compiler.outdir.trace import schedule_doc, trace_doc
+from compiler.placement.idle import idle_cores
 from compiler.result import CompileResult, decode_steps
-from compiler.schedule.perf import Estimate, PerfOptions
+from compiler.schedule.perf import Estimate, LayerCycles, PerfOptions, breakdown
 from compiler.tiling.layouts import OpLayout
 from compiler.vocab import Mode
 
@@ -152,6 +153,29 @@ def compile_log(result: CompileResult) -> dict[str, Any]:
 SUMMARY_SCHEMA_VERSION = "1.0"
 
 
+def cycle_breakdown(result: CompileResult) -> dict[str, tuple[LayerCycles, ...]]:
+    """Per mode, the critical path's cycles per layer ("where the cycles go"): decode from the
+    decode step's schedule when the compile has one, else from the prefill schedule scaled."""
+    out = {}
+    for mode in (Mode.DECODE, Mode.PREFILL):
+        s, tl = result.schedule, result.timelines[mode]
+        if mode == Mode.DECODE and result.decode is not None:
+            s, tl = result.decode.schedule, result.decode.timeline
+        out[str(mode)] = breakdown(s, result.target, tl)
+    return out
+
+
+def _breakdown_doc(result: CompileResult) -> dict[str, list[dict[str, Any]]]:
+    return {mode: [{**asdict(r), "total": r.total} for r in rows]
+            for mode, rows in cycle_breakdown(result).items()}
+
+
+def _idle(result: CompileResult) -> dict[str, Any]:
+    idle = idle_cores(result.problem, result.placement)
+    return {"cores": idle.cores, "faster_not_taken": idle.faster_not_taken,
+            "reason": idle.reason}
+
+
 def summary_doc(result: CompileResult, out: Path, stage_times: list[tuple[str, float]],
                 verify: dict[str, Any] | None = None) -> dict[str, Any]:
     """`wafer compile --json`: the human summary as data (docs/cli.md lists the fields).
@@ -171,6 +195,8 @@ def summary_doc(result: CompileResult, out: Path, stage_times: list[tuple[str, f
                   "shape_only": g.shape_only},
         "target": {"name": t.name, "cores": t.total_cores, "peak_flops": t.total_peak_flops()},
         "cores_used": m.cores_used, "wafers_used": m.wafers_used,
+        "idle_cores": _idle(result),
+        "cycle_breakdown": _breakdown_doc(result),
         "tokens_per_s": placed["performance"]["decode"]["tokens_per_s"],
         "ttft_s": placed["performance"]["prefill"]["ttft_s"],
         "utilization": {"decode": d.utilization, "prefill": p.utilization},

@@ -8,8 +8,10 @@ a relayout = (m - 1) x (hop latency + tile bytes / link bytes per cycle); a send
 latency + a turn + bytes / (lanes x link bytes per cycle); off-chip and inter-wafer transfers =
 latency + bytes / bandwidth. The target's runtime overhead is paid once per dependent phase:
 by every transfer and collective, and by a compute step that waits on one (compute fed only by
-compute runs fused). Batch-1 decode is therefore bound by hop latencies and overheads of
-dependent phases, not bandwidth.
+compute runs fused). A collective along an axis of one core moves nothing: it is free and
+counts as compute for the fusing (`_local`); what was loaded at setup (resident weights,
+tables) is there before the token starts and opens no phase. Batch-1 decode is therefore
+bound by hop latencies and overheads of dependent phases, not bandwidth.
 
 Modes: decode (one token per sequence per step at a context length: token-proportional sizes
 scale by batch / tokens, attention additionally by context / sequence) and prefill (the prompt
@@ -94,6 +96,8 @@ def step_cycles(step: Step, s: Schedule, t: Target, scale: float) -> int:
         return 0
     region = s.region(step.region)
     overhead = t.runtime.step_overhead_cycles if _starts_phase(step, s) else 0
+    if _local(step, s) and step.kind != StepKind.COMPUTE:
+        return overhead  # a collective along a one-core axis moves nothing between cores
     nbytes = step.nbytes * scale
     cost = {StepKind.COMPUTE: _compute, StepKind.COLLECTIVE: _collective, StepKind.SEND: _send,
             StepKind.WAFER_SEND: _wafer, StepKind.LOAD: _offchip,
@@ -102,10 +106,23 @@ def step_cycles(step: Step, s: Schedule, t: Target, scale: float) -> int:
 
 
 def _starts_phase(step: Step, s: Schedule) -> bool:
-    if step.kind != StepKind.COMPUTE:
+    if not _local(step, s):
         return True
-    return not step.deps or any(s.steps[d].kind != StepKind.COMPUTE
-                                or s.steps[d].region != step.region for d in step.deps)
+    deps = [s.steps[d] for d in step.deps if s.steps[d].phase != Phase.SETUP]
+    return not deps or any(not _local(d, s) or d.region != step.region for d in deps)
+
+
+def _local(step: Step, s: Schedule) -> bool:
+    """Work that stays inside each core: a compute step, or a collective whose axis spans one
+    core (a 1 x 1 region's reduce, a relayout along a region's single row): it runs fused with
+    the compute around it, like an elementwise chain."""
+    if step.kind == StepKind.COMPUTE:
+        return True
+    if step.kind != StepKind.COLLECTIVE:
+        return False
+    region = s.region(step.region)
+    return region.rows * region.cols == 1 or (
+        step.axis is not None and _axis_size(region, step.axis) == 1)
 
 
 def _axis_size(region, axis: str | None) -> int:
@@ -311,3 +328,58 @@ def estimate(s: Schedule, t: Target, opts: PerfOptions | None = None,
         critical_path_steps=len(tl.critical_path),
         compute_bound_tokens_per_s=peak / per_token if per_token else math.inf,
     )
+
+
+# --- where the cycles go --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerCycles:
+    """Cycles of the critical path charged to one layer (region), by physics: compute (FLOPs
+    at the cores' rate), hops and serialization of collectives, sends between regions or
+    wafers, off-chip transfers, the runtime's per-phase overhead, and waiting for a shared
+    resource (a port, a link) that no step of the path explains."""
+
+    layer: str
+    compute: int
+    collective: int
+    send: int
+    offchip: int
+    overhead: int
+    wait: int
+
+    @property
+    def total(self) -> int:
+        return self.compute + self.collective + self.send + self.offchip + self.overhead + \
+            self.wait
+
+
+_CATEGORY = {StepKind.COMPUTE: "compute", StepKind.COLLECTIVE: "collective",
+             StepKind.APPEND: "collective", StepKind.SEND: "send", StepKind.WAFER_SEND: "send",
+             StepKind.LOAD: "offchip", StepKind.STORE: "offchip"}
+
+
+def breakdown(s: Schedule, t: Target, tl: Timeline) -> tuple[LayerCycles, ...]:
+    """The critical path's cycles per layer, in layer order; they add up to the makespan."""
+    acc: dict[str, dict[str, int]] = {}
+    prev_end = 0
+    for i in tl.critical_path:
+        step = s.steps[i]
+        row = acc.setdefault(step.region, defaultdict(int))
+        dur = tl.ends[i] - tl.starts[i]
+        over = min(dur, t.runtime.step_overhead_cycles) if dur and _starts_phase(step, s) else 0
+        row["overhead"] += over
+        row[_CATEGORY[step.kind]] += dur - over
+        row["wait"] += max(0, tl.starts[i] - prev_end)
+        prev_end = tl.ends[i]
+    order = {r.name: k for k, r in enumerate(s.regions)}
+    return tuple(LayerCycles(name, *(row[k] for k in ("compute", "collective", "send",
+                                                       "offchip", "overhead", "wait")))
+                 for name, row in sorted(acc.items(), key=lambda kv: order.get(kv[0], 0)))
+
+
+def shares(rows: tuple[LayerCycles, ...]) -> dict[str, float]:
+    """Each category's share of the critical path (the rows' totals)."""
+    keys = ("compute", "collective", "send", "offchip", "overhead", "wait")
+    total = sum(r.total for r in rows) or 1
+    return {k: sum(getattr(r, k) for r in rows) / total for k in keys}

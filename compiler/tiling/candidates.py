@@ -31,6 +31,10 @@ from compiler.vocab import ONE_BUFFER_OPS, VIEW_OPS
 # (tried: llama3-70b on 4 wafers took 586 x 69 strips at 20 a wafer, byte-hops 7.5e7 -> 1.8e8).
 DENSE_TILING_MAX = 8
 
+# Share of the machine's cores that latency shapes (`_latency_shapes`) divide among the layers:
+# the rest is slack for rectangles that do not tile the wafer exactly.
+LATENCY_SHARE = 0.8
+
 # Streamed weights or KV cache pass through a double buffer of this many bytes per core.
 STREAM_BUFFER_BYTES = 2 * 2048
 
@@ -370,7 +374,8 @@ def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool) -
                 model.tensors, prompt_resident=resident))
             template = _template(g, layer)
             if template not in cache:
-                cache[template] = _candidates(layer.name, model, target, batch, options)
+                cache[template] = _candidates(layer.name, model, target, batch, options,
+                                              _share(g, target))
             layers.append(LayerTiling(
                 layer.name, layer.kind.value, template, layouts[layer.name], model.weight_bytes,
                 model.kv_total * target.compute.dtype.itemsize, model.flops_per_token,
@@ -427,8 +432,35 @@ def _runnable(mode: Residency) -> bool:
     return mode not in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL)
 
 
+def _share(g: ir.Graph, target: Target) -> int:
+    """Cores a layer may take when every layer gets the same share of the machine (a bound for
+    `_latency_shapes`: wider shapes beyond it could not all be placed)."""
+    cores = target.grid.rows * target.grid.cols * target.wafers.count
+    return max(1, int(LATENCY_SHARE * cores) // max(len(g.layers), 1))
+
+
+def _latency_shapes(fits: Callable[[int, int], bool], model: _LayerModel, target: Target,
+                    share: int, have: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The wider or squarer shape of at most `share` cores (idle cores otherwise) with the
+    fewest decode cycles, when it has fewer than every smallest shape in `have`: more cores
+    cut the compute, longer axes add hops, so it is a real trade-off (not always the largest)."""
+    if not have:
+        return []
+    best = min(_cycles(model, r, c, target) for r, c in have)
+    rows, cols = target.grid.rows, target.grid.cols
+    found = sorted((_cycles(model, r, c, target), r * c, abs(r - c), r, c)
+                   for r in _row_counts(rows) for c in _row_counts(cols)
+                   if r * c <= share and (r, c) not in have)
+    for cycles, _, _, r, c in found:
+        if cycles >= best:
+            return []
+        if fits(r, c):
+            return [(r, c)]
+    return []
+
+
 def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
-                options: TilingOptions) -> tuple[Candidate, ...]:
+                options: TilingOptions, share: int = 1) -> tuple[Candidate, ...]:
     cap = target.usable_bytes_per_core
     kv_item = target.compute.dtype.itemsize
     out: list[Candidate] = []
@@ -443,6 +475,7 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
         frontier = _frontier(fits, target.grid.rows, target.grid.cols)
         shapes = _pick(frontier, options.max_candidates)
         shapes += [p for p in _grid_tiling(frontier, fits, target) if p not in shapes]
+        shapes += _latency_shapes(fits, model, target, share, shapes)
         if mode is Residency.RESIDENT:
             resident_shapes = shapes[:2]
         else:  # streaming frees SRAM; keeping the resident shape keeps the compute parallel
@@ -473,17 +506,23 @@ def _offchip(model: _LayerModel, mode: Residency, batch: int, kv_item: int) -> i
 
 def _cycles(model: _LayerModel, rows: int, cols: int, target: Target) -> int:
     """Decode cycles per token: compute spread over the cores, then each collective's hops
-    along its axis, its bytes over one link, and the runtime's per-step overhead."""
+    along its axis, its bytes over one link, and the runtime's per-step overhead. A collective
+    along an axis of one core moves nothing and runs fused with the compute (as
+    schedule/perf.py prices it): no hops, no bytes, no overhead."""
     rate = target.core.flops(target.compute.dtype)
     compute = model.flops_per_token / (rows * cols * rate)
     size = {"r": rows, "c": cols}
     comm = 0.0
+    phases = 1
     for axis, nbytes in model.collectives:
         m = size[axis]
+        if m == 1 or rows * cols == 1:
+            continue
         across = size["c" if axis == "r" else "r"]
         comm += (m - 1) * target.links.hop_latency_cycles + nbytes / across / \
             target.links.bytes_per_cycle
-    overhead = (len(model.collectives) + 1) * target.runtime.step_overhead_cycles
+        phases += 1
+    overhead = phases * target.runtime.step_overhead_cycles
     return int(math.ceil(compute + comm + overhead))
 
 
