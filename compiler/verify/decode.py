@@ -141,9 +141,10 @@ def program(art: Artifact, dg, decode_schedule, precision: str):
     at seq = context, its constants evaluated on the host)."""
     from compiler.executor import host_constants
     from compiler.executor.generate import DecodeProgram, MaskTables
-    from compiler.schedule.decode import load_tables, mask_dependent
+    from compiler.schedule.decode import load_tables, mask_dependent, with_weights
     from compiler.schedule.decode_attention import mask_table
 
+    dg = with_weights(dg, art.source, art.graph)  # a compile's plan holds it shape-only
     big = load_tables(art.source, dg, dict(art.graph.dims).get("batch"))
     consts = host_constants(big, art.target, precision)
     masks = {name: mask_table(dg.context, window) for name, window in dg.masks}
