@@ -162,6 +162,12 @@ HF_CLASSES = {
     "opt": ("OPTConfig", "OPTForCausalLM"),
 }
 ENCODER_OUTPUTS = ("last_hidden_state", "pooler_output")
+# encoders whose config transformers also maps to a causal-LM class (e.g. BertLMHeadModel): a
+# --config without `architectures` of these types is exported as its base model
+ENCODER_TYPES = frozenset({
+    "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "electra", "ernie",
+    "roformer", "megatron-bert", "data2vec-text", "xmod", "bert-generation", "rembert",
+})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +235,7 @@ def load_hf() -> tuple[Any, Any]:
     except ImportError:
         raise SystemExit(HF_EXTRA_ERROR) from None
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # from_pretrained's "Loading weights" bar
     return torch, transformers
 
 
@@ -251,11 +258,16 @@ def model_from_config(config: Any, form: str, class_name: str | None = None) -> 
 
 
 def _model_class(config: Any, class_name: str | None) -> Any:
-    """The named class, else the causal-LM class for the config, else its base model."""
+    """The named class; else the checkpoint's own (config.architectures[0]); else the causal-LM
+    class for the config (not for ENCODER_TYPES, whose causal class is a side use); else its
+    base model."""
     _, transformers = load_hf()
-    if class_name:
-        return getattr(transformers, class_name)
-    for auto in (transformers.AutoModelForCausalLM, transformers.AutoModel):
+    architectures = getattr(config, "architectures", None) or []
+    name = class_name or next((a for a in architectures[:1] if hasattr(transformers, a)), None)
+    if name:
+        return getattr(transformers, name)
+    autos = (transformers.AutoModelForCausalLM, transformers.AutoModel)
+    for auto in autos[1:] if config.model_type in ENCODER_TYPES else autos:
         with contextlib.suppress(ValueError, KeyError):
             return auto._model_mapping[type(config)]
     raise SystemExit(f"error: transformers has no model class for {type(config).__name__}")
@@ -429,14 +441,10 @@ def resolve_source(args: argparse.Namespace) -> None:
     config = read_config(args)
     args.source_config = config
     args.models = [config.model_type]
-    causal = _model_class(config, None) in _causal_classes()
-    args.causal = {config.model_type} if causal else set()
-
-
-def _causal_classes() -> set[Any]:
     _, transformers = load_hf()
     mapping = transformers.AutoModelForCausalLM._model_mapping
-    return {mapping[key] for key in mapping.keys()}  # noqa: SIM118 - a lazy mapping
+    causal = type(config) in mapping and mapping[type(config)] is _model_class(config, None)
+    args.causal = {config.model_type} if causal else set()
 
 
 def _builder(args: argparse.Namespace) -> Any:
@@ -771,7 +779,13 @@ def kv_shape(model: Any) -> tuple[int, ...]:
 
     with torch.no_grad():
         out = model.hf_base.forward(model, input_ids=token_ids(model, 1, 1), use_cache=True)
-    return tuple(out.past_key_values.layers[0].keys.shape)
+    cache = getattr(out, "past_key_values", None)
+    if cache is None:  # a model without a cache: what its config says
+        c = model.config
+        heads = c.num_attention_heads
+        kv_heads = getattr(c, "num_key_value_heads", None) or heads
+        return (1, kv_heads, 1, getattr(c, "head_dim", None) or c.hidden_size // heads)
+    return tuple(cache.layers[0].keys.shape)
 
 
 def describe_parameters(model: torch.nn.Module) -> dict[str, Any]:
