@@ -33,7 +33,12 @@ ITEMSIZE = {
     onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
     onnx.TensorProto.INT16: 2, onnx.TensorProto.INT32: 4, onnx.TensorProto.INT64: 8,
     onnx.TensorProto.BOOL: 1,
+    # quantized storage: float8 one byte, 4-bit integers two to a byte (`_data_size`)
+    onnx.TensorProto.FLOAT8E4M3FN: 1, onnx.TensorProto.FLOAT8E4M3FNUZ: 1,
+    onnx.TensorProto.FLOAT8E5M2: 1, onnx.TensorProto.FLOAT8E5M2FNUZ: 1,
+    onnx.TensorProto.INT4: 1, onnx.TensorProto.UINT4: 1,
 }
+PACKED_4BIT = (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -310,7 +315,7 @@ def check_tensor(t: onnx.TensorProto, where: str) -> None:
         return  # checked against its file by check_external
     field = onnx.helper.tensor_dtype_to_field(t.data_type)
     have = len(t.raw_data) if t.raw_data else len(getattr(t, field))
-    need = n * ITEMSIZE[t.data_type] if t.raw_data else n
+    need = _nbytes(t) if t.raw_data else (-(-n // 2) if t.data_type in PACKED_4BIT else n)
     if have != need:
         unit = "bytes of raw_data" if t.raw_data else f"values in {field}"
         raise ModelError(f"{where} has {have:,} {unit} but shape {list(t.dims)} "
@@ -318,7 +323,8 @@ def check_tensor(t: onnx.TensorProto, where: str) -> None:
 
 
 def _nbytes(t: onnx.TensorProto) -> int:
-    return math.prod(t.dims) * ITEMSIZE[t.data_type]
+    n = math.prod(t.dims)
+    return -(-n // 2) if t.data_type in PACKED_4BIT else n * ITEMSIZE[t.data_type]
 
 
 def _all_tensors(proto: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:

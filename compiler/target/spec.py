@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.errors import TargetError
-from compiler.ir import DType, Tensor
+from compiler.ir import DType, Tensor, TensorKind, storage_bytes
 from compiler.target.schema import SECTIONS
 from compiler.target.units import dtype_name, freeze_flops
 from compiler.target.validate import problems
@@ -108,6 +108,18 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class Storage:
+    """Optional storage dtypes per tensor kind ([storage] in a spec): `weights` holds float
+    weights of the source model at that width (e.g. int8: 1 byte each) in SRAM, on links and
+    off-chip. None keeps the default byte rule (`Target.element_bytes`)."""
+
+    weights: DType | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v.value for k, v in _fields(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
 class Target:
     """A validated machine description. Construction checks every range (also after
     `dataclasses.replace`) and computes `sha256` over the canonical content."""
@@ -121,6 +133,7 @@ class Target:
     wafers: Wafers
     compute: Compute
     runtime: Runtime
+    storage: Storage = Storage()
     source: str = field(default="<memory>", compare=False)
     sha256: str = field(init=False, compare=False)
 
@@ -157,16 +170,28 @@ class Target:
         return self.usable_bytes_per_wafer * self.wafers.count
 
     # -- bytes on the chip --------------------------------------------------------------------
-    def itemsize(self, dtype: DType) -> int:
+    def itemsize(self, dtype: DType) -> float:
         """Bytes one element of a `dtype` tensor takes on the machine (SRAM, NoC, inter-wafer
-        links, off-chip): floats at the storage dtype `compute.dtype`, integers and bools at
-        their own size. The one byte rule: tiling, placement, the schedule (and so the
-        performance model and the report) and the executor's memory accounting count with it."""
-        return self.compute.dtype.itemsize if dtype.is_float else dtype.itemsize
+        links, off-chip): floats at the storage dtype `compute.dtype`, integers, bools and
+        quantized types at their own width (0.5 for 4-bit)."""
+        return (self.compute.dtype.bits if dtype.is_float else dtype.bits) / 8
+
+    def element_bytes(self, t: Tensor) -> float:
+        """Bytes one element of tensor `t` takes on the machine. The one byte rule: tiling,
+        placement, the schedule (and so the performance model and the report) and the
+        executor's memory accounting count with it. A float weight dequantized from integers
+        (`t.storage`, set by the frontend) counts at its stored width; a float source weight at
+        [storage] weights when the target sets it; anything else at `itemsize(t.dtype)`."""
+        if t.storage is not None:
+            return t.storage.bits / 8
+        weights = self.storage.weights
+        if weights is not None and t.kind is TensorKind.WEIGHT and t.dtype.is_float:
+            return weights.bits / 8
+        return self.itemsize(t.dtype)
 
     def tensor_bytes(self, t: Tensor) -> int:
-        """Bytes of a whole tensor on the machine: its elements x `itemsize(t.dtype)`."""
-        return t.numel * self.itemsize(t.dtype)
+        """Bytes of a whole tensor on the machine: its elements at `element_bytes(t)`, packed."""
+        return storage_bytes(t.numel, self.element_bytes(t) * 8)
 
     # -- rates ------------------------------------------------------------------------------
     def peak_flops(self, dtype: DType | str | None = None) -> float:
@@ -201,6 +226,8 @@ class Target:
         for section in SECTIONS:
             out[section] = {k: _plain(v) for k, v in _fields(getattr(self, section)).items()}
         out["core"]["flops_per_cycle"] = self.core.flops_table
+        if self.storage.to_dict():  # optional: absent leaves a spec's hash as it was
+            out["storage"] = self.storage.to_dict()
         return out
 
     def canonical_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from compiler import ir
 from compiler.errors import CapacityError
+from compiler.ir import storage_bytes
 from compiler.placement.problem import Block, Edge, Option, PlacementProblem, Residency
 from compiler.stages import at_layer
 from compiler.target import Target
@@ -124,7 +125,7 @@ def _layer_tensors(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], ta
             if not name or spec is None:
                 continue
             t = g.tensor(name)
-            entry = (t.shape, spec, target.itemsize(t.dtype))
+            entry = (t.shape, spec, target.element_bytes(t))
             if name in params:
                 if feeds_activation:
                     weights.setdefault(name, entry)
@@ -152,7 +153,7 @@ def _tables(g, layer, layouts, target, params) -> tuple:
         for name, spec in zip(op.inputs, lay.inputs, strict=True):
             if name and spec is not None and name in g.const_derived and name not in params:
                 t = g.tensor(name)
-                seen.setdefault(name, (t.shape, spec, target.itemsize(t.dtype)))
+                seen.setdefault(name, (t.shape, spec, target.element_bytes(t)))
     return tuple(seen.values())
 
 
@@ -183,7 +184,7 @@ def _live_sets(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], target
         if leaves and name in {o for op in layer.ops for o in op.outputs}:
             last[name] = len(layer.ops)
     entries = {n: (g.tensor(n).shape, tuple(dict.fromkeys(specs[n])),
-                   target.itemsize(g.tensor(n).dtype)) for n in first}
+                   target.element_bytes(g.tensor(n))) for n in first}
     return tuple(tuple(entries[n] for n in first if first[n] <= k <= last[n])
                  for k in range(len(layer.ops)))
 
@@ -197,7 +198,8 @@ def _is_scores(g: ir.Graph, op: ir.Op) -> bool:
 
 
 def _bytes(entries, rows: int, cols: int) -> int:
-    return sum(tile_numel(shape, spec, rows, cols) * size for shape, spec, size in entries)
+    return sum(storage_bytes(tile_numel(shape, spec, rows, cols), size * 8)
+               for shape, spec, size in entries)
 
 
 def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
@@ -225,7 +227,7 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
 
 
 def _live_bytes(live, rows: int, cols: int) -> int:
-    return sum(max(tile_numel(shape, s, rows, cols) for s in specs) * size
+    return sum(storage_bytes(max(tile_numel(shape, s, rows, cols) for s in specs), size * 8)
                for shape, specs, size in live)
 
 

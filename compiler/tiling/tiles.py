@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from compiler.ir import storage_bytes
 from compiler.tiling.layouts import Spec, tile_shape
 
 AXIS = {"r": 0, "c": 1}
@@ -98,8 +99,9 @@ def valid_mask(shape: Sequence[int], spec: Spec, rows: int, cols: int) -> np.nda
     return mask
 
 
-def tile_bytes(shape: Sequence[int], spec: Spec, rows: int, cols: int, itemsize: int) -> int:
-    return math.prod(tile_shape(shape, spec, rows, cols)) * itemsize
+def tile_bytes(shape: Sequence[int], spec: Spec, rows: int, cols: int, itemsize: float) -> int:
+    """Bytes of one core's tile; `itemsize` may be fractional (4-bit: 0.5), packed."""
+    return storage_bytes(math.prod(tile_shape(shape, spec, rows, cols)), itemsize * 8)
 
 
 @functools.cache
