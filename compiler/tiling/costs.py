@@ -94,15 +94,18 @@ def is_parameter(t: ir.Tensor, quantized: frozenset[str] = frozenset()) -> bool:
 
 
 def quantized_weights(g: ir.Graph) -> frozenset[str]:
-    """Integer (and float8) weights read as the data of a quantized op: the parameters of a
-    quantized model, which count as parameters like float ones."""
+    """Integer (and float8) weights read as the data of a quantized op, and 8-bit or narrower
+    tables a Gather reads (a quantized embedding): the parameters of a quantized model, which
+    count like float ones."""
     names = set()
     for op in g.ops:
         for i in QUANT_DATA_INPUTS.get(op.kind, ()):
             if i < len(op.inputs) and op.inputs[i]:
                 names.add(op.inputs[i])
+        if op.kind == "Gather" and g.tensor(op.inputs[0]).dtype.bits <= 8:
+            names.add(op.inputs[0])
     return frozenset(n for n in names if not g.tensor(n).dtype.is_float
-                     or g.tensor(n).dtype.is_quantized)
+                     and g.tensor(n).dtype is not ir.DType.BOOL)
 
 
 @dataclass(frozen=True)
