@@ -2,8 +2,9 @@
 
 Conventions: a multiply-add is 2 FLOPs; elementwise ops count one FLOP per output element (a
 fixed few for transcendental and normalization ops); data movement (Reshape, Transpose, Gather,
-Slice, ...) is free. Parameters are the float weights of the source model (folded constants such
-as rotary tables and masks are not parameters).
+Slice, ...) is free. Parameters are the float weights of the source model, and the integer ones
+a quantized model reads as data (folded constants such as rotary tables and masks are not
+parameters).
 """
 
 from __future__ import annotations
