@@ -6,6 +6,9 @@ own quantizer in the three forms users ship:
 - `dyn`:  quantize_dynamic, int8 weights (DynamicQuantizeLinear + MatMulInteger + Cast/Mul)
 - `qdq`:  quantize_static, QDQ form, per-channel int8 weights, uint8 activations
 - `qop`:  quantize_static, QOperator form (QLinearMatMul, com.microsoft QGemm) of the matmuls
+- `int4`, `f8`: (GPT-2 only) the source converted to opset 21, then quantize_static in QDQ form
+  with int4 weights (uint8 activations), or float8 e4m3fn weights and activations (the
+  Distribution calibration float8 needs)
 
 Static quantization calibrates on seeded random token ids (a small CalibrationDataReader).
 The attention-mask Add/Where are left in float: their -3.4e38 fill would give an infinite
@@ -24,6 +27,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
+    CalibrationMethod,
     QuantFormat,
     QuantType,
     quantize_dynamic,
@@ -34,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("gpt2_torchscript_op17_static", "bert_torchscript_op17_static",
            "llama_torchscript_op17_static")
 SEED = 0
+NARROW = ("gpt2_torchscript_op17_static",)  # sources also made in the int4 and float8 forms
 
 
 class RandomTokens(CalibrationDataReader):
@@ -94,11 +99,30 @@ def make(src: Path, out_dir: Path) -> list[dict]:
                 pre, dst, RandomTokens(model, vocab), quant_format=QuantFormat.QOperator,
                 op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude),
         }
+        if stem in NARROW:
+            forms.update(_narrow_forms(model, vocab, exclude, Path(tmp)))
         for form, run in forms.items():
             dst = out_dir / f"{stem}_{form}.onnx"
             run(dst)
             made.append(_entry(dst, stem, form))
     return made
+
+
+def _narrow_forms(model: onnx.ModelProto, vocab: int, exclude: list[str], tmp: Path) -> dict:
+    """int4 and float8 QDQ (opset 21) of the matmuls."""
+    pre = tmp / "src21.onnx"
+    onnx.save(onnx.version_converter.convert_version(model, 21), pre)
+    common = {"quant_format": QuantFormat.QDQ, "nodes_to_exclude": exclude,
+              "op_types_to_quantize": ["MatMul", "Gemm"]}
+    return {
+        "int4": lambda dst: quantize_static(
+            pre, dst, RandomTokens(model, vocab), weight_type=QuantType.QInt4,
+            activation_type=QuantType.QUInt8, **common),
+        "f8": lambda dst: quantize_static(
+            pre, dst, RandomTokens(model, vocab), weight_type=QuantType.QFLOAT8E4M3FN,
+            activation_type=QuantType.QFLOAT8E4M3FN,
+            calibrate_method=CalibrationMethod.Distribution, **common),
+    }
 
 
 def _entry(path: Path, source: str, form: str) -> dict:
