@@ -214,3 +214,17 @@ def test_quantize_helpers_are_the_kernels_arithmetic():
     r = kq.requantize(np.array([5, 7, -5, 10**9, -10**9], np.int32), np.float32(0.5),
                       np.int8(0), np.int8)
     assert q.tolist() == r.tolist() == [2, 4, -2, 127, -128]
+
+
+@pytest.mark.parametrize("onnx_type,zp_type", [(TensorProto.INT4, ml_dtypes.int4),
+                                                (TensorProto.INT8, np.int8)], ids=["int4", "int8"])
+def test_dequantize_per_block(onnx_type, zp_type):
+    """Blocked quantization (opset 21 block_size): one scale per block of 4 along axis 0, the
+    last block short (10 = 4 + 4 + 2)."""
+    lo, hi = (-8, 7) if onnx_type == TensorProto.INT4 else (-128, 127)
+    q = RNG.integers(lo, hi + 1, (10, 6)).astype(zp_type)
+    scale = RNG.uniform(0.01, 0.5, (3, 6)).astype(np.float32)
+    zps = RNG.integers(lo, hi + 1, (3, 6)).astype(zp_type)
+    node = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=0, block_size=4)
+    theirs = _ort(node, {}, {"q": q, "s": scale, "z": zps}, 21)[0]
+    _same(_ours("DequantizeLinear", node, [q, scale, zps])[0], theirs)
