@@ -35,6 +35,7 @@ _DTYPES = {
     onnx.TensorProto.FLOAT8E5M2: ir.DType.FLOAT8E5M2,
     onnx.TensorProto.FLOAT8E5M2FNUZ: ir.DType.FLOAT8E5M2FNUZ,
 }
+_ONNX_OF = {v: k for k, v in _DTYPES.items()}
 # numpy holds quantized storage types widened (ml_dtypes arrays do not compute in numpy)
 _HELD_AS = {"int4": np.int8, "uint4": np.uint8}
 
@@ -67,10 +68,26 @@ def convert(
         for out in op.outputs:
             if out:
                 tensors[out] = _value(types.get(out), ir.TensorKind.ACTIVATION, node, out)
+                _check_storage_only(node, tensors[out])
     scopes = tuple(_scope_hints(n) for n in g.node)
     outputs = tuple(v.name for v in g.output)
     marked = mark_stored_widths(list(tensors.values()), ops)
     return Converted(tuple(marked), ops, inputs, outputs, scopes)
+
+
+# ops that may write a quantized storage type (4-bit integers, float8): the quantizers, and views
+_WRITES_STORAGE = frozenset({"QuantizeLinear"}) | VIEW_OPS
+
+
+def _check_storage_only(node: onnx.NodeProto, t: ir.Tensor) -> None:
+    """4-bit integers and float8 are storage types: held in weights and written by
+    QuantizeLinear (and views of those), read by DequantizeLinear; any other op making one (a
+    Cast to float8) is not supported."""
+    if t.dtype.is_quantized and node.op_type not in _WRITES_STORAGE:
+        name = onnx.TensorProto.DataType.Name(_ONNX_OF[t.dtype])
+        raise ModelError(f"output {t.name} of node {node.name} ({node.op_type}): element type "
+                         f"{name} is not supported (4-bit and 8-bit float values only as "
+                         "QuantizeLinear outputs and DequantizeLinear inputs)")
 
 
 def dtype_of(elem_type: int, where: str) -> ir.DType:

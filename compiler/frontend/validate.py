@@ -39,6 +39,10 @@ ITEMSIZE = {
     onnx.TensorProto.INT4: 1, onnx.TensorProto.UINT4: 1,
 }
 PACKED_4BIT = (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+# storage-only types of quantized graphs: weights and QuantizeLinear outputs, never graph inputs
+STORAGE_ONLY = frozenset({*PACKED_4BIT, onnx.TensorProto.FLOAT8E4M3FN,
+                          onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2,
+                          onnx.TensorProto.FLOAT8E5M2FNUZ})
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -222,7 +226,7 @@ def _check_inputs(g: onnx.GraphProto, label: str) -> None:
             raise ModelError(f"{where} is {article} {kind} value, not a tensor; only tensor "
                              "inputs are supported")
         tt = v.type.tensor_type
-        if tt.elem_type not in ITEMSIZE:
+        if tt.elem_type not in ITEMSIZE or tt.elem_type in STORAGE_ONLY:
             raise ModelError(f"{where}: element type {_dtype(tt.elem_type)} is not supported")
         for i, d in enumerate(tt.shape.dim if tt.HasField("shape") else ()):
             if d.HasField("dim_value") and d.dim_value <= 0:
