@@ -33,14 +33,35 @@ class DType(enum.Enum):
     INT32 = "int32"
     INT64 = "int64"
     BOOL = "bool"
+    # quantized storage (QuantizeLinear / DequantizeLinear data): packed 4-bit integers and
+    # 8-bit floats; the executor holds 4-bit values as int8/uint8 and float8 as float32
+    INT4 = "int4"
+    UINT4 = "uint4"
+    FLOAT8E4M3FN = "float8e4m3fn"
+    FLOAT8E4M3FNUZ = "float8e4m3fnuz"
+    FLOAT8E5M2 = "float8e5m2"
+    FLOAT8E5M2FNUZ = "float8e5m2fnuz"
+
+    @property
+    def bits(self) -> int:
+        """Stored width of one element in bits (4 for the packed 4-bit integers)."""
+        return _BITS[self]
 
     @property
     def itemsize(self) -> int:
-        return _ITEMSIZE[self]
+        """Whole bytes one element takes alone; packed 4-bit types round up to 1 (use
+        `storage_bytes` for a tensor's size)."""
+        return max(1, self.bits // 8)
 
     @property
     def is_float(self) -> bool:
+        """A float the compute dtype holds (float8 storage types are `is_quantized`)."""
         return self in (DType.FLOAT32, DType.FLOAT16, DType.BFLOAT16, DType.FLOAT64)
+
+    @property
+    def is_quantized(self) -> bool:
+        """A storage-only type of quantized graphs: 4-bit integers and 8-bit floats."""
+        return self in _QUANTIZED
 
     @classmethod
     def parse(cls, name: str) -> DType:
@@ -53,10 +74,14 @@ class DType(enum.Enum):
             raise ValueError(f"unknown dtype {name!r}; expected one of {known}") from None
 
 
-_ITEMSIZE = {
-    DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2, DType.FLOAT64: 8, DType.INT8: 1,
-    DType.UINT8: 1, DType.INT16: 2, DType.INT32: 4, DType.INT64: 8, DType.BOOL: 1,
+_BITS = {
+    DType.FLOAT32: 32, DType.FLOAT16: 16, DType.BFLOAT16: 16, DType.FLOAT64: 64, DType.INT8: 8,
+    DType.UINT8: 8, DType.INT16: 16, DType.INT32: 32, DType.INT64: 64, DType.BOOL: 8,
+    DType.INT4: 4, DType.UINT4: 4, DType.FLOAT8E4M3FN: 8, DType.FLOAT8E4M3FNUZ: 8,
+    DType.FLOAT8E5M2: 8, DType.FLOAT8E5M2FNUZ: 8,
 }
+_QUANTIZED = frozenset({DType.INT4, DType.UINT4, DType.FLOAT8E4M3FN, DType.FLOAT8E4M3FNUZ,
+                        DType.FLOAT8E5M2, DType.FLOAT8E5M2FNUZ})
 
 
 def storage_bytes(numel: int, bits: float) -> int:
@@ -87,6 +112,9 @@ class Tensor:
     # Bits per element as stored, when not the dtype's (block-quantized weights: MXFP4 = 4.25,
     # 4-bit values plus an 8-bit scale per 32); None: the dtype's (or the target's) width.
     storage_bits: float | None = None
+    # a float tensor the machine holds at another width: a weight dequantized from int8 is
+    # stored as its int8 source and dequantized where it is used (set by the frontend)
+    storage: DType | None = None
 
     @property
     def is_const(self) -> bool:
@@ -98,7 +126,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        bits = self.storage_bits if self.storage_bits is not None else 8 * self.dtype.itemsize
+        bits = self.storage_bits if self.storage_bits is not None else self.dtype.bits
         return storage_bytes(self.numel, bits)
 
     def type_str(self) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 
 from compiler import ir
 from compiler.errors import ExitCode, WaferError
+from compiler.executor import kernels_quant  # noqa: F401  (registers the quantized kernels)
 from compiler.executor.kernels import KERNELS, Ctx, KernelError, Operand
 from compiler.schedule.build import Region, Schedule, Step
 from compiler.target import Target
@@ -138,8 +139,14 @@ def _as_dtype(g: ir.Graph, name: str, arr: np.ndarray) -> np.ndarray:
     return arr.astype(want, copy=False) if arr.dtype != want else arr
 
 
+_HELD = {ir.DType.INT4: np.int8, ir.DType.UINT4: np.uint8, ir.DType.BOOL: np.bool_}
+
+
 def _numpy_dtype(d: ir.DType):
-    return np.float32 if d.is_float else np.dtype(d.value if d is not ir.DType.BOOL else "bool")
+    """What the executor holds a dtype in: floats (and float8) as float32, 4-bit as 8-bit."""
+    if d.is_float or (d.is_quantized and d not in _HELD):
+        return np.float32
+    return _HELD.get(d, np.dtype(d.value))
 
 
 def _clamped(arr: np.ndarray, target: Target, precision: str) -> np.ndarray:

@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 from compiler import ir
 from compiler.errors import ModelError, ShapeError, WaferWarning
 from compiler.frontend.external import ExternalRef, read_external
+from compiler.frontend.quant import mark_stored_widths
 from compiler.vocab import VIEW_OPS
 
 _DTYPES = {
@@ -27,7 +28,16 @@ _DTYPES = {
     onnx.TensorProto.INT8: ir.DType.INT8, onnx.TensorProto.UINT8: ir.DType.UINT8,
     onnx.TensorProto.INT16: ir.DType.INT16, onnx.TensorProto.INT32: ir.DType.INT32,
     onnx.TensorProto.INT64: ir.DType.INT64, onnx.TensorProto.BOOL: ir.DType.BOOL,
+    # quantized storage types (held by the executor as int8/uint8 and float32)
+    onnx.TensorProto.INT4: ir.DType.INT4, onnx.TensorProto.UINT4: ir.DType.UINT4,
+    onnx.TensorProto.FLOAT8E4M3FN: ir.DType.FLOAT8E4M3FN,
+    onnx.TensorProto.FLOAT8E4M3FNUZ: ir.DType.FLOAT8E4M3FNUZ,
+    onnx.TensorProto.FLOAT8E5M2: ir.DType.FLOAT8E5M2,
+    onnx.TensorProto.FLOAT8E5M2FNUZ: ir.DType.FLOAT8E5M2FNUZ,
 }
+_ONNX_OF = {v: k for k, v in _DTYPES.items()}
+# numpy holds quantized storage types widened (ml_dtypes arrays do not compute in numpy)
+_HELD_AS = {"int4": np.int8, "uint4": np.uint8}
 
 
 @dataclass(frozen=True)
@@ -53,14 +63,31 @@ def convert(
     types = {v.name: v for v in [*g.input, *g.value_info, *g.output]}
     for name in inputs:
         tensors[name] = _value(types.get(name), ir.TensorKind.INPUT, "graph input", name)
-    ops = tuple(_op(n, i) for i, n in enumerate(g.node))
+    ops = tuple(_op(n, i, types) for i, n in enumerate(g.node))
     for node, op in zip(g.node, ops, strict=True):
         for out in op.outputs:
             if out:
                 tensors[out] = _value(types.get(out), ir.TensorKind.ACTIVATION, node, out)
+                _check_storage_only(node, tensors[out])
     scopes = tuple(_scope_hints(n) for n in g.node)
     outputs = tuple(v.name for v in g.output)
-    return Converted(tuple(tensors.values()), ops, inputs, outputs, scopes)
+    marked = mark_stored_widths(list(tensors.values()), ops)
+    return Converted(tuple(marked), ops, inputs, outputs, scopes)
+
+
+# ops that may write a quantized storage type (4-bit integers, float8): the quantizers, and views
+_WRITES_STORAGE = frozenset({"QuantizeLinear"}) | VIEW_OPS
+
+
+def _check_storage_only(node: onnx.NodeProto, t: ir.Tensor) -> None:
+    """4-bit integers and float8 are storage types: held in weights and written by
+    QuantizeLinear (and views of those), read by DequantizeLinear; any other op making one (a
+    Cast to float8) is not supported."""
+    if t.dtype.is_quantized and node.op_type not in _WRITES_STORAGE:
+        name = onnx.TensorProto.DataType.Name(_ONNX_OF[t.dtype])
+        raise ModelError(f"output {t.name} of node {node.name} ({node.op_type}): element type "
+                         f"{name} is not supported (4-bit and 8-bit float values only as "
+                         "QuantizeLinear outputs and DequantizeLinear inputs)")
 
 
 def dtype_of(elem_type: int, where: str) -> ir.DType:
@@ -89,9 +116,20 @@ def _weight_data(name: str, tensor, shape: tuple[int, ...]) -> np.ndarray:
         np_dtype = helper.tensor_dtype_to_np_dtype(int(tensor.dtype))
         return read_external(Path(tensor.base_dir or "."), ref, np.dtype(np_dtype), shape)
     try:
-        return tensor.numpy()
+        return held(tensor.numpy())
     except Exception as exc:  # onnx_ir raises several types for malformed tensors
         raise ModelError(f"initializer {name}: data does not match its shape ({exc})") from None
+
+
+def held(arr: np.ndarray) -> np.ndarray:
+    """An array as the executor holds it: 4-bit integers widened to int8/uint8, 8-bit floats
+    to float32 (exact: every float8 value is a float32)."""
+    name = arr.dtype.name
+    if name in _HELD_AS:
+        return arr.astype(_HELD_AS[name])
+    if name.startswith("float8"):
+        return arr.astype(np.float32)
+    return arr
 
 
 def check_element_counts(conv: Converted) -> None:
@@ -163,9 +201,14 @@ def _value(vi: onnx.ValueInfoProto | None, kind: ir.TensorKind, node, name: str 
     return ir.Tensor(vi.name, tuple(dims), dtype_of(tt.elem_type, where), kind)
 
 
-def _op(node: onnx.NodeProto, index: int) -> ir.Op:
+def _op(node: onnx.NodeProto, index: int, types: dict) -> ir.Op:
     name = node.name or f"{node.op_type}_{index}"
     attrs = tuple((a.name, _attr(node, a)) for a in node.attribute)
+    if node.op_type == "QuantizeLinear" and not any(k == "output_dtype" for k, _ in attrs):
+        # the element type it writes, explicit: int4 and float8 are held as int8 / float32
+        vi = types.get(node.output[0])
+        if vi is not None and vi.type.HasField("tensor_type"):
+            attrs = (*attrs, ("output_dtype", int(vi.type.tensor_type.elem_type)))
     return ir.Op(name, node.op_type, tuple(node.input), tuple(node.output), attrs, node.domain)
 
 

@@ -35,6 +35,7 @@ from compiler.frontend.layers import group_layers, mark_moe
 from compiler.frontend.moe import attach_moe, storage_widths
 from compiler.frontend.ops import check_control_flow, check_supported
 from compiler.frontend.past import bind_past, strip_past
+from compiler.frontend.quant import infer_with_contrib
 from compiler.frontend.tables import check_table_lookups
 from compiler.frontend.validate import check_model, normalize_domains, read_model
 
@@ -203,7 +204,7 @@ def _fold_policy(source_weights: set[str]):
             t = v.const_value if v is not None else None
             if isinstance(t, onnx_ir.ExternalTensor):
                 return False
-            if (t is not None and v.name in source_weights and t.dtype.is_floating_point()
+            if (t is not None and v.name in source_weights and _parameter_dtype(t.dtype)
                     and (len(t.shape) >= 2 or node.op_type == "Gather")):
                 return False
         if node.op_type == "ConstantOfShape" and node.inputs[0] is not None:
@@ -215,13 +216,26 @@ def _fold_policy(source_weights: set[str]):
     return policy
 
 
+# integer and float8 types a quantized model stores its weights in: a DequantizeLinear of such
+# a weight stays an op (the weight keeps its stored width), it is not folded into a float table
+_QUANTIZED_WEIGHT_TYPES = frozenset({
+    onnx_ir.DataType.INT8, onnx_ir.DataType.UINT8, onnx_ir.DataType.INT4, onnx_ir.DataType.UINT4,
+    onnx_ir.DataType.FLOAT8E4M3FN, onnx_ir.DataType.FLOAT8E4M3FNUZ, onnx_ir.DataType.FLOAT8E5M2,
+    onnx_ir.DataType.FLOAT8E5M2FNUZ,
+})
+
+
+def _parameter_dtype(dtype: onnx_ir.DataType) -> bool:
+    return dtype.is_floating_point() or dtype in _QUANTIZED_WEIGHT_TYPES
+
+
 def _infer_shapes(model: onnx_ir.Model, name: str) -> onnx.ModelProto:
     """ONNX's own shape inference, strict, on a copy without the large weights."""
     infer = functools.partial(
         onnx.shape_inference.infer_shapes, check_type=True, strict_mode=True, data_prop=False
     )
     try:
-        return call_onnx_api(infer, model)
+        return call_onnx_api(functools.partial(infer_with_contrib, infer=infer), model)
     except onnx.shape_inference.InferenceError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ShapeError(f"{name}: shape inference failed: {first}") from None

@@ -37,6 +37,15 @@ SUPPORTED_OPS = SUPPORTED_OPS | MOE_OPS
 # --- issue 15, real checkpoints (h-real): positions computed from the runtime mask ---
 SUPPORTED_OPS = SUPPORTED_OPS | frozenset({"CumSum"})
 # --- end issue 15 ---
+# --- quantized graphs (QDQ, dynamic and QOperator forms; kernels in executor/kernels_quant.py)
+QUANT_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+    "QLinearMatMul",
+})
+MICROSOFT = "com.microsoft"
+# com.microsoft contrib ops that onnxruntime's quantizer emits and wafer implements; any other
+# op of that domain is refused
+MICROSOFT_OPS = frozenset({"QGemm", "QuantizeLinear", "DequantizeLinear"})
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 _DTYPE_NAMES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16",
@@ -63,7 +72,9 @@ def _has_subgraph(node: ir.Node) -> bool:
 
 
 def is_supported(node: ir.Node) -> bool:
-    return node.domain in STANDARD_DOMAINS and node.op_type in SUPPORTED_OPS
+    if node.domain == MICROSOFT:
+        return node.op_type in MICROSOFT_OPS
+    return node.domain in STANDARD_DOMAINS and node.op_type in SUPPORTED_OPS | QUANT_OPS
 
 
 def _describe(model: ir.Model, node: ir.Node) -> UnsupportedOp:

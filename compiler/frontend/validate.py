@@ -33,7 +33,16 @@ ITEMSIZE = {
     onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
     onnx.TensorProto.INT16: 2, onnx.TensorProto.INT32: 4, onnx.TensorProto.INT64: 8,
     onnx.TensorProto.BOOL: 1,
+    # quantized storage: float8 one byte, 4-bit integers two to a byte (`_data_size`)
+    onnx.TensorProto.FLOAT8E4M3FN: 1, onnx.TensorProto.FLOAT8E4M3FNUZ: 1,
+    onnx.TensorProto.FLOAT8E5M2: 1, onnx.TensorProto.FLOAT8E5M2FNUZ: 1,
+    onnx.TensorProto.INT4: 1, onnx.TensorProto.UINT4: 1,
 }
+PACKED_4BIT = (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+# storage-only types of quantized graphs: weights and QuantizeLinear outputs, never graph inputs
+STORAGE_ONLY = frozenset({*PACKED_4BIT, onnx.TensorProto.FLOAT8E4M3FN,
+                          onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2,
+                          onnx.TensorProto.FLOAT8E5M2FNUZ})
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -217,7 +226,7 @@ def _check_inputs(g: onnx.GraphProto, label: str) -> None:
             raise ModelError(f"{where} is {article} {kind} value, not a tensor; only tensor "
                              "inputs are supported")
         tt = v.type.tensor_type
-        if tt.elem_type not in ITEMSIZE:
+        if tt.elem_type not in ITEMSIZE or tt.elem_type in STORAGE_ONLY:
             raise ModelError(f"{where}: element type {_dtype(tt.elem_type)} is not supported")
         for i, d in enumerate(tt.shape.dim if tt.HasField("shape") else ()):
             if d.HasField("dim_value") and d.dim_value <= 0:
@@ -310,7 +319,7 @@ def check_tensor(t: onnx.TensorProto, where: str) -> None:
         return  # checked against its file by check_external
     field = onnx.helper.tensor_dtype_to_field(t.data_type)
     have = len(t.raw_data) if t.raw_data else len(getattr(t, field))
-    need = n * ITEMSIZE[t.data_type] if t.raw_data else n
+    need = _nbytes(t) if t.raw_data else (-(-n // 2) if t.data_type in PACKED_4BIT else n)
     if have != need:
         unit = "bytes of raw_data" if t.raw_data else f"values in {field}"
         raise ModelError(f"{where} has {have:,} {unit} but shape {list(t.dims)} "
@@ -318,7 +327,8 @@ def check_tensor(t: onnx.TensorProto, where: str) -> None:
 
 
 def _nbytes(t: onnx.TensorProto) -> int:
-    return math.prod(t.dims) * ITEMSIZE[t.data_type]
+    n = math.prod(t.dims)
+    return -(-n // 2) if t.data_type in PACKED_4BIT else n * ITEMSIZE[t.data_type]
 
 
 def _all_tensors(proto: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:

@@ -14,8 +14,24 @@ from typing import Any
 
 from compiler.errors import TargetError
 from compiler.target.overrides import OverrideValue, apply_overrides, format_overrides
-from compiler.target.schema import SCHEMA, SECTIONS, TOP_KEYS
-from compiler.target.spec import Compute, Core, Grid, Links, OffChip, Runtime, Target, Wafers
+from compiler.target.schema import (
+    OPTIONAL_SCHEMA,
+    OPTIONAL_SECTIONS,
+    SCHEMA,
+    SECTIONS,
+    TOP_KEYS,
+)
+from compiler.target.spec import (
+    Compute,
+    Core,
+    Grid,
+    Links,
+    OffChip,
+    Runtime,
+    Storage,
+    Target,
+    Wafers,
+)
 from compiler.target.units import (
     EXPECTS,
     PARSERS,
@@ -65,6 +81,7 @@ def target_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Target:
         wafers=Wafers(**sections["wafers"]),
         compute=Compute(**sections["compute"]),
         runtime=Runtime(**sections["runtime"]),
+        storage=Storage(**_parse_optional(data, "storage", source)),
         source=source,
     )
 
@@ -135,13 +152,14 @@ def _parse_toml(text: str, label: str) -> dict[str, Any]:
 
 
 def _check_top_level(data: Mapping[str, Any], source: str) -> None:
-    allowed = [*TOP_KEYS, *SECTIONS]
+    allowed = [*TOP_KEYS, *SECTIONS, *OPTIONAL_SECTIONS]
     for key, value in data.items():
         if key not in allowed:
             what = f"unknown table [{key}]" if isinstance(value, Mapping) else "unknown key"
             raise TargetError(
                 f"{source}: {key}: {what}{did_you_mean(key, allowed)} "
-                f"(top-level keys: {', '.join(TOP_KEYS)}; tables: {', '.join(SECTIONS)})"
+                f"(top-level keys: {', '.join(TOP_KEYS)}; tables: "
+                f"{', '.join([*SECTIONS, *OPTIONAL_SECTIONS])})"
             )
     for key in TOP_KEYS:
         if key not in data:
@@ -152,11 +170,26 @@ def _check_top_level(data: Mapping[str, Any], source: str) -> None:
             raise TargetError(f"{source}: {section}: missing table [{section}] (keys {keys})")
 
 
+def _parse_optional(data: Mapping[str, Any], section: str, source: str) -> dict[str, Any]:
+    """An optional table: absent is empty, and each of its keys may be left out."""
+    if section not in data:
+        return {}
+    table = _table(data, section, source, OPTIONAL_SCHEMA[section])
+    return {key: _parse_value(table, key, kind, source, section)
+            for key, kind in OPTIONAL_SCHEMA[section].items() if key in table}
+
+
 def _parse_section(data: Mapping[str, Any], section: str, source: str) -> dict[str, Any]:
+    schema = SCHEMA[section]
+    table = _table(data, section, source, schema)
+    return {key: _parse_value(table, key, kind, source, section) for key, kind in schema.items()}
+
+
+def _table(data: Mapping[str, Any], section: str, source: str,
+           schema: Mapping[str, str]) -> Mapping[str, Any]:
     table = data[section]
     if not isinstance(table, Mapping):
         raise TargetError(f"{source}: {section}: expected a table, got {show(table)}")
-    schema = SCHEMA[section]
     for key in table:
         if key not in schema:
             valid = [f"{section}.{k}" for k in schema]
@@ -165,7 +198,7 @@ def _parse_section(data: Mapping[str, Any], section: str, source: str) -> dict[s
                 f"{source}: {section}.{key}: unknown key{suggestion} "
                 f"(keys in [{section}]: {', '.join(valid)})"
             )
-    return {key: _parse_value(table, key, kind, source, section) for key, kind in schema.items()}
+    return table
 
 
 def _parse_value(

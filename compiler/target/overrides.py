@@ -9,7 +9,7 @@ from typing import Any
 
 from compiler.errors import TargetError
 from compiler.ir import DType
-from compiler.target.schema import FLOPS_KEY, SCHEMA
+from compiler.target.schema import FLOPS_KEY, OPTIONAL_SCHEMA, SCHEMA
 from compiler.target.units import BadValue, as_dtype, did_you_mean, dtype_name
 
 OverrideValue = str | int | float
@@ -17,7 +17,8 @@ OverrideValue = str | int | float
 
 def override_keys() -> list[str]:
     """Every key path an override may set; `core.flops_per_cycle.<dtype>` for any dtype."""
-    keys = [f"{s}.{k}" for s, fields_ in SCHEMA.items() for k in fields_ if k != FLOPS_KEY]
+    keys = [f"{s}.{k}" for s, fields_ in (SCHEMA | OPTIONAL_SCHEMA).items() for k in fields_
+            if k != FLOPS_KEY]
     return keys + [f"core.{FLOPS_KEY}.<dtype>"]
 
 

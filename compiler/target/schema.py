@@ -27,4 +27,8 @@ SCHEMA: dict[str, dict[str, str]] = {
     "runtime": {"step_overhead_cycles": "int"},
 }
 SECTIONS = tuple(SCHEMA)
+# optional tables whose keys are each optional: [storage] gives a tensor kind a storage dtype
+# other than its own (`weights = "int8"`: float weights are held and moved as 1-byte values)
+OPTIONAL_SCHEMA: dict[str, dict[str, str]] = {"storage": {"weights": "dtype"}}
+OPTIONAL_SECTIONS = tuple(OPTIONAL_SCHEMA)
 TOP_KEYS = ("name", "description")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.errors import TargetError
-from compiler.ir import DType, Tensor, storage_bytes
+from compiler.ir import DType, Tensor, TensorKind, storage_bytes
 from compiler.target.schema import SECTIONS
 from compiler.target.units import dtype_name, freeze_flops
 from compiler.target.validate import problems
@@ -108,6 +108,18 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class Storage:
+    """Optional storage dtypes per tensor kind ([storage] in a spec): `weights` holds float
+    weights of the source model at that width (e.g. int8: 1 byte each) in SRAM, on links and
+    off-chip. None keeps the default byte rule (`Target.element_bytes`)."""
+
+    weights: DType | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v.value for k, v in _fields(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
 class Target:
     """A validated machine description. Construction checks every range (also after
     `dataclasses.replace`) and computes `sha256` over the canonical content."""
@@ -121,6 +133,7 @@ class Target:
     wafers: Wafers
     compute: Compute
     runtime: Runtime
+    storage: Storage = Storage()
     source: str = field(default="<memory>", compare=False)
     sha256: str = field(init=False, compare=False)
 
@@ -157,17 +170,28 @@ class Target:
         return self.usable_bytes_per_wafer * self.wafers.count
 
     # -- bytes on the chip --------------------------------------------------------------------
-    def itemsize(self, dtype: DType) -> int:
+    def itemsize(self, dtype: DType) -> float:
         """Bytes one element of a `dtype` tensor takes on the machine (SRAM, NoC, inter-wafer
-        links, off-chip): floats at the storage dtype `compute.dtype`, integers and bools at
-        their own size. The one byte rule: tiling, placement, the schedule (and so the
-        performance model and the report) and the executor's memory accounting count with it."""
-        return self.compute.dtype.itemsize if dtype.is_float else dtype.itemsize
+        links, off-chip): floats at the storage dtype `compute.dtype`, integers, bools and
+        quantized types at their own width (0.5 for 4-bit)."""
+        return (self.compute.dtype.bits if dtype.is_float else dtype.bits) / 8
 
     def element_bytes(self, t: Tensor) -> float:
-        """Bytes per element of `t` on the machine: its own storage width when it has one
-        (`Tensor.storage_bits`, e.g. MXFP4 weights at 4.25 bits), else `itemsize(t.dtype)`."""
-        return t.storage_bits / 8 if t.storage_bits is not None else self.itemsize(t.dtype)
+        """Bytes one element of tensor `t` takes on the machine. The one byte rule: tiling,
+        placement, the schedule (and so the performance model and the report) and the
+        executor's memory accounting count with it. A tensor with its own storage width
+        (`t.storage_bits`, e.g. MXFP4 weights at 4.25 bits) counts at it; a float weight
+        dequantized from integers (`t.storage`, set by the frontend) at its stored dtype; a
+        float source weight at [storage] weights when the target sets it; anything else at
+        `itemsize(t.dtype)`."""
+        if t.storage_bits is not None:
+            return t.storage_bits / 8
+        if t.storage is not None:
+            return t.storage.bits / 8
+        weights = self.storage.weights
+        if weights is not None and t.kind is TensorKind.WEIGHT and t.dtype.is_float:
+            return weights.bits / 8
+        return self.itemsize(t.dtype)
 
     def tensor_bytes(self, t: Tensor) -> int:
         """Bytes of a whole tensor on the machine: its elements at `element_bytes(t)`, packed."""
@@ -206,6 +230,8 @@ class Target:
         for section in SECTIONS:
             out[section] = {k: _plain(v) for k, v in _fields(getattr(self, section)).items()}
         out["core"]["flops_per_cycle"] = self.core.flops_table
+        if self.storage.to_dict():  # optional: absent leaves a spec's hash as it was
+            out["storage"] = self.storage.to_dict()
         return out
 
     def canonical_dict(self) -> dict[str, Any]:

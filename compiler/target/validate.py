@@ -35,6 +35,7 @@ def problems(t: Target) -> Problems:
     yield from _link_problems(t.links)
     yield from _io_problems(t)
     yield from _compute_problems(t)
+    yield from _storage_problems(t)
 
 
 def _num(value: float) -> str:
@@ -112,3 +113,12 @@ def _compute_problems(t: Target) -> Problems:
             f"compute.dtype ({dtype.value}), got {acc.value}"
         )
 
+
+
+def _storage_problems(t: Target) -> Problems:
+    w = t.storage.weights
+    if w is not None and (w.value in ("bool", "int64", "int32", "int16", "float64")
+                          or w.bits > t.compute.dtype.bits):
+        yield "storage.weights", (
+            "expected a float, int8/uint8, int4/uint4 or float8 dtype no wider than "
+            f"compute.dtype ({t.compute.dtype.value}), got {w.value}")

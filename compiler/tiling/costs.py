@@ -2,8 +2,9 @@
 
 Conventions: a multiply-add is 2 FLOPs; elementwise ops count one FLOP per output element (a
 fixed few for transcendental and normalization ops); data movement (Reshape, Transpose, Gather,
-Slice, ...) is free. Parameters are the float weights of the source model (folded constants such
-as rotary tables and masks are not parameters).
+Slice, ...) is free. Parameters are the float weights of the source model, and the integer ones
+a quantized model reads as data (folded constants such as rotary tables and masks are not
+parameters).
 """
 
 from __future__ import annotations
@@ -32,8 +33,30 @@ _ELEMENTWISE = _ELEMENTWISE | {"CumSum"}
 # --- end issue 15 ---
 
 
+# quantized graphs: integer matmuls count 2 ops per multiply-add like float ones; quantize,
+# dequantize and requantize a few per element
+_QUANT_MATMULS = frozenset({"MatMulInteger", "QLinearMatMul", "QGemm"})
+_QUANT_PER_ELEMENT = {"QuantizeLinear": 3, "DequantizeLinear": 2, "DynamicQuantizeLinear": 5}
+# input positions holding quantized data (not scales or zero points), per op
+QUANT_DATA_INPUTS = {"DequantizeLinear": (0,), "MatMulInteger": (0, 1),
+                     "QLinearMatMul": (0, 3), "QGemm": (0, 3)}
+
+
+def _quant_flops(g: ir.Graph, op: ir.Op, out: int) -> int | None:
+    if op.kind in _QUANT_MATMULS:
+        a = g.tensor(op.inputs[0]).shape
+        k = a[0] if op.attr("transA", 0) else a[-1]
+        return 2 * out * k + (out if op.kind != "MatMulInteger" else 0)
+    if op.kind in _QUANT_PER_ELEMENT:
+        return _QUANT_PER_ELEMENT[op.kind] * g.tensor(op.inputs[0]).numel
+    return None
+
+
 def op_flops(g: ir.Graph, op: ir.Op) -> int:
     out = g.tensor(op.outputs[0]).numel if op.outputs and op.outputs[0] else 0
+    quant = _quant_flops(g, op, out)
+    if quant is not None:
+        return quant
     if op.kind == "MatMul":
         return 2 * out * g.tensor(op.inputs[0]).shape[-1]
     if op.kind == "Gemm":
@@ -74,10 +97,28 @@ def _attention_flops(g: ir.Graph, op: ir.Op) -> int:
     return 2 * scores * head_dim + 2 * scores * v_dim + 5 * scores
 
 
-def is_parameter(t: ir.Tensor) -> bool:
+def is_parameter(t: ir.Tensor, quantized: frozenset[str] = frozenset()) -> bool:
     """A float weight of the source model with more than one element (scalars are
-    hyper-parameters such as eps; folded constants are not parameters)."""
-    return t.kind is ir.TensorKind.WEIGHT and t.dtype.is_float and t.numel > 1
+    hyper-parameters such as eps; folded constants are not parameters), or an integer one a
+    quantized op reads as data (`quantized_weights`), not as a zero point."""
+    if t.kind is not ir.TensorKind.WEIGHT or t.numel <= 1:
+        return False
+    return t.dtype.is_float or t.name in quantized
+
+
+def quantized_weights(g: ir.Graph) -> frozenset[str]:
+    """Integer (and float8) weights read as the data of a quantized op, and 8-bit or narrower
+    tables a Gather reads (a quantized embedding): the parameters of a quantized model, which
+    count like float ones."""
+    names = set()
+    for op in g.ops:
+        for i in QUANT_DATA_INPUTS.get(op.kind, ()):
+            if i < len(op.inputs) and op.inputs[i]:
+                names.add(op.inputs[i])
+        if op.kind == "Gather" and g.tensor(op.inputs[0]).dtype.bits <= 8:
+            names.add(op.inputs[0])
+    return frozenset(n for n in names if not g.tensor(n).dtype.is_float
+                     and g.tensor(n).dtype is not ir.DType.BOOL)
 
 
 @dataclass(frozen=True)
@@ -109,7 +150,7 @@ def _layer_cost(g: ir.Graph, layer: ir.Layer, kv: dict[str, str], owner: dict[st
     return LayerCost(
         name=layer.name, kind=layer.kind.value, ops=len(layer.ops),
         flops=sum(op_flops(g, op) for op in layer.ops),
-        params=sum(t.numel for t in mine if is_parameter(t)),
+        params=sum(t.numel for t in mine if is_parameter(t, quantized_weights(g))),
         weight_bytes=sum(t.nbytes for t in mine),
         activation_bytes=sum(g.tensor(n).nbytes for n in produced),
         output_bytes=sum(g.tensor(n).nbytes for n in leaving),
@@ -234,7 +275,7 @@ def model_cost(g: ir.Graph) -> ModelCost:
     flops = sum(lc.flops for lc in layers)
     return ModelCost(
         tokens=tokens,
-        params=sum(t.numel for t in g.weights if is_parameter(t)),
+        params=sum(t.numel for t in g.weights if is_parameter(t, quantized_weights(g))),
         weight_bytes=sum(t.nbytes for t in g.weights),
         flops=flops,
         flops_per_token=flops // tokens if tokens else flops,

@@ -682,7 +682,26 @@ def _gemm(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     return _matmul_weight(g, op, specs, trans_b=bool(op.attr("transB", 0)))
 
 
+# --- quantized graphs (kernels in compiler/executor/kernels_quant.py) -------------------------
+
+
+def _quant_elementwise(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """QuantizeLinear / DequantizeLinear: elementwise with a per-tensor scale and zero point;
+    per axis or per block, whole tensors (the parameters run along one axis)."""
+    per_tensor = all(len(g.tensor(n).shape) == 0 or g.tensor(n).numel == 1
+                     for n in op.inputs[1:] if n)
+    return _elementwise(g, op, specs) if per_tensor else _fallback(g, op, specs)
+
+
+# integer matmuls, requantizing matmuls and DynamicQuantizeLinear (a range over the whole
+# tensor) run on whole tensors: their zero points and requantization do not split over K
+QUANT_RULES = {"QuantizeLinear": _quant_elementwise, "DequantizeLinear": _quant_elementwise,
+               **dict.fromkeys(("DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
+                                "QGemm"), _fallback)}
+
+
 _RULES = {
+    **QUANT_RULES,
     "MatMul": _matmul, "Gemm": _gemm,
     "Transpose": _transpose, "Reshape": _reshape, "Flatten": _reshape, "Squeeze": _unsqueeze,
     "Unsqueeze": _unsqueeze, "Expand": _expand, "Gather": _embedding,

@@ -1,0 +1,93 @@
+"""Quantized graphs in the frontend: shape inference through the com.microsoft ops onnx does
+not know, and the stored width of dequantized weights.
+
+onnx's shape inference skips ops of other domains, leaving everything after them untyped. It
+runs here on a copy in which each com.microsoft node is replaced by standard ops that give its
+outputs the same types and shapes; the types found are then put on the original graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import onnx
+from onnx import helper
+
+from compiler import ir
+from compiler.frontend.ops import MICROSOFT
+from compiler.vocab import VIEW_OPS
+
+Infer = Callable[[onnx.ModelProto], onnx.ModelProto]
+
+
+def infer_with_contrib(proto: onnx.ModelProto, infer: Infer) -> onnx.ModelProto:
+    """`infer` (onnx shape inference) on `proto`, through its com.microsoft nodes."""
+    if not any(n.domain == MICROSOFT for n in proto.graph.node):
+        return infer(proto)
+    stand_in = onnx.ModelProto()
+    stand_in.CopyFrom(proto)
+    del stand_in.graph.node[:]
+    for i, node in enumerate(proto.graph.node):
+        stand_in.graph.node.extend(_stand_in(node, i) if node.domain == MICROSOFT else [node])
+    typed = infer(stand_in)
+    known = {o for n in proto.graph.node for o in n.output}
+    keep = [v for v in typed.graph.value_info if v.name in known]
+    del typed.graph.value_info[:]
+    typed.graph.value_info.extend(keep)
+    del typed.graph.node[:]
+    typed.graph.node.extend(proto.graph.node)
+    return typed
+
+
+def _stand_in(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
+    """Standard nodes writing `node`'s outputs with its types and shapes."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        return [helper.make_node(node.op_type, list(node.input), list(node.output),
+                                 **{k: v for k, v in attrs.items() if k == "axis"})]
+    if node.op_type == "QGemm":
+        return _qgemm_stand_in(node, attrs, f"_wafer_stand_in_{index}")
+    return [node]  # refused later with every unsupported op listed
+
+
+def _qgemm_stand_in(node: onnx.NodeProto, attrs: dict, tmp: str) -> list[onnx.NodeProto]:
+    a, b = node.input[0], node.input[3]
+    nodes = []
+    if attrs.get("transA", 0):
+        nodes.append(helper.make_node("Transpose", [a], [f"{tmp}_a"], perm=[1, 0]))
+        a = f"{tmp}_a"
+    if attrs.get("transB", 0):
+        nodes.append(helper.make_node("Transpose", [b], [f"{tmp}_b"], perm=[1, 0]))
+        b = f"{tmp}_b"
+    nodes.append(helper.make_node("MatMulInteger", [a, b], [f"{tmp}_acc"]))
+    quantized = len(node.input) > 8 and node.input[8]
+    if quantized:  # the output takes y_zero_point's type: cast like it
+        nodes.append(helper.make_node("CastLike", [f"{tmp}_acc", node.input[8]],
+                                      [node.output[0]]))
+    else:
+        nodes.append(helper.make_node("Cast", [f"{tmp}_acc"], [node.output[0]],
+                                      to=onnx.TensorProto.FLOAT))
+    return nodes
+
+
+# --- stored widths ---------------------------------------------------------------------------
+
+
+def mark_stored_widths(tensors: list[ir.Tensor], ops: tuple[ir.Op, ...]) -> list[ir.Tensor]:
+    """A DequantizeLinear of a quantized weight makes a float weight the machine keeps at the
+    weight's stored width (dequantized where it is used); so do views of it. Those float
+    tensors get `storage` = the quantized dtype, which the byte rule counts."""
+    by_name = {t.name: t for t in tensors}
+    stored: dict[str, ir.DType] = {}
+    for op in ops:
+        src = by_name.get(op.inputs[0]) if op.inputs else None
+        if src is None or not op.outputs or not op.outputs[0]:
+            continue
+        if op.kind == "DequantizeLinear" and src.kind is ir.TensorKind.WEIGHT \
+                and not src.dtype.is_float:
+            stored[op.outputs[0]] = src.dtype
+        elif op.kind in VIEW_OPS and src.name in stored:
+            stored[op.outputs[0]] = stored[src.name]
+    return [dataclasses.replace(t, storage=stored[t.name]) if t.name in stored else t
+            for t in tensors]
