@@ -646,8 +646,19 @@ def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target:
         forms += [grouped] if grouped.grouped else []
     except DecodeUnsupported:
         pass
-    plans = [plan_for(dg, prefill, target) for dg in forms]
-    return max(plans, key=lambda p: p.estimate.tokens_per_s or 0.0)  # first of equals
+    plans = [p for p in (_try_plan(dg, prefill, target) for dg in forms) if p is not None]
+    return max(plans, key=lambda p: p.estimate.tokens_per_s or 0.0) if plans else None
+
+
+def _try_plan(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan | None:
+    """The plan of one decode form, or None when its schedule cannot be built. A graph that
+    passes the derivation without being a decoder (a TorchScript BERT whose bidirectional
+    [S, S] mask grows along queries and keys like a causal one) fails here; telling the two
+    apart needs the mask's values, which a shape-only compile does not have."""
+    try:
+        return plan_for(dg, prefill, target)
+    except (ValueError, KeyError, IndexError, WaferError):
+        return None
 
 
 def plan_for(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan:
