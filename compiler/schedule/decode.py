@@ -202,13 +202,22 @@ def _device_ops(g: ir.Graph) -> list[tuple[str, str]]:
 def _attention_cores(g: ir.Graph) -> list[tuple[ir.Op, ir.Op]]:
     """(scores MatMul, P x V MatMul) around each Softmax whose both MatMuls read activations."""
     cores = []
-    for sm in (op for op in g.ops if op.kind == "Softmax"):
+    for sm in (op for op in g.ops if op.kind == "Softmax" and not _is_router(g, op)):
         scores = _back_to_matmul(g, sm.inputs[0])
         pv = _forward_to_matmul(g, sm.outputs[0])
         if scores is None or pv is None:
             raise DecodeUnsupported(f"Softmax {sm.name} is not between two activation MatMuls")
         cores.append((scores, pv))
     return cores
+
+
+def _is_router(g: ir.Graph, sm: ir.Op) -> bool:
+    """A mixture-of-experts router's Softmax: over the logits of a weight MatMul / Gemm (the
+    gate), choosing experts (a TopK reads it), not attention scores."""
+    made = g.producers.get(sm.inputs[0])
+    gate = made is not None and made.kind in ("MatMul", "Gemm") and any(
+        n in g.const_derived for n in made.inputs if n)
+    return gate and any(op.kind == "TopK" for op in g.consumers.get(sm.outputs[0], ()))
 
 
 def _is_act_matmul(g: ir.Graph, op: ir.Op) -> bool:
