@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -33,6 +34,12 @@ os.environ.setdefault("WAFER_CHECK", "1")
 
 
 @functools.cache
+def default_sigint() -> None:
+    """Popen preexec_fn for tests that interrupt a child with SIGINT: a shell that starts the
+    suite in the background (no job control) ignores SIGINT, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def zoo_graph(name: str, batch: int | None = None, seq: int | None = None) -> ir.Graph:
     return load_model(name, FrontendOptions(DimRequest(batch=batch, seq_len=seq)))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_cases import SPEC, WAFER, _lines, mlp, save, wafer
+from conftest import default_sigint
 
 from compiler.errors import ExitCode
 
@@ -52,7 +53,8 @@ def _interrupt(tmp_path: Path, sig: int, *extra: str) -> tuple[int, str]:
     """Start a compile whose placement takes seconds, send `sig` while CP-SAT runs."""
     proc = subprocess.Popen([*WAFER, "compile", "llama3-8b", "-t", "wse3", "-o", "out",
                              "--time-limit", "60", *extra], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     assert proc.stderr is not None
     lines = []
     for line in proc.stderr:  # stage lines arrive as the stages finish

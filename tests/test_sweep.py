@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SMALL
+from conftest import SMALL, default_sigint
 
 from compiler.cli import main
 from compiler.driver import CompileOptions, compile_model
@@ -148,7 +148,8 @@ def test_an_interrupted_sweep_resumes(capsys, tmp_path):
             "--vary", "context=16,32,48,64"]
     proc = subprocess.Popen([sys.executable, "-m", "compiler", "sweep", *argv, "-o", str(out),
                              "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=default_sigint)
     points = out / "points"
     while not (points.is_dir() and any(points.glob("*.json"))) and proc.poll() is None:
         time.sleep(0.01)
