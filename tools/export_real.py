@@ -31,6 +31,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parent))
+import export_hf as hf  # noqa: E402  (its seeded weights, shared)
+
 SEED = 0
 OPSET = 17
 CHECK_SHAPE = (2, 16)  # (batch, seq) the export is traced and checked at
@@ -48,17 +51,6 @@ def _hf() -> tuple[Any, Any]:
     return torch, transformers
 
 
-def _randomize(model: Any) -> None:
-    """Seeded non-trivial weights (norm scales 1+0.1*N(0,1), the rest 0.1*N(0,1))."""
-    torch, _ = _hf()
-    generator = torch.Generator().manual_seed(SEED)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            is_scale = param.ndim == 1 and name.endswith("weight")
-            param.copy_(1.0 + 0.1 * noise if is_scale else 0.1 * noise)
-
-
 def sentence_model(args: argparse.Namespace) -> Any:
     """BertModel + mean pooling, as sentence-transformers' Pooling(mode='mean') computes it."""
     torch, transformers = _hf()
@@ -68,7 +60,7 @@ def sentence_model(args: argparse.Namespace) -> Any:
         use_cache=False, attn_implementation="eager")
     torch.manual_seed(SEED)
     bert = transformers.BertModel(config, add_pooling_layer=False)
-    _randomize(bert)
+    hf._randomize(bert)
 
     class SentenceEmbedding(torch.nn.Module):
         def __init__(self) -> None:
@@ -93,7 +85,7 @@ def roberta_model(args: argparse.Namespace) -> Any:
         attn_implementation="eager")
     torch.manual_seed(SEED)
     roberta = transformers.RobertaModel(config, add_pooling_layer=False)
-    _randomize(roberta)
+    hf._randomize(roberta)
 
     class Encoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -115,7 +107,7 @@ def opt_model(args: argparse.Namespace) -> Any:
         attn_implementation="eager")
     torch.manual_seed(SEED)
     opt = transformers.OPTForCausalLM(config)
-    _randomize(opt)
+    hf._randomize(opt)
 
     class Decoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -136,7 +128,7 @@ def bf16_model(args: argparse.Namespace) -> Any:
         vocab_size=50, max_position_embeddings=40, use_cache=False, attn_implementation="eager")
     torch.manual_seed(SEED)
     bert = transformers.BertModel(config, add_pooling_layer=False)
-    _randomize(bert)
+    hf._randomize(bert)
     bert = bert.to(torch.bfloat16)
 
     class Encoder(torch.nn.Module):
