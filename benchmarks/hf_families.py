@@ -3,10 +3,10 @@ tests/fixtures/hf/ (ten causal-LM families, no-cache and with-past forms, made b
 tools/export_hf.py), on a small mesh and on WSE-3. Each cell is the verify result or the exact
 refusal (exit code and the error line). Writes the `hf-families` section of docs/performance.md.
 
-No-cache files are compiled at batch 1, seq 16 (`--batch 1 --seq-len 16`). With-past files are
-compiled as one decode step: one new token after PAST cached ones (every input's shape given with
-`--input-shapes`), which is what a with-past export means; wafer's decode from with-past exports
-is issue 14's work, so today's answer is recorded, not required.
+Both forms are compiled at batch 1, seq 16 (`--batch 1 --seq-len 16`; a with-past file at past
+length 0, its past/present mapped onto the resident KV cache) with `--decode 8`: prefill verified,
+then 8 greedy decode steps against ONNX Runtime. A model without a decode schedule is compiled
+again without `--decode` and its prefill result recorded.
 
     python benchmarks/hf_families.py [--targets mesh8x8,wse3] [--families mistral,...]
 """
@@ -25,38 +25,44 @@ from _harness import ROOT, WAFER, machine, table, write_section
 
 HF = ROOT / "tests" / "fixtures" / "hf"
 TARGETS = ("mesh8x8", "wse3")
-SEQ, PAST = 16, 15
+SEQ = 16
 
 
-def shape_flags(entry: dict[str, Any]) -> list[str]:
-    """--batch/--seq-len for a no-cache file; every input's shape for a with-past decode step."""
-    if entry["form"] == "nocache":
-        return ["--batch", "1", "--seq-len", str(SEQ)]
-    shapes = {"input_ids": [1, 1], "attention_mask": [1, PAST + 1]}
-    for value in entry["inputs"][2:]:
-        shapes[value["name"]] = [1, value["shape"][1], PAST, value["shape"][3]]
-    text = ",".join(f"{name}:[{','.join(map(str, dims))}]" for name, dims in shapes.items())
-    return ["--input-shapes", text]
+STEPS = 8
 
 
 def compile_cell(entry: dict[str, Any], target: str) -> tuple[str, float]:
-    """(the table cell, seconds) for one compile --verify."""
+    """(the table cell, seconds) for one compile --verify --decode STEPS (again without
+    --decode when the model has no decode schedule)."""
+    cell, seconds, code, err = _run(entry, target, ["--decode", str(STEPS)])
+    if code == 4 and "no decode schedule" in err:
+        cell, more, code, err = _run(entry, target, [])
+        cell, seconds = f"{cell}; no decode schedule", seconds + more
+    return cell, seconds
+
+
+def _run(entry: dict[str, Any], target: str, extra: list[str]) -> tuple[str, float, int, str]:
     with tempfile.TemporaryDirectory() as tmp:
         argv = [*WAFER, "-q", "compile", str(HF / entry["file"]), "-t", target,
                 "-o", str(Path(tmp) / "out"), "--verify", "--json", "--no-report",
-                *shape_flags(entry)]
+                "--batch", "1", "--seq-len", str(SEQ), *extra]
         t0 = time.perf_counter()
         done = subprocess.run(argv, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
-    if done.returncode == 0:
-        verify = json.loads(done.stdout)["verify"]
-        worst = max(o["max_abs"] for o in verify["outputs"])
-        return f"verified (max abs err {worst:.1e})", seconds
     error = next((ln for ln in done.stderr.splitlines() if ln.startswith("error:")), "")
-    error = error.replace("|", "\\|")
-    if len(error) > 400:
-        error = error[:397] + "..."
-    return f"exit {done.returncode}: `{error}`", seconds
+    if done.returncode == 0:
+        doc = json.loads(done.stdout)
+        worst = max(o["max_abs"] for o in doc["verify"]["outputs"])
+        cell = f"verified (max abs err {worst:.1e})"
+        if doc.get("decode"):
+            steps = doc["decode"]["steps"]
+            same = sum(st["token"] == st["reference_token"] for st in steps)
+            cell += (f"; decode {len(steps) - 1} steps: {same} of {len(steps)} tokens as ORT, "
+                     f"max abs {max(st['max_abs'] for st in steps):.1e}")
+        return cell, seconds, 0, error
+    short = error.replace("|", "\\|")
+    short = short[:397] + "..." if len(short) > 400 else short
+    return f"exit {done.returncode}: `{short}`", seconds, done.returncode, error
 
 
 def main() -> None:
@@ -76,10 +82,11 @@ def main() -> None:
             rows.append([entry["family"], entry["form"], label, target, cell, f"{seconds:.0f}"])
             print(f"{entry['name']:44s} {target:8s} {seconds:5.0f} s {cell}", flush=True)
     body = (
-        "`wafer compile FIXTURE -t TARGET -o OUT --verify` on every file of tests/fixtures/hf/ "
-        "(`python benchmarks/hf_families.py`; no-cache at `--batch 1 --seq-len 16`, with-past "
-        f"as one decode step: 1 new token after {PAST} cached, shapes from `--input-shapes`). "
-        f"Whole processes, {total:.0f} s in all, on a shared machine ({machine()}).\n\n"
+        f"`wafer compile FIXTURE -t TARGET -o OUT --verify --decode {STEPS} --batch 1 "
+        f"--seq-len {SEQ}` on every file of tests/fixtures/hf/ (`python "
+        "benchmarks/hf_families.py`; a with-past file at past length 0, its caches resident; "
+        "without `--decode` again when there is no decode schedule). Whole processes, "
+        f"{total:.0f} s in all, on a shared machine ({machine()}).\n\n"
         + table(["family", "form", "export", "target", "result", "s"], rows)
     )
     write_section("hf-families", body)
