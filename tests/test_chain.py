@@ -6,10 +6,22 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from placement_cases import chain_edges, opt, problem
 
+from compiler.placement import place
 from compiler.placement.chain import chain_pack, cost, longest_run
-from compiler.placement.cpsat.layout import LayoutInstance, full_ranges, layout_lower_bound
+from compiler.placement.check import byte_hops, byte_hops_lower_bound, validate
+from compiler.placement.cpsat.layout import (
+    LayoutInstance,
+    full_ranges,
+    layout_cost,
+    layout_lower_bound,
+)
+from compiler.placement.cpsat.runner import Clock, SolveParams
+from compiler.placement.cpsat.stages import CHAIN_NEAR
+from compiler.placement.cpsat.wafer import place_wafer
 from compiler.placement.geometry import any_pack
+from compiler.placement.problem import Block
 
 # Llama 3 8B on a WSE-3 at 8k context, as stage 1 chose its shapes: an embedding, 32 blocks, a
 # one-column norm strip and the head, 8 KiB per token on every link of the chain
@@ -63,3 +75,27 @@ def test_chain_pack_is_always_a_valid_packing(n, body, odd, rows, cols) -> None:
     spots = chain_pack(rows, cols, dims, edges)
     if spots is not None:
         assert len(spots) == len(dims) and valid(rows, cols, dims, spots)
+
+
+def test_stage2_keeps_a_hint_at_the_bound_without_solving() -> None:
+    # 6 blocks of 2x2 in one row: the snake touches every link, exactly the separation bound
+    dims = ((2, 2),) * 6
+    edges = tuple((i, i + 1, 5) for i in range(5))
+    hint = chain_pack(2, 12, dims, edges)
+    inst = LayoutInstance(2, 12, dims, edges, hint=hint, **full_ranges(2, 12, dims))
+    assert layout_cost(inst, hint) == layout_lower_bound(inst)
+    clock = Clock(SolveParams(seed=0, workers=1, deterministic=True), left=5.0)
+    placed = place_wafer(inst, 5.0, clock)
+    assert placed.spots == hint and placed.optimal and "kept" in placed.summary
+    assert clock.left == 5.0  # no solve was charged
+
+
+def test_cpsat_places_a_transformer_chain_from_the_chain_hint() -> None:
+    # the LLAMA8B chain scaled down 4x on a 293 x 190 grid, one shape per block
+    dims = [(-(-h // 4), -(-w // 4)) for h, w in LLAMA8B]
+    blocks = [Block(f"b{i}", "block", (opt(h, w),)) for i, (h, w) in enumerate(dims)]
+    prob = problem(blocks, 293, 190, edges=chain_edges(len(dims), 8192))
+    placement = place(prob, "cpsat", time_limit_s=3.0)
+    assert validate(prob, placement) == ()
+    bound = byte_hops_lower_bound(prob, placement.options)
+    assert byte_hops(prob, placement) <= CHAIN_NEAR * bound
