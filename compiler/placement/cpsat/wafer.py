@@ -25,6 +25,9 @@ from compiler.placement.geometry import Position, any_pack
 MIN_CELLS, MAX_CELLS = 128, 200  # coarse grid: cells a side (when the grid is larger)
 WINDOW_CELLS = 3  # fine refinement: each rectangle moves at most this many cells from coarse
 COARSE_SHARE = 0.6  # of a wafer's stage-2 time, for the coarse solve
+# A hint within this relative gap of the separation bound is kept without solving (CP-SAT's
+# relative_gap_limit, applied before the first solve: the bound is already known)
+GAP_DONE = 0.01
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ def place_wafer(fine: LayoutInstance, limit: float, clock: Clock,
     if not fine.edges or hint_cost == 0:
         return WaferLayout(fine.hint, hint_cost, hint_cost, True,
                            "no edges to shorten: greedy kept")
+    floor = layout_lower_bound(fine)
+    if hint_cost <= (1 + GAP_DONE) * floor:
+        return WaferLayout(fine.hint, hint_cost, floor, hint_cost == floor,
+                           f"hint within {GAP_DONE:.0%} of the separation bound: kept "
+                           f"({hint_cost / 2:,.0f} byte-hops)")
     cell, left_before, notes = cell_size(fine), clock.left, []
     refine, full_grid = _coarse(fine, cell, hint_cost, limit * COARSE_SHARE, clock, name, notes)
     clock.enter(f"stage 2 {name} fine", 0.5)  # doubled coordinates: byte-hops

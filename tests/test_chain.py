@@ -1,0 +1,101 @@
+"""The chain packing hint (compiler/placement/chain.py): the body of alike blocks snaked, the
+odd rectangles beside their links; always a valid packing, and on a transformer-shaped chain
+far nearer the separation bound than the order-blind packings it replaces as CP-SAT's hint."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from placement_cases import chain_edges, opt, problem
+
+from compiler.placement import place
+from compiler.placement.chain import chain_pack, cost, longest_run
+from compiler.placement.check import byte_hops, byte_hops_lower_bound, validate
+from compiler.placement.cpsat.layout import (
+    LayoutInstance,
+    full_ranges,
+    layout_cost,
+    layout_lower_bound,
+)
+from compiler.placement.cpsat.runner import Clock, SolveParams
+from compiler.placement.cpsat.stages import CHAIN_NEAR
+from compiler.placement.cpsat.wafer import place_wafer
+from compiler.placement.geometry import any_pack
+from compiler.placement.problem import Block
+
+# Llama 3 8B on a WSE-3 at 8k context, as stage 1 chose its shapes: an embedding, 32 blocks, a
+# one-column norm strip and the head, 8 KiB per token on every link of the chain
+LLAMA8B = [(76, 316)] + [(181, 90)] * 32 + [(1172, 1), (390, 69)]
+CHAIN = [(i, i + 1, 8192) for i in range(len(LLAMA8B) - 1)]
+
+
+def valid(rows: int, cols: int, dims, spots) -> bool:
+    boxes = [(r, c, r + h, c + w) for (r, c), (h, w) in zip(spots, dims, strict=True)]
+    inside = all(r >= 0 and c >= 0 and r2 <= rows and c2 <= cols for r, c, r2, c2 in boxes)
+    apart = all(a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+                for k, a in enumerate(boxes) for b in boxes[k + 1:])
+    return inside and apart
+
+
+def test_longest_run_is_the_body() -> None:
+    assert longest_run(LLAMA8B) == range(1, 33)
+    assert longest_run([(2, 2)] * 3 + [(1, 1)]) is None  # shorter than MIN_BODY
+    assert longest_run([(1, 1), (2, 2), (2, 2), (3, 3), (2, 2)] + [(4, 1)] * 5) == range(5, 10)
+
+
+def test_chain_pack_beats_the_order_blind_packings_on_a_transformer() -> None:
+    spots = chain_pack(1172, 762, LLAMA8B, CHAIN)
+    assert spots is not None and valid(1172, 762, LLAMA8B, spots)
+    inst = LayoutInstance(1172, 762, tuple(LLAMA8B), tuple(CHAIN), hint=None,
+                          **full_ranges(1172, 762, LLAMA8B))
+    greedy = any_pack(1172, 762, LLAMA8B)  # shelves fail on the norm strip: the skyline packs
+    assert greedy is not None
+    bound = layout_lower_bound(inst)
+    assert cost(LLAMA8B, CHAIN, spots) < 0.7 * cost(LLAMA8B, CHAIN, greedy)
+    assert cost(LLAMA8B, CHAIN, spots) < 1.5 * bound
+    # consecutive blocks of the body touch: most body links cost exactly the separation
+    body = [(i, j) for i, j, _ in CHAIN if i >= 1 and j <= 32]
+    touching = [cost(LLAMA8B, [(i, j, 1)], spots) == 90 * 2 for i, j in body]
+    assert sum(touching) >= len(body) - 4
+
+
+def test_chain_pack_refuses_what_it_cannot_place() -> None:
+    assert chain_pack(10, 10, [(5, 5)] * 5, [(0, 1, 1)]) is None  # 5 of 5x5 on 10x10
+    assert chain_pack(10, 10, [(1, 1), (2, 3)], [(0, 1, 1)]) is None  # no body
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(4, 12), st.tuples(st.integers(1, 6), st.integers(1, 6)),
+       st.lists(st.tuples(st.integers(1, 30), st.integers(1, 30)), max_size=4),
+       st.integers(20, 60), st.integers(20, 60))
+def test_chain_pack_is_always_a_valid_packing(n, body, odd, rows, cols) -> None:
+    dims = [odd[0]] if odd else []
+    dims += [body] * n + odd[1:]
+    edges = [(i, i + 1, 1 + i % 3) for i in range(len(dims) - 1)]
+    spots = chain_pack(rows, cols, dims, edges)
+    if spots is not None:
+        assert len(spots) == len(dims) and valid(rows, cols, dims, spots)
+
+
+def test_stage2_keeps_a_hint_at_the_bound_without_solving() -> None:
+    # 6 blocks of 2x2 in one row: the snake touches every link, exactly the separation bound
+    dims = ((2, 2),) * 6
+    edges = tuple((i, i + 1, 5) for i in range(5))
+    hint = chain_pack(2, 12, dims, edges)
+    inst = LayoutInstance(2, 12, dims, edges, hint=hint, **full_ranges(2, 12, dims))
+    assert layout_cost(inst, hint) == layout_lower_bound(inst)
+    clock = Clock(SolveParams(seed=0, workers=1, deterministic=True), left=5.0)
+    placed = place_wafer(inst, 5.0, clock)
+    assert placed.spots == hint and placed.optimal and "kept" in placed.summary
+    assert clock.left == 5.0  # no solve was charged
+
+
+def test_cpsat_places_a_transformer_chain_from_the_chain_hint() -> None:
+    # the LLAMA8B chain scaled down 4x on a 293 x 190 grid, one shape per block
+    dims = [(-(-h // 4), -(-w // 4)) for h, w in LLAMA8B]
+    blocks = [Block(f"b{i}", "block", (opt(h, w),)) for i, (h, w) in enumerate(dims)]
+    prob = problem(blocks, 293, 190, edges=chain_edges(len(dims), 8192))
+    placement = place(prob, "cpsat", time_limit_s=3.0)
+    assert validate(prob, placement) == ()
+    bound = byte_hops_lower_bound(prob, placement.options)
+    assert byte_hops(prob, placement) <= CHAIN_NEAR * bound
