@@ -464,7 +464,8 @@ def test_a_with_past_export_with_an_attention_mask_spanning_past_and_new(tmp_pat
 
 # --- HF causal-LM families (tests/fixtures/hf, tools/export_hf.py): no-cache and with-past -------
 
-HF_DECODING = ["mistral", "qwen2", "phi", "gpt_neox", "falcon", "gptj", "gemma2", "stablelm"]
+HF_DECODING = ["mistral", "qwen2", "phi", "gpt_neox", "falcon", "gptj", "bloom", "gemma2",
+               "stablelm", "opt"]
 
 
 @pytest.mark.parametrize("form", ["", "_withpast"])
@@ -472,10 +473,52 @@ HF_DECODING = ["mistral", "qwen2", "phi", "gpt_neox", "falcon", "gptj", "gemma2"
 def test_hf_family_decodes_like_onnx_runtime(family, form):
     """GQA (mistral, qwen2, gemma2), MQA (falcon), partial and interleaved rotary (phi,
     gpt_neox, gptj, stablelm), sliding windows of 8 (mistral, gemma2; the 8-token prompt and
-    8 steps pass them), soft-capping (gemma2), parallel attention; with-past forms run in ORT
-    step by step. docs/performance.md lists the 32-step runs."""
+    8 steps pass them), soft-capping (gemma2), parallel attention, ALiBi with its scores
+    reshaped between the MatMul and the Softmax (bloom), learned positions from the mask's
+    CumSum (opt); with-past forms run in ORT step by step. docs/performance.md lists the
+    32-step runs."""
     r = compiled_file(f"{FIXTURES}/hf/{family}_dynamo_op18_dynamic{form}.onnx")
     assert r.decode is not None and r.decode.graph.input_masks == ("attention_mask",)
     rep = verify_decode(_art(r), r.decode.graph, r.decode.schedule, STEPS, VerifyOptions())
+    assert rep.passed, "\n".join(rep.lines())
+    assert all(s.check.max_abs <= 1e-4 for s in rep.steps)
+
+
+def _alibi_slopes(heads: int) -> np.ndarray:
+    """ALiBi's head slopes (Press et al.; heads a power of 2): 2^(-8 (h + 1) / heads)."""
+    return 2.0 ** (-8.0 * np.arange(1, heads + 1) / heads)
+
+
+@pytest.mark.parametrize("form", ["", "_withpast"])
+def test_bloom_alibi_bias_follows_the_absolute_position(form, tmp_path):
+    """BLOOM: scores [B*H, q, k] (baddbmm with the ALiBi tensor) reshaped to [B, H, q, k] for
+    the mask Add and the Softmax, and back; the ALiBi positions are CumSum(mask) - 1 over the
+    attention mask. The decode step reads the caches through that Reshape, and the ALiBi tensor
+    is a key-long feed made on the host from each step's mask: at step t its key j holds
+    slope_h * (j - pad) for the prompt's real and later tokens up to t, 0 elsewhere (a
+    left-padded prompt shifts the positions; a table taken at position 0 or at the prompt would
+    not)."""
+    from compiler.schedule.decode import step_mask
+    from compiler.verify import random_inputs
+
+    r = compiled_file(f"{FIXTURES}/hf/bloom_dynamo_op18_dynamic{form}.onnx")
+    dg = r.decode.graph
+    alibi = [f for f in dg.feeds if f.key_axes and not f.query_axes]
+    assert len(alibi) == 1 and len(dg.caches) == 2 * len(r.graph.blocks())
+    shape = dg.graph.tensor(alibi[0].name).shape
+    assert shape[alibi[0].key_axes[0]] == dg.context
+    prog = program(_art(r), dg, r.decode.schedule, "fp32")
+    pad, t = 3, 12
+    mask = [0] * pad + [1] * (8 - pad)
+    got = prog.mask_tables({"attention_mask": step_mask(mask, t, dg.context)})[alibi[0].name]
+    keys = np.arange(dg.context) - pad
+    keys[(keys < 0) | (keys > t - pad)] = 0
+    want = _alibi_slopes(shape[0])[:, None, None] * keys  # (H, 1, context)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    inputs = random_inputs(r.graph)
+    inputs["attention_mask"][0, :pad] = 0
+    path = tmp_path / "in.npz"
+    np.savez(path, **inputs)
+    rep = verify_decode(_art(r), dg, r.decode.schedule, STEPS, VerifyOptions(inputs=path))
     assert rep.passed, "\n".join(rep.lines())
     assert all(s.check.max_abs <= 1e-4 for s in rep.steps)

@@ -54,6 +54,9 @@ from compiler.vocab import Mode, Phase, StepKind
 APPEND = StepKind.APPEND  # writes a step's own K/V into its cache at position t
 _PATH_OPS = frozenset({"Div", "Mul", "Add", "Sub", "Where", "Softmax", "Cast", "Identity",
                        "Dropout", "Neg", "Max", "Min", "IsNaN", "Tanh"})
+# between the scores and the P x V MatMul: a Reshape keeping the keys the last axis (BLOOM's
+# baddbmm runs on [B*H, q, k] scores, its mask Add and Softmax on [B, H, q, k])
+_VIEW_PATH_OPS = frozenset({"Reshape"})
 
 
 class DecodeUnsupported(ValueError):
@@ -232,7 +235,8 @@ def _back_to_matmul(g: ir.Graph, name: str) -> ir.Op | None:
         if _is_act_matmul(g, op):
             return op
         acts = [n for n in op.inputs if n and n not in g.const_derived]
-        if op.kind not in _PATH_OPS or len(acts) != 1:
+        if op.kind not in _PATH_OPS | _VIEW_PATH_OPS or len(acts) != 1 or acts[0] != (
+                op.inputs[0] if op.kind in _VIEW_PATH_OPS else acts[0]):
             return None
         name = acts[0]
     return None
@@ -246,7 +250,8 @@ def _forward_to_matmul(g: ir.Graph, name: str) -> ir.Op | None:
         op = users[0]
         if _is_act_matmul(g, op) and op.inputs[0] == name:
             return op
-        if op.kind not in _PATH_OPS:
+        if op.kind not in _PATH_OPS | _VIEW_PATH_OPS or (
+                op.kind in _VIEW_PATH_OPS and op.inputs[0] != name):
             return None
         name = op.outputs[0]
     return None
@@ -365,6 +370,8 @@ def _reshape_path(g: ir.Graph, widened: set[str], prefill: ir.Graph) -> ir.Graph
             out = np.broadcast_shapes(ins[0][:-2], ins[1][:-2]) + (ins[0][-2], ins[1][-1])
         elif op.kind in _PATH_OPS:
             out = np.broadcast_shapes(*ins) if op.kind != "Softmax" else ins[0]
+        elif op.kind in _VIEW_PATH_OPS and _keys_last(prefill_ops[op.name], g, prefill):
+            out = (*tensors[name].shape[:-1], ins[0][-1])
         elif op.kind in _REPEAT_OPS and op.inputs[0] in changed:
             pop = prefill_ops[op.name]
             out = _repeat_shape(pop, ins[0], g.tensor(pop.inputs[0]).shape,
@@ -377,6 +384,16 @@ def _reshape_path(g: ir.Graph, widened: set[str], prefill: ir.Graph) -> ir.Graph
             tensors[name] = dataclasses.replace(tensors[name], shape=tuple(out))
             changed.add(name)
     return dataclasses.replace(g, tensors=tuple(tensors[t.name] for t in g.tensors))
+
+
+def _keys_last(op: ir.Op, g: ir.Graph, prefill: ir.Graph) -> bool:
+    """A Reshape on the scores path that keeps the keys its last axis (it merges or splits the
+    batch, head and query axes only): the last axis follows the sequence and is the output's
+    last axis, at one token as at the prompt (`op` as the prefill graph has it)."""
+    pin, pout = prefill.tensor(op.inputs[0]).shape, prefill.tensor(op.outputs[0]).shape
+    sin, sout = g.tensor(op.inputs[0]).shape, g.tensor(op.outputs[0]).shape
+    return (bool(pin) and bool(pout) and pin[-1] != sin[-1] and pin[-1] == pout[-1]
+            and sin[-1] == sout[-1])
 
 
 def _repeat_shape(op: ir.Op, new_in: tuple[int, ...], step_in: tuple[int, ...],
