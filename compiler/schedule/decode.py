@@ -9,7 +9,8 @@ Softmax) reading a **KV cache** instead of the step's own K and V:
   tensors `kv_cache.<layer>.k|v`, shaped like the operand with its key axis at `context`;
   the step's own K / V (key axis 1) is appended in place at the absolute position t by an
   `append` step before the MatMul reads the cache;
-- the ops between the two MatMuls (scale, mask, softmax) take `context` keys;
+- the ops between the two MatMuls (scale, mask, softmax, and a Reshape that keeps the keys the
+  last axis, as BLOOM's baddbmm scores [B*H, q, k] -> [B, H, q, k]) take `context` keys;
 - constants that follow the position (the tensors a non-constant op reads whose shape grows
   with the sequence: position-embedding rows, causal-mask rows, rotary-table rows) become
   per-step inputs (`PositionFeed`), fed with row t of the model's own table at `context`
@@ -378,8 +379,8 @@ def _reshape_path(g: ir.Graph, widened: set[str], prefill: ir.Graph) -> ir.Graph
                                 tensors[name].shape, prefill)
         else:
             raise DecodeUnsupported(f"{op.kind} {op.name} reads the KV cache's key axis; "
-                                    "decode derives only a grouped-query repeat, scale, mask "
-                                    "and softmax there")
+                                    "decode derives only a grouped-query repeat, scale, mask, "
+                                    "softmax and a Reshape keeping the keys last there")
         if tuple(out) != tensors[name].shape:
             tensors[name] = dataclasses.replace(tensors[name], shape=tuple(out))
             changed.add(name)
