@@ -498,13 +498,14 @@ def test_bloom_alibi_bias_follows_the_absolute_position(form, tmp_path):
     slope_h * (j - pad) for the prompt's real and later tokens up to t, 0 elsewhere (a
     left-padded prompt shifts the positions; a table taken at position 0 or at the prompt would
     not)."""
-    from compiler.schedule.decode import step_mask
+    from compiler.schedule.decode import mask_dependent, step_mask
     from compiler.verify import random_inputs
 
     r = compiled_file(f"{FIXTURES}/hf/bloom_dynamo_op18_dynamic{form}.onnx")
     dg = r.decode.graph
     alibi = [f for f in dg.feeds if f.key_axes and not f.query_axes]
     assert len(alibi) == 1 and len(dg.caches) == 2 * len(r.graph.blocks())
+    assert alibi[0].name in mask_dependent(r.graph, dg.input_masks)
     shape = dg.graph.tensor(alibi[0].name).shape
     assert shape[alibi[0].key_axes[0]] == dg.context
     prog = program(_art(r), dg, r.decode.schedule, "fp32")
@@ -520,5 +521,22 @@ def test_bloom_alibi_bias_follows_the_absolute_position(form, tmp_path):
     path = tmp_path / "in.npz"
     np.savez(path, **inputs)
     rep = verify_decode(_art(r), dg, r.decode.schedule, STEPS, VerifyOptions(inputs=path))
+    assert rep.passed, "\n".join(rep.lines())
+    assert all(s.check.max_abs <= 1e-4 for s in rep.steps)
+
+
+def test_mpt_alibi_table_decodes_like_onnx_runtime():
+    """MPT (tests/fixtures/alibi): its ALiBi is a constant table, slope x arange(1 - max_seq, 1),
+    sliced to the last `keys` columns (offsets from the last key, not the query). In decode it
+    is a key-only feed at the context, offset from the true slope x (j - t) by one constant per
+    head, which the Softmax cancels; not a mask-dependent feed (BLOOM's is)."""
+    from compiler.schedule.decode import mask_dependent
+
+    r = compiled_file(f"{FIXTURES}/alibi/mpt_dynamo_op18_dynamic.onnx")
+    assert r.decode is not None
+    dg = r.decode.graph
+    alibi = [f for f in dg.feeds if f.key_axes and not f.query_axes]
+    assert len(alibi) == 1 and alibi[0].name not in mask_dependent(r.graph, dg.input_masks)
+    rep = verify_decode(_art(r), dg, r.decode.schedule, STEPS, VerifyOptions())
     assert rep.passed, "\n".join(rep.lines())
     assert all(s.check.max_abs <= 1e-4 for s in rep.steps)
