@@ -540,3 +540,22 @@ def test_mpt_alibi_table_decodes_like_onnx_runtime():
     rep = verify_decode(_art(r), dg, r.decode.schedule, STEPS, VerifyOptions())
     assert rep.passed, "\n".join(rep.lines())
     assert all(s.check.max_abs <= 1e-4 for s in rep.steps)
+
+
+def test_a_reshape_moving_the_keys_off_the_last_axis_is_refused_naming_it():
+    """BLOOM's scores Reshape [B*H, q, k] -> [B, H, q, k] keeps the keys last; one that moved
+    them ([B, H, q*k, 1] here) has no decode step the derivation can follow."""
+    from compiler.schedule.decode import DecodeUnsupported, _load_g1, decode_graph
+
+    path = f"{FIXTURES}/hf/bloom_dynamo_op18_dynamic.onnx"
+    r = compiled_file(path)
+
+    def moved(g):
+        b, h, q, k = g.tensor("view_2").shape
+        return dataclasses.replace(g, tensors=tuple(
+            dataclasses.replace(t, shape=(b, h, q * k, 1)) if t.name == "view_2" else t
+            for t in g.tensors))
+
+    assert len(decode_graph(r.graph, _load_g1(path, r.graph, True), 24).caches) == 4
+    with pytest.raises(DecodeUnsupported, match="Reshape node_view_2 moves the attention's key"):
+        decode_graph(moved(r.graph), moved(_load_g1(path, r.graph, True)), 24)

@@ -236,9 +236,10 @@ def _back_to_matmul(g: ir.Graph, name: str) -> ir.Op | None:
         if _is_act_matmul(g, op):
             return op
         acts = [n for n in op.inputs if n and n not in g.const_derived]
-        if op.kind not in _PATH_OPS | _VIEW_PATH_OPS or len(acts) != 1 or acts[0] != (
-                op.inputs[0] if op.kind in _VIEW_PATH_OPS else acts[0]):
+        if op.kind not in _PATH_OPS | _VIEW_PATH_OPS or len(acts) != 1:
             return None
+        if op.kind in _VIEW_PATH_OPS and acts[0] != op.inputs[0]:
+            return None  # a shape computed on the device
         name = acts[0]
     return None
 
@@ -406,7 +407,9 @@ def _repeat_shape(op: ir.Op, new_in: tuple[int, ...], step_in: tuple[int, ...],
     pin, pout = prefill.tensor(op.inputs[0]).shape, prefill.tensor(op.outputs[0]).shape
     grown = [i for i, (a, b) in enumerate(zip(pin, step_in, strict=True)) if a != b]
     if len(grown) != 1:
-        raise DecodeUnsupported(f"{op.kind} {op.name}: the cache's key axis is not one axis")
+        raise DecodeUnsupported(f"{op.kind} {op.name} moves the attention's key axis: decode "
+                                "follows a grouped-query repeat and a Reshape keeping the "
+                                "keys the last axis")
     a = grown[0]
     if op.kind == "Transpose":
         perm = op.attr("perm") or tuple(reversed(range(len(new_in))))
