@@ -464,7 +464,8 @@ def test_a_with_past_export_with_an_attention_mask_spanning_past_and_new(tmp_pat
 
 # --- HF causal-LM families (tests/fixtures/hf, tools/export_hf.py): no-cache and with-past -------
 
-HF_DECODING = ["mistral", "qwen2", "phi", "gpt_neox", "falcon", "gptj", "gemma2", "stablelm"]
+HF_DECODING = ["mistral", "qwen2", "phi", "gpt_neox", "falcon", "gptj", "bloom", "gemma2",
+               "stablelm", "opt"]
 
 
 @pytest.mark.parametrize("form", ["", "_withpast"])
@@ -472,10 +473,89 @@ HF_DECODING = ["mistral", "qwen2", "phi", "gpt_neox", "falcon", "gptj", "gemma2"
 def test_hf_family_decodes_like_onnx_runtime(family, form):
     """GQA (mistral, qwen2, gemma2), MQA (falcon), partial and interleaved rotary (phi,
     gpt_neox, gptj, stablelm), sliding windows of 8 (mistral, gemma2; the 8-token prompt and
-    8 steps pass them), soft-capping (gemma2), parallel attention; with-past forms run in ORT
-    step by step. docs/performance.md lists the 32-step runs."""
+    8 steps pass them), soft-capping (gemma2), parallel attention, ALiBi with its scores
+    reshaped between the MatMul and the Softmax (bloom), learned positions from the mask's
+    CumSum (opt); with-past forms run in ORT step by step. docs/performance.md lists the
+    32-step runs."""
     r = compiled_file(f"{FIXTURES}/hf/{family}_dynamo_op18_dynamic{form}.onnx")
     assert r.decode is not None and r.decode.graph.input_masks == ("attention_mask",)
     rep = verify_decode(_art(r), r.decode.graph, r.decode.schedule, STEPS, VerifyOptions())
     assert rep.passed, "\n".join(rep.lines())
     assert all(s.check.max_abs <= 1e-4 for s in rep.steps)
+
+
+def _alibi_slopes(heads: int) -> np.ndarray:
+    """ALiBi's head slopes (Press et al.; heads a power of 2): 2^(-8 (h + 1) / heads)."""
+    return 2.0 ** (-8.0 * np.arange(1, heads + 1) / heads)
+
+
+@pytest.mark.parametrize("form", ["", "_withpast"])
+def test_bloom_alibi_bias_follows_the_absolute_position(form, tmp_path):
+    """BLOOM: scores [B*H, q, k] (baddbmm with the ALiBi tensor) reshaped to [B, H, q, k] for
+    the mask Add and the Softmax, and back; the ALiBi positions are CumSum(mask) - 1 over the
+    attention mask. The decode step reads the caches through that Reshape, and the ALiBi tensor
+    is a key-long feed made on the host from each step's mask: at step t its key j holds
+    slope_h * (j - pad) for the prompt's real and later tokens up to t, 0 elsewhere (a
+    left-padded prompt shifts the positions; a table taken at position 0 or at the prompt would
+    not)."""
+    from compiler.schedule.decode import mask_dependent, step_mask
+    from compiler.verify import random_inputs
+
+    r = compiled_file(f"{FIXTURES}/hf/bloom_dynamo_op18_dynamic{form}.onnx")
+    dg = r.decode.graph
+    alibi = [f for f in dg.feeds if f.key_axes and not f.query_axes]
+    assert len(alibi) == 1 and len(dg.caches) == 2 * len(r.graph.blocks())
+    assert alibi[0].name in mask_dependent(r.graph, dg.input_masks)
+    shape = dg.graph.tensor(alibi[0].name).shape
+    assert shape[alibi[0].key_axes[0]] == dg.context
+    prog = program(_art(r), dg, r.decode.schedule, "fp32")
+    pad, t = 3, 12
+    mask = [0] * pad + [1] * (8 - pad)
+    got = prog.mask_tables({"attention_mask": step_mask(mask, t, dg.context)})[alibi[0].name]
+    keys = np.arange(dg.context) - pad
+    keys[(keys < 0) | (keys > t - pad)] = 0
+    want = _alibi_slopes(shape[0])[:, None, None] * keys  # (H, 1, context)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    inputs = random_inputs(r.graph)
+    inputs["attention_mask"][0, :pad] = 0
+    path = tmp_path / "in.npz"
+    np.savez(path, **inputs)
+    rep = verify_decode(_art(r), dg, r.decode.schedule, STEPS, VerifyOptions(inputs=path))
+    assert rep.passed, "\n".join(rep.lines())
+    assert all(s.check.max_abs <= 1e-4 for s in rep.steps)
+
+
+def test_mpt_alibi_table_decodes_like_onnx_runtime():
+    """MPT (tests/fixtures/alibi): its ALiBi is a constant table, slope x arange(1 - max_seq, 1),
+    sliced to the last `keys` columns (offsets from the last key, not the query). In decode it
+    is a key-only feed at the context, offset from the true slope x (j - t) by one constant per
+    head, which the Softmax cancels; not a mask-dependent feed (BLOOM's is)."""
+    from compiler.schedule.decode import mask_dependent
+
+    r = compiled_file(f"{FIXTURES}/alibi/mpt_dynamo_op18_dynamic.onnx")
+    assert r.decode is not None
+    dg = r.decode.graph
+    alibi = [f for f in dg.feeds if f.key_axes and not f.query_axes]
+    assert len(alibi) == 1 and alibi[0].name not in mask_dependent(r.graph, dg.input_masks)
+    rep = verify_decode(_art(r), dg, r.decode.schedule, STEPS, VerifyOptions())
+    assert rep.passed, "\n".join(rep.lines())
+    assert all(s.check.max_abs <= 1e-4 for s in rep.steps)
+
+
+def test_a_reshape_moving_the_keys_off_the_last_axis_is_refused_naming_it():
+    """BLOOM's scores Reshape [B*H, q, k] -> [B, H, q, k] keeps the keys last; one that moved
+    them ([B, H, q*k, 1] here) has no decode step the derivation can follow."""
+    from compiler.schedule.decode import DecodeUnsupported, _load_g1, decode_graph
+
+    path = f"{FIXTURES}/hf/bloom_dynamo_op18_dynamic.onnx"
+    r = compiled_file(path)
+
+    def moved(g):
+        b, h, q, k = g.tensor("view_2").shape
+        return dataclasses.replace(g, tensors=tuple(
+            dataclasses.replace(t, shape=(b, h, q * k, 1)) if t.name == "view_2" else t
+            for t in g.tensors))
+
+    assert len(decode_graph(r.graph, _load_g1(path, r.graph, True), 24).caches) == 4
+    with pytest.raises(DecodeUnsupported, match="Reshape node_view_2 moves the attention's key"):
+        decode_graph(moved(r.graph), moved(_load_g1(path, r.graph, True)), 24)

@@ -41,14 +41,15 @@ def _load(file: str) -> onnx.ModelProto:
     return onnx.load(str(HF / file))
 
 
-def _session(file: str) -> ort.InferenceSession:
+def _session(file: str, root: Path = HF) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(HF / file), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(root / file), options, providers=["CPUExecutionProvider"])
 
 
-def _reference(entry: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    with np.load(HF / entry["reference"]["file"]) as arrays:
+def _reference(entry: dict[str, Any],
+               root: Path = HF) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    with np.load(root / entry["reference"]["file"]) as arrays:
         data = {key: arrays[key] for key in arrays.files}
     feeds = {k.removeprefix("input."): v for k, v in data.items() if k.startswith("input.")}
     outputs = {k.removeprefix("output."): v for k, v in data.items() if k.startswith("output.")}
@@ -156,3 +157,26 @@ def test_with_past_form_decodes_step_by_step_like_torch(entry: dict[str, Any]) -
     last = {"input_ids": ids[:, -1:], "attention_mask": mask[:, -1:]}
     alone = session.run(["logits"], last | empty)
     assert np.max(np.abs(alone[0][:, 0] - expected["logits"][:, -1])) > 0.01
+
+
+ALIBI = Path(__file__).parent / "fixtures" / "alibi"
+
+
+def test_the_alibi_fixtures_are_listed_valid_and_match_torch() -> None:
+    """tests/fixtures/alibi/: MPT with ALiBi (a constant table of key offsets, where BLOOM's
+    comes from the mask's CumSum), made by ``tools/export_hf.py --config
+    tests/fixtures/alibi/mpt_alibi.config.json --exporters dynamo --opsets 18 --seq dynamic
+    --forms nocache --out tests/fixtures/alibi`` (its with-past form does not pass
+    torch.export)."""
+    entries = json.loads((ALIBI / "MANIFEST.json").read_text())["fixtures"]
+    assert [e["family"] for e in entries] == ["mpt"]
+    listed = {e["file"] for e in entries} | {e["reference"]["file"] for e in entries}
+    assert {p.name for p in ALIBI.iterdir() if p.suffix in (".onnx", ".npz")} == listed
+    for entry in entries:
+        data = (ALIBI / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+        feeds, expected = _reference(entry, ALIBI)
+        got = _session(entry["file"], ALIBI).run(["logits"], feeds)
+        np.testing.assert_allclose(got[0], expected["logits"], rtol=0,
+                                   atol=entry["reference"]["atol"])

@@ -9,7 +9,8 @@ Softmax) reading a **KV cache** instead of the step's own K and V:
   tensors `kv_cache.<layer>.k|v`, shaped like the operand with its key axis at `context`;
   the step's own K / V (key axis 1) is appended in place at the absolute position t by an
   `append` step before the MatMul reads the cache;
-- the ops between the two MatMuls (scale, mask, softmax) take `context` keys;
+- the ops between the two MatMuls (scale, mask, softmax, and a Reshape that keeps the keys the
+  last axis, as BLOOM's baddbmm scores [B*H, q, k] -> [B, H, q, k]) take `context` keys;
 - constants that follow the position (the tensors a non-constant op reads whose shape grows
   with the sequence: position-embedding rows, causal-mask rows, rotary-table rows) become
   per-step inputs (`PositionFeed`), fed with row t of the model's own table at `context`
@@ -54,6 +55,9 @@ from compiler.vocab import Mode, Phase, StepKind
 APPEND = StepKind.APPEND  # writes a step's own K/V into its cache at position t
 _PATH_OPS = frozenset({"Div", "Mul", "Add", "Sub", "Where", "Softmax", "Cast", "Identity",
                        "Dropout", "Neg", "Max", "Min", "IsNaN", "Tanh"})
+# between the scores and the P x V MatMul: a Reshape keeping the keys the last axis (BLOOM's
+# baddbmm runs on [B*H, q, k] scores, its mask Add and Softmax on [B, H, q, k])
+_VIEW_PATH_OPS = frozenset({"Reshape"})
 
 
 class DecodeUnsupported(ValueError):
@@ -232,8 +236,10 @@ def _back_to_matmul(g: ir.Graph, name: str) -> ir.Op | None:
         if _is_act_matmul(g, op):
             return op
         acts = [n for n in op.inputs if n and n not in g.const_derived]
-        if op.kind not in _PATH_OPS or len(acts) != 1:
+        if op.kind not in _PATH_OPS | _VIEW_PATH_OPS or len(acts) != 1:
             return None
+        if op.kind in _VIEW_PATH_OPS and acts[0] != op.inputs[0]:
+            return None  # a shape computed on the device
         name = acts[0]
     return None
 
@@ -246,7 +252,8 @@ def _forward_to_matmul(g: ir.Graph, name: str) -> ir.Op | None:
         op = users[0]
         if _is_act_matmul(g, op) and op.inputs[0] == name:
             return op
-        if op.kind not in _PATH_OPS:
+        if op.kind not in _PATH_OPS | _VIEW_PATH_OPS or (
+                op.kind in _VIEW_PATH_OPS and op.inputs[0] != name):
             return None
         name = op.outputs[0]
     return None
@@ -365,18 +372,30 @@ def _reshape_path(g: ir.Graph, widened: set[str], prefill: ir.Graph) -> ir.Graph
             out = np.broadcast_shapes(ins[0][:-2], ins[1][:-2]) + (ins[0][-2], ins[1][-1])
         elif op.kind in _PATH_OPS:
             out = np.broadcast_shapes(*ins) if op.kind != "Softmax" else ins[0]
+        elif op.kind in _VIEW_PATH_OPS and _keys_last(prefill_ops[op.name], g, prefill):
+            out = (*tensors[name].shape[:-1], ins[0][-1])
         elif op.kind in _REPEAT_OPS and op.inputs[0] in changed:
             pop = prefill_ops[op.name]
             out = _repeat_shape(pop, ins[0], g.tensor(pop.inputs[0]).shape,
                                 tensors[name].shape, prefill)
         else:
             raise DecodeUnsupported(f"{op.kind} {op.name} reads the KV cache's key axis; "
-                                    "decode derives only a grouped-query repeat, scale, mask "
-                                    "and softmax there")
+                                    "decode derives only a grouped-query repeat, scale, mask, "
+                                    "softmax and a Reshape keeping the keys last there")
         if tuple(out) != tensors[name].shape:
             tensors[name] = dataclasses.replace(tensors[name], shape=tuple(out))
             changed.add(name)
     return dataclasses.replace(g, tensors=tuple(tensors[t.name] for t in g.tensors))
+
+
+def _keys_last(op: ir.Op, g: ir.Graph, prefill: ir.Graph) -> bool:
+    """A Reshape on the scores path that keeps the keys its last axis (it merges or splits the
+    batch, head and query axes only): the last axis follows the sequence and is the output's
+    last axis, at one token as at the prompt (`op` as the prefill graph has it)."""
+    pin, pout = prefill.tensor(op.inputs[0]).shape, prefill.tensor(op.outputs[0]).shape
+    sin, sout = g.tensor(op.inputs[0]).shape, g.tensor(op.outputs[0]).shape
+    return (bool(pin) and bool(pout) and pin[-1] != sin[-1] and pin[-1] == pout[-1]
+            and sin[-1] == sout[-1])
 
 
 def _repeat_shape(op: ir.Op, new_in: tuple[int, ...], step_in: tuple[int, ...],
@@ -388,7 +407,9 @@ def _repeat_shape(op: ir.Op, new_in: tuple[int, ...], step_in: tuple[int, ...],
     pin, pout = prefill.tensor(op.inputs[0]).shape, prefill.tensor(op.outputs[0]).shape
     grown = [i for i, (a, b) in enumerate(zip(pin, step_in, strict=True)) if a != b]
     if len(grown) != 1:
-        raise DecodeUnsupported(f"{op.kind} {op.name}: the cache's key axis is not one axis")
+        raise DecodeUnsupported(f"{op.kind} {op.name} moves the attention's key axis: decode "
+                                "follows a grouped-query repeat and a Reshape keeping the "
+                                "keys the last axis")
     a = grown[0]
     if op.kind == "Transpose":
         perm = op.attr("perm") or tuple(reversed(range(len(new_in))))
