@@ -156,14 +156,15 @@ def program(art: Artifact, dg, decode_schedule, precision: str):
                          tuple((c.prefill, c.name, c.axis) for c in dg.caches),
                          tuple((f.name, f.query_axes) for f in dg.feeds), tables,
                          dg.tokens[0], art.graph.outputs[0], dg.input_masks,
-                         MaskTables(big, consts, hosted) if dg.input_masks else None)
+                         MaskTables(big, consts, hosted) if dg.input_masks else None,
+                         tuple((c.cache, c.name, c.axis, c.start, c.stop) for c in dg.streams))
 
 
 def open_decode(out: str | Path, art: Artifact):
     """(decode graph, decode schedule) of OUT: the schedule from schedule.json's decode section,
     the graph derived again from the recorded model (checked against the schedule's caches)."""
     from compiler.outdir.decode import decode_problems, decode_schedule_from_doc
-    from compiler.schedule.decode import DecodeUnsupported, load_decode_graph
+    from compiler.schedule.decode import DecodeUnsupported, load_decode_graph, with_streams
 
     path = Path(out) / "schedule.json"
     doc = json.loads(path.read_text())
@@ -181,7 +182,8 @@ def open_decode(out: str | Path, art: Artifact):
         raise NoDecodeSchedule(f"{art.graph.name}: {exc}") from None
     if [c.name for c in dg.caches] != [c["tensor"] for c in doc["decode"]["caches"]]:
         raise WaferError(f"{path}: its KV caches are not the model's; compile again")
-    return dg, decode_schedule_from_doc(doc)
+    schedule = decode_schedule_from_doc(doc)
+    return with_streams(dg, schedule, art.target), schedule
 
 
 # --- verification --------------------------------------------------------------------------
