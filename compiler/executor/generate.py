@@ -32,6 +32,7 @@ from compiler.executor.run import (
 )
 from compiler.schedule.build import Schedule
 from compiler.schedule.decode import step_mask
+from compiler.schedule.decode_attention import mask_row
 from compiler.target import Target
 from compiler.tiling.layouts import replicated
 from compiler.vocab import Phase
@@ -84,6 +85,8 @@ class DecodeProgram:
     mask_tables: MaskTables | None = None  # the mask-dependent feeds' tables from the masks
     # caches that stream from off-chip: (cache, chunk tensor, key axis, start, stop) per chunk
     streams: tuple[tuple[str, str, int, int, int], ...] = ()
+    # Attention-op decode masks: (feed, left window or -1), a row computed from t each step
+    row_masks: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -230,7 +233,11 @@ def step(p: DecodeProgram, m: _Machine, token: int, position: int,
     if p.mask_tables is not None:
         mask = step_mask(prompt_mask, position, p.decode.context)
         tables = {**tables, **p.mask_tables({n: mask for n in p.masks})}
+    rows = dict(p.row_masks)
     for name, query_axes in p.feeds:
+        if name in rows:
+            feed[name] = mask_row(p.decode.context, rows[name], position)
+            continue
         table = np.asarray(tables[name])
         index = tuple(slice(position, position + 1) if i in query_axes else slice(None)
                       for i in range(table.ndim))

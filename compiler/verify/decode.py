@@ -142,22 +142,21 @@ def program(art: Artifact, dg, decode_schedule, precision: str):
     from compiler.executor import host_constants
     from compiler.executor.generate import DecodeProgram, MaskTables
     from compiler.schedule.decode import load_tables, mask_dependent, with_weights
-    from compiler.schedule.decode_attention import mask_table
 
     dg = with_weights(dg, art.source, art.graph)  # a compile's plan holds it shape-only
     big = load_tables(art.source, dg, dict(art.graph.dims).get("batch"))
     consts = host_constants(big, art.target, precision)
-    masks = {name: mask_table(dg.context, window) for name, window in dg.masks}
+    rows = {name for name, _ in dg.masks}  # computed per step from t (executor.generate)
     masked = mask_dependent(big, dg.input_masks)
-    tables = {f.name: masks[f.name] if f.name in masks else consts[f.name] for f in dg.feeds
-              if f.name not in masked}
+    tables = {f.name: consts[f.name] for f in dg.feeds if f.name not in masked | rows}
     hosted = frozenset(f.name for f in dg.feeds if f.name in masked)
     return DecodeProgram(art.schedule, art.graph, decode_schedule, dg.graph,
                          tuple((c.prefill, c.name, c.axis) for c in dg.caches),
                          tuple((f.name, f.query_axes) for f in dg.feeds), tables,
                          dg.tokens[0], art.graph.outputs[0], dg.input_masks,
                          MaskTables(big, consts, hosted) if dg.input_masks else None,
-                         tuple((c.cache, c.name, c.axis, c.start, c.stop) for c in dg.streams))
+                         tuple((c.cache, c.name, c.axis, c.start, c.stop) for c in dg.streams),
+                         dg.masks)
 
 
 def open_decode(out: str | Path, art: Artifact):
