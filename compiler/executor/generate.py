@@ -6,7 +6,9 @@ cache, loaded with what prefill wrote), then its token steps once per new token 
 machine's `position` at the token's absolute position: the schedule's own `append` steps
 write each step's K/V into the resident cache, and every tile counts against its core's
 memory as in `run_schedule` (an overflow is a MemoryOverflow, an append past the cache a
-CacheOverflow).
+CacheOverflow). A KV cache that streams is held off-chip (`_Machine.offchip`): the schedule's
+write-back `store` puts the step's K/V there at t and its chunk `load`s read it back, each
+chunk counted in SRAM from its load to its MatMul.
 """
 
 from __future__ import annotations

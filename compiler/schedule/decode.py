@@ -17,10 +17,12 @@ Softmax) reading a **KV cache** instead of the step's own K and V:
   t, not 0.
 
 The decode schedule runs that graph on the prefill placement's regions with the same layout
-rules (the cache takes the key-split layout of the MatMul reading it). The cache is allocated
-by a setup step (resident; written by prefill) or loaded every step when the region streams its
-KV cache. Its steps are sized for one step at the full context (attention over `context`
-keys): scaling `fixed`, so the performance model prices them as they are.
+rules (the cache takes the key-split layout of the MatMul reading it). A resident cache is
+allocated by a setup step (written by prefill) and appended in place; a cache whose region
+streams it stays off-chip, is written back at t and read in chunks every step
+(compiler/schedule/decode_stream.py). Its steps are sized for one step at the full context
+(attention over `context` keys): scaling `fixed`, so the performance model prices them as they
+are.
 """
 
 from __future__ import annotations
