@@ -6,6 +6,7 @@ where llama-tiny's cache is resident at context 512 and streams at 2048."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
 import json
@@ -116,7 +117,7 @@ def test_a_dropped_write_back_is_caught_by_verify():
 def test_cli_compile_verify_decode_with_a_streamed_cache(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["-q", "compile", "llama-tiny", "-t", TARGET, "-o", str(out), "--context",
-                 "2048", "--verify", "--decode", "3", "--time-limit", "10", "--no-report"])
+                 "2048", "--verify", "--decode", "3", "--time-limit", "10"])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "decode PASSED" in text and "context 2048" in text
@@ -128,4 +129,18 @@ def test_cli_compile_verify_decode_with_a_streamed_cache(tmp_path, capsys):
     assert not check_trace(trace)
     names = {ev["name"] for ev in trace["traceEvents"] if ev.get("ph") == "X"}
     assert "store kv_cache.block.0.k" in names and "load kv_cache.block.0.k.chunk0" in names
+    # the report counts the chunks and write-backs as each streamed layer's off-chip traffic
+    with (out / "report-data" / "layers.csv").open() as f:
+        rows = {row["name"]: row for row in csv.DictReader(f)}
+    steps = sched["decode"]["steps"]
+    for layer, mode in sched["residency"].items():
+        if mode not in STREAMING:
+            continue
+        loads = sum(st["nbytes"] for st in steps if st["kind"] == "load" and st["region"] == layer
+                    and st["writes"][0]["tensor"].startswith("kv_cache."))
+        backs = sum(st["nbytes"] for st in steps if st["kind"] == "store"
+                    and st["region"] == layer and st.get("writes"))
+        assert loads > 0 and backs > 0
+        assert int(rows[layer]["input_bytes_per_token"]) >= loads
+        assert int(rows[layer]["output_bytes_per_token"]) >= backs
     assert main(["-q", "verify", str(out), "--decode", "3"]) == 0  # from OUT: same chunks
