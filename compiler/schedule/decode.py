@@ -48,7 +48,13 @@ from compiler.schedule.build import (
     _State,
     _store_outputs,
 )
-from compiler.schedule.decode_stream import STREAMING, StreamChunk, apply_chunks, plan_chunks
+from compiler.schedule.decode_stream import (
+    STREAMING,
+    StreamChunk,
+    apply_chunks,
+    plan_chunks,
+    streamed_regions,
+)
 from compiler.schedule.perf import Estimate, PerfOptions, Timeline, estimate, timeline
 from compiler.target import Target
 from compiler.tiling.layouts import OpLayout, Spec, _spec_back, graph_layouts
@@ -587,7 +593,8 @@ def _stream(g: ir.Graph, cache: KVCache, chunk: StreamChunk, spec: Spec | None, 
 def with_streams(dg: DecodeGraph, s: Schedule, target: Target) -> DecodeGraph:
     """`dg` reading the caches of `s`'s streaming regions in chunks from off-chip (a no-op
     when no region streams its KV cache, or `dg` already has its chunks)."""
-    if dg.streams:
+    streamed = streamed_regions(s)
+    if dg.streams or not any(c.layer in streamed for c in dg.caches):
         return dg
     specs: dict[str, Spec] = {}
     by_name = {op.name: op for op in dg.graph.ops}
