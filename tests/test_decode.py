@@ -93,20 +93,34 @@ def test_attention_op_reads_the_caches_and_a_per_step_mask():
 
 @pytest.mark.parametrize("window", [-1, 0, 3])
 def test_decode_mask_rows_are_the_causal_window_after_a_cache(window):
-    """Row t of the decode mask allows what Attention(is_causal, left_window_size) allows a
-    query after t cached keys (the executor's kernel), and masks the empty rows past t."""
+    """The decode mask of position t (a row computed from t, no [context, context] table)
+    allows what Attention(is_causal, left_window_size) allows a query after t cached keys (the
+    executor's kernel), and masks the empty rows past t."""
     from compiler import ir
     from compiler.executor.kernels import _attention_bias
-    from compiler.schedule.decode_attention import mask_table
+    from compiler.schedule.decode_attention import mask_row
 
     context = 10
-    table = mask_table(context, window)
     op = ir.Op("a", "Attention", ("q", "k", "v"), ("y",),
                (("is_causal", 1), ("left_window_size", window)))
     for t in range(context):
+        row = mask_row(context, window, t)
+        assert row.shape == (1, 1, 1, context) and row.dtype == np.bool_
         bias = _attention_bias(op, None, None, 1, t + 1, t).reshape(-1)
         want = np.concatenate([bias == 0, np.zeros(context - t - 1, bool)])
-        assert table[0, 0, t].tolist() == want.tolist()
+        assert row.reshape(-1).tolist() == want.tolist()
+
+
+def test_decode_mask_row_at_a_long_context_is_one_row():
+    """At 128k context the per-step mask is 128k booleans (a [context, context] table was
+    16 GB): the row of t allows exactly the window's keys up to t."""
+    from compiler.schedule.decode_attention import mask_row
+
+    context, t = 131072, 100000
+    row = mask_row(context, 4095, t).reshape(-1)
+    assert row.nbytes == context
+    assert np.flatnonzero(row).tolist() == list(range(t - 4095, t + 1))
+    assert np.flatnonzero(mask_row(context, -1, t)).size == t + 1
 
 
 def test_decode_peak_is_counted_and_within_the_tiling_estimate():

@@ -6,7 +6,9 @@ cache, loaded with what prefill wrote), then its token steps once per new token 
 machine's `position` at the token's absolute position: the schedule's own `append` steps
 write each step's K/V into the resident cache, and every tile counts against its core's
 memory as in `run_schedule` (an overflow is a MemoryOverflow, an append past the cache a
-CacheOverflow).
+CacheOverflow). A KV cache that streams is held off-chip (`_Machine.offchip`): the schedule's
+write-back `store` puts the step's K/V there at t and its chunk `load`s read it back, each
+chunk counted in SRAM from its load to its MatMul.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from compiler.executor.run import (
     _STEP,
     CacheOverflow,
     ExecResult,
-    ScheduleFault,
     _as_dtype,
     _free_dead,
     _last_uses,
@@ -33,9 +34,10 @@ from compiler.executor.run import (
 )
 from compiler.schedule.build import Schedule
 from compiler.schedule.decode import step_mask
+from compiler.schedule.decode_attention import mask_row
 from compiler.target import Target
 from compiler.tiling.layouts import replicated
-from compiler.vocab import Phase, StepKind
+from compiler.vocab import Phase
 
 StepHook = Callable[[int, int, np.ndarray], None] | None  # (step, position, logits)
 
@@ -83,6 +85,10 @@ class DecodeProgram:
     logits: str
     masks: tuple[str, ...] = ()  # attention-mask inputs ([batch, context] per step)
     mask_tables: MaskTables | None = None  # the mask-dependent feeds' tables from the masks
+    # caches that stream from off-chip: (cache, chunk tensor, key axis, start, stop) per chunk
+    streams: tuple[tuple[str, str, int, int, int], ...] = ()
+    # Attention-op decode masks: (feed, left window or -1), a row computed from t each step
+    row_masks: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -155,7 +161,7 @@ def _prefill(p: DecodeProgram, target: Target, prompt: list[int], precision: str
     caches = {}
     for src, name, axis in p.caches:
         value = run.values[src]
-        cache = np.zeros(p.decode_graph.tensor(name).shape, np.float32)
+        cache = np.zeros(cache_shape(p, name), np.float32)
         index = tuple(slice(0, value.shape[axis]) if i == axis else slice(None)
                       for i in range(cache.ndim))
         cache[index] = value
@@ -169,20 +175,18 @@ def _int_dtype(g: ir.Graph, name: str) -> np.dtype:
 
 def start(p: DecodeProgram, target: Target, caches: Mapping[str, np.ndarray],
           precision: str, keep: frozenset[str] = frozenset()) -> _Machine:
-    """The decode machine after its setup steps: weights resident, each KV cache resident with
-    `caches`' content (zeros where none is given)."""
+    """The decode machine after its setup steps: weights resident, each resident KV cache with
+    `caches`' content (zeros where none is given), each streamed one off-chip with it."""
     g, s = p.decode_graph, p.decode
-    streamed = [st for st in s.steps if st.kind == StepKind.LOAD and st.phase != Phase.SETUP
-                and any(w.tensor in _cache_names(p) for w in st.writes)]
-    if streamed:
-        raise ScheduleFault(f"{s.model}: the KV cache of {streamed[0].region} streams from "
-                            "off-chip; the executor holds a KV cache in SRAM only")
     m = _Machine(g, s, target, precision, host_constants(g, target, precision), keep)
     m.ops = {op.name: op for op in g.ops}
     m.regions = {r.name: r for r in s.regions}
     m.last_use = _last_uses(s)
+    streamed = {cache for cache, *_ in p.streams}
+    m.offchip = {name: np.array(caches.get(name, np.zeros(cache_shape(p, name), np.float32)),
+                                np.float32) for name in _cache_names(p) if name in streamed}
     feed = {name: np.asarray(caches.get(name, np.zeros(g.tensor(name).shape, np.float32)))
-            for name in _cache_names(p)}
+            for name in _cache_names(p) if name not in streamed}
     for st in s.steps:
         if st.phase == Phase.SETUP:
             _STEP[st.kind](m, st, feed)
@@ -190,8 +194,29 @@ def start(p: DecodeProgram, target: Target, caches: Mapping[str, np.ndarray],
     return m
 
 
+def cache_shape(p: DecodeProgram, name: str) -> tuple[int, ...]:
+    """A KV cache's shape (a chunked cache is not a tensor of the decode graph: its chunks are)."""
+    if name in p.decode_graph.tensor_map:
+        return p.decode_graph.tensor(name).shape
+    _, chunk, axis, _, _ = next(ch for ch in p.streams if ch[0] == name)
+    shape = list(p.decode_graph.tensor(chunk).shape)
+    shape[axis] = p.decode.context
+    return tuple(shape)
+
+
 def _cache_names(p: DecodeProgram) -> list[str]:
     return [name for _, name, _ in p.caches]
+
+
+def _chunk_feed(p: DecodeProgram, m: _Machine) -> dict[str, np.ndarray]:
+    """The streamed caches' chunks as views of the off-chip caches: a load reads the cache as
+    it is then (after the step's write-back)."""
+    out = {}
+    for cache, chunk, axis, a, b in p.streams:
+        whole = m.offchip[cache]
+        out[chunk] = whole[tuple(slice(a, b) if i == axis else slice(None)
+                                 for i in range(whole.ndim))]
+    return out
 
 
 def step(p: DecodeProgram, m: _Machine, token: int, position: int,
@@ -210,11 +235,16 @@ def step(p: DecodeProgram, m: _Machine, token: int, position: int,
     if p.mask_tables is not None:
         mask = step_mask(prompt_mask, position, p.decode.context)
         tables = {**tables, **p.mask_tables({n: mask for n in p.masks})}
+    rows = dict(p.row_masks)
     for name, query_axes in p.feeds:
+        if name in rows:
+            feed[name] = mask_row(p.decode.context, rows[name], position)
+            continue
         table = np.asarray(tables[name])
         index = tuple(slice(position, position + 1) if i in query_axes else slice(None)
                       for i in range(table.ndim))
         feed[name] = np.ascontiguousarray(table[index])
+    feed.update(_chunk_feed(p, m))
     m.result = ExecResult({}, {}, {})
     with np.errstate(all="ignore"):
         for st in p.decode.steps:

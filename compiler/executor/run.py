@@ -79,6 +79,7 @@ class _Machine:
     last_use: dict[tuple[str, str], int] = field(default_factory=dict)
     pinned: set[tuple[str, str]] = field(default_factory=set)  # resident weights: never freed
     position: int = 0  # a decode step's absolute position t (where `append` steps write)
+    offchip: dict[str, np.ndarray] = field(default_factory=dict)  # KV caches that stream
     result: ExecResult = field(default_factory=lambda: ExecResult({}, {}, {}))
 
 
@@ -395,6 +396,9 @@ def _send(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
 
 
 def _store(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
+    if step.writes:
+        _write_back(m, step)
+        return
     for ref in step.reads:
         res = _get(m, step, step.region, ref.tensor, ref.spec, ref.partial)
         full = gather(res.data, res.spec, m.g.tensor(ref.tensor).shape)
@@ -429,6 +433,30 @@ def _append(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
     _put(m, step, reg.name, cache_ref.tensor, cache_ref.spec, None,
          _finish(m, cache_ref.tensor, cache_ref.spec, reg,
                  scatter(whole, cache_ref.spec, reg.rows, reg.cols)))
+
+
+def _write_back(m: _Machine, step: Step) -> None:
+    """A decode step's own K/V written into its off-chip KV cache at position t (a cache that
+    streams: its chunks are loaded from there after this step)."""
+    (new_ref,), (write,) = step.reads, step.writes
+    cache = m.offchip.get(write.tensor)
+    if cache is None:
+        raise _fault(step, f"{write.tensor} is not a KV cache held off-chip")
+    new = _get(m, step, step.region, new_ref.tensor, new_ref.spec, new_ref.partial)
+    if new.partial:
+        raise _fault(step, "cannot write back partial sums")
+    new_shape = m.g.tensor(new_ref.tensor).shape
+    axis = _key_axis(new_shape, cache.shape)
+    if axis is None:
+        raise _fault(step, f"{new_ref.tensor} {list(new_shape)} is not one position of "
+                     f"{write.tensor} {list(cache.shape)}")
+    if not 0 <= m.position < cache.shape[axis]:
+        raise CacheOverflow(
+            f"KV cache overflow at {_where(step)}: position {m.position} is past the "
+            f"{cache.shape[axis]} positions of {write.tensor}; compile with a larger --context")
+    index = tuple(slice(m.position, m.position + 1) if i == axis else slice(None)
+                  for i in range(cache.ndim))
+    cache[index] = gather(new.data, new.spec, new_shape)
 
 
 def _key_axis(new: tuple[int, ...], cache: tuple[int, ...]) -> int | None:

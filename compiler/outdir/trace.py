@@ -317,7 +317,9 @@ def _slice_name(st: Step) -> str:
     if st.kind in TRANSFER_KINDS:
         return f"{st.kind} {st.region} -> {st.dst}"
     if st.kind in OFFCHIP_KINDS:
-        refs = st.writes if st.kind == StepKind.LOAD else st.reads
+        # a load names what it brings, a store what it writes: an output, or (a write-back of
+        # a decode step's K/V) the off-chip KV cache
+        refs = st.writes if st.kind == StepKind.LOAD or st.writes else st.reads
         return f"{st.kind} {refs[0].tensor}" if refs else st.kind
     return st.op_kind or st.kind
 

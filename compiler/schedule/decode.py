@@ -18,10 +18,12 @@ Softmax) reading a **KV cache** instead of the step's own K and V:
   t, not 0.
 
 The decode schedule runs that graph on the prefill placement's regions with the same layout
-rules (the cache takes the key-split layout of the MatMul reading it). The cache is allocated
-by a setup step (resident; written by prefill) or loaded every step when the region streams its
-KV cache. Its steps are sized for one step at the full context (attention over `context`
-keys): scaling `fixed`, so the performance model prices them as they are.
+rules (the cache takes the key-split layout of the MatMul reading it). A resident cache is
+allocated by a setup step (written by prefill) and appended in place; a cache whose region
+streams it stays off-chip, is written back at t and read in chunks every step
+(compiler/schedule/decode_stream.py). Its steps are sized for one step at the full context
+(attention over `context` keys): scaling `fixed`, so the performance model prices them as they
+are.
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ from compiler.schedule.build import (
     _provide,
     _State,
     _store_outputs,
+)
+from compiler.schedule.decode_stream import (
+    STREAMING,
+    StreamChunk,
+    apply_chunks,
+    plan_chunks,
+    streamed_regions,
 )
 from compiler.schedule.perf import Estimate, PerfOptions, Timeline, estimate, timeline
 from compiler.target import Target
@@ -93,6 +102,8 @@ class DecodeGraph:
     # GQA caches before the grouped-query repeat (KV heads) rather than after it (query heads)
     grouped: bool = False
     input_masks: tuple[str, ...] = ()  # attention-mask inputs: [batch, context] per step (host)
+    # the chunks of the caches that stream from off-chip (compiler/schedule/decode_stream.py)
+    streams: tuple[StreamChunk, ...] = ()
 
 
 # --- the decode-step graph ----------------------------------------------------------------------
@@ -501,6 +512,8 @@ def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target) ->
     regions = {r.name: r for r in prefill.regions}
     residency = dict(prefill.residency)
     by_tensor = {c.name: c for c in dg.caches}
+    chunk_of = {ch.name: ch for ch in dg.streams}
+    written: dict[str, int] = {}  # streamed cache -> its write-back step
     st = _State(g, target)
     for layer in g.layers:
         region = regions[layer.name]
@@ -510,8 +523,16 @@ def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target) ->
             if all(n in g.const_derived for n in op.inputs if n):
                 continue
             for name, spec in zip(op.inputs, lay.inputs, strict=True):
-                if name in by_tensor and (region.name, name) not in st.at:
-                    _cache(g, by_tensor[name], spec, region, regions, mode, st)
+                if (region.name, name) in st.at:
+                    continue
+                if name in chunk_of:
+                    ch = chunk_of[name]
+                    _stream(g, by_tensor[ch.cache], ch, spec, region, regions, written, st)
+                elif name in by_tensor and mode in STREAMING:
+                    ch = StreamChunk(name, name, by_tensor[name].axis, 0, dg.context)
+                    _stream(g, by_tensor[name], ch, spec, region, regions, written, st)
+                elif name in by_tensor:
+                    _cache(g, by_tensor[name], spec, region, regions, st)
             deps = [_provide(g, name, spec, region, regions, streamed, st)
                     for name, spec in zip(op.inputs, lay.inputs, strict=True) if name]
             _compute(g, op, lay, region, deps, st)
@@ -529,10 +550,11 @@ def decode_layouts(dg: DecodeGraph) -> dict[str, tuple[OpLayout, ...]]:
     layouts = graph_layouts(g)
     by_op = {lay.op: lay for lays in layouts.values() for lay in lays}
     known = {}
-    for c in dg.caches:
-        spec = _spec_through_repeat(g, c.name, by_op)
+    chunks = {c.name: [ch.name for ch in dg.streams if ch.cache == c.name] for c in dg.caches}
+    for name in (n for c in dg.caches for n in chunks[c.name] or [c.name]):
+        spec = _spec_through_repeat(g, name, by_op)
         if spec is not None and any(spec):
-            known[c.name] = spec
+            known[name] = spec
     return graph_layouts(g, known) if known else layouts
 
 
@@ -556,14 +578,12 @@ def _spec_through_repeat(g: ir.Graph, name: str, by_op: dict[str, OpLayout]) -> 
 
 
 def _cache(g: ir.Graph, cache: KVCache, spec: Spec | None, region: Region,
-           regions: dict[str, Region], mode: str, st: _State) -> None:
-    """The cache on the region in the layout its reader wants (allocated at setup, or read in
-    every step when the region streams its KV cache), then the append of the step's own K/V."""
+           regions: dict[str, Region], st: _State) -> None:
+    """The resident cache on the region in the layout its reader wants (allocated at setup,
+    written by prefill), then the append of the step's own K/V at t."""
     spec = spec if spec is not None else (None,) * len(g.tensor(cache.name).shape)
-    streamed = mode in (Residency.STREAM_KV.value, Residency.STREAM_ALL.value)
     load = st.add(kind=StepKind.LOAD, region=region.name, writes=(TensorRef(cache.name, spec),),
-                  phase=Phase.TOKEN if streamed else Phase.SETUP, nbytes=st.bytes(cache.name),
-                  scaling=FIXED)
+                  phase=Phase.SETUP, nbytes=st.bytes(cache.name), scaling=FIXED)
     st.at[(region.name, cache.name)] = (spec, None, load.id)
     new_dep = _provide(g, cache.new, spec, region, regions, False, st)
     step = st.add(kind=APPEND, region=region.name,
@@ -571,6 +591,51 @@ def _cache(g: ir.Graph, cache: KVCache, spec: Spec | None, region: Region,
                   writes=(TensorRef(cache.name, spec),), deps=tuple(sorted({new_dep, load.id})),
                   op_kind=APPEND, axis=_split_of(spec, cache.axis), nbytes=st.bytes(cache.new))
     st.at[(region.name, cache.name)] = (spec, None, step.id)
+
+
+def _stream(g: ir.Graph, cache: KVCache, chunk: StreamChunk, spec: Spec | None, region: Region,
+            regions: dict[str, Region], written: dict[str, int], st: _State) -> None:
+    """A chunk of a cache that streams: before its first chunk, the step's own K/V written back
+    to the off-chip cache at t (a `store`, op_kind `append`); then the chunk loaded from
+    off-chip (holding row t when it covers it), every step."""
+    spec = spec if spec is not None else (None,) * len(g.tensor(chunk.name).shape)
+    if cache.name not in written:
+        new_dep = _provide(g, cache.new, spec, region, regions, False, st)
+        back = st.add(kind=StepKind.STORE, region=region.name,
+                      reads=(TensorRef(cache.new, spec),), writes=(TensorRef(cache.name, spec),),
+                      deps=(new_dep,), op_kind=APPEND, axis=_split_of(spec, cache.axis),
+                      nbytes=st.bytes(cache.new), scaling=FIXED)
+        written[cache.name] = back.id
+    load = st.add(kind=StepKind.LOAD, region=region.name, writes=(TensorRef(chunk.name, spec),),
+                  deps=(written[cache.name],), nbytes=st.bytes(chunk.name), scaling=FIXED)
+    st.at[(region.name, chunk.name)] = (spec, None, load.id)
+
+
+def with_streams(dg: DecodeGraph, s: Schedule, target: Target) -> DecodeGraph:
+    """`dg` reading the caches of `s`'s streaming regions in chunks from off-chip (a no-op
+    when no region streams its KV cache, or `dg` already has its chunks)."""
+    streamed = streamed_regions(s)
+    if dg.streams or not any(c.layer in streamed for c in dg.caches):
+        return dg
+    specs: dict[str, Spec] = {}
+    by_name = {op.name: op for op in dg.graph.ops}
+    caches = {c.name for c in dg.caches}
+    for lays in decode_layouts(dg).values():
+        for lay in lays:
+            for name, spec in zip(by_name[lay.op].inputs, lay.inputs, strict=True):
+                if name in caches and spec is not None:
+                    specs.setdefault(name, spec)
+    chunks = plan_chunks(dg.graph, dg.caches, specs, s, target)
+    if not chunks:
+        return dg
+    return dataclasses.replace(dg, graph=apply_chunks(dg.graph, chunks), streams=chunks)
+
+
+def offchip_bytes(s: Schedule) -> int:
+    """Off-chip bytes of one forward of `s` (a decode step): every token-phase load and store,
+    streamed caches' chunks and write-backs among them."""
+    return sum(st.nbytes for st in s.steps if st.phase == Phase.TOKEN
+               and st.kind in (StepKind.LOAD, StepKind.STORE))
 
 
 def _split_of(spec: Spec, axis: int) -> str | None:
@@ -596,7 +661,11 @@ def with_weights(dg: DecodeGraph, source: str, prefill: ir.Graph) -> DecodeGraph
     again at one token with its weights (a compile's plan holds a shape-only decode graph)."""
     if not dg.graph.shape_only or prefill.shape_only:
         return dg
-    return load_decode_graph(source, prefill, dg.context, grouped=dg.grouped)
+    loaded = load_decode_graph(source, prefill, dg.context, grouped=dg.grouped)
+    if not dg.streams:
+        return loaded
+    return dataclasses.replace(loaded, graph=apply_chunks(loaded.graph, dg.streams),
+                               streams=dg.streams)
 
 
 def _precheck(g: ir.Graph) -> None:
@@ -692,6 +761,7 @@ def _try_plan(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan 
 
 
 def plan_for(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan:
+    dg = with_streams(dg, prefill, target)
     s = build_decode_schedule(dg, prefill, target)
     opts = PerfOptions(Mode.DECODE, context=dg.context)
     return DecodePlan(dg, s, timeline(s, target, opts), estimate(s, target, opts))

@@ -8,9 +8,9 @@ Each causal `Attention(Q, K, V)` of the model at one token becomes
   [B, S, H * D]);
 - `is_causal` and the sliding window (`left_window_size`) cannot follow t inside the op (with
   no past input its causal frontier is the top-left one, query 0 sees key 0 only), so they
-  become a boolean mask fed per step: row t of a [context, context] table that allows key j
-  when j <= t and, with a window w, t - j <= w. Keys past t (empty cache rows) are masked by
-  the same row.
+  become a boolean mask fed per step: the row of position t (`mask_row`, computed from t on
+  the host each step, never a [context, context] table) that allows key j when j <= t and,
+  with a window w, t - j <= w. Keys past t (empty cache rows) are masked by the same row.
 
 Anything else (an explicit mask input, a past cache, present outputs, right windows) is refused
 with a DecodeUnsupported naming the node.
@@ -97,11 +97,11 @@ def _with_ops(g: ir.Graph, new_ops: dict[str, ir.Op], extra: list[ir.Tensor]) ->
     return dataclasses.replace(g, layers=layers, tensors=(*g.tensors, *extra))
 
 
-def mask_table(context: int, left_window: int) -> np.ndarray:
-    """[1, 1, context, context] bool: row t allows key j when j <= t (and t - j <= window)."""
-    i = np.arange(context).reshape(context, 1)
-    j = np.arange(context).reshape(1, context)
-    allowed = j <= i
+def mask_row(context: int, left_window: int, t: int) -> np.ndarray:
+    """[1, 1, 1, context] bool, the decode mask of the step at position t: key j allowed when
+    j <= t (and t - j <= window). Computed per step: no [context, context] table on the host."""
+    j = np.arange(context)
+    allowed = j <= t
     if left_window >= 0:
-        allowed &= i - j <= left_window
-    return allowed.reshape(1, 1, context, context)
+        allowed &= t - j <= left_window
+    return allowed.reshape(1, 1, 1, context)

@@ -142,28 +142,28 @@ def program(art: Artifact, dg, decode_schedule, precision: str):
     from compiler.executor import host_constants
     from compiler.executor.generate import DecodeProgram, MaskTables
     from compiler.schedule.decode import load_tables, mask_dependent, with_weights
-    from compiler.schedule.decode_attention import mask_table
 
     dg = with_weights(dg, art.source, art.graph)  # a compile's plan holds it shape-only
     big = load_tables(art.source, dg, dict(art.graph.dims).get("batch"))
     consts = host_constants(big, art.target, precision)
-    masks = {name: mask_table(dg.context, window) for name, window in dg.masks}
+    rows = {name for name, _ in dg.masks}  # computed per step from t (executor.generate)
     masked = mask_dependent(big, dg.input_masks)
-    tables = {f.name: masks[f.name] if f.name in masks else consts[f.name] for f in dg.feeds
-              if f.name not in masked}
+    tables = {f.name: consts[f.name] for f in dg.feeds if f.name not in masked | rows}
     hosted = frozenset(f.name for f in dg.feeds if f.name in masked)
     return DecodeProgram(art.schedule, art.graph, decode_schedule, dg.graph,
                          tuple((c.prefill, c.name, c.axis) for c in dg.caches),
                          tuple((f.name, f.query_axes) for f in dg.feeds), tables,
                          dg.tokens[0], art.graph.outputs[0], dg.input_masks,
-                         MaskTables(big, consts, hosted) if dg.input_masks else None)
+                         MaskTables(big, consts, hosted) if dg.input_masks else None,
+                         tuple((c.cache, c.name, c.axis, c.start, c.stop) for c in dg.streams),
+                         dg.masks)
 
 
 def open_decode(out: str | Path, art: Artifact):
     """(decode graph, decode schedule) of OUT: the schedule from schedule.json's decode section,
     the graph derived again from the recorded model (checked against the schedule's caches)."""
     from compiler.outdir.decode import decode_problems, decode_schedule_from_doc
-    from compiler.schedule.decode import DecodeUnsupported, load_decode_graph
+    from compiler.schedule.decode import DecodeUnsupported, load_decode_graph, with_streams
 
     path = Path(out) / "schedule.json"
     doc = json.loads(path.read_text())
@@ -181,7 +181,8 @@ def open_decode(out: str | Path, art: Artifact):
         raise NoDecodeSchedule(f"{art.graph.name}: {exc}") from None
     if [c.name for c in dg.caches] != [c["tensor"] for c in doc["decode"]["caches"]]:
         raise WaferError(f"{path}: its KV caches are not the model's; compile again")
-    return dg, decode_schedule_from_doc(doc)
+    schedule = decode_schedule_from_doc(doc)
+    return with_streams(dg, schedule, art.target), schedule
 
 
 # --- verification --------------------------------------------------------------------------
