@@ -221,11 +221,11 @@ def _attention_cores(g: ir.Graph) -> list[tuple[ir.Op, ir.Op]]:
 
 def _is_router(g: ir.Graph, sm: ir.Op) -> bool:
     """A mixture-of-experts router's Softmax: over the logits of a weight MatMul / Gemm (the
-    gate), choosing experts (a TopK reads it), not attention scores."""
+    gate), choosing experts (a TopK reads it) or weighting every expert group (the zoo's MoE
+    builder slices it per group), not attention scores, which are activation x activation."""
     made = g.producers.get(sm.inputs[0])
-    gate = made is not None and made.kind in ("MatMul", "Gemm") and any(
+    return made is not None and made.kind in ("MatMul", "Gemm") and any(
         n in g.const_derived for n in made.inputs if n)
-    return gate and any(op.kind == "TopK" for op in g.consumers.get(sm.outputs[0], ()))
 
 
 def _is_act_matmul(g: ir.Graph, op: ir.Op) -> bool:
