@@ -159,3 +159,16 @@ def test_varying_axes_of_a_causal_and_a_padding_mask(gpt2_tiny):
     g = dataclasses.replace(gpt2_tiny, tensors=gpt2_tiny.tensors + tensors)
     assert varying_axes(g, "causal") == {2, 3}
     assert varying_axes(g, "padding") == {3}
+
+
+def test_a_shape_only_graph_keeps_its_small_integer_constants():
+    """Axes, shapes and k stay (the layouts read them: at one token a ReduceSum's output shape
+    cannot tell which dim of size 1 it removed); weights stay without data."""
+    from compiler.frontend import load_model
+
+    g = load_model(MOE / "mixtral_batched_mm_dynamo_ids.onnx", FrontendOptions(
+        DimRequest(batch=1, seq_len=1), shapes_only=True))
+    assert g.shape_only
+    sums = [op for op in g.ops if op.kind == "ReduceSum" and len(op.inputs) > 1]
+    assert sums and all(g.tensor(op.inputs[1]).data is not None for op in sums)
+    assert all(t.data is None for t in g.tensors if t.kind.value == "weight" and t.dtype.is_float)

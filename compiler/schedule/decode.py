@@ -223,9 +223,21 @@ def _is_router(g: ir.Graph, sm: ir.Op) -> bool:
     """A mixture-of-experts router's Softmax: over the logits of a weight MatMul / Gemm (the
     gate), choosing experts (a TopK reads it) or weighting every expert group (the zoo's MoE
     builder slices it per group), not attention scores, which are activation x activation."""
-    made = g.producers.get(sm.inputs[0])
-    return made is not None and made.kind in ("MatMul", "Gemm") and any(
-        n in g.const_derived for n in made.inputs if n)
+    name = sm.inputs[0]
+    for _ in range(4):  # through a Cast to fp32 (fp16 models) or a temperature
+        made = g.producers.get(name)
+        if made is None:
+            return False
+        if made.kind in ("MatMul", "Gemm"):
+            return any(n in g.const_derived for n in made.inputs if n)
+        acts = [n for n in made.inputs if n and n not in g.const_derived]
+        if made.kind not in _ROUTER_PATH or len(acts) != 1:
+            return False
+        name = acts[0]
+    return False
+
+
+_ROUTER_PATH = frozenset({"Cast", "Identity", "Mul", "Div"})
 
 
 def _is_act_matmul(g: ir.Graph, op: ir.Op) -> bool:
