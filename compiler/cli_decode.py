@@ -113,9 +113,9 @@ def require_plan(result, steps: int) -> None:
     from compiler.verify.decode import NoDecodeSchedule, check_room
 
     if result.decode is None:
-        raise NoDecodeSchedule(f"{result.graph.name} has no decode schedule: --decode needs a "
-                               "causal LM whose inputs are token ids (and an attention mask), "
-                               "with weights")
+        why = result.no_decode or ("--decode needs a causal LM whose inputs are token ids "
+                                   "(and an attention mask), with weights")
+        raise NoDecodeSchedule(f"{result.graph.name} has no decode schedule: {why}")
     g = result.graph
     check_room(g.tensor(g.inputs[0]).shape[-1], steps, result.decode.graph.context)
 

@@ -27,7 +27,7 @@ from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
 from compiler.result import CompileResult
 from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.check import schedule_problems, timeline_problems
-from compiler.schedule.decode import DecodePlan, decode_plan
+from compiler.schedule.decode import DecodePlan, decode_plan_or_reason
 from compiler.schedule.memory import check_runnable
 from compiler.schedule.moe import MoEEstimate, moe_estimate
 from compiler.schedule.perf import (
@@ -137,7 +137,9 @@ def compile_model(model: str | Path, target: str | Path | Target,
         if options.tiling.prompt_resident:  # to be run (--verify): refused here, exit 5
             check_runnable(schedule, graph, tgt)
     with stage("decode"):
-        decode = decode_plan(str(model), graph, schedule, tgt, tiled.context)
+        decode = decode_plan_or_reason(str(model), graph, schedule, tgt, tiled.context)
+        no_decode = decode if isinstance(decode, str) else ""
+        decode = decode if isinstance(decode, DecodePlan) else None
     with stage("performance"):
         timelines, estimates = _performance(schedule, tiled, tgt)
         if options.check:
@@ -147,7 +149,7 @@ def compile_model(model: str | Path, target: str | Path | Target,
         moe = _moe(graph, schedule, decode, tgt, options.routing)
     return CompileResult(graph, tgt, tiled, problem, placement, placed, baseline, schedule,
                          timelines, estimates, options, tuple(stage.times), same, decode,
-                         tuple(used), moe)
+                         tuple(used), moe, no_decode)
 
 def _moe(graph: ir.Graph, schedule: Schedule, decode: DecodePlan | None, target: Target,
          routing: Routing) -> MoEEstimate | None:

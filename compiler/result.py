@@ -39,6 +39,7 @@ class CompileResult:
     decode: DecodePlan | None = None  # the decode step of a causal LM (schedule/decode.py)
     reused: tuple[str, ...] = ()  # stages taken from an earlier compile (driver.Reuse)
     moe: MoEEstimate | None = None  # MoE models: expected / worst-case decode (schedule/moe.py)
+    no_decode: str = ""  # why there is no decode plan (decode is None), when the model tells
 
 
 def decode_steps(result: CompileResult) -> Schedule:

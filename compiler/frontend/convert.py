@@ -103,11 +103,23 @@ def _weight(value: onnx_ir.Value, shapes_only: bool, from_source: bool) -> ir.Te
     tensor = value.const_value
     dtype = dtype_of(int(tensor.dtype), where)
     shape = tuple(int(d) for d in tensor.shape)
-    data = None if shapes_only else _weight_data(value.name, tensor, shape)
+    keep = not shapes_only or _index_like(tensor, dtype, shape)
+    data = _weight_data(value.name, tensor, shape) if keep else None
     if data is not None and from_source:
         warn_nonfinite(value.name, data)
     kind = ir.TensorKind.WEIGHT if from_source else ir.TensorKind.CONSTANT
     return ir.Tensor(value.name, shape, dtype, kind, data)
+
+
+_INDEX_NUMEL = 64  # axes, shapes, k, depths: a few integers
+
+
+def _index_like(tensor, dtype: ir.DType, shape: tuple[int, ...]) -> bool:
+    """A small integer constant held in the model (axes, a shape, TopK's k): kept even in a
+    shape-only graph, since layouts read it (which axes a ReduceSum reduces is not a matter of
+    shapes when a dim is 1, as at one decode token)."""
+    return (not dtype.is_float and math.prod(shape) <= _INDEX_NUMEL
+            and not isinstance(tensor, onnx_ir.ExternalTensor))
 
 
 def _weight_data(name: str, tensor, shape: tuple[int, ...]) -> np.ndarray:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler import ir
-from compiler.errors import WaferError
+from compiler.errors import CapacityError, UnsupportedOpsError, WaferError
 from compiler.placement.problem import Residency
 from compiler.schedule.build import (
     FIXED,
@@ -56,6 +56,7 @@ from compiler.schedule.decode_stream import (
     plan_chunks,
     streamed_regions,
 )
+from compiler.schedule.decode_mask import varying_axes
 from compiler.schedule.perf import Estimate, PerfOptions, Timeline, estimate, timeline
 from compiler.target import Target
 from compiler.tiling.layouts import OpLayout, Spec, _spec_back, graph_layouts
@@ -144,7 +145,7 @@ def decode_graph(prefill: ir.Graph, g1: ir.Graph, context: int,
             caches.append(KVCache(layer, name, new, new, grown[0]))
             renames[(reader.name, slot)] = name
     feeds = _position_feeds(prefill, g1, cores, context, shapes)
-    _check_causal(g1, feeds)
+    _check_causal(prefill, g1, feeds)
     graph = _rebuild(prefill, g1, caches, feeds, renames, shapes)
     tokens = tuple(n for n in g1.inputs)
     grouped = any(c.new != op.inputs[1] for c, op in zip(caches, _readers(cores), strict=True))
@@ -197,12 +198,19 @@ def _check_pair(prefill: ir.Graph, g1: ir.Graph) -> None:
                                     "(decode takes token ids and an attention mask)")
 
 
-def _check_causal(g1: ir.Graph, feeds: tuple[PositionFeed, ...]) -> None:
+def _check_causal(prefill: ir.Graph, g1: ir.Graph, feeds: tuple[PositionFeed, ...]) -> None:
     """A causal LM masks its scores with a mask that follows both the query position and the
-    keys (the rows of a causal mask); an encoder's (BERT's) attends to every position."""
-    if not any(f.query_axes and f.key_axes for f in feeds):
+    keys (the rows of a causal mask); an encoder's (BERT's) attends to every position. A mask
+    expanded to [.., S, S] that is the same for every query (a TorchScript BERT's
+    bidirectional one) is not causal: its values, where the model holds them, tell."""
+    both = [f for f in feeds if f.query_axes and f.key_axes]
+    if not both:
         raise DecodeUnsupported(f"{g1.name} has no causal mask on its attention scores (an "
                                 "encoder attends to every position): decode needs a causal LM")
+    if not any(set(f.query_axes) & varying_axes(prefill, f.name) for f in both):
+        raise DecodeUnsupported(f"{g1.name}'s attention mask {both[0].name} is the same for "
+                                "every query position (an encoder's bidirectional mask, not a "
+                                "causal one): decode needs a causal LM")
 
 
 def _has_attention_op(g: ir.Graph) -> bool:
@@ -228,11 +236,23 @@ def _attention_cores(g: ir.Graph) -> list[tuple[ir.Op, ir.Op]]:
 
 def _is_router(g: ir.Graph, sm: ir.Op) -> bool:
     """A mixture-of-experts router's Softmax: over the logits of a weight MatMul / Gemm (the
-    gate), choosing experts (a TopK reads it), not attention scores."""
-    made = g.producers.get(sm.inputs[0])
-    gate = made is not None and made.kind in ("MatMul", "Gemm") and any(
-        n in g.const_derived for n in made.inputs if n)
-    return gate and any(op.kind == "TopK" for op in g.consumers.get(sm.outputs[0], ()))
+    gate), choosing experts (a TopK reads it) or weighting every expert group (the zoo's MoE
+    builder slices it per group), not attention scores, which are activation x activation."""
+    name = sm.inputs[0]
+    for _ in range(4):  # through a Cast to fp32 (fp16 models) or a temperature
+        made = g.producers.get(name)
+        if made is None:
+            return False
+        if made.kind in ("MatMul", "Gemm"):
+            return any(n in g.const_derived for n in made.inputs if n)
+        acts = [n for n in made.inputs if n and n not in g.const_derived]
+        if made.kind not in _ROUTER_PATH or len(acts) != 1:
+            return False
+        name = acts[0]
+    return False
+
+
+_ROUTER_PATH = frozenset({"Cast", "Identity", "Mul", "Div"})
 
 
 def _is_act_matmul(g: ir.Graph, op: ir.Op) -> bool:
@@ -727,37 +747,52 @@ class DecodePlan:
 
 def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target: Target,
                 context: int) -> DecodePlan | None:
-    """The decode plan of a causal LM, with weights or shape-only; None for anything else (no
-    attention core, not only token-id inputs, a one-token prompt). Its graph is shape-only
-    (the model at one token loaded without weights: a schedule needs shapes only), so running
-    it (`--decode`) loads the decode graph with weights again (verify.decode.open_decode).
+    """The decode plan of a causal LM (`decode_plan_or_reason`), None for anything else."""
+    plan = decode_plan_or_reason(source, prefill_graph, prefill, target, context)
+    return plan if isinstance(plan, DecodePlan) else None
+
+
+def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedule,
+                          target: Target, context: int) -> DecodePlan | str:
+    """The decode plan of a causal LM, with weights or shape-only; for anything else (no
+    attention core, not only token-id inputs, a one-token prompt, an encoder's mask) why not.
+    Its graph is shape-only (the model at one token loaded without weights: a schedule needs
+    shapes only), so running it (`--decode`) loads the decode graph with weights again
+    (verify.decode.open_decode).
     Under grouped-query attention both cache forms are scheduled — after the repeat (query
     heads: more bytes, no repeat per step) and before it (KV heads: a quarter of the bytes,
     the repeat runs on the cache every step) — and the faster decode step is kept; schedule.json
-    records which (`kv_cache`), so verify derives the same graph."""
-    try:
+    records which (`kv_cache`), so verify derives the same graph. A graph that derives is
+    scheduled: a failure there is a bug and surfaces as one (not as "no decode schedule")."""
+    try:  # the decode step is extra: never fail a compile
         g1 = _load_g1(source, prefill_graph, shapes_only=True)
+    except DecodeUnsupported as exc:
+        return str(exc)
+    except WaferError as exc:
+        return f"the model does not load at one token per sequence ({exc})"
+    try:
         forms = [decode_graph(prefill_graph, g1, context, grouped=False)]
-    except (DecodeUnsupported, WaferError):  # the decode step is extra: never fail a compile
-        return None
+    except (DecodeUnsupported, WaferError) as exc:
+        return str(exc)
     try:
         grouped = decode_graph(prefill_graph, g1, context, grouped=True)
         forms += [grouped] if grouped.grouped else []
     except DecodeUnsupported:
         pass
-    plans = [p for p in (_try_plan(dg, prefill, target) for dg in forms) if p is not None]
-    return max(plans, key=lambda p: p.estimate.tokens_per_s or 0.0) if plans else None
+    plans = [_try_plan(dg, prefill, target) for dg in forms]
+    kept = [p for p in plans if isinstance(p, DecodePlan)]
+    if not kept:
+        return str(plans[0])
+    return max(kept, key=lambda p: p.estimate.tokens_per_s or 0.0)
 
 
-def _try_plan(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan | None:
-    """The plan of one decode form, or None when its schedule cannot be built. A graph that
-    passes the derivation without being a decoder (a TorchScript BERT whose bidirectional
-    [S, S] mask grows along queries and keys like a causal one) fails here; telling the two
-    apart needs the mask's values, which a shape-only compile does not have."""
+def _try_plan(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan | str:
+    """The plan of one decode form, or why the model's ops have no decode schedule (an op
+    refused at one token, a step that does not fit). Anything else raised is a bug."""
     try:
         return plan_for(dg, prefill, target)
-    except (ValueError, KeyError, IndexError, WaferError):
-        return None
+    except (UnsupportedOpsError, CapacityError) as exc:
+        return str(exc)
 
 
 def plan_for(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan:

@@ -285,7 +285,20 @@ def graph_layouts(g: ir.Graph, inputs: Mapping[str, Spec] | None = None
 def op_layout(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec]) -> OpLayout:
     _check_constant_inputs(g, op)
     rule = _RULES.get(op.kind, _fallback)
-    return rule(g, op, specs)
+    layout = rule(g, op, specs)
+    _check_ranks(g, op, layout)
+    return layout
+
+
+def _check_ranks(g: ir.Graph, op: ir.Op, layout: OpLayout) -> None:
+    """Every spec has its tensor's rank (a rule that loses a dim is a bug here, not an
+    IndexError in a later rule or a failed zip in the schedule)."""
+    pairs = [*zip(op.inputs, layout.inputs, strict=False),
+             *zip(op.outputs, layout.outputs, strict=False)]
+    for name, spec in pairs:
+        if name and spec is not None and len(spec) != len(g.tensor(name).shape):
+            raise AssertionError(f"layout of {op.kind} {op.name}: spec {spec} of {name} does "
+                                 f"not have its rank {len(g.tensor(name).shape)}")
 
 
 # Inputs a kernel reads as values known when compiling (axes, sizes, bounds): (index, what).
@@ -431,7 +444,9 @@ def _normalize_axes(axes: Sequence[int], rank: int) -> tuple[int, ...]:
     return tuple(sorted(a % rank for a in axes)) if rank else ()
 
 
-def _reduced_axes(g: ir.Graph, op: ir.Op) -> tuple[int, ...]:
+def _reduced_axes(g: ir.Graph, op: ir.Op) -> tuple[int, ...] | None:
+    """The dims `op` reduces; None when its axes input has no data (a shape-only graph whose
+    axes are not held: the shapes cannot tell which dim of size 1 went)."""
     rank = len(g.tensor(op.inputs[0]).shape)
     if op.kind in ("LayerNormalization", "RMSNormalization"):
         return tuple(range(int(op.attr("axis", -1)) % rank, rank))
@@ -440,7 +455,9 @@ def _reduced_axes(g: ir.Graph, op: ir.Op) -> tuple[int, ...]:
     axes = op.attr("axes")
     if axes is None and len(op.inputs) > 1 and op.inputs[1]:
         data = g.tensor(op.inputs[1]).data
-        axes = tuple(int(a) for a in data.reshape(-1)) if data is not None else None
+        if data is None:
+            return None
+        axes = tuple(int(a) for a in data.reshape(-1))
     return _normalize_axes(axes if axes is not None else range(rank), rank)
 
 
@@ -449,6 +466,8 @@ def _reduction(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     x = _spec(g, op.inputs[0], specs)
     _check_legacy_softmax(g, op, len(x))
     axes = _reduced_axes(g, op)
+    if axes is None:
+        return _fallback(g, op, specs)
     coll = tuple(Collective(CollectiveKind.ALLREDUCE, x[a], op.outputs[0]) for a in axes if x[a])
     out_rank = len(g.tensor(op.outputs[0]).shape)
     if out_rank == len(x):
