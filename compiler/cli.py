@@ -668,7 +668,23 @@ def _moe_lines(result) -> list[str]:
         f"to the same far experts), {moe.all_experts_tokens_per_s:,.0f} with every expert run",
         f"  expert load  {len(moe.regions)} expert regions; imbalance up to "
         f"{moe.max_imbalance:.2f}x its layer's mean (expected experts per token)",
+        _streaming_line(moe),
     ]
+
+
+STREAMING_LISTED = 6  # streamed expert regions named in the summary line
+
+
+def _streaming_line(moe) -> str:
+    """Which experts stream their weights from off-chip (SRAM short: the cold ones)."""
+    cold = moe.streaming
+    if not cold:
+        return "  experts      all resident in SRAM"
+    named = ", ".join(f"{r.region} (experts {r.first}-{r.first + r.count - 1}, "
+                      f"{r.experts_per_token:.2g}/token)" for r in cold[:STREAMING_LISTED])
+    more = f", and {len(cold) - STREAMING_LISTED} more" if len(cold) > STREAMING_LISTED else ""
+    return (f"  experts      {len(cold)} of {len(moe.regions)} expert regions stream their "
+            f"weights (the cold ones, loaded only when a token visits): {named}{more}")
 
 
 def _breakdown_lines(result) -> list[str]:
