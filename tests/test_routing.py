@@ -139,14 +139,21 @@ HOT_TO_COLD = [40, 20, 10, 8, 6, 4, 2, 1]
 
 
 @pytest.fixture(scope="module")
-def squeezed(tmp_path_factory):
-    """The 8-expert model compiled on mesh8x8 cut to 3 rows, routing hot to cold by index."""
+def squeeze(tmp_path_factory) -> Path:
+    """The 8-expert model, mesh8x8 cut to 3 rows, routing hot to cold by expert index."""
     tmp = tmp_path_factory.mktemp("squeezed")
     onnx.save(build_moe(SQUEEZED, name="moe8"), tmp / "moe8.onnx")
     target = Path(__file__).parents[1] / "targets" / "mesh8x8.toml"
     text = target.read_text().replace("rows = 8", "rows = 3").replace('"mesh8x8"', '"mesh3x8"')
     (tmp / "mesh3x8.toml").write_text(text)
     (tmp / "routing.json").write_text(json.dumps({"experts": HOT_TO_COLD}))
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def squeezed(squeeze):
+    """The 8-expert model compiled on 3 x 8 cores: its placement.json."""
+    tmp = squeeze
     out = tmp / "out"
     code = main(["compile", str(tmp / "moe8.onnx"), "-t", str(tmp / "mesh3x8.toml"),
                  "--routing", str(tmp / "routing.json"), "--time-limit", "10", "-o", str(out)])
@@ -184,3 +191,30 @@ def test_visited_share_counts_experts_any_token_of_the_batch_visits():
     assert visited_share((0.25, 0.25), 2, 1) == pytest.approx(0.5)
     assert visited_share((0.25, 0.25), 2, 2) == pytest.approx(0.75)
     assert visited_share((0.9,), 2, 1) == 1.0  # a certain visit
+
+
+def test_sweep_takes_routing_and_records_it(squeeze, capsys):
+    out = squeeze / "sweep"
+    code = main(["sweep", str(squeeze / "moe8.onnx"), "-t", str(squeeze / "mesh3x8.toml"),
+                 "--vary", "grid.rows=3,8", "--routing", str(squeeze / "routing.json"),
+                 "--time-limit", "10", "--workers", "1", "-q", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((out / "sweep.json").read_text())
+    routing = doc["options"]["routing"]
+    assert routing["source"] == str(squeeze / "routing.json")
+    assert routing["experts"] == HOT_TO_COLD
+    squeezed_point, roomy = doc["points"]
+    assert squeezed_point["status"] == roomy["status"] == "ok"
+    assert 0 < squeezed_point["streamed_expert_regions"] < SQUEEZED.experts
+    assert roomy["streamed_expert_regions"] == 0  # 8 rows hold every expert
+    assert squeezed_point["moe_expected_tokens_per_s"] > 0
+
+
+def test_sweep_refuses_a_routing_file_that_does_not_fit_the_model(squeeze, tmp_path, capsys):
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"experts": [1, 2, 3]}))
+    out = tmp_path / "sweep"
+    code = main(["sweep", str(squeeze / "moe8.onnx"), "-t", "mesh8x8", "--vary",
+                 "grid.rows=3,8", "--routing", str(bad), "-o", str(out)])
+    assert code == 2 and not out.exists()
+    assert "3 frequencies for layer block.0, which has 8 experts" in capsys.readouterr().err
