@@ -33,7 +33,7 @@ from compiler.errors import UsageError
 from compiler.placement.problem import Edge, Residency
 
 if TYPE_CHECKING:
-    from compiler.tiling.candidates import TiledGraph
+    from compiler.tiling.candidates import LayerTiling, TiledGraph
 
 
 @dataclass(frozen=True)
@@ -155,10 +155,10 @@ def routed_candidates(g: ir.Graph, tiled: TiledGraph, routing: Routing = UNIFORM
     return dataclasses.replace(tiled, layers=_split_templates(tuple(layers)))
 
 
-def _split_templates(layers: tuple) -> tuple:
+def _split_templates(layers: tuple[LayerTiling, ...]) -> tuple[LayerTiling, ...]:
     """Layers of one template whose candidates now differ: each distinct set its own template
     (`TEMPLATE~N`, N counting the sets in layer order); alike ones keep theirs."""
-    seen: dict[str, list[tuple]] = {}
+    seen: dict[str, list[tuple[object, ...]]] = {}
     for lt in layers:
         sets = seen.setdefault(lt.template, [])
         if lt.candidates not in sets:
