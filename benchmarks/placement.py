@@ -41,6 +41,9 @@ MOE_CASES = [
 ]
 
 
+STAGES = ("frontend", "tiling", "placement", "schedule", "performance")  # wall, compile_log.json
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.2f}"
 
@@ -85,14 +88,18 @@ def bench_moe(model: str, targets: list[str], out: Path) -> list[object]:
                 break
     label = f"{model} on {target}"
     if code != 0:
-        return [label, f"{wall:.1f}", f"{cpu:.1f}", f"{rss:.0f}", f"exit {code}", *[""] * 6]
+        return [label, f"{wall:.1f}", f"{cpu:.1f}", "", f"{rss:.0f}", f"exit {code}", *[""] * 7]
     doc = json.loads((out / "placement.json").read_text())
     m, s, moe = doc["metrics"], doc["solver"], doc["moe"]
     dense = doc["performance"]["decode"]["tokens_per_s"]
-    return [label, f"{wall:.1f}", f"{cpu:.1f}", f"{rss:.0f}", f"{m['byte_hops']:.4g}",
+    times = json.loads((out / "compile_log.json").read_text())["stage_seconds"]
+    stages = " / ".join(f"{times.get(k, 0.0):.1f}" for k in STAGES)
+    streamed = sum(r["residency"] != "resident" for r in moe["regions"])
+    return [label, f"{wall:.1f}", f"{cpu:.1f}", stages, f"{rss:.0f}", f"{m['byte_hops']:.4g}",
             f"{m['byte_hops_ratio_to_bound']:.2f}x", f"{m['cores_used']:,} on {m['wafers_used']}",
-            s["status"], f"{moe['expected_tokens_per_s']:,.0f}",
-            f"{moe['worst_tokens_per_s']:,.0f}", f"{dense:,.0f}"]
+            s["status"], f"{streamed} of {len(moe['regions'])}",
+            f"{moe['expected_tokens_per_s']:,.0f}", f"{moe['worst_tokens_per_s']:,.0f}",
+            f"{dense:,.0f}"]
 
 
 def main() -> None:
@@ -132,9 +139,10 @@ def _moe(tmp: Path, names: list[str]) -> None:
         row = bench_moe(model, targets, tmp / f"moe{i}")
         print(" | ".join(map(str, row)), flush=True)
         rows.append(row)
-    header = ["model / target", "compile s (wall)", "CPU s", "peak RSS MB", "byte-hops/token",
-              "vs bound", "cores on wafers", "solver", "decode tokens/s expected",
-              "worst case", "every expert run"]
+    header = ["model / target", "compile s (wall)", "CPU s",
+              "stages s (" + ", ".join(STAGES) + ")", "peak RSS MB", "byte-hops/token",
+              "vs bound", "cores on wafers", "solver", "expert regions streamed",
+              "decode tokens/s expected", "worst case", "every expert run"]
     body = (f"MoE giants, shape-only, each on the smallest WSE-3 cluster that holds it: `wafer "
             f"compile` with default options (deterministic CP-SAT, 1 worker, 30 s limit; "
             f"{machine()}; load average {load:.1f} when it started, `uptime`"

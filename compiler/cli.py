@@ -118,12 +118,16 @@ def _add_compile(sub) -> None:
     p.add_argument("--inputs", metavar="IN.npz",
                    help="with --verify: inputs by name (default: seeded random)")
     cli_decode.add_decode_arg(p, _count)
-    p.add_argument("--routing", metavar="FILE",
-                   help="MoE models: measured per-expert routing frequencies (JSON, "
-                   "docs/cli.md; default uniform) for placement's traffic and the decode rates")
+    _routing_arg(p, "placement's traffic and the decode rates")
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.html and report-data/ (wafer view OUT does later)")
     p.set_defaults(run=cmd_compile)
+
+
+def _routing_arg(p, what: str) -> None:
+    p.add_argument("--routing", metavar="FILE",
+                   help="MoE models: measured per-expert routing frequencies (JSON, "
+                   f"docs/cli.md; default uniform) for {what}")
 
 
 def _add_view(sub) -> None:
@@ -187,6 +191,7 @@ def _add_sweep(sub) -> None:
                    help="also run each point's schedule and compare with ONNX Runtime")
     p.add_argument("--workers", type=_workers, metavar="N",
                    help="points compiled at once (default: the CPU cores; one solver worker each)")
+    _routing_arg(p, "every point's placement traffic and MoE decode rates")
     p.add_argument("--backend", choices=("pool", "ray"), default="pool",
                    help="a local process pool (default) or Ray tasks")
     p.add_argument("--ray-address", metavar="ADDR",
@@ -668,7 +673,23 @@ def _moe_lines(result) -> list[str]:
         f"to the same far experts), {moe.all_experts_tokens_per_s:,.0f} with every expert run",
         f"  expert load  {len(moe.regions)} expert regions; imbalance up to "
         f"{moe.max_imbalance:.2f}x its layer's mean (expected experts per token)",
+        _streaming_line(moe),
     ]
+
+
+STREAMING_LISTED = 6  # streamed expert regions named in the summary line
+
+
+def _streaming_line(moe) -> str:
+    """Which experts stream their weights from off-chip (SRAM short: the cold ones)."""
+    cold = moe.streaming
+    if not cold:
+        return "  experts      all resident in SRAM"
+    named = ", ".join(f"{r.region} (experts {r.first}-{r.first + r.count - 1}, "
+                      f"{r.experts_per_token:.2g}/token)" for r in cold[:STREAMING_LISTED])
+    more = f", and {len(cold) - STREAMING_LISTED} more" if len(cold) > STREAMING_LISTED else ""
+    return (f"  experts      {len(cold)} of {len(moe.regions)} expert regions stream their "
+            f"weights (the cold ones, loaded only when a token visits): {named}{more}")
 
 
 def _breakdown_lines(result) -> list[str]:
@@ -727,7 +748,8 @@ def cmd_sweep(args) -> int:
     backend = sweep.make_backend(args.backend, workers, args.ray_address)
     solver = SolverOptions(args.method, args.time_limit, args.seed, workers=1)
     tiling = TilingOptions(context=args.context, prompt_resident=True if args.verify else None)
-    options = CompileOptions(_frontend_options(args), tiling, solver, check=_checks_on())
+    options = CompileOptions(_frontend_options(args), tiling, solver, check=_checks_on(),
+                             routing=_routing(args.routing))
     plan = sweep.plan_sweep(args.model, args.target, args.vary, options, args.verify)
     t0 = time.perf_counter()
     progress = None if args.quiet else sweep.ProgressPrinter(sys.stderr)

@@ -41,7 +41,13 @@ from compiler.stages import StageHook, Stages, StartHook, check
 from compiler.target import Target, load_target
 from compiler.tiling.candidates import TiledGraph, TilingOptions, tile_graph, to_problem
 from compiler.tiling.check import tiled_problems
-from compiler.tiling.routing import UNIFORM, Routing, group_loads, routed_edges
+from compiler.tiling.routing import (
+    UNIFORM,
+    Routing,
+    group_loads,
+    routed_candidates,
+    routed_edges,
+)
 from compiler.vocab import Mode, PlacementMethod
 
 
@@ -120,6 +126,7 @@ def compile_model(model: str | Path, target: str | Path | Target,
         tiled = tile_graph(graph, tgt, options.tiling)
         tiled = dataclasses.replace(tiled, edges=routed_edges(graph, tiled.edges,
                                                               options.routing))
+        tiled = routed_candidates(graph, tiled, options.routing)
         if options.check:
             check(tiled_problems(graph, tiled, tgt), "tiled graph")
         problem = to_problem(tiled, tgt)
@@ -155,7 +162,7 @@ def _moe(graph: ir.Graph, schedule: Schedule, decode: DecodePlan | None, target:
          routing: Routing) -> MoEEstimate | None:
     """Expected and worst-case decode of an MoE model, on the decode schedule when there is
     one (else the prefill schedule scaled to one token, as the dense estimate is)."""
-    loads = group_loads(graph, routing)
+    loads = group_loads(graph, routing, schedule.batch)
     if not loads:
         return None
     shares = {load.router: routing.shares(load.router, load.experts) for load in loads.values()}

@@ -160,9 +160,12 @@ def _group(b: GraphBuilder, cfg: MoEConfig, i: int, g: int, h: str, probs: str) 
     gate = linear(b, f"{s}/gate_proj", h, f"{p}.gate_proj", cfg.hidden, n * inter, bias=False)
     gate = b.op(f"{s}/act_fn", "Mul", gate, b.op(f"{s}/act_fn", "Sigmoid", gate))
     up = linear(b, f"{s}/up_proj", h, f"{p}.up_proj", cfg.hidden, n * inter, bias=False)
-    act = reshape_tail(b, s, b.op(s, "Mul", gate, up), [n, inter])  # (B, T, n, I)
     weight = b.op(s, "Slice", probs, b.ints(s, [g * n]), b.ints(s, [(g + 1) * n]),
                   b.ints(s, [2]))  # (B, T, n)
-    act = b.op(s, "Mul", act, b.op(s, "Unsqueeze", weight, b.ints(s, [3])))
-    act = reshape_tail(b, s, act, [n * inter])  # (B, T, n I)
+    # each expert's probability repeated over its I columns, (B, T, n, 1) -> (B, T, n, I)
+    # -> (B, T, n I), so the activations keep their n I split (a (B, T, n, I) view of them
+    # would split only the n experts over a mesh axis, holding all I on every core)
+    weight = b.op(s, "Expand", b.op(s, "Unsqueeze", weight, b.ints(s, [3])),
+                  b.ints(s, [1, 1, 1, inter]))
+    act = b.op(s, "Mul", b.op(s, "Mul", gate, up), reshape_tail(b, s, weight, [n * inter]))
     return linear(b, f"{s}/down_proj", act, f"{p}.down_proj", n * inter, cfg.hidden, bias=False)

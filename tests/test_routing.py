@@ -20,7 +20,7 @@ from compiler.cli import main
 from compiler.driver import CompileOptions, SolverOptions, compile_model
 from compiler.errors import UsageError
 from compiler.placement.check import validate
-from compiler.tiling.routing import Routing, group_loads, load_routing
+from compiler.tiling.routing import Routing, group_loads, load_routing, visited_share
 from compiler.zoo import MoEConfig, build_moe
 
 CFG = MoEConfig(vocab=64, hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8, experts=8,
@@ -127,3 +127,94 @@ def test_a_routing_file_of_the_wrong_length_fails_the_compile(path, tmp_path, ca
     code = main(["compile", str(path), "-t", "mesh16x16", "--routing", str(f), "-o", str(out)])
     assert code == 2 and not out.exists()
     assert "3 frequencies for layer block.1, which has 8 experts" in capsys.readouterr().err
+
+
+# -- residency per expert: cold experts stream when SRAM is short --------------------------------
+
+# 8 experts, one per group (Mixtral's grouping), each 147 KB of fp16 weights: 3 cores of
+# mesh8x8 resident. On 3 x 8 cores not every expert holds resident.
+SQUEEZED = MoEConfig(vocab=64, hidden=64, layers=1, heads=4, kv_heads=2, head_dim=16, experts=8,
+                     active=2, expert_intermediate=384, expert_groups=8, default_seq=8)
+HOT_TO_COLD = [40, 20, 10, 8, 6, 4, 2, 1]
+
+
+@pytest.fixture(scope="module")
+def squeeze(tmp_path_factory) -> Path:
+    """The 8-expert model, mesh8x8 cut to 3 rows, routing hot to cold by expert index."""
+    tmp = tmp_path_factory.mktemp("squeezed")
+    onnx.save(build_moe(SQUEEZED, name="moe8"), tmp / "moe8.onnx")
+    target = Path(__file__).parents[1] / "targets" / "mesh8x8.toml"
+    text = target.read_text().replace("rows = 8", "rows = 3").replace('"mesh8x8"', '"mesh3x8"')
+    (tmp / "mesh3x8.toml").write_text(text)
+    (tmp / "routing.json").write_text(json.dumps({"experts": HOT_TO_COLD}))
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def squeezed(squeeze):
+    """The 8-expert model compiled on 3 x 8 cores: its placement.json."""
+    tmp = squeeze
+    out = tmp / "out"
+    code = main(["compile", str(tmp / "moe8.onnx"), "-t", str(tmp / "mesh3x8.toml"),
+                 "--routing", str(tmp / "routing.json"), "--time-limit", "10", "-o", str(out)])
+    assert code == 0
+    return json.loads((out / "placement.json").read_text())
+
+
+def test_cold_experts_stream_and_hot_ones_stay_resident(squeezed):
+    layers = {x["name"]: x for x in squeezed["layers"]}
+    modes = [layers[f"block.0.experts.{e}"]["residency"] for e in range(8)]
+    streams = [m == "stream_weights" for m in modes]
+    assert any(streams) and not all(streams), modes  # squeezed: some, not all
+    # the resident experts are the hottest ones: no streamed expert is hotter than a resident
+    assert streams == sorted(streams), modes
+    regions = {r["region"]: r for r in squeezed["moe"]["regions"]}
+    assert [regions[f"block.0.experts.{e}"]["residency"] for e in range(8)] == modes
+
+
+def test_a_streamed_expert_is_priced_at_its_expected_load(squeezed):
+    total = sum(HOT_TO_COLD)
+    for e, freq in enumerate(HOT_TO_COLD):
+        layer = next(x for x in squeezed["layers"] if x["name"] == f"block.0.experts.{e}")
+        if layer["residency"] != "stream_weights":
+            assert layer["offchip_bytes_per_token"] == 0
+            continue
+        visited = min(1.0, SQUEEZED.active * freq / total)  # batch 1: one token's chance
+        assert layer["offchip_bytes_per_token"] == math.ceil(layer["weight_bytes"] * visited)
+        assert layer["offchip_bytes_per_token"] < layer["weight_bytes"]
+    moe = squeezed["moe"]
+    # streaming every expert on every token (the schedule as built) is far slower
+    assert moe["expected_tokens_per_s"] > moe["all_experts_tokens_per_s"]
+
+
+def test_visited_share_counts_experts_any_token_of_the_batch_visits():
+    assert visited_share((0.25, 0.25), 2, 1) == pytest.approx(0.5)
+    assert visited_share((0.25, 0.25), 2, 2) == pytest.approx(0.75)
+    assert visited_share((0.9,), 2, 1) == 1.0  # a certain visit
+
+
+def test_sweep_takes_routing_and_records_it(squeeze, capsys):
+    out = squeeze / "sweep"
+    code = main(["sweep", str(squeeze / "moe8.onnx"), "-t", str(squeeze / "mesh3x8.toml"),
+                 "--vary", "grid.rows=3,8", "--routing", str(squeeze / "routing.json"),
+                 "--time-limit", "10", "--workers", "1", "-q", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((out / "sweep.json").read_text())
+    routing = doc["options"]["routing"]
+    assert routing["source"] == str(squeeze / "routing.json")
+    assert routing["experts"] == HOT_TO_COLD
+    squeezed_point, roomy = doc["points"]
+    assert squeezed_point["status"] == roomy["status"] == "ok"
+    assert 0 < squeezed_point["streamed_expert_regions"] < SQUEEZED.experts
+    assert roomy["streamed_expert_regions"] == 0  # 8 rows hold every expert
+    assert squeezed_point["moe_expected_tokens_per_s"] > 0
+
+
+def test_sweep_refuses_a_routing_file_that_does_not_fit_the_model(squeeze, tmp_path, capsys):
+    bad = tmp_path / "r.json"
+    bad.write_text(json.dumps({"experts": [1, 2, 3]}))
+    out = tmp_path / "sweep"
+    code = main(["sweep", str(squeeze / "moe8.onnx"), "-t", "mesh8x8", "--vary",
+                 "grid.rows=3,8", "--routing", str(bad), "-o", str(out)])
+    assert code == 2 and not out.exists()
+    assert "3 frequencies for layer block.0, which has 8 experts" in capsys.readouterr().err

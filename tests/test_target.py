@@ -105,6 +105,17 @@ def test_wse3_and_clusters() -> None:
     assert dataclasses.replace(x4, wafers=wse3.wafers, name="wse3").sha256 == wse3.sha256
 
 
+@pytest.mark.parametrize("name", [n for n in BUILTINS if n.startswith("wse3-x")])
+def test_wse3_clusters_are_wse3_but_for_the_wafers(name: str) -> None:
+    """Everything but [wafers] as wse3.toml: the fitted runtime overhead included (a re-fit
+    that missed a cluster spec priced its models with the old overhead)."""
+    wse3, cluster = load_target("wse3"), load_target(name)
+    same = dataclasses.replace(cluster, wafers=wse3.wafers, name="wse3",
+                               description=wse3.description, source=wse3.source)
+    assert same.runtime == wse3.runtime
+    assert same.sha256 == wse3.sha256
+
+
 def test_small_targets() -> None:
     tt, m8, m16, m8x2 = (load_target(n) for n in ("tt-wormhole", "mesh8x8", "mesh16x16",
                                                     "mesh8x8-x2"))

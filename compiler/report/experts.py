@@ -53,8 +53,20 @@ def experts_view(f: Facts) -> ExpertsView | None:
     note = (f"{len(loads)} expert regions. Dispatch: the router's layer sends a token to an "
             "expert region only when one of its k experts lives there (bytes x the hit rate); "
             "combine: the region's output back. Load imbalance: expected experts per token "
-            f"over the mean of the layer's regions (up to {moe['max_imbalance']:.2f}x).")
+            f"over the mean of the layer's regions (up to {moe['max_imbalance']:.2f}x)."
+            + _streaming_note(loads))
     return ExpertsView(ramp, _table(f, loads), kpi, note)
+
+
+def _streaming_note(loads: dict[str, dict[str, Any]]) -> str:
+    cold = [n for n, r in loads.items()
+            if r.get("residency") in ("stream_weights", "stream_all")]
+    if not cold:
+        return " Every expert region holds its weights resident."
+    return (f" {len(cold)} of {len(loads)} expert regions stream their weights from off-chip "
+            "(SRAM short: the placer keeps the hot experts resident; a streamed region loads "
+            f"only the experts a token visits): {', '.join(cold[:8])}"
+            + (", ..." if len(cold) > 8 else "") + ".")
 
 
 def _table(f: Facts, loads: dict[str, dict[str, Any]]) -> Table:
@@ -70,16 +82,17 @@ def _table(f: Facts, loads: dict[str, dict[str, Any]]) -> Table:
     for name, r in loads.items():
         la = by_name[name]
         experts = f"{r['first']}-{r['first'] + r['count'] - 1}"
-        rows.append((name, r["router"], experts, str(la.wafer), fmt.count(la.cores),
+        mode = r.get("residency", "resident")
+        rows.append((name, r["router"], experts, str(la.wafer), fmt.count(la.cores), mode,
                      fmt.pct(r["share"]), f"{r['experts_per_token']:.3f}", fmt.pct(r["hit"]),
                      f"{r['imbalance']:.2f}x", fmt.nbytes(into.get(name, 0)),
                      fmt.nbytes(out.get(name, 0))))
-        keys.append((name, r["router"], r["first"], la.wafer, la.cores, r["share"],
+        keys.append((name, r["router"], r["first"], la.wafer, la.cores, mode, r["share"],
                      r["experts_per_token"], r["hit"], r["imbalance"], into.get(name, 0),
                      out.get(name, 0)))
-    header = ("region", "router", "experts", "wafer", "cores", "share of choices",
+    header = ("region", "router", "experts", "wafer", "cores", "residency", "share of choices",
               "experts per token", "hit rate", "imbalance", "dispatch in per token",
               "combine out per token")
-    numeric = (False, False, False, True, True, True, True, True, True, True, True)
+    numeric = (False, False, False, True, True, False, True, True, True, True, True, True)
     return Table("Expert regions and routing traffic", header, tuple(rows), tuple(keys),
                  numeric)

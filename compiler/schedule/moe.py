@@ -8,13 +8,16 @@ would; a real MoE token visits k experts. This module re-times the decode step
   send become free steps);
 - a visited group's compute and collectives scale by its busiest expert's tokens over the
   batch (the schedule's group computes every token on every expert; experts of one group sit
-  on disjoint cores and run in parallel), its sends by the tokens that visit it.
+  on disjoint cores and run in parallel), its sends by the tokens that visit it;
+- a group whose weights stream (residency per expert: SRAM was short and its experts are cold)
+  loads only the experts the step's tokens visit: its weight loads scale by their share.
 
 Expected: the mean over `samples` seeded draws of each token's k experts from the routing
 distribution (uniform, or `--routing FILE`), one draw per MoE layer. Worst case: in every MoE
-layer all tokens' experts land in the groups farthest from the router (other wafer first, then
-NoC distance), the same k experts for every token (the busiest expert gets every token):
-packed into as few groups as hold them, or one expert per group in the k farthest groups,
+layer all tokens' experts land in the groups farthest from the router (streamed from off-chip
+first, then other wafer, then NoC distance), the same k experts for every token (the busiest
+expert gets every token): packed into as few groups as hold them, or one expert per group in
+the k farthest groups,
 whichever is slower (at batch 1 more visited groups mean more sends and more contention, so
 usually the latter). Load imbalance per expert region: its expected experts per token over its
 layer's mean.
@@ -49,6 +52,12 @@ class RegionLoad:
     experts_per_token: float  # k x share
     hit: float  # chance a token visits it
     imbalance: float  # experts_per_token over the mean of its layer's groups
+    residency: str = "resident"  # its region's mode: stream_weights when its experts stream
+    streamed: float = 1.0  # expected share of its experts a decode step visits (and loads)
+
+    @property
+    def streams(self) -> bool:
+        return self.residency in ("stream_weights", "stream_all")
 
 
 @dataclass(frozen=True)
@@ -67,8 +76,14 @@ class MoEEstimate:
     def max_imbalance(self) -> float:
         return max((r.imbalance for r in self.regions), default=1.0)
 
+    @property
+    def streaming(self) -> tuple[RegionLoad, ...]:
+        """The expert regions whose weights stream from off-chip (the cold experts)."""
+        return tuple(r for r in self.regions if r.streams)
 
-Scenario = dict[str, tuple[float, float]]  # group region -> (compute factor, send factor)
+
+# group region -> (compute factor, send factor, share of its experts' weights loaded)
+Scenario = dict[str, tuple[float, float, float]]
 
 
 def moe_estimate(s: Schedule, target: Target, loads: dict[str, GroupLoad],
@@ -95,10 +110,11 @@ def moe_estimate(s: Schedule, target: Target, loads: dict[str, GroupLoad],
         all_experts_tokens_per_s=batch * hz / dense if dense else 0.0,
         expected_tokens_per_s=batch * hz / expected if expected else 0.0,
         worst_tokens_per_s=batch * hz / worst if worst else 0.0,
-        expected_cycles=round(expected), worst_cycles=worst, regions=_regions(loads))
+        expected_cycles=round(expected), worst_cycles=worst,
+        regions=_regions(loads, dict(s.residency)))
 
 
-def _regions(loads: dict[str, GroupLoad]) -> tuple[RegionLoad, ...]:
+def _regions(loads: dict[str, GroupLoad], residency: dict[str, str]) -> tuple[RegionLoad, ...]:
     by_router: dict[str, list[GroupLoad]] = {}
     for load in loads.values():
         by_router.setdefault(load.router, []).append(load)
@@ -106,7 +122,8 @@ def _regions(loads: dict[str, GroupLoad]) -> tuple[RegionLoad, ...]:
     for groups in by_router.values():
         mean = sum(g.experts_per_token for g in groups) / len(groups)
         out += [RegionLoad(g.layer, g.router, g.first, g.count, g.share, g.experts_per_token,
-                           g.hit, g.experts_per_token / mean if mean else 1.0) for g in groups]
+                           g.hit, g.experts_per_token / mean if mean else 1.0,
+                           residency.get(g.layer, "resident"), g.streamed) for g in groups]
     return tuple(out)
 
 
@@ -128,25 +145,29 @@ def _draw(loads: dict[str, GroupLoad], shares: dict[str, tuple[float, ...]], bat
             busiest = int(per_expert[g.first:g.first + g.count].max())
             visiting = sum(bool(((pk >= g.first) & (pk < g.first + g.count)).any())
                            for pk in picks)
-            scenario[g.layer] = (busiest / batch, visiting / batch)
+            loaded = int((per_expert[g.first:g.first + g.count] > 0).sum())
+            scenario[g.layer] = (busiest / batch, visiting / batch, loaded / g.count)
     return scenario
 
 
 def _worst(s: Schedule, loads: dict[str, GroupLoad], spread: bool) -> Scenario:
-    """Every layer: all tokens pick the same k experts, in the groups farthest from the router:
-    packed into as few groups as hold k (`spread` False) or one per group, k groups (True)."""
+    """Every layer: all tokens pick the same k experts, in the groups farthest from the router
+    (a group whose weights stream is farthest: off-chip): packed into as few groups as hold k
+    (`spread` False) or one per group, k groups (True)."""
     regions = {r.name: r for r in s.regions}
-    scenario: Scenario = {name: (0.0, 0.0) for name in loads}
+    streamed = {r for r, mode in s.residency if mode in ("stream_weights", "stream_all")}
+    scenario: Scenario = {name: (0.0, 0.0, 0.0) for name in loads}
     routers: dict[str, list[str]] = {}
     for name, load in loads.items():
         routers.setdefault(load.router, []).append(name)
     for router, names in routers.items():
-        far = sorted(sorted(names), key=lambda n: _distance(regions.get(router), regions[n]),
-                     reverse=True)
+        far = sorted(sorted(names), key=lambda n: (n in streamed, *_distance(
+            regions.get(router), regions[n])), reverse=True)
         first = loads[far[0]]
         used = first.active if spread else math.ceil(first.active / first.count)
+        loaded = 1 if spread else min(first.active, first.count)
         for name in far[:used]:
-            scenario[name] = (1.0, 1.0)
+            scenario[name] = (1.0, 1.0, loaded / first.count)
     return scenario
 
 
@@ -170,7 +191,7 @@ def _scaled(st: Step, scenario: Scenario) -> Step:
     if own is None and into is None:
         return st
     if st.kind in (StepKind.SEND, StepKind.WAFER_SEND):
-        factor = (into or own or (1.0, 1.0))[1]
+        factor = (into or own or (1.0, 1.0, 1.0))[1]
         if own is not None and into is not None:
             factor = min(own[1], into[1])
         return _free(st) if factor == 0 else dataclasses.replace(
@@ -178,6 +199,8 @@ def _scaled(st: Step, scenario: Scenario) -> Step:
     compute = own[0] if own is not None else 1.0
     if compute == 0:
         return _free(st)
+    if st.kind == StepKind.LOAD and own is not None:  # a streamed expert group's weights
+        return dataclasses.replace(st, nbytes=round(st.nbytes * own[2]))
     return dataclasses.replace(st, flops=round(st.flops * compute),
                                nbytes=round(st.nbytes * compute))
 

@@ -15,6 +15,7 @@ from compiler.atomic import write_atomic
 from compiler.sweep.pareto import frontier
 from compiler.sweep.plan import OPTION_KEYS, Plan, PointSpec, option_value
 from compiler.sweep.point import OK, SCHEMA_VERSION, STATUSES, Outcome, tool_doc
+from compiler.tiling.routing import Routing
 
 # Pareto frontiers: tokens/s (higher is better) against each of these costs (lower is better)
 FRONTIER_COSTS = ("total_sram_bytes", "cores_used", "wafers_used")
@@ -62,7 +63,15 @@ def _options_doc(plan: Plan) -> dict[str, Any]:
             "seq_len": o.frontend.dims.seq_len, "prompt_resident": o.tiling.prompt_resident,
             "method": o.solver.method, "time_limit_s": o.solver.time_limit_s,
             "seed": o.solver.seed, "solver_workers": o.solver.workers,
-            "deterministic": o.solver.deterministic, "verify": plan.verify}
+            "deterministic": o.solver.deterministic, "verify": plan.verify,
+            "routing": _routing_doc(o.routing)}
+
+
+def _routing_doc(r: Routing) -> dict[str, Any]:
+    """The MoE routing every point used: its source (`uniform` or the --routing file) and the
+    frequencies read from it."""
+    return {"source": r.source, "experts": list(r.experts),
+            "layers": {name: list(freq) for name, freq in r.layers}}
 
 
 def _counts(outcomes: Sequence[Outcome]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from compiler.driver import CompileOptions
 from compiler.errors import TargetError, UsageError
 from compiler.frontend import load_model
 from compiler.target import Target, load_target, override_keys
+from compiler.tiling.routing import group_loads
 from compiler.vocab import PLACEMENT_METHODS
 
 OPTION_KEYS = ("context", "batch", "seq-len", "prompt-resident", "method")
@@ -164,6 +165,7 @@ def plan_sweep(model: str, target: str, vary: Sequence[str], options: CompileOpt
         raise UsageError(f"--vary gives {count:,} points; at most {MAX_POINTS:,} per sweep")
     _check_verify(axes, verify)
     graph = load_model(model, options.frontend)
+    group_loads(graph, options.routing)  # a --routing file that does not fit: exit 2, here
     if verify and graph.shape_only:
         raise UsageError(f"{graph.name} is shape-only (no weights): nothing to verify; "
                          "sweep it without --verify")

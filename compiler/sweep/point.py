@@ -55,6 +55,11 @@ class PointResult:
     # stages taken from an earlier point in the same worker (same model and frontend options;
     # an equal placement problem and solver options): "frontend", "placement"
     reused: tuple[str, ...] = ()
+    # mixture-of-experts models (expert-group layers): decode with k of E experts under the
+    # sweep's routing (--routing), and how many expert regions stream their weights
+    moe_expected_tokens_per_s: float | None = None
+    moe_worst_tokens_per_s: float | None = None
+    streamed_expert_regions: int | None = None
 
     @property
     def cacheable(self) -> bool:
@@ -97,6 +102,10 @@ def _compile(spec: PointSpec) -> PointResult:
         decode_context=r.tiled.context, decode_batch=r.tiled.batch,
         prompt_resident=r.tiled.prompt_resident,
         solver_status=r.placement.report.status, compile_s=compiled, reused=r.reused)
+    if r.moe is not None:
+        out = replace(out, moe_expected_tokens_per_s=r.moe.expected_tokens_per_s,
+                      moe_worst_tokens_per_s=r.moe.worst_tokens_per_s,
+                      streamed_expert_regions=len(r.moe.streaming))
     return _verify(spec, r, out) if spec.verify else out
 
 

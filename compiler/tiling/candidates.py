@@ -11,6 +11,7 @@ its cycles per decode token. Alike layers (transformer blocks) share one templat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -143,8 +144,9 @@ def _layer_tensors(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], ta
     heads = sum(g.tensor(op.outputs[0]).numel // (tokens * g.tensor(op.outputs[0]).shape[-1])
                 for op in layer.ops if _is_scores(g, op))
     seq = max(1, tokens // batch_size(g))
-    return _Tensors(tuple(weights.values()), tuple(acts), kv_elems, heads, seq,
-                    target.compute.dtype.itemsize, _live_sets(g, layer, layouts, target),
+    return _Tensors(tuple(weights.values()), tuple(dict.fromkeys(acts)), kv_elems, heads, seq,
+                    target.compute.dtype.itemsize,
+                    tuple(dict.fromkeys(_live_sets(g, layer, layouts, target))),
                     _tables(g, layer, layouts, target, params))
 
 
@@ -207,27 +209,40 @@ def _bytes(entries, rows: int, cols: int) -> int:
 
 
 def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
-              kv_item: int, batch: int) -> tuple[int, int, int]:
+              kv_item: int, batch: int,
+              raw: Callable[[int, int], tuple[int, int]] | None = None) -> tuple[int, int, int]:
     """(weight, kv, activation) bytes on the fullest core of an r x c rectangle.
 
     Activations are one decode step's (the prompt streams through in steps of that size):
     the largest op's tiles for `batch` tokens, plus attention scores and probabilities over
-    the whole context, heads over one axis and context positions over the other."""
+    the whole context, heads over one axis and context positions over the other. `raw(r, c)`
+    gives the mode-independent (weights whole, weights-side + activations) split, cached by
+    the caller (the same shapes are asked for once per residency mode)."""
     cores = rows * cols
-    w = _bytes(t.weights, rows, cols)
+    w_all, rest = (raw or functools.partial(_raw, t, kv_total, batch))(rows, cols)
+    w = w_all
     if mode in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL):
         w = min(w, STREAM_BUFFER_BYTES)
     kv = math.ceil(kv_total / cores) * kv_item
     if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
         kv = min(kv, STREAM_BUFFER_BYTES)
-    tables = _bytes(t.tables, rows, cols)
+    if t.prompt_resident:  # tables count with the weights
+        return w + rest[0], kv, rest[1]
+    return w, kv, rest[1]
+
+
+def _raw(t: _Tensors, kv_total: int, batch: int, rows: int,
+         cols: int) -> tuple[int, tuple[int, int]]:
+    """(weight bytes unstreamed, (tables, activation bytes)) of the fullest core, any mode."""
+    w = _bytes(t.weights, rows, cols)
     if t.prompt_resident:
-        return w + tables, kv, max((_live_bytes(live, rows, cols) for live in t.live), default=0)
+        tables = _bytes(t.tables, rows, cols)
+        return w, (tables, max((_live_bytes(live, rows, cols) for live in t.live), default=0))
     prompt = max((_bytes(entries, rows, cols) for entries in t.acts_per_op), default=0)
     step = math.ceil(prompt / t.seq)  # each op with the tables it reads, one step's share
     context = kv_total // max(t.kv_elements_per_token * batch, 1) if t.kv_elements_per_token else 0
     scores = 2 * math.ceil(t.score_heads * batch / rows) * math.ceil(context / cols) * t.act_item
-    return w, kv, step + scores
+    return w, (0, step + scores)
 
 
 def _live_bytes(live, rows: int, cols: int) -> int:
@@ -468,9 +483,11 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
     modes = _modes(model)
     if options.prompt_resident:  # issue 15 (h-real): see _runnable
         modes = [m for m in modes if _runnable(m)]
+    raw = functools.cache(functools.partial(_raw, model.tensors, model.kv_total, batch))
     for mode in modes:
         def fits(r: int, c: int, mode=mode) -> bool:
-            return sum(_per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch)) <= cap
+            return sum(_per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch,
+                                 raw)) <= cap
 
         frontier = _frontier(fits, target.grid.rows, target.grid.cols)
         shapes = _pick(frontier, options.max_candidates)
@@ -481,7 +498,8 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
         else:  # streaming frees SRAM; keeping the resident shape keeps the compute parallel
             shapes += [s for s in resident_shapes if s not in shapes]
         for r, c in shapes:
-            w, kv, act = _per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch)
+            w, kv, act = _per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch,
+                                   raw)
             out.append(Candidate(r, c, mode, w, kv, act, _offchip(model, mode, batch, kv_item),
                                  _cycles(model, r, c, target)))
     if not out:
