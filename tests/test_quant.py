@@ -28,7 +28,7 @@ from compiler.tiling.costs import layer_costs
 QUANT = FIXTURES / "quant"
 ENTRIES = json.loads((QUANT / "MANIFEST.json").read_text())["fixtures"]
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
-             "QLinearMatMul", "QGemm")
+             "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSoftmax")
 
 
 @functools.cache
@@ -190,3 +190,13 @@ def test_int4_weights_count_half_a_byte_each():
     eight = _compiled("gpt2_torchscript_op17_static_qdq.onnx", "mesh8x8")
     assert sum(c.weight_bytes for c in layer_costs(r.graph)) < sum(
         c.weight_bytes for c in layer_costs(eight.graph))
+
+
+def test_qoperator_elementwise_and_softmax_are_in_the_all_ops_fixture():
+    """quantize_static's QOperator defaults (every op it takes) write com.microsoft
+    QLinearAdd, QLinearMul and QLinearSoftmax, which were refused (exit 4): the fixture has
+    them (and is compiled and checked bit-exact above)."""
+    entry = next(e for e in ENTRIES if e["form"] == "qopall")
+    ops = entry["op_histogram"]
+    assert all(ops.get(f"com.microsoft::{k}", 0) > 0
+               for k in ("QLinearAdd", "QLinearMul", "QLinearSoftmax"))

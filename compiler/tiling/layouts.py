@@ -789,9 +789,26 @@ def _quant_elementwise(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
 
 # integer matmuls, requantizing matmuls and DynamicQuantizeLinear (a range over the whole
 # tensor) run on whole tensors: their zero points and requantization do not split over K
+def _qlinear_softmax(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """com.microsoft QLinearSoftmax: the dims it normalizes over whole on every core (its row
+    sums are float32 sums in order, which a split would change), the others split as X is."""
+    x = _spec(g, op.inputs[0], specs)
+    opset = int(op.attr("opset", 13))
+    axis = int(op.attr("axis", -1)) % max(len(x), 1)
+    dims = range(axis, len(x)) if opset < 13 else (axis,)
+    want = tuple(None if d in dims else s for d, s in enumerate(x))
+    coll = tuple(Collective(CollectiveKind.RELAYOUT, x[d], op.inputs[0]) for d in dims
+                 if x[d])[:1]
+    ins = (want, *((replicated(len(g.tensor(n).shape)) if n else None) for n in op.inputs[1:]))
+    return OpLayout(op.name, op.kind, ins, (want,), coll)
+
+
 QUANT_RULES = {"QuantizeLinear": _quant_elementwise, "DequantizeLinear": _quant_elementwise,
                **dict.fromkeys(("DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
-                                "QGemm"), _fallback)}
+                                "QGemm"), _fallback),
+               # per-tensor parameters (ONNX Runtime refuses others): elementwise
+               "QLinearAdd": _elementwise, "QLinearMul": _elementwise,
+               "QLinearSoftmax": _qlinear_softmax}
 
 
 _RULES = {
