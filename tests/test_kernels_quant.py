@@ -322,3 +322,27 @@ def test_qlinear_softmax_normalizes_over_the_dims_its_opset_says():
     assert kq.softmax_axes(op, 4) == (1,)
     assert kq.softmax_axes(ir.Op("s", "QLinearSoftmax", ("x",), ("y",), (("opset", 12),)),
                            4) == (3,)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_qlinear_concat_requantizes_through_orts_table(dtype, axis):
+    """Inputs with Y's scale and zero point are copied, the others requantized; every 8-bit
+    value of each input appears (rows of 256)."""
+    info = np.iinfo(dtype)
+    values = np.arange(info.min, info.max + 1).astype(dtype)
+    xs = [np.ascontiguousarray(np.stack([values, values[::-1]])) for _ in range(3)]
+    xs = [x.reshape(2, 256) if axis != 0 else x for x in xs]
+    rng = np.random.default_rng(axis + 5)
+    consts = {"ys": np.array(0.05, np.float32), "yz": np.array(info.min + 100, dtype),
+              "s0": np.array(0.05, np.float32), "z0": np.array(info.min + 100, dtype),
+              "s1": np.array(rng.uniform(0.01, 0.2), np.float32),
+              "z1": np.array(rng.integers(info.min, info.max + 1), dtype),
+              "s2": np.array(0.025, np.float32), "z2": np.array(info.min + 3, dtype)}
+    names = ["ys", "yz", "x0", "s0", "z0", "x1", "s1", "z1", "x2", "s2", "z2"]
+    node = helper.make_node("QLinearConcat", names, ["y"], domain=MS, axis=axis)
+    feeds = {f"x{i}": x for i, x in enumerate(xs)}
+    (theirs,) = _ort(node, feeds, consts, 17)
+    arrays = [feeds[n] if n in feeds else consts[n] for n in names]
+    (ours,) = _ours("QLinearConcat", node, arrays)
+    _same(ours, theirs)

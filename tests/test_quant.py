@@ -161,8 +161,9 @@ def test_bad_storage_is_one_line_exit_3(tmp_path, capsys, storage, message):
 
 
 def test_unsupported_contrib_ops_are_listed_at_once(tmp_path, capsys):
-    """QLinearAdd / QLinearMul / QLinearSoftmax (QOperator defaults) are refused with exit 4,
-    every one listed."""
+    """Llama's QOperator defaults add com.microsoft QLinearSigmoid (SiLU), still refused with
+    exit 4, every node listed; QLinearAdd / QLinearMul / QLinearSoftmax / QLinearConcat, which
+    were refused too, are supported now and not listed."""
     import importlib.util
 
     import onnx
@@ -173,14 +174,17 @@ def test_unsupported_contrib_ops_are_listed_at_once(tmp_path, capsys):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     RandomTokens, _mask_nodes, _vocab = tool.RandomTokens, tool._mask_nodes, tool._vocab
-    src = FIXTURES / "gpt2_torchscript_op17_static.onnx"
+    src = FIXTURES / "llama_torchscript_op17_static.onnx"
     model = onnx.load(src)
     dst = tmp_path / "q.onnx"
     quantize_static(src, dst, RandomTokens(model, _vocab(model)),
                     quant_format=QuantFormat.QOperator, nodes_to_exclude=_mask_nodes(model))
+    kinds = {n.op_type for n in onnx.load(dst).graph.node if n.domain == "com.microsoft"}
+    assert {"QLinearAdd", "QLinearConcat", "QLinearSigmoid"} <= kinds
     assert main(["inspect", str(dst)]) == 4
     err = capsys.readouterr().err
-    assert "com.microsoft::QLinearAdd" in err and "com.microsoft::QLinearMul" in err
+    assert "2 unsupported op(s) (QLinearSigmoid)" in err
+    assert "com.microsoft::QLinearSigmoid" in err and "QLinearAdd" not in err
 
 
 def test_int4_weights_count_half_a_byte_each():

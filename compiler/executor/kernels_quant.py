@@ -2,8 +2,8 @@
 
 The QDQ form (QuantizeLinear / DequantizeLinear, per tensor or per axis; int8, uint8, int4,
 uint4 and the float8 types), the dynamic form (DynamicQuantizeLinear + MatMulInteger) and the
-QOperator ops (QLinearMatMul, com.microsoft QGemm, QLinearAdd, QLinearMul, QLinearSoftmax:
-those three at the end of the file). ORT's rules, followed step by step:
+QOperator ops (QLinearMatMul, com.microsoft QGemm, QLinearAdd, QLinearMul, QLinearSoftmax,
+QLinearConcat: those four at the end of the file). ORT's rules, followed step by step:
 
 - quantize: x / scale in float32, clamped to the type's range shifted by the zero point,
   rounded half to even, plus the zero point (MLAS QuantizeLinear); float8: x / scale rounded
@@ -343,3 +343,26 @@ def qlinear_softmax(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
     y = np.clip(q, lo, hi).astype(x.data.dtype).reshape(moved)
     return [np.moveaxis(y, list(range(x.data.ndim - len(dims), x.data.ndim)),
                         [d + 2 for d in dims])]
+
+
+@kernel("QLinearConcat")
+def qlinear_concat(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """com.microsoft QLinearConcat(Y_scale, Y_zp, (X, X_scale, X_zp)...): each input whose
+    scale or zero point differs from Y's goes through ORT's 256-entry table (dequantize, then
+    quantize to Y: MLAS's arithmetic), the others are copied; then a Concat along `axis`."""
+    y_s, y_zp = ins[0], ins[1]
+    to = {np.dtype(np.int8): 3, np.dtype(np.uint8): 2}[np.dtype(y_zp.data.dtype)]
+    parts = []
+    for x, s, z in zip(ins[2::3], ins[3::3], ins[4::3], strict=True):
+        data = x.data
+        if _value(s) != _value(y_s) or _value(z) != _value(y_zp):
+            lo = np.iinfo(data.dtype).min
+            values = np.arange(lo, lo + 256).astype(data.dtype)
+            table = quantize(dequantize(values, np.float32(_value(s)), z.data.dtype.type(
+                _value(z))), np.float32(_value(y_s)), y_zp.data.dtype.type(_value(y_zp)), to)
+            data = table[data.astype(np.int32) - lo]
+        parts.append(data)
+    rank = x.rank
+    mesh = np.broadcast_shapes(*(p.shape[:2] for p in parts))
+    parts = [np.broadcast_to(p, mesh + p.shape[2:]) for p in parts]
+    return [np.concatenate(parts, axis=int(op.attr("axis", 0)) % rank + 2)]

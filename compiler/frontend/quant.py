@@ -55,6 +55,9 @@ def _stand_in(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
                 helper.make_node(node.op_type[len("QLinear"):], [f"{tmp}_a", f"{tmp}_b"],
                                  [f"{tmp}_y"]),
                 helper.make_node("CastLike", [f"{tmp}_y", node.input[0]], [node.output[0]])]
+    if node.op_type == "QLinearConcat":
+        return [helper.make_node("Concat", list(node.input[2::3]), [node.output[0]],
+                                 axis=attrs.get("axis", 0))]
     if node.op_type == "QLinearSoftmax":
         return [helper.make_node("Identity", [node.input[0]], [node.output[0]])]
     return [node]  # refused later with every unsupported op listed

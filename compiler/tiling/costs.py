@@ -41,7 +41,8 @@ _QUANT_PER_ELEMENT = {"QuantizeLinear": 3, "DequantizeLinear": 2, "DynamicQuanti
 # input positions holding quantized data (not scales or zero points), per op
 QUANT_DATA_INPUTS = {"DequantizeLinear": (0,), "MatMulInteger": (0, 1),
                      "QLinearMatMul": (0, 3), "QGemm": (0, 3), "QLinearAdd": (0, 3),
-                     "QLinearMul": (0, 3), "QLinearSoftmax": (0,)}
+                     "QLinearMul": (0, 3), "QLinearSoftmax": (0,),
+                     "QLinearConcat": (2, 5, 8, 11, 14, 17, 20, 23)}
 
 
 def _quant_flops(g: ir.Graph, op: ir.Op, out: int) -> int | None:

@@ -808,7 +808,7 @@ QUANT_RULES = {"QuantizeLinear": _quant_elementwise, "DequantizeLinear": _quant_
                                 "QGemm"), _fallback),
                # per-tensor parameters (ONNX Runtime refuses others): elementwise
                "QLinearAdd": _elementwise, "QLinearMul": _elementwise,
-               "QLinearSoftmax": _qlinear_softmax}
+               "QLinearSoftmax": _qlinear_softmax, "QLinearConcat": _fallback}
 
 
 _RULES = {
