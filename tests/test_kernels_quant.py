@@ -346,3 +346,34 @@ def test_qlinear_concat_requantizes_through_orts_table(dtype, axis):
     arrays = [feeds[n] if n in feeds else consts[n] for n in names]
     (ours,) = _ours("QLinearConcat", node, arrays)
     _same(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("case", range(8))
+def test_qlinear_sigmoid_table_bit_exact(dtype, case):
+    """Every 8-bit input through ORT's table (MLAS's logistic, then MLAS quantize)."""
+    rng = np.random.default_rng(case)
+    info = np.iinfo(dtype)
+    x = np.arange(info.min, info.max + 1).astype(dtype).reshape(2, 128)
+    consts = {"xs": np.array(rng.uniform(0.005, 0.2), np.float32),
+              "xz": np.array(rng.integers(info.min, info.max + 1), dtype),
+              "ys": np.array(rng.uniform(1 / 300, 1 / 100), np.float32),
+              "yz": np.array(info.min if case % 2 else rng.integers(info.min, info.max + 1),
+                             dtype)}
+    node = helper.make_node("QLinearSigmoid", ["x", "xs", "xz", "ys", "yz"], ["y"], domain=MS)
+    (theirs,) = _ort(node, {"x": x}, consts, 17)
+    c = consts
+    (ours,) = _ours("QLinearSigmoid", node, [x, c["xs"], c["xz"], c["ys"], c["yz"]])
+    _same(ours, theirs)
+
+
+def test_quantize_nan_and_infinite_scale_give_the_minimum():
+    """An infinite scale (a calibration that met an infinite activation) makes x / scale NaN
+    for infinite x: MLAS's clamp turns NaN into the type's minimum."""
+    x = np.array([-3.4e38, 0, 1, -np.inf, np.inf, np.nan, -1, 5] * 2, np.float32)
+    for zp in (np.int8(0), np.int8(-3), np.uint8(0), np.uint8(7)):
+        consts = {"s": np.array(np.inf, np.float32), "z": np.array(zp)}
+        node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
+        (theirs,) = _ort(node, {"x": x}, consts, 17)
+        (ours,) = _ours("QuantizeLinear", node, [x, consts["s"], consts["z"]])
+        _same(ours, theirs)

@@ -161,30 +161,30 @@ def test_bad_storage_is_one_line_exit_3(tmp_path, capsys, storage, message):
 
 
 def test_unsupported_contrib_ops_are_listed_at_once(tmp_path, capsys):
-    """Llama's QOperator defaults add com.microsoft QLinearSigmoid (SiLU), still refused with
-    exit 4, every node listed; QLinearAdd / QLinearMul / QLinearSoftmax / QLinearConcat, which
-    were refused too, are supported now and not listed."""
-    import importlib.util
-
+    """QOperator forms wafer does not compute (QLinearLeakyRelu, QLinearReduceMean) are
+    refused with exit 4, every node listed; the supported QLinearAdd beside them is not."""
     import onnx
-    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnx import TensorProto, helper, numpy_helper
 
-    spec = importlib.util.spec_from_file_location(
-        "quantize_fixtures", Path(__file__).parents[1] / "tools" / "quantize_fixtures.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    RandomTokens, _mask_nodes, _vocab = tool.RandomTokens, tool._mask_nodes, tool._vocab
-    src = FIXTURES / "llama_torchscript_op17_static.onnx"
-    model = onnx.load(src)
-    dst = tmp_path / "q.onnx"
-    quantize_static(src, dst, RandomTokens(model, _vocab(model)),
-                    quant_format=QuantFormat.QOperator, nodes_to_exclude=_mask_nodes(model))
-    kinds = {n.op_type for n in onnx.load(dst).graph.node if n.domain == "com.microsoft"}
-    assert {"QLinearAdd", "QLinearConcat", "QLinearSigmoid"} <= kinds
-    assert main(["inspect", str(dst)]) == 4
+    consts = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+              numpy_helper.from_array(np.array(128, np.uint8), "z")]
+    x = helper.make_tensor_value_info("x", TensorProto.UINT8, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, [2, 1])
+    ms = "com.microsoft"
+    nodes = [helper.make_node("QLinearAdd", ["x", "s", "z", "x", "s", "z", "s", "z"], ["a"],
+                              domain=ms, name="add"),
+             helper.make_node("QLinearLeakyRelu", ["a", "s", "z", "s", "z"], ["b"], domain=ms,
+                              name="leaky", alpha=0.1),
+             helper.make_node("QLinearReduceMean", ["b", "s", "z", "s", "z"], ["y"], domain=ms,
+                              name="mean", axes=[1], keepdims=1)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], consts),
+                              opset_imports=[helper.make_opsetid("", 17),
+                                             helper.make_opsetid(ms, 1)])
+    onnx.save(model, tmp_path / "q.onnx")
+    assert main(["inspect", str(tmp_path / "q.onnx")]) == 4
     err = capsys.readouterr().err
-    assert "2 unsupported op(s) (QLinearSigmoid)" in err
-    assert "com.microsoft::QLinearSigmoid" in err and "QLinearAdd" not in err
+    assert "2 unsupported op(s) (QLinearLeakyRelu, QLinearReduceMean)" in err
+    assert "com.microsoft::QLinearLeakyRelu" in err and "QLinearAdd" not in err
 
 
 def test_int4_weights_count_half_a_byte_each():

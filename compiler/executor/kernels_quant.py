@@ -3,11 +3,11 @@
 The QDQ form (QuantizeLinear / DequantizeLinear, per tensor or per axis; int8, uint8, int4,
 uint4 and the float8 types), the dynamic form (DynamicQuantizeLinear + MatMulInteger) and the
 QOperator ops (QLinearMatMul, com.microsoft QGemm, QLinearAdd, QLinearMul, QLinearSoftmax,
-QLinearConcat: those four at the end of the file). ORT's rules, followed step by step:
+QLinearConcat, QLinearSigmoid: those five at the end of the file). ORT's rules, step by step:
 
-- quantize: x / scale in float32, clamped to the type's range shifted by the zero point,
-  rounded half to even, plus the zero point (MLAS QuantizeLinear); float8: x / scale rounded
-  to nearest even, saturated to the largest finite value unless `saturate=0`;
+- quantize: x / scale in float32, clamped to the type's range shifted by the zero point (NaN
+  to its minimum), rounded half to even, plus the zero point (MLAS QuantizeLinear); float8:
+  x / scale rounded to nearest even, saturated to the largest finite value unless `saturate=0`;
 - dequantize: (int32(x) - zero_point) converted to float32, times the scale;
 - integer matmuls accumulate (a - a_zp) x (b - b_zp) in int32; a quantized output is
   requantized as float32(acc) x (a_scale x b_scale / y_scale), clamped, rounded half to even,
@@ -78,6 +78,9 @@ def quantize(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, to: int,
         return _to_float8(q + (_f32(zp) if zp is not None else 0), _FLOAT8[to], saturate)
     dtype, lo, hi = _int_range(to)
     z = np.zeros((), np.int32) if zp is None else np.asarray(zp).astype(np.int32)
+    # MLAS clamps with max/min instructions that return the bound for NaN (x / inf of an
+    # infinite x, an infinite scale): NaN becomes the type's minimum
+    q = np.where(np.isnan(q), (lo - z).astype(np.float32), q)
     q = np.clip(q, (lo - z).astype(np.float32), (hi - z).astype(np.float32))
     return (np.rint(q).astype(np.int32) + z).astype(dtype)
 
@@ -251,8 +254,12 @@ def _fma32(x: np.ndarray, y, z) -> np.ndarray:
 
 
 def _saturate(v: np.ndarray, dtype) -> np.ndarray:
+    """cvtps_epi32 (half to even; NaN and anything past int32 become INT_MIN), then the packs'
+    saturation: so NaN and huge values of either sign give the type's minimum."""
     lo, hi = _INT_RANGE[np.dtype(dtype)]
-    return np.clip(np.rint(v), lo, hi).astype(dtype)
+    with np.errstate(invalid="ignore"):
+        fits = np.abs(v) < np.float32(2 ** 31)
+    return np.where(fits, np.clip(np.rint(np.where(fits, v, 0)), lo, hi), lo).astype(dtype)
 
 
 def _scalar_side(a: Operand, b: Operand) -> str | None:
@@ -366,3 +373,49 @@ def qlinear_concat(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
     mesh = np.broadcast_shapes(*(p.shape[:2] for p in parts))
     parts = [np.broadcast_to(p, mesh + p.shape[2:]) for p in parts]
     return [np.concatenate(parts, axis=int(op.attr("axis", 0)) % rank + 2)]
+
+
+# MLAS's logistic (Eigen's rational approximation; on x86-64 its FMA3 kernel), float32
+_LOGISTIC = {k: np.float32(v) for k, v in {
+    "a9": 4.37031012579801e-11, "a7": 1.15627324459942e-07, "a5": 6.08574864600143e-05,
+    "a3": 8.51377133304701e-03, "a1": 2.48287947061529e-01, "b10": 6.10247389755681e-13,
+    "b8": 5.76102136993427e-09, "b6": 6.29106785017040e-06, "b4": 1.70198817374094e-03,
+    "b2": 1.16817656904453e-01, "b0": 9.93151921023180e-01}.items()}
+
+
+def mlas_logistic(x: np.ndarray) -> np.ndarray:
+    """x clamped to [-18, 18]; p = x (((a9 x^2 + a7) x^2 + a5) x^2 + a3) x^2 + a1), q likewise
+    from b10 to b0, each step a fused multiply-add; p / q + 0.5 clamped to [0, 1]."""
+    c = _LOGISTIC
+    v = np.clip(_f32(x), np.float32(-18), np.float32(18))
+    v2 = v * v
+    p = _fma_f(v2, c["a9"], c["a7"])
+    for k in ("a5", "a3", "a1"):
+        p = _fma_f(p, v2, c[k])
+    p = p * v
+    q = _fma_f(v2, c["b10"], c["b8"])
+    for k in ("b6", "b4", "b2", "b0"):
+        q = _fma_f(q, v2, c[k])
+    return np.clip(p / q + np.float32(0.5), np.float32(0), np.float32(1)).astype(np.float32)
+
+
+def _fma_f(x: np.ndarray, y, z) -> np.ndarray:
+    """float32 fma of float32 values (their product exact in float64, one rounding)."""
+    return (np.asarray(x, np.float64) * np.asarray(y, np.float64) + np.float64(z)).astype(
+        np.float32)
+
+
+@kernel("QLinearSigmoid")
+def qlinear_sigmoid(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """com.microsoft QLinearSigmoid: ORT's 256-entry table, each value dequantized
+    (x_scale * (x - x_zp) in float32), through MLAS's logistic, quantized to Y (MLAS)."""
+    x, x_s, x_zp, y_s = ins[:4]
+    y_zp = ins[4] if len(ins) > 4 else None
+    dtype = x.data.dtype
+    lo = np.iinfo(dtype).min
+    values = np.arange(lo, lo + 256)
+    deq = (values - int(_value(x_zp))).astype(np.float32) * np.float32(_value(x_s))
+    to = {np.dtype(np.int8): 3, np.dtype(np.uint8): 2}[np.dtype(dtype)]
+    table = quantize(mlas_logistic(deq), np.float32(_value(y_s)),
+                     np.asarray(int(_value(y_zp)), dtype), to)
+    return [table[x.data.astype(np.int32) - lo]]

@@ -58,7 +58,7 @@ def _stand_in(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
     if node.op_type == "QLinearConcat":
         return [helper.make_node("Concat", list(node.input[2::3]), [node.output[0]],
                                  axis=attrs.get("axis", 0))]
-    if node.op_type == "QLinearSoftmax":
+    if node.op_type in ("QLinearSoftmax", "QLinearSigmoid"):
         return [helper.make_node("Identity", [node.input[0]], [node.output[0]])]
     return [node]  # refused later with every unsupported op listed
 

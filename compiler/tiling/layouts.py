@@ -808,7 +808,8 @@ QUANT_RULES = {"QuantizeLinear": _quant_elementwise, "DequantizeLinear": _quant_
                                 "QGemm"), _fallback),
                # per-tensor parameters (ONNX Runtime refuses others): elementwise
                "QLinearAdd": _elementwise, "QLinearMul": _elementwise,
-               "QLinearSoftmax": _qlinear_softmax, "QLinearConcat": _fallback}
+               "QLinearSoftmax": _qlinear_softmax, "QLinearConcat": _fallback,
+               "QLinearSigmoid": _elementwise}
 
 
 _RULES = {
