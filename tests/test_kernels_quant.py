@@ -228,3 +228,152 @@ def test_dequantize_per_block(onnx_type, zp_type):
     node = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=0, block_size=4)
     theirs = _ort(node, {}, {"q": q, "s": scale, "z": zps}, 21)[0]
     _same(_ours("DequantizeLinear", node, [q, scale, zps])[0], theirs)
+
+
+# --- com.microsoft QLinearAdd, QLinearMul, QLinearSoftmax (quantize_static's QOperator form) --
+
+QL_SHAPES = [((256, 256), (256, 256)),  # same shape: MLAS's two-span path
+             ((256, 256), (256, 1)),  # B one value per span of A (folded into the fixed part)
+             ((1, 256), (256, 256)),  # A broadcast along rows: both run along the span
+             ((256, 1), (1, 256)),  # A one value per span
+             ((256, 256), ())]  # B a scalar
+
+
+def _all_pairs(dtype, shape_a, shape_b) -> tuple[np.ndarray, np.ndarray]:
+    """Every (a, b) pair of 8-bit values where both have 256 x 256 elements."""
+    info = np.iinfo(dtype)
+    values = np.arange(info.min, info.max + 1).astype(dtype)
+    a = np.repeat(values, 256).reshape(256, 256)
+    b = np.tile(values, 256).reshape(256, 256)
+    cut = {(256, 256): lambda x: x, (256, 1): lambda x: x[:, :1], (1, 256): lambda x: x[:1],
+           (): lambda x: x[0, 7]}
+    return (np.ascontiguousarray(cut[shape_a](a)), np.ascontiguousarray(cut[shape_b](b)))
+
+
+def _ql_scales(dtype, case: int) -> dict[str, np.ndarray]:
+    """Random scales and zero points; case 0: c_scale = 2 a_scale = 2 b_scale, so half the
+    sums fall on .5 exactly (ties); case 1: zero points at the type's ends."""
+    rng = np.random.default_rng(case)
+    info = np.iinfo(dtype)
+    sa, sb, sc = rng.uniform(0.002, 0.2, 3).astype(np.float32)
+    za, zb, zc = rng.integers(info.min, info.max + 1, 3)
+    if case == 0:
+        sb, sc = sa, np.float32(2 * sa)
+    if case == 1:
+        za, zb, zc = info.min, info.max, info.min
+    return {"as": np.array(sa), "az": np.array(za, dtype), "bs": np.array(sb),
+            "bz": np.array(zb, dtype), "cs": np.array(sc), "cz": np.array(zc, dtype)}
+
+
+@pytest.mark.parametrize("kind", ["QLinearAdd", "QLinearMul"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize(("shape_a", "shape_b"), QL_SHAPES)
+@pytest.mark.parametrize("case", [0, 1, 2, 3])
+def test_qlinear_add_and_mul_every_pair_bit_exact(kind, dtype, shape_a, shape_b, case):
+    """All 65,536 input pairs, ties and saturation at both ends included, per broadcast form
+    (ORT hands MLAS a per-span scalar side differently from two spans)."""
+    a, b = _all_pairs(dtype, shape_a, shape_b)
+    consts = _ql_scales(dtype, case)
+    node = helper.make_node(kind, ["a", "as", "az", "b", "bs", "bz", "cs", "cz"], ["y"],
+                            domain=MS)
+    (theirs,) = _ort(node, {"a": a, "b": b}, consts, 17)
+    c = consts
+    (ours,) = _ours(kind, node, [a, c["as"], c["az"], b, c["bs"], c["bz"], c["cs"], c["cz"]])
+    _same(ours, theirs)
+
+
+SOFTMAX_FORMS = [  # (opset attribute, axis attribute or None, shape)
+    (13, None, (2, 3, 40)), (13, 1, (2, 7, 5)), (13, 0, (6, 4)),
+    (12, None, (3, 4, 5)), (12, 1, (2, 3, 4)), (12, 2, (2, 3, 8)), (11, 0, (3, 5))]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize(("opset_attr", "axis", "shape"), SOFTMAX_FORMS)
+@pytest.mark.parametrize("case", range(6))
+def test_qlinear_softmax_bit_exact(dtype, opset_attr, axis, shape, case):
+    """ORT's table softmax: `opset` < 13 normalizes from `axis` to the end (the 2-D coercion),
+    13 on over `axis` alone; axis defaults to -1 either way. Cases: rows all at the maximum,
+    rows near the minimum, random, y_scale 1/256 (ties), y zero points that saturate."""
+    rng = np.random.default_rng(case)
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, info.max + 1, shape).astype(dtype)
+    if case == 0:
+        x[...] = info.max
+    if case == 1:
+        x = rng.integers(info.min, info.min + 3, shape).astype(dtype)
+    y_scale = np.float32(1 / 256) if case % 2 else np.float32(rng.uniform(0.002, 0.02))
+    y_zp = info.min if case < 4 else rng.integers(info.min, info.max + 1)
+    consts = {"xs": np.array(rng.uniform(0.01, 0.3), np.float32),
+              "xz": np.array(rng.integers(info.min, info.max + 1), dtype),
+              "ys": np.array(y_scale), "yz": np.array(y_zp, dtype)}
+    attrs = {"opset": opset_attr, **({"axis": axis} if axis is not None else {})}
+    node = helper.make_node("QLinearSoftmax", ["x", "xs", "xz", "ys", "yz"], ["y"], domain=MS,
+                            **attrs)
+    (theirs,) = _ort(node, {"x": x}, consts, 17)
+    c = consts
+    (ours,) = _ours("QLinearSoftmax", node, [x, c["xs"], c["xz"], c["ys"], c["yz"]])
+    _same(ours, theirs)
+
+
+def test_qlinear_softmax_normalizes_over_the_dims_its_opset_says():
+    op = ir.Op("s", "QLinearSoftmax", ("x",), ("y",), (("opset", 12), ("axis", 1)))
+    assert kq.softmax_axes(op, 4) == (1, 2, 3)
+    op = ir.Op("s", "QLinearSoftmax", ("x",), ("y",), (("opset", 13), ("axis", 1)))
+    assert kq.softmax_axes(op, 4) == (1,)
+    assert kq.softmax_axes(ir.Op("s", "QLinearSoftmax", ("x",), ("y",), (("opset", 12),)),
+                           4) == (3,)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_qlinear_concat_requantizes_through_orts_table(dtype, axis):
+    """Inputs with Y's scale and zero point are copied, the others requantized; every 8-bit
+    value of each input appears (rows of 256)."""
+    info = np.iinfo(dtype)
+    values = np.arange(info.min, info.max + 1).astype(dtype)
+    xs = [np.ascontiguousarray(np.stack([values, values[::-1]])) for _ in range(3)]
+    xs = [x.reshape(2, 256) if axis != 0 else x for x in xs]
+    rng = np.random.default_rng(axis + 5)
+    consts = {"ys": np.array(0.05, np.float32), "yz": np.array(info.min + 100, dtype),
+              "s0": np.array(0.05, np.float32), "z0": np.array(info.min + 100, dtype),
+              "s1": np.array(rng.uniform(0.01, 0.2), np.float32),
+              "z1": np.array(rng.integers(info.min, info.max + 1), dtype),
+              "s2": np.array(0.025, np.float32), "z2": np.array(info.min + 3, dtype)}
+    names = ["ys", "yz", "x0", "s0", "z0", "x1", "s1", "z1", "x2", "s2", "z2"]
+    node = helper.make_node("QLinearConcat", names, ["y"], domain=MS, axis=axis)
+    feeds = {f"x{i}": x for i, x in enumerate(xs)}
+    (theirs,) = _ort(node, feeds, consts, 17)
+    arrays = [feeds[n] if n in feeds else consts[n] for n in names]
+    (ours,) = _ours("QLinearConcat", node, arrays)
+    _same(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("case", range(8))
+def test_qlinear_sigmoid_table_bit_exact(dtype, case):
+    """Every 8-bit input through ORT's table (MLAS's logistic, then MLAS quantize)."""
+    rng = np.random.default_rng(case)
+    info = np.iinfo(dtype)
+    x = np.arange(info.min, info.max + 1).astype(dtype).reshape(2, 128)
+    consts = {"xs": np.array(rng.uniform(0.005, 0.2), np.float32),
+              "xz": np.array(rng.integers(info.min, info.max + 1), dtype),
+              "ys": np.array(rng.uniform(1 / 300, 1 / 100), np.float32),
+              "yz": np.array(info.min if case % 2 else rng.integers(info.min, info.max + 1),
+                             dtype)}
+    node = helper.make_node("QLinearSigmoid", ["x", "xs", "xz", "ys", "yz"], ["y"], domain=MS)
+    (theirs,) = _ort(node, {"x": x}, consts, 17)
+    c = consts
+    (ours,) = _ours("QLinearSigmoid", node, [x, c["xs"], c["xz"], c["ys"], c["yz"]])
+    _same(ours, theirs)
+
+
+def test_quantize_nan_and_infinite_scale_give_the_minimum():
+    """An infinite scale (a calibration that met an infinite activation) makes x / scale NaN
+    for infinite x: MLAS's clamp turns NaN into the type's minimum."""
+    x = np.array([-3.4e38, 0, 1, -np.inf, np.inf, np.nan, -1, 5] * 2, np.float32)
+    for zp in (np.int8(0), np.int8(-3), np.uint8(0), np.uint8(7)):
+        consts = {"s": np.array(np.inf, np.float32), "z": np.array(zp)}
+        node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
+        (theirs,) = _ort(node, {"x": x}, consts, 17)
+        (ours,) = _ours("QuantizeLinear", node, [x, consts["s"], consts["z"]])
+        _same(ours, theirs)

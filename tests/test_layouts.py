@@ -105,3 +105,63 @@ def test_tiles_cover_their_tensor(shape, rows, cols, data):
     for d, t, s in zip(shape, tile, spec, strict=True):
         assert t * size[s] >= d and (t - 1) * size[s] < d
     assert math.prod(tile) <= math.prod(shape)
+
+
+# --- query blocking (issue 15): an axis factored between the heads and the query rows ----------
+
+FACTORED = [((1, 12, 40, 8), (None, "c12", "c/12", None)),
+            ((1, 12, 8, 40), (None, "c12", None, "r")),
+            ((1, 12, 40, 40), (None, "r12", "r/12", "c")),
+            ((1, 1, 40, 40), (None, None, "c/12", "r")),
+            ((1, 40, 12, 8), (None, "c/12", "c12", None)),
+            ((1, 40, 96), (None, "c/12", "c12")),
+            ((96,), ("c12",)),
+            ((5, 7), ("r", "c"))]
+
+
+@pytest.mark.parametrize(("shape", "spec"), FACTORED)
+@pytest.mark.parametrize(("rows", "cols"), [(1, 1), (3, 5), (2, 12), (4, 30), (37, 3), (1, 100)])
+def test_factored_specs_scatter_and_gather_back(shape, spec, rows, cols) -> None:
+    """Core j along a factored axis holds outer part j // inner and inner part j % inner; the
+    cores past outer x inner, and ragged tiles, hold zeros; gather inverts scatter."""
+    import numpy as np
+
+    from compiler.tiling.layouts import factor, factor_parts
+    from compiler.tiling.tiles import gather, scatter, valid_mask
+
+    full = np.arange(1, math.prod(shape) + 1).reshape(shape)
+    blocked = scatter(full, spec, rows, cols)
+    assert blocked.shape[2:] == tile_shape(shape, spec, rows, cols)
+    assert np.array_equal(gather(blocked, spec, shape), full)
+    mask = valid_mask(shape, spec, rows, cols)
+    held = np.ones(blocked.shape, bool) if mask is None else np.broadcast_to(mask, blocked.shape)
+    assert not blocked[~held].any() and blocked[held].all()
+    copies = 1  # cores holding each element: a factor alone is the same on its group
+    for s in {s for s in spec if factor(s)}:
+        n, inner = factor(s)
+        if (n, not inner) not in {factor(t) for t in spec}:
+            outer_parts, inner_parts = factor_parts(n, rows if s[0] == "r" else cols)
+            copies *= outer_parts if inner else inner_parts
+    assert set(np.bincount(blocked[held])[1:]) == {copies}
+
+
+def test_query_blocked_attention_splits_heads_and_query_rows() -> None:
+    """With query blocking, Q x K^T writes [batch, heads, query, key] as (-, a12, a/12, b):
+    12 heads over the outer factor of one axis, blocks of query rows over its inner factor,
+    keys over the other axis; P x V keeps the blocks and reduces over the keys; the output
+    projection reads its input plain again (query blocks end inside the attention)."""
+    g = load_model(FIXTURES / "real" / "sentence_bert_ts_op17.onnx",
+                   FrontendOptions(DimRequest(batch=1, seq_len=64)))
+    plain = graph_layouts(g)["block.0"]
+    blocked = graph_layouts(g, query_blocks=True)["block.0"]
+    acts = [lay for lay in blocked if lay.kind == "MatMul" and len(lay.inputs[1]) == 4]
+    scores, context = acts
+    (h, q, k), = [s[1:] for s in scores.outputs]
+    assert h[1:] == "12" and q == f"{h[0]}/12" and k and k != h[0]
+    assert context.outputs[0][1:3] == (h, q)
+    assert [c.axis for c in context.collectives if c.kind == "reduce"] == [k]
+    assert all(len(s or "-") == 1 for lay in blocked
+               if lay.kind == "MatMul" and len(lay.inputs[1]) == 2
+               for s in lay.inputs[0])  # weight matmuls read plain specs
+    assert not any(len(s or "-") > 1 for lay in plain for spec in (*lay.inputs, *lay.outputs)
+                   for s in (spec or ()))

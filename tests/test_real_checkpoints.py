@@ -31,7 +31,7 @@ ROBERTA = REAL / "roberta_ts_op17.onnx"
 GREEDY = SolverOptions(method="first-fit")
 
 
-def _verify(path: Path, target: str, batch: int, seq: int | None = None,
+def _verify(path: Path, target: str | Path, batch: int, seq: int | None = None,
             shapes: tuple = ()) -> object:
     dims = DimRequest(input_shapes=shapes, batch=batch if not shapes else None,
                       seq_len=seq)
@@ -113,6 +113,43 @@ def test_sentence_bert_mean_pooling_verifies_on_wse3(seq: int) -> None:
     r = _verify(SENTENCE, "wse3", 1, seq)
     needed = max(c.per_core_bytes for lt in r.tiled.layers for c in lt.candidates)
     assert needed <= r.target.usable_bytes_per_core
+
+
+def _small_sram_target(tmp: Path) -> Path:
+    """mesh16x16 grown to 96 x 96 cores of 24 KiB (20 KiB usable): at 512 tokens the sentence
+    BERT's heads (512 x 16 fp16 = 16 KiB of Q each) do not fit a core whole."""
+    text = (Path(__file__).parents[1] / "targets" / "mesh16x16.toml").read_text()
+    for old, new in (('name = "mesh16x16"', 'name = "sram24k96"'), ("rows = 16", "rows = 96"),
+                     ("cols = 16", "cols = 96"),
+                     ('sram_bytes = "256 KiB"', 'sram_bytes = "24 KiB"')):
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp / "sram24k96.toml"
+    path.write_text(text)
+    return path
+
+
+def test_query_blocked_attention_verifies_where_whole_heads_do_not_fit(tmp_path: Path) -> None:
+    """Issue 15: a head's Q and scores rows were held whole on a core, so a long prompt did not
+    fit (block.0 needed 36,006 B of 20,480). The tiling retries with query blocking (heads
+    and blocks of query rows factored over one mesh axis) and the schedule verifies."""
+    from compiler.errors import CapacityError
+    from compiler.frontend import load_model
+    from compiler.target import load_target
+    from compiler.tiling.candidates import _tile_with
+    from compiler.tiling.layouts import factor, graph_layouts
+
+    target = _small_sram_target(tmp_path)
+    g = load_model(SENTENCE, FrontendOptions(DimRequest(batch=1, seq_len=512)))
+    with pytest.raises(CapacityError, match="block.0"):
+        _tile_with(g, load_target(target), TilingOptions(prompt_resident=True), True,
+                   graph_layouts(g))
+    r = _verify(SENTENCE, target, 1, 512)
+    factored = {s for lt in r.tiled.layers for lay in lt.ops for spec in lay.outputs
+                for s in spec if factor(s)}
+    assert {s[1:] for s in factored} == {"12", "/12"}
+    assert all(c.per_core_bytes <= r.target.usable_bytes_per_core
+               for lt in r.tiled.layers for c in lt.candidates)
 
 
 # --- tiling, schedule and executor agree on SRAM ----------------------------------------------

@@ -45,7 +45,8 @@ QUANT_OPS = frozenset({
 MICROSOFT = "com.microsoft"
 # com.microsoft contrib ops that onnxruntime's quantizer emits and wafer implements; any other
 # op of that domain is refused
-MICROSOFT_OPS = frozenset({"QGemm", "QuantizeLinear", "DequantizeLinear"})
+MICROSOFT_OPS = frozenset({"QGemm", "QuantizeLinear", "DequantizeLinear", "QLinearAdd",
+                           "QLinearMul", "QLinearSoftmax", "QLinearConcat", "QLinearSigmoid"})
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 _DTYPE_NAMES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16",

@@ -48,6 +48,18 @@ def _stand_in(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
                                  **{k: v for k, v in attrs.items() if k == "axis"})]
     if node.op_type == "QGemm":
         return _qgemm_stand_in(node, attrs, f"_wafer_stand_in_{index}")
+    if node.op_type in ("QLinearAdd", "QLinearMul"):  # A's type, A and B broadcast
+        tmp = f"_wafer_stand_in_{index}"
+        return [helper.make_node("Cast", [node.input[0]], [f"{tmp}_a"], to=onnx.TensorProto.FLOAT),
+                helper.make_node("Cast", [node.input[3]], [f"{tmp}_b"], to=onnx.TensorProto.FLOAT),
+                helper.make_node(node.op_type[len("QLinear"):], [f"{tmp}_a", f"{tmp}_b"],
+                                 [f"{tmp}_y"]),
+                helper.make_node("CastLike", [f"{tmp}_y", node.input[0]], [node.output[0]])]
+    if node.op_type == "QLinearConcat":
+        return [helper.make_node("Concat", list(node.input[2::3]), [node.output[0]],
+                                 axis=attrs.get("axis", 0))]
+    if node.op_type in ("QLinearSoftmax", "QLinearSigmoid"):
+        return [helper.make_node("Identity", [node.input[0]], [node.output[0]])]
     return [node]  # refused later with every unsupported op listed
 
 

@@ -32,7 +32,7 @@ from compiler.stages import at_layer
 from compiler.target import Target
 from compiler.tiling.candidates import TiledGraph
 from compiler.tiling.costs import op_flops, token_count
-from compiler.tiling.layouts import OpLayout, Spec, replicated
+from compiler.tiling.layouts import OpLayout, Spec, base, parts, replicated
 from compiler.tiling.tiles import reshape_is_local
 from compiler.vocab import RESHAPE_OPS, CollectiveKind, Phase, StepKind
 
@@ -225,7 +225,7 @@ def _relayout(g: ir.Graph, name: str, have: Spec, partial: str | None, want: Spe
                       writes=(TensorRef(name, have),), deps=(last,), nbytes=nbytes)
         last = step.id
     if have != want:
-        axis = next((a or b for a, b in zip(have, want, strict=True) if a != b), None)
+        axis = base(next((a or b for a, b in zip(have, want, strict=True) if a != b), None))
         step = st.add(kind=StepKind.COLLECTIVE, region=region, op_kind=CollectiveKind.RELAYOUT,
                       axis=axis, reads=(TensorRef(name, have),), writes=(TensorRef(name, want),),
                       deps=(last,), nbytes=nbytes)
@@ -246,8 +246,8 @@ def _compute(g: ir.Graph, op: ir.Op, lay: OpLayout, region: Region, deps: list[i
         n in g.const_derived for n in op.inputs[1:2])
     retile = next((c.axis for c in lay.collectives if c.kind == CollectiveKind.RETILE), None)
     if retile is None and op.kind in RESHAPE_OPS and not _reshape_local(g, op, lay, region):
-        retile = next((a for a in lay.inputs[0] or () if a), None) or next(
-            (a for a in lay.outputs[0] if a), None)
+        retile = base(next((a for a in lay.inputs[0] or () if a), None) or next(
+            (a for a in lay.outputs[0] if a), None))
     if retile:  # the op moves tiles across cores: a collective that computes the op
         step = st.add(kind=StepKind.COLLECTIVE, region=region.name, reads=reads, writes=writes,
                       deps=tuple(sorted(set(deps))), op=op.name, op_kind=CollectiveKind.RETILE,
@@ -278,12 +278,11 @@ def _shrunk(src: tuple[int, ...], src_spec, dst: tuple[int, ...], dst_spec,
     in place depends only on the dims it regroups, and the exact check builds an index array
     of the whole tensor (a decode step's repeat of a 128k-key cache would take gigabytes)."""
     src, dst = list(src), list(dst)
-    extent = {"r": region.rows, "c": region.cols}
     pre_src = [math.prod(src[:i]) for i in range(len(src))]
     pre_dst = [math.prod(dst[:j]) for j in range(len(dst))]
     for i, j in ((i, j) for i in range(len(src)) for j in range(len(dst))):
         if pre_src[i] == pre_dst[j] and src[i] == dst[j] and src_spec[i] == dst_spec[j]:
-            small = min(src[i], extent.get(src_spec[i], 1) if src_spec[i] else 1)
+            small = min(src[i], parts(src_spec[i], region.rows, region.cols))
             src[i] = dst[j] = small
             pre_src = [math.prod(src[:k]) for k in range(len(src))]
             pre_dst = [math.prod(dst[:k]) for k in range(len(dst))]

@@ -375,7 +375,20 @@ def tile_graph(g: ir.Graph, target: Target, options: TilingOptions | None = None
 
 
 def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool) -> TiledGraph:
+    """With the whole prompt in SRAM, attention is query-blocked (`layouts._query_blocked`)
+    when its heads do not fit a core whole: a long prompt (BERT-base at 512 tokens)."""
     layouts = graph_layouts(g)
+    try:
+        return _tile_with(g, target, options, resident, layouts)
+    except CapacityError:
+        blocked = graph_layouts(g, query_blocks=True) if resident else layouts
+        if blocked == layouts:
+            raise
+        return _tile_with(g, target, options, resident, blocked)
+
+
+def _tile_with(g: ir.Graph, target: Target, options: TilingOptions, resident: bool,
+               layouts: dict[str, tuple[OpLayout, ...]]) -> TiledGraph:
     kv = kv_cache_tensors(g)
     batch = batch_size(g)
     context = options.context or max(1, token_count(g) // batch)

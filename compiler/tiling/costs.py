@@ -36,10 +36,14 @@ _ELEMENTWISE = _ELEMENTWISE | {"CumSum"}
 # quantized graphs: integer matmuls count 2 ops per multiply-add like float ones; quantize,
 # dequantize and requantize a few per element
 _QUANT_MATMULS = frozenset({"MatMulInteger", "QLinearMatMul", "QGemm"})
-_QUANT_PER_ELEMENT = {"QuantizeLinear": 3, "DequantizeLinear": 2, "DynamicQuantizeLinear": 5}
+_QUANT_PER_ELEMENT = {"QuantizeLinear": 3, "DequantizeLinear": 2, "DynamicQuantizeLinear": 5,
+                      "QLinearAdd": 5, "QLinearMul": 4, "QLinearSoftmax": 6,
+                      "QLinearSigmoid": 1}
 # input positions holding quantized data (not scales or zero points), per op
 QUANT_DATA_INPUTS = {"DequantizeLinear": (0,), "MatMulInteger": (0, 1),
-                     "QLinearMatMul": (0, 3), "QGemm": (0, 3)}
+                     "QLinearMatMul": (0, 3), "QGemm": (0, 3), "QLinearAdd": (0, 3),
+                     "QLinearMul": (0, 3), "QLinearSoftmax": (0,), "QLinearSigmoid": (0,),
+                     "QLinearConcat": (2, 5, 8, 11, 14, 17, 20, 23)}
 
 
 def _quant_flops(g: ir.Graph, op: ir.Op, out: int) -> int | None:

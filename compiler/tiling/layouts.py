@@ -24,6 +24,47 @@ from compiler.vocab import RESHAPE_OPS, VIEW_OPS, CollectiveKind
 
 R, C = "r", "c"
 Spec = tuple[str | None, ...]
+# A spec entry is a mesh axis ("r", "c") or, for query-blocked attention (issue 15), one factor
+# of an axis shared by two dims: "c12" (the outer factor, min(12, cols) parts: the heads) and
+# "c/12" (the inner factor, cols // min(12, cols) parts: blocks of query rows). Core column j
+# then holds outer part j // inner and inner part j % inner (the cores past outer x inner hold
+# padding). A tensor split by one factor only is the same on every core of the other's group.
+
+
+def base(entry: str | None) -> str | None:
+    """The mesh axis of a spec entry ("c12" and "c/12" are on "c")."""
+    return entry[0] if entry else None
+
+
+def factor(entry: str | None) -> tuple[int, bool] | None:
+    """(n, inner) of a factored entry ("c12" -> (12, False), "c/12" -> (12, True)), else None."""
+    if not entry or len(entry) == 1:
+        return None
+    return (int(entry[2:]), True) if entry[1] == "/" else (int(entry[1:]), False)
+
+
+def factor_parts(n: int, size: int) -> tuple[int, int]:
+    """(outer, inner) part counts of an axis of `size` cores factored for `n` outer parts."""
+    outer = max(1, min(n, size))
+    return outer, size // outer
+
+
+def parts(entry: str | None, rows: int, cols: int) -> int:
+    """How many parts a dim split by `entry` has on an r x c mesh (1 when whole)."""
+    if not entry:
+        return 1
+    size = rows if entry[0] == R else cols
+    f = factor(entry)
+    if f is None:
+        return size
+    outer, inner = factor_parts(f[0], size)
+    return inner if f[1] else outer
+
+
+def plain(spec: Spec) -> Spec:
+    """A spec with factored entries undone: the outer factor takes the whole axis, the inner
+    one none of it."""
+    return tuple(None if (f := factor(s)) and f[1] else base(s) for s in spec)
 
 
 @dataclass(frozen=True)
@@ -33,6 +74,9 @@ class Collective:
     kind: CollectiveKind
     axis: str  # "r" or "c"
     tensor: str
+
+    def __post_init__(self) -> None:  # a factored entry's collective runs along its axis
+        object.__setattr__(self, "axis", base(self.axis))
 
 
 @dataclass(frozen=True)
@@ -45,7 +89,7 @@ class OpLayout:
 
 
 def other(axis: str) -> str:
-    return C if axis == R else R
+    return C if base(axis) == R else R
 
 
 def replicated(rank: int) -> Spec:
@@ -54,33 +98,34 @@ def replicated(rank: int) -> Spec:
 
 def tile_shape(shape: Sequence[int], spec: Spec, rows: int, cols: int) -> tuple[int, ...]:
     """The largest per-core tile of a tensor split by `spec` over an r x c mesh."""
-    size = {R: rows, C: cols, None: 1}
-    return tuple(-(-d // size[s]) for d, s in zip(shape, spec, strict=True))
+    return tuple(-(-d // parts(s, rows, cols)) for d, s in zip(shape, spec, strict=True))
 
 
 def tile_numel(shape: Sequence[int], spec: Spec, rows: int, cols: int) -> int:
     return math.prod(tile_shape(shape, spec, rows, cols))
 
 
-def layer_layouts(g: ir.Graph, layer: ir.Layer, known: Mapping[str, Spec]) -> tuple[OpLayout, ...]:
+def layer_layouts(g: ir.Graph, layer: ir.Layer, known: Mapping[str, Spec],
+                  query_blocks: bool = False) -> tuple[OpLayout, ...]:
     """Layouts of every op of `layer`, given the specs of tensors made before it; a narrowing
-    relayout is hoisted into the op that moves the tiles anyway (`_hoisted`)."""
+    relayout is hoisted into the op that moves the tiles anyway (`_hoisted`). With
+    `query_blocks`, attention splits its query rows too (`_query_blocked`)."""
     fixed: dict[str, Spec] = {}
     while True:
-        layouts, specs = _forward(g, layer, known, fixed)
+        layouts, specs = _forward(g, layer, known, fixed, query_blocks)
         more = {k: v for k, v in _hoisted(g, layer, layouts, specs).items() if k not in fixed}
         if not more:
             return layouts
         fixed.update(more)
 
 
-def _forward(g: ir.Graph, layer: ir.Layer, known: Mapping[str, Spec],
-             fixed: Mapping[str, Spec]) -> tuple[tuple[OpLayout, ...], dict[str, Spec]]:
+def _forward(g: ir.Graph, layer: ir.Layer, known: Mapping[str, Spec], fixed: Mapping[str, Spec],
+             query_blocks: bool = False) -> tuple[tuple[OpLayout, ...], dict[str, Spec]]:
     """The rules op by op; `fixed` names outputs of tile-moving ops written in another spec."""
     specs = dict(known)
     out = []
     for op in layer.ops:
-        layout = op_layout(g, op, specs)
+        layout = op_layout(g, op, specs, query_blocks)
         if any(o in fixed for o in op.outputs):
             layout = dataclasses.replace(layout, outputs=tuple(
                 fixed.get(o, s) for o, s in zip(op.outputs, layout.outputs, strict=True)))
@@ -120,8 +165,16 @@ def _hoisted(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout],
 
 
 def _narrows(have: Spec, want: Spec) -> bool:
-    """`want` splits everything `have` splits, the same way, and more."""
-    return have != want and all(h is None or h == w for h, w in zip(have, want, strict=True))
+    """`want` splits everything `have` splits, the same way, and more (an axis's outer factor
+    counts as the same way: query blocking, `_query_blocked`)."""
+    return have != want and all(_keeps(h, w) for h, w in zip(have, want, strict=True))
+
+
+def _keeps(have: str | None, want: str | None) -> bool:
+    if have is None or have == want:
+        return True
+    f = factor(want)
+    return factor(have) is None and f is not None and not f[1] and base(want) == have
 
 
 def _trace_back(g: ir.Graph, ops, specs: Mapping[str, Spec], name: str,
@@ -263,16 +316,17 @@ def _broadcast_into(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec], out: Spec
     return OpLayout(op.name, op.kind, ins, (out,) * len(op.outputs), coll)
 
 
-def graph_layouts(g: ir.Graph, inputs: Mapping[str, Spec] | None = None
-                  ) -> dict[str, tuple[OpLayout, ...]]:
+def graph_layouts(g: ir.Graph, inputs: Mapping[str, Spec] | None = None,
+                  query_blocks: bool = False) -> dict[str, tuple[OpLayout, ...]]:
     """Every layer's op layouts; graph inputs are replicated unless `inputs` gives their spec
-    (a decode step's KV cache: split as its attention MatMul reads it)."""
+    (a decode step's KV cache: split as its attention MatMul reads it). `query_blocks`:
+    attention's query rows split too (a long prompt's heads do not fit a core whole)."""
     specs: dict[str, Spec] = {n: replicated(len(g.tensor(n).shape)) for n in g.inputs}
     specs.update(inputs or {})
     result = {}
     for layer in g.layers:
         with at_layer(layer.name):  # an internal error names the layer
-            layouts = layer_layouts(g, layer, specs)
+            layouts = layer_layouts(g, layer, specs, query_blocks)
         for op, lay in zip(layer.ops, layouts, strict=True):
             specs.update(zip(op.outputs, lay.outputs, strict=False))
         result[layer.name] = layouts
@@ -282,10 +336,16 @@ def graph_layouts(g: ir.Graph, inputs: Mapping[str, Spec] | None = None
 # --- rules --------------------------------------------------------------------------------------
 
 
-def op_layout(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec]) -> OpLayout:
+def op_layout(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec],
+              query_blocks: bool = False) -> OpLayout:
     _check_constant_inputs(g, op)
     rule = _RULES.get(op.kind, _fallback)
-    layout = rule(g, op, specs)
+    if rule is _matmul:
+        layout = _matmul(g, op, specs, query_blocks)
+    else:
+        if not _takes_factored(g, op, rule, specs):  # reads them as their plain specs
+            specs = {**specs, **{n: plain(specs[n]) for n in op.inputs if n in specs}}
+        layout = rule(g, op, specs)
     _check_ranks(g, op, layout)
     return layout
 
@@ -299,6 +359,17 @@ def _check_ranks(g: ir.Graph, op: ir.Op, layout: OpLayout) -> None:
         if name and spec is not None and len(spec) != len(g.tensor(name).shape):
             raise AssertionError(f"layout of {op.kind} {op.name}: spec {spec} of {name} does "
                                  f"not have its rank {len(g.tensor(name).shape)}")
+
+
+def _takes_factored(g: ir.Graph, op: ir.Op, rule, specs: Mapping[str, Spec]) -> bool:
+    """Whether a rule keeps factored (query-blocked) specs: tile-local ops do; a reduction
+    only over dims that are not factored (a softmax over split keys)."""
+    if rule in (_elementwise, _transpose, _reshape, _unsqueeze, _dropout):
+        return True
+    if rule is not _reduction:
+        return False
+    x = _spec(g, op.inputs[0], specs)
+    return not any(factor(x[a]) for a in _reduced_axes(g, op))
 
 
 # Inputs a kernel reads as values known when compiling (axes, sizes, bounds): (index, what).
@@ -347,17 +418,19 @@ def _without(spec: Spec, axis: str) -> Spec:
     return tuple(None if s == axis else s for s in spec)
 
 
-def _matmul(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec]) -> OpLayout:
+def _matmul(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec],
+            query_blocks: bool = False) -> OpLayout:
     if any(len(g.tensor(n).shape) < 2 for n in op.inputs[:2]):  # a vector: whole tensors
         return _fallback(g, op, specs)
     if _is_const(g, op.inputs[1]) and len(g.tensor(op.inputs[1]).shape) == 2:
         return _matmul_weight(g, op, specs, trans_b=bool(op.attr("transB", 0)))
-    return _matmul_act(g, op, specs)  # also a batched (3-D and up) constant: batch dims alike
+    # also a batched (3-D and up) constant: batch dims alike
+    return _matmul_act(g, op, specs, query_blocks)
 
 
 def _matmul_weight(g: ir.Graph, op: ir.Op, specs, trans_b: bool = False) -> OpLayout:
     """Activation x weight: K over the axis splitting the input's last dim (default r)."""
-    a_spec = _spec(g, op.inputs[0], specs)
+    a_spec = plain(_spec(g, op.inputs[0], specs))  # query blocks end at the projection
     # K: the axis splitting the input's last dim, else one its rows leave free (r first)
     k_axis = _split_axis(a_spec, -1) or next((a for a in (R, C) if a not in a_spec[:-1]), R)
     n_axis = other(k_axis)
@@ -377,33 +450,55 @@ def _bias_spec(g: ir.Graph, name: str, axis: str) -> Spec:
     return (*replicated(rank - 1), axis) if rank else ()
 
 
-def _matmul_act(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+def _matmul_act(g: ir.Graph, op: ir.Op, specs, query_blocks: bool = False) -> OpLayout:
     """Activation x activation (attention): batch dims (heads) split alike; the keys go over
     the axis the heads leave free. Q x K^T then splits its output's last dim (keys) over that
-    axis with no reduction; P x V contracts over the split keys: partial sums, reduced there."""
+    axis with no reduction; P x V contracts over the split keys: partial sums, reduced there.
+    With `query_blocks` the heads' axis is factored (`_query_blocked`): the heads over its
+    outer factor, blocks of query rows over the inner one."""
     sa, sb = _spec(g, op.inputs[0], specs), _spec(g, op.inputs[1], specs)
     shape_a, shape_b = g.tensor(op.inputs[0]).shape, g.tensor(op.inputs[1]).shape
     lead = max(len(sa), len(sb)) - 2
     # batch dims split as A splits them, except where A broadcasts (size 1): those are whole
     batch = tuple(s if d > 1 else None for s, d in zip(
         _align(sa[:-2], lead), (*(1,) * (lead - len(shape_a) + 2), *shape_a[:-2]), strict=True))
-    used = {a for a in batch if a}
+    rows = None  # how A's row (query) dim is split
+    if query_blocks and shape_a[-2] > 1:
+        batch, rows = _query_blocked(batch, _align(shape_a[:-2], lead), sa[-2])
+    used = {base(a) for a in batch if a}
     free = next((a for a in (C, R) if a not in used), None)
-    k_axis = sa[-1] if sa[-1] and sa[-1] not in used else None
+    k_axis = sa[-1] if sa[-1] and base(sa[-1]) not in used and not factor(sa[-1]) else None
     a_batch = _align(batch, len(sa) - 2)
     b_batch = tuple(s if d > 1 else None for s, d in zip(_align(batch, len(sb) - 2),
                                                          shape_b[:-2], strict=True))
     if k_axis:
-        want_a, want_b, out = (*a_batch, None, k_axis), (*b_batch, k_axis, None), None
+        want_a, want_b, out = (*a_batch, rows, k_axis), (*b_batch, k_axis, None), None
     else:
         n_axis = free if shape_b[-1] > 1 else None
-        want_a, want_b, out = (*a_batch, None, None), (*b_batch, None, n_axis), n_axis
+        want_a, want_b, out = (*a_batch, rows, None), (*b_batch, None, n_axis), n_axis
     coll = [Collective(CollectiveKind.RELAYOUT, _first_axis(have, want), name)
             for name, have, want in ((op.inputs[0], sa, want_a), (op.inputs[1], sb, want_b))
             if have != want and any(have)]
     if k_axis:
         coll.append(Collective(CollectiveKind.REDUCE, k_axis, op.outputs[0]))
-    return OpLayout(op.name, op.kind, (want_a, want_b), ((*batch, None, out),), tuple(coll))
+    return OpLayout(op.name, op.kind, (want_a, want_b), ((*batch, rows, out),), tuple(coll))
+
+
+def _query_blocked(batch: Spec, sizes: Sequence[int],
+                   rows: str | None) -> tuple[Spec, str | None]:
+    """Query blocking (issue 15): the batch dim split over an axis (the heads) takes the outer
+    factor of that axis and A's rows (the queries) its inner factor ("c12", "c/12" for 12
+    heads over the columns), so a core holds a block of query rows of its heads instead of all
+    of them: a BERT-base head's Q at 512 tokens is 128 KiB in fp32, a WSE-3 core 48 KiB."""
+    if rows and (f := factor(rows)) and f[1] and any(
+            factor(a) == (f[0], False) and base(a) == base(rows) for a in batch):
+        return batch, rows  # already blocked (P x V reads the blocked scores)
+    split = [d for d, a in enumerate(batch) if a and not factor(a) and sizes[d] > 1]
+    if not split:
+        return batch, None
+    d = split[-1]
+    axis, n = batch[d], sizes[d]
+    return (*batch[:d], f"{axis}{n}", *batch[d + 1:]), f"{axis}/{n}"
 
 
 def _align(spec: Spec, rank: int) -> Spec:
@@ -416,7 +511,7 @@ def _align(spec: Spec, rank: int) -> Spec:
 def _first_axis(a: Spec, b: Spec) -> str:
     for x, y in zip(a, b, strict=False):
         if x != y:
-            return x or y or R
+            return base(x or y) or R
     return R
 
 
@@ -714,9 +809,27 @@ def _quant_elementwise(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
 
 # integer matmuls, requantizing matmuls and DynamicQuantizeLinear (a range over the whole
 # tensor) run on whole tensors: their zero points and requantization do not split over K
+def _qlinear_softmax(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
+    """com.microsoft QLinearSoftmax: the dims it normalizes over whole on every core (its row
+    sums are float32 sums in order, which a split would change), the others split as X is."""
+    x = _spec(g, op.inputs[0], specs)
+    opset = int(op.attr("opset", 13))
+    axis = int(op.attr("axis", -1)) % max(len(x), 1)
+    dims = range(axis, len(x)) if opset < 13 else (axis,)
+    want = tuple(None if d in dims else s for d, s in enumerate(x))
+    coll = tuple(Collective(CollectiveKind.RELAYOUT, x[d], op.inputs[0]) for d in dims
+                 if x[d])[:1]
+    ins = (want, *((replicated(len(g.tensor(n).shape)) if n else None) for n in op.inputs[1:]))
+    return OpLayout(op.name, op.kind, ins, (want,), coll)
+
+
 QUANT_RULES = {"QuantizeLinear": _quant_elementwise, "DequantizeLinear": _quant_elementwise,
                **dict.fromkeys(("DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
-                                "QGemm"), _fallback)}
+                                "QGemm"), _fallback),
+               # per-tensor parameters (ONNX Runtime refuses others): elementwise
+               "QLinearAdd": _elementwise, "QLinearMul": _elementwise,
+               "QLinearSoftmax": _qlinear_softmax, "QLinearConcat": _fallback,
+               "QLinearSigmoid": _elementwise}
 
 
 _RULES = {

@@ -17,64 +17,107 @@ from collections.abc import Sequence
 import numpy as np
 
 from compiler.ir import storage_bytes
-from compiler.tiling.layouts import Spec, tile_shape
+from compiler.tiling.layouts import Spec, base, factor, factor_parts, parts, tile_shape
 
 AXIS = {"r": 0, "c": 1}
 
 
 def mesh_shape(spec: Spec, rows: int, cols: int) -> tuple[int, int]:
-    return (rows if "r" in spec else 1), (cols if "c" in spec else 1)
+    axes = {base(s) for s in spec}
+    return (rows if "r" in axes else 1), (cols if "c" in axes else 1)
+
+
+def _dims(spec: Spec, axis: str) -> list[int]:
+    """The dims split along `axis`, a factored axis's outer factor first."""
+    dims = [d for d, s in enumerate(spec) if base(s) == axis]
+    return sorted(dims, key=lambda d: bool((f := factor(spec[d])) and f[1]))
+
+
+def _mesh_index(spec: Spec, axis: str, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per core along a factored `axis`: the flat index of the part it holds (over the dims
+    split along it, outer first) and whether it holds one (None when the axis is not
+    factored: core k holds part k)."""
+    fs = [factor(spec[d]) for d in _dims(spec, axis)]
+    if not fs or any(f is None for f in fs):
+        return None
+    outer, inner = factor_parts(fs[0][0], size)
+    j = np.arange(size)
+    flat = np.zeros(size, dtype=np.int64)
+    for _, is_inner in fs:
+        flat = flat * (inner if is_inner else outer) + (j % inner if is_inner else j // inner)
+    return flat, j < outer * inner
+
+
+def _part_index(spec: Spec, d: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per core along dim d's axis: which of d's parts it holds, and whether it holds one."""
+    j = np.arange(size)
+    f = factor(spec[d])
+    if f is None:
+        return j, np.ones(size, dtype=bool)
+    outer, inner = factor_parts(f[0], size)
+    return (j % inner if f[1] else j // inner), j < outer * inner
 
 
 def scatter(full: np.ndarray, spec: Spec, rows: int, cols: int) -> np.ndarray:
     """Whole tensor -> blocked array (R, C, *tile) for `spec` on an r x c mesh."""
     shape = full.shape
     tile = tile_shape(shape, spec, rows, cols)
-    size = {"r": rows, "c": cols, None: 1}
-    padded_shape = [t * size[s] for t, s in zip(tile, spec, strict=True)]
+    n = [parts(s, rows, cols) for s in spec]
+    padded_shape = [t * k for t, k in zip(tile, n, strict=True)]
     if list(shape) != padded_shape:
         padded = np.zeros(padded_shape, dtype=full.dtype)
         padded[tuple(slice(0, d) for d in shape)] = full
         full = padded
     split = []
-    for t, s in zip(tile, spec, strict=True):
-        split += [size[s], t]
+    for t, k in zip(tile, n, strict=True):
+        split += [k, t]
     arr = full.reshape(split) if split else full.reshape(())
-    order = _order(spec)
-    arr = arr.transpose(order) if split else arr
-    r, c = mesh_shape(spec, rows, cols)
-    return np.ascontiguousarray(arr).reshape((r, c, *tile))
+    r_dims, c_dims = _dims(spec, "r"), _dims(spec, "c")
+    if split:
+        arr = arr.transpose(_order(spec, r_dims, c_dims))
+    lead = (math.prod(n[d] for d in r_dims), math.prod(n[d] for d in c_dims))
+    arr = arr.reshape((*lead, *tile))
+    for ax, axis, size in ((0, "r", rows), (1, "c", cols)):
+        index = _mesh_index(spec, axis, size)
+        if index is not None:
+            flat, held = index
+            arr = np.take(arr, np.where(held, flat, 0), axis=ax)
+            if not held.all():
+                keep = [1] * arr.ndim
+                keep[ax] = size
+                arr = np.where(held.reshape(keep), arr, np.zeros((), arr.dtype))
+    return np.ascontiguousarray(arr)
 
 
-def _order(spec: Spec) -> list[int]:
+def _order(spec: Spec, r_dims: list[int], c_dims: list[int]) -> list[int]:
     """Axes of the interleaved (m0, t0, m1, t1, ...) array: row blocks, column blocks, tiles."""
     rank = len(spec)
-    r = [2 * d for d in range(rank) if spec[d] == "r"]
-    c = [2 * d for d in range(rank) if spec[d] == "c"]
     ones = [2 * d for d in range(rank) if spec[d] is None]
-    return r + c + ones + [2 * d + 1 for d in range(rank)]
+    return [2 * d for d in r_dims] + [2 * d for d in c_dims] + ones + \
+        [2 * d + 1 for d in range(rank)]
 
 
 def gather(blocked: np.ndarray, spec: Spec, shape: Sequence[int]) -> np.ndarray:
     """Blocked array -> whole tensor (trimming padding); inverse of `scatter`."""
     rank = len(shape)
     tile = blocked.shape[2:]
-    r_dims = [d for d in range(rank) if spec[d] == "r"]
-    c_dims = [d for d in range(rank) if spec[d] == "c"]
-    R = blocked.shape[0] if r_dims else 1
-    C = blocked.shape[1] if c_dims else 1
-    arr = blocked[:R, :C] if not r_dims or not c_dims else blocked
-    if not r_dims:
-        arr = arr[:1]
-    if not c_dims:
-        arr = arr[:, :1]
-    # back to interleaved order: for each dim (m, t)
-    sizes = {d: (R if d in r_dims else C if d in c_dims else 1) for d in range(rank)}
+    r_dims, c_dims = _dims(spec, "r"), _dims(spec, "c")
+    arr = blocked if r_dims else blocked[:1]
+    arr = arr if c_dims else arr[:, :1]
+    sizes = {d: 1 for d in range(rank)}
+    for ax, axis, dims in ((0, "r", r_dims), (1, "c", c_dims)):
+        size = arr.shape[ax]
+        for d in dims:
+            sizes[d] = parts(spec[d], size, size)
+        index = _mesh_index(spec, axis, size)
+        if index is not None:  # one core per part: the first that holds it
+            flat, held = index
+            _, first = np.unique(np.where(held, flat, -1), return_index=True)
+            arr = np.take(arr, first[1:] if (~held).any() else first, axis=ax)
     lead = [sizes[d] for d in r_dims] + [sizes[d] for d in c_dims]
     ones = [1 for d in range(rank) if spec[d] is None]
     arr = arr.reshape((*lead, *ones, *tile))
-    order = _order(spec)
-    inverse = np.argsort(order)
+    inverse = np.argsort(_order(spec, r_dims, c_dims))
     arr = arr.transpose(inverse).reshape([sizes[d] * tile[d] for d in range(rank)])
     return arr[tuple(slice(0, d) for d in shape)] if rank else arr.reshape(())
 
@@ -82,20 +125,24 @@ def gather(blocked: np.ndarray, spec: Spec, shape: Sequence[int]) -> np.ndarray:
 def valid_mask(shape: Sequence[int], spec: Spec, rows: int, cols: int) -> np.ndarray | None:
     """Where a blocked array holds real elements (None when no tile is ragged)."""
     tile = tile_shape(shape, spec, rows, cols)
-    size = {"r": rows, "c": cols, None: 1}
-    if all(t * size[s] == d for d, t, s in zip(shape, tile, spec, strict=True)):
+    exact = all(t * parts(s, rows, cols) == d for d, t, s in zip(shape, tile, spec, strict=True))
+    spare = any(factor(s) and math.prod(factor_parts(factor(s)[0], rows if base(s) == "r"
+                                                     else cols)) < (rows if base(s) == "r"
+                                                                    else cols) for s in spec)
+    if exact and not spare:
         return None
     r, c = mesh_shape(spec, rows, cols)
     mask = np.ones((r, c, *([1] * len(tile))), dtype=bool)
     for d, (dim, t, s) in enumerate(zip(shape, tile, spec, strict=True)):
         if s is None:
             continue
-        block = np.arange(size[s]).reshape((-1, 1) if s == "r" else (1, -1))
-        index = block[..., None] * t + np.arange(t)  # global index per (block, offset)
+        size = rows if base(s) == "r" else cols
+        block, held = _part_index(spec, d, size)
+        index = block[:, None] * t + np.arange(t)  # global index per (core, offset)
         sel = [1, 1] + [1] * len(tile)
-        sel[AXIS[s]] = size[s]
+        sel[AXIS[base(s)]] = size
         sel[2 + d] = t
-        mask = mask & (index < dim).reshape(sel)
+        mask = mask & ((index < dim) & held[:, None]).reshape(sel)
     return mask
 
 
