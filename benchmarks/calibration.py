@@ -18,6 +18,7 @@ import sys
 from _harness import machine, table, write_section
 
 from compiler.driver import CompileOptions, compile_model
+from compiler.schedule.build import with_algorithms
 from compiler.schedule.perf import PerfOptions, estimate, streamed_kv_cycles
 from compiler.tiling.candidates import TilingOptions
 
@@ -47,10 +48,19 @@ def _with_overhead(target, cycles: int):
 
 
 def predict(result, overhead: int) -> float:
+    """Decode tokens/s at `overhead`: the compile's decode step (its decode schedule, what the
+    summary reports; the prefill schedule scaled to one token when it has none), every reduce's
+    collective algorithm chosen again at that overhead (a tree pays it once per level)."""
     target = _with_overhead(result.target, overhead)
+    s = result.decode.schedule if result.decode is not None else result.schedule
+    regions = {r.name: r for r in s.regions}
+    s = dataclasses.replace(s, steps=with_algorithms(list(s.steps), regions, target))
+    if result.decode is not None:
+        opts = PerfOptions("decode", context=s.context)
+        return estimate(s, target, opts).tokens_per_s
     kv = {lt.layer: lt.kv_bytes for lt in result.tiled.layers if lt.kv_bytes}
-    reads = streamed_kv_cycles(result.schedule, target, kv)
-    return estimate(result.schedule, target, PerfOptions("decode"), reads).tokens_per_s
+    reads = streamed_kv_cycles(s, target, kv)
+    return estimate(s, target, PerfOptions("decode"), reads).tokens_per_s
 
 
 def fit(result, published: float) -> int:

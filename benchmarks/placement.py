@@ -53,7 +53,7 @@ def bench(model: str, target: str, extra: list[str], out: Path) -> list[object]:
                                  "--force", *extra])
     label = f"{model} on {target} {' '.join(extra)}".strip()
     if code != 0:
-        return [label, f"{seconds:.1f}", f"{rss:.0f}", f"exit {code}", "", "", "", "", "", ""]
+        return [label, f"{seconds:.1f}", f"{rss:.0f}", f"exit {code}", *[""] * 7]
     doc = json.loads((out / "placement.json").read_text())
     m, s = doc["metrics"], doc["solver"]
     ff, same = m["first_fit"], m.get("first_fit_same_options")
@@ -63,7 +63,8 @@ def bench(model: str, target: str, extra: list[str], out: Path) -> list[object]:
     return [label, f"{seconds:.1f}", f"{rss:.0f}",
             f"{_mb(m['offchip_bytes_per_token'])} / {_mb(m['offchip_lower_bound'])}",
             f"{m['byte_hops']:.4g}", vs_same, vs_ff, f"{m['byte_hops_ratio_to_bound']:.2f}x",
-            f"{m['cores_used']:,} on {m['wafers_used']}", f"{s['status']}"]
+            f"{m['cores_used']:,} on {m['wafers_used']}", f"{s['status']}",
+            f"{doc['performance']['decode']['tokens_per_s']:,.0f}"]
 
 
 def _run_cpu(argv: list[str]) -> tuple[float, float, float, int]:
@@ -103,18 +104,21 @@ def bench_moe(model: str, targets: list[str], out: Path) -> list[object]:
 
 
 def main() -> None:
-    """No flag: every table. `--moe`: only the MoE giants. `--moe MODEL ...`: only those giants,
-    their rows replaced in the section as it stands (the others kept)."""
+    """No flag: every table. `--dense`: only the dense models. `--moe`: only the MoE giants.
+    `--moe MODEL ...`: only those giants, their rows replaced in the section as it stands (the
+    others kept)."""
     args = sys.argv[1:]
-    moe_only = "--moe" in args
-    names = [a for a in args if a != "--moe"]
+    moe_only, dense_only = "--moe" in args, "--dense" in args
+    names = [a for a in args if a not in ("--moe", "--dense")]
     with tempfile.TemporaryDirectory() as tmp:
         if not moe_only:
             _dense(Path(tmp))
-        _moe(Path(tmp), names)
+        if not dense_only:
+            _moe(Path(tmp), names)
 
 
 def _dense(tmp: Path) -> None:
+    load = os.getloadavg()[0]
     rows = []
     for i, (model, target, extra) in enumerate(CASES):
         row = bench(model, target, extra, tmp / f"out{i}")
@@ -122,8 +126,9 @@ def _dense(tmp: Path) -> None:
         rows.append(row)
     header = ["model / target", "compile s", "peak RSS MB", "off-chip MB/token (got / bound)",
               "byte-hops/token", "vs first-fit, same rectangles", "vs first-fit's own choice",
-              "vs bound", "cores on wafers", "solver"]
-    body = (f"`wafer compile` with default options (deterministic CP-SAT, 1 worker; {machine()})."
+              "vs bound", "cores on wafers", "solver", "decode tokens/s"]
+    body = (f"`wafer compile` with default options (deterministic CP-SAT, 1 worker; {machine()}; "
+            f"load average {load:.1f} when it started, `uptime`)."
             "\n\n" + table(header, rows))
     write_section("placement", body)
 

@@ -141,7 +141,8 @@ def _add_view(sub) -> None:
                    help="screenshot size in pixels (default 1400x900)")
     p.add_argument("--only", metavar="IDS", default="",
                    help="screenshot only these parts (comma-separated): sections placement, "
-                   "wafers, offchip, timeline, layers, summary, data; pictures grid, memory, "
+                   "wafers, offchip, timeline, cycles, layers, summary, data; pictures grid, "
+                   "memory, "
                    "links; of a sweep: sections plots, points, failed, data; plots sram, cores, "
                    "wafers")
     p.set_defaults(run=cmd_view)
@@ -536,8 +537,8 @@ def cmd_view(args) -> int:
 
 
 # sections of the page, and the three pictures of the placement section
-SECTIONS = ("placement", "wafers", "offchip", "timeline", "layers", "summary", "data", "grid",
-            "memory", "links")
+SECTIONS = ("placement", "wafers", "offchip", "timeline", "cycles", "layers", "summary", "data",
+            "grid", "memory", "links")
 # the sweep page's sections, and its three plots
 SWEEP_SECTIONS = ("plots", "points", "failed", "data", "sram", "cores", "wafers")
 

@@ -20,6 +20,7 @@ from compiler.executor import kernels_quant  # noqa: F401  (registers the quanti
 from compiler.executor.kernels import KERNELS, Ctx, KernelError, Operand
 from compiler.schedule.build import Region, Schedule, Step
 from compiler.target import Target
+from compiler.tiling import collectives
 from compiler.tiling.layouts import Spec, replicated
 from compiler.tiling.tiles import AXIS, gather, scatter, tile_bytes, valid_mask
 from compiler.vocab import VIEW_OPS, CollectiveKind, Phase, Precision, StepKind
@@ -371,7 +372,7 @@ def _collective(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
     if step.op_kind == CollectiveKind.REDUCE:
         if res.partial != step.axis:
             raise _fault(step, f"{read.tensor} holds no partial sums along {step.axis}")
-        data = res.data.sum(axis=AXIS[step.axis], keepdims=True)
+        data = _reduce_in_order(res.data, AXIS[step.axis], step)
     elif res.partial:
         raise _fault(step, f"cannot relayout {read.tensor}: it holds partial sums")
     else:
@@ -379,6 +380,20 @@ def _collective(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
         data = scatter(full, write.spec, reg.rows, reg.cols)
     _put(m, step, reg.name, write.tensor, write.spec, write.partial,
          _finish(m, write.tensor, write.spec, reg, data))
+
+
+def _reduce_in_order(data: np.ndarray, axis: int, step: Step) -> np.ndarray:
+    """The partial sums along `axis` added exactly as the step's collective algorithm combines
+    them (`collectives.combines`: which core adds which partial, in what order)."""
+    try:
+        alg = collectives.parse(step.algorithm)
+    except ValueError as exc:
+        raise _fault(step, str(exc)) from None
+    parts = [data.take([i], axis=axis) for i in range(data.shape[axis])]
+    pairs, root = collectives.combines(alg, len(parts))
+    for dst, src in pairs:
+        parts[dst] = parts[dst] + parts[src]
+    return parts[root]
 
 
 def _send(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:

@@ -48,6 +48,7 @@ def placement_doc(result: CompileResult) -> dict[str, Any]:
         "metrics": _metrics(result),
         "solver": _solver(result),
         "performance": {mode: _estimate(e) for mode, e in result.estimates.items()},
+        "cycle_breakdown": _breakdown_doc(result),
         **_moe(result),
     }
 
@@ -196,7 +197,7 @@ def summary_doc(result: CompileResult, out: Path, stage_times: list[tuple[str, f
         "target": {"name": t.name, "cores": t.total_cores, "peak_flops": t.total_peak_flops()},
         "cores_used": m.cores_used, "wafers_used": m.wafers_used,
         "idle_cores": _idle(result),
-        "cycle_breakdown": _breakdown_doc(result),
+        "cycle_breakdown": placed["cycle_breakdown"],
         "tokens_per_s": placed["performance"]["decode"]["tokens_per_s"],
         "ttft_s": placed["performance"]["prefill"]["ttft_s"],
         "utilization": {"decode": d.utilization, "prefill": p.utilization},

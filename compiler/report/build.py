@@ -9,6 +9,7 @@ from typing import Any
 
 from compiler.outdir.read import OutDir
 from compiler.report import colors, experts, fmt, grid, tables, timeline
+from compiler.report.cycles import cycles_views
 from compiler.report.facts import Facts, LayerFacts, gather
 from compiler.report.tips import Tips
 from compiler.report.view import (
@@ -65,6 +66,7 @@ def view_from_facts(f: Facts) -> Report:
         tips=tuple(tips.items),
         files=tuple(f"{DATA_DIR}/{name}" for name in DATA_FILES),
         experts=moe,
+        cycles=cycles_views(f),
     )
 
 

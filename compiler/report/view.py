@@ -197,6 +197,28 @@ class Table:
 
 
 @dataclass(frozen=True)
+class CycleShare:
+    """One category's share of a critical path, drawn as a piece of a stacked bar."""
+
+    label: str
+    fraction: float
+    color: str
+    text: str  # "compute 12% (3,456 cycles)"
+    x: float  # bar units (0..1000)
+    width: float
+
+
+@dataclass(frozen=True)
+class Cycles:
+    """Where the cycles go in one mode: the categories' shares and the cycles per layer."""
+
+    title: str
+    note: str
+    shares: tuple[CycleShare, ...]
+    table: Table
+
+
+@dataclass(frozen=True)
 class Report:
     title: str
     subtitle: str
@@ -221,6 +243,7 @@ class Report:
     tips: tuple[Tip, ...]
     files: tuple[str, ...]  # the numbers behind the pictures, relative to the HTML
     experts: Any = None  # report/experts.py ExpertsView: MoE models only
+    cycles: tuple[Cycles, ...] = ()  # report/cycles.py: decode, prefill (none in an old OUT)
 
 
 # --- the sweep page (sweep.html): Pareto plots and the table of points ---------------------

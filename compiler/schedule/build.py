@@ -22,6 +22,7 @@ executor's memory accounting count it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,6 +31,7 @@ from compiler import ir
 from compiler.placement.problem import Placement, PlacementProblem, Rect, Residency
 from compiler.stages import at_layer
 from compiler.target import Target
+from compiler.tiling import collectives
 from compiler.tiling.candidates import TiledGraph
 from compiler.tiling.costs import op_flops, token_count
 from compiler.tiling.layouts import OpLayout, Spec, base, parts, replicated
@@ -80,6 +82,7 @@ class Step:
     nbytes: int = 0  # moved (load, collective, send, store), at the target's storage size
     flops: int = 0  # computed
     scaling: str = TOKENS  # fixed, tokens, attention (tokens x context)
+    algorithm: str = ""  # reduce: chain, twoway or treeK (tiling/collectives.py)
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,24 @@ def build_schedule(g: ir.Graph, tiled: TiledGraph, problem: PlacementProblem,
             _schedule_layer(g, layer, lt.ops, by_name[layer.name], by_name, residency[layer.name],
                             st)
     _store_outputs(g, st)
-    return Schedule(g.name, target.name, regions, tuple(st.steps), _tokens(g), tiled.batch,
+    steps = with_algorithms(st.steps, by_name, target)
+    return Schedule(g.name, target.name, regions, steps, _tokens(g), tiled.batch,
                     tiled.context, tuple((k, v.value) for k, v in residency.items()))
+
+
+def with_algorithms(steps: list[Step], regions: dict[str, Region],
+                    target: Target) -> tuple[Step, ...]:
+    """Every reduce with its collective algorithm, the cheapest for its line of cores and its
+    tile at the schedule's own sizes (`collectives.choose`); the executor adds in its order."""
+    out = []
+    for step in steps:
+        if step.kind == StepKind.COLLECTIVE and step.op_kind == CollectiveKind.REDUCE:
+            region = regions[step.region]
+            m = region.rows if step.axis == "r" else region.cols
+            tile = step.nbytes * m / (region.rows * region.cols)
+            step = dataclasses.replace(step, algorithm=collectives.choose(m, tile, target).label)
+        out.append(step)
+    return tuple(out)
 
 
 def _region(name: str, r: Rect) -> Region:

@@ -17,7 +17,8 @@ from compiler.placement.problem import Residency
 from compiler.schedule.build import ATTENTION, FIXED, TOKENS, Region, Schedule, Step
 from compiler.schedule.perf import Timeline
 from compiler.target import Target
-from compiler.vocab import TRANSFER_KINDS, Phase, StepKind
+from compiler.tiling import collectives
+from compiler.vocab import TRANSFER_KINDS, CollectiveKind, Phase, StepKind
 
 _KINDS, _PHASES = tuple(StepKind), tuple(Phase)
 _MODES = tuple(r.value for r in Residency)
@@ -73,7 +74,21 @@ def _step(i: int, st: Step, regions: dict[str, Region], phases: list[str]) -> li
                      if 0 <= d < i and phases[d] != Phase.SETUP]
     if min(st.nbytes, st.flops, st.hops) < 0 or st.lanes < 1:
         problems.append("a negative size, or no lane")
+    problems += _algorithm(st)
     return problems + _transfer(st, regions)
+
+
+def _algorithm(st: Step) -> list[str]:
+    """A collective algorithm only on a reduce, and one the executor knows."""
+    if not st.algorithm:
+        return []
+    if st.kind != StepKind.COLLECTIVE or st.op_kind != CollectiveKind.REDUCE:
+        return [f"a collective algorithm ({st.algorithm}) on a step that is not a reduce"]
+    try:
+        collectives.parse(st.algorithm)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 def _transfer(st: Step, regions: dict[str, Region]) -> list[str]:

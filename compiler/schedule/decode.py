@@ -48,6 +48,7 @@ from compiler.schedule.build import (
     _provide,
     _State,
     _store_outputs,
+    with_algorithms,
 )
 from compiler.schedule.decode_stream import (
     STREAMING,
@@ -557,7 +558,8 @@ def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target) ->
                     for name, spec in zip(op.inputs, lay.inputs, strict=True) if name]
             _compute(g, op, lay, region, deps, st)
     _store_outputs(g, st)
-    steps = tuple(dataclasses.replace(s, scaling=FIXED) for s in st.steps)
+    steps = tuple(dataclasses.replace(s, scaling=FIXED)
+                  for s in with_algorithms(st.steps, regions, target))
     return Schedule(g.name, target.name, prefill.regions, steps, prefill.batch, prefill.batch,
                     dg.context, prefill.residency)
 

@@ -2,8 +2,10 @@
 graph with regions, links and the off-chip port as serialized resources.
 
 Step costs (cycles): compute = FLOPs / (cores x FLOP/cycle) plus, for statistics reduced inside
-the step, (m - 1) hops along the axis; a reduce of partial sums along an axis of m cores =
-(m - 1) x hop latency + 2 x tile bytes / link bytes per cycle (reduce then broadcast, pipelined);
+the step, (m - 1) hops along the axis; a reduce of partial sums along an axis of m cores = its
+recorded algorithm's cost (chain, two-way or K-tree: stages of one tile over a link plus its
+additions on the receiving core, hops, and one runtime overhead per tree level;
+tiling/collectives.py), then the sum back along the line;
 a relayout = (m - 1) x (hop latency + tile bytes / link bytes per cycle); a send = hops x hop
 latency + a turn + bytes / (lanes x link bytes per cycle); off-chip and inter-wafer transfers =
 latency + bytes / bandwidth. The target's runtime overhead is paid once per dependent phase:
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 from compiler.schedule.build import ATTENTION, FIXED, Schedule, Step
 from compiler.target import Target
+from compiler.tiling import collectives
 from compiler.vocab import (
     OFFCHIP_KINDS,
     REGION_KINDS,
@@ -112,6 +115,17 @@ def _starts_phase(step: Step, s: Schedule) -> bool:
     return not deps or any(not _local(d, s) or d.region != step.region for d in deps)
 
 
+def _phases(step: Step, s: Schedule) -> int:
+    """Runtime phases a step opens: none when it runs fused into the compute before it, one,
+    or a tree reduce's levels (each waits for the one below)."""
+    if not _starts_phase(step, s):
+        return 0
+    if step.kind == StepKind.COLLECTIVE and step.op_kind == CollectiveKind.REDUCE and \
+            not _local(step, s):
+        return collectives.parse(step.algorithm).phases
+    return 1
+
+
 def _local(step: Step, s: Schedule) -> bool:
     """Work that stays inside each core: a compute step, or a collective whose axis spans one
     core (a 1 x 1 region's reduce, a relayout along a region's single row): it runs fused with
@@ -142,7 +156,7 @@ def _collective(step, region, t: Target, nbytes: float, flops: float) -> float:
     tile = nbytes / max(lines, 1)  # bytes each line of m cores works on
     hop, bpc = t.links.hop_latency_cycles, t.links.bytes_per_cycle
     if step.op_kind == CollectiveKind.REDUCE:
-        return (m - 1) * hop + 2 * tile / bpc
+        return collectives.reduce_cycles(collectives.parse(step.algorithm), m, tile, t)
     return (m - 1) * (hop + tile / max(m, 1) / bpc)
 
 
@@ -367,7 +381,7 @@ def breakdown(s: Schedule, t: Target, tl: Timeline) -> tuple[LayerCycles, ...]:
         step = s.steps[i]
         row = acc.setdefault(step.region, defaultdict(int))
         dur = tl.ends[i] - tl.starts[i]
-        over = min(dur, t.runtime.step_overhead_cycles) if dur and _starts_phase(step, s) else 0
+        over = min(dur, _phases(step, s) * t.runtime.step_overhead_cycles) if dur else 0
         row["overhead"] += over
         row[_CATEGORY[step.kind]] += dur - over
         row["wait"] += max(0, tl.starts[i] - prev_end)

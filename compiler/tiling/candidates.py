@@ -23,9 +23,10 @@ from compiler.ir import storage_bytes
 from compiler.placement.problem import Block, Edge, Option, PlacementProblem, Residency
 from compiler.stages import at_layer
 from compiler.target import Target
+from compiler.tiling import collectives
 from compiler.tiling.costs import batch_size, kv_cache_tensors, op_flops, token_count
 from compiler.tiling.layouts import OpLayout, Spec, graph_layouts, tile_numel
-from compiler.vocab import ONE_BUFFER_OPS, VIEW_OPS
+from compiler.vocab import ONE_BUFFER_OPS, VIEW_OPS, CollectiveKind
 
 # Blocks per wafer up to which a denser exact wafer tiling is searched (`_densest`): with more,
 # a lost slot is a small share of the wafer, and the extra shape only distracts the placer
@@ -347,7 +348,7 @@ class _LayerModel:
     kv_total: int  # elements at the context length
     weight_bytes: int
     flops_per_token: int
-    collectives: tuple[tuple[str, int], ...]  # (axis, bytes per token)
+    collectives: tuple[tuple[str, str, int], ...]  # (kind, axis, bytes per token)
     steps: int
 
 
@@ -424,7 +425,7 @@ def _layer_model(g, layer, layouts, target, kv, context, batch, params) -> _Laye
         act_x_act = op.kind in ("MatMul", "Attention") and not any(
             n in g.const_derived for n in op.inputs[1:2])
         flops += f * context // seq if act_x_act else f
-    coll = tuple((c.axis, target.tensor_bytes(g.tensor(c.tensor)) // tokens)
+    coll = tuple((c.kind, c.axis, target.tensor_bytes(g.tensor(c.tensor)) // tokens)
                  for lay in layouts for c in lay.collectives)
     return _LayerModel(t, t.kv_elements_per_token * context * batch,
                        _bytes(t.weights, 1, 1), flops // tokens, coll, len(layer.ops))
@@ -537,21 +538,26 @@ def _offchip(model: _LayerModel, mode: Residency, batch: int, kv_item: int) -> i
 
 def _cycles(model: _LayerModel, rows: int, cols: int, target: Target) -> int:
     """Decode cycles per token: compute spread over the cores, then each collective's hops
-    along its axis, its bytes over one link, and the runtime's per-step overhead. A collective
-    along an axis of one core moves nothing and runs fused with the compute (as
-    schedule/perf.py prices it): no hops, no bytes, no overhead."""
+    along its axis, its bytes over one link, and the runtime's per-step overhead; a reduce of
+    partial sums at its cheapest algorithm (chain, two-way or K-tree, `collectives.py`, as the
+    schedule records and schedule/perf.py prices it). A collective along an axis of one core
+    moves nothing and runs fused with the compute: no hops, no bytes, no overhead."""
     rate = target.core.flops(target.compute.dtype)
     compute = model.flops_per_token / (rows * cols * rate)
     size = {"r": rows, "c": cols}
     comm = 0.0
     phases = 1
-    for axis, nbytes in model.collectives:
+    for kind, axis, nbytes in model.collectives:
         m = size[axis]
         if m == 1 or rows * cols == 1:
             continue
-        across = size["c" if axis == "r" else "r"]
-        comm += (m - 1) * target.links.hop_latency_cycles + nbytes / across / \
-            target.links.bytes_per_cycle
+        tile = nbytes / size["c" if axis == "r" else "r"]
+        if kind == CollectiveKind.REDUCE:
+            comm += collectives.reduce_cycles(collectives.choose(m, tile, target), m, tile,
+                                              target)
+        else:
+            comm += (m - 1) * target.links.hop_latency_cycles + tile / \
+                target.links.bytes_per_cycle
         phases += 1
     overhead = phases * target.runtime.step_overhead_cycles
     return int(math.ceil(compute + comm + overhead))

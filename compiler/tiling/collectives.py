@@ -1,0 +1,137 @@
+"""Collective algorithms for completing partial sums along one mesh axis (a `reduce` step):
+which cores combine which partials, in what order, and what that costs.
+
+Every line of m cores along the axis holds one partial tile of `tile_bytes`; at the end every
+core of the line holds the sum (an allreduce: reduce to a root, then the root's sum forwarded
+back along the line by the routers). The physics, all from the target spec:
+
+- a *stage* is one partial arriving at a core and combined into its own: the tile over one
+  link (`tile_bytes / links.bytes_per_cycle`) plus the additions (`elements / adds per cycle`,
+  one add per FMA lane: `core.flops(compute.dtype) / 2`); a core forwards its sum only once
+  its combine is done (store and forward, no credit for streaming a combine wavelet by
+  wavelet);
+- a partial travelling d cores pays d x `links.hop_latency_cycles`;
+- each dependent *phase* (a level of a tree: its cores must know their level is complete
+  before sending on) pays the runtime's `runtime.step_overhead_cycles`.
+
+Algorithms (the root is where the sum lands, before it goes back along the line):
+
+- `chain`: core m-1 sends to m-2, which combines and sends on, ... to core 0; one phase, m - 1
+  stages of one hop each;
+- `twoway`: two chains from both ends meet at the middle core (WaferLLM's two-way reduce);
+  one phase, about half the stages and hops;
+- `treeK` (K >= 2 levels, WaferLLM MeshGEMV's K-tree): groups of g = ceil(m^(1/K))
+  consecutive cores reduce into their first core (which combines its g - 1 members' partials
+  one after another), then those leaders, spaced g apart, the same way, K times; K phases,
+  K x (g - 1) stages, bounded hops per level.
+
+A chain is cheapest for 2 cores (every algorithm is one stage there, and a tree pays a second
+phase); on a long line its m - 1 stages lose to the few levels of a tree, the more the bigger
+the tile. The order is part of the numerics: the executor adds exactly in `combines` order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from compiler.target import Target
+
+CHAIN, TWOWAY, TREE = "chain", "twoway", "tree"
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    kind: str = CHAIN
+    levels: int = 1  # tree: K levels
+
+    @property
+    def label(self) -> str:
+        return f"{TREE}{self.levels}" if self.kind == TREE else self.kind
+
+    @property
+    def phases(self) -> int:
+        return self.levels if self.kind == TREE else 1
+
+
+def parse(label: str) -> Algorithm:
+    """`chain`, `twoway` or `treeK` (K >= 2); empty means chain (schedules written before the
+    choice existed)."""
+    if label in ("", CHAIN):
+        return Algorithm()
+    if label == TWOWAY:
+        return Algorithm(TWOWAY)
+    if label.startswith(TREE) and label[len(TREE):].isdigit() and int(label[len(TREE):]) >= 2:
+        return Algorithm(TREE, int(label[len(TREE):]))
+    raise ValueError(f"unknown collective algorithm {label!r} (chain, twoway or treeK, K >= 2)")
+
+
+def group_size(m: int, levels: int) -> int:
+    """The smallest g with g ** levels >= m."""
+    g = max(2, math.ceil(m ** (1 / levels)))
+    while (g - 1) ** levels >= m and g > 2:
+        g -= 1
+    while g ** levels < m:
+        g += 1
+    return g
+
+
+def candidates(m: int) -> tuple[Algorithm, ...]:
+    """Every algorithm worth pricing on a line of m cores, simplest first."""
+    if m <= 2:
+        return (Algorithm(),)
+    deepest = max(2, math.ceil(math.log2(m)))
+    return (Algorithm(), Algorithm(TWOWAY),
+            *(Algorithm(TREE, k) for k in range(2, deepest + 1)))
+
+
+def reduce_cycles(alg: Algorithm, m: int, tile_bytes: float, t: Target) -> float:
+    """Cycles of one reduce of `tile_bytes` per line over m cores, every core ending with the
+    sum; the runtime overhead of every phase after the first is included (the first is the
+    step's own, which the caller adds)."""
+    if m <= 1:
+        return 0.0
+    hop, bpc = t.links.hop_latency_cycles, t.links.bytes_per_cycle
+    adds = max(t.core.flops(t.compute.dtype) / 2, 1.0)
+    stage = tile_bytes / bpc + tile_bytes / t.itemsize(t.compute.dtype) / adds
+    if alg.kind == TWOWAY:
+        left = (m - 1) // 2
+        far = max(left, m - 1 - left)
+        up, span = far * (hop + stage) + (stage if left else 0.0), far
+    elif alg.kind == TREE:
+        g = group_size(m, alg.levels)
+        up = sum((min(g, math.ceil(m / g ** lvl)) - 1) * (stage + g ** lvl * hop)
+                 for lvl in range(alg.levels))
+        up += (alg.levels - 1) * t.runtime.step_overhead_cycles
+        span = m - 1
+    else:
+        up, span = (m - 1) * (hop + stage), m - 1
+    return up + span * hop + tile_bytes / bpc  # the sum back along the line
+
+
+def choose(m: int, tile_bytes: float, t: Target) -> Algorithm:
+    """The cheapest algorithm for a reduce of `tile_bytes` per line over m cores (ties: the
+    simpler one, a chain first)."""
+    return min(candidates(m), key=lambda a: reduce_cycles(a, m, tile_bytes, t))
+
+
+def combines(alg: Algorithm, m: int) -> tuple[tuple[tuple[int, int], ...], int]:
+    """The reduction as ordered (dst, src) pairs, `partial[dst] += partial[src]`, and the root
+    that ends with the sum."""
+    if m <= 1:
+        return (), 0
+    if alg.kind == TWOWAY:
+        mid = (m - 1) // 2
+        left = tuple((i, i - 1) for i in range(1, mid))
+        right = tuple((i, i + 1) for i in range(m - 2, mid, -1))
+        into = ((mid, mid - 1),) if mid else ()
+        return left + right + into + ((mid, mid + 1),), mid
+    if alg.kind == TREE:
+        g = group_size(m, alg.levels)
+        nodes, out = list(range(m)), []
+        for _ in range(alg.levels):
+            groups = [nodes[i:i + g] for i in range(0, len(nodes), g)]
+            out += [(grp[0], src) for grp in groups for src in grp[1:]]
+            nodes = [grp[0] for grp in groups]
+        return tuple(out), 0
+    return tuple((i, i + 1) for i in range(m - 2, -1, -1)), 0

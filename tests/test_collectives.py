@@ -1,0 +1,158 @@
+"""Collective algorithms (tiling/collectives.py): the choice follows the physics, the schedule
+records it, the performance model prices the record, and the executor adds in its order."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from compiler.driver import CompileOptions, compile_model
+from compiler.executor.run import _reduce_in_order
+from compiler.schedule.build import Step
+from compiler.schedule.check import schedule_problems
+from compiler.schedule.perf import step_cycles
+from compiler.target import load_target
+from compiler.tiling import collectives as co
+from compiler.vocab import CollectiveKind, StepKind
+
+
+@pytest.fixture(scope="module")
+def wse3():
+    return load_target("wse3")
+
+
+def _with_overhead(t, cycles: int):
+    return dataclasses.replace(t, runtime=dataclasses.replace(t.runtime,
+                                                              step_overhead_cycles=cycles))
+
+
+@pytest.mark.parametrize("tile", [2, 64, 455, 4096, 65536])
+def test_two_cores_prefer_a_chain(wse3, tile):
+    assert co.choose(2, tile, wse3) == co.Algorithm()
+    # a tree of two cores is the same one stage plus a second phase
+    assert co.reduce_cycles(co.Algorithm(co.TREE, 2), 2, tile, wse3) > \
+        co.reduce_cycles(co.Algorithm(), 2, tile, wse3)
+
+
+def test_a_long_strip_prefers_a_tree(wse3):
+    """1,172 cores (a WSE-3 column) and a 455-byte tile (16 KB over 36 lines): the chain's
+    1,171 store-and-forward stages lose to a few tree levels."""
+    alg = co.choose(1172, 455, wse3)
+    assert alg.kind == co.TREE
+    chain = co.reduce_cycles(co.Algorithm(), 1172, 455, wse3)
+    assert co.reduce_cycles(alg, 1172, 455, wse3) < chain / 10
+
+
+def test_the_choice_flips_with_the_phase_overhead(wse3):
+    """A tree pays one runtime overhead per level: when phases are dear a one-phase algorithm
+    wins on the same line, when they are free a tree does."""
+    dear, free = _with_overhead(wse3, 100_000), _with_overhead(wse3, 0)
+    assert co.choose(256, 455, dear).phases == 1
+    assert co.choose(256, 455, free).kind == co.TREE
+
+
+def test_the_choice_flips_with_the_tile(wse3):
+    """Tiny tiles on a line of 64: hops dominate and two chains from both ends win; big tiles:
+    the stages (link + additions) dominate and a tree's fewer stages win."""
+    assert co.choose(64, 2, wse3).kind == co.TWOWAY
+    assert co.choose(64, 8192, wse3).kind == co.TREE
+
+
+@pytest.mark.parametrize("m", [3, 8, 36, 152, 1172])
+def test_choose_is_the_cheapest(wse3, m):
+    for tile in (2, 91, 455, 4096):
+        best = min(co.reduce_cycles(a, m, tile, wse3) for a in co.candidates(m))
+        assert co.reduce_cycles(co.choose(m, tile, wse3), m, tile, wse3) == best
+
+
+@pytest.mark.parametrize("m", range(1, 41))
+def test_combines_add_every_partial_once(m):
+    for alg in (*co.candidates(m), co.Algorithm(co.TREE, 3), co.Algorithm(co.TWOWAY)):
+        pairs, root = co.combines(alg, m)
+        held = {i: {i} for i in range(m)}
+        spent: set[int] = set()
+        for dst, src in pairs:
+            assert dst not in spent and src not in spent and dst != src
+            held[dst] |= held.pop(src)
+            spent.add(src)
+        assert held == {root: set(range(m))}, alg.label
+        assert len(pairs) == m - 1
+
+
+def test_labels_round_trip():
+    for m in (2, 5, 1000):
+        for alg in co.candidates(m):
+            assert co.parse(alg.label) == alg
+    assert co.parse("") == co.Algorithm()
+    for bad in ("tree1", "tree", "ring", "treex"):
+        with pytest.raises(ValueError):
+            co.parse(bad)
+
+
+def _step(label: str) -> Step:
+    return Step(0, StepKind.COLLECTIVE, "r", op_kind=CollectiveKind.REDUCE, axis="r",
+                algorithm=label)
+
+
+@pytest.mark.parametrize("label", ["chain", "twoway", "tree2", "tree3"])
+def test_executor_adds_in_the_recorded_order(label):
+    """float32 addition is not associative: each order gives its own bits, and the executor's
+    result is exactly the recorded order's."""
+    rng = np.random.default_rng(0)
+    m = 9
+    data = (rng.standard_normal((m, 1, 5)) * 10.0 ** rng.integers(-4, 5, (m, 1, 5)))
+    data = data.astype(np.float32)
+    pairs, root = co.combines(co.parse(label), m)
+    parts = [data[i:i + 1] for i in range(m)]
+    for dst, src in pairs:
+        parts[dst] = parts[dst] + parts[src]
+    got = _reduce_in_order(data, 0, _step(label))
+    assert got.shape == (1, 1, 5)
+    np.testing.assert_array_equal(got, parts[root])
+
+
+def test_orders_differ_in_the_last_bits():
+    """The four orders do not all give the same float32 sums (so the test above can tell
+    them apart)."""
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((9, 1, 64)) * 10.0 ** rng.integers(-4, 5, (9, 1, 64)))
+    data = data.astype(np.float32)
+    results = {label: _reduce_in_order(data, 0, _step(label)).tobytes()
+               for label in ("chain", "twoway", "tree2", "tree3")}
+    assert len(set(results.values())) > 1
+
+
+def test_an_unknown_algorithm_is_a_schedule_problem(wse3):
+    r = compile_model("llama-tiny", "mesh8x8", CompileOptions())
+    s = r.schedule
+    reduces = [st for st in s.steps if st.op_kind == CollectiveKind.REDUCE]
+    assert reduces and all(st.algorithm for st in reduces)
+    bad = dataclasses.replace(reduces[0], algorithm="ring")
+    steps = tuple(bad if st.id == bad.id else st for st in s.steps)
+    problems = schedule_problems(dataclasses.replace(s, steps=steps), r.target)
+    assert any("ring" in p for p in problems)
+
+
+def test_the_model_prices_the_recorded_algorithm():
+    """The same reduce, recorded as another algorithm, costs what that algorithm costs."""
+    r = compile_model("llama-tiny", "mesh8x8", CompileOptions())
+    s, t = r.schedule, r.target
+    step = next(st for st in s.steps if st.op_kind == CollectiveKind.REDUCE
+                and _line(s, st) >= 4)
+    m = _line(s, step)
+    region = s.region(step.region)
+    tile = step.nbytes * m / (region.rows * region.cols)
+    assert step.algorithm == co.choose(m, tile, t).label
+    base = step_cycles(step, s, t, 1.0)
+    for alg in co.candidates(m):
+        other = dataclasses.replace(step, algorithm=alg.label)
+        extra = co.reduce_cycles(alg, m, tile, t) - co.reduce_cycles(co.parse(step.algorithm),
+                                                                       m, tile, t)
+        assert step_cycles(other, s, t, 1.0) - base == pytest.approx(extra, abs=1)
+
+
+def _line(s, step) -> int:
+    region = s.region(step.region)
+    return region.rows if step.axis == "r" else region.cols
