@@ -42,15 +42,18 @@ NARROW = ("gpt2_torchscript_op17_static",)  # sources also made in the int4 and 
 
 
 class RandomTokens(CalibrationDataReader):
-    """A few batches of seeded random token ids (and an all-ones mask) in the model's shapes."""
+    """A few batches of seeded random token ids (and an all-ones mask) in the model's shapes
+    (a dynamic dim: its place in `shape`, e.g. (batch, seq))."""
 
-    def __init__(self, model: onnx.ModelProto, vocab: int, batches: int = 4) -> None:
+    def __init__(self, model: onnx.ModelProto, vocab: int, batches: int = 4,
+                 shape: tuple[int, ...] = (1, 16)) -> None:
         rng = np.random.default_rng(SEED)
         feeds = []
         for _ in range(batches):
             feed = {}
             for v in model.graph.input:
-                dims = [d.dim_value for d in v.type.tensor_type.shape.dim]
+                dims = [d.dim_value or shape[i]
+                        for i, d in enumerate(v.type.tensor_type.shape.dim)]
                 if "mask" in v.name:
                     feed[v.name] = np.ones(dims, np.int64)
                 elif "type" in v.name:
