@@ -28,7 +28,7 @@ from compiler.tiling.costs import layer_costs
 QUANT = FIXTURES / "quant"
 ENTRIES = json.loads((QUANT / "MANIFEST.json").read_text())["fixtures"]
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
-             "QLinearMatMul", "QGemm")
+             "QLinearMatMul", "QGemm", "QLinearConcat", "QLinearSigmoid")
 
 
 @functools.cache

@@ -6,6 +6,8 @@ own quantizer in the three forms users ship:
 - `dyn`:  quantize_dynamic, int8 weights (DynamicQuantizeLinear + MatMulInteger + Cast/Mul)
 - `qdq`:  quantize_static, QDQ form, per-channel int8 weights, uint8 activations
 - `qop`:  quantize_static, QOperator form (QLinearMatMul, com.microsoft QGemm) of the matmuls
+- `qopact`: (Llama only) quantize_static, QOperator form of the matmuls, Concat and Sigmoid
+  (com.microsoft QLinearConcat, QLinearSigmoid; no QLinearAdd / QLinearMul)
 - `int4`, `f8`: (GPT-2 only) the source converted to opset 21, then quantize_static in QDQ form
   with int4 weights (uint8 activations), or float8 e4m3fn weights and activations (the
   Distribution calibration float8 needs)
@@ -39,6 +41,7 @@ SOURCES = ("gpt2_torchscript_op17_static", "bert_torchscript_op17_static",
            "llama_torchscript_op17_static")
 SEED = 0
 NARROW = ("gpt2_torchscript_op17_static",)  # sources also made in the int4 and float8 forms
+ACTIVATIONS = ("llama_torchscript_op17_static",)  # sources also made in the qopact form
 
 
 class RandomTokens(CalibrationDataReader):
@@ -104,6 +107,11 @@ def make(src: Path, out_dir: Path) -> list[dict]:
         }
         if stem in NARROW:
             forms.update(_narrow_forms(model, vocab, exclude, Path(tmp)))
+        if stem in ACTIVATIONS:
+            forms["qopact"] = lambda dst: quantize_static(
+                pre, dst, RandomTokens(model, vocab), quant_format=QuantFormat.QOperator,
+                op_types_to_quantize=["MatMul", "Gemm", "Concat", "Sigmoid"],
+                nodes_to_exclude=exclude)
         for form, run in forms.items():
             dst = out_dir / f"{stem}_{form}.onnx"
             run(dst)

@@ -218,3 +218,45 @@ def qgemm(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
     dtype = y_zp.data.dtype if y_zp is not None else np.uint8
     zp = _scalar(y_zp, 2) if y_zp is not None else np.zeros((), np.int32)
     return [requantize(acc, scale / _f32(_scalar(y_scale, 2)), zp, dtype)]
+
+
+# --- issue 15 coverage (h-coverage): com.microsoft QLinearConcat and QLinearSigmoid ---------
+
+
+def _requantized(x: Operand, scale: Operand, zp: Operand | None, y_scale: Operand,
+                 y_zp: Operand | None, fn=None) -> np.ndarray:
+    """ORT's QLinearLookupBase: dequantize x (per-tensor scale and zero point), apply fn in
+    float32, quantize to y's scale and zero point (y's type: its zero point's, else uint8)."""
+    v = dequantize(x.data, _scalar(scale, x.rank), None if zp is None else _scalar(zp, x.rank))
+    if fn is not None:
+        v = fn(v)
+    to = {np.dtype(np.int8): 3}.get(y_zp.data.dtype, 2) if y_zp is not None else 2
+    return quantize(v, _scalar(y_scale, x.rank),
+                    None if y_zp is None else _scalar(y_zp, x.rank), to)
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return (np.float32(1) / (np.float32(1) + np.exp(-v))).astype(np.float32)
+
+
+@kernel("QLinearSigmoid")
+def qlinear_sigmoid(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """ORT tabulates sigmoid over the 256 input values with MLAS's logistic; float32's
+    1 / (1 + exp(-x)) gives the same 8-bit results (tests/test_quant.py checks every value)."""
+    x, x_scale, x_zp, y_scale = ins[:4]
+    y_zp = ins[4] if len(ins) > 4 else None
+    return [_requantized(x, x_scale, x_zp, y_scale, y_zp, _sigmoid)]
+
+
+@kernel("QLinearConcat")
+def qlinear_concat(op, ins: list, outs: list, ctx: Ctx) -> list[np.ndarray]:
+    """Inputs (y_scale, y_zero_point, then x, x_scale, x_zero_point per input): an input with
+    y's scale and zero point is copied, any other requantized to them (ORT's lookup table of
+    dequantize-then-quantize), then all are concatenated along `axis`."""
+    y_scale, y_zp = ins[0], ins[1]
+    parts = []
+    for x, scale, zp in zip(ins[2::3], ins[3::3], ins[4::3], strict=True):
+        same = np.array_equal(scale.data, y_scale.data) and np.array_equal(zp.data, y_zp.data)
+        parts.append(x.data if same else _requantized(x, scale, zp, y_scale, y_zp))
+    axis = int(op.attr("axis")) % ins[2].rank
+    return [np.concatenate(parts, axis=axis + 2)]

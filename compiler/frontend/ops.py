@@ -46,6 +46,9 @@ MICROSOFT = "com.microsoft"
 # com.microsoft contrib ops that onnxruntime's quantizer emits and wafer implements; any other
 # op of that domain is refused
 MICROSOFT_OPS = frozenset({"QGemm", "QuantizeLinear", "DequantizeLinear"})
+# --- issue 15 coverage (h-coverage): QOperator's Concat and Sigmoid (a SiLU's) ---
+MICROSOFT_OPS = MICROSOFT_OPS | {"QLinearConcat", "QLinearSigmoid"}
+# --- end issue 15 coverage ---
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 _DTYPE_NAMES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16",

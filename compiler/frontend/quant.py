@@ -48,6 +48,11 @@ def _stand_in(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:
                                  **{k: v for k, v in attrs.items() if k == "axis"})]
     if node.op_type == "QGemm":
         return _qgemm_stand_in(node, attrs, f"_wafer_stand_in_{index}")
+    if node.op_type == "QLinearSigmoid":  # y: x's shape, y_zero_point's type (x's)
+        return [helper.make_node("Identity", [node.input[0]], list(node.output))]
+    if node.op_type == "QLinearConcat":  # (y_scale, y_zp, then (x, scale, zp) per input)
+        return [helper.make_node("Concat", list(node.input[2::3]), list(node.output),
+                                 axis=attrs["axis"])]
     return [node]  # refused later with every unsupported op listed
 
 

@@ -36,7 +36,8 @@ _ELEMENTWISE = _ELEMENTWISE | {"CumSum"}
 # quantized graphs: integer matmuls count 2 ops per multiply-add like float ones; quantize,
 # dequantize and requantize a few per element
 _QUANT_MATMULS = frozenset({"MatMulInteger", "QLinearMatMul", "QGemm"})
-_QUANT_PER_ELEMENT = {"QuantizeLinear": 3, "DequantizeLinear": 2, "DynamicQuantizeLinear": 5}
+_QUANT_PER_ELEMENT = {"QuantizeLinear": 3, "DequantizeLinear": 2, "DynamicQuantizeLinear": 5,
+                      "QLinearSigmoid": 9}  # dequantize, sigmoid, quantize
 # input positions holding quantized data (not scales or zero points), per op
 QUANT_DATA_INPUTS = {"DequantizeLinear": (0,), "MatMulInteger": (0, 1),
                      "QLinearMatMul": (0, 3), "QGemm": (0, 3)}
@@ -47,6 +48,8 @@ def _quant_flops(g: ir.Graph, op: ir.Op, out: int) -> int | None:
         a = g.tensor(op.inputs[0]).shape
         k = a[0] if op.attr("transA", 0) else a[-1]
         return 2 * out * k + (out if op.kind != "MatMulInteger" else 0)
+    if op.kind == "QLinearConcat":  # each element requantized to y's scale
+        return 5 * out
     if op.kind in _QUANT_PER_ELEMENT:
         return _QUANT_PER_ELEMENT[op.kind] * g.tensor(op.inputs[0]).numel
     return None

@@ -694,10 +694,13 @@ def _quant_elementwise(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
 
 
 # integer matmuls, requantizing matmuls and DynamicQuantizeLinear (a range over the whole
-# tensor) run on whole tensors: their zero points and requantization do not split over K
+# tensor) run on whole tensors: their zero points and requantization do not split over K;
+# QLinearSigmoid is elementwise (per-tensor parameters), QLinearConcat whole (its inputs
+# interleave data and parameters)
 QUANT_RULES = {"QuantizeLinear": _quant_elementwise, "DequantizeLinear": _quant_elementwise,
+               "QLinearSigmoid": _quant_elementwise,
                **dict.fromkeys(("DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
-                                "QGemm"), _fallback)}
+                                "QGemm", "QLinearConcat"), _fallback)}
 
 
 _RULES = {
