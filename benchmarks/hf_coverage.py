@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _harness import ROOT, WAFER, machine, table, write_section
+from _harness import PERF_DOC, ROOT, WAFER, machine, table, write_section
 from bert_base import run, torch_python
 
 TARGETS = ("mesh8x8", "wse3")
@@ -181,6 +182,8 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, help="keep (and reuse) the exports here")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--families", default=",".join(f for f, _ in FAMILIES))
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only these families' rows of the table in the doc")
     args = parser.parse_args()
     python = torch_python()
     if python is None:
@@ -195,11 +198,30 @@ def main() -> int:
         manifests = export_all(python, cache, [f for f, _ in FAMILIES])
         rows = measure(manifests, cache, families, targets)
         total = time.perf_counter() - t0
-    write_section("coverage", _body(rows, targets, manifests, total, load))
+    if args.merge:
+        rows = _merged(rows, targets)
+    write_section("coverage", _body(rows, targets, manifests, total, load, families))
     return 0
 
 
-def _body(rows: list, targets: list[str], manifests: dict, total: float, load: tuple) -> str:
+def _merged(rows: list, targets: list[str]) -> list:
+    """The doc's table rows of the families not in `rows`, and `rows`, in FAMILIES order."""
+    text = PERF_DOC.read_text()
+    section = re.search(r"<!-- coverage:start -->(.*?)<!-- coverage:end -->", text, re.S)
+    ran = {r[0] for r in rows}
+    kept = []
+    for line in (section.group(1) if section else "").splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if len(cells) != 3 + len(targets) or cells[0] in ran or cells[0] == "family" \
+                or set(cells[0]) == {"-"}:
+            continue
+        kept.append((*cells[:3], [(c, 0.0, c.startswith("verified")) for c in cells[3:]]))
+    order = {f: i for i, (f, _) in enumerate(FAMILIES)}
+    return sorted(kept + rows, key=lambda r: order[r[0]])  # stable: forms keep their order
+
+
+def _body(rows: list, targets: list[str], manifests: dict, total: float, load: tuple,
+          families: list[str]) -> str:
     cells = [c for *_, cs in rows for c in cs]
     verified = sum(c[2] for c in cells)
     versions = next(iter(manifests.values()))["versions"]
@@ -213,7 +235,8 @@ def _body(rows: list, targets: list[str], manifests: dict, total: float, load: t
         f"`qop`: {QUANT_FORMS['qop']}). `python benchmarks/hf_coverage.py`; "
         f"**{verified} of {len(cells)} verify**, the rest are refused with the exit code and "
         "error shown. Cells: the max abs error against ONNX Runtime and the CPU seconds (user + "
-        f"sys) of the whole process. {total:.0f} s of wall time in all, exports included "
+        f"sys) of the whole process. {total:.0f} s of wall time for the last run's "
+        f"{len(families)} families, exports included "
         f"({machine()}; load average {load[0]:.1f} when it started).\n\n")
     body = [[f, q, label, *(c[0] for c in cs)] for f, q, label, cs in rows]
     return head + table(["family", "quirks", "form", *targets], body)
