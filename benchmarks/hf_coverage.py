@@ -62,7 +62,7 @@ FAMILIES: tuple[tuple[str, str], ...] = (
     ("distilbert", "encoder: no token types, no pooler"),
     ("albert", "encoder: factorized embedding 16 -> 32, weights shared across layers"),
     ("electra", "encoder: embedding 24 projected to 32"),
-    ("t5", "T5 encoder: bucketed relative position bias, RMS norm"),
+    ("t5", "T5 encoder: bucketed relative position bias, RMS norm, eager attention"),
 )
 
 
@@ -236,7 +236,7 @@ def _body(rows: list, targets: list[str], manifests: dict, total: float, load: t
         f"**{verified} of {len(cells)} verify**, the rest are refused with the exit code and "
         "error shown. Cells: the max abs error against ONNX Runtime and the CPU seconds (user + "
         f"sys) of the whole process. {total:.0f} s of wall time for the last run's "
-        f"{len(families)} families, exports included "
+        f"{len(families)} families (exports included unless --cache held them) "
         f"({machine()}; load average {load[0]:.1f} when it started).\n\n")
     body = [[f, q, label, *(c[0] for c in cs)] for f, q, label, cs in rows]
     return head + table(["family", "quirks", "form", *targets], body)
