@@ -143,7 +143,8 @@ def _files(manifests: dict[str, dict[str, Any]], cache: Path, family: str) -> li
             continue
         combo = next((c for c in manifest["combinations"] if c["name"].startswith(family + "_")),
                      {"reason": "not exported"})
-        rows.append((label, None, f"export failed: {combo['reason']}"))
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", combo["reason"] or "").replace("|", "\\|")
+        rows.append((label, None, f"export failed: `{reason}`"))
     return rows
 
 
