@@ -145,3 +145,13 @@ def test_exporter_without_torch_prints_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.strip() == HF_EXTRA_ERROR
     assert done.stdout == ""
+
+
+def test_models_groups_expand() -> None:
+    """--models accepts the groups 'causal' and 'encoders' beside family names, in order."""
+    exporter = _load_exporter()
+    args = exporter.parse_args(["--out", "x", "--models", "gpt2,encoders,causal"])
+    assert args.models == ["gpt2", *exporter.ENCODER_FAMILIES, *exporter.CAUSAL_FAMILIES]
+    assert "t5" in exporter.ENCODER_FAMILIES and "roberta" in exporter.ENCODER_FAMILIES
+    assert set(exporter.ENCODER_FAMILIES) <= set(exporter.TINY_CONFIGS)
+    assert set(exporter.TINY_CONFIGS) == set(exporter.HF_CLASSES) == set(exporter.FAMILIES)

@@ -28,7 +28,8 @@ from compiler.tiling.costs import layer_costs
 QUANT = FIXTURES / "quant"
 ENTRIES = json.loads((QUANT / "MANIFEST.json").read_text())["fixtures"]
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
-             "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSoftmax")
+             "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSoftmax",
+             "QLinearConcat", "QLinearSigmoid")
 
 
 @functools.cache

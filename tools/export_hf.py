@@ -52,7 +52,9 @@ LEGACY_FAMILIES = ("gpt2", "llama", "bert")  # tests/fixtures/ (the default --mo
 CAUSAL_FAMILIES = (  # tests/fixtures/hf/ (--models causal), each in both forms
     "mistral", "qwen2", "phi", "gpt_neox", "falcon", "gptj", "bloom", "gemma2", "stablelm", "opt",
 )
-FAMILIES = LEGACY_FAMILIES + CAUSAL_FAMILIES
+# encoders beyond BERT (--models encoders; benchmarks/coverage.py exports them, no fixtures)
+ENCODER_FAMILIES = ("roberta", "distilbert", "albert", "electra", "t5")
+FAMILIES = LEGACY_FAMILIES + CAUSAL_FAMILIES + ENCODER_FAMILIES
 FORMS = ("nocache", "withpast")  # use_cache=False; use_cache=True with past_key_values/present
 EXPORTERS = ("dynamo", "torchscript")
 OPSETS = (17, 18, 20, 23)
@@ -145,6 +147,32 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "vocab_size": 164, "max_position_embeddings": 64, "word_embed_proj_dim": 32,
         "pad_token_id": 1, "bos_token_id": 2, "eos_token_id": 2,
     },
+    "roberta": {  # positions from the ids through CumSum, offset by the pad id (1) + 1
+        "hidden_size": 32, "intermediate_size": 72, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "vocab_size": 112, "max_position_embeddings": 50,
+        "type_vocab_size": 1, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+    },
+    "distilbert": {  # no token types, no pooler, LayerNorm'd learned positions
+        "dim": 32, "hidden_dim": 88, "n_layers": 2, "n_heads": 4, "vocab_size": 120,
+        "max_position_embeddings": 44,
+    },
+    "albert": {  # factorized embedding (16 -> 32), one layer's weights shared by both layers
+        "embedding_size": 16, "hidden_size": 32, "intermediate_size": 76,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_hidden_groups": 1,
+        "vocab_size": 132, "max_position_embeddings": 52,
+    },
+    "electra": {  # embedding 24 projected to hidden 32, no pooler
+        "embedding_size": 24, "hidden_size": 32, "intermediate_size": 84,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 136,
+        "max_position_embeddings": 56,
+    },
+    # encoder only: relative position bias (bucketed), RMS norm, no biases; eager attention
+    # (transformers' sdpa path for T5 fails torch.export: a view of a transposed tensor)
+    "t5": {
+        "d_model": 32, "d_kv": 8, "d_ff": 92, "num_layers": 2, "num_heads": 4,
+        "vocab_size": 152, "relative_attention_num_buckets": 8,
+        "relative_attention_max_distance": 20, "attn_implementation": "eager",
+    },
 }
 HF_CLASSES = {
     "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
@@ -160,6 +188,11 @@ HF_CLASSES = {
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
     "stablelm": ("StableLmConfig", "StableLmForCausalLM"),
     "opt": ("OPTConfig", "OPTForCausalLM"),
+    "roberta": ("RobertaConfig", "RobertaModel"),
+    "distilbert": ("DistilBertConfig", "DistilBertModel"),
+    "albert": ("AlbertConfig", "AlbertModel"),
+    "electra": ("ElectraConfig", "ElectraModel"),
+    "t5": ("T5Config", "T5EncoderModel"),
 }
 ENCODER_OUTPUTS = ("last_hidden_state", "pooler_output")
 # encoders whose config transformers also maps to a causal-LM class (e.g. BertLMHeadModel): a
@@ -280,7 +313,7 @@ def prepare(model: torch.nn.Module, form: str) -> torch.nn.Module:
         raise ValueError(f"{type(model).__name__} has no language-model head: no with-past form")
     model.config.use_cache = form == "withpast"
     outputs = ("logits",) if causal else ENCODER_OUTPUTS
-    if not causal and getattr(model, "pooler", True) is None:
+    if not causal and getattr(model, "pooler", None) is None:  # none, or no such module
         outputs = outputs[:1]
     _make_exportable(model, outputs, form)
     return model.eval()
@@ -435,7 +468,7 @@ def read_config(args: argparse.Namespace) -> Any:
 def resolve_source(args: argparse.Namespace) -> None:
     """Set args.models (one label: the config's model_type) and args.causal (the families that
     get a with-past form) for --checkpoint/--config; the built-in families otherwise."""
-    args.causal = set(FAMILIES) - {"bert"}
+    args.causal = set(FAMILIES) - {"bert", *ENCODER_FAMILIES}
     if not (args.checkpoint or args.config):
         return
     config = read_config(args)
@@ -1019,7 +1052,8 @@ def _csv(kind: type, allowed: Sequence[Any]) -> Any:
 
 
 def _models(text: str) -> list[str]:
-    names = [n for v in text.split(",") for n in (CAUSAL_FAMILIES if v == "causal" else [v])]
+    groups = {"causal": CAUSAL_FAMILIES, "encoders": ENCODER_FAMILIES}
+    names = [n for v in text.split(",") for n in groups.get(v, [v])]
     return _csv(str, FAMILIES)(",".join(names))
 
 
@@ -1029,7 +1063,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="directory for the .onnx files and manifest")
     parser.add_argument(
         "--models", type=_models, default=list(LEGACY_FAMILIES),
-        help=f"families, or 'causal' for {','.join(CAUSAL_FAMILIES)} (default gpt2,llama,bert)",
+        help=f"families, or 'causal' for {','.join(CAUSAL_FAMILIES)}, 'encoders' for "
+        f"{','.join(ENCODER_FAMILIES)} (default gpt2,llama,bert)",
     )
     parser.add_argument(
         "--forms", type=_csv(str, FORMS), default=["nocache"],

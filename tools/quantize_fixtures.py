@@ -8,6 +8,8 @@ own quantizer in the three forms users ship:
 - `qop`:  quantize_static, QOperator form (QLinearMatMul, com.microsoft QGemm) of the matmuls
 - `qopall`: (BERT only) quantize_static, QOperator form of every op the quantizer takes
   (its defaults: also com.microsoft QLinearAdd, QLinearMul, QLinearSoftmax)
+- `qopact`: (Llama only) quantize_static, QOperator form of the matmuls, Concat and Sigmoid
+  (com.microsoft QLinearConcat, QLinearSigmoid; no QLinearAdd / QLinearMul)
 - `int4`, `f8`: (GPT-2 only) the source converted to opset 21, then quantize_static in QDQ form
   with int4 weights (uint8 activations), or float8 e4m3fn weights and activations (the
   Distribution calibration float8 needs)
@@ -42,18 +44,22 @@ SOURCES = ("gpt2_torchscript_op17_static", "bert_torchscript_op17_static",
 SEED = 0
 NARROW = ("gpt2_torchscript_op17_static",)  # sources also made in the int4 and float8 forms
 ALL_QOP = ("bert_torchscript_op17_static",)  # sources also made with every op in QOperator form
+ACTIVATIONS = ("llama_torchscript_op17_static",)  # sources also made in the qopact form
 
 
 class RandomTokens(CalibrationDataReader):
-    """A few batches of seeded random token ids (and an all-ones mask) in the model's shapes."""
+    """A few batches of seeded random token ids (and an all-ones mask) in the model's shapes
+    (a dynamic dim: its place in `shape`, e.g. (batch, seq))."""
 
-    def __init__(self, model: onnx.ModelProto, vocab: int, batches: int = 4) -> None:
+    def __init__(self, model: onnx.ModelProto, vocab: int, batches: int = 4,
+                 shape: tuple[int, ...] = (1, 16)) -> None:
         rng = np.random.default_rng(SEED)
         feeds = []
         for _ in range(batches):
             feed = {}
             for v in model.graph.input:
-                dims = [d.dim_value for d in v.type.tensor_type.shape.dim]
+                dims = [d.dim_value or shape[i]
+                        for i, d in enumerate(v.type.tensor_type.shape.dim)]
                 if "mask" in v.name:
                     feed[v.name] = np.ones(dims, np.int64)
                 elif "type" in v.name:
@@ -107,6 +113,11 @@ def make(src: Path, out_dir: Path) -> list[dict]:
         if stem in ALL_QOP:
             forms["qopall"] = lambda dst: quantize_static(
                 pre, dst, RandomTokens(model, vocab), quant_format=QuantFormat.QOperator,
+                nodes_to_exclude=exclude)
+        if stem in ACTIVATIONS:
+            forms["qopact"] = lambda dst: quantize_static(
+                pre, dst, RandomTokens(model, vocab), quant_format=QuantFormat.QOperator,
+                op_types_to_quantize=["MatMul", "Gemm", "Concat", "Sigmoid"],
                 nodes_to_exclude=exclude)
         for form, run in forms.items():
             dst = out_dir / f"{stem}_{form}.onnx"

@@ -50,6 +50,7 @@ from compiler.schedule.build import (
     _store_outputs,
     with_algorithms,
 )
+from compiler.schedule.decode_mask import varying_axes
 from compiler.schedule.decode_stream import (
     STREAMING,
     StreamChunk,
@@ -57,7 +58,6 @@ from compiler.schedule.decode_stream import (
     plan_chunks,
     streamed_regions,
 )
-from compiler.schedule.decode_mask import varying_axes
 from compiler.schedule.perf import Estimate, PerfOptions, Timeline, estimate, timeline
 from compiler.target import Target
 from compiler.tiling.layouts import OpLayout, Spec, _spec_back, graph_layouts
