@@ -15,6 +15,7 @@ nothing here knows blocks or options.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from itertools import product
 
@@ -30,7 +31,14 @@ MIN_BODY = 4  # alike rectangles in a row before the chain packing applies
 def chain_pack(rows: int, cols: int, dims: Sequence[Dims],
                edges: Sequence[Edge]) -> tuple[Position, ...] | None:
     """The cheapest chain packing found (doubled cost, see `cost`), or None (no body, or no
-    candidate places every rectangle)."""
+    candidate places every rectangle). Cached: a model's alike wafers, and stage 1's tries,
+    ask again for the same instance."""
+    return _chain_pack(rows, cols, tuple(map(tuple, dims)), tuple(map(tuple, edges)))
+
+
+@functools.lru_cache(maxsize=64)
+def _chain_pack(rows: int, cols: int, dims: tuple[Dims, ...],
+                edges: tuple[Edge, ...]) -> tuple[Position, ...] | None:
     body = longest_run(dims)
     if body is None:
         return None
@@ -57,7 +65,8 @@ def longest_run(dims: Sequence[Dims]) -> range | None:
 
 
 def cost(dims: Sequence[Dims], edges: Sequence[Edge], spots: Sequence[Position]) -> int:
-    """Sum of weight x doubled Manhattan distance between centres (cpsat.layout_cost)."""
+    """Sum of weight x doubled Manhattan distance between centres (also stage 2's
+    `layout_cost`)."""
     total = 0
     for i, j, w in edges:
         (ri, ci), (hi, wi) = spots[i], dims[i]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
+from compiler.placement.chain import cost
 from compiler.placement.cpsat.runner import Clock, run
 from compiler.placement.geometry import Position
 from compiler.placement.problem import PlacementProblem
@@ -69,12 +70,7 @@ def layout_lower_bound(inst: LayoutInstance) -> int:
 
 def layout_cost(inst: LayoutInstance, spots: Sequence[Position]) -> int:
     """Sum of weight x doubled Manhattan distance between centres."""
-    total = 0
-    for i, j, weight in inst.edges:
-        (ri, ci), (hi, wi) = spots[i], inst.dims[i]
-        (rj, cj), (hj, wj) = spots[j], inst.dims[j]
-        total += weight * (abs(2 * ri + hi - 2 * rj - hj) + abs(2 * ci + wi - 2 * cj - wj))
-    return total
+    return cost(inst.dims, inst.edges, spots)
 
 
 # -- variables and constraints -----------------------------------------------------------------
