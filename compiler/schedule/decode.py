@@ -48,6 +48,7 @@ from compiler.schedule.build import (
 )
 from compiler.schedule.perf import Estimate, PerfOptions, Timeline, estimate, timeline
 from compiler.target import Target
+from compiler.tiling.candidates import DecodeStep
 from compiler.tiling.layouts import OpLayout, Spec, _spec_back, graph_layouts
 from compiler.vocab import Mode, Phase, StepKind
 
@@ -635,8 +636,33 @@ class DecodePlan:
     estimate: Estimate
 
 
+def decode_forms(source: str, prefill_graph: ir.Graph, context: int) -> tuple[DecodeGraph, ...]:
+    """The decode graphs `decode_plan` chooses from (shape-only): the cache after the
+    grouped-query repeat and, under one, before it; () for anything that is not a causal LM.
+    The tiling prices each one's decode step before placement (`decode_steps`)."""
+    try:
+        g1 = _load_g1(source, prefill_graph, shapes_only=True)
+        forms = [decode_graph(prefill_graph, g1, context, grouped=False)]
+    except (DecodeUnsupported, WaferError):  # the decode step is extra: never fail a compile
+        return ()
+    try:
+        grouped = decode_graph(prefill_graph, g1, context, grouped=True)
+        forms += [grouped] if grouped.grouped else []
+    except DecodeUnsupported:
+        pass
+    return tuple(forms)
+
+
+def decode_steps(forms: Sequence[DecodeGraph]) -> tuple[DecodeStep, ...]:
+    """What the tiling needs of each decode form to count its decode step's per-core memory:
+    the graph, its layouts as the decode schedule takes them, and each cache's appended K/V."""
+    return tuple(DecodeStep(dg.graph, decode_layouts(dg), tuple((c.name, c.new)
+                                                               for c in dg.caches))
+                 for dg in forms)
+
+
 def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target: Target,
-                context: int) -> DecodePlan | None:
+                context: int, forms: Sequence[DecodeGraph] | None = None) -> DecodePlan | None:
     """The decode plan of a causal LM, with weights or shape-only; None for anything else (no
     attention core, not only token-id inputs, a one-token prompt). Its graph is shape-only
     (the model at one token loaded without weights: a schedule needs shapes only), so running
@@ -644,17 +670,10 @@ def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target:
     Under grouped-query attention both cache forms are scheduled — after the repeat (query
     heads: more bytes, no repeat per step) and before it (KV heads: a quarter of the bytes,
     the repeat runs on the cache every step) — and the faster decode step is kept; schedule.json
-    records which (`kv_cache`), so verify derives the same graph."""
-    try:
-        g1 = _load_g1(source, prefill_graph, shapes_only=True)
-        forms = [decode_graph(prefill_graph, g1, context, grouped=False)]
-    except (DecodeUnsupported, WaferError):  # the decode step is extra: never fail a compile
-        return None
-    try:
-        grouped = decode_graph(prefill_graph, g1, context, grouped=True)
-        forms += [grouped] if grouped.grouped else []
-    except DecodeUnsupported:
-        pass
+    records which (`kv_cache`), so verify derives the same graph. `forms`: those decode
+    graphs when already derived (`decode_forms`)."""
+    if forms is None:
+        forms = decode_forms(source, prefill_graph, context)
     plans = [p for p in (_try_plan(dg, prefill, target) for dg in forms) if p is not None]
     return max(plans, key=lambda p: p.estimate.tokens_per_s or 0.0) if plans else None
 

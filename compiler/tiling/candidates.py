@@ -11,9 +11,10 @@ its cycles per decode token. Alike layers (transformer blocks) share one templat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from compiler import ir
@@ -47,6 +48,18 @@ class TilingOptions:
     # only one decode step's (the prompt streams through in steps: big shape-only models).
     # None: the whole prompt when the model has weights, so that it can be verified.
     prompt_resident: bool | None = None
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """One decode step of the model, derived before tiling (schedule/decode.py `decode_steps`):
+    the model at one token with its KV caches at the context, the layouts the decode schedule
+    gives it, and (cache, appended K/V) pairs. A layer's one-decode-step memory is then that
+    step's live set as the decode schedule keeps it, not the prompt's scaled down."""
+
+    graph: ir.Graph
+    layouts: Mapping[str, tuple[OpLayout, ...]]
+    appends: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,20 @@ class _Tensors:
     live: tuple[tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...], ...] = ()
     tables: tuple[tuple[tuple[int, ...], Spec, int], ...] = ()  # constant tables, held whole
     prompt_resident: bool = False
+    decode: tuple[_StepTensors, ...] = ()  # per decode form, when the model has a decode step
+
+
+@dataclass(frozen=True)
+class _StepTensors:
+    """A layer in one decode step: weights and constant tables (held whole), KV caches
+    (resident, the append writes them in place), and per op the activations alive while it
+    runs (`_live_sets` of the decode graph, with each appended K/V alive up to its append)."""
+
+    weights: tuple[tuple[tuple[int, ...], Spec, float], ...]
+    tables: tuple[tuple[tuple[int, ...], Spec, int], ...]
+    caches: tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...]
+    acts: tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...]  # each activation once
+    live: tuple[frozenset[int], ...]  # indices into `acts`: the maximal live sets only
 
 
 def _param_derived(g: ir.Graph) -> frozenset[str]:
@@ -161,10 +188,38 @@ def _tables(g, layer, layouts, target, params) -> tuple:
     return tuple(seen.values())
 
 
-def _live_sets(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], target: Target):
+def _live_sets(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], target: Target,
+               appends: Sequence[tuple[str, str]] = ()):
     """Per op of the layer, the activations alive while it runs (whole prompt), each with every
     spec it takes here: a tensor lives from its first use or definition to its last use, and
-    to the end of the layer when a later layer reads it."""
+    to the end of the layer when a later layer reads it. `appends` (a decode step's (cache,
+    appended K/V) pairs): the K/V lives, in the cache's spec too, up to the first op reading
+    its cache (the append runs just before it)."""
+    entries, alive = _live_named(g, layer, layouts, target, appends)
+    return tuple(tuple(entries[n] for n in names) for names in alive)
+
+
+def _live_named(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], target: Target,
+                appends: Sequence[tuple[str, str]] = ()):
+    """`_live_sets` by name: ({name: (shape, specs, bytes per element)}, per op the names)."""
+    first, last, specs = _uses(g, layer, layouts)
+    for cache, new in appends:
+        if cache in first and new in first:
+            last[new] = max(last[new], first[cache])
+            specs[new] = [*specs[new], *specs[cache]]
+    inside = {op.name for op in layer.ops}
+    for name in first:
+        leaves = name in g.outputs or any(c.name not in inside for c in g.consumers.get(name, ()))
+        if leaves and name in {o for op in layer.ops for o in op.outputs}:
+            last[name] = len(layer.ops)
+    entries = {n: (g.tensor(n).shape, tuple(dict.fromkeys(specs[n])),
+                   target.element_bytes(g.tensor(n))) for n in first}
+    return entries, tuple(tuple(n for n in first if first[n] <= k <= last[n])
+                          for k in range(len(layer.ops)))
+
+
+def _uses(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout]):
+    """(first use, last use, specs) of each activation of the layer, by op index."""
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     specs: dict[str, list[Spec]] = {}
@@ -182,15 +237,25 @@ def _live_sets(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], target
             for name in op.inputs[:1]:
                 if name in last and last[name] == k and first[name] < k:
                     last[name] = k - 1
-    inside = {op.name for op in layer.ops}
-    for name in first:
-        leaves = name in g.outputs or any(c.name not in inside for c in g.consumers.get(name, ()))
-        if leaves and name in {o for op in layer.ops for o in op.outputs}:
-            last[name] = len(layer.ops)
-    entries = {n: (g.tensor(n).shape, tuple(dict.fromkeys(specs[n])),
-                   target.element_bytes(g.tensor(n))) for n in first}
-    return tuple(tuple(entries[n] for n in first if first[n] <= k <= last[n])
-                 for k in range(len(layer.ops)))
+    return first, last, specs
+
+
+def _step_tensors(step: DecodeStep, name: str, target: Target) -> _StepTensors | None:
+    """Layer `name` in the decode step `step` (None when the step has no such layer)."""
+    g = step.graph
+    layer = next((la for la in g.layers if la.name == name), None)
+    if layer is None or name not in step.layouts:
+        return None
+    layouts, params = step.layouts[name], _param_derived(g)
+    t = _layer_tensors(g, layer, layouts, target, {}, params)
+    caches = {c for c, _ in step.appends}
+    entries, alive = _live_named(g, layer, layouts, target, step.appends)
+    names = [n for n in entries if n not in caches]
+    index = {n: i for i, n in enumerate(names)}
+    sets = {frozenset(index[n] for n in ops if n in index) for ops in alive}
+    maximal = tuple(a for a in sets if not any(a < b for b in sets))  # a subset is never larger
+    return _StepTensors(t.weights, t.tables, tuple(entries[n] for n in caches if n in entries),
+                        tuple(entries[n] for n in names), maximal)
 
 
 def _is_scores(g: ir.Graph, op: ir.Op) -> bool:
@@ -221,6 +286,8 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
     if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
         kv = min(kv, STREAM_BUFFER_BYTES)
     tables = _bytes(t.tables, rows, cols)
+    if t.decode:
+        return _with_decode(t, mode, rows, cols, w + tables, kv)
     if t.prompt_resident:
         return w + tables, kv, max((_live_bytes(live, rows, cols) for live in t.live), default=0)
     prompt = max((_bytes(entries, rows, cols) for entries in t.acts_per_op), default=0)
@@ -228,6 +295,32 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
     context = kv_total // max(t.kv_elements_per_token * batch, 1) if t.kv_elements_per_token else 0
     scores = 2 * math.ceil(t.score_heads * batch / rows) * math.ceil(context / cols) * t.act_item
     return w, kv, step + scores
+
+
+def _with_decode(t: _Tensors, mode: Residency, rows: int, cols: int, held: int,
+                 kv: int) -> tuple[int, int, int]:
+    """(weight, kv, activation) bytes bounding the decode step's real per-core peak (each decode
+    form's weights, tables, caches and largest live set), and with the whole prompt resident
+    also the prefill's (weights, tables, the caches its cache writes fill, its live set)."""
+    steps = [_step_bytes(s, mode, rows, cols) for s in t.decode]
+    dw, dkv, dact = max(steps, key=sum)
+    if not t.prompt_resident:
+        return dw, dkv, dact
+    kv = max([kv, *(k for _, k, _ in steps)])
+    live = max((_live_bytes(live, rows, cols) for live in t.live), default=0)
+    return held, kv, max(live, dw + dkv + dact - held - kv)
+
+
+def _step_bytes(s: _StepTensors, mode: Residency, rows: int, cols: int) -> tuple[int, int, int]:
+    w = _bytes(s.weights, rows, cols)
+    if mode in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL):
+        w = min(w, STREAM_BUFFER_BYTES)
+    kv = _live_bytes(s.caches, rows, cols)
+    if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
+        kv = min(kv, STREAM_BUFFER_BYTES)
+    sizes = [_live_bytes((e,), rows, cols) for e in s.acts]
+    live = max((sum(sizes[i] for i in ops) for ops in s.live), default=0)
+    return w + _bytes(s.tables, rows, cols), kv, live
 
 
 def _live_bytes(live, rows: int, cols: int) -> int:
@@ -336,42 +429,55 @@ class _LayerModel:
     steps: int
 
 
-def tile_graph(g: ir.Graph, target: Target, options: TilingOptions | None = None) -> TiledGraph:
+def tile_graph(g: ir.Graph, target: Target, options: TilingOptions | None = None,
+               steps: Sequence[DecodeStep] = ()) -> TiledGraph:
     """Layouts and candidates for every layer. With prompt_resident left open, a model with
     weights is tiled to hold its whole prompt (so that it can be verified) when that fits, and
-    otherwise, like the shape-only giants, one decode step at a time."""
+    otherwise, like the shape-only giants, one decode step at a time. `steps`: the model's
+    decode step(s) at the context (one per cache form the decode schedule may take), whose
+    live sets each layer's per-core bytes then bound (else one decode step is the largest op
+    scaled to a token plus the scores over the context)."""
     options = options or TilingOptions()
+    run = functools.partial(_tile, steps=tuple(steps))
     if options.prompt_resident:
         try:
-            return _tile(g, target, options, True)
+            return run(g, target, options, True)
         except CapacityError as exc:
             raise CapacityError(exc.what + " with its whole prompt in SRAM (needed to run and "
                                 "verify it)", exc.needed, exc.available,
                                 "use a shorter --seq-len, or compile without --verify (the "
                                 "prompt then streams through in decode steps)") from None
     if options.prompt_resident is not None:
-        return _tile(g, target, options, False)
+        return run(g, target, options, False)
     if g.shape_only:
-        return _tile(g, target, options, False)
+        return run(g, target, options, False)
     try:
-        return _tile(g, target, options, True)
+        return run(g, target, options, True)
     except CapacityError:
-        return _tile(g, target, options, False)
+        return run(g, target, options, False)
 
 
-def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool) -> TiledGraph:
+def context_length(g: ir.Graph, options: TilingOptions) -> int:
+    """The KV cache's context: the option, or the bound sequence length."""
+    return options.context or max(1, token_count(g) // batch_size(g))
+
+
+def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool,
+          steps: tuple[DecodeStep, ...] = ()) -> TiledGraph:
     layouts = graph_layouts(g)
     kv = kv_cache_tensors(g)
     batch = batch_size(g)
-    context = options.context or max(1, token_count(g) // batch)
+    context = context_length(g, options)
     params = _param_derived(g)
     cache: dict[str, tuple[Candidate, ...]] = {}
     layers = []
     for layer in g.layers:
         with at_layer(layer.name):  # an internal error names the layer
             model = _layer_model(g, layer, layouts[layer.name], target, kv, context, batch, params)
+            decode = tuple(s for s in (_step_tensors(st, layer.name, target) for st in steps)
+                           if s is not None)
             model = dataclasses.replace(model, tensors=dataclasses.replace(
-                model.tensors, prompt_resident=resident))
+                model.tensors, prompt_resident=resident, decode=decode))
             template = _template(g, layer)
             if template not in cache:
                 cache[template] = _candidates(layer.name, model, target, batch, options,
