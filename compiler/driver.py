@@ -27,7 +27,13 @@ from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
 from compiler.result import CompileResult
 from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.check import schedule_problems, timeline_problems
-from compiler.schedule.decode import DecodePlan, decode_forms, decode_plan, decode_steps
+from compiler.schedule.decode import (
+    DecodePlan,
+    decode_forms,
+    decode_plan,
+    decode_steps,
+    prefill_caches,
+)
 from compiler.schedule.memory import check_runnable
 from compiler.schedule.moe import MoEEstimate, moe_estimate
 from compiler.schedule.perf import (
@@ -145,6 +151,13 @@ def compile_model(model: str | Path, target: str | Path | Target,
             check_runnable(schedule, graph, tgt)
     with stage("decode"):
         decode = decode_plan(str(model), graph, schedule, tgt, tiled.context, forms)
+        if decode is not None:  # the prefill writes the KV caches the decode step reads
+            schedule = build_schedule(graph, tiled, problem, placement, tgt,
+                                      prefill_caches(decode))
+            if options.check:
+                check(schedule_problems(schedule, tgt), "schedule")
+            if options.tiling.prompt_resident:
+                check_runnable(schedule, graph, tgt)
     with stage("performance"):
         timelines, estimates = _performance(schedule, tiled, tgt)
         if options.check:

@@ -37,6 +37,7 @@ from compiler.errors import WaferError
 from compiler.placement.problem import Residency
 from compiler.schedule.build import (
     FIXED,
+    KVCacheRef,
     Region,
     Schedule,
     Step,
@@ -693,3 +694,12 @@ def plan_for(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan:
     s = build_decode_schedule(dg, prefill, target)
     opts = PerfOptions(Mode.DECODE, context=dg.context)
     return DecodePlan(dg, s, timeline(s, target, opts), estimate(s, target, opts))
+
+
+def prefill_caches(plan: DecodePlan) -> tuple[KVCacheRef, ...]:
+    """The KV caches the prefill schedule fills for `plan` (`build_schedule(..., caches)`):
+    each on its attention region in the layout the decode schedule allocates it in."""
+    spec = {w.tensor: w.spec for st in plan.schedule.steps if st.kind == StepKind.LOAD
+            for w in st.writes}
+    return tuple(KVCacheRef(c.name, c.prefill, c.axis, c.layer, spec[c.name])
+                 for c in plan.graph.caches)
