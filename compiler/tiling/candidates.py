@@ -240,13 +240,14 @@ def _uses(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout]):
     return first, last, specs
 
 
-def _step_tensors(step: DecodeStep, name: str, target: Target) -> _StepTensors | None:
+def _step_tensors(step: DecodeStep, name: str, target: Target,
+                  params: frozenset[str]) -> _StepTensors | None:
     """Layer `name` in the decode step `step` (None when the step has no such layer)."""
     g = step.graph
     layer = next((la for la in g.layers if la.name == name), None)
     if layer is None or name not in step.layouts:
         return None
-    layouts, params = step.layouts[name], _param_derived(g)
+    layouts = step.layouts[name]
     t = _layer_tensors(g, layer, layouts, target, {}, params)
     caches = {c for c, _ in step.appends}
     entries, alive = _live_named(g, layer, layouts, target, step.appends)
@@ -469,17 +470,19 @@ def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool,
     batch = batch_size(g)
     context = context_length(g, options)
     params = _param_derived(g)
+    step_params = [_param_derived(st.graph) for st in steps]
     cache: dict[str, tuple[Candidate, ...]] = {}
     layers = []
     for layer in g.layers:
         with at_layer(layer.name):  # an internal error names the layer
             model = _layer_model(g, layer, layouts[layer.name], target, kv, context, batch, params)
-            decode = tuple(s for s in (_step_tensors(st, layer.name, target) for st in steps)
-                           if s is not None)
-            model = dataclasses.replace(model, tensors=dataclasses.replace(
-                model.tensors, prompt_resident=resident, decode=decode))
             template = _template(g, layer)
-            if template not in cache:
+            if template not in cache:  # alike layers: alike decode steps too
+                decode = tuple(s for s in (_step_tensors(st, layer.name, target, p)
+                                           for st, p in zip(steps, step_params, strict=True))
+                               if s is not None)
+                model = dataclasses.replace(model, tensors=dataclasses.replace(
+                    model.tensors, prompt_resident=resident, decode=decode))
                 cache[template] = _candidates(layer.name, model, target, batch, options,
                                               _share(g, target))
             layers.append(LayerTiling(
