@@ -656,10 +656,16 @@ def decode_forms(source: str, prefill_graph: ir.Graph, context: int) -> tuple[De
 
 def decode_steps(forms: Sequence[DecodeGraph]) -> tuple[DecodeStep, ...]:
     """What the tiling needs of each decode form to count its decode step's per-core memory:
-    the graph, its layouts as the decode schedule takes them, and each cache's appended K/V."""
-    return tuple(DecodeStep(dg.graph, decode_layouts(dg), tuple((c.name, c.new)
-                                                               for c in dg.caches))
-                 for dg in forms)
+    the graph, its layouts as the decode schedule takes them, and each cache's appended K/V.
+    A form whose layouts fail is left out: its schedule would fail too (`_try_plan`)."""
+    steps = []
+    for dg in forms:
+        try:
+            layouts = decode_layouts(dg)
+        except (ValueError, KeyError, IndexError, WaferError):
+            continue
+        steps.append(DecodeStep(dg.graph, layouts, tuple((c.name, c.new) for c in dg.caches)))
+    return tuple(steps)
 
 
 def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target: Target,

@@ -248,6 +248,17 @@ def _step_tensors(step: DecodeStep, name: str, target: Target,
     if layer is None or name not in step.layouts:
         return None
     layouts = step.layouts[name]
+    try:
+        s = _step_layer(step, layer, layouts, target, params)
+        _step_bytes(s, Residency.RESIDENT, 1, 1)  # every spec fits its tensor's rank
+    except (ValueError, KeyError, IndexError):  # a form whose decode schedule fails too
+        return None
+    return s
+
+
+def _step_layer(step: DecodeStep, layer: ir.Layer, layouts, target: Target,
+                params: frozenset[str]) -> _StepTensors:
+    g = step.graph
     t = _layer_tensors(g, layer, layouts, target, {}, params)
     caches = {c for c, _ in step.appends}
     entries, alive = _live_named(g, layer, layouts, target, step.appends)
@@ -287,7 +298,7 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
     if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
         kv = min(kv, STREAM_BUFFER_BYTES)
     tables = _bytes(t.tables, rows, cols)
-    if t.decode:
+    if t.decode and mode not in _CHUNKED:  # what the decode schedule holds, as it runs
         return _with_decode(t, mode, rows, cols, w + tables, kv)
     if t.prompt_resident:
         return w + tables, kv, max((_live_bytes(live, rows, cols) for live in t.live), default=0)
@@ -296,6 +307,13 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
     context = kv_total // max(t.kv_elements_per_token * batch, 1) if t.kv_elements_per_token else 0
     scores = 2 * math.ceil(t.score_heads * batch / rows) * math.ceil(context / cols) * t.act_item
     return w, kv, step + scores
+
+
+# Modes whose KV cache streams: their decode step is modelled as attention over the cache in
+# chunks through the stream buffer (the scores over the context, not the cache-long K/V), a
+# dataflow the decode schedule and executor do not run yet (the executor holds caches in SRAM
+# only), so they keep that model rather than the schedule's live set.
+_CHUNKED = (Residency.STREAM_KV, Residency.STREAM_ALL)
 
 
 def _with_decode(t: _Tensors, mode: Residency, rows: int, cols: int, held: int,
