@@ -8,6 +8,12 @@ weight tile, drop a reduce, run a compute step on the wrong region. Detectors, i
   step, and the tensor or region);
 - verify: the outputs no longer match ONNX Runtime (compiler.verify.compare at fp32 tolerances).
 
+A causal LM's prefill also writes the KV caches the decode step starts from (cache_write steps):
+a mutation that leaves a cache missing, on another region or in another layout than the decode
+schedule holds it is caught as the decode machine refuses it (executor: generate's `start`
+raises a ScheduleFault; named here at the cache_write step), one that leaves other values in it
+as verify --decode would (the first decode step's logits then differ from ONNX Runtime's).
+
 A mutation that changes nothing physical (identical tiles swapped, a reduce along a mesh axis
 one core wide, a relayout between specs that put the same tiles on the same cores) is a no-op:
 it is reported with its reason and left out of the catch rate, whatever the detectors say.
@@ -31,7 +37,7 @@ from _harness import machine, table, write_section
 from compiler import ir
 from compiler.driver import CompileResult, compile_model
 from compiler.executor import ScheduleFault, run_schedule
-from compiler.schedule.build import FIXED, Schedule, Step, TensorRef
+from compiler.schedule.build import FIXED, Schedule, Step, TensorRef, with_caches
 from compiler.target import Target
 from compiler.tiling.layouts import Spec, replicated
 from compiler.tiling.tiles import gather, scatter, valid_mask
@@ -57,6 +63,7 @@ class Case:
     inputs: dict[str, np.ndarray]
     reference: dict[str, np.ndarray]
     peak: dict[str, int]  # per region: the fullest core's peak bytes on the valid schedule
+    caches: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # valid, whole
 
     @property
     def schedule(self) -> Schedule:
@@ -64,7 +71,8 @@ class Case:
 
     @property
     def graph(self) -> ir.Graph:
-        return self.result.graph
+        """The model's graph with the KV caches its prefill writes (cache_write steps)."""
+        return with_caches(self.result.graph, self.result.schedule)
 
     @property
     def target(self) -> Target:
@@ -80,7 +88,13 @@ def load_case(model: str, target: str, seed: int = 0) -> Case:
     bad = [c.line() for c in _checks(r.graph, run.outputs, reference) if not c.passed]
     if bad:
         raise AssertionError(f"{model} on {target} fails before any mutation: {bad[0]}")
-    return Case(f"{model}/{target}", r, inputs, reference, dict(run.peak_bytes))
+    return Case(f"{model}/{target}", r, inputs, reference, dict(run.peak_bytes),
+                _whole_caches(with_caches(r.graph, r.schedule), run.caches))
+
+
+def _whole_caches(g: ir.Graph, written) -> dict[str, np.ndarray]:
+    return {name: gather(tiles, spec, g.tensor(name).shape)
+            for name, (_, spec, tiles) in written.items()}
 
 
 @dataclass(frozen=True)
@@ -512,7 +526,32 @@ def detect(case: Case, m: Mutation) -> Outcome:
     failed = [c for c in _checks(case.graph, run.outputs, case.reference) if not c.passed]
     if failed:
         return Outcome(case.name, m, VERIFY, failed[0].line(), True)
-    return Outcome(case.name, m, MISSED, "outputs match ONNX Runtime", False)
+    return _cache_outcome(case, m, run.caches) or Outcome(
+        case.name, m, MISSED, "outputs match ONNX Runtime", False)
+
+
+def _cache_outcome(case: Case, m: Mutation, written) -> Outcome | None:
+    """What decode does with the caches the mutated prefill left (it starts from them)."""
+    dec = case.result.decode
+    if dec is None:
+        return None
+    held = {w.tensor: (st.region, w.spec) for st in dec.schedule.steps
+            if st.kind == "load" for w in st.writes if w.tensor in case.caches}
+    for name, (region, spec) in held.items():
+        writer = next((st for st in m.schedule.steps if st.kind == "cache_write"
+                       and any(w.tensor == name for w in st.writes)), None)
+        where = f" at step {writer.id} (cache_write on {writer.region})" if writer else ""
+        got = written.get(name)
+        if got is None or got[:2] != (region, spec):
+            left = "nothing" if got is None else f"it on {got[0]} as {list(got[1])}"
+            msg = (f"schedule fault{where}: the decode schedule holds KV cache {name} on "
+                   f"{region} as {list(spec)} but the prefill left {left}")
+            return Outcome(case.name, m, EXECUTOR, msg, *names_step(msg, m))
+        whole = gather(got[2], got[1], case.caches[name].shape)
+        if not np.allclose(whole, case.caches[name], atol=ATOL, rtol=RTOL):
+            return Outcome(case.name, m, VERIFY, f"KV cache {name} holds other values than "
+                           "the valid prefill's: the first decode step's logits differ", True)
+    return None
 
 
 def run_batch(cases: list[Case], count: int, seed: int) -> list[Outcome]:

@@ -27,7 +27,13 @@ from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
 from compiler.result import CompileResult
 from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.check import schedule_problems, timeline_problems
-from compiler.schedule.decode import DecodePlan, decode_plan_or_reason
+from compiler.schedule.decode import (
+    DecodePlan,
+    decode_forms,
+    decode_plan_or_reason,
+    decode_steps,
+    prefill_caches,
+)
 from compiler.schedule.memory import check_runnable
 from compiler.schedule.moe import MoEEstimate, moe_estimate
 from compiler.schedule.perf import (
@@ -39,7 +45,13 @@ from compiler.schedule.perf import (
 )
 from compiler.stages import StageHook, Stages, StartHook, check
 from compiler.target import Target, load_target
-from compiler.tiling.candidates import TiledGraph, TilingOptions, tile_graph, to_problem
+from compiler.tiling.candidates import (
+    TiledGraph,
+    TilingOptions,
+    context_length,
+    tile_graph,
+    to_problem,
+)
 from compiler.tiling.check import tiled_problems
 from compiler.tiling.routing import (
     UNIFORM,
@@ -122,8 +134,9 @@ def compile_model(model: str | Path, target: str | Path | Target,
     with stage("frontend"):
         graph = (reuse.graph(model, options.frontend, used) if reuse
                  else load_model(model, options.frontend))
-    with stage("tiling"):
-        tiled = tile_graph(graph, tgt, options.tiling)
+    with stage("tiling"):  # each layer's decode step priced as the decode schedule runs it
+        forms = decode_forms(str(model), graph, context_length(graph, options.tiling))
+        tiled = tile_graph(graph, tgt, options.tiling, decode_steps(forms))
         tiled = dataclasses.replace(tiled, edges=routed_edges(graph, tiled.edges,
                                                               options.routing))
         tiled = routed_candidates(graph, tiled, options.routing)
@@ -144,9 +157,16 @@ def compile_model(model: str | Path, target: str | Path | Target,
         if options.tiling.prompt_resident:  # to be run (--verify): refused here, exit 5
             check_runnable(schedule, graph, tgt)
     with stage("decode"):
-        decode = decode_plan_or_reason(str(model), graph, schedule, tgt, tiled.context)
+        decode = decode_plan_or_reason(str(model), graph, schedule, tgt, tiled.context, forms)
         no_decode = decode if isinstance(decode, str) else ""
         decode = decode if isinstance(decode, DecodePlan) else None
+        if decode is not None:  # the prefill writes the KV caches the decode step reads
+            schedule = build_schedule(graph, tiled, problem, placement, tgt,
+                                      prefill_caches(decode))
+            if options.check:
+                check(schedule_problems(schedule, tgt), "schedule")
+            if options.tiling.prompt_resident:
+                check_runnable(schedule, graph, tgt)
     with stage("performance"):
         timelines, estimates = _performance(schedule, tiled, tgt)
         if options.check:

@@ -42,12 +42,13 @@ class StepKind(enum.StrEnum):
     WAFER_SEND = "wafer_send"  # region -> region across wafers
     STORE = "store"  # region -> off-chip
     APPEND = "append"  # decode: a step's own K/V into its resident KV cache at position t
+    CACHE_WRITE = "cache_write"  # prefill: the prompt's K/V into its resident KV cache (0..S-1)
 
 
 TRANSFER_KINDS = (StepKind.SEND, StepKind.WAFER_SEND)  # region -> region
 OFFCHIP_KINDS = (StepKind.LOAD, StepKind.STORE)  # between a region and off-chip memory
 REGION_KINDS = (StepKind.COMPUTE, StepKind.COLLECTIVE,  # serialized per region by the model
-                StepKind.APPEND)
+                StepKind.APPEND, StepKind.CACHE_WRITE)
 
 
 class CollectiveKind(enum.StrEnum):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -139,25 +140,41 @@ def test_decode_peak_is_counted_and_within_the_tiling_estimate():
         assert min(gen.peak_bytes[c] for c in caches) > 0 and cache_free > 0
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 14 item 4): the tiling's one-decode-"
-                   "step estimate leaves out the decode step's live set (the grouped-query "
-                   "repeat's expanded K/V, several tensors at once); a strict xfail, so the "
-                   "fix that closes it must remove this mark")
-@pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny"])
-@pytest.mark.parametrize("target", ["mesh8x8", "wse3"])
-def test_one_decode_step_estimate_bounds_the_decode_peak(model, target):
-    """Tiled for one decode step (not the whole prompt), every region's fullest core in the
-    decode machine stays within the tiling's per-core estimate the placer packed by."""
-    opts = CompileOptions(tiling=TilingOptions(context=24, prompt_resident=False),
+CONTEXT = 64  # 8 times the prompt: the decode step's cache-long tensors outgrow the prompt's
+
+
+@pytest.mark.parametrize(("model", "target"), [
+    ("gpt2-tiny", "mesh8x8"), ("gpt2-tiny", "wse3"), ("llama-tiny", "mesh8x8"),
+    ("llama-tiny", "wse3"), ("gpt2-tiny-past", "mesh8x8"), ("llama-tiny-past", "wse3"),
+    ("tests/fixtures/hf/mistral_dynamo_op18_dynamic.onnx", "mesh8x8"),
+    ("tests/fixtures/hf/qwen2_dynamo_op18_dynamic_withpast.onnx", "wse3")])
+@pytest.mark.parametrize("resident", [False, True])
+def test_one_decode_step_estimate_bounds_the_decode_peak(model, target, resident):
+    """Tiled for one decode step (or the whole prompt), every region's fullest core in the decode
+    machine stays within the tiling's per-core estimate the placer packed by, for each cache
+    form the decode schedule may take (under grouped-query attention: the cache after the
+    repeat and before it, the repeat running on the cache every step)."""
+    from compiler.frontend import DimRequest, FrontendOptions
+    from compiler.schedule.decode import decode_forms, plan_for
+
+    opts = CompileOptions(frontend=FrontendOptions(DimRequest(batch=1, seq_len=8)),
+                          tiling=TilingOptions(context=CONTEXT, prompt_resident=resident),
                           solver=SolverOptions(method="first-fit"))
     r = compile_model(model, target, opts)
-    prog = program(_art(r), _dg(r), r.decode.schedule, "fp32")
-    gen = generate(prog, r.target, [3, 1, 4], 6)  # a short prompt: decode steps only
+    forms = decode_forms(r.graph.source or r.graph.name, r.graph, CONTEXT)
+    assert not isinstance(forms, str), forms
+    assert len(forms) == (2 if "llama" in model or "mistral" in model or "qwen" in model else 1)
     layers = {lt.layer: i for i, lt in enumerate(r.tiled.layers)}
-    over = {region: (peak, r.placement.option(r.problem, layers[region]).per_core_bytes)
-            for region, peak in gen.peak_bytes.items()
-            if peak > r.placement.option(r.problem, layers[region]).per_core_bytes}
-    assert not over, over
+    for dg in forms:
+        plan = plan_for(dg, r.schedule, r.target)
+        prog = program(_art(r), with_weights(dg, r.graph.source or r.graph.name, r.graph),
+                       plan.schedule, "fp32")
+        gen = generate(prog, r.target, [3, 1, 4], 6)  # a short prompt: decode steps only
+        assert set(gen.peak_bytes) == set(layers)
+        over = {region: (peak, r.placement.option(r.problem, layers[region]).per_core_bytes)
+                for region, peak in gen.peak_bytes.items()
+                if peak > r.placement.option(r.problem, layers[region]).per_core_bytes}
+        assert not over, (dg.grouped, over)
 
 
 def test_cache_overflow_is_a_named_error():
@@ -200,6 +217,82 @@ def test_a_dropped_cache_append_is_caught_by_verify(which):
     assert rep.steps[0].passed and not rep.steps[1].check.passed
     assert rep.diverging_layer == victim.region == f"block.{which // 2}"  # where it was dropped
     assert f"layer {victim.region}" in rep.summary()
+
+
+def test_the_prefill_writes_the_caches_that_decode_starts_from():
+    """Prefill's own cache_write steps fill each block's K and V cache (positions 0..S-1, in
+    the decode schedule's layout on the attention region, counted against its cores' memory);
+    the decode machine takes over those tiles."""
+    from compiler.executor.run import run_schedule
+    from compiler.schedule.build import build_schedule
+    from compiler.tiling.tiles import gather
+
+    r = compiled("llama-tiny")
+    writes = [st for st in r.schedule.steps if st.kind == "cache_write"]
+    loads = {st.writes[0].tensor: st for st in r.decode.schedule.steps if st.kind == "load"}
+    assert len(writes) == len(r.schedule.caches) == len(r.decode.graph.caches) == 4
+    for c, st in zip(r.decode.graph.caches, writes, strict=True):
+        assert st.writes[0].tensor == c.name and st.reads[0].tensor == c.prefill
+        assert st.region == c.layer == loads[c.name].region
+        assert st.writes[0].spec == loads[c.name].writes[0].spec == st.reads[0].spec
+    prompt = np.asarray([list(range(16))], np.int64)
+    keep = frozenset(c.prefill for c in r.decode.graph.caches)
+    run = run_schedule(r.schedule, r.graph, r.target, {"input_ids": prompt}, keep=keep)
+    for c in r.decode.graph.caches:
+        region, spec, tiles = run.caches[c.name]
+        whole = gather(tiles, spec, r.decode.graph.graph.tensor(c.name).shape)
+        head = np.take(whole, range(16), axis=c.axis)
+        assert np.array_equal(head, run.values[c.prefill]) and region == c.layer
+        assert not np.take(whole, range(16, whole.shape[c.axis]), axis=c.axis).any()
+    bare = build_schedule(r.graph, r.tiled, r.problem, r.placement, r.target)
+    assert not bare.caches and not [st for st in bare.steps if st.kind == "cache_write"]
+    without = run_schedule(bare, r.graph, r.target, {"input_ids": prompt})
+    for layer in {c.layer for c in r.decode.graph.caches}:  # the caches take SRAM in prefill
+        assert run.peak_bytes[layer] > without.peak_bytes[layer]
+
+
+def _shown(spec) -> str:
+    return re.escape("[" + ",".join(a or "-" for a in spec) + "]")
+
+
+def _prefill_mutated(r, mutate):
+    return dataclasses.replace(r.schedule, steps=tuple(mutate(list(r.schedule.steps))))
+
+
+@pytest.mark.parametrize("fault", ["dropped", "wrong region", "wrong layout"])
+def test_a_dropped_or_misplaced_prefill_cache_write_is_caught(fault):
+    """Fault injection: the prefill's cache write of block.0's K is dropped (a no-op relayout
+    of its source), runs on another region, or writes the cache split the other way (its tiles
+    on other cores): the executor refuses, naming the cache, before any decode step reads it."""
+    from compiler.executor.run import ScheduleFault
+
+    r = compiled("llama-tiny")
+    victim = next(st for st in r.schedule.steps if st.kind == "cache_write")
+    src, cache = victim.reads[0], victim.writes[0]
+
+    def flip(spec):
+        return tuple({"r": "c", "c": "r"}.get(a) if a else None for a in spec)
+
+    changed = {
+        "dropped": Step(victim.id, "collective", victim.region, reads=(src,), writes=(src,),
+                        deps=victim.deps, op_kind="relayout", axis="r"),
+        "wrong region": dataclasses.replace(victim, region="block.1"),
+        "wrong layout": dataclasses.replace(victim, writes=(dataclasses.replace(
+            cache, spec=flip(cache.spec)),)),
+    }[fault]
+    pattern = {"dropped": f"wrote no KV cache {cache.tensor}",
+               "wrong region": f"step {victim.id} .*is not resident on block.1",
+               "wrong layout": f"prefill wrote KV cache {cache.tensor} on block.0 as "
+                               f"{_shown(flip(cache.spec))} but the decode schedule holds it on "
+                               f"block.0 as {_shown(cache.spec)}"}[fault]
+    broken = _prefill_mutated(r, lambda steps: [changed if st.id == victim.id else st
+                                                for st in steps])
+    art = Artifact(r.graph.source or r.graph.name, r.graph, r.target, broken)
+    prog = program(art, _dg(r), r.decode.schedule, "fp32")
+    with pytest.raises(ScheduleFault, match=pattern):
+        generate(prog, r.target, list(range(16)), 2)
+    with pytest.raises(ScheduleFault, match=pattern):  # and so does verify --decode
+        verify_decode(art, _dg(r), r.decode.schedule, 2, VerifyOptions())
 
 
 def test_decode_throughput_comes_from_the_decode_schedule():

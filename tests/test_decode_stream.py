@@ -2,7 +2,7 @@
 the decode schedule writes each step's K/V back to the off-chip cache and loads the cache in
 chunks for attention; the executor runs those steps with per-core memory enforced and verify
 checks every token against ONNX Runtime. Target: mesh8x8 with 20 KiB cores (tests/targets/),
-where llama-tiny's cache is resident at context 512 and streams at 2048."""
+where llama-tiny's cache is resident at context 256 and streams at 2048."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_a_streamed_cache_is_written_back_and_loaded_in_chunks():
 
 
 def test_a_cache_that_fits_does_not_stream():
-    r = compiled(512)
+    r = compiled(256)
     assert not _streamed(r) and not r.decode.graph.streams
     backs, loads = _cache_steps(r)
     assert not backs and not loads
@@ -80,7 +80,7 @@ def test_a_cache_that_fits_does_not_stream():
 def test_offchip_bytes_grow_with_context_when_streaming():
     small, big = compiled(2048), compiled(4096)
     assert _streamed(small) and _streamed(big)
-    resident = offchip_bytes(compiled(512).decode.schedule)
+    resident = offchip_bytes(compiled(256).decode.schedule)
     assert resident < offchip_bytes(small.decode.schedule) < offchip_bytes(big.decode.schedule)
     cache = sum(small.target.tensor_bytes(small.decode.graph.graph.tensor(ch.name))
                 for ch in small.decode.graph.streams)

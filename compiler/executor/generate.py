@@ -1,14 +1,16 @@
 """Greedy generation on the reference executor: prefill, then decode steps whose KV cache stays
 in per-core SRAM between steps.
 
-The decode machine runs the decode schedule's setup steps once (resident weights and the KV
-cache, loaded with what prefill wrote), then its token steps once per new token with the
-machine's `position` at the token's absolute position: the schedule's own `append` steps
-write each step's K/V into the resident cache, and every tile counts against its core's
-memory as in `run_schedule` (an overflow is a MemoryOverflow, an append past the cache a
-CacheOverflow). A KV cache that streams is held off-chip (`_Machine.offchip`): the schedule's
-write-back `store` puts the step's K/V there at t and its chunk `load`s read it back, each
-chunk counted in SRAM from its load to its MatMul.
+The decode machine runs the decode schedule's setup steps once (resident weights; each KV
+cache is the one the prefill schedule's own `cache_write` steps filled, taken over tile for
+tile on its region and in its layout, or zeros when the prompt runs through decode steps),
+then its token steps once per new token with the machine's `position` at the token's absolute
+position: the schedule's own `append` steps write each step's K/V into the resident cache,
+and every tile counts against its core's memory as in `run_schedule` (an overflow is a
+MemoryOverflow, an append past the cache a CacheOverflow). A KV cache that streams is held
+off-chip (`_Machine.offchip`), seeded with the prompt's K/V: the schedule's write-back `store`
+puts the step's K/V there at t and its chunk `load`s read it back, each chunk counted in SRAM
+from its load to its MatMul.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from compiler.executor.run import (
     _STEP,
     CacheOverflow,
     ExecResult,
+    ScheduleFault,
     _as_dtype,
     _free_dead,
     _last_uses,
     _Machine,
+    _put,
+    _show,
     _whole,
     host_constants,
     run_schedule,
@@ -37,7 +42,7 @@ from compiler.schedule.decode import step_mask
 from compiler.schedule.decode_attention import mask_row
 from compiler.target import Target
 from compiler.tiling.layouts import replicated
-from compiler.vocab import Phase
+from compiler.vocab import Phase, StepKind
 
 StepHook = Callable[[int, int, np.ndarray], None] | None  # (step, position, logits)
 
@@ -121,8 +126,8 @@ def generate(p: DecodeProgram, target: Target, prompt: Sequence[int], new_tokens
     out = Generation(prompt)
     prompt_len = p.prefill_graph.tensor(p.token_input).shape[-1]
     if len(prompt) == prompt_len:
-        caches, logits = _prefill(p, target, prompt, precision, mask)
-        m = start(p, target, caches, precision, keep)
+        written, offchip, logits = _prefill(p, target, prompt, precision, mask)
+        m = start(p, target, offchip, precision, keep, written)
         _record(out, logits, len(prompt) - 1, hook, {})
     else:
         m = start(p, target, {}, precision, keep)
@@ -150,23 +155,32 @@ def _record(out: Generation, logits: np.ndarray, pos: int, hook: StepHook,
 
 
 def _prefill(p: DecodeProgram, target: Target, prompt: list[int], precision: str,
-             mask: list[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The prefill schedule on the prompt: its last logits, and every cache's content (the
-    K/V the prompt wrote, zero past it)."""
+             mask: list[int]) -> tuple[Written, dict[str, np.ndarray], np.ndarray]:
+    """The prefill schedule on the prompt: the KV caches its cache_write steps filled (the
+    prompt's K/V at 0..S-1, zeros after) as tiles on their regions, the streamed caches' whole
+    off-chip values (the prompt's K/V, zeros after), and its last logits."""
     dtype = _int_dtype(p.prefill_graph, p.token_input)
     feed = {p.token_input: np.asarray([prompt], dtype)}
     feed.update({n: np.asarray([mask], _int_dtype(p.prefill_graph, n)) for n in p.masks})
-    keep = frozenset(src for src, _, _ in p.caches)
+    keep = frozenset(src for src, name, _ in p.caches if name in _streamed(p))
     run = run_schedule(p.prefill, p.prefill_graph, target, feed, precision, keep)
-    caches = {}
+    offchip = {}
     for src, name, axis in p.caches:
+        if name not in _streamed(p):
+            continue
         value = run.values[src]
         cache = np.zeros(cache_shape(p, name), np.float32)
-        index = tuple(slice(0, value.shape[axis]) if i == axis else slice(None)
-                      for i in range(cache.ndim))
-        cache[index] = value
-        caches[name] = cache
-    return caches, run.outputs[p.logits][:, -1]
+        cache[tuple(slice(0, value.shape[axis]) if i == axis else slice(None)
+                    for i in range(cache.ndim))] = value
+        offchip[name] = cache
+    return run.caches, offchip, run.outputs[p.logits][:, -1]
+
+
+Written = Mapping[str, tuple[str, tuple, np.ndarray]]  # cache -> (region, spec, tiles)
+
+
+def _streamed(p: DecodeProgram) -> set[str]:
+    return {cache for cache, *_ in p.streams}
 
 
 def _int_dtype(g: ir.Graph, name: str) -> np.dtype:
@@ -174,23 +188,32 @@ def _int_dtype(g: ir.Graph, name: str) -> np.dtype:
 
 
 def start(p: DecodeProgram, target: Target, caches: Mapping[str, np.ndarray],
-          precision: str, keep: frozenset[str] = frozenset()) -> _Machine:
+          precision: str, keep: frozenset[str] = frozenset(),
+          written: Written | None = None) -> _Machine:
     """The decode machine after its setup steps: weights resident, each resident KV cache with
-    `caches`' content (zeros where none is given), each streamed one off-chip with it."""
+    `caches`' content (zeros where none is given) or, with `written` (what the prefill
+    schedule's cache_write steps filled), those very tiles, which must be on the region and in
+    the layout the decode schedule holds the cache in (else a ScheduleFault); each streamed
+    cache off-chip with `caches`' content."""
     g, s = p.decode_graph, p.decode
     m = _Machine(g, s, target, precision, host_constants(g, target, precision), keep)
     m.ops = {op.name: op for op in g.ops}
     m.regions = {r.name: r for r in s.regions}
     m.last_use = _last_uses(s)
-    streamed = {cache for cache, *_ in p.streams}
+    streamed = _streamed(p)
     m.offchip = {name: np.array(caches.get(name, np.zeros(cache_shape(p, name), np.float32)),
                                 np.float32) for name in _cache_names(p) if name in streamed}
     feed = {name: np.asarray(caches.get(name, np.zeros(g.tensor(name).shape, np.float32)))
             for name in _cache_names(p) if name not in streamed}
+    names = set(_cache_names(p)) - streamed
     for st in s.steps:
-        if st.phase == Phase.SETUP:
+        if st.phase != Phase.SETUP:
+            continue
+        if written is not None and st.kind == StepKind.LOAD and st.writes[0].tensor in names:
+            _take_cache(m, st, written)
+        else:
             _STEP[st.kind](m, st, feed)
-            _free_dead(m, st)
+        _free_dead(m, st)
     return m
 
 
@@ -202,6 +225,23 @@ def cache_shape(p: DecodeProgram, name: str) -> tuple[int, ...]:
     shape = list(p.decode_graph.tensor(chunk).shape)
     shape[axis] = p.decode.context
     return tuple(shape)
+
+
+def _take_cache(m: _Machine, st, written: Written) -> None:
+    """The decode schedule's cache allocation `st` takes over the tiles the prefill wrote."""
+    (ref,) = st.writes
+    if ref.tensor not in written:
+        raise ScheduleFault(f"schedule fault at decode step {st.id} (load on {st.region}): the "
+                            f"prefill schedule wrote no KV cache {ref.tensor} (no cache_write "
+                            "step filled it), so decode would read an empty cache")
+    region, spec, tiles = written[ref.tensor]
+    if region != st.region or spec != ref.spec:
+        raise ScheduleFault(f"schedule fault at decode step {st.id} (load on {st.region}): the "
+                            f"prefill wrote KV cache {ref.tensor} on {region} as "
+                            f"{_show(spec, None)} but the decode schedule holds it on "
+                            f"{st.region} as {_show(ref.spec, None)}")
+    _put(m, st, region, ref.tensor, spec, None, tiles)
+    m.pinned.add((region, ref.tensor))
 
 
 def _cache_names(p: DecodeProgram) -> list[str]:

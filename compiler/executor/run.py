@@ -18,7 +18,7 @@ from compiler import ir
 from compiler.errors import ExitCode, WaferError
 from compiler.executor import kernels_quant  # noqa: F401  (registers the quantized kernels)
 from compiler.executor.kernels import KERNELS, Ctx, KernelError, Operand
-from compiler.schedule.build import Region, Schedule, Step
+from compiler.schedule.build import Region, Schedule, Step, with_caches
 from compiler.target import Target
 from compiler.tiling import collectives
 from compiler.tiling.layouts import Spec, replicated
@@ -62,6 +62,8 @@ class ExecResult:
     values: dict[str, np.ndarray]  # whole tensors seen crossing regions, and those asked for
     peak_bytes: dict[str, int]  # per region: the fullest core's peak
     steps_run: int = 0
+    # the KV caches the schedule's cache_write steps filled, as held: name -> (region, tiles)
+    caches: dict[str, tuple[str, Spec, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,7 +95,7 @@ def run_schedule(schedule: Schedule, graph: ir.Graph, target: Target,
     if graph.shape_only:
         raise ScheduleFault(f"{graph.name} was loaded shape-only: there are no weights to run")
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return _run(schedule, graph, target, inputs, precision, keep)
+        return _run(schedule, with_caches(graph, schedule), target, inputs, precision, keep)
 
 
 def _run(schedule: Schedule, graph: ir.Graph, target: Target, inputs: Mapping[str, np.ndarray],
@@ -109,6 +111,9 @@ def _run(schedule: Schedule, graph: ir.Graph, target: Target, inputs: Mapping[st
         _free_dead(m, step)
         m.result.steps_run += 1
     m.result.peak_bytes = dict(m.peak)
+    declared = {c.tensor for c in schedule.caches}
+    m.result.caches = {name: (region, res.spec, res.data) for (region, name), res in m.at.items()
+                       if name in declared}
     return m.result
 
 
@@ -474,6 +479,32 @@ def _write_back(m: _Machine, step: Step) -> None:
     cache[index] = gather(new.data, new.spec, new_shape)
 
 
+def _cache_write(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
+    """The prompt's K or V into its resident KV cache at positions 0..S-1 (zeros after), in
+    the cache's layout on this region: the decode machine starts from these tiles."""
+    (src_ref,), (write,) = step.reads, step.writes
+    cache = next((c for c in m.s.caches if c.tensor == write.tensor), None)
+    if cache is None:
+        raise _fault(step, f"{write.tensor} is not a KV cache of this schedule")
+    reg = m.regions[step.region]
+    src = _get(m, step, reg.name, src_ref.tensor, src_ref.spec, src_ref.partial)
+    if src.partial:
+        raise _fault(step, "cannot write partial sums into a KV cache")
+    shape = m.g.tensor(write.tensor).shape
+    value = gather(src.data, src.spec, m.g.tensor(src_ref.tensor).shape)
+    if value.shape[cache.axis] > shape[cache.axis]:
+        raise CacheOverflow(f"KV cache overflow at {_where(step)}: the prompt's "
+                            f"{value.shape[cache.axis]} positions do not fit the "
+                            f"{shape[cache.axis]} of {write.tensor}; compile with a larger "
+                            "--context")
+    whole = np.zeros(shape, np.float32)
+    whole[tuple(slice(0, value.shape[cache.axis]) if i == cache.axis else slice(None)
+                for i in range(len(shape)))] = value
+    _put(m, step, reg.name, write.tensor, write.spec, None,
+         _finish(m, write.tensor, write.spec, reg, scatter(whole, write.spec, reg.rows,
+                                                            reg.cols)))
+
+
 def _key_axis(new: tuple[int, ...], cache: tuple[int, ...]) -> int | None:
     if len(new) != len(cache):
         return None
@@ -486,4 +517,4 @@ def _key_axis(new: tuple[int, ...], cache: tuple[int, ...]) -> int | None:
 
 _STEP = {StepKind.LOAD: _load, StepKind.COMPUTE: _compute, StepKind.COLLECTIVE: _collective,
          StepKind.SEND: _send, StepKind.WAFER_SEND: _send, StepKind.STORE: _store,
-         StepKind.APPEND: _append}
+         StepKind.APPEND: _append, StepKind.CACHE_WRITE: _cache_write}

@@ -40,7 +40,8 @@ def decode_schedule_from_doc(doc: dict[str, Any]) -> Schedule | None:
     if dec is None:
         return None
     return schedule_from_doc({**doc, "steps": dec["steps"], "tokens": dec["tokens"],
-                              "batch": dec["batch"], "context": dec["context"]})
+                              "batch": dec["batch"], "context": dec["context"],
+                              "kv_caches": []})  # the prefill's: decode appends to them
 
 
 def decode_problems(doc: dict[str, Any]) -> list[str]:

@@ -31,7 +31,7 @@ from fractions import Fraction
 from typing import Any
 
 from compiler import __version__
-from compiler.schedule.build import Region, Schedule, Step, TensorRef
+from compiler.schedule.build import KVCacheRef, Region, Schedule, Step, TensorRef
 from compiler.schedule.perf import PerfOptions, Timeline, step_scale
 from compiler.target import Target
 from compiler.vocab import OFFCHIP_KINDS, REGION_KINDS, TRANSFER_KINDS, Phase, StepKind
@@ -46,6 +46,7 @@ KIND_FIELDS: dict[StepKind, tuple[str, ...]] = {
     StepKind.WAFER_SEND: ("reads", "writes", "dst", "nbytes"),
     StepKind.STORE: ("reads", "nbytes"),
     StepKind.APPEND: ("reads", "writes", "op_kind", "nbytes"),
+    StepKind.CACHE_WRITE: ("reads", "writes", "op_kind", "nbytes"),
 }
 _ALWAYS = ("id", "kind", "region", "deps")
 _STEP_FIELDS = dataclasses.fields(Step)
@@ -67,9 +68,15 @@ def schedule_doc(schedule: Schedule, target: Target,
         "tokens": s.tokens, "batch": s.batch, "context": s.context,
         "residency": dict(s.residency),
         "regions": [dataclasses.asdict(r) for r in s.regions],
+        **({"kv_caches": [_cache_doc(c) for c in s.caches]} if s.caches else {}),
         "steps": [step_doc(st) for st in s.steps],
         "timing": {mode: _timing_doc(tl) for mode, tl in timelines.items()},
     }
+
+
+def _cache_doc(c: KVCacheRef) -> dict[str, Any]:
+    return {"tensor": c.tensor, "source": c.source, "axis": c.axis, "layer": c.layer,
+            "spec": [a or "-" for a in c.spec]}
 
 
 def step_doc(step: Step) -> dict[str, Any]:
@@ -111,7 +118,10 @@ def schedule_from_doc(doc: dict[str, Any]) -> Schedule:
         regions=tuple(Region(**r) for r in doc["regions"]),
         steps=tuple(_step_from_doc(st) for st in doc["steps"]),
         tokens=doc["tokens"], batch=doc["batch"], context=doc["context"],
-        residency=tuple(doc["residency"].items()))
+        residency=tuple(doc["residency"].items()),
+        caches=tuple(KVCacheRef(c["tensor"], c["source"], int(c["axis"]), c["layer"],
+                                tuple(None if a == "-" else a for a in c["spec"]))
+                     for c in doc.get("kv_caches", ())))
 
 
 def _step_from_doc(doc: dict[str, Any]) -> Step:

@@ -13,7 +13,8 @@ BLOCK_ALT = "#7aa2d0"  # odd blocks, so neighbours stay apart
 STEP_COLORS = {StepKind.COMPUTE: "#4c78a8", StepKind.COLLECTIVE: "#f28e2b",
                StepKind.SEND: "#59a14f", StepKind.WAFER_SEND: "#e15759", StepKind.LOAD: "#9467bd",
                StepKind.STORE: "#8c564b",
-               StepKind.APPEND: "#edc948"}  # a decode step's K/V into its KV cache
+               StepKind.APPEND: "#edc948",  # a decode step's K/V into its KV cache
+               StepKind.CACHE_WRITE: "#b07aa1"}  # the prefill's K/V into its KV cache
 EMPTY = "#e9ecef"  # cores nobody uses
 
 VIRIDIS = ("#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884",

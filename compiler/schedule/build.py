@@ -11,7 +11,11 @@ A region is one layer's placed rectangle. Tensors live on regions as tiles split
   `relayout` (re-split a tensor another way, e.g. gather a split dim), `retile` (an op that
   moves tiles across cores: split/slice/concat/index along a split dim);
 - send: region -> region on one wafer along an XY route; wafer_send: across wafers;
-- store: region -> off-chip (graph outputs).
+- store: region -> off-chip (graph outputs);
+- cache_write (causal LMs with a decode schedule): the prompt's K or V (positions 0..S-1)
+  written into its layer's resident KV cache (`Schedule.caches`: at the context, in the layout
+  the decode schedule reads it in, on the attention region's cores), right after the last
+  step of the layer that reads the K or V; the decode machine starts from what it wrote.
 
 Each step names what it reads and writes (tensor, spec, partial axis), so the executor can run
 it and check that every operand is resident where the step runs. Step ids are a topological
@@ -86,6 +90,19 @@ class Step:
 
 
 @dataclass(frozen=True)
+class KVCacheRef:
+    """A resident KV cache the prefill writes and the decode step reads: `tensor` (not in the
+    prefill graph: `source`'s shape with `axis` at the schedule's context) on region `layer`
+    in `spec`, filled from the prompt's `source` (its K or V) at positions 0..S-1."""
+
+    tensor: str
+    source: str
+    axis: int
+    layer: str
+    spec: Spec
+
+
+@dataclass(frozen=True)
 class Schedule:
     model: str
     target: str
@@ -95,6 +112,7 @@ class Schedule:
     batch: int
     context: int
     residency: tuple[tuple[str, str], ...] = ()  # region -> residency mode
+    caches: tuple[KVCacheRef, ...] = ()  # the KV caches its cache_write steps fill
 
     def region(self, name: str) -> Region:
         return self._regions[name]
@@ -128,9 +146,11 @@ class _State:
 
 
 def build_schedule(g: ir.Graph, tiled: TiledGraph, problem: PlacementProblem,
-                   placement: Placement, target: Target) -> Schedule:
+                   placement: Placement, target: Target,
+                   caches: tuple[KVCacheRef, ...] = ()) -> Schedule:
     """Steps for `placement`; every transfer's `nbytes` is the tensor's size on the machine
-    (`Target.tensor_bytes`: floats at the storage dtype), as tiling and placement count it."""
+    (`Target.tensor_bytes`: floats at the storage dtype), as tiling and placement count it.
+    `caches`: the KV caches the prompt fills (a `cache_write` step each)."""
     regions = tuple(_region(lt.layer, r) for lt, r in zip(tiled.layers, placement.rects,
                                                           strict=True))
     by_name = {r.name: r for r in regions}
@@ -140,11 +160,11 @@ def build_schedule(g: ir.Graph, tiled: TiledGraph, problem: PlacementProblem,
     for layer, lt in zip(g.layers, tiled.layers, strict=True):
         with at_layer(layer.name):  # an internal error names the layer
             _schedule_layer(g, layer, lt.ops, by_name[layer.name], by_name, residency[layer.name],
-                            st)
+                            st, tuple(c for c in caches if c.layer == layer.name))
     _store_outputs(g, st)
     steps = with_algorithms(st.steps, by_name, target)
     return Schedule(g.name, target.name, regions, steps, _tokens(g), tiled.batch,
-                    tiled.context, tuple((k, v.value) for k, v in residency.items()))
+                    tiled.context, tuple((k, v.value) for k, v in residency.items()), caches)
 
 
 def with_algorithms(steps: list[Step], regions: dict[str, Region],
@@ -171,14 +191,58 @@ def _tokens(g: ir.Graph) -> int:
 
 
 def _schedule_layer(g: ir.Graph, layer: ir.Layer, layouts: tuple[OpLayout, ...], region: Region,
-                    regions: dict[str, Region], residency: Residency, st: _State) -> None:
+                    regions: dict[str, Region], residency: Residency, st: _State,
+                    caches: tuple[KVCacheRef, ...] = ()) -> None:
     streamed = residency in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL)
-    for op, lay in zip(layer.ops, layouts, strict=True):
+    after = _write_points(g, layer, caches)
+    for k, (op, lay) in enumerate(zip(layer.ops, layouts, strict=True)):
         if all(n in g.const_derived for n in op.inputs if n):
             continue  # a constant subgraph: evaluated on the host, loaded where it is read
         deps = [_provide(g, name, spec, region, regions, streamed, st)
                 for name, spec in zip(op.inputs, lay.inputs, strict=True) if name]
         _compute(g, op, lay, region, deps, st)
+        for cache in after.get(k, ()):
+            _write_cache(g, cache, region, regions, st)
+
+
+def _write_points(g: ir.Graph, layer: ir.Layer,
+                  caches: tuple[KVCacheRef, ...]) -> dict[int, list[KVCacheRef]]:
+    """Per op index of the layer, the caches written right after it: after the last op that
+    reads or makes the cache's K / V (it is freed there, not kept for a later write)."""
+    points: dict[int, list[KVCacheRef]] = {}
+    for cache in caches:
+        uses = [k for k, op in enumerate(layer.ops) if cache.source in (*op.inputs, *op.outputs)]
+        if not uses:
+            raise ValueError(f"KV cache {cache.tensor}: no op of {layer.name} makes or reads "
+                             f"{cache.source}")
+        points.setdefault(uses[-1], []).append(cache)
+    return points
+
+
+def _write_cache(g: ir.Graph, cache: KVCacheRef, region: Region, regions: dict[str, Region],
+                 st: _State) -> None:
+    """The prompt's K or V, in the cache's layout, into the resident cache at 0..S-1."""
+    dep = _provide(g, cache.source, cache.spec, region, regions, False, st)
+    split = cache.spec[cache.axis] if cache.axis < len(cache.spec) else None
+    step = st.add(kind=StepKind.CACHE_WRITE, region=region.name,
+                  reads=(TensorRef(cache.source, cache.spec),),
+                  writes=(TensorRef(cache.tensor, cache.spec),), deps=(dep,),
+                  op_kind=StepKind.CACHE_WRITE, axis=split, nbytes=st.bytes(cache.source))
+    st.at[(region.name, cache.tensor)] = (cache.spec, None, step.id)
+
+
+def with_caches(g: ir.Graph, s: Schedule) -> ir.Graph:
+    """`g` with the KV caches `s` writes as tensors (`source`'s shape, `axis` at the context),
+    so that the executor and the memory replay can size them; `g` itself when it has none."""
+    missing = [c for c in s.caches if c.tensor not in g.tensor_map]
+    if not missing:
+        return g
+    extra = []
+    for c in missing:
+        src = g.tensor(c.source)
+        shape = tuple(s.context if i == c.axis else d for i, d in enumerate(src.shape))
+        extra.append(ir.Tensor(c.tensor, shape, src.dtype, ir.TensorKind.ACTIVATION))
+    return dataclasses.replace(g, tensors=(*g.tensors, *extra))
 
 
 def _provide(g: ir.Graph, name: str, spec: Spec | None, region: Region,

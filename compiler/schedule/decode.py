@@ -40,6 +40,7 @@ from compiler.errors import CapacityError, UnsupportedOpsError, WaferError
 from compiler.placement.problem import Residency
 from compiler.schedule.build import (
     FIXED,
+    KVCacheRef,
     Region,
     Schedule,
     Step,
@@ -60,6 +61,7 @@ from compiler.schedule.decode_stream import (
 )
 from compiler.schedule.perf import Estimate, PerfOptions, Timeline, estimate, timeline
 from compiler.target import Target
+from compiler.tiling.candidates import DecodeStep
 from compiler.tiling.layouts import OpLayout, Spec, _spec_back, graph_layouts
 from compiler.vocab import Mode, Phase, StepKind
 
@@ -747,25 +749,12 @@ class DecodePlan:
     estimate: Estimate
 
 
-def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target: Target,
-                context: int) -> DecodePlan | None:
-    """The decode plan of a causal LM (`decode_plan_or_reason`), None for anything else."""
-    plan = decode_plan_or_reason(source, prefill_graph, prefill, target, context)
-    return plan if isinstance(plan, DecodePlan) else None
-
-
-def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedule,
-                          target: Target, context: int) -> DecodePlan | str:
-    """The decode plan of a causal LM, with weights or shape-only; for anything else (no
+def decode_forms(source: str, prefill_graph: ir.Graph,
+                 context: int) -> tuple[DecodeGraph, ...] | str:
+    """The decode graphs `decode_plan_or_reason` chooses from (shape-only): the cache after the
+    grouped-query repeat and, under one, before it; for anything that is not a causal LM (no
     attention core, not only token-id inputs, a one-token prompt, an encoder's mask) why not.
-    Its graph is shape-only (the model at one token loaded without weights: a schedule needs
-    shapes only), so running it (`--decode`) loads the decode graph with weights again
-    (verify.decode.open_decode).
-    Under grouped-query attention both cache forms are scheduled — after the repeat (query
-    heads: more bytes, no repeat per step) and before it (KV heads: a quarter of the bytes,
-    the repeat runs on the cache every step) — and the faster decode step is kept; schedule.json
-    records which (`kv_cache`), so verify derives the same graph. A graph that derives is
-    scheduled: a failure there is a bug and surfaces as one (not as "no decode schedule")."""
+    The tiling prices each one's decode step before placement (`decode_steps`)."""
     try:  # the decode step is extra: never fail a compile
         g1 = _load_g1(source, prefill_graph, shapes_only=True)
     except DecodeUnsupported as exc:
@@ -781,6 +770,47 @@ def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedul
         forms += [grouped] if grouped.grouped else []
     except DecodeUnsupported:
         pass
+    return tuple(forms)
+
+
+def decode_steps(forms: Sequence[DecodeGraph] | str) -> tuple[DecodeStep, ...]:
+    """What the tiling needs of each decode form to count its decode step's per-core memory:
+    the graph, its layouts as the decode schedule takes them, and each cache's appended K/V.
+    A form whose layouts fail is left out: its schedule would fail too (`_try_plan`)."""
+    steps = []
+    for dg in () if isinstance(forms, str) else forms:
+        try:
+            layouts = decode_layouts(dg)
+        except (ValueError, KeyError, IndexError, WaferError):
+            continue
+        steps.append(DecodeStep(dg.graph, layouts, tuple((c.name, c.new) for c in dg.caches)))
+    return tuple(steps)
+
+
+def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target: Target,
+                context: int) -> DecodePlan | None:
+    """The decode plan of a causal LM (`decode_plan_or_reason`), None for anything else."""
+    plan = decode_plan_or_reason(source, prefill_graph, prefill, target, context)
+    return plan if isinstance(plan, DecodePlan) else None
+
+
+def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedule,
+                          target: Target, context: int,
+                          forms: Sequence[DecodeGraph] | str | None = None) -> DecodePlan | str:
+    """The decode plan of a causal LM, with weights or shape-only; for anything else why not
+    (`decode_forms`). Its graph is shape-only (the model at one token loaded without weights: a
+    schedule needs shapes only), so running it (`--decode`) loads the decode graph with weights
+    again (verify.decode.open_decode).
+    Under grouped-query attention both cache forms are scheduled — after the repeat (query
+    heads: more bytes, no repeat per step) and before it (KV heads: a quarter of the bytes,
+    the repeat runs on the cache every step) — and the faster decode step is kept; schedule.json
+    records which (`kv_cache`), so verify derives the same graph. A graph that derives is
+    scheduled: a failure there is a bug and surfaces as one (not as "no decode schedule").
+    `forms`: `decode_forms`' answer when already derived."""
+    if forms is None:
+        forms = decode_forms(source, prefill_graph, context)
+    if isinstance(forms, str):
+        return forms
     plans = [_try_plan(dg, prefill, target) for dg in forms]
     kept = [p for p in plans if isinstance(p, DecodePlan)]
     if not kept:
@@ -802,3 +832,14 @@ def plan_for(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan:
     s = build_decode_schedule(dg, prefill, target)
     opts = PerfOptions(Mode.DECODE, context=dg.context)
     return DecodePlan(dg, s, timeline(s, target, opts), estimate(s, target, opts))
+
+
+def prefill_caches(plan: DecodePlan) -> tuple[KVCacheRef, ...]:
+    """The KV caches the prefill schedule fills for `plan` (`build_schedule(..., caches)`):
+    each on its attention region in the layout the decode schedule allocates it in. A cache
+    that streams is not resident (`with_streams`): the executor hands it over off-chip."""
+    spec = {w.tensor: w.spec for st in plan.schedule.steps if st.kind == StepKind.LOAD
+            for w in st.writes}
+    streamed = {ch.cache for ch in plan.graph.streams}
+    return tuple(KVCacheRef(c.name, c.prefill, c.axis, c.layer, spec[c.name])
+                 for c in plan.graph.caches if c.name not in streamed)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from compiler import ir
 from compiler.errors import CapacityError
-from compiler.schedule.build import Schedule, Step
+from compiler.schedule.build import Schedule, Step, with_caches
 from compiler.target import Target
 from compiler.tiling.layouts import tile_numel
 from compiler.vocab import VIEW_OPS, Phase, StepKind
@@ -38,6 +38,7 @@ def simulate(schedule: Schedule, g: ir.Graph, target: Target
              ) -> tuple[dict[str, int], Overflow | None]:
     """Per region, the fullest core's peak bytes (as ExecResult.peak_bytes counts them) up to
     the first overflow, and that overflow (None when the whole schedule fits)."""
+    g = with_caches(g, schedule)
     regions = {r.name: r for r in schedule.regions}
     last = {(st.region, ref.tensor): st.id for st in schedule.steps for ref in st.reads}
     held: dict[tuple[str, str], int] = {}

@@ -104,7 +104,8 @@ def step_cycles(step: Step, s: Schedule, t: Target, scale: float) -> int:
     nbytes = step.nbytes * scale
     cost = {StepKind.COMPUTE: _compute, StepKind.COLLECTIVE: _collective, StepKind.SEND: _send,
             StepKind.WAFER_SEND: _wafer, StepKind.LOAD: _offchip,
-            StepKind.STORE: _offchip, StepKind.APPEND: _append}[step.kind]
+            StepKind.STORE: _offchip, StepKind.APPEND: _append,
+            StepKind.CACHE_WRITE: _append}[step.kind]
     return int(math.ceil(cost(step, region, t, nbytes, step.flops * scale))) + overhead
 
 
@@ -162,7 +163,8 @@ def _collective(step, region, t: Target, nbytes: float, flops: float) -> float:
 
 def _append(step, region, t: Target, nbytes: float, flops: float) -> float:
     """A decode step's K/V into its KV cache at position t: to the core holding t along the
-    cache's split axis (at worst across it), then written there."""
+    cache's split axis (at worst across it), then written there. A prefill's cache write (the
+    prompt's K/V, positions 0..S-1, in the cache's layout) is priced alike."""
     m = _axis_size(region, step.axis)
     return (m - 1) * t.links.hop_latency_cycles + nbytes / t.links.bytes_per_cycle
 
@@ -369,7 +371,8 @@ class LayerCycles:
 
 
 _CATEGORY = {StepKind.COMPUTE: "compute", StepKind.COLLECTIVE: "collective",
-             StepKind.APPEND: "collective", StepKind.SEND: "send", StepKind.WAFER_SEND: "send",
+             StepKind.APPEND: "collective", StepKind.CACHE_WRITE: "collective",
+             StepKind.SEND: "send", StepKind.WAFER_SEND: "send",
              StepKind.LOAD: "offchip", StepKind.STORE: "offchip"}
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from compiler import ir
@@ -49,6 +49,18 @@ class TilingOptions:
     # only one decode step's (the prompt streams through in steps: big shape-only models).
     # None: the whole prompt when the model has weights, so that it can be verified.
     prompt_resident: bool | None = None
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """One decode step of the model, derived before tiling (schedule/decode.py `decode_steps`):
+    the model at one token with its KV caches at the context, the layouts the decode schedule
+    gives it, and (cache, appended K/V) pairs. A layer's one-decode-step memory is then that
+    step's live set as the decode schedule keeps it, not the prompt's scaled down."""
+
+    graph: ir.Graph
+    layouts: Mapping[str, tuple[OpLayout, ...]]
+    appends: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,20 @@ class _Tensors:
     live: tuple[tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...], ...] = ()
     tables: tuple[tuple[tuple[int, ...], Spec, int], ...] = ()  # constant tables, held whole
     prompt_resident: bool = False
+    decode: tuple[_StepTensors, ...] = ()  # per decode form, when the model has a decode step
+
+
+@dataclass(frozen=True)
+class _StepTensors:
+    """A layer in one decode step: weights and constant tables (held whole), KV caches
+    (resident, the append writes them in place), and per op the activations alive while it
+    runs (`_live_sets` of the decode graph, with each appended K/V alive up to its append)."""
+
+    weights: tuple[tuple[tuple[int, ...], Spec, float], ...]
+    tables: tuple[tuple[tuple[int, ...], Spec, int], ...]
+    caches: tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...]
+    acts: tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...]  # each activation once
+    live: tuple[frozenset[int], ...]  # indices into `acts`: the maximal live sets only
 
 
 def _param_derived(g: ir.Graph) -> frozenset[str]:
@@ -164,10 +190,38 @@ def _tables(g, layer, layouts, target, params) -> tuple:
     return tuple(seen.values())
 
 
-def _live_sets(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], target: Target):
+def _live_sets(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], target: Target,
+               appends: Sequence[tuple[str, str]] = ()):
     """Per op of the layer, the activations alive while it runs (whole prompt), each with every
     spec it takes here: a tensor lives from its first use or definition to its last use, and
-    to the end of the layer when a later layer reads it."""
+    to the end of the layer when a later layer reads it. `appends` (a decode step's (cache,
+    appended K/V) pairs): the K/V lives, in the cache's spec too, up to the first op reading
+    its cache (the append runs just before it)."""
+    entries, alive = _live_named(g, layer, layouts, target, appends)
+    return tuple(tuple(entries[n] for n in names) for names in alive)
+
+
+def _live_named(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], target: Target,
+                appends: Sequence[tuple[str, str]] = ()):
+    """`_live_sets` by name: ({name: (shape, specs, bytes per element)}, per op the names)."""
+    first, last, specs = _uses(g, layer, layouts)
+    for cache, new in appends:
+        if cache in first and new in first:
+            last[new] = max(last[new], first[cache])
+            specs[new] = [*specs[new], *specs[cache]]
+    inside = {op.name for op in layer.ops}
+    for name in first:
+        leaves = name in g.outputs or any(c.name not in inside for c in g.consumers.get(name, ()))
+        if leaves and name in {o for op in layer.ops for o in op.outputs}:
+            last[name] = len(layer.ops)
+    entries = {n: (g.tensor(n).shape, tuple(dict.fromkeys(specs[n])),
+                   target.element_bytes(g.tensor(n))) for n in first}
+    return entries, tuple(tuple(n for n in first if first[n] <= k <= last[n])
+                          for k in range(len(layer.ops)))
+
+
+def _uses(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout]):
+    """(first use, last use, specs) of each activation of the layer, by op index."""
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     specs: dict[str, list[Spec]] = {}
@@ -185,15 +239,37 @@ def _live_sets(g: ir.Graph, layer: ir.Layer, layouts: Sequence[OpLayout], target
             for name in op.inputs[:1]:
                 if name in last and last[name] == k and first[name] < k:
                     last[name] = k - 1
-    inside = {op.name for op in layer.ops}
-    for name in first:
-        leaves = name in g.outputs or any(c.name not in inside for c in g.consumers.get(name, ()))
-        if leaves and name in {o for op in layer.ops for o in op.outputs}:
-            last[name] = len(layer.ops)
-    entries = {n: (g.tensor(n).shape, tuple(dict.fromkeys(specs[n])),
-                   target.element_bytes(g.tensor(n))) for n in first}
-    return tuple(tuple(entries[n] for n in first if first[n] <= k <= last[n])
-                 for k in range(len(layer.ops)))
+    return first, last, specs
+
+
+def _step_tensors(step: DecodeStep, name: str, target: Target,
+                  params: frozenset[str]) -> _StepTensors | None:
+    """Layer `name` in the decode step `step` (None when the step has no such layer)."""
+    g = step.graph
+    layer = next((la for la in g.layers if la.name == name), None)
+    if layer is None or name not in step.layouts:
+        return None
+    layouts = step.layouts[name]
+    try:
+        s = _step_layer(step, layer, layouts, target, params)
+        _step_bytes(s, Residency.RESIDENT, 1, 1)  # every spec fits its tensor's rank
+    except (ValueError, KeyError, IndexError):  # a form whose decode schedule fails too
+        return None
+    return s
+
+
+def _step_layer(step: DecodeStep, layer: ir.Layer, layouts, target: Target,
+                params: frozenset[str]) -> _StepTensors:
+    g = step.graph
+    t = _layer_tensors(g, layer, layouts, target, {}, params)
+    caches = {c for c, _ in step.appends}
+    entries, alive = _live_named(g, layer, layouts, target, step.appends)
+    names = [n for n in entries if n not in caches]
+    index = {n: i for i, n in enumerate(names)}
+    sets = {frozenset(index[n] for n in ops if n in index) for ops in alive}
+    maximal = tuple(a for a in sets if not any(a < b for b in sets))  # a subset is never larger
+    return _StepTensors(t.weights, t.tables, tuple(entries[n] for n in caches if n in entries),
+                        tuple(entries[n] for n in names), maximal)
 
 
 def _is_scores(g: ir.Graph, op: ir.Op) -> bool:
@@ -227,6 +303,8 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
     kv = math.ceil(kv_total / cores) * kv_item
     if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
         kv = min(kv, STREAM_BUFFER_BYTES)
+    if t.decode and mode not in _CHUNKED:  # what the decode schedule holds, as it runs
+        return _with_decode(t, mode, rows, cols, w + rest[0], kv, rest[1])
     if t.prompt_resident:  # tables count with the weights
         return w + rest[0], kv, rest[1]
     return w, kv, rest[1]
@@ -244,6 +322,38 @@ def _raw(t: _Tensors, kv_total: int, batch: int, rows: int,
     context = kv_total // max(t.kv_elements_per_token * batch, 1) if t.kv_elements_per_token else 0
     scores = 2 * math.ceil(t.score_heads * batch / rows) * math.ceil(context / cols) * t.act_item
     return w, (0, step + scores)
+
+
+# Modes whose KV cache streams: their decode step is modelled as attention over the cache in
+# chunks through the stream buffer (the scores over the context, not the cache-long K/V); the
+# decode schedule's chunked live set (schedule/decode_stream.py) is not gathered here, so they
+# keep that model rather than the schedule's live set.
+_CHUNKED = (Residency.STREAM_KV, Residency.STREAM_ALL)
+
+
+def _with_decode(t: _Tensors, mode: Residency, rows: int, cols: int, held: int,
+                 kv: int, live: int) -> tuple[int, int, int]:
+    """(weight, kv, activation) bytes bounding the decode step's real per-core peak (each decode
+    form's weights, tables, caches and largest live set), and with the whole prompt resident
+    also the prefill's (weights, tables, the caches its cache writes fill, its live set)."""
+    steps = [_step_bytes(s, mode, rows, cols) for s in t.decode]
+    dw, dkv, dact = max(steps, key=sum)
+    if not t.prompt_resident:
+        return dw, dkv, dact
+    kv = max([kv, *(k for _, k, _ in steps)])
+    return held, kv, max(live, dw + dkv + dact - held - kv)
+
+
+def _step_bytes(s: _StepTensors, mode: Residency, rows: int, cols: int) -> tuple[int, int, int]:
+    w = _bytes(s.weights, rows, cols)
+    if mode in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL):
+        w = min(w, STREAM_BUFFER_BYTES)
+    kv = _live_bytes(s.caches, rows, cols)
+    if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
+        kv = min(kv, STREAM_BUFFER_BYTES)
+    sizes = [_live_bytes((e,), rows, cols) for e in s.acts]
+    live = max((sum(sizes[i] for i in ops) for ops in s.live), default=0)
+    return w + _bytes(s.tables, rows, cols), kv, live
 
 
 def _live_bytes(live, rows: int, cols: int) -> int:
@@ -352,57 +462,73 @@ class _LayerModel:
     steps: int
 
 
-def tile_graph(g: ir.Graph, target: Target, options: TilingOptions | None = None) -> TiledGraph:
+def tile_graph(g: ir.Graph, target: Target, options: TilingOptions | None = None,
+               steps: Sequence[DecodeStep] = ()) -> TiledGraph:
     """Layouts and candidates for every layer. With prompt_resident left open, a model with
     weights is tiled to hold its whole prompt (so that it can be verified) when that fits, and
-    otherwise, like the shape-only giants, one decode step at a time."""
+    otherwise, like the shape-only giants, one decode step at a time. `steps`: the model's
+    decode step(s) at the context (one per cache form the decode schedule may take), whose
+    live sets each layer's per-core bytes then bound (else one decode step is the largest op
+    scaled to a token plus the scores over the context)."""
     options = options or TilingOptions()
+    run = functools.partial(_tile, steps=tuple(steps))
     if options.prompt_resident:
         try:
-            return _tile(g, target, options, True)
+            return run(g, target, options, True)
         except CapacityError as exc:
             raise CapacityError(exc.what + " with its whole prompt in SRAM (needed to run and "
                                 "verify it)", exc.needed, exc.available,
                                 "use a shorter --seq-len, or compile without --verify (the "
                                 "prompt then streams through in decode steps)") from None
     if options.prompt_resident is not None:
-        return _tile(g, target, options, False)
+        return run(g, target, options, False)
     if g.shape_only:
-        return _tile(g, target, options, False)
+        return run(g, target, options, False)
     try:
-        return _tile(g, target, options, True)
+        return run(g, target, options, True)
     except CapacityError:
-        return _tile(g, target, options, False)
+        return run(g, target, options, False)
 
 
-def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool) -> TiledGraph:
+def context_length(g: ir.Graph, options: TilingOptions) -> int:
+    """The KV cache's context: the option, or the bound sequence length."""
+    return options.context or max(1, token_count(g) // batch_size(g))
+
+
+def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool,
+          steps: tuple[DecodeStep, ...] = ()) -> TiledGraph:
     """With the whole prompt in SRAM, attention is query-blocked (`layouts._query_blocked`)
     when its heads do not fit a core whole: a long prompt (BERT-base at 512 tokens)."""
     layouts = graph_layouts(g)
     try:
-        return _tile_with(g, target, options, resident, layouts)
+        return _tile_with(g, target, options, resident, layouts, steps)
     except CapacityError:
         blocked = graph_layouts(g, query_blocks=True) if resident else layouts
         if blocked == layouts:
             raise
-        return _tile_with(g, target, options, resident, blocked)
+        return _tile_with(g, target, options, resident, blocked, steps)
 
 
 def _tile_with(g: ir.Graph, target: Target, options: TilingOptions, resident: bool,
-               layouts: dict[str, tuple[OpLayout, ...]]) -> TiledGraph:
+               layouts: dict[str, tuple[OpLayout, ...]],
+               steps: tuple[DecodeStep, ...]) -> TiledGraph:
     kv = kv_cache_tensors(g)
     batch = batch_size(g)
-    context = options.context or max(1, token_count(g) // batch)
+    context = context_length(g, options)
     params = _param_derived(g)
+    step_params = [_param_derived(st.graph) for st in steps]
     cache: dict[str, tuple[Candidate, ...]] = {}
     layers = []
     for layer in g.layers:
         with at_layer(layer.name):  # an internal error names the layer
             model = _layer_model(g, layer, layouts[layer.name], target, kv, context, batch, params)
-            model = dataclasses.replace(model, tensors=dataclasses.replace(
-                model.tensors, prompt_resident=resident))
             template = _template(g, layer)
-            if template not in cache:
+            if template not in cache:  # alike layers: alike decode steps too
+                decode = tuple(s for s in (_step_tensors(st, layer.name, target, p)
+                                           for st, p in zip(steps, step_params, strict=True))
+                               if s is not None)
+                model = dataclasses.replace(model, tensors=dataclasses.replace(
+                    model.tensors, prompt_resident=resident, decode=decode))
                 cache[template] = _candidates(layer.name, model, target, batch, options,
                                               _share(g, target))
             layers.append(LayerTiling(
