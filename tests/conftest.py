@@ -40,7 +40,10 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@functools.cache
 def zoo_graph(name: str, batch: int | None = None, seq: int | None = None) -> ir.Graph:
+    """The zoo model as loaded once per process (an ir.Graph is an immutable value): the big
+    zoo's shape-only graphs take seconds each and several test files ask for the same ones."""
     return load_model(name, FrontendOptions(DimRequest(batch=batch, seq_len=seq)))
 
 
