@@ -1,4 +1,4 @@
-"""Shared fixtures: zoo graphs are loaded once per session (they are immutable values);
+"""Shared fixtures: zoo graphs are loaded once per process (they are immutable values);
 headless Chromium and an HTML reference collector for the report pages. Compiles through the
 CLI check their stages' results (WAFER_CHECK=1)."""
 
