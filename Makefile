@@ -35,9 +35,14 @@ demo: $(STAMP)
 	$(BIN)/wafer compile gpt2-small --target wse3 --seq-len 128 -o out/gpt2-small --force --verify
 	$(BIN)/wafer view out/gpt2-small
 
+# The suite runs on every core (pytest-xdist; `make test WORKERS=0` runs it in one process).
+# --dist loadfile keeps each test file on one worker, so a file's module-level caches and
+# fixtures (compiles shared by its tests) are built once.
+WORKERS ?= auto
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

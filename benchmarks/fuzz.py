@@ -493,9 +493,9 @@ def guard(seconds: float) -> Iterator[None]:
         raise Hang()
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     faulthandler.dump_traceback_later(HARD_GUARD_S, exit=True, file=_REAL_STDERR)
-    try:
+    try:  # the timer starts inside: however soon it fires, the finally disarms and restores
+        signal.setitimer(signal.ITIMER_REAL, seconds)
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -538,7 +538,9 @@ def run_case(case: Case, guard_s: float = GUARD_S) -> Outcome:
         code, escaped = None, ""
         t0 = time.perf_counter()
         try:
-            with guard(guard_s), captured_fds(d / "stdout", d / "stderr"):
+            # the files exist before the guard starts: a guard that fires at once (a loaded
+            # machine, a tiny guard_s) still leaves a stderr to read
+            with captured_fds(d / "stdout", d / "stderr"), guard(guard_s):
                 code = main(argv)
         except Hang:
             escaped = f"hang: still running after {guard_s:g} s"

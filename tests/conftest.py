@@ -1,9 +1,10 @@
-"""Shared fixtures: zoo graphs are loaded once per session (they are immutable values);
+"""Shared fixtures: zoo graphs are loaded once per process (they are immutable values);
 headless Chromium and an HTML reference collector for the report pages. Compiles through the
 CLI check their stages' results (WAFER_CHECK=1)."""
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -40,7 +41,10 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@functools.cache
 def zoo_graph(name: str, batch: int | None = None, seq: int | None = None) -> ir.Graph:
+    """The zoo model as loaded once per process (an ir.Graph is an immutable value): the big
+    zoo's shape-only graphs take seconds each and several test files ask for the same ones."""
     return load_model(name, FrontendOptions(DimRequest(batch=batch, seq_len=seq)))
 
 
@@ -72,19 +76,28 @@ def pool_sweep(tmp_path_factory) -> tuple[Path, dict, str]:
 
 
 @pytest.fixture(scope="session")
-def chromium() -> str:
+def chromium(tmp_path_factory) -> str:
     """Headless Chromium, installed with apt-get when missing and we may (root, Debian)."""
     exe = find_chromium()
     if exe is None and shutil.which("apt-get") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=False,
-                       timeout=900)
-        exe = find_chromium()
+        # pytest-xdist workers share their base temp's parent: the first installs, the others
+        # wait for it (two apt-gets at once fail on dpkg's lock) and then find it installed
+        lock = tmp_path_factory.getbasetemp().parent / "chromium-install.lock"
+        with lock.open("w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            exe = find_chromium() or _apt_install_chromium()
     if exe is None:
         pytest.skip("headless Chromium is not installed and `apt-get install chromium` was not "
                     "possible here (needs root and a Debian package archive)")
     return exe
+
+
+def _apt_install_chromium() -> str | None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=False,
+                   timeout=900)
+    return find_chromium()
 
 
 class Refs(HTMLParser):
