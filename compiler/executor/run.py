@@ -405,7 +405,8 @@ def _reduce_in_order(data: np.ndarray, axis: int, step: Step) -> np.ndarray:
         alg = collectives.parse(step.algorithm)
     except ValueError as exc:
         raise _fault(step, str(exc)) from None
-    parts = [data.take([i], axis=axis) for i in range(data.shape[axis])]
+    lead = (slice(None),) * axis  # each part a view: only the sums make new arrays
+    parts = [data[(*lead, slice(i, i + 1))] for i in range(data.shape[axis])]
     pairs, root = collectives.combines(alg, len(parts))
     for dst, src in pairs:
         parts[dst] = parts[dst] + parts[src]
