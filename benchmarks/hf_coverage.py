@@ -128,6 +128,10 @@ def compile_cell(path: Path, target: str) -> tuple[str, float, bool]:
         return f"verified ({worst:.1e}; {cpu:.1f} s)", seconds, True
     short = last.replace("|", "\\|")  # an unsupported model's op kinds come first
     short = short[:LIMIT] + " ..." if len(short) > LIMIT else short
+    if code == 1 and stdout.strip():  # a verify mismatch: its worst error, then the last line
+        worst = max(o["max_abs"] for o in json.loads(stdout)["verify"]["outputs"])
+        return (f"exit 1, verify FAILED (max abs {worst:.2g}; {cpu:.1f} s): `{short}`", seconds,
+                False)
     return f"exit {code} ({cpu:.1f} s): `{short}`", seconds, False
 
 
