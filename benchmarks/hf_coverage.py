@@ -238,9 +238,11 @@ def _body(rows: list, targets: list[str], manifests: dict, total: float, load: t
         f"ONNX Runtime {versions['onnxruntime']}'s quantized versions of "
         f"{', '.join(QUANT_FAMILIES)} (`dyn`: {QUANT_FORMS['dyn']}; `qdq`: {QUANT_FORMS['qdq']}; "
         f"`qop`: {QUANT_FORMS['qop']}). `python benchmarks/hf_coverage.py`; "
-        f"**{verified} of {len(cells)} verify**, the rest are refused with the exit code and "
-        "error shown. Cells: the max abs error against ONNX Runtime and the CPU seconds (user + "
-        f"sys) of the whole process. {total:.0f} s of wall time for the last run's "
+        f"**{verified} of {len(cells)} verify**; each of the rest gives its exit code and error "
+        "(exit 4: refused, every unsupported op listed; exit 1: verify found a mismatch, its "
+        "worst error and the last warning shown). Cells: the max abs error against ONNX "
+        "Runtime and the CPU seconds (user + sys) of the whole process. "
+        f"{total:.0f} s of wall time for the last run's "
         f"{len(families)} families (exports included unless --cache held them) "
         f"({machine()}; load average {load[0]:.1f} when it started).\n\n")
     body = [[f, q, label, *(c[0] for c in cs)] for f, q, label, cs in rows]
