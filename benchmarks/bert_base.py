@@ -6,10 +6,13 @@ random weights), compiled and verified on WSE-3 at seq 128 and 512. Target: comp
 The ~440 MB model is exported into a temporary directory by tools/export_real.py, run with a
 Python that has torch and transformers (the [hf] extra): this one if it can import them, else
 $WAFER_TORCH_PYTHON; without one the benchmark says so and exits 0 without writing.
+`--model FILE` reuses an export made before (`tools/export_real.py sentence` with the sizes
+below).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -74,15 +77,21 @@ def measure(model: Path, seq: int, out: Path) -> list[str]:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path,
+                        help="an export tools/export_real.py made with these sizes (else made "
+                             "here into a temporary directory)")
+    args = parser.parse_args()
     python = torch_python()
-    if python is None:
+    if python is None and args.model is None:
         print("bert_base: no Python with torch and transformers (set WAFER_TORCH_PYTHON): skipped")
         return 0
     load = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "bert_base_sentence.onnx"
-        export(python, model)
+        model = args.model or Path(tmp) / "bert_base_sentence.onnx"
+        if args.model is None:
+            export(python, model)
         size = model.stat().st_size
         for seq in SEQS:
             rows.append(measure(model, seq, Path(tmp) / f"out-{seq}"))

@@ -128,6 +128,10 @@ def compile_cell(path: Path, target: str) -> tuple[str, float, bool]:
         return f"verified ({worst:.1e}; {cpu:.1f} s)", seconds, True
     short = last.replace("|", "\\|")  # an unsupported model's op kinds come first
     short = short[:LIMIT] + " ..." if len(short) > LIMIT else short
+    if code == 1 and stdout.strip():  # a verify mismatch: its worst error, then the last line
+        worst = max(o["max_abs"] for o in json.loads(stdout)["verify"]["outputs"])
+        return (f"exit 1, verify FAILED (max abs {worst:.2g}; {cpu:.1f} s): `{short}`", seconds,
+                False)
     return f"exit {code} ({cpu:.1f} s): `{short}`", seconds, False
 
 
@@ -234,9 +238,11 @@ def _body(rows: list, targets: list[str], manifests: dict, total: float, load: t
         f"ONNX Runtime {versions['onnxruntime']}'s quantized versions of "
         f"{', '.join(QUANT_FAMILIES)} (`dyn`: {QUANT_FORMS['dyn']}; `qdq`: {QUANT_FORMS['qdq']}; "
         f"`qop`: {QUANT_FORMS['qop']}). `python benchmarks/hf_coverage.py`; "
-        f"**{verified} of {len(cells)} verify**, the rest are refused with the exit code and "
-        "error shown. Cells: the max abs error against ONNX Runtime and the CPU seconds (user + "
-        f"sys) of the whole process. {total:.0f} s of wall time for the last run's "
+        f"**{verified} of {len(cells)} verify**; each of the rest gives its exit code and error "
+        "(exit 4: refused, every unsupported op listed; exit 1: verify found a mismatch, its "
+        "worst error and the last warning shown). Cells: the max abs error against ONNX "
+        "Runtime and the CPU seconds (user + sys) of the whole process. "
+        f"{total:.0f} s of wall time for the last run's "
         f"{len(families)} families (exports included unless --cache held them) "
         f"({machine()}; load average {load[0]:.1f} when it started).\n\n")
     body = [[f, q, label, *(c[0] for c in cs)] for f, q, label, cs in rows]

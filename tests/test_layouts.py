@@ -165,3 +165,30 @@ def test_query_blocked_attention_splits_heads_and_query_rows() -> None:
                for s in lay.inputs[0])  # weight matmuls read plain specs
     assert not any(len(s or "-") > 1 for lay in plain for spec in (*lay.inputs, *lay.outputs)
                    for s in (spec or ()))
+
+
+@pytest.mark.parametrize(("shape", "spec"), FACTORED + [((1, 12, 64, 20), (None, "r", None, "c")),
+                                                        ((1, 12, 20, 64), (None, "r", "c", None))])
+@pytest.mark.parametrize(("rows", "cols"), [(1, 1), (3, 5), (37, 3), (4, 30)])
+def test_position_cells_write_one_position_as_a_scatter_of_the_whole(shape, spec, rows,
+                                                                     cols) -> None:
+    """An append writes position p of a KV cache through `position_cells` in place: the same
+    blocked array, on every axis and position, as scattering the whole tensor with p
+    replaced (every copy on every core written, padding left zero)."""
+    import numpy as np
+
+    from compiler.tiling.tiles import blocked_shape, position_cells, scatter
+
+    full = np.arange(1, math.prod(shape) + 1, dtype=np.float32).reshape(shape)
+    for axis in range(len(shape)):
+        cells, sources, starts = position_cells(shape, spec, rows, cols, axis)
+        for p in {0, shape[axis] // 2, shape[axis] - 1}:
+            new = -np.arange(1, math.prod(shape) // shape[axis] + 1, dtype=np.float32).reshape(
+                [1 if i == axis else d for i, d in enumerate(shape)])
+            want = full.copy()
+            want[(slice(None),) * axis + (slice(p, p + 1),)] = new
+            got = scatter(full, spec, rows, cols)
+            assert got.shape == blocked_shape(shape, spec, rows, cols)
+            got.reshape(-1)[cells[starts[p]:starts[p + 1]]] = new.reshape(-1)[
+                sources[starts[p]:starts[p + 1]]]
+            assert np.array_equal(got, scatter(want, spec, rows, cols))

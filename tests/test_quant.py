@@ -205,3 +205,38 @@ def test_qoperator_elementwise_and_softmax_are_in_the_all_ops_fixture():
     ops = entry["op_histogram"]
     assert all(ops.get(f"com.microsoft::{k}", 0) > 0
                for k in ("QLinearAdd", "QLinearMul", "QLinearSoftmax"))
+
+
+def test_shape_arithmetic_after_qoperator_nodes_folds_at_a_bound_seq_len(tmp_path, capsys):
+    """A dynamic-seq QOperator graph whose Reshape target is a Shape of a tensor after a
+    QLinearAdd (ORT's quantize_static does this to a model's positions and attention
+    reshapes): the folder's shape inference skips com.microsoft nodes, so without their
+    stand-ins' shapes the Reshape stayed unknown (exit 3); it compiles and verifies bit-exact
+    against ONNX Runtime at --seq-len 6."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+              numpy_helper.from_array(np.array(3, np.int8), "z"),
+              numpy_helper.from_array(np.array([0], np.int64), "zero"),
+              numpy_helper.from_array(np.array([-1], np.int64), "minus")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "seq", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    ms = "com.microsoft"
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("QLinearAdd", ["q", "s", "z", "q", "s", "z", "s", "z"], ["a"],
+                              domain=ms, name="add"),
+             helper.make_node("DequantizeLinear", ["a", "s", "z"], ["d"]),
+             helper.make_node("Shape", ["d"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+             helper.make_node("Concat", ["batch", "minus"], ["target"], axis=0),
+             helper.make_node("Reshape", ["d", "target"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], consts),
+                              opset_imports=[helper.make_opsetid("", 17),
+                                             helper.make_opsetid(ms, 1)])
+    onnx.save(model, tmp_path / "q.onnx")
+    code = main(["-q", "compile", str(tmp_path / "q.onnx"), "-t", "mesh8x8", "-o",
+                 str(tmp_path / "out"), "--verify", "--no-report", "--seq-len", "6"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "PASSED" in out.out + out.err and "max abs 0 " in out.out + out.err

@@ -22,7 +22,15 @@ from compiler.schedule.build import Region, Schedule, Step, with_caches
 from compiler.target import Target
 from compiler.tiling import collectives
 from compiler.tiling.layouts import Spec, replicated
-from compiler.tiling.tiles import AXIS, gather, scatter, tile_bytes, valid_mask
+from compiler.tiling.tiles import (
+    AXIS,
+    blocked_shape,
+    gather,
+    position_cells,
+    scatter,
+    tile_bytes,
+    valid_mask,
+)
 from compiler.vocab import VIEW_OPS, CollectiveKind, Phase, Precision, StepKind
 
 FP32, TARGET, TARGET_STRICT = Precision.FP32, Precision.TARGET, Precision.TARGET_STRICT
@@ -81,6 +89,8 @@ class _Machine:
     peak: dict[str, int] = field(default_factory=dict)
     last_use: dict[tuple[str, str], int] = field(default_factory=dict)
     pinned: set[tuple[str, str]] = field(default_factory=set)  # resident weights: never freed
+    # KV caches whose tiles this machine copied once and appends write in place
+    owned: set[tuple[str, str]] = field(default_factory=set)
     position: int = 0  # a decode step's absolute position t (where `append` steps write)
     offchip: dict[str, np.ndarray] = field(default_factory=dict)  # KV caches that stream
     result: ExecResult = field(default_factory=lambda: ExecResult({}, {}, {}))
@@ -217,6 +227,7 @@ def _put(m: _Machine, step: Step, region: str, name: str, spec: Spec, partial: s
         raise _fault(step, f"{name} has rank {len(t.shape)} but the step gives spec {spec}")
     nbytes = tile_bytes(t.shape, spec, reg.rows, reg.cols, m.target.element_bytes(t))
     old = m.at.pop((region, name), None)
+    m.owned.discard((region, name))
     m.used[region] = m.used.get(region, 0) - (old.nbytes if old else 0) + nbytes
     capacity = m.target.usable_bytes_per_core
     if m.used[region] > capacity:
@@ -394,7 +405,8 @@ def _reduce_in_order(data: np.ndarray, axis: int, step: Step) -> np.ndarray:
         alg = collectives.parse(step.algorithm)
     except ValueError as exc:
         raise _fault(step, str(exc)) from None
-    parts = [data.take([i], axis=axis) for i in range(data.shape[axis])]
+    lead = (slice(None),) * axis  # each part a view: only the sums make new arrays
+    parts = [data[(*lead, slice(i, i + 1))] for i in range(data.shape[axis])]
     pairs, root = collectives.combines(alg, len(parts))
     for dst, src in pairs:
         parts[dst] = parts[dst] + parts[src]
@@ -446,13 +458,18 @@ def _append(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
         raise CacheOverflow(
             f"KV cache overflow at {_where(step)}: position {m.position} is past the "
             f"{shape[axis]} positions of {cache_ref.tensor}; compile with a larger --context")
-    whole = np.array(gather(cache.data, cache.spec, shape))
-    index = tuple(slice(m.position, m.position + 1) if i == axis else slice(None)
-                  for i in range(len(shape)))
-    whole[index] = gather(new.data, new.spec, new_shape)
-    _put(m, step, reg.name, cache_ref.tensor, cache_ref.spec, None,
-         _finish(m, cache_ref.tensor, cache_ref.spec, reg,
-                 scatter(whole, cache_ref.spec, reg.rows, reg.cols)))
+    value = _stored(_as_dtype(m.g, cache_ref.tensor, gather(new.data, new.spec, new_shape)),
+                    m.target, m.precision)
+    key = (reg.name, cache_ref.tensor)
+    data = cache.data if key in m.owned else np.array(cache.data, order="C")
+    cells, sources, starts = position_cells(shape, cache.spec, reg.rows, reg.cols, axis)
+    if data.shape != blocked_shape(shape, cache.spec, reg.rows, reg.cols):
+        raise _fault(step, f"{cache_ref.tensor} is held as {list(data.shape)} blocks, not as "
+                     f"its layout {_show(cache.spec, None)} on {reg.name}")
+    at = slice(starts[m.position], starts[m.position + 1])  # every copy of position t, only
+    data.reshape(-1)[cells[at]] = value.reshape(-1)[sources[at]]
+    _put(m, step, reg.name, cache_ref.tensor, cache_ref.spec, None, data)
+    m.owned.add(key)  # the machine's own copy from now on: later appends write it in place
 
 
 def _write_back(m: _Machine, step: Step) -> None:

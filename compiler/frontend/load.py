@@ -35,7 +35,7 @@ from compiler.frontend.layers import group_layers, mark_moe
 from compiler.frontend.moe import attach_moe, storage_widths
 from compiler.frontend.ops import check_control_flow, check_supported
 from compiler.frontend.past import bind_past, strip_past
-from compiler.frontend.quant import infer_with_contrib
+from compiler.frontend.quant import fold_through_contrib, infer_with_contrib
 from compiler.frontend.tables import check_table_lookups
 from compiler.frontend.validate import check_model, normalize_domains, read_model
 
@@ -58,7 +58,7 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     dims = bind_dims(model, options.dims)
     bind_past(model, past_axes, pasts, dict(dims))
     source_weights = set(model.graph.initializers)
-    _fold(model, source_weights)
+    fold_through_contrib(model, lambda mod: _fold(mod, source_weights), _INFER)
     check_table_lookups(model, dims)  # a --seq-len beyond a position table, before ORT sees it
     check_supported(model)
     typed = _infer_shapes(model, name)
@@ -229,13 +229,15 @@ def _parameter_dtype(dtype: onnx_ir.DataType) -> bool:
     return dtype.is_floating_point() or dtype in _QUANTIZED_WEIGHT_TYPES
 
 
+_INFER = functools.partial(
+    onnx.shape_inference.infer_shapes, check_type=True, strict_mode=True, data_prop=False
+)
+
+
 def _infer_shapes(model: onnx_ir.Model, name: str) -> onnx.ModelProto:
     """ONNX's own shape inference, strict, on a copy without the large weights."""
-    infer = functools.partial(
-        onnx.shape_inference.infer_shapes, check_type=True, strict_mode=True, data_prop=False
-    )
     try:
-        return call_onnx_api(functools.partial(infer_with_contrib, infer=infer), model)
+        return call_onnx_api(functools.partial(infer_with_contrib, infer=_INFER), model)
     except onnx.shape_inference.InferenceError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ShapeError(f"{name}: shape inference failed: {first}") from None

@@ -12,7 +12,9 @@ import dataclasses
 from collections.abc import Callable
 
 import onnx
+import onnx_ir
 from onnx import helper
+from onnx_ir.passes.common._c_api_utils import call_onnx_api
 
 from compiler import ir
 from compiler.frontend.ops import MICROSOFT
@@ -38,6 +40,42 @@ def infer_with_contrib(proto: onnx.ModelProto, infer: Infer) -> onnx.ModelProto:
     del typed.graph.node[:]
     typed.graph.node.extend(proto.graph.node)
     return typed
+
+
+FOLD_ROUNDS = 16  # shape arithmetic behind this many com.microsoft nodes in a row folds
+
+
+def fold_through_contrib(model: onnx_ir.Model, fold: Callable[[onnx_ir.Model], None],
+                         infer: Infer) -> None:
+    """`fold` (constant folding) on `model`, then, while it holds com.microsoft nodes, the
+    shapes their stand-ins give put on their outputs and `fold` again: the folder's own shape
+    inference skips those nodes, so a Shape of a tensor after a QLinearAdd (a quantized
+    model's positions, its attention's Reshape targets) would stay unfolded."""
+    fold(model)
+    for _ in range(FOLD_ROUNDS):
+        if not any(n.domain == MICROSOFT for n in model.graph) or not _merge_shapes(
+                model, call_onnx_api(lambda p: infer_with_contrib(p, infer), model)):
+            return
+        fold(model)
+
+
+def _merge_shapes(model: onnx_ir.Model, typed: onnx.ModelProto) -> bool:
+    """Static shapes `typed` found put on the values of `model` that lack one; whether any."""
+    found = {}
+    for info in typed.graph.value_info:
+        dims = info.type.tensor_type.shape.dim if info.type.HasField("tensor_type") else None
+        if dims is not None and info.type.tensor_type.HasField("shape") and \
+                all(d.HasField("dim_value") for d in dims):
+            found[info.name] = [d.dim_value for d in dims]
+    changed = False
+    for node in model.graph:
+        for value in node.outputs:
+            shape = found.get(value.name)
+            if shape is None or (value.shape is not None and value.shape.is_static()):
+                continue
+            value.shape = onnx_ir.Shape(shape)
+            changed = True
+    return changed
 
 
 def _stand_in(node: onnx.NodeProto, index: int) -> list[onnx.NodeProto]:

@@ -89,6 +89,11 @@ def scatter(full: np.ndarray, spec: Spec, rows: int, cols: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def blocked_shape(shape: Sequence[int], spec: Spec, rows: int, cols: int) -> tuple[int, ...]:
+    """The shape `scatter` gives a tensor of `shape` laid out as `spec` on an r x c mesh."""
+    return (*mesh_shape(spec, rows, cols), *tile_shape(shape, spec, rows, cols))
+
+
 def _order(spec: Spec, r_dims: list[int], c_dims: list[int]) -> list[int]:
     """Axes of the interleaved (m0, t0, m1, t1, ...) array: row blocks, column blocks, tiles."""
     rank = len(spec)
@@ -123,7 +128,13 @@ def gather(blocked: np.ndarray, spec: Spec, shape: Sequence[int]) -> np.ndarray:
 
 
 def valid_mask(shape: Sequence[int], spec: Spec, rows: int, cols: int) -> np.ndarray | None:
-    """Where a blocked array holds real elements (None when no tile is ragged)."""
+    """Where a blocked array holds real elements (None when no tile is ragged); read-only,
+    computed once per shape, spec and mesh."""
+    return _valid_mask(tuple(shape), tuple(spec), rows, cols)
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_mask(shape: tuple[int, ...], spec: Spec, rows: int, cols: int) -> np.ndarray | None:
     tile = tile_shape(shape, spec, rows, cols)
     exact = all(t * parts(s, rows, cols) == d for d, t, s in zip(shape, tile, spec, strict=True))
     spare = any(factor(s) and math.prod(factor_parts(factor(s)[0], rows if base(s) == "r"
@@ -143,7 +154,31 @@ def valid_mask(shape: Sequence[int], spec: Spec, rows: int, cols: int) -> np.nda
         sel[AXIS[base(s)]] = size
         sel[2 + d] = t
         mask = mask & ((index < dim) & held[:, None]).reshape(sel)
+    mask.flags.writeable = False
     return mask
+
+
+@functools.lru_cache(maxsize=64)
+def position_cells(shape: tuple[int, ...], spec: Spec, rows: int, cols: int,
+                   axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each position along `axis` of a tensor is held in its blocked array (every core
+    holding a copy included): (cells, sources, starts), position p's elements being the flat
+    blocked indices cells[starts[p]:starts[p + 1]], filled from the flat indices sources[...]
+    of a one-position slice (the shape with `axis` of size 1). Computed once per layout, on
+    an index array, so an append touches only the cells of its position."""
+    count = math.prod(shape)
+    index = scatter(np.arange(1, count + 1, dtype=np.int64).reshape(shape), spec, rows, cols)
+    flat = index.reshape(-1)
+    cells = np.flatnonzero(flat)  # 0 marks padding
+    whole = flat[cells] - 1
+    inner, size = math.prod(shape[axis + 1:]), shape[axis]
+    position = (whole // inner) % size
+    sources = (whole // (inner * size)) * inner + whole % inner
+    order = np.argsort(position, kind="stable")
+    starts = np.searchsorted(position[order], np.arange(size + 1))
+    for arr in (cells, sources, starts):
+        arr.flags.writeable = False
+    return cells[order], sources[order], starts
 
 
 def tile_bytes(shape: Sequence[int], spec: Spec, rows: int, cols: int, itemsize: float) -> int:
