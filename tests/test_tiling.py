@@ -12,16 +12,7 @@ from conftest import zoo_graph
 from compiler.errors import CapacityError
 from compiler.placement.problem import Residency
 from compiler.target import load_target
-from compiler.tiling.candidates import (
-    LATENCY_SHARE,
-    TilingOptions,
-    _cycles,
-    _LayerModel,
-    _packed_latency_shape,
-    tile_graph,
-    to_problem,
-)
-from compiler.vocab import CollectiveKind
+from compiler.tiling.candidates import LATENCY_SHARE, TilingOptions, tile_graph, to_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,39 +131,6 @@ def test_wider_shapes_are_offered_when_they_cut_decode_cycles(tiled):
     fast = min(resident, key=lambda c: c.cycles)
     assert fast.cycles < min(c.cycles for c in small)
     assert least * 1.25 < fast.rows * fast.cols <= share
-
-
-# Llama 3.1 70B's block as the tiling models it for decode (FLOPs per token at context 2,048;
-# collectives as (kind, axis, bytes per token)): its projections reduce along c with small
-# tiles, o_proj and down_proj along r with 16 KB.
-_70B_BLOCK = (1_778_729_478, (
-    (CollectiveKind.ALLREDUCE, "c", 2), (CollectiveKind.REDUCE, "c", 16384),
-    (CollectiveKind.REDUCE, "c", 2048), (CollectiveKind.REDUCE, "c", 2048),
-    (CollectiveKind.RELAYOUT, "c", 16384), (CollectiveKind.ALLREDUCE, "c", 16384),
-    (CollectiveKind.RELAYOUT, "c", 16384), (CollectiveKind.REDUCE, "c", 16384),
-    (CollectiveKind.REDUCE, "r", 16384), (CollectiveKind.ALLREDUCE, "c", 2),
-    (CollectiveKind.REDUCE, "c", 57344), (CollectiveKind.REDUCE, "c", 57344),
-    (CollectiveKind.REDUCE, "r", 16384)))
-
-
-def test_a_squarer_shape_that_packs_the_wafer_as_densely_is_offered():
-    """A 70B block whose smallest shape is a 1172 x 36 strip (21 a WSE-3; SRAM stands in as
-    'at least 42,000 cores'): the tiling adds an exact tiling of the wafer into 21 or more
-    slots, squarer, with fewer decode cycles; none when no such shape is faster."""
-    target = load_target("wse3-x4")
-    flops, coll = _70B_BLOCK
-    model = _LayerModel(None, 0, 0, flops, coll, 1)  # type: ignore[arg-type]
-
-    def fits(r: int, c: int) -> bool:
-        return r * c >= 42_000
-
-    (shape,) = _packed_latency_shape(fits, model, target, [(1172, 36)], 21)
-    r, c = shape
-    assert fits(r, c) and (1172 // r) * (762 // c) >= 21
-    assert (1172 // (1172 // r), 762 // (762 // c)) == (r, c)  # an exact tiling
-    assert max(r, c) < 1172 // 36 * min(r, c)  # squarer than the strip
-    assert _cycles(model, r, c, target) < _cycles(model, 1172, 36, target)
-    assert _packed_latency_shape(fits, model, target, [shape], 21) == []
 
 
 def test_one_core_candidates_pay_no_collectives():

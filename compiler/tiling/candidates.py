@@ -530,7 +530,7 @@ def _tile_with(g: ir.Graph, target: Target, options: TilingOptions, resident: bo
                 model = dataclasses.replace(model, tensors=dataclasses.replace(
                     model.tensors, prompt_resident=resident, decode=decode))
                 cache[template] = _candidates(layer.name, model, target, batch, options,
-                                              _share(g, target), _per_wafer(g, target))
+                                              _share(g, target))
             layers.append(LayerTiling(
                 layer.name, layer.kind.value, template, layouts[layer.name], model.weight_bytes,
                 model.kv_total * target.compute.dtype.itemsize, model.flops_per_token,
@@ -614,47 +614,8 @@ def _latency_shapes(fits: Callable[[int, int], bool], model: _LayerModel, target
     return []
 
 
-def _packed_latency_shape(fits: Callable[[int, int], bool], model: _LayerModel,
-                          target: Target, have: list[tuple[int, int]],
-                          per_wafer: int) -> list[tuple[int, int]]:
-    """The shape tiling the wafer exactly `per_wafer` times or more (rows // i x cols // j,
-    i x j >= per_wafer: the layers' even share of the wafers) that fits, with the fewest
-    decode cycles, when it has fewer than every shape in `have` that packs as many (every
-    shape in `have` when none does). A layer that needs about its share of the machine gets
-    no idle-core latency shape (`_latency_shapes`), and its smallest shapes tile the wafer
-    as long strips (llama3-70b on wse3-x4: 1172 x 36), whose reductions span a thousand
-    cores; about the same cores as a squarer block cut the long reductions' lines and hops
-    more than the short ones grow (Llama 3 8B's resident blocks on a wse3: 130 x 190, 36 a
-    wafer, 18,974 cycles against 27,886 for the best of the smallest shapes). Not offered
-    when the KV cache streams: `_cycles` does not see the decode step's per-token retile of
-    the streamed cache (GQA's repeat of it), which grows with a shape's rows (llama3-70b's
-    streamed-KV blocks on 586 x 69 took 34k cycles per chunk against the 19,754 estimated:
-    62 tokens/s against 100 on 1172 x 36 strips)."""
-    rows, cols = target.grid.rows, target.grid.cols
-    if not have or per_wafer < 2:
-        return []
-    packing = [p for p in have if (rows // p[0]) * (cols // p[1]) >= per_wafer] or have
-    best = min(_cycles(model, r, c, target) for r, c in packing)
-    shapes = {(rows // i, cols // -(-per_wafer // i)) for i in range(1, min(rows, per_wafer) + 1)
-              if -(-per_wafer // i) <= cols}
-    found = sorted((_cycles(model, r, c, target), abs(r - c), r, c) for r, c in shapes
-                   if (r, c) not in have)
-    for cycles, _, r, c in found:
-        if cycles >= best:
-            return []
-        if fits(r, c):
-            return [(r, c)]
-    return []
-
-
-def _per_wafer(g: ir.Graph, target: Target) -> int:
-    """Layers a wafer holds when they spread evenly over the machine."""
-    return -(-len(g.layers) // max(target.wafers.count, 1))
-
-
 def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
-                options: TilingOptions, share: int = 1,
-                per_wafer: int = 0) -> tuple[Candidate, ...]:
+                options: TilingOptions, share: int = 1) -> tuple[Candidate, ...]:
     cap = target.usable_bytes_per_core
     kv_item = target.compute.dtype.itemsize
     out: list[Candidate] = []
@@ -672,8 +633,6 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
         shapes = _pick(frontier, options.max_candidates)
         shapes += [p for p in _grid_tiling(frontier, fits, target) if p not in shapes]
         shapes += _latency_shapes(fits, model, target, share, shapes)
-        if mode in (Residency.RESIDENT, Residency.STREAM_WEIGHTS):  # see _packed_latency_shape
-            shapes += _packed_latency_shape(fits, model, target, shapes, per_wafer)
         if mode is Residency.RESIDENT:
             resident_shapes = shapes[:2]
         else:  # streaming frees SRAM; keeping the resident shape keeps the compute parallel
