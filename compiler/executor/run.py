@@ -388,7 +388,8 @@ def _collective(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
     if step.op_kind == CollectiveKind.REDUCE:
         if res.partial != step.axis:
             raise _fault(step, f"{read.tensor} holds no partial sums along {step.axis}")
-        data = _reduce_in_order(res.data, AXIS[step.axis], step)
+        data = (_reduce_grid(res.data, step) if step.axis == collectives.BOTH
+                else _reduce_in_order(res.data, AXIS[step.axis], step))
     elif res.partial:
         raise _fault(step, f"cannot relayout {read.tensor}: it holds partial sums")
     else:
@@ -401,16 +402,37 @@ def _collective(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:
 def _reduce_in_order(data: np.ndarray, axis: int, step: Step) -> np.ndarray:
     """The partial sums along `axis` added exactly as the step's collective algorithm combines
     them (`collectives.combines`: which core adds which partial, in what order)."""
-    try:
-        alg = collectives.parse(step.algorithm)
-    except ValueError as exc:
-        raise _fault(step, str(exc)) from None
+    alg = _algorithm(step)
+    if not isinstance(alg, collectives.Algorithm):
+        raise _fault(step, f"a 2D algorithm ({step.algorithm}) on a reduce along one axis")
     lead = (slice(None),) * axis  # each part a view: only the sums make new arrays
     parts = [data[(*lead, slice(i, i + 1))] for i in range(data.shape[axis])]
     pairs, root = collectives.combines(alg, len(parts))
     for dst, src in pairs:
         parts[dst] = parts[dst] + parts[src]
     return parts[root]
+
+
+def _reduce_grid(data: np.ndarray, step: Step) -> np.ndarray:
+    """Partial sums over both axes (every core holds one: `data` is rows x cols x tile) added
+    exactly as the step's 2D form combines them (`collectives.grid_combines`)."""
+    alg = _algorithm(step)
+    if not isinstance(alg, collectives.Grid):
+        raise _fault(step, f"a reduce over both axes needs a 2D algorithm, not "
+                           f"{step.algorithm or 'chain'}")
+    rows, cols = data.shape[AXIS["r"]], data.shape[AXIS["c"]]
+    parts = {(i, j): data[i:i + 1, j:j + 1] for i in range(rows) for j in range(cols)}
+    pairs, root = collectives.grid_combines(alg, rows, cols)
+    for dst, src in pairs:
+        parts[dst] = parts[dst] + parts[src]
+    return parts[root]
+
+
+def _algorithm(step: Step) -> collectives.Algorithm | collectives.Grid:
+    try:
+        return collectives.parse(step.algorithm)
+    except ValueError as exc:
+        raise _fault(step, str(exc)) from None
 
 
 def _send(m: _Machine, step: Step, feed: dict[str, np.ndarray]) -> None:

@@ -86,7 +86,7 @@ class Step:
     nbytes: int = 0  # moved (load, collective, send, store), at the target's storage size
     flops: int = 0  # computed
     scaling: str = TOKENS  # fixed, tokens, attention (tokens x context)
-    algorithm: str = ""  # reduce: chain, twoway or treeK (tiling/collectives.py)
+    algorithm: str = ""  # reduce: chain, twoway, treeK or 2d-rc:A,B (tiling/collectives.py)
 
 
 @dataclass(frozen=True)
@@ -170,16 +170,23 @@ def build_schedule(g: ir.Graph, tiled: TiledGraph, problem: PlacementProblem,
 def with_algorithms(steps: list[Step], regions: dict[str, Region],
                     target: Target) -> tuple[Step, ...]:
     """Every reduce with its collective algorithm, the cheapest for its line of cores and its
-    tile at the schedule's own sizes (`collectives.choose`); the executor adds in its order."""
+    tile at the schedule's own sizes (`collectives.choose`; partial sums over both axes, `rc`:
+    the cheapest 2D form, `collectives.choose_grid`); the executor adds in its order."""
     out = []
     for step in steps:
         if step.kind == StepKind.COLLECTIVE and step.op_kind == CollectiveKind.REDUCE:
-            region = regions[step.region]
-            m = region.rows if step.axis == "r" else region.cols
-            tile = step.nbytes * m / (region.rows * region.cols)
-            step = dataclasses.replace(step, algorithm=collectives.choose(m, tile, target).label)
+            step = dataclasses.replace(step, algorithm=_algorithm(step, regions[step.region],
+                                                                  target))
         out.append(step)
     return tuple(out)
+
+
+def _algorithm(step: Step, region: Region, target: Target) -> str:
+    if step.axis == collectives.BOTH:  # every core a partial of the whole tile
+        return collectives.choose_grid(region.rows, region.cols, step.nbytes, target).label
+    m = region.rows if step.axis == "r" else region.cols
+    tile = step.nbytes * m / (region.rows * region.cols)
+    return collectives.choose(m, tile, target).label
 
 
 def _region(name: str, r: Rect) -> Region:

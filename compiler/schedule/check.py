@@ -85,9 +85,12 @@ def _algorithm(st: Step) -> list[str]:
     if st.kind != StepKind.COLLECTIVE or st.op_kind != CollectiveKind.REDUCE:
         return [f"a collective algorithm ({st.algorithm}) on a step that is not a reduce"]
     try:
-        collectives.parse(st.algorithm)
+        alg = collectives.parse(st.algorithm)
     except ValueError as exc:
         return [str(exc)]
+    if isinstance(alg, collectives.Grid) != (st.axis == collectives.BOTH):
+        return [f"collective algorithm {st.algorithm} on a reduce along {st.axis}: the 2D form "
+                "goes with partial sums over both axes (rc), and only it"]
     return []
 
 

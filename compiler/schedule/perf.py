@@ -5,7 +5,8 @@ Step costs (cycles): compute = FLOPs / (cores x FLOP/cycle) plus, for statistics
 the step, (m - 1) hops along the axis; a reduce of partial sums along an axis of m cores = its
 recorded algorithm's cost (chain, two-way or K-tree: stages of one tile over a link plus its
 additions on the receiving core, hops, and one runtime overhead per tree level;
-tiling/collectives.py), then the sum back along the line;
+tiling/collectives.py), then the sum back along the line; partial sums over both axes, the
+2D form's (one axis's lines, then the other's);
 a relayout = (m - 1) x (hop latency + tile bytes / link bytes per cycle); a send = hops x hop
 latency + a turn + bytes / (lanes x link bytes per cycle); off-chip and inter-wafer transfers =
 latency + bytes / bandwidth. The target's runtime overhead is paid once per dependent phase:
@@ -141,7 +142,10 @@ def _local(step: Step, s: Schedule) -> bool:
 
 
 def _axis_size(region, axis: str | None) -> int:
-    return {"r": region.rows, "c": region.cols}.get(axis or "", 1)
+    """Cores along a collective's axis: rows, columns, or the whole region (`rc`: partial
+    sums over both axes, reduced in the 2D form)."""
+    return {"r": region.rows, "c": region.cols,
+            collectives.BOTH: region.rows * region.cols}.get(axis or "", 1)
 
 
 def _compute(step, region, t: Target, nbytes: float, flops: float) -> float:
@@ -157,7 +161,10 @@ def _collective(step, region, t: Target, nbytes: float, flops: float) -> float:
     tile = nbytes / max(lines, 1)  # bytes each line of m cores works on
     hop, bpc = t.links.hop_latency_cycles, t.links.bytes_per_cycle
     if step.op_kind == CollectiveKind.REDUCE:
-        return collectives.reduce_cycles(collectives.parse(step.algorithm), m, tile, t)
+        alg = collectives.parse(step.algorithm)
+        if isinstance(alg, collectives.Grid):
+            return collectives.grid_cycles(alg, region.rows, region.cols, tile, t)
+        return collectives.reduce_cycles(alg, m, tile, t)
     return (m - 1) * (hop + tile / max(m, 1) / bpc)
 
 

@@ -25,6 +25,17 @@ Algorithms (the root is where the sum lands, before it goes back along the line)
   one after another), then those leaders, spaced g apart, the same way, K times; K phases,
   K x (g - 1) stages, bounded hops per level.
 
+A reduce whose partial sums lie over both axes of an r x c region (every core of it holds a
+partial of the same tile: axis `rc`) takes the *2D form* (`Grid`, labelled `2d-rc:A,B` or
+`2d-cr:A,B`): along the first axis with algorithm A on every line at once, then along the
+other axis with B on the line that holds those sums, the result back the same way; one more
+dependent phase than A and B have. Its hops are bounded by about r + c, where one line
+snaking through the r x c cores pays r x c (`test_collectives.py` prices both). Rows first or
+columns first cost the same here (each phase moves the same tile) but add in different
+orders, which the label records; ties go to rows first. The layouts today split a
+contraction over one axis only (a matmul's K), so every reduce the schedules hold is
+one-axis; a 2D-split contraction would produce `rc` partials.
+
 A chain is cheapest for 2 cores (every algorithm is one stage there, and a tree pays a second
 phase); on a long line its m - 1 stages lose to the few levels of a tree, the more the bigger
 the tile. The order is part of the numerics: the executor adds exactly in `combines` order.
@@ -54,16 +65,53 @@ class Algorithm:
         return self.levels if self.kind == TREE else 1
 
 
-def parse(label: str) -> Algorithm:
-    """`chain`, `twoway` or `treeK` (K >= 2); empty means chain (schedules written before the
-    choice existed)."""
+GRID = "2d"
+BOTH = "rc"  # a partial over both mesh axes of a region
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The 2D form: along `first` ("r" or "c") with `along_first` on every line, then along
+    the other axis with `along_second` on the line holding those sums."""
+
+    first: str
+    along_first: Algorithm
+    along_second: Algorithm
+
+    @property
+    def second(self) -> str:
+        return "c" if self.first == "r" else "r"
+
+    @property
+    def label(self) -> str:
+        return f"{GRID}-{self.first}{self.second}:{self.along_first.label}," \
+            f"{self.along_second.label}"
+
+    @property
+    def phases(self) -> int:
+        return self.along_first.phases + self.along_second.phases
+
+
+def parse(label: str) -> Algorithm | Grid:
+    """`chain`, `twoway`, `treeK` (K >= 2) or `2d-rc:A,B` / `2d-cr:A,B` (A, B one of the
+    others); empty means chain (schedules written before the choice existed)."""
+    if label.startswith(f"{GRID}-"):
+        order, _, algs = label[len(GRID) + 1:].partition(":")
+        a, _, b = algs.partition(",")
+        if order not in ("rc", "cr") or label.count(f"{GRID}-") != 1 or not a or not b:
+            raise ValueError(f"unknown collective algorithm {label!r} (2d-rc:A,B or 2d-cr:A,B)")
+        one, two = parse(a), parse(b)
+        if not isinstance(one, Algorithm) or not isinstance(two, Algorithm):
+            raise ValueError(f"unknown collective algorithm {label!r} (2d-rc:A,B or 2d-cr:A,B)")
+        return Grid(order[0], one, two)
     if label in ("", CHAIN):
         return Algorithm()
     if label == TWOWAY:
         return Algorithm(TWOWAY)
     if label.startswith(TREE) and label[len(TREE):].isdigit() and int(label[len(TREE):]) >= 2:
         return Algorithm(TREE, int(label[len(TREE):]))
-    raise ValueError(f"unknown collective algorithm {label!r} (chain, twoway or treeK, K >= 2)")
+    raise ValueError(f"unknown collective algorithm {label!r} (chain, twoway, treeK with K >= 2, "
+                     "or 2d-rc:A,B / 2d-cr:A,B)")
 
 
 def group_size(m: int, levels: int) -> int:
@@ -135,3 +183,44 @@ def combines(alg: Algorithm, m: int) -> tuple[tuple[tuple[int, int], ...], int]:
             nodes = [grp[0] for grp in groups]
         return tuple(out), 0
     return tuple((i, i + 1) for i in range(m - 2, -1, -1)), 0
+
+
+# --- the 2D form: partial sums over both axes of a region ----------------------------------------
+
+
+def grid_cycles(alg: Grid, rows: int, cols: int, tile_bytes: float, t: Target) -> float:
+    """Cycles of a reduce of `tile_bytes` held as partials by every core of a rows x cols
+    region, every core ending with the sum: the first axis's reduce on every line at once, a
+    dependent phase, then the other axis's on the line that holds the sums (each with its
+    sum back along its line: the same hops and tiles as going back in the reverse order)."""
+    m1, m2 = (rows, cols) if alg.first == "r" else (cols, rows)
+    if m1 * m2 <= 1:
+        return 0.0
+    second = reduce_cycles(alg.along_second, m2, tile_bytes, t)
+    overhead = t.runtime.step_overhead_cycles if m1 > 1 and m2 > 1 else 0
+    return reduce_cycles(alg.along_first, m1, tile_bytes, t) + overhead + second
+
+
+def choose_grid(rows: int, cols: int, tile_bytes: float, t: Target) -> Grid:
+    """The cheapest 2D form (each axis's algorithm the cheapest for its line; ties: rows
+    first)."""
+    forms = [Grid(first, choose(m1, tile_bytes, t), choose(m2, tile_bytes, t))
+             for first, m1, m2 in (("r", rows, cols), ("c", cols, rows))]
+    return min(forms, key=lambda g: grid_cycles(g, rows, cols, tile_bytes, t))
+
+
+def grid_combines(alg: Grid, rows: int, cols: int) -> tuple[
+        tuple[tuple[tuple[int, int], tuple[int, int]], ...], tuple[int, int]]:
+    """The 2D reduction as ordered ((row, col) dst, (row, col) src) pairs, `partial[dst] +=
+    partial[src]`, and the core that ends with the sum: every line along the first axis in
+    its algorithm's order (line by line), then the line through their roots."""
+    m1, m2 = (rows, cols) if alg.first == "r" else (cols, rows)
+    first, root1 = combines(alg.along_first, m1)
+    second, root2 = combines(alg.along_second, m2)
+
+    def at(i: int, j: int) -> tuple[int, int]:  # i along the first axis, j along the second
+        return (i, j) if alg.first == "r" else (j, i)
+
+    pairs = [(at(d, line), at(s, line)) for line in range(m2) for d, s in first]
+    pairs += [(at(root1, d), at(root1, s)) for d, s in second]
+    return tuple(pairs), at(root1, root2)
