@@ -250,13 +250,11 @@ def _batch_weight(b: _Builder, gather: ir.Node, idx: ir.Value) -> None:
     batched MatMul of the batched export: [R, O, I] @ [R, I, 1] -> [R, O]."""
     picked = b.op("GatherND", [gather.inputs[0], idx], batch_dims=0)
     t = _transposed_matrix(gather)
-    if t is not None:
-        for mm, _ in list(t.outputs[0].uses()):
-            col = b.op("Unsqueeze", [mm.inputs[0], b.const([-1])])
-            prod = b.op("MatMul", [picked, col])
-            mm.outputs[0].replace_all_uses_with(b.op("Squeeze", [prod, b.const([-1])]))
-        return
-    gather.outputs[0].replace_all_uses_with(picked)
+    assert t is not None  # _batchable
+    for mm, _ in list(t.outputs[0].uses()):
+        col = b.op("Unsqueeze", [mm.inputs[0], b.const([-1])])
+        prod = b.op("MatMul", [picked, col])
+        mm.outputs[0].replace_all_uses_with(b.op("Squeeze", [prod, b.const([-1])]))
 
 
 def _transposed_matrix(gather: ir.Node) -> ir.Node | None:
@@ -269,13 +267,12 @@ def _transposed_matrix(gather: ir.Node) -> ir.Node | None:
 
 
 def _batchable(gather: ir.Node) -> bool:
-    """`w[e].T` read as a MatMul's right operand only, or a per-expert bias `b[e]` (row-wise
-    as it is once gathered per row)."""
+    """`w[e].T` read as a MatMul's right operand only (HF's `nn.functional.linear(x, w[e])`).
+    Anything else (a per-expert bias, `x @ w[e]` without the transpose as gpt-oss stores its
+    experts) is not matched: no export of such a loop to test it on."""
     t = _transposed_matrix(gather)
-    if t is not None:
-        return all(n.op_type == "MatMul" and slot == 1 for n, slot in t.outputs[0].uses())
-    shape = gather.inputs[0].shape
-    return shape is not None and len(shape) == 2
+    return t is not None and all(
+        n.op_type == "MatMul" and slot == 1 for n, slot in t.outputs[0].uses())
 
 
 def _static_shapes(*values: ir.Value) -> bool:
