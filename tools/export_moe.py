@@ -19,8 +19,11 @@ forward by ``config._experts_implementation``. Two forms export:
 - ``eager`` (HF's default per-expert loop) only through the TorchScript exporter, which unrolls
   the loop over the experts hit while tracing and emits ``OneHot``, ``NonZero`` and
   ``ScatterElements`` (index_add): the number of tokens an expert gets is data-dependent, so
-  its tensors have no static shape (dynamo refuses to export it at all). It is kept as a
-  fixture of what wafer refuses.
+  its tensors have no static shape (dynamo refuses to export it at all). The export fixes the
+  trace shape, and ONNX Runtime runs it only on inputs whose tokens hit every expert (the
+  unrolled loop splits the experts hit into as many pieces as the trace hit). wafer's frontend
+  rewrites the loop into the batched form (``compiler/frontend/moeloop.py``); Mixtral and
+  Qwen2-MoE are kept as fixtures (OLMoE exports and verifies the same way).
 
 Run as a script (torch and transformers needed, e.g. the ``[hf]`` extra)::
 
@@ -81,6 +84,7 @@ PICKS = (
     ("qwen2moe", "batched_mm", "dynamo", "ids"),
     ("olmoe", "batched_mm", "dynamo", "ids"),
     ("mixtral", "eager", "torchscript", "ids+mask"),
+    ("qwen2moe", "eager", "torchscript", "ids+mask"),
 )
 
 
@@ -97,7 +101,7 @@ def build_model(family: str, impl: str, inputs: str = "ids+mask") -> torch.nn.Mo
     torch.manual_seed(SEED)
     model = getattr(transformers, model_name)(config)
     hf._randomize(model)
-    hf._make_exportable(model, ("logits",))
+    hf._make_exportable(model, ("logits",), "nopast")
     if inputs == "ids":
         _ids_only(model)
     return model.eval()

@@ -1,9 +1,10 @@
 """numpy kernels of the mixture-of-experts routing ops, with ONNX Runtime's semantics.
 
 `TopK` picks each token's experts from the router's logits, `OneHot` builds expert masks and
-`ScatterElements` (index_add) combines expert outputs per token in the loop form of the
-exporters. They register in `kernels.KERNELS` like every other kernel (the package imports this
-module); their layouts keep the axis they work along whole on every core.
+`ScatterElements` (index_add) combines expert outputs per token (the exporters' per-expert loop
+form itself never reaches the executor: the frontend rewrites it into the batched form). They
+register in `kernels.KERNELS` like every other kernel (the package imports this module); their
+layouts keep the axis they work along whole on every core.
 """
 
 from __future__ import annotations

@@ -250,7 +250,7 @@ def _with_moe(g: ir.Graph, layer: ir.Layer) -> ir.Layer:
     read = list(dict.fromkeys(read))
     stacked = tuple(n for n in read if _stacked(g, layer, n, experts))
     per_expert = _per_expert(read, experts)
-    shared = tuple(n for n in read if _SHARED.search(n))
+    shared = _shared_weights(layer, read)
     moe = ir.MoE(experts=experts, active=active, shared=_shared_count(shared),
                  router=_router(g, topk), expert_weights=per_expert, stacked=stacked,
                  shared_weights=shared)
@@ -279,6 +279,13 @@ def _per_expert(read: Sequence[str], experts: int) -> tuple[tuple[str, ...], ...
     if sorted(groups) != list(range(experts)):
         return ()
     return tuple(tuple(groups[i]) for i in range(experts))
+
+
+def _shared_weights(layer: ir.Layer, read: Sequence[str]) -> tuple[str, ...]:
+    """Weights named `shared_expert(s)`, or read by an op of that scope (TorchScript gives a
+    transposed Linear weight a name of its own, `onnx::MatMul_N`; its op keeps the scope)."""
+    scoped = {name for op in layer.ops if _SHARED.search(op.name) for name in op.inputs}
+    return tuple(n for n in read if _SHARED.search(n) or n in scoped)
 
 
 def _shared_count(names: Sequence[str]) -> int:

@@ -1,5 +1,5 @@
-"""The frontend as one straight line: open -> inline -> bind dims -> fold -> check table
-lookups -> check ops -> infer shapes -> convert -> group layers -> check the IR."""
+"""The frontend as one straight line: open -> inline -> bind dims -> fold -> batch MoE loops ->
+check table lookups -> check ops -> infer shapes -> convert -> group layers -> check the IR."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from compiler.frontend.dims import DimRequest, bind_dims
 from compiler.frontend.external import ExternalRef, data_available
 from compiler.frontend.layers import group_layers, mark_moe
 from compiler.frontend.moe import attach_moe, storage_widths
+from compiler.frontend.moeloop import rewrite_moe_loops
 from compiler.frontend.ops import check_control_flow, check_supported
 from compiler.frontend.past import bind_past, strip_past
 from compiler.frontend.quant import fold_through_contrib, infer_with_contrib
@@ -58,7 +59,10 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     dims = bind_dims(model, options.dims)
     bind_past(model, past_axes, pasts, dict(dims))
     source_weights = set(model.graph.initializers)
-    fold_through_contrib(model, lambda mod: _fold(mod, source_weights), _INFER)
+    fold = functools.partial(_fold, source_weights=source_weights)
+    fold_through_contrib(model, fold, _INFER)
+    if rewrite_moe_loops(model):  # the per-expert loop form of an MoE export, batched
+        fold_through_contrib(model, fold, _INFER)
     check_table_lookups(model, dims)  # a --seq-len beyond a position table, before ORT sees it
     check_supported(model)
     typed = _infer_shapes(model, name)

@@ -30,8 +30,9 @@ SUPPORTED_OPS = frozenset({
     "Transpose", "Expand", "Unsqueeze", "Squeeze", "Flatten", "Tile", "Cast", "CastLike",
     "Identity", "Dropout", "Trilu", "Range", "Shape", "Size", "ConstantOfShape", "Constant",
 })
-# Mixture-of-experts routing (kernels in executor/kernels_moe.py). NonZero stays unsupported:
-# the per-expert loop form it comes with gives tensors of data-dependent shapes.
+# Mixture-of-experts routing (kernels in executor/kernels_moe.py). NonZero stays unsupported
+# (data-dependent shapes): the per-expert loop form it comes with is rewritten into the batched
+# form before this check (moeloop.py); a NonZero left over is refused.
 MOE_OPS = frozenset({"TopK", "OneHot", "ScatterElements"})
 SUPPORTED_OPS = SUPPORTED_OPS | MOE_OPS
 # --- issue 15, real checkpoints (h-real): positions computed from the runtime mask ---
