@@ -20,7 +20,7 @@ from _harness import WAFER, machine, run, table, write_section
 AXES = ["--vary", "core.sram_bytes=40KiB,48KiB,64KiB,96KiB",
         "--vary", "links.bytes_per_cycle=2,4,8,16",
         "--vary", "context=2048,8192,32768,131072"]
-RUN_ONLY = ("compile_s", "verify_s", "cached")
+RUN_ONLY = ("compile_s", "verify_s", "cached", "reused")  # how, not what (per worker)
 
 
 def sweep(out: Path, backend: str, workers: int, time_limit: float) -> tuple[float, dict]:

@@ -410,7 +410,14 @@ def _compile(args, display) -> int:
     """Compile (stages shown on `display`), write OUT, verify with --verify; print the summary,
     or with --json the same as one document (docs/cli.md)."""
     from compiler.driver import CompileOptions, SolverOptions, compile_model
-    from compiler.outdir.write import artifact_files, check_out, dumps, summary_doc, write_outputs
+    from compiler.outdir.write import (
+        artifact_files,
+        check_out,
+        compile_log,
+        dumps,
+        summary_doc,
+        write_outputs,
+    )
     from compiler.tiling.candidates import TilingOptions
 
     out = Path(args.output)
@@ -442,13 +449,14 @@ def _compile(args, display) -> int:
     files = _shown(display, stages, "artifacts", artifact_files, result, report=False)
     if not args.no_report:
         files.update(_shown(display, stages, "report", _report_files, files))
-    write_outputs(out, files, force=args.force)
+    files["compile_log.json"] = dumps(compile_log(result, stages))  # with OUT's own stages
+    _shown(display, stages, "write", write_outputs, out, files, force=args.force)
     with display.paused():
         _warn_time_limit(result.placement.report)
     if args.verify:
         return _compile_verify(args, display, result, out, stages)
     text = dumps(summary_doc(result, out, stages)) if args.json else \
-        _compile_summary(result, out) + "\n"
+        _compile_summary(result, out, stages) + "\n"
     with display.paused():
         print(text, end="")
     return 0
@@ -463,7 +471,7 @@ def _compile_verify(args, display, result, out: Path, stages: list[tuple[str, fl
     art = Artifact(args.model, result.graph, result.target, result.schedule)
     if not args.json:
         with display.paused():
-            print(_compile_summary(result, out), flush=True)
+            print(_compile_summary(result, out, stages), flush=True)
 
     def verify_stage(name: str, seconds: float) -> None:
         stages.append((name, seconds))
@@ -624,10 +632,11 @@ def _stage_line(name: str, seconds: float) -> None:
     print(f"[{name}] {seconds:.2f} s", file=sys.stderr)
 
 
-def _compile_summary(result, out: Path) -> str:
+def _compile_summary(result, out: Path, stage_times: list[tuple[str, float]]) -> str:
+    """The human summary; `stage_times`: the compile's stages, then writing OUT's."""
     m, b, t, g = result.metrics, result.baseline, result.target, result.graph
     r = result.placement.report
-    total = sum(s for _, s in result.stage_times)
+    total = sum(s for _, s in stage_times)
     cores = t.total_cores
     off_note = "at the bound" if m.offchip_bytes_per_token <= m.offchip_lower_bound else \
         f"bound {_bytes(m.offchip_lower_bound)}"
@@ -638,7 +647,7 @@ def _compile_summary(result, out: Path) -> str:
         vs_ff += f", first-fit's own choice {m.byte_hops / b.byte_hops - 1:+.0%}"
     gap = "" if r.objective is None or r.bound is None or not r.objective else \
         f", gap {max(0.0, (r.objective - r.bound) / abs(r.objective)):.1%}"
-    stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.stage_times)
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in stage_times)
     return "\n".join([
         f"compiled {g.name} for {t.name} in {total:.1f} s -> {out}/",
         f"  layers       {len(g.layers)} ({len(g.blocks())} blocks) on {m.wafers_used} wafer(s),"

@@ -15,6 +15,8 @@ tests) the tiled graph, the schedule and the timelines are checked in memory as 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from compiler.result import CompileResult
 from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.check import schedule_problems, timeline_problems
 from compiler.schedule.decode import (
+    DecodeGraph,
     DecodePlan,
     decode_forms,
     decode_plan_or_reason,
@@ -46,6 +49,7 @@ from compiler.schedule.perf import (
 from compiler.stages import StageHook, Stages, StartHook, check
 from compiler.target import Target, load_target
 from compiler.tiling.candidates import (
+    DecodeStep,
     TiledGraph,
     TilingOptions,
     context_length,
@@ -82,17 +86,26 @@ class CompileOptions:
     routing: Routing = UNIFORM  # MoE models: per-expert routing frequencies (--routing FILE)
 
 KEEP_PLACEMENTS = 16  # Reuse keeps this many placements (a problem of a giant is ~1 MB)
+KEEP_FORMS = 4  # and this many contexts' decode forms of the last model (a sweep's context axis)
+
+Forms = tuple[tuple[DecodeGraph, ...] | str, tuple[DecodeStep, ...]]
+TilingKey = tuple[str, FrontendOptions, Target, TilingOptions, Routing, bool]
 
 
 @dataclass
 class Reuse:
     """What a run of compiles in one process (a sweep worker) shares: frontend graphs by
-    (model, frontend options), placements by (placement problem, solver options). A hit is
-    what computing it again would give: the frontend is a function of its key, and the
-    placement of a deterministic solve of an equal problem (non-deterministic solves are never
-    shared). `compile_model` names what it took from here in `CompileResult.reused`."""
+    (model, frontend options), the decode forms (the model at one token, a second frontend
+    run) and their decode steps by (model, frontend options, context), the last tiling by
+    (model, frontend options, target, tiling options, routing, check), placements by (placement
+    problem, solver options). A hit is what computing it again would give: the frontend, the
+    decode forms and the tiling are functions of their keys, and the placement of a
+    deterministic solve of an equal problem (non-deterministic solves are never shared).
+    `compile_model` names what it took from here in `CompileResult.reused`."""
 
     graphs: dict[tuple[str, FrontendOptions], ir.Graph] = field(default_factory=dict)
+    forms: dict[tuple[str, FrontendOptions, int], Forms] = field(default_factory=dict)
+    tilings: dict[TilingKey, tuple[TiledGraph, PlacementProblem]] = field(default_factory=dict)
     placements: dict[tuple[PlacementProblem, SolverOptions], Placement] = field(
         default_factory=dict)
 
@@ -100,9 +113,30 @@ class Reuse:
         key = (str(model), options)
         if key in self.graphs:
             used.append("frontend")
-        else:
-            self.graphs = {key: load_model(model, options)}  # the last model only: memory
+        else:  # the last model only: memory
+            self.graphs = {key: load_model(model, options)}
+            self.forms, self.tilings = {}, {}
         return self.graphs[key]
+
+    def decode_forms(self, model: str | Path, options: FrontendOptions, graph: ir.Graph,
+                     context: int, used: list[str]) -> Forms:
+        key = (str(model), options, context)
+        if key in self.forms:
+            used.append("decode-forms")
+            return self.forms[key]
+        if len(self.forms) >= KEEP_FORMS:  # the oldest goes
+            del self.forms[next(iter(self.forms))]
+        self.forms[key] = _decode_forms(model, graph, context)
+        return self.forms[key]
+
+    def tiling(self, key: TilingKey, used: list[str],
+               tile: Callable[[], tuple[TiledGraph, PlacementProblem]],
+               ) -> tuple[TiledGraph, PlacementProblem]:
+        if key in self.tilings:
+            used.append("tiling")
+        else:
+            self.tilings = {key: tile()}  # the last one only: a giant's is large
+        return self.tilings[key]
 
     def placement(self, problem: PlacementProblem, solver: SolverOptions, used: list[str],
                   on_progress: ProgressHook | None) -> Placement:
@@ -135,14 +169,13 @@ def compile_model(model: str | Path, target: str | Path | Target,
         graph = (reuse.graph(model, options.frontend, used) if reuse
                  else load_model(model, options.frontend))
     with stage("tiling"):  # each layer's decode step priced as the decode schedule runs it
-        forms = decode_forms(str(model), graph, context_length(graph, options.tiling))
-        tiled = tile_graph(graph, tgt, options.tiling, decode_steps(forms))
-        tiled = dataclasses.replace(tiled, edges=routed_edges(graph, tiled.edges,
-                                                              options.routing))
-        tiled = routed_candidates(graph, tiled, options.routing)
-        if options.check:
-            check(tiled_problems(graph, tiled, tgt), "tiled graph")
-        problem = to_problem(tiled, tgt)
+        context = context_length(graph, options.tiling)
+        forms, steps = (reuse.decode_forms(model, options.frontend, graph, context, used)
+                        if reuse else _decode_forms(model, graph, context))
+        tile = functools.partial(_tiling, graph, tgt, options, steps)
+        key = (str(model), options.frontend, tgt, options.tiling, options.routing,
+               options.check)
+        tiled, problem = reuse.tiling(key, used, tile) if reuse else tile()
     with stage("placement"):
         placement = (reuse.placement(problem, options.solver, used, on_progress) if reuse
                      else _place(problem, options.solver, on_progress))
@@ -177,6 +210,25 @@ def compile_model(model: str | Path, target: str | Path | Target,
     return CompileResult(graph, tgt, tiled, problem, placement, placed, baseline, schedule,
                          timelines, estimates, options, tuple(stage.times), same, decode,
                          tuple(used), moe, no_decode)
+
+def _decode_forms(model: str | Path, graph: ir.Graph, context: int) -> Forms:
+    """The decode forms of `model` at `context` and their decode steps (what the tiling
+    prices; `decode_plan_or_reason` schedules the forms)."""
+    forms = decode_forms(str(model), graph, context)
+    return forms, decode_steps(forms)
+
+
+def _tiling(graph: ir.Graph, target: Target, options: CompileOptions,
+            steps: tuple[DecodeStep, ...]) -> tuple[TiledGraph, PlacementProblem]:
+    """The tiled graph (MoE edges and candidates by the routing), checked with
+    options.check, and its placement problem."""
+    tiled = tile_graph(graph, target, options.tiling, steps)
+    tiled = dataclasses.replace(tiled, edges=routed_edges(graph, tiled.edges, options.routing))
+    tiled = routed_candidates(graph, tiled, options.routing)
+    if options.check:
+        check(tiled_problems(graph, tiled, target), "tiled graph")
+    return tiled, to_problem(tiled, target)
+
 
 def _moe(graph: ir.Graph, schedule: Schedule, decode: DecodePlan | None, target: Target,
          routing: Routing) -> MoEEstimate | None:

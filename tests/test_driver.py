@@ -335,10 +335,34 @@ def test_reuse_shares_the_frontend_and_an_equal_problems_placement():
     other = driver.compile_model("gpt2-tiny", small, opts, reuse=reuse)
     fresh = driver.compile_model("gpt2-tiny", slow, opts)
     assert first.reused == () and fresh.reused == ()
-    assert again.reused == ("frontend", "placement") and other.reused == ("frontend",)
+    assert again.reused == ("frontend", "decode-forms", "placement")
+    assert other.reused == ("frontend", "decode-forms")
     assert again.problem == fresh.problem
     assert again.placement.rects == fresh.placement.rects
     assert again.placement.options == fresh.placement.options
     assert again.placement.report.stages == fresh.placement.report.stages
     assert again.estimates == fresh.estimates  # priced with its own target
     assert again.estimates["prefill"].seconds != first.estimates["prefill"].seconds
+
+
+def test_reuse_shares_the_tiling_of_an_equal_target_and_the_decode_forms_of_a_context():
+    """The decode forms (the model again at one token) are shared by points at the same
+    context, the tiling by points with the same target and options too; another context
+    derives its own. What is shared is what a fresh compile gives."""
+    from compiler.target import load_target
+    from compiler.tiling.candidates import TilingOptions
+
+    base = load_target("mesh8x8")
+    opts = driver.CompileOptions(solver=driver.SolverOptions(time_limit_s=10))
+    longer = dataclasses.replace(opts, tiling=TilingOptions(context=64))
+    reuse = driver.Reuse()
+    first = driver.compile_model("gpt2-tiny", base, opts, reuse=reuse)
+    same = driver.compile_model("gpt2-tiny", base, opts, reuse=reuse)
+    other = driver.compile_model("gpt2-tiny", base, longer, reuse=reuse)
+    fresh = driver.compile_model("gpt2-tiny", base, longer)
+    assert same.reused == ("frontend", "decode-forms", "tiling", "placement")
+    assert other.reused == ("frontend",)
+    assert same.tiled == first.tiled and same.decode == first.decode
+    assert other.tiled == fresh.tiled and other.problem == fresh.problem
+    assert other.decode.graph == fresh.decode.graph
+    assert other.estimates == fresh.estimates

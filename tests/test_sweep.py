@@ -24,7 +24,8 @@ from compiler.sweep.pareto import frontier
 from compiler.target import load_target
 from compiler.tiling.candidates import TilingOptions
 
-RUN_ONLY = ("compile_s", "verify_s", "cached")  # how a point was obtained, not what it is
+RUN_ONLY = ("compile_s", "verify_s", "cached", "reused")  # how a point was obtained, not what
+# it is (which earlier point of its worker it reused depends on how the backend spread them)
 
 
 def sweep(capsys, out: Path, *argv: str) -> tuple[int, dict, str, str]:

@@ -143,3 +143,28 @@ def test_one_core_candidates_pay_no_collectives():
             if c.rows * c.cols == 1:
                 assert c.cycles == -(-lt.flops_per_token // rate) + \
                     target.runtime.step_overhead_cycles, lt.layer
+
+
+def test_peak_counts_what_the_per_tensor_sums_count():
+    """The candidate search measures tile bytes with numpy (`_Peak`): for every rectangle, the
+    largest group's sum is what `_live_bytes` gives tensor by tensor (each tensor at its
+    largest spec, factored entries and 4.25-bit weights included), and a rank mismatch is
+    refused as `tile_numel` refuses it."""
+    import random
+
+    from compiler.tiling.candidates import _live_bytes, _Peak
+
+    rng = random.Random(7)
+    axes = [None, "r", "c", "c12", "c/12", "r4", "r/4"]
+    tensors = []
+    for _ in range(40):
+        shape = tuple(rng.choice([1, 3, 12, 64, 100, 4096]) for _ in range(rng.randint(0, 4)))
+        specs = tuple({tuple(rng.choice(axes) for _ in shape) for _ in range(rng.randint(1, 3))})
+        tensors.append((shape, specs, rng.choice([1, 2, 4, 0.53125])))
+    groups = [rng.sample(tensors, rng.randint(1, 12)) for _ in range(9)]
+    peak = _Peak(groups)
+    for rows, cols in [(1, 1), (1, 7), (3, 12), (16, 5), (762, 1172)]:
+        assert peak(rows, cols) == max(_live_bytes(grp, rows, cols) for grp in groups)
+    assert _Peak([])(4, 4) == 0 and _Peak([[]])(4, 4) == 0
+    with pytest.raises(ValueError):
+        _Peak([[((4, 4), ((None,),), 2)]])

@@ -566,10 +566,27 @@ def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target) ->
                     dg.context, prefill.residency)
 
 
+# decode_layouts of the last few decode graphs, by identity (hashing a graph costs more than
+# its layouts): the tiling prices each decode form, then the decode stage schedules the same one
+_LAYOUTS: dict[int, tuple[DecodeGraph, dict[str, tuple[OpLayout, ...]]]] = {}
+KEEP_LAYOUTS = 4
+
+
 def decode_layouts(dg: DecodeGraph) -> dict[str, tuple[OpLayout, ...]]:
     """The decode graph's layouts with each KV cache split as its attention MatMul reads it,
     traced back through a grouped-query repeat between them (else a cache read by the repeat
-    would be replicated on every core of its region)."""
+    would be replicated on every core of its region). Remembered for the last few graphs."""
+    hit = _LAYOUTS.get(id(dg))
+    if hit is not None and hit[0] is dg:
+        return dict(hit[1])
+    layouts = _decode_layouts(dg)
+    if len(_LAYOUTS) >= KEEP_LAYOUTS:  # the oldest goes
+        del _LAYOUTS[next(iter(_LAYOUTS))]
+    _LAYOUTS[id(dg)] = (dg, layouts)  # the graph kept with it: its id stays its own
+    return dict(layouts)
+
+
+def _decode_layouts(dg: DecodeGraph) -> dict[str, tuple[OpLayout, ...]]:
     g = dg.graph
     layouts = graph_layouts(g)
     by_op = {lay.op: lay for lays in layouts.values() for lay in lays}

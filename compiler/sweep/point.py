@@ -52,8 +52,9 @@ class PointResult:
     verify_max_abs: float | None = None
     compile_s: float = 0.0
     verify_s: float = 0.0
-    # stages taken from an earlier point in the same worker (same model and frontend options;
-    # an equal placement problem and solver options): "frontend", "placement"
+    # work taken from an earlier point in the same worker (driver.Reuse): "frontend" (same
+    # model and frontend options), "decode-forms" (and context), "tiling" (and target and
+    # options), "placement" (an equal placement problem and solver options)
     reused: tuple[str, ...] = ()
     # mixture-of-experts models (expert-group layers): decode with k of E experts under the
     # sweep's routing (--routing), and how many expert regions stream their weights

@@ -17,6 +17,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from compiler import ir
 from compiler.errors import CapacityError
 from compiler.ir import storage_bytes
@@ -26,6 +28,7 @@ from compiler.target import Target
 from compiler.tiling import collectives
 from compiler.tiling.costs import batch_size, kv_cache_tensors, op_flops, token_count
 from compiler.tiling.layouts import OpLayout, Spec, graph_layouts, tile_numel
+from compiler.tiling.layouts import parts as layouts_parts
 from compiler.vocab import ONE_BUFFER_OPS, VIEW_OPS, CollectiveKind
 
 # Blocks per wafer up to which a denser exact wafer tiling is searched (`_densest`): with more,
@@ -252,7 +255,7 @@ def _step_tensors(step: DecodeStep, name: str, target: Target,
     layouts = step.layouts[name]
     try:
         s = _step_layer(step, layer, layouts, target, params)
-        _step_bytes(s, Residency.RESIDENT, 1, 1)  # every spec fits its tensor's rank
+        _StepMeasures.of(s)  # every spec fits its tensor's rank
     except (ValueError, KeyError, IndexError):  # a form whose decode schedule fails too
         return None
     return s
@@ -287,16 +290,20 @@ def _bytes(entries, rows: int, cols: int) -> int:
 
 def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
               kv_item: int, batch: int,
-              raw: Callable[[int, int], tuple[int, int]] | None = None) -> tuple[int, int, int]:
+              raw: Callable[[int, int], tuple[int, int]] | None = None,
+              steps: Callable[[int, int], tuple[_StepRaw, ...]] | None = None,
+              ) -> tuple[int, int, int]:
     """(weight, kv, activation) bytes on the fullest core of an r x c rectangle.
 
     Activations are one decode step's (the prompt streams through in steps of that size):
     the largest op's tiles for `batch` tokens, plus attention scores and probabilities over
     the whole context, heads over one axis and context positions over the other. `raw(r, c)`
-    gives the mode-independent (weights whole, weights-side + activations) split, cached by
-    the caller (the same shapes are asked for once per residency mode)."""
+    gives the mode-independent (weights whole, weights-side + activations) split and
+    `steps(r, c)` each decode form's unstreamed bytes (`_step_raw`), both cached by the caller
+    (the same shapes are asked for once per residency mode)."""
     cores = rows * cols
-    w_all, rest = (raw or functools.partial(_raw, t, kv_total, batch))(rows, cols)
+    w_all, rest = (raw or functools.partial(_raw, t, _Measures.of(t), kv_total, batch))(
+        rows, cols)
     w = w_all
     if mode in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL):
         w = min(w, STREAM_BUFFER_BYTES)
@@ -304,20 +311,22 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
     if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
         kv = min(kv, STREAM_BUFFER_BYTES)
     if t.decode and mode not in _CHUNKED:  # what the decode schedule holds, as it runs
-        return _with_decode(t, mode, rows, cols, w + rest[0], kv, rest[1])
+        each = steps(rows, cols) if steps else tuple(
+            _step_raw(_StepMeasures.of(s), rows, cols) for s in t.decode)
+        return _with_decode(t, mode, each, w + rest[0], kv, rest[1])
     if t.prompt_resident:  # tables count with the weights
         return w + rest[0], kv, rest[1]
     return w, kv, rest[1]
 
 
-def _raw(t: _Tensors, kv_total: int, batch: int, rows: int,
+def _raw(t: _Tensors, m: _Measures, kv_total: int, batch: int, rows: int,
          cols: int) -> tuple[int, tuple[int, int]]:
-    """(weight bytes unstreamed, (tables, activation bytes)) of the fullest core, any mode."""
-    w = _bytes(t.weights, rows, cols)
+    """(weight bytes unstreamed, (tables, activation bytes)) of the fullest core, any mode
+    (`m`: `t` measured)."""
+    w = m.weights(rows, cols)
     if t.prompt_resident:
-        tables = _bytes(t.tables, rows, cols)
-        return w, (tables, max((_live_bytes(live, rows, cols) for live in t.live), default=0))
-    prompt = max((_bytes(entries, rows, cols) for entries in t.acts_per_op), default=0)
+        return w, (m.tables(rows, cols), m.live(rows, cols))
+    prompt = m.acts(rows, cols)
     step = math.ceil(prompt / t.seq)  # each op with the tables it reads, one step's share
     context = kv_total // max(t.kv_elements_per_token * batch, 1) if t.kv_elements_per_token else 0
     scores = 2 * math.ceil(t.score_heads * batch / rows) * math.ceil(context / cols) * t.act_item
@@ -331,12 +340,13 @@ def _raw(t: _Tensors, kv_total: int, batch: int, rows: int,
 _CHUNKED = (Residency.STREAM_KV, Residency.STREAM_ALL)
 
 
-def _with_decode(t: _Tensors, mode: Residency, rows: int, cols: int, held: int,
+def _with_decode(t: _Tensors, mode: Residency, each: Sequence[_StepRaw], held: int,
                  kv: int, live: int) -> tuple[int, int, int]:
     """(weight, kv, activation) bytes bounding the decode step's real per-core peak (each decode
-    form's weights, tables, caches and largest live set), and with the whole prompt resident
-    also the prefill's (weights, tables, the caches its cache writes fill, its live set)."""
-    steps = [_step_bytes(s, mode, rows, cols) for s in t.decode]
+    form's weights, tables, caches and largest live set: `each`, one `_step_raw` per form), and
+    with the whole prompt resident also the prefill's (weights, tables, the caches its cache
+    writes fill, its live set)."""
+    steps = [_step_mode(s, mode) for s in each]
     dw, dkv, dact = max(steps, key=sum)
     if not t.prompt_resident:
         return dw, dkv, dact
@@ -344,21 +354,100 @@ def _with_decode(t: _Tensors, mode: Residency, rows: int, cols: int, held: int,
     return held, kv, max(live, dw + dkv + dact - held - kv)
 
 
-def _step_bytes(s: _StepTensors, mode: Residency, rows: int, cols: int) -> tuple[int, int, int]:
-    w = _bytes(s.weights, rows, cols)
+# A decode form's bytes on the fullest core of one shape, before any streaming:
+# (weights, constant tables, KV caches, largest live set of activations).
+_StepRaw = tuple[int, int, int, int]
+
+
+def _step_raw(m: _StepMeasures, rows: int, cols: int) -> _StepRaw:
+    return m.weights(rows, cols), m.tables(rows, cols), m.caches(rows, cols), m.live(rows, cols)
+
+
+def _step_mode(raw: _StepRaw, mode: Residency) -> tuple[int, int, int]:
+    """A decode form's (weight + tables, kv, live) bytes in residency `mode`."""
+    w, tables, kv, live = raw
     if mode in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL):
         w = min(w, STREAM_BUFFER_BYTES)
-    kv = _live_bytes(s.caches, rows, cols)
     if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
         kv = min(kv, STREAM_BUFFER_BYTES)
-    sizes = [_live_bytes((e,), rows, cols) for e in s.acts]
-    live = max((sum(sizes[i] for i in ops) for ops in s.live), default=0)
-    return w + _bytes(s.tables, rows, cols), kv, live
+    return w + tables, kv, live
 
 
 def _live_bytes(live, rows: int, cols: int) -> int:
     return sum(storage_bytes(max(tile_numel(shape, s, rows, cols) for s in specs), size * 8)
                for shape, specs, size in live)
+
+
+class _Peak:
+    """The largest over `groups` of the sum of their tensors' bytes on the fullest core (one
+    group: the sum), for any r x c rectangle at once over all tensors (numpy): what `_bytes`
+    and `_live_bytes` count, for the many shapes the candidate search asks about. A tensor is
+    (shape, specs, bytes per element), its tile the largest of its specs'."""
+
+    def __init__(self, groups: Sequence[Sequence[tuple]]):
+        tensors = list(dict.fromkeys(e for grp in groups for e in grp))
+        index = {e: i for i, e in enumerate(tensors)}
+        self.counts = np.zeros((len(groups), len(tensors)), dtype=np.int64)
+        for i, grp in enumerate(groups):
+            for e in grp:
+                self.counts[i, index[e]] += 1
+        rows = [(shape, spec) for shape, specs, _ in tensors for spec in specs]
+        for shape, spec in rows:
+            if len(spec) != len(shape):
+                raise ValueError(f"spec {spec} does not fit shape {shape}")
+        self.axes = list(dict.fromkeys([None, *(a for _, spec in rows for a in spec)]))
+        rank = max((len(shape) for shape, _ in rows), default=0)
+        code = {a: i for i, a in enumerate(self.axes)}
+        self.dims = np.array([[*shape, *[1] * (rank - len(shape))] for shape, _ in rows],
+                             dtype=np.int64).reshape(len(rows), rank)
+        self.codes = np.array([[code[a] for a in spec] + [0] * (rank - len(spec))
+                               for _, spec in rows], dtype=np.intp).reshape(len(rows), rank)
+        self.starts = np.cumsum([0, *(len(specs) for _, specs, _ in tensors[:-1])])
+        self.bits = np.array([size * 8 for _, _, size in tensors], dtype=np.float64)
+
+    def __call__(self, rows: int, cols: int) -> int:
+        if not self.counts.size:
+            return 0
+        parts = np.array([layouts_parts(a, rows, cols) for a in self.axes], dtype=np.int64)
+        numel = (-(-self.dims // parts[self.codes])).prod(axis=1)
+        largest = np.maximum.reduceat(numel, self.starts)  # a tensor's largest spec
+        nbytes = np.ceil(largest * self.bits / 8).astype(np.int64)
+        return int((self.counts @ nbytes).max())
+
+
+def _whole(entries) -> tuple[tuple, ...]:
+    """(shape, spec, size) entries as (shape, (spec,), size): one group for `_Peak`."""
+    return tuple((shape, (spec,), size) for shape, spec, size in entries)
+
+
+@dataclass(frozen=True, eq=False)
+class _Measures:
+    """A layer's `_Tensors` ready to measure on any rectangle (`_raw`)."""
+
+    weights: _Peak
+    tables: _Peak
+    live: _Peak  # the largest live set (the whole prompt resident)
+    acts: _Peak  # the largest op's tiles with the tables it reads
+
+    @classmethod
+    def of(cls, t: _Tensors) -> _Measures:
+        return cls(_Peak([_whole(t.weights)]), _Peak([_whole(t.tables)]), _Peak(t.live),
+                   _Peak([_whole(entries) for entries in t.acts_per_op]))
+
+
+@dataclass(frozen=True, eq=False)
+class _StepMeasures:
+    """A layer's `_StepTensors` ready to measure on any rectangle (`_step_raw`)."""
+
+    weights: _Peak
+    tables: _Peak
+    caches: _Peak
+    live: _Peak  # the largest of the maximal live sets
+
+    @classmethod
+    def of(cls, s: _StepTensors) -> _StepMeasures:
+        return cls(_Peak([_whole(s.weights)]), _Peak([_whole(s.tables)]), _Peak([s.caches]),
+                   _Peak([[s.acts[i] for i in sorted(ops)] for ops in s.live]))
 
 
 # --- candidates ---------------------------------------------------------------------------------
@@ -594,18 +683,23 @@ def _share(g: ir.Graph, target: Target) -> int:
     return max(1, int(LATENCY_SHARE * cores) // max(len(g.layers), 1))
 
 
-def _latency_shapes(fits: Callable[[int, int], bool], model: _LayerModel, target: Target,
-                    share: int, have: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _latency_shapes(fits: Callable[[int, int], bool], cycles: Callable[[int, int], int],
+                    flops: int, target: Target, share: int,
+                    have: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The wider or squarer shape of at most `share` cores (idle cores otherwise) with the
-    fewest decode cycles, when it has fewer than every smallest shape in `have`: more cores
-    cut the compute, longer axes add hops, so it is a real trade-off (not always the largest)."""
+    fewest decode cycles (`cycles(r, c)`: the layer's `_cycles`, `flops` per token), when it
+    has fewer than every smallest shape in `have`: more cores cut the compute, longer axes add
+    hops, so it is a real trade-off (not always the largest)."""
     if not have:
         return []
-    best = min(_cycles(model, r, c, target) for r, c in have)
+    best = min(cycles(r, c) for r, c in have)
     rows, cols = target.grid.rows, target.grid.cols
-    found = sorted((_cycles(model, r, c, target), r * c, abs(r - c), r, c)
+    floor = target.runtime.step_overhead_cycles  # cycles >= compute + one step's overhead
+    rate = target.core.flops(target.compute.dtype)
+    found = sorted((cycles(r, c), r * c, abs(r - c), r, c)
                    for r in _row_counts(rows) for c in _row_counts(cols)
-                   if r * c <= share and (r, c) not in have)
+                   if r * c <= share and (r, c) not in have
+                   and flops / (r * c * rate) + floor < best)  # else never below `best`
     for cycles, _, _, r, c in found:
         if cycles >= best:
             return []
@@ -623,25 +717,30 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
     modes = _modes(model)
     if options.prompt_resident:  # issue 15 (h-real): see _runnable
         modes = [m for m in modes if _runnable(m)]
-    raw = functools.cache(functools.partial(_raw, model.tensors, model.kv_total, batch))
+    # per shape, what no residency mode changes: asked for once, whatever the modes
+    raw = functools.cache(functools.partial(_raw, model.tensors, _Measures.of(model.tensors),
+                                            model.kv_total, batch))
+    forms = [_StepMeasures.of(s) for s in model.tensors.decode]
+    steps = functools.cache(lambda r, c: tuple(_step_raw(m, r, c) for m in forms))
+    cycles = functools.cache(functools.partial(_cycles, model, target=target, memo={}))
     for mode in modes:
         def fits(r: int, c: int, mode=mode) -> bool:
             return sum(_per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch,
-                                 raw)) <= cap
+                                 raw, steps)) <= cap
 
         frontier = _frontier(fits, target.grid.rows, target.grid.cols)
         shapes = _pick(frontier, options.max_candidates)
         shapes += [p for p in _grid_tiling(frontier, fits, target) if p not in shapes]
-        shapes += _latency_shapes(fits, model, target, share, shapes)
+        shapes += _latency_shapes(fits, cycles, model.flops_per_token, target, share, shapes)
         if mode is Residency.RESIDENT:
             resident_shapes = shapes[:2]
         else:  # streaming frees SRAM; keeping the resident shape keeps the compute parallel
             shapes += [s for s in resident_shapes if s not in shapes]
         for r, c in shapes:
             w, kv, act = _per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch,
-                                   raw)
+                                   raw, steps)
             out.append(Candidate(r, c, mode, w, kv, act, _offchip(model, mode, batch, kv_item),
-                                 _cycles(model, r, c, target)))
+                                 cycles(r, c)))
     if not out:
         rows, cols = target.grid.rows, target.grid.cols
         mode = modes[-1]  # the most streaming mode offered: the least SRAM it can take
@@ -662,12 +761,15 @@ def _offchip(model: _LayerModel, mode: Residency, batch: int, kv_item: int) -> i
     return streamed
 
 
-def _cycles(model: _LayerModel, rows: int, cols: int, target: Target) -> int:
+def _cycles(model: _LayerModel, rows: int, cols: int, target: Target,
+            memo: dict[tuple[int, float], float] | None = None) -> int:
     """Decode cycles per token: compute spread over the cores, then each collective's hops
     along its axis, its bytes over one link, and the runtime's per-step overhead; a reduce of
     partial sums at its cheapest algorithm (chain, two-way or K-tree, `collectives.py`, as the
     schedule records and schedule/perf.py prices it). A collective along an axis of one core
-    moves nothing and runs fused with the compute: no hops, no bytes, no overhead."""
+    moves nothing and runs fused with the compute: no hops, no bytes, no overhead. `memo`
+    keeps each reduce's cycles by (cores, tile bytes) for the next call on `target`."""
+    memo = {} if memo is None else memo
     rate = target.core.flops(target.compute.dtype)
     compute = model.flops_per_token / (rows * cols * rate)
     size = {"r": rows, "c": cols}
@@ -679,8 +781,10 @@ def _cycles(model: _LayerModel, rows: int, cols: int, target: Target) -> int:
             continue
         tile = nbytes / size["c" if axis == "r" else "r"]
         if kind == CollectiveKind.REDUCE:
-            comm += collectives.reduce_cycles(collectives.choose(m, tile, target), m, tile,
-                                              target)
+            if (m, tile) not in memo:
+                memo[(m, tile)] = collectives.reduce_cycles(collectives.choose(m, tile, target),
+                                                            m, tile, target)
+            comm += memo[(m, tile)]
         else:
             comm += (m - 1) * target.links.hop_latency_cycles + tile / \
                 target.links.bytes_per_cycle
