@@ -237,7 +237,9 @@ def _draft_does_not_fit(result: CompileResult, spec: SpeculativeOptions, area,
         graph = load_model(spec.draft, opts.frontend)
         forms = decode_forms(str(spec.draft), graph, context_length(graph, opts.tiling))
         problem = to_problem(tile_graph(graph, one, opts.tiling, decode_steps(forms)), one)
-        need = f"at least {sum(min(o.cores for o in b.options) for b in problem.blocks):,} cores"
+        cores = sum(min(o.cores for o in b.options) for b in problem.blocks)
+        need = f"{cores:,} cores (the smallest rectangle each of its layers is offered on a " \
+            "wafer)"
     except (InfeasiblePlacementError, CapacityError):
         pass
     idle = result.problem.cores_per_wafer * result.problem.wafers - result.metrics.cores_used
@@ -245,8 +247,8 @@ def _draft_does_not_fit(result: CompileResult, spec: SpeculativeOptions, area,
         f"{area.rows} x {area.cols} = {area.rows * area.cols:,} cores on wafer {area.wafer}")
     return InfeasiblePlacementError(
         f"the speculative draft {spec.draft} does not fit on the cores {result.graph.name} "
-        f"leaves idle on {tgt.name}: it needs {need} (its smallest rectangles), placed inside "
-        f"one idle rectangle, and the largest is {largest} ({idle:,} cores idle in all); "
+        f"leaves idle on {tgt.name}: it needs {need}, inside one idle rectangle, and the "
+        f"largest is {largest} ({idle:,} cores idle in all); "
         "use a smaller draft or a target with more wafers")
 
 def _moe(graph: ir.Graph, schedule: Schedule, decode: DecodePlan | None, target: Target,
