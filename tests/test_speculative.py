@@ -9,6 +9,7 @@ import json
 import random
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from compiler.cli import main
@@ -158,6 +159,9 @@ def test_artifacts_and_summary_say_speculative(tmp_path, capsys):
     assert doc["tokens_per_s"] == spec["tokens_per_s"] != spec["plain_tokens_per_s"]
     for name in ("placement.json", "schedule.json"):
         assert json.loads((out / name).read_text())["speculative"] == spec
+    schema = json.loads((Path(__file__).parent.parent / "docs" / "schedule.schema.json")
+                        .read_text())
+    jsonschema.validate(json.loads((out / "schedule.json").read_text()), schema)
     assert "speculative decoding" in (out / "report.html").read_text()
     main(["compile", "llama-tiny", "-t", "mesh8x8", "-o", str(tmp_path / "p"),
           "--speculative", "draft=llama-tiny,accept=0.7,k=2"])
