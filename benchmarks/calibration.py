@@ -82,6 +82,22 @@ def _step(result, overhead: int, queries: int = 1):
     return estimate(s, target, PerfOptions("decode", queries=queries), reads)
 
 
+def sensitivity(result, overhead: int) -> str:
+    """A speculative row's prediction at `overhead` under other acceptance rates and k."""
+    spec = result.speculative
+
+    def at(**change) -> str:
+        r = dataclasses.replace(result, speculative=dataclasses.replace(spec, **change))
+        return f"{predict(r, overhead):,.0f}"
+
+    accepts = ", ".join(f"{a:g}: {at(accept=a)}" for a in (0.6, 0.7, 0.8, 0.9, 1.0))
+    ks = ", ".join(f"{k}: {at(k=k)}" for k in (1, 2, 4, 8))
+    return (f"accept (k {spec.k}) {accepts} tokens/s; k (accept {spec.accept:g}) {ks} "
+            f"tokens/s; the draft's step {spec.draft_cycles:,} cycles, the target's one-token "
+            f"step {spec.target_cycles:,} and its {spec.k + 1}-token verification step "
+            f"{spec.verify_cycles:,} (at the target spec's overhead)")
+
+
 def fit(result, published: float) -> int:
     lo, hi = 0, 20000  # tokens/s falls as the overhead grows
     while lo < hi:
@@ -148,6 +164,8 @@ def main() -> int:
             + table(["published", "model / target", "published tokens/s", "predicted",
                      "error", "", "leave-one-out (overhead)", "error", "off-chip MB/token"],
                     rows)
+            + "".join(f"\n\nSpeculative row {n} at the fitted overhead, other assumptions: "
+                      f"{sensitivity(compiled[n], overhead)}." for n in SPECULATIVE)
             + "\n\nNot priced (outside every fit):\n\n"
             + "\n".join(f"- {k}: {v}." for k, v in UNMODELED.items()))
     write_section("calibration", body)
