@@ -15,6 +15,7 @@ each schedule's own token I/O).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -147,8 +148,6 @@ def _histogram(heights: list[int], cs: list[int]):
 
 def sub_target(target: Target, area: Rect) -> Target:
     """The target cut to one idle rectangle: a one-wafer grid of area.rows x area.cols."""
-    import dataclasses
-
     return dataclasses.replace(
         target, name=f"{target.name}.idle-{area.rows}x{area.cols}-w{area.wafer}",
         grid=dataclasses.replace(target.grid, rows=area.rows, cols=area.cols),
