@@ -119,6 +119,11 @@ def _add_compile(sub) -> None:
                    help="with --verify: inputs by name (default: seeded random)")
     cli_decode.add_decode_arg(p, _count)
     _routing_arg(p, "placement's traffic and the decode rates")
+    p.add_argument("--speculative", type=_speculative, metavar="draft=MODEL,accept=A[,k=K]",
+                   help="speculative decoding: compile the draft MODEL on the cores the target "
+                   "leaves idle and price decode as k draft steps (default 4) and one "
+                   "verification step over k + 1 tokens, each draft token accepted with "
+                   "probability A")
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.html and report-data/ (wafer view OUT does later)")
     p.set_defaults(run=cmd_compile)
@@ -218,6 +223,15 @@ def _int_in(text: str, low: int, high: int) -> int:
 def _count(text: str) -> int:
     """A size (batch, sequence length, context): 1..2^31-1."""
     return _int_in(text, 1, INT32_MAX)
+
+
+def _speculative(text: str):
+    from compiler.speculative import parse_speculative
+
+    try:
+        return parse_speculative(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seed(text: str) -> int:
@@ -433,7 +447,7 @@ def _compile(args, display) -> int:
         raise UsageError("--decode N checks decode steps after --verify; add --verify")
     tiling = TilingOptions(context=cli_decode.decode_context(args), prompt_resident=resident)
     options = CompileOptions(frontend, tiling, solver, check=_checks_on(),
-                             routing=_routing(args.routing))
+                             routing=_routing(args.routing), speculative=args.speculative)
     result = compile_model(args.model, args.target, options, on_stage=display.done,
                            on_start=display.start, on_progress=display.solver)
     if args.verify and result.graph.shape_only:
@@ -742,6 +756,22 @@ def _perf_lines(result) -> list[str]:
         f"  utilization  {d.utilization:.3%} of {peak / 1e15:.3g} PFLOP/s in decode, "
         f"{p.utilization:.3%} in prefill",
         *_moe_lines(result),
+        *_speculative_lines(result),
+    ]
+
+
+def _speculative_lines(result) -> list[str]:
+    spec = result.speculative
+    if spec is None:
+        return []
+    a = spec.area
+    return [
+        f"  speculative  {spec.tokens_per_s:,.0f} tokens/s with draft {spec.draft} "
+        f"(accept {spec.accept:g}, k {spec.k}: {spec.expected_tokens:.2f} tokens per round; "
+        f"{spec.plain_tokens_per_s:,.0f} without)",
+        f"  draft        {spec.draft_cores:,} cores in the idle {a.rows} x {a.cols} at "
+        f"({a.row}, {a.col}) on wafer {a.wafer}; round = {spec.k} x {spec.draft_cycles:,} "
+        f"draft + {spec.verify_cycles:,} verify cycles (one token: {spec.target_cycles:,})",
     ]
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compiler import ir
-from compiler.errors import InfeasiblePlacementError
-from compiler.frontend import FrontendOptions, load_model
+from compiler.errors import CapacityError, InfeasiblePlacementError, ModelError
+from compiler.frontend import FrontendOptions, check_source, load_model
 from compiler.placement import place
 from compiler.placement.check import Metrics, metrics
 from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
@@ -45,6 +45,16 @@ from compiler.schedule.perf import (
     estimate,
     streamed_kv_cycles,
     timeline,
+)
+from compiler.speculative import (
+    Speculative,
+    SpeculativeOptions,
+    expected_tokens,
+    largest_idle,
+    shifted,
+    speculative_tokens_per_s,
+    sub_target,
+    verify_cycles,
 )
 from compiler.stages import StageHook, Stages, StartHook, check
 from compiler.target import Target, load_target
@@ -84,6 +94,8 @@ class CompileOptions:
     # tests/conftest.py; the CLI with WAFER_CHECK=1); not in placement.json
     check: bool = False
     routing: Routing = UNIFORM  # MoE models: per-expert routing frequencies (--routing FILE)
+    # a draft model on the cores the target leaves idle (--speculative; compiler/speculative.py)
+    speculative: SpeculativeOptions | None = None
 
 KEEP_PLACEMENTS = 16  # Reuse keeps this many placements (a problem of a giant is ~1 MB)
 KEEP_FORMS = 4  # and this many contexts' decode forms of the last model (a sweep's context axis)
@@ -158,6 +170,8 @@ def compile_model(model: str | Path, target: str | Path | Target,
                   on_progress: ProgressHook | None = None,
                   reuse: Reuse | None = None) -> CompileResult:
     options = options or CompileOptions()
+    if options.speculative is not None:
+        _check_draft(options.speculative.draft)
     used: list[str] = []
     stage = Stages(on_stage, on_start)
     if isinstance(target, Target):
@@ -207,9 +221,68 @@ def compile_model(model: str | Path, target: str | Path | Target,
         if decode is not None:  # tokens/s from the decode schedule, not the prefill scaled
             estimates = {**estimates, Mode.DECODE: decode.estimate}
         moe = _moe(graph, schedule, decode, tgt, options.routing)
-    return CompileResult(graph, tgt, tiled, problem, placement, placed, baseline, schedule,
-                         timelines, estimates, options, tuple(stage.times), same, decode,
-                         tuple(used), moe, no_decode)
+    result = CompileResult(graph, tgt, tiled, problem, placement, placed, baseline, schedule,
+                           timelines, estimates, options, tuple(stage.times), same, decode,
+                           tuple(used), moe, no_decode)
+    if options.speculative is None:
+        return result
+    with stage("speculative"):  # the draft: compiled and placed on the idle cores
+        spec = _speculative(result, options.speculative, on_progress)
+    return dataclasses.replace(result, stage_times=tuple(stage.times), speculative=spec)
+
+def _check_draft(draft: str) -> None:
+    try:
+        check_source(draft)
+    except ModelError as exc:
+        raise ModelError(f"--speculative draft: {exc}") from None
+
+def _speculative(result: CompileResult, spec: SpeculativeOptions,
+                 on_progress: ProgressHook | None) -> Speculative:
+    """Compile the draft on the largest rectangle of cores the target leaves idle (one wafer
+    of the same target), at the target's context and prompt, and price a speculative round."""
+    tgt, p = result.target, result.problem
+    area = largest_idle(p.rows, p.cols, p.wafers, result.placement.rects)
+    opts = dataclasses.replace(result.options, speculative=None, tiling=dataclasses.replace(
+        result.options.tiling, context=result.tiled.context))
+    try:
+        if area is None:
+            raise InfeasiblePlacementError("no idle core")
+        draft = compile_model(spec.draft, sub_target(tgt, area), opts, on_progress=on_progress)
+    except (InfeasiblePlacementError, CapacityError) as exc:
+        raise _draft_does_not_fit(result, spec, area, opts) from exc
+    k = spec.k
+    draft_cycles = draft.estimates[Mode.DECODE].cycles
+    verify = verify_cycles(result, k + 1)
+    rate = speculative_tokens_per_s(draft_cycles, verify, spec.accept, k, tgt.core.clock_hz)
+    return Speculative(draft.graph.name, str(spec.draft), spec.accept, k, area,
+                       shifted(draft.placement.rects, area), draft_cycles, verify,
+                       result.estimates[Mode.DECODE].cycles, expected_tokens(spec.accept, k),
+                       rate, result.estimates[Mode.DECODE].tokens_per_s, draft)
+
+def _draft_does_not_fit(result: CompileResult, spec: SpeculativeOptions, area,
+                        opts: CompileOptions) -> InfeasiblePlacementError:
+    """Exit 5 naming the cores the draft needs (its smallest rectangles, tiled for one wafer of
+    the target) against the idle cores the target leaves."""
+    tgt = result.target
+    one = dataclasses.replace(tgt, wafers=dataclasses.replace(tgt.wafers, count=1))
+    need = "more cores than one wafer has"
+    try:
+        graph = load_model(spec.draft, opts.frontend)
+        forms = decode_forms(str(spec.draft), graph, context_length(graph, opts.tiling))
+        problem = to_problem(tile_graph(graph, one, opts.tiling, decode_steps(forms)), one)
+        cores = sum(min(o.cores for o in b.options) for b in problem.blocks)
+        need = f"{cores:,} cores (the smallest rectangle each of its layers is offered on a " \
+            "wafer)"
+    except (InfeasiblePlacementError, CapacityError):
+        pass
+    idle = result.problem.cores_per_wafer * result.problem.wafers - result.metrics.cores_used
+    largest = "none" if area is None else (
+        f"{area.rows} x {area.cols} = {area.rows * area.cols:,} cores on wafer {area.wafer}")
+    return InfeasiblePlacementError(
+        f"the speculative draft {spec.draft} does not fit on the cores {result.graph.name} "
+        f"leaves idle on {tgt.name}: it needs {need}, inside one idle rectangle, and the "
+        f"largest is {largest} ({idle:,} cores idle in all); "
+        "use a smaller draft or a target with more wafers")
 
 def _decode_forms(model: str | Path, graph: ir.Graph, context: int) -> Forms:
     """The decode forms of `model` at `context` and their decode steps (what the tiling

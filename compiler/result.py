@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from compiler.schedule.decode import DecodePlan
     from compiler.schedule.moe import MoEEstimate
     from compiler.schedule.perf import Estimate, Timeline
+    from compiler.speculative import Speculative
     from compiler.target import Target
     from compiler.tiling.candidates import TiledGraph
 
@@ -40,6 +41,7 @@ class CompileResult:
     reused: tuple[str, ...] = ()  # stages taken from an earlier compile (driver.Reuse)
     moe: MoEEstimate | None = None  # MoE models: expected / worst-case decode (schedule/moe.py)
     no_decode: str = ""  # why there is no decode plan (decode is None), when the model tells
+    speculative: Speculative | None = None  # --speculative: the draft and the round's rate
 
 
 def decode_steps(result: CompileResult) -> Schedule:

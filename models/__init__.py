@@ -89,6 +89,11 @@ _ENTRIES = (
            GPT2Config(past=True)),
     _entry("llama3-8b", "llama", "Llama 3 8B shapes, fp16, shape-only (external weights)",
            LlamaConfig(**_LLAMA3, hidden=4096, layers=32, heads=32, intermediate=14336)),
+    # Llama 3.2 1B (HF config: tied embeddings, head_dim 64): the speculative draft of the
+    # calibration's Llama 3.1 70B row (`--speculative draft=llama3.2-1b,...`)
+    _entry("llama3.2-1b", "llama", "Llama 3.2 1B shapes, fp16, shape-only (external weights)",
+           LlamaConfig(**{**_LLAMA3, "tie_embeddings": True}, hidden=2048, layers=16, heads=32,
+                       intermediate=8192, max_positions=131072)),
     _entry("llama3-70b", "llama", "Llama 3 70B shapes, fp16, shape-only (external weights)",
            LlamaConfig(**_LLAMA3, hidden=8192, layers=80, heads=64, intermediate=28672)),
     _entry("llama3.1-405b", "llama",

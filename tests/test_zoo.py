@@ -23,8 +23,8 @@ from compiler import zoo
 
 RUNNABLE = ["gpt2-tiny", "gpt2-tiny-mask", "llama-tiny", "llama-tiny-opset23", "bert-tiny",
             "gpt2-small"]
-SHAPE_ONLY = ["llama3-8b", "llama3-70b", "llama3.1-405b", "mixtral-8x7b", "qwen3-30b-a3b",
-              "qwen3-235b-a22b", "gpt-oss-120b", "llama4-maverick"]
+SHAPE_ONLY = ["llama3-8b", "llama3.2-1b", "llama3-70b", "llama3.1-405b", "mixtral-8x7b",
+              "qwen3-30b-a3b", "qwen3-235b-a22b", "gpt-oss-120b", "llama4-maverick"]
 MOE = [n for n in zoo.names() if zoo.ZOO[n].family == "moe"]
 WITH_PAST = ["gpt2-tiny-past", "llama-tiny-past", "gpt2-small-past"]  # run in test_decode.py
 SEQ = 16
@@ -132,6 +132,7 @@ PUBLISHED = {"mixtral-8x7b": 46.7e9, "qwen3-30b-a3b": 30.5e9, "qwen3-235b-a22b":
 KNOWN_COUNTS = {
     "gpt2-small": 124_439_808,
     "llama3-8b": 8_030_261_248,
+    "llama3.2-1b": 1_235_814_400,
     "llama3-70b": 70_553_706_496,
     "llama3.1-405b": 405_853_388_800,
 }

@@ -50,7 +50,14 @@ def placement_doc(result: CompileResult) -> dict[str, Any]:
         "performance": {mode: _estimate(e) for mode, e in result.estimates.items()},
         "cycle_breakdown": _breakdown_doc(result),
         **_moe(result),
+        **_speculative(result),
     }
+
+
+def _speculative(result: CompileResult) -> dict[str, Any]:
+    """--speculative only: the draft, where it sits and the speculative decode rate."""
+    spec = result.speculative
+    return {} if spec is None else {"speculative": spec.doc()}
 
 
 def _moe(result: CompileResult) -> dict[str, Any]:
@@ -201,7 +208,8 @@ def summary_doc(result: CompileResult, out: Path, stage_times: list[tuple[str, f
         "cores_used": m.cores_used, "wafers_used": m.wafers_used,
         "idle_cores": _idle(result),
         "cycle_breakdown": placed["cycle_breakdown"],
-        "tokens_per_s": placed["performance"]["decode"]["tokens_per_s"],
+        "tokens_per_s": (placed["speculative"]["tokens_per_s"] if result.speculative
+                         else placed["performance"]["decode"]["tokens_per_s"]),
         "ttft_s": placed["performance"]["prefill"]["ttft_s"],
         "utilization": {"decode": d.utilization, "prefill": p.utilization},
         "busiest_link": None if link is None else {
@@ -215,6 +223,7 @@ def summary_doc(result: CompileResult, out: Path, stage_times: list[tuple[str, f
         "stages": [{"name": k, "seconds": round(v, 4)} for k, v in stage_times],
         "total_s": round(sum(v for _, v in stage_times), 4),
         "verify": verify,
+        **_speculative(result),
     }
 
 
@@ -230,6 +239,7 @@ def artifact_files(result: CompileResult, report: bool = True) -> dict[str, str]
         sched["decode"] = decode_doc(result.decode)
         trace = two_schedule_trace(result.schedule, result.timelines[Mode.PREFILL],
                                    result.decode, result.target)
+    sched.update(_speculative(result))
     files = {
         "placement.json": dumps(placement_doc(result)),
         "schedule.json": dumps(sched),

@@ -44,7 +44,7 @@ def view_from_facts(f: Facts) -> Report:
     return Report(
         title=f"{p['model']['name']} on {p['target']['name']}",
         subtitle=_subtitle(f),
-        kpis=_kpis(f) + ((moe.kpi,) if moe else ()),
+        kpis=_kpis(f) + ((moe.kpi,) if moe else ()) + _speculative_kpi(f),
         kinds=_kind_legend(f),
         steps=tuple(Swatch(k.replace("_", " "), c) for k, c in colors.STEP_COLORS.items()),
         panels=panels,
@@ -112,6 +112,20 @@ def _kpis(f: Facts) -> tuple[Kpi, ...]:
             ("warn" if s["status"] == "FEASIBLE" else "bad")),
         _verify_kpi(f.docs.verify),
     )
+
+
+def _speculative_kpi(f: Facts) -> tuple[Kpi, ...]:
+    """--speculative: the decode rate with the draft, which draft, where and how often
+    accepted (compiler/speculative.py)."""
+    spec = f.docs.placement.get("speculative")
+    if not spec:
+        return ()
+    a = spec["idle_area"]
+    return (Kpi("speculative decoding", f"{fmt.rate(spec['tokens_per_s'])} tok/s",
+                f"draft {spec['draft']} on {fmt.count(spec['draft_cores'])} idle cores "
+                f"(wafer {a['wafer']}), accept {spec['accept']:g}, k {spec['k']}: "
+                f"{spec['expected_tokens_per_round']:.2f} tokens/round; "
+                f"{fmt.rate(spec['plain_tokens_per_s'])} tok/s without"),)
 
 
 def _solver_note(f: Facts) -> str:

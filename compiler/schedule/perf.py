@@ -50,6 +50,11 @@ class PerfOptions:
     mode: Mode = Mode.DECODE
     batch: int | None = None  # sequences per decode step (default: the graph's batch)
     context: int | None = None  # KV length for decode attention (default: the schedule's)
+    # query tokens per sequence in one decode step: 1, or k + 1 for a speculative decoding
+    # verification step (compiler/speculative.py). Work, activations moved, K/V appended and
+    # logits stored scale by it (attention: it x the context); resident weights and off-chip
+    # reads (streamed weights, streamed KV caches) do not
+    queries: int = 1
 
 
 @dataclass(frozen=True)
@@ -75,14 +80,21 @@ class Estimate:
     compute_bound_tokens_per_s: float  # roofline: peak FLOP/s / FLOPs per token
 
 
+# What grows with the query tokens of a decode step (PerfOptions.queries): the work and the
+# activations it moves, the K/V appended and the logits stored; off-chip loads (streamed
+# weights, the token ids) do not
+_PER_QUERY = frozenset({StepKind.COMPUTE, StepKind.COLLECTIVE, StepKind.SEND,
+                        StepKind.WAFER_SEND, StepKind.APPEND, StepKind.STORE})
+
+
 def step_scale(step: Step, s: Schedule, opts: PerfOptions) -> float:
     """Factor from the schedule's sizes (one forward of s.tokens tokens) to this mode's."""
-    if step.scaling == FIXED:
-        return 1.0
+    if step.scaling == FIXED:  # a decode schedule's exact one-token sizes, or setup loads
+        return float(opts.queries) if step.kind in _PER_QUERY else 1.0
     if opts.mode == Mode.PREFILL:
         return 1.0
     batch = opts.batch or s.batch
-    per_step = batch / s.tokens
+    per_step = batch * opts.queries / s.tokens
     if step.scaling == ATTENTION:
         seq = max(1, s.tokens // max(s.batch, 1))
         per_step *= (opts.context or s.context) / seq
