@@ -80,8 +80,9 @@ def cost(dims: Sequence[Dims], edges: Sequence[Edge], spots: Sequence[Position])
 
 def _body_layouts(rows: int, cols: int, dims: Sequence[Dims], body: range):
     """Positions of the body's rectangles (dict index -> spot) for every band size, band
-    direction (rows or columns), corner, starting end, and margin before the first band (room
-    for an odd rectangle beside the body's first or last member)."""
+    direction (rows or columns), corner, starting end, margin before the first band and lead
+    before the first member along it (room for odd rectangles beside the body's first or
+    last member)."""
     h, w = dims[body.start]
     n = len(body)
     odd = [d for i, d in enumerate(dims) if i not in body]
@@ -94,10 +95,14 @@ def _body_layouts(rows: int, cols: int, dims: Sequence[Dims], body: range):
             if per_band < n and bands > 1 and (per_band - 1) * step < along // 2:
                 continue  # narrow bands: many turns, never the cheapest
             local = _snake(n, per_band, step, depth)  # (across, along) offsets
-            for margin, flip_a, flip_b in product(margins, (False, True), (False, True)):
+            # the body at the start of its bands, or at their end: the slack before its first
+            # member then holds the odd rectangles that lead into it (a model's embedding)
+            leads = sorted({0, along - per_band * step})
+            for margin, lead, flip_a, flip_b in product(margins, leads, (False, True),
+                                                        (False, True)):
                 if margin + bands * depth > across:
                     continue
-                shifted = [(a + margin, b) for a, b in local]
+                shifted = [(a + margin, b + lead) for a, b in local]
                 yield _in_grid((rows, cols), body, shifted, (depth, step), (flip_a, flip_b),
                                turned)
 
