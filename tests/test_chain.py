@@ -114,3 +114,14 @@ def test_chain_pack_leaves_room_before_the_body_for_what_leads_into_it() -> None
     assert cost(dims, edges, spots) <= 1.25 * layout_lower_bound(inst)
     seam = cost(dims, [(2, 3, 1)], spots)  # strip to first block: beside it, not a wafer away
     assert seam <= 4 * min(65 + 107, 762 + 373)
+
+
+def test_chain_pack_boxes_the_rest_when_nearest_spots_fragment_a_full_wafer() -> None:
+    # Llama 3 8B at 8k context as stage 1 leaves it (94% of the wafer), shapes in runs: 23
+    # full-width resident blocks, 8 half-width KV-streaming ones, the odd layers around them.
+    # Placing each odd rectangle beside its links fragments the 275 rows the stack leaves;
+    # packed in block order into that band, they fit.
+    dims = [(76, 316), (76, 147)] + [(39, 762)] * 23 + [(31, 381)] * 8 + [(1, 1), (107, 241)]
+    edges = [(i, i + 1, 8192) for i in range(len(dims) - 1)]
+    spots = chain_pack(1172, 762, dims, edges)
+    assert spots is not None and valid(1172, 762, dims, spots)

@@ -21,7 +21,7 @@ from itertools import product
 
 import numpy as np
 
-from compiler.placement.geometry import Position
+from compiler.placement.geometry import Position, any_pack
 
 Dims = tuple[int, int]
 Edge = tuple[int, int, int]
@@ -43,13 +43,17 @@ def _chain_pack(rows: int, cols: int, dims: tuple[Dims, ...],
     if body is None:
         return None
     best: tuple[int, tuple[Position, ...]] | None = None
-    for spots in _body_layouts(rows, cols, dims, body):
-        full = _place_rest(rows, cols, dims, edges, spots)
-        if full is None:
-            continue
-        c = cost(dims, edges, full)
-        if best is None or c < best[0]:
-            best = (c, full)
+    layouts = list(_body_layouts(rows, cols, dims, body))
+    for rest in (_place_rest, _boxed_rest):  # the boxed packing only when no nearest one fits
+        for spots in layouts:
+            full = rest(rows, cols, dims, edges, spots)
+            if full is None:
+                continue
+            c = cost(dims, edges, full)
+            if best is None or c < best[0]:
+                best = (c, full)
+        if best is not None:
+            break
     return None if best is None else best[1]
 
 
@@ -152,6 +156,35 @@ def _place_rest(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge
             return None
         spots[i] = spot
         taken = np.vstack([taken, np.array(_box(spot, dims[i]), dtype=np.int64)])
+    return tuple(spots[i] for i in range(len(dims)))
+
+
+def _boxed_rest(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge],
+                placed: dict[int, Position]) -> tuple[Position, ...] | None:
+    """Every other rectangle greedy-packed (geometry.any_pack, in block order) into the free
+    band beside the body, when the body spans the grid's width or height: a wafer so full that
+    placing each beside its links fragments the space (Llama 3 8B at 8k context, whose KV-
+    streaming half-width blocks and odd layers fill the rows a stack of full-width blocks
+    leaves)."""
+    top = min(placed[i][0] for i in placed)
+    left = min(placed[i][1] for i in placed)
+    bottom = max(placed[i][0] + dims[i][0] for i in placed)
+    right = max(placed[i][1] + dims[i][1] for i in placed)
+    rest = [i for i in range(len(dims)) if i not in placed]
+    if (left, right) == (0, cols):  # (origin, size) of the larger free band
+        band = max(((0, 0), (top, cols)), ((bottom, 0), (rows - bottom, cols)),
+                   key=lambda b: b[1][0])
+    elif (top, bottom) == (0, rows):
+        band = max(((0, 0), (rows, left)), ((0, right), (rows, cols - right)),
+                   key=lambda b: b[1][1])
+    else:
+        return None
+    (r0, c0), (h, w) = band
+    packed = any_pack(h, w, [dims[i] for i in rest]) if h > 0 and w > 0 else None
+    if packed is None:
+        return None
+    spots = dict(placed)
+    spots.update({i: (r0 + r, c0 + c) for i, (r, c) in zip(rest, packed, strict=True)})
     return tuple(spots[i] for i in range(len(dims)))
 
 
