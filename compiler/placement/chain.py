@@ -26,6 +26,7 @@ from compiler.placement.geometry import Position, any_pack
 Dims = tuple[int, int]
 Edge = tuple[int, int, int]
 MIN_BODY = 4  # alike rectangles in a row before the chain packing applies
+MAX_BOXED = 48  # rectangles at most for the boxed fallback (not a hundred MoE expert groups)
 
 
 def chain_pack(rows: int, cols: int, dims: Sequence[Dims],
@@ -44,7 +45,8 @@ def _chain_pack(rows: int, cols: int, dims: tuple[Dims, ...],
         return None
     best: tuple[int, tuple[Position, ...]] | None = None
     layouts = list(_body_layouts(rows, cols, dims, body))
-    for rest in (_place_rest, _boxed_rest):  # the boxed packing only when no nearest one fits
+    tries = (_place_rest, _boxed_rest) if len(dims) <= MAX_BOXED else (_place_rest,)
+    for rest in tries:  # the boxed packing only when no nearest one fits
         for spots in layouts:
             full = rest(rows, cols, dims, edges, spots)
             if full is None:
@@ -180,12 +182,18 @@ def _boxed_rest(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge
     else:
         return None
     (r0, c0), (h, w) = band
-    packed = any_pack(h, w, [dims[i] for i in rest]) if h > 0 and w > 0 else None
+    packed = _band_pack(h, w, tuple(dims[i] for i in rest)) if h > 0 and w > 0 else None
     if packed is None:
         return None
     spots = dict(placed)
     spots.update({i: (r0 + r, c0 + c) for i, (r, c) in zip(rest, packed, strict=True)})
     return tuple(spots[i] for i in range(len(dims)))
+
+
+@functools.lru_cache(maxsize=256)
+def _band_pack(rows: int, cols: int, dims: tuple[Dims, ...]) -> tuple[Position, ...] | None:
+    """any_pack, once per band: many body layouts leave the same free band."""
+    return any_pack(rows, cols, dims)
 
 
 def _box(spot: Position, d: Dims) -> tuple[int, int, int, int]:

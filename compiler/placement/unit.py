@@ -20,6 +20,9 @@ from itertools import permutations
 from compiler.placement.problem import Block, PlacementProblem
 
 MAX_ORDERS = 6  # shape runs in every order when there are at most 3 shapes; else 2 orders
+# Wafers of more rectangles are left as stage 1 chose: each arrangement costs a greedy and a
+# chain packing, and a mixture-of-experts wafer holds a hundred or more expert groups
+MAX_RECTS = 48
 
 
 def alike_key(block: Block) -> tuple:
@@ -32,7 +35,10 @@ def arrangements(problem: PlacementProblem, options: Sequence[int],
                  members: Sequence[int]) -> list[tuple[int, ...]]:
     """Other option choices for the whole problem, the same as `options` outside `members`
     and, within each class of alike members, the same options dealt so that equal shapes
-    are contiguous (runs in a few orders). Empty when no class mixes shapes."""
+    are contiguous (runs in a few orders). Empty when no class mixes shapes, or the wafer
+    holds more than MAX_RECTS blocks."""
+    if len(members) > MAX_RECTS:
+        return []
     classes: dict[tuple, list[int]] = {}
     for b in members:
         classes.setdefault(alike_key(problem.blocks[b]), []).append(b)
