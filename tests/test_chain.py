@@ -99,3 +99,29 @@ def test_cpsat_places_a_transformer_chain_from_the_chain_hint() -> None:
     assert validate(prob, placement) == ()
     bound = byte_hops_lower_bound(prob, placement.options)
     assert byte_hops(prob, placement) <= CHAIN_NEAR * bound
+
+
+def test_chain_pack_leaves_room_before_the_body_for_what_leads_into_it() -> None:
+    # Llama 3 70B's first wafer, shapes dealt in runs: three full-width strips, then 18 blocks
+    # that pair across the wafer. The body snakes down one column and up the other; the slack
+    # along its bands goes before its first member, where the strips lead into it.
+    dims = [(65, 762)] * 3 + [(107, 373)] * 18
+    edges = [(i, i + 1, 16_384) for i in range(len(dims) - 1)]
+    spots = chain_pack(1172, 762, dims, edges)
+    assert spots is not None and valid(1172, 762, dims, spots)
+    inst = LayoutInstance(1172, 762, tuple(dims), tuple(edges), hint=None,
+                          **full_ranges(1172, 762, dims))
+    assert cost(dims, edges, spots) <= 1.25 * layout_lower_bound(inst)
+    seam = cost(dims, [(2, 3, 1)], spots)  # strip to first block: beside it, not a wafer away
+    assert seam <= 4 * min(65 + 107, 762 + 373)
+
+
+def test_chain_pack_boxes_the_rest_when_nearest_spots_fragment_a_full_wafer() -> None:
+    # Llama 3 8B at 8k context as stage 1 leaves it (94% of the wafer), shapes in runs: 23
+    # full-width resident blocks, 8 half-width KV-streaming ones, the odd layers around them.
+    # Placing each odd rectangle beside its links fragments the 275 rows the stack leaves;
+    # packed in block order into that band, they fit.
+    dims = [(76, 316), (76, 147)] + [(39, 762)] * 23 + [(31, 381)] * 8 + [(1, 1), (107, 241)]
+    edges = [(i, i + 1, 8192) for i in range(len(dims) - 1)]
+    spots = chain_pack(1172, 762, dims, edges)
+    assert spots is not None and valid(1172, 762, dims, spots)

@@ -21,11 +21,12 @@ from itertools import product
 
 import numpy as np
 
-from compiler.placement.geometry import Position
+from compiler.placement.geometry import Position, any_pack
 
 Dims = tuple[int, int]
 Edge = tuple[int, int, int]
 MIN_BODY = 4  # alike rectangles in a row before the chain packing applies
+MAX_BOXED = 48  # rectangles at most for the boxed fallback (not a hundred MoE expert groups)
 
 
 def chain_pack(rows: int, cols: int, dims: Sequence[Dims],
@@ -43,13 +44,18 @@ def _chain_pack(rows: int, cols: int, dims: tuple[Dims, ...],
     if body is None:
         return None
     best: tuple[int, tuple[Position, ...]] | None = None
-    for spots in _body_layouts(rows, cols, dims, body):
-        full = _place_rest(rows, cols, dims, edges, spots)
-        if full is None:
-            continue
-        c = cost(dims, edges, full)
-        if best is None or c < best[0]:
-            best = (c, full)
+    layouts = list(_body_layouts(rows, cols, dims, body))
+    tries = (_place_rest, _boxed_rest) if len(dims) <= MAX_BOXED else (_place_rest,)
+    for rest in tries:  # the boxed packing only when no nearest one fits
+        for spots in layouts:
+            full = rest(rows, cols, dims, edges, spots)
+            if full is None:
+                continue
+            c = cost(dims, edges, full)
+            if best is None or c < best[0]:
+                best = (c, full)
+        if best is not None:
+            break
     return None if best is None else best[1]
 
 
@@ -80,8 +86,9 @@ def cost(dims: Sequence[Dims], edges: Sequence[Edge], spots: Sequence[Position])
 
 def _body_layouts(rows: int, cols: int, dims: Sequence[Dims], body: range):
     """Positions of the body's rectangles (dict index -> spot) for every band size, band
-    direction (rows or columns), corner, starting end, and margin before the first band (room
-    for an odd rectangle beside the body's first or last member)."""
+    direction (rows or columns), corner, starting end, margin before the first band and lead
+    before the first member along it (room for odd rectangles beside the body's first or
+    last member)."""
     h, w = dims[body.start]
     n = len(body)
     odd = [d for i, d in enumerate(dims) if i not in body]
@@ -94,10 +101,14 @@ def _body_layouts(rows: int, cols: int, dims: Sequence[Dims], body: range):
             if per_band < n and bands > 1 and (per_band - 1) * step < along // 2:
                 continue  # narrow bands: many turns, never the cheapest
             local = _snake(n, per_band, step, depth)  # (across, along) offsets
-            for margin, flip_a, flip_b in product(margins, (False, True), (False, True)):
+            # the body at the start of its bands, or at their end: the slack before its first
+            # member then holds the odd rectangles that lead into it (a model's embedding)
+            leads = sorted({0, along - per_band * step})
+            for margin, lead, flip_a, flip_b in product(margins, leads, (False, True),
+                                                        (False, True)):
                 if margin + bands * depth > across:
                     continue
-                shifted = [(a + margin, b) for a, b in local]
+                shifted = [(a + margin, b + lead) for a, b in local]
                 yield _in_grid((rows, cols), body, shifted, (depth, step), (flip_a, flip_b),
                                turned)
 
@@ -148,6 +159,41 @@ def _place_rest(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge
         spots[i] = spot
         taken = np.vstack([taken, np.array(_box(spot, dims[i]), dtype=np.int64)])
     return tuple(spots[i] for i in range(len(dims)))
+
+
+def _boxed_rest(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge],
+                placed: dict[int, Position]) -> tuple[Position, ...] | None:
+    """Every other rectangle greedy-packed (geometry.any_pack, in block order) into the free
+    band beside the body, when the body spans the grid's width or height: a wafer so full that
+    placing each beside its links fragments the space (Llama 3 8B at 8k context, whose KV-
+    streaming half-width blocks and odd layers fill the rows a stack of full-width blocks
+    leaves)."""
+    top = min(placed[i][0] for i in placed)
+    left = min(placed[i][1] for i in placed)
+    bottom = max(placed[i][0] + dims[i][0] for i in placed)
+    right = max(placed[i][1] + dims[i][1] for i in placed)
+    rest = [i for i in range(len(dims)) if i not in placed]
+    if (left, right) == (0, cols):  # (origin, size) of the larger free band
+        band = max(((0, 0), (top, cols)), ((bottom, 0), (rows - bottom, cols)),
+                   key=lambda b: b[1][0])
+    elif (top, bottom) == (0, rows):
+        band = max(((0, 0), (rows, left)), ((0, right), (rows, cols - right)),
+                   key=lambda b: b[1][1])
+    else:
+        return None
+    (r0, c0), (h, w) = band
+    packed = _band_pack(h, w, tuple(dims[i] for i in rest)) if h > 0 and w > 0 else None
+    if packed is None:
+        return None
+    spots = dict(placed)
+    spots.update({i: (r0 + r, c0 + c) for i, (r, c) in zip(rest, packed, strict=True)})
+    return tuple(spots[i] for i in range(len(dims)))
+
+
+@functools.lru_cache(maxsize=256)
+def _band_pack(rows: int, cols: int, dims: tuple[Dims, ...]) -> tuple[Position, ...] | None:
+    """any_pack, once per band: many body layouts leave the same free band."""
+    return any_pack(rows, cols, dims)
 
 
 def _box(spot: Position, d: Dims) -> tuple[int, int, int, int]:

@@ -33,7 +33,22 @@ def option_fits(problem: PlacementProblem, option: Option) -> bool:
 
 def usable_options(problem: PlacementProblem, b: int) -> tuple[int, ...]:
     """Indices of block b's options that may appear in a valid placement."""
-    return tuple(i for i, o in enumerate(problem.blocks[b].options) if option_fits(problem, o))
+    block = problem.blocks[b]
+    key = (id(block.options), problem.capacity_bytes, problem.rows, problem.cols)
+    hit = _USABLE.get(key)
+    if hit is not None and hit[0] is block.options:
+        return hit[1]
+    found = tuple(i for i, o in enumerate(block.options) if option_fits(problem, o))
+    if len(_USABLE) >= USABLE_CACHE:
+        _USABLE.clear()
+    _USABLE[key] = (block.options, found)
+    return found
+
+
+# usable_options by options tuple and machine: stage 1's greedy hints ask tens of thousands of
+# times on a giant (the entry keeps its tuple alive, so an id is never reused while cached)
+USABLE_CACHE = 4096
+_USABLE: dict[tuple[int, int, int, int], tuple[tuple[Option, ...], tuple[int, ...]]] = {}
 
 
 def validate(problem: PlacementProblem, placement: Placement) -> tuple[str, ...]:

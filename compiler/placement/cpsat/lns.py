@@ -3,6 +3,10 @@
 `optimise` runs one whole-model solve from the hint, then, unless that proved optimality,
 `improve` re-solves neighbourhoods (runs of consecutive blocks and spatial clusters) with every
 other rectangle fixed, while that pays and time lasts.
+
+The neighbourhoods stop early once the layout is good enough (issue 18): after a pass that
+leaves it within TARGET_RATIO of the separation bound and gained less than STALL of its cost
+(a test on costs, not times, so the search stays deterministic).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from compiler.placement.cpsat.layout import (
     LayoutInstance,
     LayoutResult,
     layout_cost,
+    layout_lower_bound,
     solve_layout,
 )
 from compiler.placement.cpsat.runner import Clock
@@ -22,6 +27,8 @@ from compiler.placement.geometry import Position
 FULL_SHARE = 0.4  # of a layout's time, for one whole-model solve before the neighbourhoods
 LNS_SIZES = (6, 10)  # rectangles freed per neighbourhood (block-order runs, clusters)
 LNS_STEP = 0.5  # seconds at most per neighbourhood solve
+TARGET_RATIO = 1.25  # byte-hops within this factor of the bound are good enough (issue 18)
+STALL = 0.02  # a neighbourhood pass gaining less than this share of the cost has stalled
 
 
 def neighbourhood(
@@ -64,13 +71,15 @@ def improve(
     bound: float = 0.0,
 ) -> tuple[tuple[Position, ...], str]:
     """Re-solve neighbourhoods with the other rectangles fixed, while that pays and time
-    lasts. CP-SAT's own neighbourhood search needs several workers; this one is deterministic
-    with one. Progress reports the whole layout's cost against `bound` (the whole solve's)."""
+    lasts, and until a pass stalls within TARGET_RATIO of the separation bound. CP-SAT's own
+    neighbourhood search needs several workers; this one is deterministic with one. Progress
+    reports the whole layout's cost against `bound` (the whole solve's)."""
     left_before, cost, solves, gains, gained = clock.left, layout_cost(inst, spots), 0, 0, True
     stage, scale = f"{clock.stage} LNS" if clock.stage else None, clock.scale
     clock.enter(None, scale)  # a neighbourhood's own objective is not the layout's
-    while gained:
-        gained = False
+    good, pass_start = TARGET_RATIO * layout_lower_bound(inst), None
+    while gained and not _stalled(pass_start, cost, good):
+        gained, pass_start = False, cost
         for free in neighbourhoods(inst, spots):
             left = limit - (left_before - clock.left)
             if left <= 0.01 or clock.cut_by_deadline():
@@ -82,6 +91,11 @@ def improve(
                 spots, cost, gains, gained = res.spots, new_cost, gains + 1, True
                 clock.tell(cost, bound, stage)
     return spots, f"{solves} neighbourhoods, {gains} better"
+
+
+def _stalled(pass_start: int | None, cost: int, good: float) -> bool:
+    """The last pass left the layout good enough and gained less than STALL of its cost."""
+    return pass_start is not None and cost <= good and pass_start - cost < STALL * pass_start
 
 
 def optimise(inst: LayoutInstance, limit: float, clock: Clock) -> LayoutResult:

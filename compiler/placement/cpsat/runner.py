@@ -110,7 +110,10 @@ class Outcome:
 
     @property
     def name(self) -> str:
-        """OPTIMAL, FEASIBLE, INFEASIBLE, UNKNOWN or MODEL_INVALID."""
+        """OPTIMAL, FEASIBLE, INFEASIBLE, UNKNOWN or MODEL_INVALID (a search a gap limit ended
+        short of its bound is FEASIBLE, though CP-SAT calls it OPTIMAL)."""
+        if self.status == cp_model.OPTIMAL and not self.optimal:
+            return "FEASIBLE"
         return self.solver.status_name(self.status)
 
     @property
@@ -120,7 +123,10 @@ class Outcome:
 
     @property
     def optimal(self) -> bool:
-        return self.status == cp_model.OPTIMAL
+        """Proven optimal: OPTIMAL with the bound reached (not only within a gap limit)."""
+        return self.status == cp_model.OPTIMAL and (
+            self.solver.parameters.relative_gap_limit == 0
+            or self.solver.objective_value <= self.solver.best_objective_bound + 1e-6)
 
     @property
     def infeasible(self) -> bool:
@@ -145,11 +151,14 @@ class Outcome:
         return self.solver.boolean_value(var)
 
 
-def run(model: cp_model.CpModel, limit: float, clock: Clock) -> Outcome:
-    """Solve under `limit` seconds of the clock's kind and charge the clock."""
+def run(model: cp_model.CpModel, limit: float, clock: Clock, gap: float = 0.0) -> Outcome:
+    """Solve under `limit` seconds of the clock's kind and charge the clock; `gap` > 0 ends
+    the search at an incumbent within that relative gap of the bound (CP-SAT's
+    relative_gap_limit, checked on each solution: deterministic)."""
     limit = max(limit, 0.01)
     wall = max(min(clock.wall_left(), FUSE * limit + 1.0), 0.01)
     solver = _solver(clock.params, limit, wall)
+    solver.parameters.relative_gap_limit = gap
     callback = None
     if clock.on_progress is not None and clock.stage is not None and model.has_objective():
         solver.best_bound_callback = functools.partial(_bound_improved, clock)

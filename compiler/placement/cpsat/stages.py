@@ -52,6 +52,7 @@ from compiler.placement.problem import (
     Rect,
     SolverReport,
 )
+from compiler.placement.unit import arrangements
 
 # Share of a wafer's cores stage 1 may fill, tried in turn while stage 2 cannot pack the choice.
 # 1.0 first: when that packs, its off-chip minimum is proven for every placement.
@@ -298,7 +299,9 @@ def greedy_hints(r: _Run, res: Residency) -> tuple[Residency, dict[int, LayoutIn
                 flexed += sum(options[b] != res.options[b] for b in members)
                 inst = layout_for(problem, options, members)
                 spots = any_pack(inst.rows, inst.cols, inst.dims) or flex
-        spots = _nearer(inst, spots or _rescue(r, inst))
+        inst, spots, dealt = _in_runs(problem, options, members, inst, _nearer(inst, spots))
+        flexed += dealt
+        spots = spots or _nearer(inst, _rescue(r, inst))
         if spots is None:
             return None
         out[k] = dataclasses.replace(inst, hint=spots)
@@ -322,6 +325,26 @@ def _nearer(inst: LayoutInstance, spots: tuple[Position, ...] | None
     if spots is None or layout_cost(inst, chained) < layout_cost(inst, spots):
         return chained
     return spots
+
+
+def _in_runs(problem: PlacementProblem, options: list[int], members: Sequence[int],
+             inst: LayoutInstance, spots: tuple[Position, ...] | None
+             ) -> tuple[LayoutInstance, tuple[Position, ...] | None, int]:
+    """The wafer with its alike blocks' options dealt in runs of one shape (unit.py), when
+    that packs (`spots` None: the choice as it is does not) or packs closer; `options` is
+    updated in place. Returns the instance, its hint and how many blocks changed option."""
+    best = (math.inf if spots is None else layout_cost(inst, spots), inst, spots, None)
+    for choice in arrangements(problem, options, members):
+        alt = layout_for(problem, choice, members)
+        found = (_nearer(alt, any_pack(alt.rows, alt.cols, alt.dims))
+                 or chain_pack(alt.rows, alt.cols, alt.dims, alt.edges))
+        if found is not None and layout_cost(alt, found) < best[0]:
+            best = (layout_cost(alt, found), alt, found, choice)
+    if best[3] is None:
+        return inst, spots, 0
+    changed = sum(options[b] != best[3][b] for b in members)
+    options[:] = best[3]
+    return best[1], best[2], changed
 
 
 def _flex_shapes(

@@ -2,7 +2,11 @@
 
 Solves on a coarse grid first (at most MAX_CELLS cells a side), then refines at full resolution
 inside a window around each coarse position (lns.optimise at each step). The answer is never
-worse than the hint.
+worse than the hint. A wafer gets the share of its time that what is left to gain is worth
+(`gain_share`: the hint's distance from the separation bound); a hint within TARGET_RATIO of
+the bound is refined in windows around itself, without the coarse solve, and lns.py stops its
+neighbourhoods once the layout is good enough, so a near-optimal hint (a serpentine of the
+repeating unit) costs little solver time.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from compiler.placement.cpsat.layout import (
     layout_cost,
     layout_lower_bound,
 )
-from compiler.placement.cpsat.lns import optimise
+from compiler.placement.cpsat.lns import TARGET_RATIO, optimise
 from compiler.placement.cpsat.runner import Clock
 from compiler.placement.geometry import Position, any_pack
 
@@ -28,6 +32,10 @@ COARSE_SHARE = 0.6  # of a wafer's stage-2 time, for the coarse solve
 # A hint within this relative gap of the separation bound is kept without solving (CP-SAT's
 # relative_gap_limit, applied before the first solve: the bound is already known)
 GAP_DONE = 0.01
+# A hint FULL_GAIN times the separation bound or further gets all of its wafer's time; nearer,
+# the share falls with what is left to gain, (hint / bound - 1) / (FULL_GAIN - 1), but not
+# below MIN_GAIN_SHARE
+FULL_GAIN, MIN_GAIN_SHARE = 2.0, 0.1
 
 
 @dataclass(frozen=True)
@@ -86,13 +94,26 @@ def place_wafer(fine: LayoutInstance, limit: float, clock: Clock,
         return WaferLayout(fine.hint, hint_cost, floor, hint_cost == floor,
                            f"hint within {GAP_DONE:.0%} of the separation bound: kept "
                            f"({hint_cost / 2:,.0f} byte-hops)")
+    limit *= gain_share(hint_cost, floor)
     cell, left_before, notes = cell_size(fine), clock.left, []
-    refine, full_grid = _coarse(fine, cell, hint_cost, limit * COARSE_SHARE, clock, name, notes)
+    if hint_cost <= TARGET_RATIO * floor and cell > 1:  # near: refine it where it is
+        refine, full_grid = window_instance(fine, fine.hint, cell), False
+        notes.append(f"hint within {TARGET_RATIO:g}x of the separation bound: no coarse solve")
+    else:
+        refine, full_grid = _coarse(fine, cell, hint_cost, limit * COARSE_SHARE, clock, name,
+                                    notes)
     clock.enter(f"stage 2 {name} fine", 0.5)  # doubled coordinates: byte-hops
     res = optimise(refine, limit - (left_before - clock.left), clock)
     notes.append(f"fine{'' if full_grid else f' window +-{WINDOW_CELLS * cell}'}: "
                  + _describe(res))
     return _best_of(fine, res, hint_cost, full_grid, notes)
+
+
+def gain_share(hint_cost: float, floor: float) -> float:
+    """Share of a wafer's time worth spending on a hint this far from the bound."""
+    if floor <= 0:
+        return 1.0
+    return min(1.0, max(MIN_GAIN_SHARE, (hint_cost / floor - 1) / (FULL_GAIN - 1)))
 
 
 def _coarse(fine: LayoutInstance, cell: int, hint_cost: int, limit: float, clock: Clock,
