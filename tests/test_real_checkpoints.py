@@ -143,7 +143,7 @@ def test_query_blocked_attention_verifies_where_whole_heads_do_not_fit(tmp_path:
     g = load_model(SENTENCE, FrontendOptions(DimRequest(batch=1, seq_len=512)))
     with pytest.raises(CapacityError, match="block.0"):
         _tile_with(g, load_target(target), TilingOptions(prompt_resident=True), True,
-                   graph_layouts(g))
+                   graph_layouts(g), ())  # an encoder: no decode step to price
     r = _verify(SENTENCE, target, 1, 512)
     factored = {s for lt in r.tiled.layers for lay in lt.ops for spec in lay.outputs
                 for s in spec if factor(s)}
