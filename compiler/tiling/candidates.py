@@ -64,6 +64,7 @@ class DecodeStep:
     graph: ir.Graph
     layouts: Mapping[str, tuple[OpLayout, ...]]
     appends: tuple[tuple[str, str], ...] = ()
+    grouped: bool = False  # the cache before a grouped-query repeat (DecodeGraph.grouped)
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,18 @@ class Candidate:
     act_bytes: int  # per core
     offchip_bytes_per_token: int
     cycles: int
+    # per decode form (DecodeStep.grouped), the fullest core's bytes when the decode schedule
+    # takes that form; the per-core bytes above are the least of them. Empty: no decode step
+    # priced per form (an encoder, or a mode streaming the KV cache), any form counts alike.
+    form_bytes: tuple[tuple[bool, int], ...] = ()
 
     @property
     def per_core_bytes(self) -> int:
         return self.weight_bytes + self.kv_bytes + self.act_bytes
+
+    def fits_form(self, grouped: bool, capacity: int) -> bool:
+        """Whether the decode step in that cache form fits `capacity` bytes a core here."""
+        return all(n <= capacity for g, n in self.form_bytes if g == grouped)
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class _StepTensors:
     caches: tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...]
     acts: tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...]  # each activation once
     live: tuple[frozenset[int], ...]  # indices into `acts`: the maximal live sets only
+    grouped: bool = False  # its decode form (DecodeStep.grouped)
 
 
 def _param_derived(g: ir.Graph) -> frozenset[str]:
@@ -272,7 +282,7 @@ def _step_layer(step: DecodeStep, layer: ir.Layer, layouts, target: Target,
     sets = {frozenset(index[n] for n in ops if n in index) for ops in alive}
     maximal = tuple(a for a in sets if not any(a < b for b in sets))  # a subset is never larger
     return _StepTensors(t.weights, t.tables, tuple(entries[n] for n in caches if n in entries),
-                        tuple(entries[n] for n in names), maximal)
+                        tuple(entries[n] for n in names), maximal, step.grouped)
 
 
 def _is_scores(g: ir.Graph, op: ir.Op) -> bool:
@@ -301,15 +311,7 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
     gives the mode-independent (weights whole, weights-side + activations) split and
     `steps(r, c)` each decode form's unstreamed bytes (`_step_raw`), both cached by the caller
     (the same shapes are asked for once per residency mode)."""
-    cores = rows * cols
-    w_all, rest = (raw or functools.partial(_raw, t, _Measures.of(t), kv_total, batch))(
-        rows, cols)
-    w = w_all
-    if mode in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL):
-        w = min(w, STREAM_BUFFER_BYTES)
-    kv = math.ceil(kv_total / cores) * kv_item
-    if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
-        kv = min(kv, STREAM_BUFFER_BYTES)
+    w, kv, rest = _base(t, mode, rows, cols, kv_total, kv_item, batch, raw)
     if t.decode and mode not in _CHUNKED:  # what the decode schedule holds, as it runs
         each = steps(rows, cols) if steps else tuple(
             _step_raw(_StepMeasures.of(s), rows, cols) for s in t.decode)
@@ -317,6 +319,32 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
     if t.prompt_resident:  # tables count with the weights
         return w + rest[0], kv, rest[1]
     return w, kv, rest[1]
+
+
+def _base(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int, kv_item: int,
+          batch: int, raw: Callable[[int, int], tuple[int, int]] | None
+          ) -> tuple[int, int, tuple[int, int]]:
+    """(weights as `mode` holds them, KV cache, (tables, activations)) before the decode step."""
+    w, rest = (raw or functools.partial(_raw, t, _Measures.of(t), kv_total, batch))(rows, cols)
+    if mode in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL):
+        w = min(w, STREAM_BUFFER_BYTES)
+    kv = math.ceil(kv_total / (rows * cols)) * kv_item
+    if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
+        kv = min(kv, STREAM_BUFFER_BYTES)
+    return w, kv, rest
+
+
+def _form_bytes(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
+                kv_item: int, batch: int, raw: Callable[[int, int], tuple[int, int]],
+                steps: Callable[[int, int], tuple[_StepRaw, ...]]
+                ) -> tuple[tuple[bool, int], ...]:
+    """Per decode form, the fullest core's bytes when the decode schedule takes that form
+    (`Candidate.form_bytes`; `_per_core` is the least of them)."""
+    if not t.decode or mode in _CHUNKED:
+        return ()
+    w, kv, rest = _base(t, mode, rows, cols, kv_total, kv_item, batch, raw)
+    return tuple((s.grouped, sum(_one_form(t, mode, e, w + rest[0], kv, rest[1])))
+                 for s, e in zip(t.decode, steps(rows, cols), strict=True))
 
 
 def _raw(t: _Tensors, m: _Measures, kv_total: int, batch: int, rows: int,
@@ -342,15 +370,25 @@ _CHUNKED = (Residency.STREAM_KV, Residency.STREAM_ALL)
 
 def _with_decode(t: _Tensors, mode: Residency, each: Sequence[_StepRaw], held: int,
                  kv: int, live: int) -> tuple[int, int, int]:
-    """(weight, kv, activation) bytes bounding the decode step's real per-core peak (each decode
-    form's weights, tables, caches and largest live set: `each`, one `_step_raw` per form), and
-    with the whole prompt resident also the prefill's (weights, tables, the caches its cache
-    writes fill, its live set)."""
-    steps = [_step_mode(s, mode) for s in each]
-    dw, dkv, dact = max(steps, key=sum)
+    """(weight, kv, activation) bytes bounding the decode step's real per-core peak in the
+    decode form that holds least (each form's weights, tables, caches and largest live set:
+    `each`, one `_step_raw` per form), and with the whole prompt resident also the prefill's
+    (weights, tables, the caches its cache writes fill, its live set). The decode schedule
+    runs one form, never both, and refuses a form that does not fit its regions
+    (`schedule.decode.decode_plan_or_reason`), so the form that fits is the one that counts:
+    under grouped-query attention the cache before the repeat re-expands it over the whole
+    context every step (Llama 3 70B at 2,048: 13 KB a core on 127 x 482 against 1.8 KB for
+    the cache after the repeat)."""
+    return min((_one_form(t, mode, e, held, kv, live) for e in each), key=sum)
+
+
+def _one_form(t: _Tensors, mode: Residency, each: _StepRaw, held: int, kv: int,
+              live: int) -> tuple[int, int, int]:
+    """`_with_decode` of one decode form."""
+    dw, dkv, dact = _step_mode(each, mode)
     if not t.prompt_resident:
         return dw, dkv, dact
-    kv = max([kv, *(k for _, k, _ in steps)])
+    kv = max(kv, dkv)
     return held, kv, max(live, dw + dkv + dact - held - kv)
 
 
@@ -740,7 +778,9 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
             w, kv, act = _per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch,
                                    raw, steps)
             out.append(Candidate(r, c, mode, w, kv, act, _offchip(model, mode, batch, kv_item),
-                                 cycles(r, c)))
+                                 cycles(r, c), _form_bytes(model.tensors, mode, r, c,
+                                                           model.kv_total, kv_item, batch, raw,
+                                                           steps)))
     if not out:
         rows, cols = target.grid.rows, target.grid.cols
         mode = modes[-1]  # the most streaming mode offered: the least SRAM it can take
