@@ -501,6 +501,11 @@ def _row_counts(limit: int) -> list[int]:
     return sorted(v for v in values if v <= limit)
 
 
+def _tiling_counts(limit: int) -> list[int]:
+    """limit // i for every i: the lengths that split `limit` cores into i equal parts."""
+    return sorted({limit // i for i in range(1, limit + 1)})
+
+
 def _min_cols(fits: Callable[[int, int], bool], rows: int, max_cols: int) -> int | None:
     if not fits(rows, max_cols):
         return None
@@ -722,28 +727,32 @@ def _share(g: ir.Graph, target: Target) -> int:
 
 
 def _latency_shapes(fits: Callable[[int, int], bool], cycles: Callable[[int, int], int],
-                    flops: int, target: Target, share: int,
+                    floor: Callable[[int, int], float], target: Target, share: int,
                     have: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The wider or squarer shape of at most `share` cores (idle cores otherwise) with the
     fewest decode cycles (`cycles(r, c)`: the layer's `_cycles`, `flops` per token), when it
     has fewer than every smallest shape in `have`: more cores cut the compute, longer axes add
-    hops, so it is a real trade-off (not always the largest)."""
+    hops, so it is a real trade-off (not always the largest); `floor(r, c)` bounds `cycles`
+    from below (`_cycles_floor`) and prunes the shapes that cannot beat it. Only shapes that
+    tile the wafer (rows // i x cols // j) are searched: alike blocks in such a shape pack
+    i x j to a wafer without waste, so the placer can give every block the shape it chose for
+    its cycles (a shape that does not tile, e.g. 76 x 255 on 1172 x 762, packs 30 where the
+    area allows 46, and Llama 3 8B's 32 blocks fell back to 19 x 762 strips of twice the
+    cycles)."""
     if not have:
         return []
     best = min(cycles(r, c) for r, c in have)
     rows, cols = target.grid.rows, target.grid.cols
-    floor = target.runtime.step_overhead_cycles  # cycles >= compute + one step's overhead
-    rate = target.core.flops(target.compute.dtype)
-    found = sorted((cycles(r, c), r * c, abs(r - c), r, c)
-                   for r in _row_counts(rows) for c in _row_counts(cols)
-                   if r * c <= share and (r, c) not in have
-                   and flops / (r * c * rate) + floor < best)  # else never below `best`
-    for cycles, _, _, r, c in found:
-        if cycles >= best:
-            return []
-        if fits(r, c):
-            return [(r, c)]
-    return []
+    bounded = sorted((floor(r, c), r, c) for r in _tiling_counts(rows)
+                     for c in _tiling_counts(cols) if r * c <= share and (r, c) not in have)
+    found: tuple[int, int, int, int, int] | None = None  # (cycles, cores, |r - c|, r, c)
+    for low, r, c in bounded:  # fewest cycles first by their floor: stop past the best
+        if low >= (best if found is None else found[0] + 1):
+            break
+        key = (cycles(r, c), r * c, abs(r - c), r, c)
+        if key[0] < best and (found is None or key < found) and fits(r, c):
+            found = key
+    return [] if found is None else [(found[3], found[4])]
 
 
 def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
@@ -761,6 +770,7 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
     forms = [_StepMeasures.of(s) for s in model.tensors.decode]
     steps = functools.cache(lambda r, c: tuple(_step_raw(m, r, c) for m in forms))
     cycles = functools.cache(functools.partial(_cycles, model, target=target, memo={}))
+    floor = _cycles_floor(model, target)
     for mode in modes:
         def fits(r: int, c: int, mode=mode) -> bool:
             return sum(_per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch,
@@ -769,7 +779,7 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
         frontier = _frontier(fits, target.grid.rows, target.grid.cols)
         shapes = _pick(frontier, options.max_candidates)
         shapes += [p for p in _grid_tiling(frontier, fits, target) if p not in shapes]
-        shapes += _latency_shapes(fits, cycles, model.flops_per_token, target, share, shapes)
+        shapes += _latency_shapes(fits, cycles, floor, target, share, shapes)
         if mode is Residency.RESIDENT:
             resident_shapes = shapes[:2]
         else:  # streaming frees SRAM; keeping the resident shape keeps the compute parallel
@@ -799,6 +809,34 @@ def _offchip(model: _LayerModel, mode: Residency, batch: int, kv_item: int) -> i
     if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
         streamed += model.kv_total * kv_item // max(batch, 1)
     return streamed
+
+
+def _cycles_floor(model: _LayerModel, target: Target) -> Callable[[int, int], float]:
+    """A lower bound of `_cycles(model, r, c)`, cheap enough to prune the shapes
+    `_latency_shapes` prices: the compute, one runtime overhead per phase, and per collective
+    along an axis of m > 1 cores (m - 1) hops and its tile over one link; a reduce adds one
+    stage (every algorithm of `collectives.reduce_cycles` spans the line and combines once)."""
+    rate = target.core.flops(target.compute.dtype)
+    overhead = target.runtime.step_overhead_cycles
+    hop, bpc = target.links.hop_latency_cycles, target.links.bytes_per_cycle
+    per_byte = 1 / bpc + 1 / target.itemsize(target.compute.dtype) / max(rate / 2, 1.0)
+    colls = [(axis, nbytes, kind == CollectiveKind.REDUCE)
+             for kind, axis, nbytes in model.collectives]
+
+    def floor(rows: int, cols: int) -> float:
+        total = model.flops_per_token / (rows * cols * rate) + overhead
+        if rows * cols == 1:
+            return total
+        size = {"r": rows, "c": cols}
+        for axis, nbytes, reduce in colls:
+            m = size[axis]
+            if m > 1:
+                tile = nbytes / size["c" if axis == "r" else "r"]
+                total += overhead + (m - 1) * hop + tile / bpc + (tile * per_byte if reduce
+                                                                  else 0.0)
+        return total
+
+    return floor
 
 
 def _cycles(model: _LayerModel, rows: int, cols: int, target: Target,

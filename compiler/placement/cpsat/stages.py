@@ -52,7 +52,7 @@ from compiler.placement.problem import (
     Rect,
     SolverReport,
 )
-from compiler.placement.unit import arrangements
+from compiler.placement.unit import alike_key, arrangements
 
 # Share of a wafer's cores stage 1 may fill, tried in turn while stage 2 cannot pack the choice.
 # 1.0 first: when that packs, its off-chip minimum is proven for every placement.
@@ -294,6 +294,11 @@ def greedy_hints(r: _Run, res: Residency) -> tuple[Residency, dict[int, LayoutIn
         inst = layout_for(problem, options, members)
         spots = any_pack(inst.rows, inst.cols, inst.dims)
         if spots is None:
+            spots = _fewest_cycles(problem, options, members)
+            if spots is not None:
+                flexed += sum(options[b] != res.options[b] for b in members)
+                inst = layout_for(problem, options, members)
+        if spots is None:
             flex = _flex_shapes(problem, options, members)
             if flex is not None:  # new shapes; serpentine on them may pack now, and closer
                 flexed += sum(options[b] != res.options[b] for b in members)
@@ -345,6 +350,37 @@ def _in_runs(problem: PlacementProblem, options: list[int], members: Sequence[in
     changed = sum(options[b] != best[3][b] for b in members)
     options[:] = best[3]
     return best[1], best[2], changed
+
+
+def _fewest_cycles(problem: PlacementProblem, options: list[int], members: Sequence[int]
+                   ) -> tuple[Position, ...] | None:
+    """When the chosen shapes do not pack: the largest run of alike blocks (unit.alike_key) in
+    one mode moved together to the shape streaming the same bytes with the fewest cycles that
+    packs beside the rest (stage 1 chose by cycles; the skyline of `_flex_shapes` takes the
+    flattest shape, e.g. Llama 3 8B's blocks on 19 x 762 strips at twice the cycles). On
+    success `options` is updated in place."""
+    groups: dict[tuple, list[int]] = {}
+    for b in members:
+        now = problem.blocks[b].options[options[b]]
+        key = (alike_key(problem.blocks[b]), now.residency, now.offchip_bytes_per_token)
+        groups.setdefault(key, []).append(b)
+    run = max(groups.values(), key=len)
+    if len(run) < 2:
+        return None
+    first = problem.blocks[run[0]]
+    now = first.options[options[run[0]]]
+    tried = sorted((o for o in usable_options(problem, run[0]) if alike(first.options[o], now)),
+                   key=lambda o: (first.options[o].cycles, first.options[o].cores, o))
+    for o in tried:
+        trial = list(options)
+        for b in run:
+            trial[b] = o
+        inst = layout_for(problem, trial, members)
+        spots = any_pack(inst.rows, inst.cols, inst.dims)
+        if spots is not None:
+            options[:] = trial
+            return spots
+    return None
 
 
 def _flex_shapes(
