@@ -32,9 +32,11 @@ from compiler.tiling.layouts import parts as layouts_parts
 from compiler.vocab import ONE_BUFFER_OPS, VIEW_OPS, CollectiveKind
 
 # Blocks per wafer up to which a denser exact wafer tiling is searched (`_densest`): with more,
-# a lost slot is a small share of the wafer, and the extra shape only distracts the placer
-# (tried: llama3-70b on 4 wafers took 586 x 69 strips at 20 a wafer, byte-hops 7.5e7 -> 1.8e8).
-DENSE_TILING_MAX = 8
+# a lost slot is a small share of the wafer. Llama 3 70B's blocks at 2,048 (about 20 a wafer
+# by area) need it: the frontier's tilings hold 18 a wafer, 117 x 381 holds 20 (off-chip
+# 587 -> 445 MB/token). Before the decode step was priced per form, at 8 (the 70B's 1172 x 36
+# strips then fitted resident), a denser shape only distracted the placer.
+DENSE_TILING_MAX = 64
 
 # Share of the machine's cores that latency shapes (`_latency_shapes`) divide among the layers:
 # the rest is slack for rectangles that do not tile the wafer exactly.
