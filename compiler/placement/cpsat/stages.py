@@ -52,7 +52,7 @@ from compiler.placement.problem import (
     Rect,
     SolverReport,
 )
-from compiler.placement.unit import alike_key, arrangements
+from compiler.placement.unit import MAX_RECTS, alike_key, arrangements
 
 # Share of a wafer's cores stage 1 may fill, tried in turn while stage 2 cannot pack the choice.
 # 1.0 first: when that packs, its off-chip minimum is proven for every placement.
@@ -354,24 +354,31 @@ def _in_runs(problem: PlacementProblem, options: list[int], members: Sequence[in
 
 def _fewest_cycles(problem: PlacementProblem, options: list[int], members: Sequence[int]
                    ) -> tuple[Position, ...] | None:
-    """When the chosen shapes do not pack: the largest run of alike blocks (unit.alike_key) in
-    one mode moved together to the shape streaming the same bytes with the fewest cycles that
-    packs beside the rest (stage 1 chose by cycles; the skyline of `_flex_shapes` takes the
-    flattest shape, e.g. Llama 3 8B's blocks on 19 x 762 strips at twice the cycles). On
-    success `options` is updated in place."""
-    groups: dict[tuple, list[int]] = {}
+    """When the chosen shapes do not pack: the one move of a run of alike blocks in one mode
+    (unit.alike_key; a single layer is a run of one) to another shape streaming the same bytes
+    that packs (any_pack) for the fewest added cycles. Stage 1 chose by cycles; the skyline of
+    `_flex_shapes` takes the flattest shapes whatever they cost (Llama 3 8B's blocks on
+    19 x 762 strips at twice the cycles of what stage 1 chose; gpt2-tiny on mesh8x8 with its
+    embedding on a 1 x 8 row across the blocks' 8 x 1 columns: every block went to 1 x 1 or
+    1 x 4, where moving the embedding to 1 x 1 costs 7 cycles). On success `options` is
+    updated in place. Wafers of more than unit.MAX_RECTS rectangles are left to the skyline."""
+    if len(members) > MAX_RECTS:
+        return None
+    runs: dict[tuple, list[int]] = {}
     for b in members:
         now = problem.blocks[b].options[options[b]]
         key = (alike_key(problem.blocks[b]), now.residency, now.offchip_bytes_per_token)
-        groups.setdefault(key, []).append(b)
-    run = max(groups.values(), key=len)
-    if len(run) < 2:
-        return None
-    first = problem.blocks[run[0]]
-    now = first.options[options[run[0]]]
-    tried = sorted((o for o in usable_options(problem, run[0]) if alike(first.options[o], now)),
-                   key=lambda o: (first.options[o].cycles, first.options[o].cores, o))
-    for o in tried:
+        runs.setdefault(key, []).append(b)
+    moves = []
+    for run in runs.values():
+        first = problem.blocks[run[0]]
+        now = first.options[options[run[0]]]
+        before = sum(problem.blocks[b].options[options[b]].cycles for b in run)
+        for o in usable_options(problem, run[0]):
+            if alike(first.options[o], now) and any(options[b] != o for b in run):
+                added = sum(problem.blocks[b].options[o].cycles for b in run) - before
+                moves.append((added, first.options[o].cores * len(run), run[0], o, run))
+    for *_, o, run in sorted(moves, key=lambda mv: mv[:4]):
         trial = list(options)
         for b in run:
             trial[b] = o
