@@ -42,6 +42,10 @@ DENSE_TILING_MAX = 64
 # the rest is slack for rectangles that do not tile the wafer exactly.
 LATENCY_SHARE = 0.8
 
+# Share of the machine's cores the layers' smallest resident rectangles may fill when each is
+# sized for the decode form that holds least (`_tile_with`); beyond it some layer will stream.
+RESIDENT_FILL = 0.95
+
 # Streamed weights or KV cache pass through a double buffer of this many bytes per core.
 STREAM_BUFFER_BYTES = 2 * 2048
 
@@ -133,6 +137,7 @@ class _Tensors:
     tables: tuple[tuple[tuple[int, ...], Spec, int], ...] = ()  # constant tables, held whole
     prompt_resident: bool = False
     decode: tuple[_StepTensors, ...] = ()  # per decode form, when the model has a decode step
+    least_form: bool = True  # size for the decode form that holds least, else the largest
 
 
 @dataclass(frozen=True)
@@ -381,7 +386,8 @@ def _with_decode(t: _Tensors, mode: Residency, each: Sequence[_StepRaw], held: i
     under grouped-query attention the cache before the repeat re-expands it over the whole
     context every step (Llama 3 70B at 2,048: 13 KB a core on 127 x 482 against 1.8 KB for
     the cache after the repeat)."""
-    return min((_one_form(t, mode, e, held, kv, live) for e in each), key=sum)
+    pick = min if t.least_form else max
+    return pick((_one_form(t, mode, e, held, kv, live) for e in each), key=sum)
 
 
 def _one_form(t: _Tensors, mode: Residency, each: _StepRaw, held: int, kv: int,
@@ -646,6 +652,27 @@ def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool,
 def _tile_with(g: ir.Graph, target: Target, options: TilingOptions, resident: bool,
                layouts: dict[str, tuple[OpLayout, ...]],
                steps: tuple[DecodeStep, ...]) -> TiledGraph:
+    """Every layer sized for the decode form that holds least (`_with_decode`), unless then
+    the layers' smallest resident rectangles do not fit RESIDENT_FILL of the machine: some
+    will stream their KV cache, priced (`_offchip`) and streamed by the decode schedule as
+    the cache before a grouped-query repeat, so every resident layer must hold that form too
+    and each is sized for the largest form (`least_form` False)."""
+    tiled = _tile_forms(g, target, options, resident, layouts, steps, True)
+    if len(steps) < 2 or _fits_resident(tiled, target):
+        return tiled
+    return _tile_forms(g, target, options, resident, layouts, steps, False)
+
+
+def _fits_resident(tiled: TiledGraph, target: Target) -> bool:
+    cores = target.grid.rows * target.grid.cols * target.wafers.count
+    least = [min((c.rows * c.cols for c in lt.candidates if c.residency is Residency.RESIDENT),
+                 default=None) for lt in tiled.layers]
+    return None not in least and sum(least) <= RESIDENT_FILL * cores
+
+
+def _tile_forms(g: ir.Graph, target: Target, options: TilingOptions, resident: bool,
+                layouts: dict[str, tuple[OpLayout, ...]], steps: tuple[DecodeStep, ...],
+                least_form: bool) -> TiledGraph:
     kv = kv_cache_tensors(g)
     batch = batch_size(g)
     context = context_length(g, options)
@@ -662,7 +689,8 @@ def _tile_with(g: ir.Graph, target: Target, options: TilingOptions, resident: bo
                                            for st, p in zip(steps, step_params, strict=True))
                                if s is not None)
                 model = dataclasses.replace(model, tensors=dataclasses.replace(
-                    model.tensors, prompt_resident=resident, decode=decode))
+                    model.tensors, prompt_resident=resident, decode=decode,
+                    least_form=least_form))
                 cache[template] = _candidates(layer.name, model, target, batch, options,
                                               _share(g, target))
             layers.append(LayerTiling(
