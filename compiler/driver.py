@@ -204,7 +204,8 @@ def compile_model(model: str | Path, target: str | Path | Target,
         if options.tiling.prompt_resident:  # to be run (--verify): refused here, exit 5
             check_runnable(schedule, graph, tgt)
     with stage("decode"):
-        decode = decode_plan_or_reason(str(model), graph, schedule, tgt, tiled.context, forms)
+        decode = decode_plan_or_reason(str(model), graph, schedule, tgt, tiled.context, forms,
+                                       _fitting_forms(tiled, placement, tgt))
         no_decode = decode if isinstance(decode, str) else ""
         decode = decode if isinstance(decode, DecodePlan) else None
         if decode is not None:  # the prefill writes the KV caches the decode step reads
@@ -289,6 +290,14 @@ def _decode_forms(model: str | Path, graph: ir.Graph, context: int) -> Forms:
     prices; `decode_plan_or_reason` schedules the forms)."""
     forms = decode_forms(str(model), graph, context)
     return forms, decode_steps(forms)
+
+
+def _fitting_forms(tiled: TiledGraph, placement: Placement, target: Target) -> frozenset[bool]:
+    """The decode forms (by `DecodeGraph.grouped`) whose decode step fits SRAM on every
+    placed layer, as the tiling priced them (`Candidate.fits_form`)."""
+    chosen = [lt.candidates[o] for lt, o in zip(tiled.layers, placement.options, strict=True)]
+    return frozenset(g for g in (False, True)
+                     if all(c.fits_form(g, target.usable_bytes_per_core) for c in chosen))
 
 
 def _tiling(graph: ir.Graph, target: Target, options: CompileOptions,

@@ -151,9 +151,10 @@ CONTEXT = 64  # 8 times the prompt: the decode step's cache-long tensors outgrow
 @pytest.mark.parametrize("resident", [False, True])
 def test_one_decode_step_estimate_bounds_the_decode_peak(model, target, resident):
     """Tiled for one decode step (or the whole prompt), every region's fullest core in the decode
-    machine stays within the tiling's per-core estimate the placer packed by, for each cache
-    form the decode schedule may take (under grouped-query attention: the cache after the
-    repeat and before it, the repeat running on the cache every step)."""
+    machine stays within the tiling's per-core estimate for each cache form the decode schedule
+    may take (under grouped-query attention: the cache after the repeat and before it, the
+    repeat running on the cache every step); the placer packed by the form that holds least,
+    and the form the compile keeps fits every region."""
     from compiler.frontend import DimRequest, FrontendOptions
     from compiler.schedule.decode import decode_forms, plan_for
 
@@ -171,10 +172,16 @@ def test_one_decode_step_estimate_bounds_the_decode_peak(model, target, resident
                        plan.schedule, "fp32")
         gen = generate(prog, r.target, [3, 1, 4], 6)  # a short prompt: decode steps only
         assert set(gen.peak_bytes) == set(layers)
-        over = {region: (peak, r.placement.option(r.problem, layers[region]).per_core_bytes)
-                for region, peak in gen.peak_bytes.items()
-                if peak > r.placement.option(r.problem, layers[region]).per_core_bytes}
+        chosen = {lt.layer: lt.candidates[o]
+                  for lt, o in zip(r.tiled.layers, r.placement.options, strict=True)}
+        bound = {region: max((n for g, n in chosen[region].form_bytes if g == dg.grouped),
+                             default=chosen[region].per_core_bytes) for region in layers}
+        over = {region: (peak, bound[region]) for region, peak in gen.peak_bytes.items()
+                if peak > bound[region]}
         assert not over, (dg.grouped, over)
+        assert all(chosen[region].per_core_bytes <= bound[region] for region in layers)
+    assert all(c.fits_form(r.decode.graph.grouped, r.target.usable_bytes_per_core)
+               for c in chosen.values())
 
 
 def test_cache_overflow_is_a_named_error():

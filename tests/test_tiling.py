@@ -133,6 +133,43 @@ def test_wider_shapes_are_offered_when_they_cut_decode_cycles(tiled):
     assert least * 1.25 < fast.rows * fast.cols <= share
 
 
+def test_the_fastest_block_shape_tiles_the_wafer(tiled):
+    """Issue 17 (h-dec): Llama 3 8B's fastest block shape on a wse3 (the latency shape) tiles
+    the wafer, so all 32 alike blocks pack in it side by side. A shape that does not (76 x 255:
+    30 a wafer) made the placer move the blocks to 19 x 762 strips at twice the cycles."""
+    target = load_target("wse3")
+    rows, cols = target.grid.rows, target.grid.cols
+    graph = tiled[("llama3-8b", "wse3")]
+    block = next(lt for lt in graph.layers if lt.kind == "block")
+    fast = min((c for c in block.candidates if c.residency is Residency.RESIDENT),
+               key=lambda c: c.cycles)
+    assert (rows // (rows // fast.rows), cols // (cols // fast.cols)) == (fast.rows, fast.cols)
+    assert (rows // fast.rows) * (cols // fast.cols) >= sum(
+        lt.kind == "block" for lt in graph.layers)
+
+
+@pytest.mark.parametrize("case", [("llama-tiny", "wse3"), ("gpt2-tiny", "mesh8x8"),
+                                  ("llama3-8b", "wse3")])
+def test_the_latency_search_floor_bounds_the_cycles(case):
+    """The latency-shape search stops at the first shape whose floor (`_cycles_floor`: compute,
+    overheads, hops, link bytes, one combine per reduce) reaches the best cycles found, so the
+    floor must never exceed a shape's estimated cycles, on any shape."""
+    from compiler.tiling import candidates as cand
+    from compiler.tiling.costs import batch_size, kv_cache_tensors
+    from compiler.tiling.layouts import graph_layouts
+
+    g, target = zoo_graph(case[0]), load_target(case[1])
+    layouts, params = graph_layouts(g), cand._param_derived(g)
+    sides = sorted({1, 2, 3, 5, 8, 36, 63, 255, 762} | set(cand._row_counts(64)))
+    for layer in g.layers:
+        model = cand._layer_model(g, layer, layouts[layer.name], target, kv_cache_tensors(g),
+                                  64, batch_size(g), params)
+        floor = cand._cycles_floor(model, target)
+        for r in (s for s in sides if s <= target.grid.rows):
+            for c in (s for s in sides if s <= target.grid.cols):
+                assert floor(r, c) <= cand._cycles(model, r, c, target), (layer.name, r, c)
+
+
 def test_one_core_candidates_pay_no_collectives():
     """On one core every collective is local: the candidate's decode cycles are its FLOPs at
     one core's rate plus one phase's overhead (the performance model prices it so too)."""

@@ -123,3 +123,25 @@ def test_byte_hops_bound_holds_for_dealt_choices() -> None:
     p, choice = mixed_chain()
     placed = place(p, "cpsat", time_limit_s=4.0)
     assert byte_hops(p, placed) >= byte_hops_lower_bound(p, placed.options)
+
+
+def test_a_choice_that_does_not_pack_moves_the_run_that_costs_least() -> None:
+    """Issue 17 (h-dec): stage 1 chooses by cycles under an area bound, so its shapes may not
+    pack: here (gpt2-tiny on mesh8x8 in miniature) the embedding's fastest shape is a 1 x 8
+    row across the 8 x 1 columns every other layer takes. The packer moves the one run whose
+    move packs for the fewest added cycles (the embedding to 1 x 1, +8 cycles), not every
+    layer to the flattest shape that packs (the blocks on 1 x 4 at twice their cycles)."""
+    def layer(name: str, *shapes: tuple[int, int, int], group: str = "") -> Block:
+        return Block(name, name.split(".")[0], tuple(
+            opt(r, c, cycles=cyc) for r, c, cyc in shapes), group=group or name)
+
+    blocks = [layer("embedding", (1, 8, 100), (1, 1, 108))]
+    blocks += [layer(f"block.{i}", (8, 1, 2_764), (1, 4, 5_474), (1, 1, 13_524), group="block")
+               for i in range(4)]
+    blocks += [layer("final_norm", (8, 1, 108), (1, 1, 164)),
+               layer("head", (8, 1, 612), (1, 1, 4_196))]
+    p = problem(blocks, 8, 8)
+    placed = place(p, "cpsat", time_limit_s=4.0)
+    chosen = [p.blocks[b].options[o] for b, o in enumerate(placed.options)]
+    assert [(o.rows, o.cols) for o in chosen] == [(1, 1)] + [(8, 1)] * 6
+    assert sum(o.cycles for o in chosen) == 108 + 4 * 2_764 + 108 + 612

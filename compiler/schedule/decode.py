@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -800,7 +800,8 @@ def decode_steps(forms: Sequence[DecodeGraph] | str) -> tuple[DecodeStep, ...]:
             layouts = decode_layouts(dg)
         except (ValueError, KeyError, IndexError, WaferError):
             continue
-        steps.append(DecodeStep(dg.graph, layouts, tuple((c.name, c.new) for c in dg.caches)))
+        steps.append(DecodeStep(dg.graph, layouts, tuple((c.name, c.new) for c in dg.caches),
+                                dg.grouped))
     return tuple(steps)
 
 
@@ -813,7 +814,8 @@ def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target:
 
 def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedule,
                           target: Target, context: int,
-                          forms: Sequence[DecodeGraph] | str | None = None) -> DecodePlan | str:
+                          forms: Sequence[DecodeGraph] | str | None = None,
+                          fits: Collection[bool] | None = None) -> DecodePlan | str:
     """The decode plan of a causal LM, with weights or shape-only; for anything else why not
     (`decode_forms`). Its graph is shape-only (the model at one token loaded without weights: a
     schedule needs shapes only), so running it (`--decode`) loads the decode graph with weights
@@ -823,7 +825,10 @@ def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedul
     the repeat runs on the cache every step) — and the faster decode step is kept; schedule.json
     records which (`kv_cache`), so verify derives the same graph. A graph that derives is
     scheduled: a failure there is a bug and surfaces as one (not as "no decode schedule").
-    `forms`: `decode_forms`' answer when already derived."""
+    `forms`: `decode_forms`' answer when already derived. `fits`: the forms (by
+    `DecodeGraph.grouped`) whose decode step the tiling found fits every placed region
+    (`Candidate.fits_form`; the tiling sizes a region for the form that holds least): the
+    faster of those is kept (of all, if none is)."""
     if forms is None:
         forms = decode_forms(source, prefill_graph, context)
     if isinstance(forms, str):
@@ -832,7 +837,8 @@ def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedul
     kept = [p for p in plans if isinstance(p, DecodePlan)]
     if not kept:
         return str(plans[0])
-    return max(kept, key=lambda p: p.estimate.tokens_per_s or 0.0)
+    fitting = [p for p in kept if fits is None or p.graph.grouped in fits]
+    return max(fitting or kept, key=lambda p: p.estimate.tokens_per_s or 0.0)
 
 
 def _try_plan(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan | str:

@@ -32,13 +32,19 @@ from compiler.tiling.layouts import parts as layouts_parts
 from compiler.vocab import ONE_BUFFER_OPS, VIEW_OPS, CollectiveKind
 
 # Blocks per wafer up to which a denser exact wafer tiling is searched (`_densest`): with more,
-# a lost slot is a small share of the wafer, and the extra shape only distracts the placer
-# (tried: llama3-70b on 4 wafers took 586 x 69 strips at 20 a wafer, byte-hops 7.5e7 -> 1.8e8).
-DENSE_TILING_MAX = 8
+# a lost slot is a small share of the wafer. Llama 3 70B's blocks at 2,048 (about 20 a wafer
+# by area) need it: the frontier's tilings hold 18 a wafer, 117 x 381 holds 20 (off-chip
+# 587 -> 445 MB/token). Before the decode step was priced per form, at 8 (the 70B's 1172 x 36
+# strips then fitted resident), a denser shape only distracted the placer.
+DENSE_TILING_MAX = 64
 
 # Share of the machine's cores that latency shapes (`_latency_shapes`) divide among the layers:
 # the rest is slack for rectangles that do not tile the wafer exactly.
 LATENCY_SHARE = 0.8
+
+# Share of the machine's cores the layers' smallest resident rectangles may fill when each is
+# sized for the decode form that holds least (`_tile_with`); beyond it some layer will stream.
+RESIDENT_FILL = 0.95
 
 # Streamed weights or KV cache pass through a double buffer of this many bytes per core.
 STREAM_BUFFER_BYTES = 2 * 2048
@@ -64,6 +70,7 @@ class DecodeStep:
     graph: ir.Graph
     layouts: Mapping[str, tuple[OpLayout, ...]]
     appends: tuple[tuple[str, str], ...] = ()
+    grouped: bool = False  # the cache before a grouped-query repeat (DecodeGraph.grouped)
 
 
 @dataclass(frozen=True)
@@ -76,10 +83,18 @@ class Candidate:
     act_bytes: int  # per core
     offchip_bytes_per_token: int
     cycles: int
+    # per decode form (DecodeStep.grouped), the fullest core's bytes when the decode schedule
+    # takes that form; the per-core bytes above are the least of them. Empty: no decode step
+    # priced per form (an encoder, or a mode streaming the KV cache), any form counts alike.
+    form_bytes: tuple[tuple[bool, int], ...] = ()
 
     @property
     def per_core_bytes(self) -> int:
         return self.weight_bytes + self.kv_bytes + self.act_bytes
+
+    def fits_form(self, grouped: bool, capacity: int) -> bool:
+        """Whether the decode step in that cache form fits `capacity` bytes a core here."""
+        return all(n <= capacity for g, n in self.form_bytes if g == grouped)
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,7 @@ class _Tensors:
     tables: tuple[tuple[tuple[int, ...], Spec, int], ...] = ()  # constant tables, held whole
     prompt_resident: bool = False
     decode: tuple[_StepTensors, ...] = ()  # per decode form, when the model has a decode step
+    least_form: bool = True  # size for the decode form that holds least, else the largest
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,7 @@ class _StepTensors:
     caches: tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...]
     acts: tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...]  # each activation once
     live: tuple[frozenset[int], ...]  # indices into `acts`: the maximal live sets only
+    grouped: bool = False  # its decode form (DecodeStep.grouped)
 
 
 def _param_derived(g: ir.Graph) -> frozenset[str]:
@@ -272,7 +289,7 @@ def _step_layer(step: DecodeStep, layer: ir.Layer, layouts, target: Target,
     sets = {frozenset(index[n] for n in ops if n in index) for ops in alive}
     maximal = tuple(a for a in sets if not any(a < b for b in sets))  # a subset is never larger
     return _StepTensors(t.weights, t.tables, tuple(entries[n] for n in caches if n in entries),
-                        tuple(entries[n] for n in names), maximal)
+                        tuple(entries[n] for n in names), maximal, step.grouped)
 
 
 def _is_scores(g: ir.Graph, op: ir.Op) -> bool:
@@ -301,15 +318,7 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
     gives the mode-independent (weights whole, weights-side + activations) split and
     `steps(r, c)` each decode form's unstreamed bytes (`_step_raw`), both cached by the caller
     (the same shapes are asked for once per residency mode)."""
-    cores = rows * cols
-    w_all, rest = (raw or functools.partial(_raw, t, _Measures.of(t), kv_total, batch))(
-        rows, cols)
-    w = w_all
-    if mode in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL):
-        w = min(w, STREAM_BUFFER_BYTES)
-    kv = math.ceil(kv_total / cores) * kv_item
-    if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
-        kv = min(kv, STREAM_BUFFER_BYTES)
+    w, kv, rest = _base(t, mode, rows, cols, kv_total, kv_item, batch, raw)
     if t.decode and mode not in _CHUNKED:  # what the decode schedule holds, as it runs
         each = steps(rows, cols) if steps else tuple(
             _step_raw(_StepMeasures.of(s), rows, cols) for s in t.decode)
@@ -317,6 +326,32 @@ def _per_core(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
     if t.prompt_resident:  # tables count with the weights
         return w + rest[0], kv, rest[1]
     return w, kv, rest[1]
+
+
+def _base(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int, kv_item: int,
+          batch: int, raw: Callable[[int, int], tuple[int, int]] | None
+          ) -> tuple[int, int, tuple[int, int]]:
+    """(weights as `mode` holds them, KV cache, (tables, activations)) before the decode step."""
+    w, rest = (raw or functools.partial(_raw, t, _Measures.of(t), kv_total, batch))(rows, cols)
+    if mode in (Residency.STREAM_WEIGHTS, Residency.STREAM_ALL):
+        w = min(w, STREAM_BUFFER_BYTES)
+    kv = math.ceil(kv_total / (rows * cols)) * kv_item
+    if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
+        kv = min(kv, STREAM_BUFFER_BYTES)
+    return w, kv, rest
+
+
+def _form_bytes(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
+                kv_item: int, batch: int, raw: Callable[[int, int], tuple[int, int]],
+                steps: Callable[[int, int], tuple[_StepRaw, ...]]
+                ) -> tuple[tuple[bool, int], ...]:
+    """Per decode form, the fullest core's bytes when the decode schedule takes that form
+    (`Candidate.form_bytes`; `_per_core` is the least of them)."""
+    if not t.decode or mode in _CHUNKED:
+        return ()
+    w, kv, rest = _base(t, mode, rows, cols, kv_total, kv_item, batch, raw)
+    return tuple((s.grouped, sum(_one_form(t, mode, e, w + rest[0], kv, rest[1])))
+                 for s, e in zip(t.decode, steps(rows, cols), strict=True))
 
 
 def _raw(t: _Tensors, m: _Measures, kv_total: int, batch: int, rows: int,
@@ -342,15 +377,26 @@ _CHUNKED = (Residency.STREAM_KV, Residency.STREAM_ALL)
 
 def _with_decode(t: _Tensors, mode: Residency, each: Sequence[_StepRaw], held: int,
                  kv: int, live: int) -> tuple[int, int, int]:
-    """(weight, kv, activation) bytes bounding the decode step's real per-core peak (each decode
-    form's weights, tables, caches and largest live set: `each`, one `_step_raw` per form), and
-    with the whole prompt resident also the prefill's (weights, tables, the caches its cache
-    writes fill, its live set)."""
-    steps = [_step_mode(s, mode) for s in each]
-    dw, dkv, dact = max(steps, key=sum)
+    """(weight, kv, activation) bytes bounding the decode step's real per-core peak in the
+    decode form that holds least (each form's weights, tables, caches and largest live set:
+    `each`, one `_step_raw` per form), and with the whole prompt resident also the prefill's
+    (weights, tables, the caches its cache writes fill, its live set). The decode schedule
+    runs one form, never both, and refuses a form that does not fit its regions
+    (`schedule.decode.decode_plan_or_reason`), so the form that fits is the one that counts:
+    under grouped-query attention the cache before the repeat re-expands it over the whole
+    context every step (Llama 3 70B at 2,048: 13 KB a core on 127 x 482 against 1.8 KB for
+    the cache after the repeat)."""
+    pick = min if t.least_form else max
+    return pick((_one_form(t, mode, e, held, kv, live) for e in each), key=sum)
+
+
+def _one_form(t: _Tensors, mode: Residency, each: _StepRaw, held: int, kv: int,
+              live: int) -> tuple[int, int, int]:
+    """`_with_decode` of one decode form."""
+    dw, dkv, dact = _step_mode(each, mode)
     if not t.prompt_resident:
         return dw, dkv, dact
-    kv = max([kv, *(k for _, k, _ in steps)])
+    kv = max(kv, dkv)
     return held, kv, max(live, dw + dkv + dact - held - kv)
 
 
@@ -461,6 +507,11 @@ def _row_counts(limit: int) -> list[int]:
         x *= 2 ** 0.25 if x >= 4 else 2 ** 0.5
     values.add(limit)
     return sorted(v for v in values if v <= limit)
+
+
+def _tiling_counts(limit: int) -> list[int]:
+    """limit // i for every i: the lengths that split `limit` cores into i equal parts."""
+    return sorted({limit // i for i in range(1, limit + 1)})
 
 
 def _min_cols(fits: Callable[[int, int], bool], rows: int, max_cols: int) -> int | None:
@@ -601,6 +652,27 @@ def _tile(g: ir.Graph, target: Target, options: TilingOptions, resident: bool,
 def _tile_with(g: ir.Graph, target: Target, options: TilingOptions, resident: bool,
                layouts: dict[str, tuple[OpLayout, ...]],
                steps: tuple[DecodeStep, ...]) -> TiledGraph:
+    """Every layer sized for the decode form that holds least (`_with_decode`), unless then
+    the layers' smallest resident rectangles do not fit RESIDENT_FILL of the machine: some
+    will stream their KV cache, priced (`_offchip`) and streamed by the decode schedule as
+    the cache before a grouped-query repeat, so every resident layer must hold that form too
+    and each is sized for the largest form (`least_form` False)."""
+    tiled = _tile_forms(g, target, options, resident, layouts, steps, True)
+    if len(steps) < 2 or _fits_resident(tiled, target):
+        return tiled
+    return _tile_forms(g, target, options, resident, layouts, steps, False)
+
+
+def _fits_resident(tiled: TiledGraph, target: Target) -> bool:
+    cores = target.grid.rows * target.grid.cols * target.wafers.count
+    least = [min((c.rows * c.cols for c in lt.candidates if c.residency is Residency.RESIDENT),
+                 default=None) for lt in tiled.layers]
+    return None not in least and sum(least) <= RESIDENT_FILL * cores
+
+
+def _tile_forms(g: ir.Graph, target: Target, options: TilingOptions, resident: bool,
+                layouts: dict[str, tuple[OpLayout, ...]], steps: tuple[DecodeStep, ...],
+                least_form: bool) -> TiledGraph:
     kv = kv_cache_tensors(g)
     batch = batch_size(g)
     context = context_length(g, options)
@@ -617,7 +689,8 @@ def _tile_with(g: ir.Graph, target: Target, options: TilingOptions, resident: bo
                                            for st, p in zip(steps, step_params, strict=True))
                                if s is not None)
                 model = dataclasses.replace(model, tensors=dataclasses.replace(
-                    model.tensors, prompt_resident=resident, decode=decode))
+                    model.tensors, prompt_resident=resident, decode=decode,
+                    least_form=least_form))
                 cache[template] = _candidates(layer.name, model, target, batch, options,
                                               _share(g, target))
             layers.append(LayerTiling(
@@ -684,28 +757,32 @@ def _share(g: ir.Graph, target: Target) -> int:
 
 
 def _latency_shapes(fits: Callable[[int, int], bool], cycles: Callable[[int, int], int],
-                    flops: int, target: Target, share: int,
+                    floor: Callable[[int, int], float], target: Target, share: int,
                     have: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The wider or squarer shape of at most `share` cores (idle cores otherwise) with the
     fewest decode cycles (`cycles(r, c)`: the layer's `_cycles`, `flops` per token), when it
     has fewer than every smallest shape in `have`: more cores cut the compute, longer axes add
-    hops, so it is a real trade-off (not always the largest)."""
+    hops, so it is a real trade-off (not always the largest); `floor(r, c)` bounds `cycles`
+    from below (`_cycles_floor`) and prunes the shapes that cannot beat it. Only shapes that
+    tile the wafer (rows // i x cols // j) are searched: alike blocks in such a shape pack
+    i x j to a wafer without waste, so the placer can give every block the shape it chose for
+    its cycles (a shape that does not tile, e.g. 76 x 255 on 1172 x 762, packs 30 where the
+    area allows 46, and Llama 3 8B's 32 blocks fell back to 19 x 762 strips of twice the
+    cycles)."""
     if not have:
         return []
     best = min(cycles(r, c) for r, c in have)
     rows, cols = target.grid.rows, target.grid.cols
-    floor = target.runtime.step_overhead_cycles  # cycles >= compute + one step's overhead
-    rate = target.core.flops(target.compute.dtype)
-    found = sorted((cycles(r, c), r * c, abs(r - c), r, c)
-                   for r in _row_counts(rows) for c in _row_counts(cols)
-                   if r * c <= share and (r, c) not in have
-                   and flops / (r * c * rate) + floor < best)  # else never below `best`
-    for cycles, _, _, r, c in found:
-        if cycles >= best:
-            return []
-        if fits(r, c):
-            return [(r, c)]
-    return []
+    bounded = sorted((floor(r, c), r, c) for r in _tiling_counts(rows)
+                     for c in _tiling_counts(cols) if r * c <= share and (r, c) not in have)
+    found: tuple[int, int, int, int, int] | None = None  # (cycles, cores, |r - c|, r, c)
+    for low, r, c in bounded:  # fewest cycles first by their floor: stop past the best
+        if low >= (best if found is None else found[0] + 1):
+            break
+        key = (cycles(r, c), r * c, abs(r - c), r, c)
+        if key[0] < best and (found is None or key < found) and fits(r, c):
+            found = key
+    return [] if found is None else [(found[3], found[4])]
 
 
 def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
@@ -723,6 +800,7 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
     forms = [_StepMeasures.of(s) for s in model.tensors.decode]
     steps = functools.cache(lambda r, c: tuple(_step_raw(m, r, c) for m in forms))
     cycles = functools.cache(functools.partial(_cycles, model, target=target, memo={}))
+    floor = _cycles_floor(model, target)
     for mode in modes:
         def fits(r: int, c: int, mode=mode) -> bool:
             return sum(_per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch,
@@ -731,7 +809,7 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
         frontier = _frontier(fits, target.grid.rows, target.grid.cols)
         shapes = _pick(frontier, options.max_candidates)
         shapes += [p for p in _grid_tiling(frontier, fits, target) if p not in shapes]
-        shapes += _latency_shapes(fits, cycles, model.flops_per_token, target, share, shapes)
+        shapes += _latency_shapes(fits, cycles, floor, target, share, shapes)
         if mode is Residency.RESIDENT:
             resident_shapes = shapes[:2]
         else:  # streaming frees SRAM; keeping the resident shape keeps the compute parallel
@@ -740,7 +818,9 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
             w, kv, act = _per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch,
                                    raw, steps)
             out.append(Candidate(r, c, mode, w, kv, act, _offchip(model, mode, batch, kv_item),
-                                 cycles(r, c)))
+                                 cycles(r, c), _form_bytes(model.tensors, mode, r, c,
+                                                           model.kv_total, kv_item, batch, raw,
+                                                           steps)))
     if not out:
         rows, cols = target.grid.rows, target.grid.cols
         mode = modes[-1]  # the most streaming mode offered: the least SRAM it can take
@@ -759,6 +839,34 @@ def _offchip(model: _LayerModel, mode: Residency, batch: int, kv_item: int) -> i
     if mode in (Residency.STREAM_KV, Residency.STREAM_ALL):
         streamed += model.kv_total * kv_item // max(batch, 1)
     return streamed
+
+
+def _cycles_floor(model: _LayerModel, target: Target) -> Callable[[int, int], float]:
+    """A lower bound of `_cycles(model, r, c)`, cheap enough to prune the shapes
+    `_latency_shapes` prices: the compute, one runtime overhead per phase, and per collective
+    along an axis of m > 1 cores (m - 1) hops and its tile over one link; a reduce adds one
+    stage (every algorithm of `collectives.reduce_cycles` spans the line and combines once)."""
+    rate = target.core.flops(target.compute.dtype)
+    overhead = target.runtime.step_overhead_cycles
+    hop, bpc = target.links.hop_latency_cycles, target.links.bytes_per_cycle
+    per_byte = 1 / bpc + 1 / target.itemsize(target.compute.dtype) / max(rate / 2, 1.0)
+    colls = [(axis, nbytes, kind == CollectiveKind.REDUCE)
+             for kind, axis, nbytes in model.collectives]
+
+    def floor(rows: int, cols: int) -> float:
+        total = model.flops_per_token / (rows * cols * rate) + overhead
+        if rows * cols == 1:
+            return total
+        size = {"r": rows, "c": cols}
+        for axis, nbytes, reduce in colls:
+            m = size[axis]
+            if m > 1:
+                tile = nbytes / size["c" if axis == "r" else "r"]
+                total += overhead + (m - 1) * hop + tile / bpc + (tile * per_byte if reduce
+                                                                  else 0.0)
+        return total
+
+    return floor
 
 
 def _cycles(model: _LayerModel, rows: int, cols: int, target: Target,
