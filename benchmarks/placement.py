@@ -68,12 +68,20 @@ def bench(model: str, target: str, extra: list[str], out: Path) -> list[object]:
 
 
 def _run_cpu(argv: list[str]) -> tuple[float, float, float, int]:
-    """(wall seconds, CPU seconds (user + sys), peak RSS MB, exit code) of one child."""
+    """(wall seconds, CPU seconds (user + sys), peak RSS MB, exit code) of one child; a
+    failing child's error line is printed (the table keeps only its exit code)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            err.seek(0)
+            lines = [line for line in err.read().splitlines() if line.startswith("error:")]
+            print(f"{' '.join(argv[3:])}: exit {code}: {lines[-1] if lines else '?'}",
+                  file=sys.stderr, flush=True)
     return (time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
-            os.waitstatus_to_exitcode(status))
+            code)
 
 
 def bench_moe(model: str, targets: list[str], out: Path) -> list[object]:

@@ -4,11 +4,12 @@ far nearer the separation bound than the order-blind packings it replaces as CP-
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from placement_cases import chain_edges, opt, problem
 
-from compiler.placement import place
+from compiler.placement import chain, place
 from compiler.placement.chain import chain_pack, cost, longest_run
 from compiler.placement.check import byte_hops, byte_hops_lower_bound, validate
 from compiler.placement.cpsat.layout import (
@@ -125,3 +126,61 @@ def test_chain_pack_boxes_the_rest_when_nearest_spots_fragment_a_full_wafer() ->
     edges = [(i, i + 1, 8192) for i in range(len(dims) - 1)]
     spots = chain_pack(1172, 762, dims, edges)
     assert spots is not None and valid(1172, 762, dims, spots)
+
+
+def _brute_spot(rows, cols, dims, spots, i, links):
+    """The cheapest free candidate by testing every candidate against every placed box."""
+    h, w = dims[i]
+    near = [(2 * spots[j][0] + dims[j][0], 2 * spots[j][1] + dims[j][1], wt)
+            for j, wt in links if j in spots]
+    taken = np.array([(r, c, r + dims[k][0], c + dims[k][1]) for k, (r, c) in spots.items()],
+                     dtype=np.int64).reshape(-1, 4)
+    rs, cs = chain._candidates(rows, cols, h, w, taken, near)
+    best = None
+    for r in rs.tolist():
+        for c in cs.tolist():
+            if any(r < r2 and r0 < r + h and c < c2 and c0 < c + w for r0, c0, r2, c2 in taken):
+                continue
+            total = sum(wt * (abs(2 * r + h - r2) + abs(2 * c + w - c2)) for r2, c2, wt in near)
+            if best is None or (total, r, c) < best[0]:
+                best = ((total, r, c), ((r, c), total))
+    return None if best is None else best[1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000))
+def test_cheapest_spot_is_the_cheapest_free_candidate(seed: int) -> None:
+    """The spot search tests overlaps in cost order a slice at a time: it finds the same spot
+    (and cost) as testing every candidate, on random crowded grids."""
+    rng = np.random.default_rng(seed)
+    rows, cols = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+    dims = [(int(rng.integers(1, 12)), int(rng.integers(1, 12))) for _ in range(40)]
+    spots: dict[int, tuple[int, int]] = {}
+    for k in range(1, 40):  # rectangle 0 is the one to place
+        r, c = int(rng.integers(0, rows - dims[k][0] + 1)), int(rng.integers(0, cols - dims[k][1]))
+        if valid(rows, cols, [*(dims[j] for j in spots), dims[k]], [*spots.values(), (r, c)]):
+            spots[k] = (r, c)
+    links = [(int(j), int(rng.integers(1, 100))) for j in rng.choice(list(spots), 3)]
+    taken = np.array([(r, c, r + dims[k][0], c + dims[k][1]) for k, (r, c) in spots.items()],
+                     dtype=np.int64).reshape(-1, 4)
+    got = chain._cheapest_spot(rows, cols, dims, spots, taken, 0, links)
+    assert got == _brute_spot(rows, cols, dims, spots, 0, links)
+
+
+def test_chain_pack_stops_a_layout_that_cannot_win_with_the_same_answer() -> None:
+    """An MoE-like wafer (groups of experts, a block between each layer's groups): stopping a
+    body layout once its placed edges cost what the best complete one did gives the packing of
+    trying every body layout to the end."""
+    dims = [(6, 30)] + ([(5, 9)] + [(9, 4)] * 4) * 5 + [(50, 1)]
+    edges = [(i, i + 1, 1000) for i in range(len(dims) - 1)]
+    edges += [(k, k + j, 300) for k in range(1, len(dims) - 1, 5) for j in range(2, 5)]
+    rows, cols = 50, 40
+    body = longest_run(dims)
+    assert body is not None
+    best = None
+    for spots in chain._body_layouts(rows, cols, dims, body):
+        full = chain._place_rest(rows, cols, dims, edges, spots)
+        if full is not None and (best is None or cost(dims, edges, full) < best[0]):
+            best = (cost(dims, edges, full), full)
+    assert best is not None
+    assert chain._chain_pack.__wrapped__(rows, cols, tuple(dims), tuple(edges)) == best[1]

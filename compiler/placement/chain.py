@@ -27,6 +27,7 @@ Dims = tuple[int, int]
 Edge = tuple[int, int, int]
 MIN_BODY = 4  # alike rectangles in a row before the chain packing applies
 MAX_BOXED = 48  # rectangles at most for the boxed fallback (not a hundred MoE expert groups)
+FIRST_CHUNK = 64  # candidate spots tested for overlap at first (cheapest first), then 4x more
 
 
 def chain_pack(rows: int, cols: int, dims: Sequence[Dims],
@@ -46,9 +47,12 @@ def _chain_pack(rows: int, cols: int, dims: tuple[Dims, ...],
     best: tuple[int, tuple[Position, ...]] | None = None
     layouts = list(_body_layouts(rows, cols, dims, body))
     tries = (_place_rest, _boxed_rest) if len(dims) <= MAX_BOXED else (_place_rest,)
+    prune = all(w >= 0 for _, _, w in edges)  # then a partial packing's cost only grows
     for rest in tries:  # the boxed packing only when no nearest one fits
         for spots in layouts:
-            full = rest(rows, cols, dims, edges, spots)
+            beat = best[0] if best is not None and prune and rest is _place_rest else None
+            full = (_place_rest(rows, cols, dims, edges, spots, beat) if beat is not None
+                    else rest(rows, cols, dims, edges, spots))
             if full is None:
                 continue
             c = cost(dims, edges, full)
@@ -141,22 +145,37 @@ def _in_grid(grid: Dims, body: range, local: list[tuple[int, int]], size: Dims,
 
 
 def _place_rest(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge],
-                placed: dict[int, Position]) -> tuple[Position, ...] | None:
+                placed: dict[int, Position], beat: int | None = None
+                ) -> tuple[Position, ...] | None:
     """Place every other rectangle, the one with most bytes to placed ones first, at its
-    cheapest free spot; None when one finds no room."""
+    cheapest free spot; None when one finds no room, or (`beat`: non-negative weights) as
+    soon as the edges between placed rectangles cost `beat` or more (the packing cannot be
+    cheaper than one already found: most body layouts of an MoE wafer end there)."""
     spots = dict(placed)
+    so_far = sum(w * _distance(spots[i], dims[i], spots[j], dims[j])
+                 for i, j, w in edges if i in spots and j in spots)
     taken = np.array([_box(spots[i], dims[i]) for i in spots], dtype=np.int64).reshape(-1, 4)
     links: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(dims))}
     for i, j, w in edges:
         links[i].append((j, w))
         links[j].append((i, w))
-    while len(spots) < len(dims):
-        i = max((k for k in range(len(dims)) if k not in spots),
-                key=lambda k: (sum(w for j, w in links[k] if j in spots), -k))
-        spot = _cheapest_spot(rows, cols, dims, spots, taken, i, links[i])
-        if spot is None:
+    # bytes from each unplaced rectangle to the placed ones, kept as rectangles are placed
+    pull = {k: sum(w for j, w in links[k] if j in spots)
+            for k in range(len(dims)) if k not in spots}
+    while pull:
+        i = max(pull, key=lambda k: (pull[k], -k))
+        found = _cheapest_spot(rows, cols, dims, spots, taken, i, links[i])
+        if found is None:
+            return None
+        spot, added = found
+        so_far += added
+        if beat is not None and so_far >= beat:
             return None
         spots[i] = spot
+        del pull[i]
+        for j, w in links[i]:
+            if j in pull:
+                pull[j] += w
         taken = np.vstack([taken, np.array(_box(spot, dims[i]), dtype=np.int64)])
     return tuple(spots[i] for i in range(len(dims)))
 
@@ -196,46 +215,67 @@ def _band_pack(rows: int, cols: int, dims: tuple[Dims, ...]) -> tuple[Position, 
     return any_pack(rows, cols, dims)
 
 
+def _distance(a: Position, da: Dims, b: Position, db: Dims) -> int:
+    """Doubled Manhattan distance between two rectangles' centres."""
+    return abs(2 * a[0] + da[0] - 2 * b[0] - db[0]) + abs(2 * a[1] + da[1] - 2 * b[1] - db[1])
+
+
 def _box(spot: Position, d: Dims) -> tuple[int, int, int, int]:
     return (spot[0], spot[1], spot[0] + d[0], spot[1] + d[1])
 
 
 def _cheapest_spot(rows: int, cols: int, dims: Sequence[Dims], spots: dict[int, Position],
-                   taken: np.ndarray, i: int, links: list[tuple[int, int]]) -> Position | None:
+                   taken: np.ndarray, i: int, links: list[tuple[int, int]]
+                   ) -> tuple[Position, int] | None:
+    """The free candidate spot (`_candidates`) with the least bytes x distance to the placed
+    neighbours, then the topmost, then the leftmost, and that cost (doubled, as `cost`)."""
     h, w = dims[i]
-    near = [(2 * spots[j][0] + dims[j][0], 2 * spots[j][1] + dims[j][1])
-            for j, _ in links if j in spots]
-    cand = _candidates(rows, cols, h, w, taken, near)
-    if len(cand) == 0:
+    near = [(2 * spots[j][0] + dims[j][0], 2 * spots[j][1] + dims[j][1], wt)
+            for j, wt in links if j in spots]
+    rs, cs = _candidates(rows, cols, h, w, taken, near)
+    if len(rs) == 0 or len(cs) == 0:
         return None
-    r, c = cand[:, 0], cand[:, 1]
-    free = ~((r[:, None] < taken[None, :, 2]) & (taken[None, :, 0] < r[:, None] + h)
-             & (c[:, None] < taken[None, :, 3]) & (taken[None, :, 1] < c[:, None] + w)).any(1)
-    cand = cand[free]
-    if len(cand) == 0:
-        return None
-    total = np.zeros(len(cand), dtype=np.int64)
-    for j, wt in links:
-        if j in spots:
-            (rj, cj), (hj, wj) = spots[j], dims[j]
-            total += wt * (np.abs(2 * cand[:, 0] + h - 2 * rj - hj)
-                           + np.abs(2 * cand[:, 1] + w - 2 * cj - wj))
-    k = int(np.lexsort((cand[:, 1], cand[:, 0], total))[0])
-    return int(cand[k, 0]), int(cand[k, 1])
+    # the cost is a row part plus a column part; the flattened grid is in (row, col) order
+    along_r, along_c = np.zeros(len(rs), dtype=np.int64), np.zeros(len(cs), dtype=np.int64)
+    for r2, c2, wt in near:
+        along_r += wt * np.abs(2 * rs + h - r2)
+        along_c += wt * np.abs(2 * cs + w - c2)
+    total = (along_r[:, None] + along_c[None, :]).ravel()
+    # overlaps tested in cost order a slice at a time, each slice every candidate up to a
+    # threshold cost (ties kept in grid order): testing all ~10^5 candidates against ~200
+    # placed rectangles at once cost the MoE giants' wafers minutes
+    above, chunk = np.iinfo(np.int64).min, FIRST_CHUNK
+    while True:
+        rest = total[total > above]
+        if len(rest) == 0:
+            return None
+        upto = np.partition(rest, min(chunk, len(rest)) - 1)[min(chunk, len(rest)) - 1]
+        idx = np.flatnonzero((total > above) & (total <= upto))
+        idx = idx[np.argsort(total[idx], kind="stable")]
+        r, c = rs[idx // len(cs)], cs[idx % len(cs)]
+        near_by = taken[(taken[:, 0] < r.max() + h) & (r.min() < taken[:, 2])
+                        & (taken[:, 1] < c.max() + w) & (c.min() < taken[:, 3])]
+        free = ~((r[:, None] < near_by[None, :, 2]) & (near_by[None, :, 0] < r[:, None] + h)
+                 & (c[:, None] < near_by[None, :, 3]) & (near_by[None, :, 1] < c[:, None] + w)
+                 ).any(1)
+        if free.any():
+            k = int(np.argmax(free))
+            return (int(r[k]), int(c[k])), int(total[idx[k]])
+        above, chunk = upto, 4 * chunk
 
 
 def _candidates(rows: int, cols: int, h: int, w: int, taken: np.ndarray,
-                near: list[tuple[int, int]]) -> np.ndarray:
-    """Top-left corners inside the grid where the rectangle's edges meet the grid's or a placed
-    rectangle's edges (every maximal free spot has such a corner), or where its centre lines
-    up with a placed neighbour's (`near`: doubled centres)."""
-    centre_r = [(r2 - h) // 2 for r2, _ in near]
-    centre_c = [(c2 - w) // 2 for _, c2 in near]
+                near: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Top rows and left columns (sorted) whose grid holds the candidate top-left corners:
+    inside the grid where the rectangle's edges meet the grid's or a placed rectangle's edges
+    (every maximal free spot has such a corner), or where its centre lines up with a placed
+    neighbour's (`near`: doubled centres)."""
+    if rows < h or cols < w:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    centre_r = [(r2 - h) // 2 for r2, _, _ in near]
+    centre_c = [(c2 - w) // 2 for _, c2, _ in near]
     rs = np.unique(np.clip(np.concatenate([[0, rows - h], taken[:, 2], taken[:, 0] - h,
                                            centre_r]), 0, rows - h)).astype(np.int64)
     cs = np.unique(np.clip(np.concatenate([[0, cols - w], taken[:, 3], taken[:, 1] - w,
                                            centre_c]), 0, cols - w)).astype(np.int64)
-    if rows < h or cols < w:
-        return np.zeros((0, 2), dtype=np.int64)
-    grid = np.stack(np.meshgrid(rs, cs, indexing="ij"), -1).reshape(-1, 2)
-    return grid.astype(np.int64)
+    return rs, cs
