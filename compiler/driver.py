@@ -42,6 +42,7 @@ from compiler.schedule.decode import (
     decode_forms,
     decode_plan_or_reason,
     decode_steps,
+    one_token_graph,
     prefill_caches,
 )
 from compiler.schedule.memory import check_runnable
@@ -123,6 +124,8 @@ class Reuse:
     `compile_model` names what it took from here in `CompileResult.reused`."""
 
     graphs: dict[tuple[str, FrontendOptions], ir.Graph] = field(default_factory=dict)
+    # the model at one token (shape-only), for every context: one load per model
+    one_token: dict[tuple[str, FrontendOptions], ir.Graph | str] = field(default_factory=dict)
     forms: dict[tuple[str, FrontendOptions, int], Forms] = field(default_factory=dict)
     tilings: dict[TilingKey, tuple[TiledGraph, PlacementProblem]] = field(default_factory=dict)
     placements: dict[tuple[PlacementProblem, SolverOptions, Placement | None], Placement] = field(
@@ -134,7 +137,7 @@ class Reuse:
             used.append("frontend")
         else:  # the last model only: memory
             self.graphs = {key: load_model(model, options)}
-            self.forms, self.tilings = {}, {}
+            self.forms, self.tilings, self.one_token = {}, {}, {}
         return self.graphs[key]
 
     def decode_forms(self, model: str | Path, options: FrontendOptions, graph: ir.Graph,
@@ -145,7 +148,10 @@ class Reuse:
             return self.forms[key]
         if len(self.forms) >= KEEP_FORMS:  # the oldest goes
             del self.forms[next(iter(self.forms))]
-        self.forms[key] = _decode_forms(model, graph, context)
+        g1_key = (str(model), options)
+        if g1_key not in self.one_token:
+            self.one_token[g1_key] = one_token_graph(str(model), graph)
+        self.forms[key] = _decode_forms(model, graph, context, self.one_token[g1_key])
         return self.forms[key]
 
     def tiling(self, key: TilingKey, used: list[str],
@@ -298,10 +304,12 @@ def _draft_does_not_fit(result: CompileResult, spec: SpeculativeOptions, area,
         f"largest is {largest} ({idle:,} cores idle in all); "
         "use a smaller draft or a target with more wafers")
 
-def _decode_forms(model: str | Path, graph: ir.Graph, context: int) -> Forms:
+def _decode_forms(model: str | Path, graph: ir.Graph, context: int,
+                  g1: ir.Graph | str | None = None) -> Forms:
     """The decode forms of `model` at `context` and their decode steps (what the tiling
-    prices; `decode_plan_or_reason` schedules the forms)."""
-    forms = decode_forms(str(model), graph, context)
+    prices; `decode_plan_or_reason` schedules the forms); `g1`: the model at one token when
+    already loaded."""
+    forms = decode_forms(str(model), graph, context, g1)
     return forms, decode_steps(forms)
 
 

@@ -50,10 +50,8 @@ class FrontendOptions:
 def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir.Graph:
     """A model file path or a zoo name -> ir.Graph with static shapes, grouped into layers."""
     options = options or FrontendOptions()
-    model, name = open_model(source, options.shapes_only is True)
+    model, name = _opened(source, options.shapes_only is True)
     digest = source_digest(source)
-    check_control_flow(model)
-    InlinePass()(model)
     pasts = {v.name: v for v in model.graph.inputs}
     past_axes = strip_past(model)  # a with-past export: its graph at past length 0
     dims = bind_dims(model, options.dims)
@@ -82,6 +80,26 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     graph = mark_moe(graph)
     ir.check_graph(graph)
     return graph
+
+
+# The last shape-only zoo model built (checked and inlined, before any dims are bound): a
+# compile loads it twice (at the prompt, then at one token for the decode step), so the second
+# load starts from a clone (no weights: nothing large is kept)
+_OPENED: dict[str, onnx_ir.Model] = {}
+
+
+def _opened(source: str | Path, shapes_only: bool) -> tuple[onnx_ir.Model, str]:
+    """open_model, the control-flow check and inlining; a shape-only zoo model from _OPENED."""
+    keep = not Path(source).exists() and (shapes_only or zoo_shape_only(source))
+    if keep and str(source) in _OPENED:
+        return _OPENED[str(source)].clone(), str(source)
+    model, name = open_model(source, shapes_only)
+    check_control_flow(model)
+    InlinePass()(model)
+    if keep:
+        _OPENED.clear()
+        _OPENED[str(source)] = model.clone()
+    return model, name
 
 
 def check_source(source: str | Path) -> None:

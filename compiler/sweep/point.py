@@ -180,12 +180,12 @@ def store(sweep_dir: Path, spec: PointSpec, result: PointResult,
     write_atomic(cache_path(sweep_dir, spec.key), json.dumps(doc, indent=1) + "\n")
 
 
-def cached_hint(sweep_dir: Path, spec: PointSpec) -> PlacementHint | None:
-    """The placement a cached point left for the point after it, or None."""
+def cached_hint(sweep_dir: Path, key: str) -> PlacementHint | None:
+    """The placement the cached point `key` left for the point after it, or None."""
     try:
-        doc = json.loads(cache_path(sweep_dir, spec.key).read_text())
+        doc = json.loads(cache_path(sweep_dir, key).read_text())
         h = doc["placement_hint"]
-        if doc.get("key") != spec.key or h is None:
+        if doc.get("key") != key or h is None:
             return None
         rects = tuple(Rect(*r) for r in h["rects"])
         report = SolverReport(**{**h["report"],

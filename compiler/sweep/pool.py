@@ -63,7 +63,7 @@ def run_sweep(plan: Plan, sweep_dir: Path, backend: Backend,
             progress(outcome, n, total)
         progress(None, len(done), total)
 
-    queue = Queue(todo, {s.index: cached_hint(sweep_dir, plan.points[s.after])
+    queue = Queue(todo, {s.index: cached_hint(sweep_dir, plan.points[s.after].key)
                          for s in todo if s.after is not None and s.after in done})
 
     def finished(spec: PointSpec, result: PointResult, placed: PlacementHint | None) -> None:
