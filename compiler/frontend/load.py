@@ -50,8 +50,10 @@ class FrontendOptions:
 def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir.Graph:
     """A model file path or a zoo name -> ir.Graph with static shapes, grouped into layers."""
     options = options or FrontendOptions()
-    model, name = _opened(source, options.shapes_only is True)
+    model, name = open_model(source, options.shapes_only is True)
     digest = source_digest(source)
+    check_control_flow(model)
+    InlinePass()(model)
     pasts = {v.name: v for v in model.graph.inputs}
     past_axes = strip_past(model)  # a with-past export: its graph at past length 0
     dims = bind_dims(model, options.dims)
@@ -82,26 +84,6 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     return graph
 
 
-# The last shape-only zoo model built (checked and inlined, before any dims are bound): a
-# compile loads it twice (at the prompt, then at one token for the decode step), so the second
-# load starts from a clone (no weights: nothing large is kept)
-_OPENED: dict[str, onnx_ir.Model] = {}
-
-
-def _opened(source: str | Path, shapes_only: bool) -> tuple[onnx_ir.Model, str]:
-    """open_model, the control-flow check and inlining; a shape-only zoo model from _OPENED."""
-    keep = not Path(source).exists() and (shapes_only or zoo_shape_only(source))
-    if keep and str(source) in _OPENED:
-        return _OPENED[str(source)].clone(), str(source)
-    model, name = open_model(source, shapes_only)
-    check_control_flow(model)
-    InlinePass()(model)
-    if keep:
-        _OPENED.clear()
-        _OPENED[str(source)] = model.clone()
-    return model, name
-
-
 def check_source(source: str | Path) -> None:
     """The cheap checks, before any work (and before `compile` looks at OUT): a model file
     exists, is a regular file and can be opened; a zoo name is one (else: did you mean)."""
@@ -129,9 +111,24 @@ def open_model(source: str | Path, shapes_only: bool = False) -> tuple[onnx_ir.M
         return _open_file(path), path.stem
     from compiler import zoo
 
-    proto = zoo.build(str(source), shape_only=shapes_only)
-    check_model(proto, str(source), None)
+    if shapes_only or zoo_shape_only(source):  # no weights: small, kept for the next load
+        proto = _shape_only_zoo_proto(str(source))
+    else:
+        proto = zoo.build(str(source))
+        check_model(proto, str(source), None)
     return _deserialize(proto, None, str(source)), str(source)
+
+
+@functools.lru_cache(maxsize=1)
+def _shape_only_zoo_proto(name: str) -> onnx.ModelProto:
+    """A zoo model built shape-only and checked, kept: a compile loads it twice (at the prompt,
+    then at one token for the decode step; 2.8 MB for Llama 3.1 405B). Never mutated: each
+    load deserializes it into its own onnx_ir model."""
+    from compiler import zoo
+
+    proto = zoo.build(name, shape_only=True)
+    check_model(proto, name, None)
+    return proto
 
 
 def source_digest(source: str | Path) -> str:
