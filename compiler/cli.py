@@ -197,6 +197,9 @@ def _add_sweep(sub) -> None:
                    help="also run each point's schedule and compare with ONNX Runtime")
     p.add_argument("--workers", type=_workers, metavar="N",
                    help="points compiled at once (default: the CPU cores; one solver worker each)")
+    p.add_argument("--no-hints", action="store_true",
+                   help="solve every placement from scratch (default: a point starts from the "
+                   "placement of the one before it along the last --vary)")
     _routing_arg(p, "every point's placement traffic and MoE decode rates")
     p.add_argument("--backend", choices=("pool", "ray"), default="pool",
                    help="a local process pool (default) or Ray tasks")
@@ -790,13 +793,14 @@ def cmd_sweep(args) -> int:
     tiling = TilingOptions(context=args.context, prompt_resident=True if args.verify else None)
     options = CompileOptions(_frontend_options(args), tiling, solver, check=_checks_on(),
                              routing=_routing(args.routing))
-    plan = sweep.plan_sweep(args.model, args.target, args.vary, options, args.verify)
+    plan = sweep.plan_sweep(args.model, args.target, args.vary, options, args.verify,
+                            hints=not args.no_hints)
     t0 = time.perf_counter()
     progress = None if args.quiet else sweep.ProgressPrinter(sys.stderr)
     with _term_as_interrupt():  # `kill` stops a sweep as Ctrl-C does: finished points kept
         outcomes = sweep.run_sweep(plan, Path(args.output), backend, progress)
     run = {"backend": args.backend, "workers": workers, "ray_address": args.ray_address,
-           "wall_s": round(time.perf_counter() - t0, 2)}
+           "hints": not args.no_hints, "wall_s": round(time.perf_counter() - t0, 2)}
     doc = sweep.sweep_doc(plan, outcomes, run)
     sweep.write_sweep(Path(args.output), doc)
     print(json.dumps(doc, indent=1) if args.json else _sweep_summary(doc, args.output))

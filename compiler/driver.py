@@ -26,6 +26,13 @@ from compiler.frontend import FrontendOptions, check_source, load_model
 from compiler.placement import place
 from compiler.placement.check import Metrics, metrics
 from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
+from compiler.placement.warm import (
+    HINT_SHARE,
+    PlacementHint,
+    keep_better,
+    problem_sha256,
+    translate,
+)
 from compiler.result import CompileResult
 from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.check import schedule_problems, timeline_problems
@@ -35,6 +42,7 @@ from compiler.schedule.decode import (
     decode_forms,
     decode_plan_or_reason,
     decode_steps,
+    one_token_graph,
     prefill_caches,
 )
 from compiler.schedule.memory import check_runnable
@@ -116,9 +124,11 @@ class Reuse:
     `compile_model` names what it took from here in `CompileResult.reused`."""
 
     graphs: dict[tuple[str, FrontendOptions], ir.Graph] = field(default_factory=dict)
+    # the model at one token (shape-only), for every context: one load per model
+    one_token: dict[tuple[str, FrontendOptions], ir.Graph | str] = field(default_factory=dict)
     forms: dict[tuple[str, FrontendOptions, int], Forms] = field(default_factory=dict)
     tilings: dict[TilingKey, tuple[TiledGraph, PlacementProblem]] = field(default_factory=dict)
-    placements: dict[tuple[PlacementProblem, SolverOptions], Placement] = field(
+    placements: dict[tuple[PlacementProblem, SolverOptions, Placement | None], Placement] = field(
         default_factory=dict)
 
     def graph(self, model: str | Path, options: FrontendOptions, used: list[str]) -> ir.Graph:
@@ -127,7 +137,7 @@ class Reuse:
             used.append("frontend")
         else:  # the last model only: memory
             self.graphs = {key: load_model(model, options)}
-            self.forms, self.tilings = {}, {}
+            self.forms, self.tilings, self.one_token = {}, {}, {}
         return self.graphs[key]
 
     def decode_forms(self, model: str | Path, options: FrontendOptions, graph: ir.Graph,
@@ -138,7 +148,10 @@ class Reuse:
             return self.forms[key]
         if len(self.forms) >= KEEP_FORMS:  # the oldest goes
             del self.forms[next(iter(self.forms))]
-        self.forms[key] = _decode_forms(model, graph, context)
+        g1_key = (str(model), options)
+        if g1_key not in self.one_token:
+            self.one_token[g1_key] = one_token_graph(str(model), graph)
+        self.forms[key] = _decode_forms(model, graph, context, self.one_token[g1_key])
         return self.forms[key]
 
     def tiling(self, key: TilingKey, used: list[str],
@@ -151,12 +164,14 @@ class Reuse:
         return self.tilings[key]
 
     def placement(self, problem: PlacementProblem, solver: SolverOptions, used: list[str],
-                  on_progress: ProgressHook | None) -> Placement:
-        key = (problem, solver)
+                  place_it: Callable[[], Placement], warm: Placement | None = None) -> Placement:
+        """The placement of an equal problem solved alike (from an equal warm start, if any),
+        else `place_it()`'s."""
+        key = (problem, solver, None if warm is None else _bare(warm))
         if key in self.placements:
             used.append("placement")
             return self.placements[key]
-        placement = _place(problem, solver, on_progress)
+        placement = place_it()
         if solver.deterministic:
             if len(self.placements) >= KEEP_PLACEMENTS:  # the oldest goes
                 del self.placements[next(iter(self.placements))]
@@ -168,7 +183,13 @@ def compile_model(model: str | Path, target: str | Path | Target,
                   options: CompileOptions | None = None,
                   on_stage: StageHook | None = None, *, on_start: StartHook | None = None,
                   on_progress: ProgressHook | None = None,
-                  reuse: Reuse | None = None) -> CompileResult:
+                  reuse: Reuse | None = None, hint: PlacementHint | None = None) -> CompileResult:
+    """Compile `model` for `target`. `reuse`: what earlier compiles in this process left
+    (a sweep worker); `hint`: a placement solved with the same solver options for a nearby
+    problem (a sweep point's neighbour): an equal problem takes it as it is, a problem it
+    carries over to (warm.translate) warm-starts CP-SAT from it with HINT_SHARE of the time
+    limit and keeps the better of the two. `CompileResult.reused` names what was taken
+    ("placement" for an equal problem, "hint" for a warm start)."""
     options = options or CompileOptions()
     if options.speculative is not None:
         _check_draft(options.speculative.draft)
@@ -191,8 +212,7 @@ def compile_model(model: str | Path, target: str | Path | Target,
                options.check)
         tiled, problem = reuse.tiling(key, used, tile) if reuse else tile()
     with stage("placement"):
-        placement = (reuse.placement(problem, options.solver, used, on_progress) if reuse
-                     else _place(problem, options.solver, on_progress))
+        placement = _placement(problem, options.solver, used, on_progress, reuse, hint)
         placed = metrics(problem, placement)
     with stage("baseline"):
         baseline = _baseline(problem)
@@ -285,10 +305,12 @@ def _draft_does_not_fit(result: CompileResult, spec: SpeculativeOptions, area,
         f"largest is {largest} ({idle:,} cores idle in all); "
         "use a smaller draft or a target with more wafers")
 
-def _decode_forms(model: str | Path, graph: ir.Graph, context: int) -> Forms:
+def _decode_forms(model: str | Path, graph: ir.Graph, context: int,
+                  g1: ir.Graph | str | None = None) -> Forms:
     """The decode forms of `model` at `context` and their decode steps (what the tiling
-    prices; `decode_plan_or_reason` schedules the forms)."""
-    forms = decode_forms(str(model), graph, context)
+    prices; `decode_plan_or_reason` schedules the forms); `g1`: the model at one token when
+    already loaded."""
+    forms = decode_forms(str(model), graph, context, g1)
     return forms, decode_steps(forms)
 
 
@@ -341,13 +363,36 @@ def _performance(schedule: Schedule, tiled: TiledGraph, target: Target):
         estimates[mode] = estimate(schedule, target, opts, extra)
     return timelines, estimates
 
+def _placement(problem: PlacementProblem, solver: SolverOptions, used: list[str],
+               on_progress: ProgressHook | None, reuse: Reuse | None,
+               hint: PlacementHint | None) -> Placement:
+    """The placement stage: from the hint (see compile_model), from `reuse`, or solved."""
+    warm = None
+    if hint is not None and solver.method == PlacementMethod.CPSAT:
+        if hint.problem_sha256 == problem_sha256(problem):
+            used.append("placement")
+            return hint.placement
+        warm = translate(problem, hint)
+    if warm is not None:
+        used.append("hint")
+    place_it = functools.partial(_place, problem, solver, on_progress, warm)
+    return (reuse.placement(problem, solver, used, place_it, warm) if reuse else place_it())
+
+
+def _bare(p: Placement) -> Placement:
+    """Options and rectangles only: a warm start's identity, whatever its report says."""
+    return Placement(p.options, p.rects)
+
+
 def _place(problem: PlacementProblem, solver: SolverOptions,
-           on_progress: ProgressHook | None = None) -> Placement:
+           on_progress: ProgressHook | None = None, warm: Placement | None = None) -> Placement:
     if solver.method != PlacementMethod.CPSAT:
         return place(problem, solver.method)
-    return place(problem, PlacementMethod.CPSAT, time_limit_s=solver.time_limit_s, seed=solver.seed,
-                 workers=solver.workers, deterministic=solver.deterministic,
-                 on_progress=on_progress)
+    limit = solver.time_limit_s * (1.0 if warm is None else HINT_SHARE)
+    solved = place(problem, PlacementMethod.CPSAT, time_limit_s=limit, seed=solver.seed,
+                   workers=solver.workers, deterministic=solver.deterministic,
+                   on_progress=on_progress, hint=warm)
+    return solved if warm is None else keep_better(problem, solved, warm)
 
 def _baseline(problem: PlacementProblem) -> Metrics | None:
     try:

@@ -710,7 +710,8 @@ def with_weights(dg: DecodeGraph, source: str, prefill: ir.Graph) -> DecodeGraph
 
 
 def _precheck(g: ir.Graph) -> None:
-    """What the prefill graph already tells: token-id inputs only, an attention core."""
+    """What the prefill graph already tells: one token-id input beside masks (an encoder's
+    token types are not: BERT needs no second load), an attention core."""
     masks = mask_inputs(g)
     for name in g.inputs:
         t = g.tensor(name)
@@ -718,6 +719,9 @@ def _precheck(g: ir.Graph) -> None:
             raise DecodeUnsupported(f"input {name} is not a [batch, seq] token-id input "
                                     "(decode takes token ids and an attention mask)")
     g = host_masks(g, masks)
+    if len(g.inputs) > 1:  # as _check_pair finds at one token: one token-id input only
+        raise DecodeUnsupported(f"input {g.inputs[1]} is not a [batch, seq] token-id input "
+                                "(decode takes token ids and an attention mask)")
     if not _attention_cores(g) and not _has_attention_op(g):
         raise DecodeUnsupported(f"{g.name} has no attention core (MatMul, Softmax, MatMul, or "
                                 "an Attention op)")
@@ -766,18 +770,17 @@ class DecodePlan:
     estimate: Estimate
 
 
-def decode_forms(source: str, prefill_graph: ir.Graph,
-                 context: int) -> tuple[DecodeGraph, ...] | str:
+def decode_forms(source: str, prefill_graph: ir.Graph, context: int,
+                 g1: ir.Graph | str | None = None) -> tuple[DecodeGraph, ...] | str:
     """The decode graphs `decode_plan_or_reason` chooses from (shape-only): the cache after the
     grouped-query repeat and, under one, before it; for anything that is not a causal LM (no
     attention core, not only token-id inputs, a one-token prompt, an encoder's mask) why not.
-    The tiling prices each one's decode step before placement (`decode_steps`)."""
-    try:  # the decode step is extra: never fail a compile
-        g1 = _load_g1(source, prefill_graph, shapes_only=True)
-    except DecodeUnsupported as exc:
-        return str(exc)
-    except WaferError as exc:
-        return f"the model does not load at one token per sequence ({exc})"
+    The tiling prices each one's decode step before placement (`decode_steps`). `g1`:
+    `one_token_graph`'s answer when already loaded (it does not depend on the context)."""
+    if g1 is None:
+        g1 = one_token_graph(source, prefill_graph)
+    if isinstance(g1, str):
+        return g1
     try:
         forms = [decode_graph(prefill_graph, g1, context, grouped=False)]
     except (DecodeUnsupported, WaferError) as exc:
@@ -788,6 +791,18 @@ def decode_forms(source: str, prefill_graph: ir.Graph,
     except DecodeUnsupported:
         pass
     return tuple(forms)
+
+
+def one_token_graph(source: str, prefill_graph: ir.Graph) -> ir.Graph | str:
+    """The model loaded again at one token per sequence, shape-only (what the decode forms are
+    derived from, at any context), or why there is no decode step (said from the prefill graph
+    alone when it can, before loading anything)."""
+    try:  # the decode step is extra: never fail a compile
+        return _load_g1(source, prefill_graph, shapes_only=True)
+    except DecodeUnsupported as exc:
+        return str(exc)
+    except WaferError as exc:
+        return f"the model does not load at one token per sequence ({exc})"
 
 
 def decode_steps(forms: Sequence[DecodeGraph] | str) -> tuple[DecodeStep, ...]:

@@ -15,7 +15,8 @@ atomically to SWEEPDIR/points/<key>.json, so a re-run computes only new points a
 interrupted sweep resumes where it stopped.
 
     plan.py         --vary axes, the plan of points, cache keys
-    point.py        run_point -> PointResult, the point cache, the Backend types
+    point.py        run_point / run_task -> PointResult (and the placement as the next point's
+                    warm start), the point cache, the Queue of points in chain order, Backend
     pool.py         run_sweep, the process-pool backend, make_backend, ProgressPrinter
     ray_backend.py  the Ray backend (imports plan and point only)
     files.py        sweep.json, sweep.csv, sweep.html
@@ -50,9 +51,12 @@ from compiler.sweep.point import (
     OnResult,
     Outcome,
     PointResult,
+    Queue,
     cache_path,
+    cached_hint,
     load_cached,
     run_point,
+    run_task,
     store,
 )
 from compiler.sweep.pool import (
@@ -71,8 +75,8 @@ __all__ = [
     "CSV_COLUMNS", "DOES_NOT_FIT", "ERROR", "FRONTIER_COSTS", "INFEASIBLE", "MAX_DIM",
     "MAX_POINTS", "METHODS", "OK", "OPTION_KEYS", "SCHEMA_VERSION", "STATUSES", "Axis", "Backend",
     "OnResult", "Outcome", "Plan", "PointResult", "PointSpec", "Progress", "ProgressPrinter",
-    "SweepInterrupted", "cache_path", "check_sweep_dir", "code_sha256", "default_workers",
-    "describe", "load_cached", "make_backend", "option_value", "parse_vary", "plan_sweep",
-    "point_key", "pool_backend", "run_point", "run_sweep", "store", "sweep_csv", "sweep_doc",
-    "vary_keys", "with_option", "write_sweep",
+    "Queue", "SweepInterrupted", "cache_path", "cached_hint", "check_sweep_dir", "code_sha256",
+    "default_workers", "describe", "load_cached", "make_backend", "option_value", "parse_vary",
+    "plan_sweep", "point_key", "pool_backend", "run_point", "run_sweep", "run_task", "store",
+    "sweep_csv", "sweep_doc", "vary_keys", "with_option", "write_sweep",
 ]

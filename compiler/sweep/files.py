@@ -79,6 +79,7 @@ def _counts(outcomes: Sequence[Outcome]) -> dict[str, Any]:
             "computed": sum(not o.cached and o.spec.target is not None for o in outcomes),
             "cached": sum(o.cached for o in outcomes),
             "reused_placement": sum("placement" in o.result.reused for o in outcomes),
+            "hinted": sum(o.result.hinted_by is not None for o in outcomes),
             "status": {s: sum(o.result.status == s for o in outcomes) for s in STATUSES}}
 
 

@@ -22,7 +22,7 @@ from compiler.errors import TargetError, UsageError
 from compiler.frontend import load_model
 from compiler.target import Target, load_target, override_keys
 from compiler.tiling.routing import group_loads
-from compiler.vocab import PLACEMENT_METHODS
+from compiler.vocab import PLACEMENT_METHODS, PlacementMethod
 
 OPTION_KEYS = ("context", "batch", "seq-len", "prompt-resident", "method")
 METHODS = PLACEMENT_METHODS  # --vary method=...
@@ -139,6 +139,9 @@ class PointSpec:
     options: CompileOptions
     verify: bool
     target_error: str = ""
+    # the point before this one along the last --vary axis (the same values on every other
+    # axis, and the same solver options): its placement is this point's warm start
+    after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -155,9 +158,10 @@ class Plan:
 
 
 def plan_sweep(model: str, target: str, vary: Sequence[str], options: CompileOptions,
-               verify: bool = False) -> Plan:
+               verify: bool = False, hints: bool = True) -> Plan:
     """Parse and check the axes, load the model once (a bad or unsupported model stops here),
-    and build every point of the cross product with its effective target and cache key."""
+    and build every point of the cross product with its effective target and cache key (and,
+    with `hints`, the point whose placement warm-starts it: `chained`)."""
     base = load_target(target)
     axes = parse_vary(vary)
     count = math.prod(len(a.values) for a in axes)
@@ -174,8 +178,24 @@ def plan_sweep(model: str, target: str, vary: Sequence[str], options: CompileOpt
     points = tuple(_point(i, combo, where, target, base, options, verify, graph.source_sha256)
                    for i, combo in enumerate(combos))
     _check_target_values(axes, points)
+    if hints and axes:
+        points = chained(points, len(axes[-1].values))
     return Plan(model, graph.name, graph.source_sha256, graph.shape_only, base, axes, options,
                 verify, points)
+
+
+def chained(points: Sequence[PointSpec], run: int) -> tuple[PointSpec, ...]:
+    """Each point after the previous one along the last axis (`run` values: the last axis
+    changes fastest), when both have a target and the same solver options (placed with
+    CP-SAT): a chain of nearby placement problems, each started from the one before."""
+    out = list(points)
+    for i, p in enumerate(points):
+        prev = points[i - 1] if i % run else None
+        if (prev is not None and p.target is not None and prev.target is not None
+                and p.options.solver == prev.options.solver
+                and p.options.solver.method == PlacementMethod.CPSAT):
+            out[i] = replace(p, after=prev.index)
+    return tuple(out)
 
 
 def _model_ref(model: str) -> str:

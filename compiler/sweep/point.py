@@ -1,7 +1,9 @@
 """One point of a sweep: `run_point` compiles (and verifies) a `PointSpec` into a `PointResult`
-whatever happens to the compile; it is the unit of work of every backend (a `Backend` runs
-points and hands each result to an `OnResult`). The parent caches each finished point
-atomically in SWEEPDIR/points/<key>.json (`store`, `load_cached`)."""
+whatever happens to the compile; `run_task` also returns the point's placement as a warm start
+for the next point of its chain (`PointSpec.after`). A `Backend` runs the tasks a `Queue` hands
+out (a point once the point it starts from is done) and hands each result to an `OnResult`.
+The parent caches each finished point atomically in SWEEPDIR/points/<key>.json (`store`,
+`load_cached`, `cached_hint`)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from compiler.errors import (
     TargetError,
     WaferError,
 )
+from compiler.placement.problem import Placement, Rect, SolverReport
+from compiler.placement.warm import PlacementHint
 from compiler.sweep.plan import PointSpec
 from compiler.vocab import Mode
 
@@ -61,6 +65,10 @@ class PointResult:
     moe_expected_tokens_per_s: float | None = None
     moe_worst_tokens_per_s: float | None = None
     streamed_expert_regions: int | None = None
+    # the point whose placement this one started from (PointSpec.after), when it carried over:
+    # `reused` then names "hint" (CP-SAT warm-started from it) or "placement" (an equal
+    # problem: taken as it is)
+    hinted_by: int | None = None
 
     @property
     def cacheable(self) -> bool:
@@ -70,31 +78,40 @@ class PointResult:
 _REUSE = Reuse()  # per process: a worker's points share their frontend and placements
 
 
-def run_point(spec: PointSpec) -> PointResult:
+Done = tuple[PointResult, PlacementHint | None]  # a result, and its placement as a warm start
+
+
+def run_point(spec: PointSpec, hint: PlacementHint | None = None) -> PointResult:
     """Compile one point (and verify it when asked); never raises for a failed compile."""
+    return run_task(spec, hint)[0]
+
+
+def run_task(spec: PointSpec, hint: PlacementHint | None = None) -> Done:
+    """`run_point`, with the point's placement as the next point's warm start (None when it
+    failed). `hint`: the placement of the point it comes after (`spec.after`), if known."""
     t0 = time.perf_counter()
     try:
-        result = _compile(spec)
+        return _compile(spec, hint)
     except CapacityError as exc:
-        return PointResult(DOES_NOT_FIT, str(exc), compile_s=_since(t0))
+        return PointResult(DOES_NOT_FIT, str(exc), compile_s=_since(t0)), None
     except InfeasiblePlacementError as exc:
-        return PointResult(INFEASIBLE, str(exc), compile_s=_since(t0))
+        return PointResult(INFEASIBLE, str(exc), compile_s=_since(t0)), None
     except InternalError as exc:  # a bug a stage named: not cached either
-        return PointResult(ERROR, str(exc), internal=True, compile_s=_since(t0))
+        return PointResult(ERROR, str(exc), internal=True, compile_s=_since(t0)), None
     except WaferError as exc:
-        return PointResult(ERROR, str(exc), compile_s=_since(t0))
+        return PointResult(ERROR, str(exc), compile_s=_since(t0)), None
     except Exception as exc:  # a bug: recorded, not cached, so a re-run tries again
         msg = f"internal error: {type(exc).__name__}: {exc}"
-        return PointResult(ERROR, msg, internal=True, compile_s=_since(t0))
-    return result
+        return PointResult(ERROR, msg, internal=True, compile_s=_since(t0)), None
 
 
-def _compile(spec: PointSpec) -> PointResult:
+def _compile(spec: PointSpec, hint: PlacementHint | None) -> Done:
     if spec.target is None:
         raise TargetError(spec.target_error)
     t0 = time.perf_counter()
-    r = compile_model(spec.model, spec.target, spec.options, reuse=_REUSE)
+    r = compile_model(spec.model, spec.target, spec.options, reuse=_REUSE, hint=hint)
     compiled = _since(t0)
+    took = hint is not None and bool({"hint", "placement"} & set(r.reused))
     d, p = r.estimates[Mode.DECODE], r.estimates[Mode.PREFILL]
     out = PointResult(
         OK, tokens_per_s=d.tokens_per_s, ttft_s=p.ttft_s if p.ttft_s is not None else p.seconds,
@@ -102,12 +119,14 @@ def _compile(spec: PointSpec) -> PointResult:
         cores_used=r.metrics.cores_used, wafers_used=r.metrics.wafers_used,
         decode_context=r.tiled.context, decode_batch=r.tiled.batch,
         prompt_resident=r.tiled.prompt_resident,
-        solver_status=r.placement.report.status, compile_s=compiled, reused=r.reused)
+        solver_status=r.placement.report.status, compile_s=compiled, reused=r.reused,
+        hinted_by=spec.after if took else None)
     if r.moe is not None:
         out = replace(out, moe_expected_tokens_per_s=r.moe.expected_tokens_per_s,
                       moe_worst_tokens_per_s=r.moe.worst_tokens_per_s,
                       streamed_expert_regions=len(r.moe.streaming))
-    return _verify(spec, r, out) if spec.verify else out
+    placed = PlacementHint.of(r.problem, r.placement)
+    return (_verify(spec, r, out) if spec.verify else out), placed
 
 
 def _verify(spec: PointSpec, r, out: PointResult) -> PointResult:
@@ -147,15 +166,41 @@ def load_cached(sweep_dir: Path, spec: PointSpec) -> PointResult | None:
         return None
 
 
-def store(sweep_dir: Path, spec: PointSpec, result: PointResult) -> None:
-    """Write one finished point's result (with what it was computed from) atomically."""
+def store(sweep_dir: Path, spec: PointSpec, result: PointResult,
+          placed: PlacementHint | None = None) -> None:
+    """Write one finished point's result (with what it was computed from, and its placement
+    as a warm start for the point after it) atomically."""
     assert spec.target is not None
     doc = {"schema_version": SCHEMA_VERSION, "key": spec.key, "tool": tool_doc(),
            "overrides": dict(spec.overrides), "target": spec.target.to_dict(),
            "target_sha256": spec.target.sha256,
            "options": dataclasses.asdict(spec.options), "verify": spec.verify,
-           "result": dataclasses.asdict(result)}
+           "result": dataclasses.asdict(result),
+           "placement_hint": None if placed is None else _hint_doc(placed)}
     write_atomic(cache_path(sweep_dir, spec.key), json.dumps(doc, indent=1) + "\n")
+
+
+def cached_hint(sweep_dir: Path, key: str) -> PlacementHint | None:
+    """The placement the cached point `key` left for the point after it, or None."""
+    try:
+        doc = json.loads(cache_path(sweep_dir, key).read_text())
+        h = doc["placement_hint"]
+        if doc.get("key") != key or h is None:
+            return None
+        rects = tuple(Rect(*r) for r in h["rects"])
+        report = SolverReport(**{**h["report"],
+                                 "stages": tuple(tuple(s) for s in h["report"]["stages"])})
+        return PlacementHint(h["problem_sha256"], tuple(tuple(b) for b in h["blocks"]), rects,
+                             Placement(tuple(h["options"]), rects, report))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _hint_doc(h: PlacementHint) -> dict:
+    return {"problem_sha256": h.problem_sha256, "blocks": [list(b) for b in h.blocks],
+            "rects": [[r.wafer, r.row, r.col, r.rows, r.cols] for r in h.rects],
+            "options": list(h.placement.options),
+            "report": dataclasses.asdict(h.placement.report)}
 
 
 def tool_doc() -> dict[str, str]:
@@ -175,5 +220,31 @@ class Outcome:
     cached: bool
 
 
-OnResult = Callable[[PointSpec, PointResult], None]
-Backend = Callable[[Sequence[PointSpec], OnResult], None]
+class Queue:
+    """The points to compute, handed out in chain order: a point whose warm start is a point
+    still to compute waits for it and then gets its placement (`done`); every other point is
+    ready at once, with the cached placement of the point it comes after (`hints`)."""
+
+    def __init__(self, specs: Sequence[PointSpec],
+                 hints: dict[int, PlacementHint | None] | None = None) -> None:
+        todo = {s.index for s in specs}
+        self.waiting: dict[int, list[PointSpec]] = {}
+        self.ready: list[tuple[PointSpec, PlacementHint | None]] = []
+        for s in specs:
+            if s.after is not None and s.after in todo:
+                self.waiting.setdefault(s.after, []).append(s)
+            else:
+                self.ready.append((s, (hints or {}).get(s.index)))
+
+    def take(self) -> list[tuple[PointSpec, PlacementHint | None]]:
+        """The points ready now (each handed out once)."""
+        out, self.ready = self.ready, []
+        return out
+
+    def done(self, spec: PointSpec, placed: PlacementHint | None) -> None:
+        """`spec` finished: the points after it are ready, with its placement."""
+        self.ready += [(s, placed) for s in self.waiting.pop(spec.index, [])]
+
+
+OnResult = Callable[[PointSpec, PointResult, PlacementHint | None], None]
+Backend = Callable[[Queue, OnResult], None]

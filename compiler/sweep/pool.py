@@ -1,6 +1,7 @@
 """Running a sweep: `run_sweep` reads cached points back and runs the rest on a backend
 (`pool_backend`: a spawned local process pool; `make_backend` also gives the Ray one, imported
-only when asked for), caching each point as it arrives; `ProgressPrinter` shows progress."""
+only when asked for) in chain order (point.Queue), caching each point as it arrives;
+`ProgressPrinter` shows progress."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import TextIO
 
 from compiler.errors import UsageError, WaferError
+from compiler.placement.warm import PlacementHint
 from compiler.sweep.plan import Plan, PointSpec
 from compiler.sweep.point import (
     ERROR,
@@ -23,8 +25,10 @@ from compiler.sweep.point import (
     OnResult,
     Outcome,
     PointResult,
+    Queue,
+    cached_hint,
     load_cached,
-    run_point,
+    run_task,
     store,
 )
 
@@ -42,7 +46,8 @@ Progress = Callable[[Outcome | None, int, int], None]
 def run_sweep(plan: Plan, sweep_dir: Path, backend: Backend,
               progress: Progress | None = None) -> list[Outcome]:
     """Every point's outcome, in plan order: from the cache when it holds the point's key,
-    else computed on `backend`; each computed point is cached as soon as it arrives."""
+    else computed on `backend` (a point after another in its chain once that one is done, from
+    its placement); each computed point is cached as soon as it arrives."""
     sweep_dir = check_sweep_dir(Path(sweep_dir))
     done: dict[int, Outcome] = {}
     todo = []
@@ -58,16 +63,20 @@ def run_sweep(plan: Plan, sweep_dir: Path, backend: Backend,
             progress(outcome, n, total)
         progress(None, len(done), total)
 
-    def finished(spec: PointSpec, result: PointResult) -> None:
+    queue = Queue(todo, {s.index: cached_hint(sweep_dir, plan.points[s.after].key)
+                         for s in todo if s.after is not None and s.after in done})
+
+    def finished(spec: PointSpec, result: PointResult, placed: PlacementHint | None) -> None:
         if result.cacheable:
-            store(sweep_dir, spec, result)
+            store(sweep_dir, spec, result, placed)
+        queue.done(spec, placed)
         done[spec.index] = Outcome(spec, result, cached=False)
         if progress:
             progress(done[spec.index], len(done), total)
 
     try:
         if todo:
-            backend(todo, finished)
+            backend(queue, finished)
     except KeyboardInterrupt:
         raise SweepInterrupted(
             f"interrupted after {len(done)} of {total} points; the finished ones are cached "
@@ -103,14 +112,19 @@ def pool_backend(workers: int) -> Backend:
     """Points as tasks of a local process pool of `workers` processes (spawned: a clean
     interpreter each, no forked solver threads)."""
 
-    def run(specs: Sequence[PointSpec], on_result: OnResult) -> None:
+    def run(queue: Queue, on_result: OnResult) -> None:
         ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(min(workers, len(specs)), mp_context=ctx,
+        pool = ProcessPoolExecutor(max(1, min(workers, len(queue.ready))), mp_context=ctx,
                                    initializer=_quiet_worker)
+        futures: dict[Future, PointSpec] = {}
         try:
-            futures = {pool.submit(run_point, s): s for s in specs}
-            for future in as_completed(futures):
-                on_result(futures[future], _pool_result(future))
+            while True:
+                futures |= {pool.submit(run_task, s, h): s for s, h in queue.take()}
+                if not futures:
+                    break
+                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    on_result(futures.pop(future), *_pool_result(future))
         except BaseException:
             _stop(pool)
             raise
@@ -119,12 +133,12 @@ def pool_backend(workers: int) -> Backend:
     return run
 
 
-def _pool_result(future: Future) -> PointResult:
+def _pool_result(future: Future) -> tuple[PointResult, PlacementHint | None]:
     try:
         return future.result()
     except Exception as exc:  # the worker process died (killed, out of memory)
         return PointResult(ERROR, f"internal error: worker failed: {type(exc).__name__}: {exc}",
-                           internal=True)
+                           internal=True), None
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

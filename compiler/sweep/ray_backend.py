@@ -2,20 +2,20 @@
 (`--ray-address`) or on a local Ray started for the run. The only module that imports ray
 (an optional extra: `pip install 'wafer-compiler[ray]'`).
 
-Each point is one task of one CPU running `compiler.sweep.point.run_point`; results come back to the
-driver, which caches them (so the cluster's nodes need wafer installed and the model reachable
-at the same path, but no shared filesystem).
+Each point is one task of one CPU running `compiler.sweep.point.run_task` (handed out in chain
+order by `point.Queue`, with its warm start); results come back to the driver, which caches
+them (so the cluster's nodes need wafer installed and the model reachable at the same path,
+but no shared filesystem).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from types import ModuleType
 
 from compiler.errors import UsageError
-from compiler.sweep.plan import PointSpec
-from compiler.sweep.point import ERROR, Backend, OnResult, PointResult, run_point
+from compiler.placement.warm import PlacementHint
+from compiler.sweep.point import ERROR, Backend, OnResult, PointResult, Queue, run_task
 
 INSTALL_HINT = "pip install 'wafer-compiler[ray]'"
 
@@ -35,15 +35,18 @@ def ray_backend(workers: int, address: str | None = None) -> Backend:
     CPUs started (and stopped) for the run."""
     ray = import_ray()
 
-    def run(specs: Sequence[PointSpec], on_result: OnResult) -> None:
+    def run(queue: Queue, on_result: OnResult) -> None:
         _init(ray, workers, address)
-        task = ray.remote(num_cpus=1, max_retries=0)(run_point)
-        pending = {task.remote(spec): spec for spec in specs}
+        task = ray.remote(num_cpus=1, max_retries=0)(run_task)
+        pending = {}
         try:
-            while pending:
+            while True:
+                pending |= {task.remote(spec, hint): spec for spec, hint in queue.take()}
+                if not pending:
+                    break
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    on_result(pending.pop(ref), _result(ray, ref))
+                    on_result(pending.pop(ref), *_result(ray, ref))
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -65,12 +68,12 @@ def _init(ray: ModuleType, workers: int, address: str | None) -> None:
         raise UsageError(f"cannot start or reach {where}: {_first_line(exc)}") from None
 
 
-def _result(ray: ModuleType, ref) -> PointResult:
+def _result(ray: ModuleType, ref) -> tuple[PointResult, PlacementHint | None]:
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as exc:  # the task's worker died, or it was cancelled
         return PointResult(ERROR, f"internal error: Ray task failed: {_first_line(exc)}",
-                           internal=True)
+                           internal=True), None
 
 
 def _first_line(exc: BaseException) -> str:

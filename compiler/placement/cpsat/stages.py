@@ -81,6 +81,7 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     stages: list[tuple[str, str]] = field(default_factory=list)
     rescue_left: float = 0.0  # seconds left for CP-SAT packing rescues, over all attempts
+    warm: Placement | None = None  # a valid placement of this problem to start from (warm.py)
 
     def __post_init__(self) -> None:
         self.rescue_left = RESCUE_SHARE * self.time_limit_s
@@ -94,15 +95,19 @@ def solve(
     workers: int = 1,
     deterministic: bool = True,
     on_progress: ProgressHook | None = None,
+    hint: Placement | None = None,
 ) -> Placement:
     """Place every block: CP-SAT stage 1 (residency, wafers), then stage 2 (layout per wafer).
-    Every solve ends by `time_limit_s` wall seconds from now (module docstring)."""
+    Every solve ends by `time_limit_s` wall seconds from now (module docstring). `hint`: a
+    valid placement of this problem (a warm start, compiler/placement/warm.py): stage 1's hint
+    when it streams no more than the greedy one, and each wafer's stage-2 hint when it has
+    the same blocks and shapes there and costs less than the greedy packing."""
     for b in range(len(problem.blocks)):
         usable(problem, b)  # raises InfeasiblePlacementError naming a block with no option
     params = SolveParams(seed, max(1, workers), deterministic)
     share = DET_SHARE if deterministic else WALL_SHARE
     clock = Clock(params, share * time_limit_s, time.perf_counter() + time_limit_s, on_progress)
-    r = _Run(problem, time_limit_s, clock)
+    r = _Run(problem, time_limit_s, clock, warm=hint)
     residency, layouts = _stages_1(r)
     if residency is None or layouts is None:
         return _greedy_fallback(r)
@@ -160,7 +165,7 @@ def _stages_1(r: _Run) -> tuple[Residency | None, dict[int, LayoutInstance] | No
     packs at the floor, by strips (exact packings), then, if area did not pack, by area at
     falling factors while those may stream less. The packed choice streaming least (then
     with the least pipeline cost) is kept."""
-    problem, hint = r.problem, _greedy_hint(r.problem)
+    problem, hint = r.problem, _start_hint(r)
     first = _residency_or_hint(r, residency_instance(problem), STAGE1_SHARES[0], hint)
     if first is None:
         raise _stage1_infeasible(problem)
@@ -260,6 +265,15 @@ def _residency_or_hint(
     return res
 
 
+def _start_hint(r: _Run) -> Placement | None:
+    """Stage 1's hint: the greedy placement, or the warm start when it streams no more."""
+    greedy = _greedy_hint(r.problem)
+    if r.warm is None or (greedy is not None and offchip_of(r.problem, greedy.options)
+                          < offchip_of(r.problem, r.warm.options)):
+        return greedy
+    return r.warm
+
+
 def _greedy_hint(problem: PlacementProblem) -> Placement | None:
     for placer in (serpentine, first_fit):
         try:
@@ -307,6 +321,7 @@ def greedy_hints(r: _Run, res: Residency) -> tuple[Residency, dict[int, LayoutIn
         inst, spots, dealt = _in_runs(problem, options, members, inst, _nearer(inst, spots))
         flexed += dealt
         spots = spots or _nearer(inst, _rescue(r, inst))
+        spots = _warm_spots(r, options, members, inst, spots)
         if spots is None:
             return None
         out[k] = dataclasses.replace(inst, hint=spots)
@@ -314,6 +329,23 @@ def greedy_hints(r: _Run, res: Residency) -> tuple[Residency, dict[int, LayoutIn
         res = dataclasses.replace(res, options=tuple(options), optimal=False, summary=(
             res.summary + f"; {flexed} block(s) changed shape to pack"))
     return res, out
+
+
+def _warm_spots(r: _Run, options: Sequence[int], members: Sequence[int], inst: LayoutInstance,
+                spots: tuple[Position, ...] | None) -> tuple[Position, ...] | None:
+    """`spots`, or the warm start's positions of these blocks when it has exactly them on one
+    wafer with these options and they cost less (or nothing else packs)."""
+    warm = r.warm
+    if warm is None or any(warm.options[b] != options[b] for b in members):
+        return spots
+    wafers = {warm.rects[b].wafer for b in members}
+    together = [b for b, rc in enumerate(warm.rects) if rc.wafer in wafers]
+    if len(wafers) != 1 or together != list(members):
+        return spots
+    mine = tuple((warm.rects[b].row, warm.rects[b].col) for b in members)
+    if spots is None or layout_cost(inst, mine) < layout_cost(inst, spots):
+        return mine
+    return spots
 
 
 def _nearer(inst: LayoutInstance, spots: tuple[Position, ...] | None

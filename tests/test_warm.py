@@ -1,0 +1,119 @@
+"""Warm starts (issue 18): a compile started from a nearby problem's placement (a sweep point
+from the one before it along the last --vary) gives a placement the independent validator
+accepts and never worse than its start; an equal problem takes the placement as it is; a hint
+that does not carry over is ignored. In a sweep the 2nd and 3rd points of a chain are hinted,
+sweep.json says so, and the cache keeps each placement for the point after it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from compiler.cli import main
+from compiler.driver import CompileOptions, SolverOptions, compile_model
+from compiler.placement.check import validate
+from compiler.placement.greedy import first_fit
+from compiler.placement.problem import Rect
+from compiler.placement.warm import PlacementHint, cost, keep_better, translate
+from compiler.sweep import cache_path
+from compiler.sweep.point import cached_hint
+from compiler.target import load_target
+
+OPTS = CompileOptions(solver=SolverOptions(time_limit_s=5))
+FIRST_FIT = CompileOptions(solver=SolverOptions(method="first-fit"))
+
+
+def _links(value: str):
+    return load_target("mesh8x8", {"links.bytes_per_cycle": value})
+
+
+@pytest.fixture(scope="module")
+def first():
+    return compile_model("llama-tiny", _links("2"), OPTS)
+
+
+def test_a_hinted_compile_validates_and_is_no_worse_than_its_start(first):
+    hint = PlacementHint.of(first.problem, first.placement)
+    r = compile_model("llama-tiny", _links("8"), OPTS, hint=hint)
+    assert r.problem != first.problem  # link width changes the blocks' cycles
+    assert r.reused == ("hint",)
+    assert validate(r.problem, r.placement) == ()
+    start = translate(r.problem, hint)
+    assert start is not None and start.rects == first.placement.rects
+    assert cost(r.problem, r.placement) <= cost(r.problem, start)
+    assert r.metrics.byte_hops == cost(r.problem, r.placement)[1]
+
+
+def test_an_equal_problem_takes_the_hint_as_it_is(first):
+    slow = load_target("mesh8x8", {"links.bytes_per_cycle": "2", "offchip.latency_s": "1e-3"})
+    hint = PlacementHint.of(first.problem, first.placement)
+    r = compile_model("llama-tiny", slow, OPTS, hint=hint)
+    assert r.problem == first.problem  # off-chip latency: not something the placer sees
+    assert r.reused == ("placement",)
+    assert r.placement == first.placement
+
+
+def test_a_hint_that_does_not_carry_over_is_ignored(first):
+    hint = PlacementHint.of(first.problem, first.placement)
+    r = compile_model("gpt2-tiny", "mesh8x8", OPTS, hint=hint)
+    assert translate(r.problem, hint) is None  # other blocks
+    assert r.reused == ()
+    fresh = compile_model("gpt2-tiny", "mesh8x8", OPTS)
+    assert (r.placement.options, r.placement.rects) == (fresh.placement.options,
+                                                        fresh.placement.rects)
+
+
+def test_translate_refuses_what_the_validator_refuses(first):
+    hint = PlacementHint.of(first.problem, first.placement)
+    assert translate(first.problem, hint) is not None
+    a = hint.rects[0]
+    moved = (a, *(Rect(r.wafer, a.row, a.col, r.rows, r.cols) for r in hint.rects[1:2]),
+             *hint.rects[2:])  # the second block on top of the first
+    assert translate(first.problem, dataclasses.replace(hint, rects=moved)) is None
+
+
+def test_keep_better_keeps_the_cheaper_start(first):
+    problem, start = first.problem, first.placement
+    worse = first_fit(problem)
+    assert cost(problem, worse) > cost(problem, start)  # the greedy shelves: more byte-hops
+    kept = keep_better(problem, worse, start)
+    assert (kept.options, kept.rects) == (start.options, start.rects)
+    assert kept.report.stages[-1][0] == "hint"
+    assert keep_better(problem, start, worse) is start
+
+
+def _sweep(out: Path, *extra: str) -> dict:
+    argv = ["-q", "sweep", "llama-tiny", "-t", "mesh8x8", "--vary",
+            "links.bytes_per_cycle=2,4,8", "--time-limit", "5", "--workers", "2", *extra]
+    assert main([*argv, "-o", str(out)]) == 0
+    return json.loads((out / "sweep.json").read_text())
+
+
+def test_a_three_point_sweep_hints_its_second_and_third_points(tmp_path, capsys):
+    doc = _sweep(tmp_path / "sw")
+    points = doc["points"]
+    assert [p["hinted_by"] for p in points] == [None, 0, 1]
+    assert doc["run"]["hinted"] == 2 and doc["run"]["hints"] is True
+    assert [bool({"hint", "placement"} & set(p["reused"])) for p in points] == [
+        False, True, True]
+    for p in points:  # each placement, as cached, validates on its point's own problem
+        target = _links(p["overrides"]["links.bytes_per_cycle"])
+        problem = compile_model("llama-tiny", target, FIRST_FIT).problem
+        placed = cached_hint(tmp_path / "sw", p["key"])
+        assert placed is not None
+        start = translate(problem, placed)
+        assert start is not None and validate(problem, start) == ()
+        assert cost(problem, start) == (p["offchip_bytes_per_token"], p["byte_hops"])
+    # resumed: the last point computed again from the cached placement of the one before it
+    cache_path(tmp_path / "sw", points[2]["key"]).unlink()
+    again = _sweep(tmp_path / "sw")
+    assert again["run"]["cached"] == 2 and again["points"][2]["hinted_by"] == 1
+    assert again["points"][2]["byte_hops"] == points[2]["byte_hops"]
+    cold = _sweep(tmp_path / "cold", "--no-hints")
+    assert [p["hinted_by"] for p in cold["points"]] == [None] * 3
+    assert cold["run"]["hinted"] == 0 and cold["run"]["hints"] is False
+    capsys.readouterr()
+
