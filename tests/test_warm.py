@@ -58,10 +58,13 @@ def test_an_equal_problem_takes_the_hint_as_it_is(first):
 
 def test_a_hint_that_does_not_carry_over_is_ignored(first):
     hint = PlacementHint.of(first.problem, first.placement)
-    r = compile_model("gpt2-tiny", "mesh8x8", OPTS, hint=hint)
-    assert translate(r.problem, hint) is None  # other blocks
+    name, rows, cols, residency = hint.blocks[1]
+    odd = dataclasses.replace(hint, blocks=(hint.blocks[0], (name, rows + 99, cols, residency),
+                                            *hint.blocks[2:]))  # a shape no option has
+    r = compile_model("llama-tiny", _links("8"), OPTS, hint=odd)
+    assert translate(r.problem, odd) is None
     assert r.reused == ()
-    fresh = compile_model("gpt2-tiny", "mesh8x8", OPTS)
+    fresh = compile_model("llama-tiny", _links("8"), OPTS)
     assert (r.placement.options, r.placement.rects) == (fresh.placement.options,
                                                         fresh.placement.rects)
 
