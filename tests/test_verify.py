@@ -109,6 +109,20 @@ def test_input_specs_keep_dim_params():
                      ("attention_mask", "int64", ("batch", "seq"))]
 
 
+def test_a_stored_file_goes_to_ort_as_its_own_bytes_plus_the_extra_outputs():
+    """A plain file is not re-serialized (0.4 GB for BERT-base): its bytes with the extra
+    outputs appended parse as the model with those outputs added, in order, each once."""
+    path = FIXTURES / "gpt2_dynamo_op18_dynamic.onnx"
+    names = ["add_17", "no/such/tensor", "logits", "add_17", "add_185"]
+    data = reference_model_bytes(path, names)
+    assert data.startswith(path.read_bytes())
+    got, want = onnx.ModelProto(), onnx.load(path)
+    got.ParseFromString(data)
+    want.graph.output.extend(onnx.ValueInfoProto(name=n) for n in ("add_17", "add_185"))
+    assert got == want
+    assert reference_model_bytes(path) == path.read_bytes()
+
+
 def test_external_weights_are_read_inline(tmp_path):
     w = np.arange(12, dtype=np.float32).reshape(3, 4)
     graph = helper.make_graph(

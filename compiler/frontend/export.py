@@ -7,7 +7,9 @@ pass the frontend uses, so inlined value names match the IR's.
 
 External weights are read through compiler/frontend/external.py (path containment and bounds
 checks, never onnx's own loader) and serialized inline: the model is handed to ORT in memory,
-so the total is limited by protobuf's 2 GB.
+so the total is limited by protobuf's 2 GB. A file with nothing to inline, widen or respell
+goes as its own bytes with the extra outputs appended as a second serialized message (protobuf
+merges them), so a 0.4 GB model is not parsed and serialized again.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from onnx_ir.passes.common import InlinePass
 
 from compiler.errors import ModelError, UsageError
 from compiler.frontend.external import external_ref, read_external, resolve_location
-from compiler.frontend.upcast import upcast_bfloat16
+from compiler.frontend.upcast import has_bfloat16, upcast_bfloat16
 from compiler.frontend.validate import check_model, normalize_domains, read_model
 
 PROTOBUF_LIMIT = (1 << 31) - 1  # bytes: the largest message protobuf serializes
@@ -39,6 +41,10 @@ def reference_model_bytes(source: str | Path, extra_outputs: Sequence[str] = ())
     caller sees them missing from ORT's results. Models over 2 GB raise ModelError. bfloat16
     is held as float32 (frontend/upcast.py): feed bfloat16 inputs widened to float32."""
     model, base_dir = _open_proto(source)
+    if base_dir is not None and _as_stored(model):  # issue 15: no 0.4 GB re-serialization
+        data = Path(source).read_bytes() + _outputs_delta(model.graph, extra_outputs)
+        _check_size(len(data), str(source))
+        return data
     if model.functions:
         model = _inlined(model)
     external = sum(_external_bytes(t, base_dir) for t in _external(model))
@@ -46,7 +52,7 @@ def reference_model_bytes(source: str | Path, extra_outputs: Sequence[str] = ())
         _check_size(model.ByteSize() + external, str(source))
     if base_dir is not None:
         _inline_external(model, base_dir)
-    _add_outputs(model.graph, extra_outputs)
+    _add_outputs(model.graph, _new_outputs(model.graph, extra_outputs))
     upcast_bfloat16(model)  # issue 15: ORT's CPU provider has almost no bfloat16 kernels
     try:  # an in-memory model is measured by serializing it, which it is anyway
         data = model.SerializeToString()
@@ -130,13 +136,36 @@ def _inline_external(model: onnx.ModelProto, base_dir: Path) -> None:
         t.data_location = onnx.TensorProto.DEFAULT
 
 
-def _add_outputs(graph: onnx.GraphProto, names: Sequence[str]) -> None:
+def _as_stored(model: onnx.ModelProto) -> bool:
+    """ORT can take the file's own bytes: nothing to inline, widen or respell."""
+    return not (model.functions or _external(model) or has_bfloat16(model)
+                or _spelled_ai_onnx(model))
+
+
+def _spelled_ai_onnx(model: onnx.ModelProto) -> bool:
+    """A domain spelled 'ai.onnx' (normalize_domains rewrites it; the file still has it)."""
+    return any(n.domain == "ai.onnx" for n in model.graph.node) or any(
+        op.domain == "ai.onnx" for op in model.opset_import)
+
+
+def _outputs_delta(graph: onnx.GraphProto, names: Sequence[str]) -> bytes:
+    """A serialized ModelProto holding only the graph outputs `_add_outputs` would add:
+    protobuf merges concatenated messages (repeated fields append), so file bytes + this is
+    the model with those outputs, without parsing and re-serializing the weights."""
+    delta = onnx.ModelProto()
+    _add_outputs(delta.graph, _new_outputs(graph, names))
+    return delta.SerializeToString() if delta.graph.output else b""
+
+
+def _new_outputs(graph: onnx.GraphProto, names: Sequence[str]) -> list[str]:
+    """Names of `names` (deduplicated, in order) a node computes that are not outputs yet."""
     computed = {o for node in graph.node for o in node.output if o}
     present = {o.name for o in graph.output}
-    for name in dict.fromkeys(names):
-        if name in computed and name not in present:
-            graph.output.append(onnx.ValueInfoProto(name=name))  # untyped: ORT infers it
-            present.add(name)
+    return [n for n in dict.fromkeys(names) if n in computed and n not in present]
+
+
+def _add_outputs(graph: onnx.GraphProto, names: Sequence[str]) -> None:
+    graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)  # untyped: ORT infers it
 
 
 def _elem_name(v: onnx.ValueInfoProto) -> str:
