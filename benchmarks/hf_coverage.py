@@ -41,7 +41,8 @@ QUANT_FAMILIES = ("bert", "opt", "mistral")  # quantized from their TorchScript 
 QUANT_FORMS = {
     "dyn": "ORT quantize_dynamic (int8 weights)",
     "qdq": "ORT quantize_static QDQ (per-channel int8 weights, uint8 activations)",
-    "qop": "ORT quantize_static QOperator (every op ORT quantizes)",
+    "qop": "ORT quantize_static QOperator (every op ORT quantizes but the attention mask's "
+           "nodes and the Softmax they feed: their finfo.min fill overflows a scale to Inf)",
 }
 # (family, the quirks it brings), in table order
 FAMILIES: tuple[tuple[str, str], ...] = (

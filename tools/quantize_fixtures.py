@@ -82,11 +82,16 @@ def _vocab(model: onnx.ModelProto) -> int:
 
 
 def _mask_nodes(model: onnx.ModelProto) -> list[str]:
-    """Nodes around the attention mask (its finfo.min fill cannot be quantized)."""
-    return [n.name for n in model.graph.node
-            if n.op_type in ("Add", "Where", "Mul", "Sub") and "attn" in n.name.lower()
-            and "matmul" not in n.name.lower()] + \
-        [n.name for n in model.graph.node if n.op_type == "Where"]
+    """Nodes around the attention mask (its finfo.min fill cannot be quantized), and the Softmax
+    each feeds: quantizing a Softmax quantizes its input, whose range then spans finfo.min and
+    overflows the scale to Inf (ORT's own QLinearSoftmax output is then undefined)."""
+    masked = [n for n in model.graph.node
+              if (n.op_type in ("Add", "Where", "Mul", "Sub") and "attn" in n.name.lower()
+                  and "matmul" not in n.name.lower()) or n.op_type == "Where"]
+    filled = {out for n in masked for out in n.output}
+    softmax = [n.name for n in model.graph.node
+               if n.op_type == "Softmax" and any(i in filled for i in n.input)]
+    return [n.name for n in masked] + softmax
 
 
 def make(src: Path, out_dir: Path) -> list[dict]:
