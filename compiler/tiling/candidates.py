@@ -71,6 +71,15 @@ class DecodeStep:
     layouts: Mapping[str, tuple[OpLayout, ...]]
     appends: tuple[tuple[str, str], ...] = ()
     grouped: bool = False  # the cache before a grouped-query repeat (DecodeGraph.grouped)
+    spread: bool = False  # attention spread over both mesh axes (DecodeGraph.spread)
+
+    @property
+    def form(self) -> Form:
+        return self.grouped, self.spread
+
+
+# A decode form: (grouped, spread), as `DecodeGraph.form`.
+Form = tuple[bool, bool]
 
 
 @dataclass(frozen=True)
@@ -83,18 +92,18 @@ class Candidate:
     act_bytes: int  # per core
     offchip_bytes_per_token: int
     cycles: int
-    # per decode form (DecodeStep.grouped), the fullest core's bytes when the decode schedule
+    # per decode form (DecodeStep.form), the fullest core's bytes when the decode schedule
     # takes that form; the per-core bytes above are the least of them. Empty: no decode step
     # priced per form (an encoder, or a mode streaming the KV cache), any form counts alike.
-    form_bytes: tuple[tuple[bool, int], ...] = ()
+    form_bytes: tuple[tuple[Form, int], ...] = ()
 
     @property
     def per_core_bytes(self) -> int:
         return self.weight_bytes + self.kv_bytes + self.act_bytes
 
-    def fits_form(self, grouped: bool, capacity: int) -> bool:
-        """Whether the decode step in that cache form fits `capacity` bytes a core here."""
-        return all(n <= capacity for g, n in self.form_bytes if g == grouped)
+    def fits_form(self, form: Form, capacity: int) -> bool:
+        """Whether the decode step in that form fits `capacity` bytes a core here."""
+        return all(n <= capacity for f, n in self.form_bytes if f == form)
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,7 @@ class _StepTensors:
     caches: tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...]
     acts: tuple[tuple[tuple[int, ...], tuple[Spec, ...], int], ...]  # each activation once
     live: tuple[frozenset[int], ...]  # indices into `acts`: the maximal live sets only
-    grouped: bool = False  # its decode form (DecodeStep.grouped)
+    form: Form = (False, False)  # its decode form (DecodeStep.form)
 
 
 def _param_derived(g: ir.Graph) -> frozenset[str]:
@@ -289,7 +298,7 @@ def _step_layer(step: DecodeStep, layer: ir.Layer, layouts, target: Target,
     sets = {frozenset(index[n] for n in ops if n in index) for ops in alive}
     maximal = tuple(a for a in sets if not any(a < b for b in sets))  # a subset is never larger
     return _StepTensors(t.weights, t.tables, tuple(entries[n] for n in caches if n in entries),
-                        tuple(entries[n] for n in names), maximal, step.grouped)
+                        tuple(entries[n] for n in names), maximal, step.form)
 
 
 def _is_scores(g: ir.Graph, op: ir.Op) -> bool:
@@ -344,13 +353,13 @@ def _base(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int, kv_
 def _form_bytes(t: _Tensors, mode: Residency, rows: int, cols: int, kv_total: int,
                 kv_item: int, batch: int, raw: Callable[[int, int], tuple[int, int]],
                 steps: Callable[[int, int], tuple[_StepRaw, ...]]
-                ) -> tuple[tuple[bool, int], ...]:
+                ) -> tuple[tuple[Form, int], ...]:
     """Per decode form, the fullest core's bytes when the decode schedule takes that form
     (`Candidate.form_bytes`; `_per_core` is the least of them)."""
     if not t.decode or mode in _CHUNKED:
         return ()
     w, kv, rest = _base(t, mode, rows, cols, kv_total, kv_item, batch, raw)
-    return tuple((s.grouped, sum(_one_form(t, mode, e, w + rest[0], kv, rest[1])))
+    return tuple((s.form, sum(_one_form(t, mode, e, w + rest[0], kv, rest[1])))
                  for s, e in zip(t.decode, steps(rows, cols), strict=True))
 
 
