@@ -673,3 +673,43 @@ def test_a_reshape_moving_the_keys_off_the_last_axis_is_refused_naming_it():
     assert len(decode_graph(r.graph, _load_g1(path, r.graph, True), 24).caches) == 4
     with pytest.raises(DecodeUnsupported, match="Reshape node_view_2 moves the attention's key"):
         decode_graph(moved(r.graph), moved(_load_g1(path, r.graph, True)), 24)
+
+
+def test_spread_cache_form_verifies_token_by_token():
+    """The spread form (issue 17: one-query attention with heads whole, the KV cache's keys
+    over one mesh axis and its head dim over the other, the scores reduced over the head dim)
+    on a grouped-query model: the prefill writes the caches in that layout, every cache is
+    split over both axes of a region of several rows and columns (16 KiB cores: blocks on
+    8 x 5), and the greedy tokens and logits match ONNX Runtime step by step."""
+    from compiler.schedule.build import build_schedule
+    from compiler.schedule.decode import decode_forms, plan_for, prefill_caches
+    from compiler.target import load_target
+
+    opts = CompileOptions(tiling=TilingOptions(context=16 + STEPS, prompt_resident=True),
+                          solver=SolverOptions(time_limit_s=10))
+    r = compile_model("llama-tiny", load_target("mesh16x16", {"core.sram_bytes": "16KiB"}),
+                      opts)
+    source = r.graph.source or r.graph.name
+    forms = decode_forms(source, r.graph, 16 + STEPS)
+    spread = [dg for dg in forms if dg.spread]
+    assert [dg.form for dg in spread] == [(True, True)]
+    plan = plan_for(spread[0], r.schedule, r.target)
+    regions = {g.name: g for g in plan.schedule.regions}
+    loads = [st for st in plan.schedule.steps if st.kind == "load"
+             and st.writes[0].tensor.startswith("kv_cache.")]
+    assert len(loads) == 2 * 2  # K and V of both blocks
+    for st in loads:
+        region = regions[st.region]
+        assert region.rows > 1 and region.cols > 1
+        assert st.writes[0].spec == (None, None, "c", "r")  # [batch, kv heads, keys, head dim]
+    reduced = {(st.region, st.axis) for st in plan.schedule.steps if st.op_kind == "reduce"
+               and "self_attn/MatMul" in st.reads[0].tensor}
+    assert {axis for _, axis in reduced} == {"r", "c"}  # head dim (scores), keys (P x V)
+    prefill = build_schedule(r.graph, r.tiled, r.problem, r.placement, r.target,
+                             prefill_caches(plan))
+    art = Artifact(source, r.graph, r.target, prefill)
+    rep = verify_decode(art, with_weights(spread[0], source, r.graph), plan.schedule, STEPS,
+                        VerifyOptions())
+    assert rep.passed, "\n".join(rep.lines())
+    assert [s.token for s in rep.steps] == [s.ref_token for s in rep.steps]
+    assert all(s.check.max_abs <= 1e-4 for s in rep.steps)

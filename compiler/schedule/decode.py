@@ -378,11 +378,41 @@ def _rebuild(prefill: ir.Graph, g1: ir.Graph, caches, feeds, renames, shapes) ->
                  g1.source_sha256)
     widened = {c.name for c in caches} | {f.name for f in feeds if f.key_axes}
     g = _reshape_path(g, widened, prefill)
+    g = dataclasses.replace(g, layers=tuple(_sunk(g, la, set(cache_names)) for la in g.layers))
     used = {n for op in g.ops for n in (*op.inputs, *op.outputs) if n}
     used |= set(g.inputs) | set(g.outputs)
     g = dataclasses.replace(g, tensors=tuple(t for t in g.tensors if t.name in used))
     ir.check_graph(g)
     return g
+
+
+def _sunk(g: ir.Graph, layer: ir.Layer, caches: set[str]) -> ir.Layer:
+    """`layer` with each op of a grouped-query repeat of a cache (an op of `_REPEAT_OPS` reading
+    only caches, constants and such ops) moved to just before the first op that reads it, so
+    V's repeated cache is not alive while the scores are made (the export repeats K and V
+    first): one repeated cache alive at a time, not two."""
+    sink: dict[str, ir.Op] = {}  # output -> its repeat op, not yet placed
+    for op in layer.ops:
+        acts = [n for n in op.inputs if n and n not in g.const_derived]
+        if op.kind in _REPEAT_OPS and acts and all(n in caches or n in sink for n in acts):
+            sink.update((o, op) for o in op.outputs if o)
+    if not sink:
+        return layer
+    ops: list[ir.Op] = []
+    placed: set[str] = set()
+
+    def place(op: ir.Op) -> None:
+        for n in op.inputs:
+            if n in sink and sink[n].name not in placed:
+                place(sink[n])
+        placed.add(op.name)
+        ops.append(op)
+
+    for op in layer.ops:
+        if op.outputs[0] not in sink:
+            place(op)
+    ops += [op for op in layer.ops if op.name not in placed]  # read by no op of the layer
+    return dataclasses.replace(layer, ops=tuple(ops))
 
 
 def _prune(layers: list[ir.Layer], outputs: set[str]) -> list[ir.Layer]:
