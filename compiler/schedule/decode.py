@@ -882,8 +882,8 @@ def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedul
     the repeat runs on the cache every step) — and the faster decode step is kept; schedule.json
     records which (`kv_cache`), so verify derives the same graph. A graph that derives is
     scheduled: a failure there is a bug and surfaces as one (not as "no decode schedule").
-    A spread form (`DecodeGraph.spread`: one-query attention keeps heads whole and spreads the cache's keys and
-    head dim over both mesh axes, `layouts._spread`) is a third form.
+    A spread form (`DecodeGraph.spread`: one-query attention keeps heads whole and spreads
+    the cache's keys and head dim over both mesh axes, `layouts._spread`) is a third form.
     `forms`: `decode_forms`' answer when already derived. `fits`: the forms (by
     `DecodeGraph.form`) whose decode step the tiling found fits every placed region
     (`Candidate.fits_form`; the tiling sizes a region for the form that holds least): only
