@@ -315,7 +315,7 @@ def _decode_forms(model: str | Path, graph: ir.Graph, context: int,
 
 
 def _fitting_forms(tiled: TiledGraph, placement: Placement,
-                   target: Target) -> frozenset[tuple[bool, bool]]:
+                   target: Target) -> frozenset[tuple[bool, str]]:
     """The decode forms (by `DecodeGraph.form`) whose decode step fits SRAM on every
     placed layer, as the tiling priced them (`Candidate.fits_form`)."""
     chosen = [lt.candidates[o] for lt, o in zip(tiled.layers, placement.options, strict=True)]

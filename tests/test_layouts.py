@@ -204,7 +204,7 @@ def test_spread_decode_cache_falls_as_the_block_grows_both_ways():
     g = load_model("llama-tiny")
     forms = {dg.form: dg for dg in decode_forms("llama-tiny", g, 64)}
     specs = {}
-    for form in ((True, False), (True, True)):
+    for form in ((True, ""), (True, "c")):
         dg = forms[form]
         lay = decode_layouts(dg)
         by_op = {op.name: op for op in dg.graph.ops}
@@ -213,9 +213,9 @@ def test_spread_decode_cache_falls_as_the_block_grows_both_ways():
                            for n, s in zip(by_op[la.op].inputs, la.inputs, strict=True)
                            if n == cache)
     shape = (1, 2, 64, 16)
-    spread = [tile_numel(shape, specs[(True, True)], r, c) for r, c in
+    spread = [tile_numel(shape, specs[(True, "c")], r, c) for r, c in
               ((2, 2), (4, 2), (8, 2), (8, 4), (8, 8), (16, 8))]
     assert spread == sorted(spread, reverse=True) and len(set(spread)) == len(spread)
-    heads = [tile_numel(shape, specs[(True, False)], r, 4) for r in (2, 4, 8)]
+    heads = [tile_numel(shape, specs[(True, "")], r, 4) for r in (2, 4, 8)]
     assert heads[0] == heads[1] == heads[2]  # 2 KV heads: more rows hold nothing more
     assert spread[-1] * 8 <= heads[-1]

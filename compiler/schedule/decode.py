@@ -108,13 +108,13 @@ class DecodeGraph:
     input_masks: tuple[str, ...] = ()  # attention-mask inputs: [batch, context] per step (host)
     # the chunks of the caches that stream from off-chip (compiler/schedule/decode_stream.py)
     streams: tuple[StreamChunk, ...] = ()
-    # one-query attention spread over both mesh axes (heads whole, keys over one axis and the
-    # head dim over the other: `layouts._spread`) rather than heads over one axis, keys over
-    # the other
-    spread: bool = False
+    # one-query attention spread over both mesh axes (heads whole, keys over this axis, "r" or
+    # "c", and the head dim over the other: `layouts._spread`) rather than ("") heads over one
+    # axis and keys over the other
+    spread: str = ""
 
     @property
-    def form(self) -> tuple[bool, bool]:
+    def form(self) -> tuple[bool, str]:
         """Its decode form: (grouped, spread), what the tiling prices per candidate."""
         return self.grouped, self.spread
 
@@ -831,7 +831,7 @@ def decode_forms(source: str, prefill_graph: ir.Graph, context: int,
     except DecodeUnsupported:
         pass
     if any(spreads(forms[-1].graph, op) for op in forms[-1].graph.ops):
-        forms.append(dataclasses.replace(forms[-1], spread=True))
+        forms += [dataclasses.replace(forms[-1], spread=axis) for axis in ("c", "r")]
     return tuple(forms)
 
 
