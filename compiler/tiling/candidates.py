@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -698,15 +699,33 @@ def _tile_with(g: ir.Graph, target: Target, options: TilingOptions, resident: bo
     allow), and they are what lets Llama 3 70B's blocks hold their caches on 4 WSE-3."""
     plain = tuple(s for s in steps if not s.spread)
     tiled = _tile_forms(g, target, options, resident, layouts, plain, True)
-    if _fits_resident(tiled, target):
+    fits = _fits_resident(tiled, target)
+    if fits and (len(plain) == len(steps) or _packs(tiled, target)):
         return tiled
     if len(plain) < len(steps):
         spread = _tile_forms(g, target, options, resident, layouts, steps, True)
         if _fits_resident(spread, target):
             return spread
-    if len(plain) < 2:
+    if len(plain) < 2 or fits:
         return tiled
     return _tile_forms(g, target, options, resident, layouts, plain, False)
+
+
+def _packs(tiled: TiledGraph, target: Target) -> bool:
+    """Whether the most repeated layer template (the transformer blocks) has a resident shape
+    that packs all its layers on the machine: as many a wafer as the shape tiles it, less the
+    slots the other layers' smallest resident rectangles take (Llama 3.1 405B at 128 tokens:
+    its blocks' resident shapes tile 5 a wafer, 120 of 126 on 24 wafers, so 108 of them
+    streamed their caches on 586 x 254, 6 a wafer, where the spread form holds them)."""
+    rows, cols, wafers = target.grid.rows, target.grid.cols, target.wafers.count
+    count = Counter(lt.template for lt in tiled.layers)
+    template, n = count.most_common(1)[0]
+    block = next(lt for lt in tiled.layers if lt.template == template)
+    others = sum(min((c.rows * c.cols for c in lt.candidates
+                      if c.residency is Residency.RESIDENT), default=rows * cols)
+                 for lt in tiled.layers if lt.template != template)
+    return any((rows // c.rows) * (cols // c.cols) * wafers - math.ceil(others / (c.rows * c.cols))
+               >= n for c in block.candidates if c.residency is Residency.RESIDENT)
 
 
 def _fits_resident(tiled: TiledGraph, target: Target) -> bool:
