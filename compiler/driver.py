@@ -314,12 +314,14 @@ def _decode_forms(model: str | Path, graph: ir.Graph, context: int,
     return forms, decode_steps(forms)
 
 
-def _fitting_forms(tiled: TiledGraph, placement: Placement, target: Target) -> frozenset[bool]:
-    """The decode forms (by `DecodeGraph.grouped`) whose decode step fits SRAM on every
+def _fitting_forms(tiled: TiledGraph, placement: Placement,
+                   target: Target) -> frozenset[tuple[bool, str]]:
+    """The decode forms (by `DecodeGraph.form`) whose decode step fits SRAM on every
     placed layer, as the tiling priced them (`Candidate.fits_form`)."""
     chosen = [lt.candidates[o] for lt, o in zip(tiled.layers, placement.options, strict=True)]
-    return frozenset(g for g in (False, True)
-                     if all(c.fits_form(g, target.usable_bytes_per_core) for c in chosen))
+    forms = {f for c in chosen for f, _ in c.form_bytes}
+    return frozenset(f for f in forms
+                     if all(c.fits_form(f, target.usable_bytes_per_core) for c in chosen))
 
 
 def _tiling(graph: ir.Graph, target: Target, options: CompileOptions,

@@ -192,3 +192,30 @@ def test_position_cells_write_one_position_as_a_scatter_of_the_whole(shape, spec
             got.reshape(-1)[cells[starts[p]:starts[p + 1]]] = new.reshape(-1)[
                 sources[starts[p]:starts[p + 1]]]
             assert np.array_equal(got, scatter(want, spec, rows, cols))
+
+
+def test_spread_decode_cache_falls_as_the_block_grows_both_ways():
+    """Issue 17: in the spread decode form a KV cache [batch, kv heads, keys, head dim] is
+    split keys over columns and head dim over rows, so its per-core bytes fall as a block
+    grows taller or wider; with heads over rows (the heads form) they stop falling once the
+    rows outnumber the KV heads (Llama 3 70B: 8 of a block's 117 rows held its cache)."""
+    from compiler.schedule.decode import decode_forms, decode_layouts
+
+    g = load_model("llama-tiny")
+    forms = {dg.form: dg for dg in decode_forms("llama-tiny", g, 64)}
+    specs = {}
+    for form in ((True, ""), (True, "c")):
+        dg = forms[form]
+        lay = decode_layouts(dg)
+        by_op = {op.name: op for op in dg.graph.ops}
+        cache = dg.caches[0].name
+        specs[form] = next(s for lays in lay.values() for la in lays
+                           for n, s in zip(by_op[la.op].inputs, la.inputs, strict=True)
+                           if n == cache)
+    shape = (1, 2, 64, 16)
+    spread = [tile_numel(shape, specs[(True, "c")], r, c) for r, c in
+              ((2, 2), (4, 2), (8, 2), (8, 4), (8, 8), (16, 8))]
+    assert spread == sorted(spread, reverse=True) and len(set(spread)) == len(spread)
+    heads = [tile_numel(shape, specs[(True, "")], r, 4) for r in (2, 4, 8)]
+    assert heads[0] == heads[1] == heads[2]  # 2 KV heads: more rows hold nothing more
+    assert spread[-1] * 8 <= heads[-1]

@@ -25,6 +25,7 @@ def decode_doc(plan: DecodePlan) -> dict[str, Any]:
     return {
         "tokens": s.tokens, "batch": s.batch, "context": s.context,
         "kv_cache": "grouped" if dg.grouped else "expanded",
+        "kv_layout": f"keys-{dg.spread}" if dg.spread else "heads",
         "caches": [{"layer": c.layer, "tensor": c.name, "new": c.new, "prefill": c.prefill,
                     "axis": c.axis} for c in dg.caches],
         "feeds": [{"tensor": f.name, "query_axes": list(f.query_axes),

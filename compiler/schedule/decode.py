@@ -62,7 +62,7 @@ from compiler.schedule.decode_stream import (
 from compiler.schedule.perf import Estimate, PerfOptions, Timeline, estimate, timeline
 from compiler.target import Target
 from compiler.tiling.candidates import DecodeStep
-from compiler.tiling.layouts import OpLayout, Spec, _spec_back, graph_layouts
+from compiler.tiling.layouts import OpLayout, Spec, _spec_back, graph_layouts, spreads
 from compiler.vocab import Mode, Phase, StepKind
 
 APPEND = StepKind.APPEND  # writes a step's own K/V into its cache at position t
@@ -108,6 +108,15 @@ class DecodeGraph:
     input_masks: tuple[str, ...] = ()  # attention-mask inputs: [batch, context] per step (host)
     # the chunks of the caches that stream from off-chip (compiler/schedule/decode_stream.py)
     streams: tuple[StreamChunk, ...] = ()
+    # one-query attention spread over both mesh axes (heads whole, keys over this axis, "r" or
+    # "c", and the head dim over the other: `layouts._spread`) rather than ("") heads over one
+    # axis and keys over the other
+    spread: str = ""
+
+    @property
+    def form(self) -> tuple[bool, str]:
+        """Its decode form: (grouped, spread), what the tiling prices per candidate."""
+        return self.grouped, self.spread
 
 
 # --- the decode-step graph ----------------------------------------------------------------------
@@ -369,11 +378,41 @@ def _rebuild(prefill: ir.Graph, g1: ir.Graph, caches, feeds, renames, shapes) ->
                  g1.source_sha256)
     widened = {c.name for c in caches} | {f.name for f in feeds if f.key_axes}
     g = _reshape_path(g, widened, prefill)
+    g = dataclasses.replace(g, layers=tuple(_sunk(g, la, set(cache_names)) for la in g.layers))
     used = {n for op in g.ops for n in (*op.inputs, *op.outputs) if n}
     used |= set(g.inputs) | set(g.outputs)
     g = dataclasses.replace(g, tensors=tuple(t for t in g.tensors if t.name in used))
     ir.check_graph(g)
     return g
+
+
+def _sunk(g: ir.Graph, layer: ir.Layer, caches: set[str]) -> ir.Layer:
+    """`layer` with each op of a grouped-query repeat of a cache (an op of `_REPEAT_OPS` reading
+    only caches, constants and such ops) moved to just before the first op that reads it, so
+    V's repeated cache is not alive while the scores are made (the export repeats K and V
+    first): one repeated cache alive at a time, not two."""
+    sink: dict[str, ir.Op] = {}  # output -> its repeat op, not yet placed
+    for op in layer.ops:
+        acts = [n for n in op.inputs if n and n not in g.const_derived]
+        if op.kind in _REPEAT_OPS and acts and all(n in caches or n in sink for n in acts):
+            sink.update((o, op) for o in op.outputs if o)
+    if not sink:
+        return layer
+    ops: list[ir.Op] = []
+    placed: set[str] = set()
+
+    def place(op: ir.Op) -> None:
+        for n in op.inputs:
+            if n in sink and sink[n].name not in placed:
+                place(sink[n])
+        placed.add(op.name)
+        ops.append(op)
+
+    for op in layer.ops:
+        if op.outputs[0] not in sink:
+            place(op)
+    ops += [op for op in layer.ops if op.name not in placed]  # read by no op of the layer
+    return dataclasses.replace(layer, ops=tuple(ops))
 
 
 def _prune(layers: list[ir.Layer], outputs: set[str]) -> list[ir.Layer]:
@@ -588,7 +627,7 @@ def decode_layouts(dg: DecodeGraph) -> dict[str, tuple[OpLayout, ...]]:
 
 def _decode_layouts(dg: DecodeGraph) -> dict[str, tuple[OpLayout, ...]]:
     g = dg.graph
-    layouts = graph_layouts(g)
+    layouts = graph_layouts(g, spread=dg.spread)
     by_op = {lay.op: lay for lays in layouts.values() for lay in lays}
     known = {}
     chunks = {c.name: [ch.name for ch in dg.streams if ch.cache == c.name] for c in dg.caches}
@@ -596,7 +635,7 @@ def _decode_layouts(dg: DecodeGraph) -> dict[str, tuple[OpLayout, ...]]:
         spec = _spec_through_repeat(g, name, by_op)
         if spec is not None and any(spec):
             known[name] = spec
-    return graph_layouts(g, known) if known else layouts
+    return graph_layouts(g, known, spread=dg.spread) if known else layouts
 
 
 def _spec_through_repeat(g: ir.Graph, name: str, by_op: dict[str, OpLayout]) -> Spec | None:
@@ -702,7 +741,8 @@ def with_weights(dg: DecodeGraph, source: str, prefill: ir.Graph) -> DecodeGraph
     again at one token with its weights (a compile's plan holds a shape-only decode graph)."""
     if not dg.graph.shape_only or prefill.shape_only:
         return dg
-    loaded = load_decode_graph(source, prefill, dg.context, grouped=dg.grouped)
+    loaded = dataclasses.replace(load_decode_graph(source, prefill, dg.context,
+                                                   grouped=dg.grouped), spread=dg.spread)
     if not dg.streams:
         return loaded
     return dataclasses.replace(loaded, graph=apply_chunks(loaded.graph, dg.streams),
@@ -790,6 +830,8 @@ def decode_forms(source: str, prefill_graph: ir.Graph, context: int,
         forms += [grouped] if grouped.grouped else []
     except DecodeUnsupported:
         pass
+    if any(spreads(forms[-1].graph, op) for op in forms[-1].graph.ops):
+        forms += [dataclasses.replace(forms[-1], spread=axis) for axis in ("c", "r")]
     return tuple(forms)
 
 
@@ -816,7 +858,7 @@ def decode_steps(forms: Sequence[DecodeGraph] | str) -> tuple[DecodeStep, ...]:
         except (ValueError, KeyError, IndexError, WaferError):
             continue
         steps.append(DecodeStep(dg.graph, layouts, tuple((c.name, c.new) for c in dg.caches),
-                                dg.grouped))
+                                dg.grouped, dg.spread))
     return tuple(steps)
 
 
@@ -840,20 +882,25 @@ def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedul
     the repeat runs on the cache every step) — and the faster decode step is kept; schedule.json
     records which (`kv_cache`), so verify derives the same graph. A graph that derives is
     scheduled: a failure there is a bug and surfaces as one (not as "no decode schedule").
+    A spread form (`DecodeGraph.spread`: one-query attention keeps heads whole and spreads
+    the cache's keys and head dim over both mesh axes, `layouts._spread`) is a third form.
     `forms`: `decode_forms`' answer when already derived. `fits`: the forms (by
-    `DecodeGraph.grouped`) whose decode step the tiling found fits every placed region
-    (`Candidate.fits_form`; the tiling sizes a region for the form that holds least): the
-    faster of those is kept (of all, if none is)."""
+    `DecodeGraph.form`) whose decode step the tiling found fits every placed region
+    (`Candidate.fits_form`; the tiling sizes a region for the form that holds least): only
+    those are scheduled and the faster kept (all of them, if none fits or none schedules)."""
     if forms is None:
         forms = decode_forms(source, prefill_graph, context)
     if isinstance(forms, str):
         return forms
-    plans = [_try_plan(dg, prefill, target) for dg in forms]
+    first = [dg for dg in forms if fits is None or dg.form in fits] or list(forms)
+    plans = [_try_plan(dg, prefill, target) for dg in first]  # forms that do not fit: unplanned
+    if not any(isinstance(p, DecodePlan) for p in plans):
+        plans += [_try_plan(dg, prefill, target) for dg in forms
+                  if all(dg is not f for f in first)]
     kept = [p for p in plans if isinstance(p, DecodePlan)]
     if not kept:
         return str(plans[0])
-    fitting = [p for p in kept if fits is None or p.graph.grouped in fits]
-    return max(fitting or kept, key=lambda p: p.estimate.tokens_per_s or 0.0)
+    return max(kept, key=lambda p: p.estimate.tokens_per_s or 0.0)
 
 
 def _try_plan(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan | str:

@@ -106,13 +106,15 @@ def tile_numel(shape: Sequence[int], spec: Spec, rows: int, cols: int) -> int:
 
 
 def layer_layouts(g: ir.Graph, layer: ir.Layer, known: Mapping[str, Spec],
-                  query_blocks: bool = False) -> tuple[OpLayout, ...]:
+                  query_blocks: bool = False, spread: str = "") -> tuple[OpLayout, ...]:
     """Layouts of every op of `layer`, given the specs of tensors made before it; a narrowing
     relayout is hoisted into the op that moves the tiles anyway (`_hoisted`). With
-    `query_blocks`, attention splits its query rows too (`_query_blocked`)."""
+    `query_blocks`, attention splits its query rows too (`_query_blocked`); with `spread` (a
+    mesh axis), one-query attention puts its keys there and its head dim on the other axis
+    (`_spread`)."""
     fixed: dict[str, Spec] = {}
     while True:
-        layouts, specs = _forward(g, layer, known, fixed, query_blocks)
+        layouts, specs = _forward(g, layer, known, fixed, query_blocks, spread)
         more = {k: v for k, v in _hoisted(g, layer, layouts, specs).items() if k not in fixed}
         if not more:
             return layouts
@@ -120,12 +122,13 @@ def layer_layouts(g: ir.Graph, layer: ir.Layer, known: Mapping[str, Spec],
 
 
 def _forward(g: ir.Graph, layer: ir.Layer, known: Mapping[str, Spec], fixed: Mapping[str, Spec],
-             query_blocks: bool = False) -> tuple[tuple[OpLayout, ...], dict[str, Spec]]:
+             query_blocks: bool = False,
+             spread: str = "") -> tuple[tuple[OpLayout, ...], dict[str, Spec]]:
     """The rules op by op; `fixed` names outputs of tile-moving ops written in another spec."""
     specs = dict(known)
     out = []
     for op in layer.ops:
-        layout = op_layout(g, op, specs, query_blocks)
+        layout = op_layout(g, op, specs, query_blocks, spread)
         if any(o in fixed for o in op.outputs):
             layout = dataclasses.replace(layout, outputs=tuple(
                 fixed.get(o, s) for o, s in zip(op.outputs, layout.outputs, strict=True)))
@@ -317,16 +320,19 @@ def _broadcast_into(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec], out: Spec
 
 
 def graph_layouts(g: ir.Graph, inputs: Mapping[str, Spec] | None = None,
-                  query_blocks: bool = False) -> dict[str, tuple[OpLayout, ...]]:
+                  query_blocks: bool = False,
+                  spread: str = "") -> dict[str, tuple[OpLayout, ...]]:
     """Every layer's op layouts; graph inputs are replicated unless `inputs` gives their spec
     (a decode step's KV cache: split as its attention MatMul reads it). `query_blocks`:
-    attention's query rows split too (a long prompt's heads do not fit a core whole)."""
+    attention's query rows split too (a long prompt's heads do not fit a core whole).
+    `spread` (a mesh axis): one-query attention (a decode step) keeps heads whole and splits
+    the keys over that axis and the head dim over the other (`_spread`)."""
     specs: dict[str, Spec] = {n: replicated(len(g.tensor(n).shape)) for n in g.inputs}
     specs.update(inputs or {})
     result = {}
     for layer in g.layers:
         with at_layer(layer.name):  # an internal error names the layer
-            layouts = layer_layouts(g, layer, specs, query_blocks)
+            layouts = layer_layouts(g, layer, specs, query_blocks, spread)
         for op, lay in zip(layer.ops, layouts, strict=True):
             specs.update(zip(op.outputs, lay.outputs, strict=False))
         result[layer.name] = layouts
@@ -337,10 +343,12 @@ def graph_layouts(g: ir.Graph, inputs: Mapping[str, Spec] | None = None,
 
 
 def op_layout(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec],
-              query_blocks: bool = False) -> OpLayout:
+              query_blocks: bool = False, spread: str = "") -> OpLayout:
     _check_constant_inputs(g, op)
     rule = _RULES.get(op.kind, _fallback)
-    if rule is _matmul:
+    if rule is _matmul and spread and spreads(g, op):
+        layout = _spread(g, op, specs, spread)
+    elif rule is _matmul:
         layout = _matmul(g, op, specs, query_blocks)
     else:
         if not _takes_factored(g, op, rule, specs):  # reads them as their plain specs
@@ -482,6 +490,38 @@ def _matmul_act(g: ir.Graph, op: ir.Op, specs, query_blocks: bool = False) -> Op
     if k_axis:
         coll.append(Collective(CollectiveKind.REDUCE, k_axis, op.outputs[0]))
     return OpLayout(op.name, op.kind, (want_a, want_b), ((*batch, rows, out),), tuple(coll))
+
+
+def spreads(g: ir.Graph, op: ir.Op) -> bool:
+    """Whether `op` is one-query attention that `_spread` lays out: an activation x
+    activation MatMul of rank >= 4 ([batch, heads, query, ...]) over one query row."""
+    if op.kind != "MatMul" or any(_is_const(g, n) for n in op.inputs[:2]):
+        return False
+    a, b = (g.tensor(n).shape for n in op.inputs[:2])
+    return min(len(a), len(b)) >= 4 and a[-2] == 1
+
+
+def _spread(g: ir.Graph, op: ir.Op, specs, keys: str) -> OpLayout:
+    """One-query attention spread over both mesh axes (issue 17): heads whole, the
+    contraction over one axis and B's last dim over the other, partial sums reduced along the
+    first. Q x K^T contracts the head dim (K^T [.., D, T]: D over one axis, keys over the
+    other); the softmax's keys stay on that other axis, so P x V contracts them there and its
+    head dim lands on the first axis: V [.., T, D] is split as K^T, transposed, and a KV cache
+    (keys x head dim per core, every head) spreads over the whole rectangle instead of one
+    row per KV head (Llama 3 70B: 8 of a block's 117 rows held its cache). `keys`: the mesh
+    axis the keys take (the longer side of a block holds fewer keys a core, and the scores
+    and the repeated cache live over them: two forms, one per axis)."""
+    sa, sb = _spec(g, op.inputs[0], specs), _spec(g, op.inputs[1], specs)
+    k_axis = keys if base(sa[-1]) == keys else other(keys)  # P x V: keys; Q x K^T: head dim
+    n_axis = other(k_axis)
+    want_a = (*replicated(len(sa) - 1), k_axis)
+    want_b = (*replicated(len(sb) - 2), k_axis, n_axis)
+    out = (*replicated(len(g.tensor(op.outputs[0]).shape) - 1), n_axis)
+    coll = [Collective(CollectiveKind.RELAYOUT, _first_axis(have, want), name)
+            for name, have, want in ((op.inputs[0], sa, want_a), (op.inputs[1], sb, want_b))
+            if have != want and any(have)]
+    coll.append(Collective(CollectiveKind.REDUCE, k_axis, op.outputs[0]))
+    return OpLayout(op.name, op.kind, (want_a, want_b), (out,), tuple(coll))
 
 
 def _query_blocked(batch: Spec, sizes: Sequence[int],

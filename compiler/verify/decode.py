@@ -177,6 +177,8 @@ def open_decode(out: str | Path, art: Artifact):
     try:
         dg = load_decode_graph(art.source, art.graph, int(doc["decode"]["context"]),
                                grouped=doc["decode"].get("kv_cache") == "grouped")
+        layout = str(doc["decode"].get("kv_layout", "heads"))
+        dg = dataclasses.replace(dg, spread=layout[5:] if layout.startswith("keys-") else "")
     except DecodeUnsupported as exc:
         raise NoDecodeSchedule(f"{art.graph.name}: {exc}") from None
     if [c.name for c in dg.caches] != [c["tensor"] for c in doc["decode"]["caches"]]:
