@@ -187,8 +187,9 @@ def compile_model(model: str | Path, target: str | Path | Target,
     """Compile `model` for `target`. `reuse`: what earlier compiles in this process left
     (a sweep worker); `hint`: a placement solved with the same solver options for a nearby
     problem (a sweep point's neighbour): an equal problem takes it as it is, a problem it
-    carries over to (warm.translate) warm-starts CP-SAT from it with HINT_SHARE of the time
-    limit and keeps the better of the two. `CompileResult.reused` names what was taken
+    carries over to (warm.translate) warm-starts CP-SAT from it with HINT_SHARE of the
+    deterministic budget (the wall-clock deadline stays the whole time limit) and keeps the
+    better of the two. `CompileResult.reused` names what was taken
     ("placement" for an equal problem, "hint" for a warm start)."""
     options = options or CompileOptions()
     if options.speculative is not None:
@@ -388,10 +389,10 @@ def _place(problem: PlacementProblem, solver: SolverOptions,
            on_progress: ProgressHook | None = None, warm: Placement | None = None) -> Placement:
     if solver.method != PlacementMethod.CPSAT:
         return place(problem, solver.method)
-    limit = solver.time_limit_s * (1.0 if warm is None else HINT_SHARE)
-    solved = place(problem, PlacementMethod.CPSAT, time_limit_s=limit, seed=solver.seed,
-                   workers=solver.workers, deterministic=solver.deterministic,
-                   on_progress=on_progress, hint=warm)
+    share = 1.0 if warm is None else HINT_SHARE  # of the budget: the deadline stays the limit
+    solved = place(problem, PlacementMethod.CPSAT, time_limit_s=solver.time_limit_s,
+                   seed=solver.seed, workers=solver.workers, deterministic=solver.deterministic,
+                   on_progress=on_progress, hint=warm, budget_share=share)
     return solved if warm is None else keep_better(problem, solved, warm)
 
 def _baseline(problem: PlacementProblem) -> Metrics | None:
