@@ -22,7 +22,7 @@ from pathlib import Path
 
 from compiler import ir
 from compiler.errors import CapacityError, InfeasiblePlacementError, ModelError
-from compiler.frontend import FrontendOptions, check_source, load_model
+from compiler.frontend import FrontendOptions, check_source, drop_kept, load_model
 from compiler.placement import place
 from compiler.placement.check import Metrics, metrics
 from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
@@ -136,7 +136,7 @@ class Reuse:
         if key in self.graphs:
             used.append("frontend")
         else:  # the last model only: memory
-            self.graphs = {key: load_model(model, options)}
+            self.graphs = {key: load_model(model, options, keep=True)}
             self.forms, self.tilings, self.one_token = {}, {}, {}
         return self.graphs[key]
 
@@ -203,11 +203,12 @@ def compile_model(model: str | Path, target: str | Path | Target,
             tgt = load_target(target)
     with stage("frontend"):
         graph = (reuse.graph(model, options.frontend, used) if reuse
-                 else load_model(model, options.frontend))
+                 else load_model(model, options.frontend, keep=True))
     with stage("tiling"):  # each layer's decode step priced as the decode schedule runs it
         context = context_length(graph, options.tiling)
         forms, steps = (reuse.decode_forms(model, options.frontend, graph, context, used)
                         if reuse else _decode_forms(model, graph, context))
+        drop_kept()  # the model at one token was bound from the opened model (or not needed)
         tile = functools.partial(_tiling, graph, tgt, options, steps)
         key = (str(model), options.frontend, tgt, options.tiling, options.routing,
                options.check)
