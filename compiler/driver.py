@@ -115,16 +115,17 @@ TilingKey = tuple[str, FrontendOptions, Target, TilingOptions, Routing, bool]
 @dataclass
 class Reuse:
     """What a run of compiles in one process (a sweep worker) shares: frontend graphs by
-    (model, frontend options), the decode forms (the model at one token, a second frontend
-    run) and their decode steps by (model, frontend options, context), the last tiling by
-    (model, frontend options, target, tiling options, routing, check), placements by (placement
-    problem, solver options). A hit is what computing it again would give: the frontend, the
-    decode forms and the tiling are functions of their keys, and the placement of a
-    deterministic solve of an equal problem (non-deterministic solves are never shared).
-    `compile_model` names what it took from here in `CompileResult.reused`."""
+    (model, frontend options), the decode forms (the model at one token, bound from the
+    model the frontend opened) and their decode steps by (model, frontend options, context),
+    the last tiling by (model, frontend options, target, tiling options, routing, check),
+    placements by (placement problem, solver options). A hit is what computing it again
+    would give: the frontend, the decode forms and the tiling are functions of their keys,
+    and the placement of a deterministic solve of an equal problem (non-deterministic solves
+    are never shared). `compile_model` names what it took from here in
+    `CompileResult.reused`."""
 
     graphs: dict[tuple[str, FrontendOptions], ir.Graph] = field(default_factory=dict)
-    # the model at one token (shape-only), for every context: one load per model
+    # the model at one token (shape-only), for every context: bound once per model
     one_token: dict[tuple[str, FrontendOptions], ir.Graph | str] = field(default_factory=dict)
     forms: dict[tuple[str, FrontendOptions, int], Forms] = field(default_factory=dict)
     tilings: dict[TilingKey, tuple[TiledGraph, PlacementProblem]] = field(default_factory=dict)
