@@ -392,3 +392,28 @@ def test_a_compile_opens_its_model_once(monkeypatch, model, dims):
     assert len(opened) == 3
     again = next(f for f in forms if f.grouped == r.decode.graph.grouped)
     assert r.decode.graph == again
+
+
+def test_a_model_with_nodes_out_of_order_compiles_without_a_kept_copy(tmp_path):
+    """onnx_ir cannot clone a graph whose nodes are out of order (the frontend sorts them
+    before folding): the compile then keeps no copy and binds the one-token model from a
+    second open, rather than failing (found by the CLI fuzzer: exit 70)."""
+    import onnx
+
+    import compiler.frontend.load as frontend_load
+    from compiler import zoo
+
+    proto = zoo.build("bert-tiny")
+    nodes = proto.graph.node
+    first, sixth = onnx.NodeProto(), onnx.NodeProto()
+    first.CopyFrom(nodes[0])
+    sixth.CopyFrom(nodes[5])
+    nodes[0].CopyFrom(sixth)
+    nodes[5].CopyFrom(first)
+    path = tmp_path / "swapped.onnx"
+    onnx.save(proto, path)
+    graph = frontend_load.load_model(path, keep=True)
+    assert frontend_load._KEPT == []
+    assert graph.layers
+    r = compile_model(path, "mesh8x8", CompileOptions(solver=FIRST_FIT))
+    assert r.metrics.cores_used > 0

@@ -118,9 +118,19 @@ def _opened(source: str | Path, shapes_only: bool, digest: str,
     model, name = open_model(source, shapes_only)
     check_control_flow(model)
     InlinePass()(model)
-    if keep:
-        _KEPT.append(_Kept(str(source), digest, shapes_only, model.clone(), name))
+    copy = _copy(model) if keep else None
+    if copy is not None:
+        _KEPT.append(_Kept(str(source), digest, shapes_only, copy, name))
     return model, name
+
+
+def _copy(model: onnx_ir.Model) -> onnx_ir.Model | None:
+    """A copy sharing the tensors, or None when onnx_ir cannot clone the graph (its nodes out
+    of order, say: the load sorts them before folding; the next load then opens again)."""
+    try:
+        return model.clone()
+    except RuntimeError:
+        return None
 
 
 def check_source(source: str | Path) -> None:
