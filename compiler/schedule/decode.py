@@ -850,18 +850,12 @@ def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedul
         forms = decode_forms(source, prefill_graph, context)
     if isinstance(forms, str):
         return forms
-    # the fitting forms first: a form that does not fit is scheduled only when none that fits
-    # schedules (a compile's decode stage then builds one schedule, not two)
-    plans = {i: _try_plan(dg, prefill, target) for i, dg in enumerate(forms)
-             if fits is None or dg.grouped in fits}
-    kept = [p for p in plans.values() if isinstance(p, DecodePlan)]
-    if not kept:
-        plans |= {i: _try_plan(dg, prefill, target) for i, dg in enumerate(forms)
-                  if i not in plans}
-        kept = [p for _, p in sorted(plans.items()) if isinstance(p, DecodePlan)]
+    plans = [_try_plan(dg, prefill, target) for dg in forms]
+    kept = [p for p in plans if isinstance(p, DecodePlan)]
     if not kept:
         return str(plans[0])
-    return max(kept, key=lambda p: p.estimate.tokens_per_s or 0.0)
+    fitting = [p for p in kept if fits is None or p.graph.grouped in fits]
+    return max(fitting or kept, key=lambda p: p.estimate.tokens_per_s or 0.0)
 
 
 def _try_plan(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan | str:
