@@ -844,8 +844,7 @@ def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedul
     `forms`: `decode_forms`' answer when already derived. `fits`: the forms (by
     `DecodeGraph.grouped`) whose decode step the tiling found fits every placed region
     (`Candidate.fits_form`; the tiling sizes a region for the form that holds least): the
-    faster of those is kept (only they are scheduled; the others only when none of them
-    schedules, and then the faster of all)."""
+    faster of those is kept (of all, if none is)."""
     if forms is None:
         forms = decode_forms(source, prefill_graph, context)
     if isinstance(forms, str):
