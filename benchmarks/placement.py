@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import PERF_DOC, WAFER, machine, run, table, write_section
+from _harness import PERF_DOC, WAFER, machine, table, write_section
 
 CASES = [  # (model, target, extra flags)
     ("gpt2-small", "wse3", []),
@@ -42,6 +42,7 @@ MOE_CASES = [
 
 
 STAGES = ("frontend", "tiling", "placement", "schedule", "performance")  # wall, compile_log.json
+DENSE_STAGES = ("frontend", "tiling", "placement", "decode")  # the dense table's
 
 
 def _mb(n: float) -> str:
@@ -49,18 +50,21 @@ def _mb(n: float) -> str:
 
 
 def bench(model: str, target: str, extra: list[str], out: Path) -> list[object]:
-    seconds, rss, code, _ = run([*WAFER, "-q", "compile", model, "-t", target, "-o", str(out),
-                                 "--force", *extra])
+    seconds, cpu, rss, code = _run_cpu([*WAFER, "-q", "compile", model, "-t", target, "-o",
+                                        str(out), "--force", *extra])
     label = f"{model} on {target} {' '.join(extra)}".strip()
     if code != 0:
-        return [label, f"{seconds:.1f}", f"{rss:.0f}", f"exit {code}", *[""] * 7]
+        return [label, f"{seconds:.1f}", f"{cpu:.1f}", "", f"{rss:.0f}", f"exit {code}",
+                *[""] * 7]
     doc = json.loads((out / "placement.json").read_text())
+    times = json.loads((out / "compile_log.json").read_text())["stage_seconds"]
+    stages = " / ".join(f"{times.get(k, 0.0):.1f}" for k in DENSE_STAGES)
     m, s = doc["metrics"], doc["solver"]
     ff, same = m["first_fit"], m.get("first_fit_same_options")
     vs_ff = f"{m['byte_hops'] / ff['byte_hops'] - 1:+.0%}" if ff and ff["byte_hops"] else "n/a"
     vs_same = (f"{m['byte_hops'] / same['byte_hops'] - 1:+.0%}" if same and same["byte_hops"]
                else "cannot shelve")
-    return [label, f"{seconds:.1f}", f"{rss:.0f}",
+    return [label, f"{seconds:.1f}", f"{cpu:.1f}", stages, f"{rss:.0f}",
             f"{_mb(m['offchip_bytes_per_token'])} / {_mb(m['offchip_lower_bound'])}",
             f"{m['byte_hops']:.4g}", vs_same, vs_ff, f"{m['byte_hops_ratio_to_bound']:.2f}x",
             f"{m['cores_used']:,} on {m['wafers_used']}", f"{s['status']}",
@@ -132,11 +136,15 @@ def _dense(tmp: Path) -> None:
         row = bench(model, target, extra, tmp / f"out{i}")
         print(" | ".join(map(str, row)), flush=True)
         rows.append(row)
-    header = ["model / target", "compile s", "peak RSS MB", "off-chip MB/token (got / bound)",
+    header = ["model / target", "compile s", "CPU s",
+              f"stage s ({' / '.join(DENSE_STAGES)})", "peak RSS MB",
+              "off-chip MB/token (got / bound)",
               "byte-hops/token", "vs first-fit, same rectangles", "vs first-fit's own choice",
               "vs bound", "cores on wafers", "solver", "decode tokens/s"]
     body = (f"`wafer compile` with default options (deterministic CP-SAT, 1 worker; {machine()}; "
-            f"load average {load:.1f} when it started, `uptime`)."
+            f"load average {load:.1f} when it started, {os.getloadavg()[0]:.1f} when it ended, "
+            "`uptime`; compile s: the whole `wafer compile` process, wall; CPU s: its user + "
+            "system seconds; stage s: compile_log.json's wall seconds)."
             "\n\n" + table(header, rows))
     write_section("placement", body)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from compiler import ir
 from compiler.errors import CapacityError, InfeasiblePlacementError, ModelError
-from compiler.frontend import FrontendOptions, check_source, load_model
+from compiler.frontend import FrontendOptions, check_source, drop_kept, load_model
 from compiler.placement import place
 from compiler.placement.check import Metrics, metrics
 from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
@@ -115,16 +115,17 @@ TilingKey = tuple[str, FrontendOptions, Target, TilingOptions, Routing, bool]
 @dataclass
 class Reuse:
     """What a run of compiles in one process (a sweep worker) shares: frontend graphs by
-    (model, frontend options), the decode forms (the model at one token, a second frontend
-    run) and their decode steps by (model, frontend options, context), the last tiling by
-    (model, frontend options, target, tiling options, routing, check), placements by (placement
-    problem, solver options). A hit is what computing it again would give: the frontend, the
-    decode forms and the tiling are functions of their keys, and the placement of a
-    deterministic solve of an equal problem (non-deterministic solves are never shared).
-    `compile_model` names what it took from here in `CompileResult.reused`."""
+    (model, frontend options), the decode forms (the model at one token, bound from the
+    model the frontend opened) and their decode steps by (model, frontend options, context),
+    the last tiling by (model, frontend options, target, tiling options, routing, check),
+    placements by (placement problem, solver options). A hit is what computing it again
+    would give: the frontend, the decode forms and the tiling are functions of their keys,
+    and the placement of a deterministic solve of an equal problem (non-deterministic solves
+    are never shared). `compile_model` names what it took from here in
+    `CompileResult.reused`."""
 
     graphs: dict[tuple[str, FrontendOptions], ir.Graph] = field(default_factory=dict)
-    # the model at one token (shape-only), for every context: one load per model
+    # the model at one token (shape-only), for every context: bound once per model
     one_token: dict[tuple[str, FrontendOptions], ir.Graph | str] = field(default_factory=dict)
     forms: dict[tuple[str, FrontendOptions, int], Forms] = field(default_factory=dict)
     tilings: dict[TilingKey, tuple[TiledGraph, PlacementProblem]] = field(default_factory=dict)
@@ -136,7 +137,7 @@ class Reuse:
         if key in self.graphs:
             used.append("frontend")
         else:  # the last model only: memory
-            self.graphs = {key: load_model(model, options)}
+            self.graphs = {key: load_model(model, options, keep=True)}
             self.forms, self.tilings, self.one_token = {}, {}, {}
         return self.graphs[key]
 
@@ -187,8 +188,9 @@ def compile_model(model: str | Path, target: str | Path | Target,
     """Compile `model` for `target`. `reuse`: what earlier compiles in this process left
     (a sweep worker); `hint`: a placement solved with the same solver options for a nearby
     problem (a sweep point's neighbour): an equal problem takes it as it is, a problem it
-    carries over to (warm.translate) warm-starts CP-SAT from it with HINT_SHARE of the time
-    limit and keeps the better of the two. `CompileResult.reused` names what was taken
+    carries over to (warm.translate) warm-starts CP-SAT from it with HINT_SHARE of the
+    deterministic budget (the wall-clock deadline stays the whole time limit) and keeps the
+    better of the two. `CompileResult.reused` names what was taken
     ("placement" for an equal problem, "hint" for a warm start)."""
     options = options or CompileOptions()
     if options.speculative is not None:
@@ -202,11 +204,12 @@ def compile_model(model: str | Path, target: str | Path | Target,
             tgt = load_target(target)
     with stage("frontend"):
         graph = (reuse.graph(model, options.frontend, used) if reuse
-                 else load_model(model, options.frontend))
+                 else load_model(model, options.frontend, keep=True))
     with stage("tiling"):  # each layer's decode step priced as the decode schedule runs it
         context = context_length(graph, options.tiling)
         forms, steps = (reuse.decode_forms(model, options.frontend, graph, context, used)
                         if reuse else _decode_forms(model, graph, context))
+        drop_kept()  # the model at one token was bound from the opened model (or not needed)
         tile = functools.partial(_tiling, graph, tgt, options, steps)
         key = (str(model), options.frontend, tgt, options.tiling, options.routing,
                options.check)
@@ -390,10 +393,10 @@ def _place(problem: PlacementProblem, solver: SolverOptions,
            on_progress: ProgressHook | None = None, warm: Placement | None = None) -> Placement:
     if solver.method != PlacementMethod.CPSAT:
         return place(problem, solver.method)
-    limit = solver.time_limit_s * (1.0 if warm is None else HINT_SHARE)
-    solved = place(problem, PlacementMethod.CPSAT, time_limit_s=limit, seed=solver.seed,
-                   workers=solver.workers, deterministic=solver.deterministic,
-                   on_progress=on_progress, hint=warm)
+    share = 1.0 if warm is None else HINT_SHARE  # of the budget: the deadline stays the limit
+    solved = place(problem, PlacementMethod.CPSAT, time_limit_s=solver.time_limit_s,
+                   seed=solver.seed, workers=solver.workers, deterministic=solver.deterministic,
+                   on_progress=on_progress, hint=warm, budget_share=share)
     return solved if warm is None else keep_better(problem, solved, warm)
 
 def _baseline(problem: PlacementProblem) -> Metrics | None:

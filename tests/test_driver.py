@@ -366,3 +366,54 @@ def test_reuse_shares_the_tiling_of_an_equal_target_and_the_decode_forms_of_a_co
     assert other.tiled == fresh.tiled and other.problem == fresh.problem
     assert other.decode.graph == fresh.decode.graph
     assert other.estimates == fresh.estimates
+
+
+@pytest.mark.parametrize("model, dims", [
+    ("gpt2-tiny", None), ("tests/fixtures/hf/mistral_dynamo_op18_dynamic.onnx", (1, 8))])
+def test_a_compile_opens_its_model_once(monkeypatch, model, dims):
+    """The decode step's model at one token is bound from the model the frontend opened (one
+    parse, check and inline per compile, issue 18), and its decode step is the one a second
+    open of the model gives."""
+    import compiler.frontend.load as frontend_load
+    from compiler.frontend import DimRequest, FrontendOptions, load_model
+    from compiler.schedule.decode import decode_forms
+
+    root = Path(__file__).resolve().parents[1]
+    source = str(root / model) if model.endswith(".onnx") else model
+    front = FrontendOptions(DimRequest(batch=dims[0], seq_len=dims[1]) if dims else DimRequest())
+    opened: list[str] = []
+    real = frontend_load.open_model
+    monkeypatch.setattr(frontend_load, "open_model",
+                        lambda src, *a: opened.append(str(src)) or real(src, *a))
+    r = compile_model(source, "mesh16x16", CompileOptions(front, solver=FIRST_FIT))
+    assert opened == [source] and r.decode is not None
+    assert frontend_load._KEPT == []  # let go once the decode forms are derived
+    forms = decode_forms(source, load_model(source, front), r.tiled.context)  # opens twice
+    assert len(opened) == 3
+    again = next(f for f in forms if f.grouped == r.decode.graph.grouped)
+    assert r.decode.graph == again
+
+
+def test_a_model_with_nodes_out_of_order_compiles_without_a_kept_copy(tmp_path):
+    """onnx_ir cannot clone a graph whose nodes are out of order (the frontend sorts them
+    before folding): the compile then keeps no copy and binds the one-token model from a
+    second open, rather than failing (found by the CLI fuzzer: exit 70)."""
+    import onnx
+
+    import compiler.frontend.load as frontend_load
+    from compiler import zoo
+
+    proto = zoo.build("bert-tiny")
+    nodes = proto.graph.node
+    first, sixth = onnx.NodeProto(), onnx.NodeProto()
+    first.CopyFrom(nodes[0])
+    sixth.CopyFrom(nodes[5])
+    nodes[0].CopyFrom(sixth)
+    nodes[5].CopyFrom(first)
+    path = tmp_path / "swapped.onnx"
+    onnx.save(proto, path)
+    graph = frontend_load.load_model(path, keep=True)
+    assert frontend_load._KEPT == []
+    assert graph.layers
+    r = compile_model(path, "mesh8x8", CompileOptions(solver=FIRST_FIT))
+    assert r.metrics.cores_used > 0

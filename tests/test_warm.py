@@ -14,6 +14,7 @@ import pytest
 
 from compiler.cli import main
 from compiler.driver import CompileOptions, SolverOptions, compile_model
+from compiler.placement import place
 from compiler.placement.check import validate
 from compiler.placement.greedy import first_fit
 from compiler.placement.problem import Rect
@@ -45,6 +46,10 @@ def test_a_hinted_compile_validates_and_is_no_worse_than_its_start(first):
     assert start is not None and start.rects == first.placement.rects
     assert cost(r.problem, r.placement) <= cost(r.problem, start)
     assert r.metrics.byte_hops == cost(r.problem, r.placement)[1]
+    # a quarter of the limit to search, the deadline at the whole limit (not a quarter of it)
+    assert r.placement.report.time_limit_s == OPTS.solver.time_limit_s
+    assert ("budget", "25% of the limit for the searches (1.25 s), the deadline at the whole "
+            "5 s") in r.placement.report.stages
 
 
 def test_an_equal_problem_takes_the_hint_as_it_is(first):
@@ -67,6 +72,33 @@ def test_a_hint_that_does_not_carry_over_is_ignored(first):
     fresh = compile_model("llama-tiny", _links("8"), OPTS)
     assert (r.placement.options, r.placement.rects) == (fresh.placement.options,
                                                         fresh.placement.rects)
+
+
+@pytest.fixture(scope="module")
+def one_b():
+    """Llama 3.2 1B on WSE-3, placed first-fit: a start CP-SAT's stage 2 improves on without
+    proving optimality in a small budget (its searches end by the budget)."""
+    return compile_model("llama3.2-1b", "wse3", FIRST_FIT)
+
+
+def test_a_warm_started_solve_does_not_depend_on_the_wall_clock_deadline(one_b):
+    """The same deterministic budget (0.4 s) under two wall-clock deadlines (20 s and 80 s): the
+    same placement, and no search was stopped by the deadline (a warm start used to get a
+    deadline of its shortened limit, which a loaded machine reached first)."""
+    problem = one_b.problem
+    start = translate(problem, PlacementHint.of(problem, one_b.placement))
+    assert start is not None
+    runs = [place(problem, "cpsat", time_limit_s=wall, budget_share=0.4 / wall, hint=start)
+            for wall in (20.0, 80.0)]
+    a, b = runs
+    assert (a.options, a.rects) == (b.options, b.rects)
+    for r, wall in zip(runs, (20.0, 80.0), strict=True):
+        stages = dict(r.report.stages)
+        assert "time limit" not in stages  # no search reached the deadline
+        assert stages["budget"].endswith(f"(0.4 s), the deadline at the whole {wall:g} s")
+        assert r.report.time_limit_s == wall
+        # stage 2 searched and did not prove its layout optimal: the budget ended a search
+        assert "fine: FEASIBLE" in stages["wafer 0"]
 
 
 def test_translate_refuses_what_the_validator_refuses(first):

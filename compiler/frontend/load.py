@@ -47,13 +47,16 @@ class FrontendOptions:
     shapes_only: bool | None = None  # None: read weights when their data files exist
 
 
-def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir.Graph:
-    """A model file path or a zoo name -> ir.Graph with static shapes, grouped into layers."""
+def load_model(source: str | Path, options: FrontendOptions | None = None, *,
+               keep: bool = False) -> ir.Graph:
+    """A model file path or a zoo name -> ir.Graph with static shapes, grouped into layers.
+    `keep`: keep the opened model (parsed, checked and inlined, its dims not yet bound) for
+    the next load of the same source, which binds a copy of it instead of opening the model
+    again (a compile's decode step: the model again at one token); `drop_kept` lets it go."""
     options = options or FrontendOptions()
-    model, name = open_model(source, options.shapes_only is True)
+    check_source(source)  # before the digest reads it
     digest = source_digest(source)
-    check_control_flow(model)
-    InlinePass()(model)
+    model, name = _opened(source, options.shapes_only is True, digest, keep)
     pasts = {v.name: v for v in model.graph.inputs}
     past_axes = strip_past(model)  # a with-past export: its graph at past length 0
     dims = bind_dims(model, options.dims)
@@ -82,6 +85,52 @@ def load_model(source: str | Path, options: FrontendOptions | None = None) -> ir
     graph = mark_moe(graph)
     ir.check_graph(graph)
     return graph
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """An opened, inlined model kept for the next load of its source (`load_model(keep=)`)."""
+
+    source: str
+    digest: str
+    shapes_only: bool  # opened without weights: serves only shape-only loads
+    model: onnx_ir.Model
+    name: str
+
+
+_KEPT: list[_Kept] = []  # at most one: the last kept model
+
+
+def drop_kept() -> None:
+    """Let the kept model go (a compile calls it once its decode forms are derived)."""
+    _KEPT.clear()
+
+
+def _opened(source: str | Path, shapes_only: bool, digest: str,
+            keep: bool) -> tuple[onnx_ir.Model, str]:
+    """The model opened, its control flow checked and its functions inlined: the kept one
+    when it is this source's and serves this load (taken: it is bound in place), else
+    opened; with `keep`, a copy (sharing its tensors) is kept for the next load."""
+    kept = _KEPT.pop() if _KEPT else None
+    if (kept is not None and (kept.source, kept.digest) == (str(source), digest)
+            and (shapes_only or not kept.shapes_only)):
+        return kept.model, kept.name
+    model, name = open_model(source, shapes_only)
+    check_control_flow(model)
+    InlinePass()(model)
+    copy = _copy(model) if keep else None
+    if copy is not None:
+        _KEPT.append(_Kept(str(source), digest, shapes_only, copy, name))
+    return model, name
+
+
+def _copy(model: onnx_ir.Model) -> onnx_ir.Model | None:
+    """A copy sharing the tensors, or None when onnx_ir cannot clone the graph (its nodes out
+    of order, say: the load sorts them before folding; the next load then opens again)."""
+    try:
+        return model.clone()
+    except RuntimeError:
+        return None
 
 
 def check_source(source: str | Path) -> None:

@@ -18,8 +18,10 @@ from dataclasses import dataclass, replace
 from compiler.placement.check import byte_hops, offchip_bytes_per_token, validate
 from compiler.placement.problem import Placement, PlacementProblem, Rect, SolverReport
 
-# a warm-started solve gets this share of the time limit: it starts where a full search of a
-# nearby problem ended, and its answer is never worse than that start (keep_better)
+# a warm-started solve gets this share of the time limit as its search budget (deterministic
+# time; its wall-clock deadline stays the whole limit, so load does not cut it where it would
+# not cut a full solve): it starts where a full search of a nearby problem ended, and its answer
+# is never worse than that start (keep_better)
 HINT_SHARE = 0.25
 
 

@@ -836,7 +836,8 @@ def decode_forms(source: str, prefill_graph: ir.Graph, context: int,
 
 
 def one_token_graph(source: str, prefill_graph: ir.Graph) -> ir.Graph | str:
-    """The model loaded again at one token per sequence, shape-only (what the decode forms are
+    """The model bound again at one token per sequence, shape-only, from the model the
+    prefill load kept opened when it did (`load_model(keep=True)`; what the decode forms are
     derived from, at any context), or why there is no decode step (said from the prefill graph
     alone when it can, before loading anything)."""
     try:  # the decode step is extra: never fail a compile

@@ -6,9 +6,10 @@ the placer builds a CpSolver.
 
 Time and determinism: `time_limit_s` is a wall-clock deadline on the whole solve (every CP-SAT
 call stops at it). By default one worker, a fixed seed and a deterministic-time budget of
-DET_SHARE of the limit decide when the search ends, so the same input gives the same placement
-on any machine that keeps up with DET_PER_SECOND; the deadline stops only a machine that does
-not (the report then says so: that result depends on the machine). `on_progress(stage,
+DET_SHARE of the limit (of a share of it for a warm start: stages.solve's budget_share; the
+deadline stays the whole limit) decide when the search ends, so the same input gives the same
+placement on any machine that keeps up with DET_PER_SECOND; the deadline stops only a machine
+that does not (the report then says so: that result depends on the machine). `on_progress(stage,
 objective, bound, elapsed_s)` hears each stage as it starts (objective and bound None) and each
 improving incumbent; it does not change the search.
 """

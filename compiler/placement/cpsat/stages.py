@@ -76,15 +76,17 @@ class _Run:
     """The solve in progress: problem, options, clock and what each stage said."""
 
     problem: PlacementProblem
-    time_limit_s: float
+    time_limit_s: float  # the wall-clock deadline of the whole solve
     clock: Clock
+    budget_s: float = 0.0  # what the time shares divide (deterministic): the limit, or less
     started: float = field(default_factory=time.perf_counter)
     stages: list[tuple[str, str]] = field(default_factory=list)
     rescue_left: float = 0.0  # seconds left for CP-SAT packing rescues, over all attempts
     warm: Placement | None = None  # a valid placement of this problem to start from (warm.py)
 
     def __post_init__(self) -> None:
-        self.rescue_left = RESCUE_SHARE * self.time_limit_s
+        self.budget_s = self.budget_s or self.time_limit_s
+        self.rescue_left = RESCUE_SHARE * self.budget_s
 
 
 def solve(
@@ -96,9 +98,13 @@ def solve(
     deterministic: bool = True,
     on_progress: ProgressHook | None = None,
     hint: Placement | None = None,
+    budget_share: float = 1.0,
 ) -> Placement:
     """Place every block: CP-SAT stage 1 (residency, wafers), then stage 2 (layout per wafer).
-    Every solve ends by `time_limit_s` wall seconds from now (module docstring). `hint`: a
+    Every solve ends by `time_limit_s` wall seconds from now (module docstring); the solves
+    share `budget_share` of it (deterministic time, or wall seconds when not deterministic):
+    a warm start searches less, but its deadline stays the whole limit, so under load the
+    deterministic budget, not the wall clock, still ends its searches. `hint`: a
     valid placement of this problem (a warm start, compiler/placement/warm.py): stage 1's hint
     when it streams no more than the greedy one, and each wafer's stage-2 hint when it has
     the same blocks and shapes there and costs less than the greedy packing."""
@@ -106,8 +112,12 @@ def solve(
         usable(problem, b)  # raises InfeasiblePlacementError naming a block with no option
     params = SolveParams(seed, max(1, workers), deterministic)
     share = DET_SHARE if deterministic else WALL_SHARE
-    clock = Clock(params, share * time_limit_s, time.perf_counter() + time_limit_s, on_progress)
-    r = _Run(problem, time_limit_s, clock, warm=hint)
+    budget = budget_share * time_limit_s
+    clock = Clock(params, share * budget, time.perf_counter() + time_limit_s, on_progress)
+    r = _Run(problem, time_limit_s, clock, budget, warm=hint)
+    if budget_share < 1.0:
+        r.stages.append(("budget", f"{budget_share:.0%} of the limit for the searches "
+                         f"({budget:g} s), the deadline at the whole {time_limit_s:g} s"))
     residency, layouts = _stages_1(r)
     if residency is None or layouts is None:
         return _greedy_fallback(r)
@@ -243,7 +253,7 @@ def _residency_or_hint(
 ) -> Residency | None:
     """Stage 1's answer in `share` of the time limit, or a greedy choice when that streams
     less or time ran out (None: infeasible, or strips and nothing found)."""
-    limit = share * r.time_limit_s
+    limit = share * r.budget_s
     try:
         res = solve_residency(inst, limit, r.clock, greedy)
     except NoSolution as err:
@@ -455,7 +465,7 @@ def _rescue(r: _Run, inst: LayoutInstance) -> tuple[Position, ...] | None:
         return None
     left_before, stage = r.clock.left, r.clock.stage
     r.clock.enter("packing rescue")
-    found = solve_layout(inst, min(r.rescue_left, RESCUE_STEP * r.time_limit_s), r.clock,
+    found = solve_layout(inst, min(r.rescue_left, RESCUE_STEP * r.budget_s), r.clock,
                          minimize=False).spots
     r.rescue_left -= left_before - r.clock.left
     r.clock.stage = stage
