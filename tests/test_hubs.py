@@ -20,6 +20,9 @@ from hypothesis import strategies as st
 from compiler.driver import CompileOptions, SolverOptions, compile_model
 from compiler.placement import chain
 from compiler.placement.check import validate
+from compiler.placement.cpsat.layout import LayoutInstance, full_ranges, layout_cost
+from compiler.placement.cpsat.runner import Clock, SolveParams
+from compiler.placement.cpsat.wafer import place_wafer
 from compiler.placement.hubs import UnitRun, hub_units, unit_run, unit_shapes, whole_units
 from compiler.zoo import MoEConfig, build_moe
 
@@ -92,6 +95,22 @@ def test_wafer_cuts_move_off_units_when_the_wafers_have_the_cores() -> None:
     assert whole_units(dims, edges, split, 300) is None  # a wafer would not hold it
     whole = tuple(0 if b < 11 else 1 for b in range(len(dims)))
     assert whole_units(dims, edges, whole, 10_000) is None  # nothing to move
+
+
+def test_a_wafer_of_units_is_refined_where_its_hint_put_it() -> None:
+    """Stage 2 on a wafer of MoE units skips the coarse solve (its order-blind start never
+    beats the units' hint) and refines the hint in windows: never worse than the hint."""
+    small, edges = moe_chain(5, 4)
+    dims = tuple((8 * h, 8 * w) for h, w in small)  # a grid over 200 cells a side: coarse cells
+    hint = chain.chain_pack(480, 480, dims, edges)
+    assert hint is not None
+    inst = LayoutInstance(480, 480, dims, tuple(edges), hint=hint,
+                          **full_ranges(480, 480, dims))
+    clock = Clock(SolveParams(seed=0, workers=1, deterministic=True), left=2.0)
+    got = place_wafer(inst, 2.0, clock, "wafer 0", units=True)
+    assert "MoE units: no coarse solve" in got.summary
+    assert got.cost == layout_cost(inst, got.spots) <= layout_cost(inst, hint)
+    assert chain_valid(480, 480, dims, got.spots)
 
 
 @cache

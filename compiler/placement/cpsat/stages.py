@@ -130,7 +130,8 @@ def _place_wafers(r: _Run, layouts: dict[int, LayoutInstance]) -> dict[int, Wafe
                              f"{first[inst]}: its layout"))
             continue
         first[inst] = k
-        placed[k] = place_wafer(inst, _wafer_share(r, layouts, k), r.clock, f"wafer {k}")
+        placed[k] = place_wafer(inst, _wafer_share(r, layouts, k), r.clock, f"wafer {k}",
+                                units=unit_run(inst.dims, inst.edges) is not None)
         r.stages.append((f"wafer {k}", blocks + placed[k].summary))
     return placed
 
