@@ -22,7 +22,7 @@ from itertools import product
 import numpy as np
 
 from compiler.placement.geometry import Position, any_pack
-from compiler.placement.hubs import unit_run, unit_shapes
+from compiler.placement.hubs import unit_shapes, unit_wafer
 
 Dims = tuple[int, int]
 Edge = tuple[int, int, int]
@@ -106,7 +106,7 @@ def _body_layouts(rows: int, cols: int, dims: Sequence[Dims], body: range):
 def _unit_layouts(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge]):
     """Positions of a run of mixture-of-experts units (hubs.py: a router and its expert
     groups) for every compact unit shape and every serpentine of its boxes."""
-    run = unit_run(dims, edges)
+    run = unit_wafer(dims, edges)
     if run is None:
         return
     odd = [d for i, d in enumerate(dims) if i not in run.members]

@@ -67,6 +67,15 @@ def unit_run(dims: Sequence[Dims], edges: Sequence[Edge]) -> UnitRun | None:
     return best if best is not None and best.count >= MIN_UNITS else None
 
 
+def unit_wafer(dims: Sequence[Dims], edges: Sequence[Edge]) -> UnitRun | None:
+    """The run of alike units when it holds at least half of the rectangles (the wafer is
+    laid out as units: chain.py, stage 2), else None. A short run (alike blocks whose shapes
+    stage 1 mixed, e.g. Mixtral's groups on 181 x 45 and 127 x 64) leaves most rectangles to
+    be placed one by one for every unit layout: seconds a wafer for little gain."""
+    run = unit_run(dims, edges)
+    return run if run is not None and 2 * len(run.members) >= len(dims) else None
+
+
 def hub_units(dims: Sequence[Dims], edges: Sequence[Edge]) -> list[range]:
     """Every unit: a hub with the MIN_SPOKES or more alike rectangles right after it that it
     links to (an MoE router and its expert groups), in order."""

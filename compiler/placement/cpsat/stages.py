@@ -45,7 +45,7 @@ from compiler.placement.cpsat.runner import DET_SHARE, WALL_SHARE, Clock, SolveP
 from compiler.placement.cpsat.wafer import WaferLayout, place_wafer
 from compiler.placement.geometry import STRIPS, Position, any_pack, skyline_shapes
 from compiler.placement.greedy import alike, first_fit, serpentine, usable
-from compiler.placement.hubs import unit_run, whole_units
+from compiler.placement.hubs import unit_wafer, whole_units
 from compiler.placement.problem import (
     Placement,
     PlacementProblem,
@@ -131,7 +131,7 @@ def _place_wafers(r: _Run, layouts: dict[int, LayoutInstance]) -> dict[int, Wafe
             continue
         first[inst] = k
         placed[k] = place_wafer(inst, _wafer_share(r, layouts, k), r.clock, f"wafer {k}",
-                                units=unit_run(inst.dims, inst.edges) is not None)
+                                units=unit_wafer(inst.dims, inst.edges) is not None)
         r.stages.append((f"wafer {k}", blocks + placed[k].summary))
     return placed
 
@@ -194,12 +194,23 @@ def _least(r: _Run, found: Sequence[Packed]) -> float:
 
 def _packed(r: _Run, res: Residency) -> Packed | None:
     """The choice with its packing hints (stage recorded), or None if it does not pack. With
-    its wafer cuts moved off mixture-of-experts units first, when that packs."""
+    its wafer cuts moved off mixture-of-experts units when that packs with no more cycles
+    (a fuller wafer may pack only with slower shapes: Mixtral's groups at 12,394 cycles
+    instead of 8,927)."""
     whole = _whole_units(r.problem, res)
-    packed = (greedy_hints(r, whole) if whole is not None else None) or greedy_hints(r, res)
+    packed = greedy_hints(r, whole) if whole is not None else None
+    if packed is None or packed[0].options != res.options:
+        as_cut = greedy_hints(r, res)
+        if packed is None or (as_cut is not None and _all_cycles(r.problem, as_cut[0])
+                              < _all_cycles(r.problem, packed[0])):
+            packed = as_cut
     r.stages.append(("residency", res.summary + "; does not pack" if packed is None
                      else packed[0].summary))
     return packed
+
+
+def _all_cycles(problem: PlacementProblem, res: Residency) -> int:
+    return _cycles_of(problem, res.options, range(len(problem.blocks)))
 
 
 def _whole_units(problem: PlacementProblem, res: Residency) -> Residency | None:
@@ -379,7 +390,7 @@ def _nearer(inst: LayoutInstance, spots: tuple[Position, ...] | None
     units laid out as boxes, each router amid its groups, are what stage 2 cannot find."""
     chained = chain_pack(inst.rows, inst.cols, inst.dims, inst.edges)
     if chained is None or (layout_cost(inst, chained) > CHAIN_NEAR * layout_lower_bound(inst)
-                           and unit_run(inst.dims, inst.edges) is None):
+                           and unit_wafer(inst.dims, inst.edges) is None):
         return spots
     if spots is None or layout_cost(inst, chained) < layout_cost(inst, spots):
         return chained
