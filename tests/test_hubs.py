@@ -23,7 +23,14 @@ from compiler.placement.check import validate
 from compiler.placement.cpsat.layout import LayoutInstance, full_ranges, layout_cost
 from compiler.placement.cpsat.runner import Clock, SolveParams
 from compiler.placement.cpsat.wafer import place_wafer
-from compiler.placement.hubs import UnitRun, hub_units, unit_run, unit_shapes, whole_units
+from compiler.placement.hubs import (
+    UnitRun,
+    hub_units,
+    unit_run,
+    unit_shapes,
+    unit_wafer,
+    whole_units,
+)
 from compiler.zoo import MoEConfig, build_moe
 
 # six MoE layers of 8 experts in 4 groups, top-2: each router dispatches to 4 group rectangles
@@ -52,6 +59,16 @@ def test_a_router_with_its_groups_is_a_unit_and_alike_units_a_run() -> None:
     dims, edges = moe_chain(5, 4)
     assert hub_units(dims, edges) == [range(1 + 5 * k, 6 + 5 * k) for k in range(5)]
     assert unit_run(dims, edges) == UnitRun(1, 5, 5)
+
+
+def test_a_wafer_is_laid_out_as_units_only_when_its_run_holds_half_of_it() -> None:
+    dims, edges = moe_chain(5, 4)
+    assert unit_wafer(dims, edges) == UnitRun(1, 5, 5)
+    # units 2-4 each in shapes of their own (stage 1 mixed them): the run is units 0-1
+    mixed = [(h, w + (i - 1) // 5 % 2 + 1) if 11 <= i < 26 else (h, w)
+             for i, (h, w) in enumerate(dims)]
+    assert unit_run(mixed, edges) == UnitRun(1, 5, 2)  # 10 of 27 rectangles
+    assert unit_wafer(mixed, edges) is None
 
 
 def test_a_dense_chain_has_no_units() -> None:
