@@ -175,10 +175,9 @@ def test_chain_pack_stops_a_layout_that_cannot_win_with_the_same_answer() -> Non
     edges = [(i, i + 1, 1000) for i in range(len(dims) - 1)]
     edges += [(k, k + j, 300) for k in range(1, len(dims) - 1, 5) for j in range(2, 5)]
     rows, cols = 50, 40
-    body = longest_run(dims)
-    assert body is not None
+    assert longest_run(dims) is not None
     best = None
-    for spots in chain._body_layouts(rows, cols, dims, body):
+    for spots in chain.all_layouts(rows, cols, dims, edges):  # MoE units' first, then the body
         full = chain._place_rest(rows, cols, dims, edges, spots)
         if full is not None and (best is None or cost(dims, edges, full) < best[0]):
             best = (cost(dims, edges, full), full)

@@ -22,6 +22,7 @@ from itertools import product
 import numpy as np
 
 from compiler.placement.geometry import Position, any_pack
+from compiler.placement.hubs import unit_shapes, unit_wafer
 
 Dims = tuple[int, int]
 Edge = tuple[int, int, int]
@@ -41,11 +42,8 @@ def chain_pack(rows: int, cols: int, dims: Sequence[Dims],
 @functools.lru_cache(maxsize=64)
 def _chain_pack(rows: int, cols: int, dims: tuple[Dims, ...],
                 edges: tuple[Edge, ...]) -> tuple[Position, ...] | None:
-    body = longest_run(dims)
-    if body is None:
-        return None
     best: tuple[int, tuple[Position, ...]] | None = None
-    layouts = list(_body_layouts(rows, cols, dims, body))
+    layouts = all_layouts(rows, cols, dims, edges)
     tries = (_place_rest, _boxed_rest) if len(dims) <= MAX_BOXED else (_place_rest,)
     prune = all(w >= 0 for _, _, w in edges)  # then a partial packing's cost only grows
     for rest in tries:  # the boxed packing only when no nearest one fits
@@ -61,6 +59,15 @@ def _chain_pack(rows: int, cols: int, dims: tuple[Dims, ...],
         if best is not None:
             break
     return None if best is None else best[1]
+
+
+def all_layouts(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge]
+                ) -> list[dict[int, Position]]:
+    """The body layouts to complete: a run of mixture-of-experts units' first (hubs.py), then
+    the longest run of alike rectangles'."""
+    body = longest_run(dims)
+    return [*_unit_layouts(rows, cols, dims, edges),
+            *(_body_layouts(rows, cols, dims, body) if body is not None else ())]
 
 
 def longest_run(dims: Sequence[Dims]) -> range | None:
@@ -89,13 +96,33 @@ def cost(dims: Sequence[Dims], edges: Sequence[Edge], spots: Sequence[Position])
 
 
 def _body_layouts(rows: int, cols: int, dims: Sequence[Dims], body: range):
-    """Positions of the body's rectangles (dict index -> spot) for every band size, band
-    direction (rows or columns), corner, starting end, margin before the first band and lead
-    before the first member along it (room for odd rectangles beside the body's first or
-    last member)."""
-    h, w = dims[body.start]
-    n = len(body)
+    """Positions of the body's rectangles (dict index -> spot) for every serpentine
+    (`_serpentines`) of them."""
     odd = [d for i, d in enumerate(dims) if i not in body]
+    for spots in _serpentines(rows, cols, dims[body.start], len(body), odd):
+        yield dict(zip(body, spots, strict=True))
+
+
+def _unit_layouts(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge]):
+    """Positions of a run of mixture-of-experts units (hubs.py: a router and its expert
+    groups) for every compact unit shape and every serpentine of its boxes."""
+    run = unit_wafer(dims, edges)
+    if run is None:
+        return
+    odd = [d for i, d in enumerate(dims) if i not in run.members]
+    first = run.unit(0)
+    for shape in unit_shapes(dims[first.start], dims[first.start + 1], len(first) - 1):
+        for boxes in _serpentines(rows, cols, shape.box, run.count, odd):
+            yield {i: (r + dr, c + dc) for k, (r, c) in enumerate(boxes)
+                   for i, (dr, dc) in zip(run.unit(k), shape.offsets, strict=True)}
+
+
+def _serpentines(rows: int, cols: int, size: Dims, n: int, odd: Sequence[Dims]):
+    """Top-left spots of n alike rectangles of `size`, in order, for every band size, band
+    direction (rows or columns), corner, starting end, margin before the first band (an
+    `odd` rectangle's side) and lead before the first member along it (room for odd
+    rectangles beside the body's first or last member)."""
+    h, w = size
     for turned in (False, True):
         along, across = (cols, rows) if not turned else (rows, cols)
         step, depth = (w, h) if not turned else (h, w)
@@ -113,8 +140,7 @@ def _body_layouts(rows: int, cols: int, dims: Sequence[Dims], body: range):
                 if margin + bands * depth > across:
                     continue
                 shifted = [(a + margin, b + lead) for a, b in local]
-                yield _in_grid((rows, cols), body, shifted, (depth, step), (flip_a, flip_b),
-                               turned)
+                yield _in_grid((rows, cols), shifted, (depth, step), (flip_a, flip_b), turned)
 
 
 def _snake(n: int, per_band: int, step: int, depth: int) -> list[tuple[int, int]]:
@@ -128,16 +154,16 @@ def _snake(n: int, per_band: int, step: int, depth: int) -> list[tuple[int, int]
     return out
 
 
-def _in_grid(grid: Dims, body: range, local: list[tuple[int, int]], size: Dims,
-             flips: tuple[bool, bool], turned: bool) -> dict[int, Position]:
+def _in_grid(grid: Dims, local: list[tuple[int, int]], size: Dims,
+             flips: tuple[bool, bool], turned: bool) -> list[Position]:
     """Body offsets mirrored as asked (a mirrored body sits in the far corner), as (row, col)."""
     grid_across, grid_along = grid if not turned else grid[::-1]
     depth, step = size
-    spots = {}
-    for i, (a, b) in zip(body, local, strict=True):
+    spots = []
+    for a, b in local:
         a = grid_across - depth - a if flips[0] else a
         b = grid_along - step - b if flips[1] else b
-        spots[i] = (a, b) if not turned else (b, a)
+        spots.append((a, b) if not turned else (b, a))
     return spots
 
 
@@ -154,6 +180,8 @@ def _place_rest(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge
     spots = dict(placed)
     so_far = sum(w * _distance(spots[i], dims[i], spots[j], dims[j])
                  for i, j, w in edges if i in spots and j in spots)
+    if beat is not None and so_far >= beat:
+        return None
     taken = np.array([_box(spots[i], dims[i]) for i in spots], dtype=np.int64).reshape(-1, 4)
     links: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(dims))}
     for i, j, w in edges:

@@ -82,8 +82,10 @@ def window_instance(fine: LayoutInstance, start: Sequence[Position], cell: int) 
 
 
 def place_wafer(fine: LayoutInstance, limit: float, clock: Clock,
-                name: str = "layout") -> WaferLayout:
-    """Best of the hint, and CP-SAT coarse-then-windowed (or full when the grid is small)."""
+                name: str = "layout", units: bool = False) -> WaferLayout:
+    """Best of the hint, and CP-SAT coarse-then-windowed (or full when the grid is small).
+    `units`: the hint lays out mixture-of-experts units (hubs.py), which the coarse solve's
+    order-blind start never beats: refine it where it is, in the fine share of the time."""
     assert fine.hint is not None
     hint_cost = layout_cost(fine, fine.hint)
     if not fine.edges or hint_cost == 0:
@@ -99,6 +101,10 @@ def place_wafer(fine: LayoutInstance, limit: float, clock: Clock,
     if hint_cost <= TARGET_RATIO * floor and cell > 1:  # near: refine it where it is
         refine, full_grid = window_instance(fine, fine.hint, cell), False
         notes.append(f"hint within {TARGET_RATIO:g}x of the separation bound: no coarse solve")
+    elif units and cell > 1:
+        refine, full_grid = window_instance(fine, fine.hint, cell), False
+        limit *= 1 - COARSE_SHARE
+        notes.append("MoE units: no coarse solve")
     else:
         refine, full_grid = _coarse(fine, cell, hint_cost, limit * COARSE_SHARE, clock, name,
                                     notes)
