@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from compiler.outdir.read import OutDir
@@ -79,6 +80,15 @@ class Facts:
 
     def timing(self, mode: str) -> dict[str, Any]:
         return mode_timing(self.docs, mode)
+
+    @cached_property
+    def links_by_wafer(self) -> dict[int, list[tuple[tuple, tuple, float]]]:
+        """wafer -> [(src core, dst core, bytes per token)]: each wafer's panels read only
+        its own links (a 16-wafer giant has ~10^5 links)."""
+        out: dict[int, list[tuple[tuple, tuple, float]]] = defaultdict(list)
+        for (w, a, b), load in self.links.items():
+            out[w].append((a, b, load))
+        return dict(out)
 
     def steps(self, mode: str):
         """The steps a mode's timing indexes: the decode schedule's when there is one."""

@@ -138,9 +138,9 @@ def link_bins(f: Facts, wafer: int, win: Window) -> dict[tuple[int, int], list]:
     links, the busiest link (src, dst)]; a link belongs to the cell of its source core."""
     bh, bw = bin_size(win)
     cells: dict[tuple[int, int], list] = defaultdict(lambda: [0.0, 0.0, 0, None])
-    for (w, a, b), load in f.links.items():
+    for a, b, load in f.links_by_wafer.get(wafer, ()):
         r, c = a
-        if w != wafer or not (0 <= r - win.row < win.rows and 0 <= c - win.col < win.cols):
+        if not (0 <= r - win.row < win.rows and 0 <= c - win.col < win.cols):
             continue
         acc = cells[((r - win.row) // bh, (c - win.col) // bw)]
         if load > acc[0] or (load == acc[0] and (a, b) < acc[3]):  # ties: the first link
