@@ -23,6 +23,7 @@ fall below the exact nanosecond floor, so back-to-back slices stay back to back 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from bisect import bisect_right
 from collections import defaultdict
@@ -201,10 +202,15 @@ def _check_timing(mode: str, tm: dict[str, Any], n: int) -> list[str]:
 # --- trace.json ---------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _us(cycles: float, clock_hz: float) -> float:
-    """`cycles` in microseconds; Perfetto's int(us * 1000) then gives floor(exact ns)."""
+    """`cycles` in microseconds; Perfetto's int(us * 1000) then gives floor(exact ns).
+    Cached: a giant's trace asks for the same starts and durations again and again."""
     x = cycles * 1e6 / clock_hz
-    ns = math.floor(Fraction(cycles) * 10**9 / Fraction(clock_hz))
+    if float(cycles).is_integer() and float(clock_hz).is_integer():  # exact, as the Fraction
+        ns = int(cycles) * 10**9 // int(clock_hz)
+    else:
+        ns = math.floor(Fraction(cycles) * 10**9 / Fraction(clock_hz))
     for _ in range(8):
         if int(x * 1000.0) < ns:
             x = math.nextafter(x, math.inf)
