@@ -6,13 +6,18 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as hst
 
 from compiler.driver import CompileOptions, SolverOptions, compile_model
+from compiler.outdir import trace as trace_mod
 from compiler.outdir.trace import (
     check_schedule_doc,
     check_trace,
@@ -321,3 +326,17 @@ def test_check_trace_reports_structure_flows_and_names():
     assert "bp must be" in check_trace(_doc(_x(0, 5), start, dict(finish, bp="n")))[0]
     assert check_trace({"traceEvents": [_x(0, 1)]}) == [
         "pid 0: no process_name metadata", "pid 0 tid 1: no thread_name metadata"]
+
+
+@settings(max_examples=500, deadline=None)
+@example(cycles=2211, clock_hz=1.1e9).via("naive x * 1000 is one ns short")
+@example(cycles=1001, clock_hz=1e9).via("naive x * 1000 is one ns short")
+@example(cycles=7007.0, clock_hz=875e6).via("naive x * 1000 is one ns short")
+@given(cycles=hst.one_of(hst.integers(0, 10**13), hst.floats(0, 1e12, allow_nan=False)),
+       clock_hz=hst.sampled_from([1.1e9, 875e6, 1e9, 1.234567e9, 850_000_001.0]))
+def test_a_timestamp_in_us_gives_perfetto_the_exact_floor_nanosecond(cycles, clock_hz):
+    """Perfetto takes int(us * 1000) ns: that is floor(cycles / clock) in exact arithmetic,
+    on the integer fast path and the Fraction path alike."""
+    us = trace_mod._us(cycles, clock_hz)
+    assert int(us * 1000.0) == math.floor(Fraction(cycles) * 10**9 / Fraction(clock_hz))
+    assert abs(us - cycles * 1e6 / clock_hz) <= 1e-6 * max(1.0, us)
