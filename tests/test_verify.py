@@ -123,6 +123,20 @@ def test_a_stored_file_goes_to_ort_as_its_own_bytes_plus_the_extra_outputs():
     assert reference_model_bytes(path) == path.read_bytes()
 
 
+def test_a_file_spelling_the_standard_domain_ai_onnx_goes_respelled(tmp_path):
+    """normalize_domains respells 'ai.onnx' as '': such a file is not handed over as its own
+    bytes but as the respelled model, as before the stored-bytes path."""
+    node = helper.make_node("Relu", ["x"], ["y"], name="relu", domain="ai.onnx")
+    graph = helper.make_graph([node], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    onnx.save(model, tmp_path / "m.onnx")
+    got = onnx.ModelProto()
+    got.ParseFromString(reference_model_bytes(tmp_path / "m.onnx"))
+    assert [n.domain for n in got.graph.node] == [""]
+
+
 def test_external_weights_are_read_inline(tmp_path):
     w = np.arange(12, dtype=np.float32).reshape(3, 4)
     graph = helper.make_graph(

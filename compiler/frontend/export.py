@@ -27,7 +27,12 @@ from onnx_ir.passes.common import InlinePass
 from compiler.errors import ModelError, UsageError
 from compiler.frontend.external import external_ref, read_external, resolve_location
 from compiler.frontend.upcast import has_bfloat16, upcast_bfloat16
-from compiler.frontend.validate import check_model, normalize_domains, read_model
+from compiler.frontend.validate import (
+    check_model,
+    normalize_domains,
+    parse_model,
+    read_model_bytes,
+)
 
 PROTOBUF_LIMIT = (1 << 31) - 1  # bytes: the largest message protobuf serializes
 
@@ -40,9 +45,9 @@ def reference_model_bytes(source: str | Path, extra_outputs: Sequence[str] = ())
     Names the source graph does not compute (tensors the frontend made) are left out: the
     caller sees them missing from ORT's results. Models over 2 GB raise ModelError. bfloat16
     is held as float32 (frontend/upcast.py): feed bfloat16 inputs widened to float32."""
-    model, base_dir = _open_proto(source)
-    if base_dir is not None and _as_stored(model):  # issue 15: no 0.4 GB re-serialization
-        data = Path(source).read_bytes() + _outputs_delta(model.graph, extra_outputs)
+    model, base_dir, stored = _open_proto(source)
+    if stored is not None and not (model.functions or _external(model) or has_bfloat16(model)):
+        data = stored + _outputs_delta(model.graph, extra_outputs)  # issue 15: not serialized
         _check_size(len(data), str(source))
         return data
     if model.functions:
@@ -66,31 +71,36 @@ def reference_model_bytes(source: str | Path, extra_outputs: Sequence[str] = ())
 def input_specs(source: str | Path) -> list[InputSpec]:
     """(name, element dtype name, dims) of each graph input that is not an initializer; a
     dynamic dim is its dim_param (or "?" when unnamed)."""
-    model, _ = _open_proto(source)
+    model, _, _ = _open_proto(source)
     weights = {t.name for t in model.graph.initializer}
     return [(v.name, _elem_name(v), _dims(v)) for v in model.graph.input if v.name not in weights]
 
 
-def _open_proto(source: str | Path) -> tuple[onnx.ModelProto, Path | None]:
-    """The model proto (external data not loaded) and the directory its data lives in."""
+def _open_proto(source: str | Path) -> tuple[onnx.ModelProto, Path | None, bytes | None]:
+    """The model proto (external data not loaded), the directory its data lives in, and the
+    file's bytes when they hold exactly that proto (None for a built-in model or a respelled
+    domain)."""
     path = Path(source)
     if path.suffix == ".onnx" or path.exists():
-        return _load_file(path), path.parent
+        proto, data = _load_file(path)
+        return proto, path.parent, data
     from compiler import zoo
 
     if str(source) in zoo.ZOO:
-        return zoo.build(str(source)), None
+        return zoo.build(str(source)), None, None
     raise UsageError(f"model {str(source)!r} is neither a file nor a zoo name")
 
 
-def _load_file(path: Path) -> onnx.ModelProto:
-    """Parsed and checked exactly as the frontend does (validate.py), external data unread."""
+def _load_file(path: Path) -> tuple[onnx.ModelProto, bytes | None]:
+    """Parsed and checked exactly as the frontend does (validate.py), external data unread;
+    with the file's bytes unless normalize_domains respelled the proto."""
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
-    proto = read_model(path)
-    normalize_domains(proto)
+    data = read_model_bytes(path)
+    proto = parse_model(path, data)
+    respelled = normalize_domains(proto)
     check_model(proto, str(path), path.parent)
-    return proto
+    return proto, None if respelled else data
 
 
 def _inlined(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -134,18 +144,6 @@ def _inline_external(model: onnx.ModelProto, base_dir: Path) -> None:
         t.raw_data = np.ascontiguousarray(data).tobytes()
         del t.external_data[:]
         t.data_location = onnx.TensorProto.DEFAULT
-
-
-def _as_stored(model: onnx.ModelProto) -> bool:
-    """ORT can take the file's own bytes: nothing to inline, widen or respell."""
-    return not (model.functions or _external(model) or has_bfloat16(model)
-                or _spelled_ai_onnx(model))
-
-
-def _spelled_ai_onnx(model: onnx.ModelProto) -> bool:
-    """A domain spelled 'ai.onnx' (normalize_domains rewrites it; the file still has it)."""
-    return any(n.domain == "ai.onnx" for n in model.graph.node) or any(
-        op.domain == "ai.onnx" for op in model.opset_import)
 
 
 def _outputs_delta(graph: onnx.GraphProto, names: Sequence[str]) -> bytes:

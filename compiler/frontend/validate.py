@@ -50,10 +50,18 @@ STORAGE_ONLY = frozenset({*PACKED_4BIT, onnx.TensorProto.FLOAT8E4M3FN,
 
 def read_model(path: Path) -> onnx.ModelProto:
     """Parse a model file's bytes as an ONNX ModelProto; external data is not touched."""
+    return parse_model(path, read_model_bytes(path))
+
+
+def read_model_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the model file ({exc.strerror})") from None
+
+
+def parse_model(path: Path, data: bytes) -> onnx.ModelProto:
+    """`data`, the bytes of the model file at `path`, as an ONNX ModelProto."""
     if not data:
         raise ModelError(f"{path} is empty (0 bytes): not an ONNX model; export the model again")
     proto = onnx.ModelProto()
@@ -108,15 +116,18 @@ def _sniff(data: bytes) -> str:
 # -- the checks -------------------------------------------------------------------------------
 
 
-def normalize_domains(proto: onnx.ModelProto) -> None:
-    """The standard domain has two spellings, '' and 'ai.onnx'; onnx's tools know only ''."""
+def normalize_domains(proto: onnx.ModelProto) -> bool:
+    """The standard domain has two spellings, '' and 'ai.onnx'; onnx's tools know only ''.
+    True when it respelled something."""
+    changed = False
     for node in proto.graph.node:
         if node.domain == "ai.onnx":
-            node.domain = ""
+            node.domain, changed = "", True
     if not any(op.domain == "" for op in proto.opset_import):
         for op in proto.opset_import:
             if op.domain == "ai.onnx":
-                op.domain = ""
+                op.domain, changed = "", True
+    return changed
 
 
 def check_model(proto: onnx.ModelProto, label: str, base_dir: Path | None) -> None:
