@@ -358,7 +358,25 @@ def _reshape_local(g: ir.Graph, op: ir.Op, lay: OpLayout, region: Region) -> boo
     if not any(lay.inputs[0] or ()) and not any(lay.outputs[0]):
         return True
     a, b = _shrunk(src.shape, lay.inputs[0], dst.shape, lay.outputs[0], region)
-    return reshape_is_local(a, lay.inputs[0], b, lay.outputs[0], region.rows, region.cols)
+    rows = _mesh_cut(a, lay.inputs[0], b, lay.outputs[0], "r", region.rows)
+    cols = _mesh_cut(a, lay.inputs[0], b, lay.outputs[0], "c", region.cols)
+    return reshape_is_local(a, lay.inputs[0], b, lay.outputs[0], rows, cols)
+
+
+def _mesh_cut(src: tuple[int, ...], src_spec: Spec, dst: tuple[int, ...], dst_spec: Spec,
+              axis: str, size: int) -> int:
+    """The mesh extent along `axis` the exact check may use instead of `size`: when each side
+    splits at most one dim over it, unfactored, and every such dim is shorter than the axis,
+    core k holds element k of it (tile 1) and every core past the longest holds only padding
+    on both sides, so one such core stands for all (the same answer; the index arrays of a
+    decode step's grouped-query repeat on a 1,172-row region would take ~0.7 GB)."""
+    split = [d for shape, spec in ((src, src_spec), (dst, dst_spec))
+             for d, s in zip(shape, spec, strict=True) if base(s) == axis]
+    per_side = [sum(base(s) == axis for s in spec) for spec in (src_spec, dst_spec)]
+    unfactored = all(s == axis for spec in (src_spec, dst_spec) for s in spec if base(s) == axis)
+    if not split or max(per_side) > 1 or not unfactored or max(split) >= size:
+        return size
+    return max(split) + 1
 
 
 def _shrunk(src: tuple[int, ...], src_spec, dst: tuple[int, ...], dst_spec,
