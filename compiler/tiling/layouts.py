@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from compiler import ir
 from compiler.errors import UnsupportedOp, UnsupportedOpsError
 from compiler.stages import at_layer
+from compiler.tiling import alike
 from compiler.vocab import RESHAPE_OPS, VIEW_OPS, CollectiveKind
 
 R, C = "r", "c"
@@ -329,10 +330,11 @@ def graph_layouts(g: ir.Graph, inputs: Mapping[str, Spec] | None = None,
     the keys over that axis and the head dim over the other (`_spread`)."""
     specs: dict[str, Spec] = {n: replicated(len(g.tensor(n).shape)) for n in g.inputs}
     specs.update(inputs or {})
-    result = {}
+    result, memo = {}, alike.Memo()  # alike layers (a model's blocks) laid out once
     for layer in g.layers:
         with at_layer(layer.name):  # an internal error names the layer
-            layouts = layer_layouts(g, layer, specs, query_blocks, spread)
+            layouts = memo.layouts(g, layer, specs, lambda layer=layer: layer_layouts(
+                g, layer, specs, query_blocks, spread))
         for op, lay in zip(layer.ops, layouts, strict=True):
             specs.update(zip(op.outputs, lay.outputs, strict=False))
         result[layer.name] = layouts

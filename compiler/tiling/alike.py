@@ -1,0 +1,79 @@
+"""Alike layers laid out once: a transformer's blocks differ only in their names, so a layer
+whose ops, tensors and incoming specs match an earlier one's up to names gets that layer's
+layouts renamed instead of running the rules again (`graph_layouts`: the 405B's 126 blocks,
+in every decode form, once each instead of 126 times).
+
+The signature holds everything the layout rules read of a layer (compiler/tiling/layouts.py
+reads the graph through `g.tensor`, `g.const_derived`, `g.consumers`, `g.producers`,
+`g.outputs` and `g.opset`): per op its kind, attributes, domain and operands by position of
+first appearance; per tensor its shape, dtype, kind, storage, constant values (digested), its
+consumer count, whether it is constant-derived or a graph output, and the spec it arrives in.
+Two layers with one signature run the same rules on the same facts, so the second's layouts
+are the first's with the names substituted (tests/test_alike.py checks it against the rules
+on the zoo's decode forms).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Mapping
+
+from compiler import ir
+
+_LARGE = 1 << 16  # constants with more elements than this keep their identity in the key
+
+
+def signature(g: ir.Graph, layer: ir.Layer,
+              specs: Mapping[str, tuple[str | None, ...]]) -> tuple[str, tuple[str, ...]]:
+    """(the layer's signature, its tensor names in order of first appearance)."""
+    names: dict[str, int] = {}
+    h = hashlib.sha256(f"{layer.kind.value}{g.opset}".encode())
+    for op in layer.ops:
+        operands = [names.setdefault(n, len(names)) if n else -1
+                    for n in (*op.inputs, *op.outputs)]
+        h.update(f"|{op.kind}{op.domain}{op.attrs}{len(op.inputs)}{operands}".encode())
+    derived, outputs = g.const_derived, set(g.outputs)
+    for name in names:
+        t = g.tensor(name)
+        h.update(f"|{t.shape}{t.dtype}{t.kind}{t.storage_bits}{t.storage}"
+                 f"{name in derived}{name in outputs}{len(g.consumers.get(name, ()))}"
+                 f"{specs.get(name)}{_data(t)}".encode())
+    return h.hexdigest(), tuple(names)
+
+
+def _data(t: ir.Tensor) -> str:
+    if t.data is None:
+        return ""
+    if t.data.size > _LARGE:
+        return f"id{id(t.data)}"
+    return hashlib.sha256(f"{t.data.dtype}{t.data.shape}".encode() + t.data.tobytes()).hexdigest()
+
+
+def renamed(layouts: tuple, ops: tuple[ir.Op, ...], was: tuple[str, ...],
+            now: tuple[str, ...]) -> tuple:
+    """`layouts` of an alike layer with its op and tensor names (`was`, in the signature's
+    order) replaced by this layer's (`now`)."""
+    to = dict(zip(was, now, strict=True))
+    return tuple(dataclasses.replace(
+        lay, op=op.name, collectives=tuple(dataclasses.replace(c, tensor=to.get(c.tensor, c.tensor))
+                                           for c in lay.collectives))
+        for lay, op in zip(layouts, ops, strict=True))
+
+
+class Memo:
+    """Layouts by signature for one `graph_layouts` call."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[tuple, tuple[str, ...]]] = {}
+
+    def layouts(self, g: ir.Graph, layer: ir.Layer, specs: Mapping[str, tuple[str | None, ...]],
+                compute: Callable[[], tuple]) -> tuple:
+        key, names = signature(g, layer, specs)
+        hit = self.seen.get(key)
+        if hit is not None:
+            return renamed(hit[0], layer.ops, hit[1], names)
+        out = compute()
+        if all(c.tensor in names for lay in out for c in lay.collectives):
+            self.seen[key] = (out, names)  # (else not shared: a name it could not rename)
+        return out
