@@ -365,7 +365,7 @@ def _performance(schedule: Schedule, tiled: TiledGraph, target: Target):
         extra = streamed_kv_cycles(schedule, target, dict(kv)) if mode == Mode.DECODE else {}
         opts = PerfOptions(mode)
         timelines[mode] = timeline(schedule, target, opts, extra)
-        estimates[mode] = estimate(schedule, target, opts, extra)
+        estimates[mode] = estimate(schedule, target, opts, extra, timelines[mode])
     return timelines, estimates
 
 def _placement(problem: PlacementProblem, solver: SolverOptions, used: list[str],

@@ -917,7 +917,8 @@ def plan_for(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan:
     dg = with_streams(dg, prefill, target)
     s = build_decode_schedule(dg, prefill, target)
     opts = PerfOptions(Mode.DECODE, context=dg.context)
-    return DecodePlan(dg, s, timeline(s, target, opts), estimate(s, target, opts))
+    tl = timeline(s, target, opts)
+    return DecodePlan(dg, s, tl, estimate(s, target, opts, tl=tl))
 
 
 def prefill_caches(plan: DecodePlan) -> tuple[KVCacheRef, ...]:

@@ -344,9 +344,10 @@ def busiest_link(s: Schedule, opts: PerfOptions | None = None) -> LinkLoad | Non
 
 
 def estimate(s: Schedule, t: Target, opts: PerfOptions | None = None,
-             kv_reads: dict[int, int] | None = None) -> Estimate:
+             kv_reads: dict[int, int] | None = None, tl: Timeline | None = None) -> Estimate:
+    """`tl`: `timeline(s, t, opts, kv_reads)` when the caller has it already."""
     opts = opts or PerfOptions()
-    tl = timeline(s, t, opts, kv_reads)
+    tl = tl or timeline(s, t, opts, kv_reads)
     batch = opts.batch or s.batch
     context = opts.context or s.context
     flops = int(sum(st.flops * step_scale(st, s, opts) for st in s.steps

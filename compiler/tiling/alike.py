@@ -15,7 +15,6 @@ on the zoo's decode forms).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
 
@@ -25,20 +24,42 @@ _LARGE = 1 << 16  # constants with more elements than this keep their identity i
 
 
 def signature(g: ir.Graph, layer: ir.Layer,
-              specs: Mapping[str, tuple[str | None, ...]]) -> tuple[str, tuple[str, ...]]:
+              specs: Mapping[str, tuple[str | None, ...]]) -> tuple[tuple, tuple[str, ...]]:
     """(the layer's signature, its tensor names in order of first appearance)."""
+    digest, names = _static(g, layer)
+    return (digest, tuple(specs.get(n) for n in names)), names
+
+
+# the static part of the last few graphs' signatures, by identity (the graph kept with it)
+_STATIC: dict[int, tuple[ir.Graph, dict[str, tuple[str, tuple[str, ...]]]]] = {}
+KEEP_GRAPHS = 8
+
+
+def _static(g: ir.Graph, layer: ir.Layer) -> tuple[str, tuple[str, ...]]:
+    hit = _STATIC.get(id(g))
+    if hit is None or hit[0] is not g:
+        if len(_STATIC) >= KEEP_GRAPHS:  # the oldest goes
+            del _STATIC[next(iter(_STATIC))]
+        hit = _STATIC[id(g)] = (g, {})
+    by_layer = hit[1]
+    if layer.name not in by_layer:
+        by_layer[layer.name] = _digest(g, layer)
+    return by_layer[layer.name]
+
+
+def _digest(g: ir.Graph, layer: ir.Layer) -> tuple[str, tuple[str, ...]]:
     names: dict[str, int] = {}
     h = hashlib.sha256(f"{layer.kind.value}{g.opset}".encode())
     for op in layer.ops:
         operands = [names.setdefault(n, len(names)) if n else -1
                     for n in (*op.inputs, *op.outputs)]
         h.update(f"|{op.kind}{op.domain}{op.attrs}{len(op.inputs)}{operands}".encode())
-    derived, outputs = g.const_derived, set(g.outputs)
+    derived, outputs, consumers = g.const_derived, set(g.outputs), g.consumers
     for name in names:
         t = g.tensor(name)
-        h.update(f"|{t.shape}{t.dtype}{t.kind}{t.storage_bits}{t.storage}"
-                 f"{name in derived}{name in outputs}{len(g.consumers.get(name, ()))}"
-                 f"{specs.get(name)}{_data(t)}".encode())
+        h.update(f"|{t.shape}{t.dtype.value}{t.kind.value}{t.storage_bits}{t.storage}"
+                 f"{name in derived}{name in outputs}{len(consumers.get(name, ()))}"
+                 f"{_data(t)}".encode())
     return h.hexdigest(), tuple(names)
 
 
@@ -55,9 +76,8 @@ def renamed(layouts: tuple, ops: tuple[ir.Op, ...], was: tuple[str, ...],
     """`layouts` of an alike layer with its op and tensor names (`was`, in the signature's
     order) replaced by this layer's (`now`)."""
     to = dict(zip(was, now, strict=True))
-    return tuple(dataclasses.replace(
-        lay, op=op.name, collectives=tuple(dataclasses.replace(c, tensor=to.get(c.tensor, c.tensor))
-                                           for c in lay.collectives))
+    return tuple(type(lay)(op.name, lay.kind, lay.inputs, lay.outputs, tuple(
+        type(c)(c.kind, c.axis, to[c.tensor]) for c in lay.collectives))
         for lay, op in zip(layouts, ops, strict=True))
 
 
@@ -65,7 +85,7 @@ class Memo:
     """Layouts by signature for one `graph_layouts` call."""
 
     def __init__(self) -> None:
-        self.seen: dict[str, tuple[tuple, tuple[str, ...]]] = {}
+        self.seen: dict[tuple, tuple[tuple, tuple[str, ...]]] = {}
 
     def layouts(self, g: ir.Graph, layer: ir.Layer, specs: Mapping[str, tuple[str | None, ...]],
                 compute: Callable[[], tuple]) -> tuple:
