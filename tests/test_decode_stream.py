@@ -144,3 +144,32 @@ def test_cli_compile_verify_decode_with_a_streamed_cache(tmp_path, capsys):
         assert int(rows[layer]["input_bytes_per_token"]) >= loads
         assert int(rows[layer]["output_bytes_per_token"]) >= backs
     assert main(["-q", "verify", str(out), "--decode", "3"]) == 0  # from OUT: same chunks
+
+
+def test_a_form_is_skipped_only_when_its_offchip_floor_exceeds_a_scheduled_makespan():
+    """decode._bounded_plans (issue 18): every form's off-chip floor is at most its built
+    decode step's makespan, so the form the compile keeps is the one scheduling every form
+    would keep; and the floor does skip a form here (the cache after the grouped-query
+    repeat moves four times the bytes)."""
+    from compiler.schedule.decode import (
+        _bounded_plans,
+        decode_forms,
+        offchip_floor,
+        plan_for,
+        with_streams,
+    )
+
+    r = compiled(2048)
+    forms = decode_forms("llama-tiny", r.graph, 2048)
+    built = [plan_for(dg, r.schedule, r.target) for dg in forms]
+    for dg, plan in zip(forms, built, strict=True):
+        floor = offchip_floor(with_streams(dg, r.schedule, r.target), r.schedule, r.target)
+        assert 0 < floor <= plan.estimate.cycles
+    bounded = _bounded_plans(forms, r.schedule, r.target)
+    kept = [p for p in bounded if not isinstance(p, str)]
+    assert len(kept) < len(forms)
+    fastest = max(built, key=lambda p: p.estimate.tokens_per_s)
+    chosen = max(kept, key=lambda p: p.estimate.tokens_per_s)
+    assert (chosen.graph.form, chosen.estimate.cycles) == (fastest.graph.form,
+                                                           fastest.estimate.cycles)
+    assert chosen.schedule == fastest.schedule

@@ -894,7 +894,7 @@ def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedul
     if isinstance(forms, str):
         return forms
     first = [dg for dg in forms if fits is None or dg.form in fits] or list(forms)
-    plans = [_try_plan(dg, prefill, target) for dg in first]  # forms that do not fit: unplanned
+    plans = _bounded_plans(first, prefill, target)  # forms that do not fit: unplanned
     if not any(isinstance(p, DecodePlan) for p in plans):
         plans += [_try_plan(dg, prefill, target) for dg in forms
                   if all(dg is not f for f in first)]
@@ -902,6 +902,53 @@ def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedul
     if not kept:
         return str(plans[0])
     return max(kept, key=lambda p: p.estimate.tokens_per_s or 0.0)
+
+
+def _bounded_plans(forms: Sequence[DecodeGraph], prefill: Schedule,
+                   target: Target) -> list[DecodePlan | str]:
+    """`_try_plan` of each form, in order, except a form whose off-chip floor
+    (`offchip_floor`: cycles its decode step cannot beat) exceeds the makespan of a form
+    already scheduled: it is strictly slower, so the choice is the same as scheduling it
+    (the floors first, cheapest form first; its entry says why it was not scheduled)."""
+    streamed = [with_streams(dg, prefill, target) for dg in forms]
+    floors = [offchip_floor(dg, prefill, target) for dg in streamed]
+    plans: list[DecodePlan | str | None] = [None] * len(forms)
+    best: int | None = None
+    for i in sorted(range(len(forms)), key=lambda i: floors[i]):
+        if best is not None and floors[i] > best:
+            plans[i] = f"slower than a scheduled form (off-chip floor {floors[i]:,} > {best:,})"
+            continue
+        plans[i] = plan = _try_plan(streamed[i], prefill, target)
+        if isinstance(plan, DecodePlan):
+            best = min(best, plan.estimate.cycles) if best is not None else plan.estimate.cycles
+    return [p for p in plans if p is not None]
+
+
+def offchip_floor(dg: DecodeGraph, prefill: Schedule, target: Target) -> int:
+    """Cycles the decode step of `dg` (with its streamed chunks, `with_streams`) cannot beat:
+    per wafer, its streamed caches' chunk loads and write-backs, which all hold the wafer's
+    one off-chip port in turn (`perf.timeline`), each at least its transfer time."""
+    if not dg.streams:
+        return 0
+    g, regions = dg.graph, {r.name: r for r in prefill.regions}
+    layer_of = {op.name: la.name for la in g.layers for op in la.ops}
+    per_wafer: dict[int, int] = {}
+    written: set[str] = set()
+    for ch in dg.streams:
+        readers = g.consumers.get(ch.name, ())
+        if not readers:
+            continue
+        wafer = regions[layer_of[readers[0].name]].wafer
+        moved = [ch.name] + ([cache_of(dg)[ch.cache].new] if ch.cache not in written else [])
+        written.add(ch.cache)
+        per_wafer[wafer] = per_wafer.get(wafer, 0) + sum(
+            math.ceil(_offchip_cycles(target, target.tensor_bytes(g.tensor(n)))) for n in moved)
+    return max(per_wafer.values(), default=0)
+
+
+def _offchip_cycles(target: Target, nbytes: int) -> float:
+    o = target.offchip  # as perf._offchip prices a load or store
+    return (o.latency_s + nbytes / o.bandwidth_bytes_per_s) * target.core.clock_hz
 
 
 def _try_plan(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan | str:
