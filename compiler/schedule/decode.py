@@ -926,13 +926,14 @@ def _bounded_plans(forms: Sequence[DecodeGraph], prefill: Schedule,
 
 def offchip_floor(dg: DecodeGraph, prefill: Schedule, target: Target) -> int:
     """Cycles the decode step of `dg` (with its streamed chunks, `with_streams`) cannot beat:
-    per wafer, its streamed caches' chunk loads and write-backs, which all hold the wafer's
-    one off-chip port in turn (`perf.timeline`), each at least its transfer time."""
-    if not dg.streams:
-        return 0
+    per wafer, its streamed caches' chunk loads and write-backs and its streamed weights'
+    loads, which all hold the wafer's one off-chip port in turn (`perf.timeline`), each at
+    least its transfer time (as `build_decode_schedule` makes them)."""
     g, regions = dg.graph, {r.name: r for r in prefill.regions}
+    per_wafer = _weight_floor(dg, prefill, target)
+    if not dg.streams:
+        return max(per_wafer.values(), default=0)
     layer_of = {op.name: la.name for la in g.layers for op in la.ops}
-    per_wafer: dict[int, int] = {}
     written: set[str] = set()
     for ch in dg.streams:
         readers = g.consumers.get(ch.name, ())
@@ -944,6 +945,25 @@ def offchip_floor(dg: DecodeGraph, prefill: Schedule, target: Target) -> int:
         per_wafer[wafer] = per_wafer.get(wafer, 0) + sum(
             math.ceil(_offchip_cycles(target, target.tensor_bytes(g.tensor(n)))) for n in moved)
     return max(per_wafer.values(), default=0)
+
+
+def _weight_floor(dg: DecodeGraph, prefill: Schedule, target: Target) -> dict[int, int]:
+    """Per wafer, the off-chip cycles of the weights its streamed regions load every step
+    (once per region and weight read by an op that is not all constant)."""
+    g, modes = dg.graph, dict(prefill.residency)
+    wafer = {r.name: r.wafer for r in prefill.regions}
+    out: dict[int, int] = {}
+    for layer in g.layers:
+        if modes.get(layer.name) not in (Residency.STREAM_WEIGHTS.value,
+                                          Residency.STREAM_ALL.value):
+            continue
+        names = {n for op in layer.ops if not all(i in g.const_derived for i in op.inputs if i)
+                 for n in op.inputs if n and n in g.const_derived
+                 and g.tensor(n).kind is ir.TensorKind.WEIGHT}
+        w = wafer[layer.name]
+        out[w] = out.get(w, 0) + sum(
+            math.ceil(_offchip_cycles(target, target.tensor_bytes(g.tensor(n)))) for n in names)
+    return out
 
 
 def _offchip_cycles(target: Target, nbytes: int) -> float:
