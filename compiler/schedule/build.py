@@ -134,12 +134,15 @@ class _State:
     at: dict[tuple[str, str], tuple[Spec, str | None, int]] = field(default_factory=dict)
     home: dict[str, str] = field(default_factory=dict)  # tensor -> region that produced it
     steps: list[Step] = field(default_factory=list)
+    scaling: str | None = None  # every step's, when set (a decode step's exact sizes: FIXED)
 
     def bytes(self, name: str) -> int:
         """A tensor's bytes on the machine: what a transfer of it moves."""
         return self.target.tensor_bytes(self.g.tensor(name))
 
     def add(self, **kw) -> Step:
+        if self.scaling is not None:
+            kw["scaling"] = self.scaling
         step = Step(id=len(self.steps), **kw)
         self.steps.append(step)
         return step

@@ -576,7 +576,7 @@ def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target) ->
     by_tensor = {c.name: c for c in dg.caches}
     chunk_of = {ch.name: ch for ch in dg.streams}
     written: dict[str, int] = {}  # streamed cache -> its write-back step
-    st = _State(g, target)
+    st = _State(g, target, scaling=FIXED)  # a decode step's sizes are exact
     for layer in g.layers:
         region = regions[layer.name]
         mode = residency.get(layer.name, Residency.RESIDENT.value)
@@ -599,8 +599,7 @@ def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target) ->
                     for name, spec in zip(op.inputs, lay.inputs, strict=True) if name]
             _compute(g, op, lay, region, deps, st)
     _store_outputs(g, st)
-    steps = tuple(dataclasses.replace(s, scaling=FIXED)
-                  for s in with_algorithms(st.steps, regions, target))
+    steps = with_algorithms(st.steps, regions, target)
     return Schedule(g.name, target.name, prefill.regions, steps, prefill.batch, prefill.batch,
                     dg.context, prefill.residency)
 

@@ -31,11 +31,11 @@ def signature(g: ir.Graph, layer: ir.Layer,
 
 
 # the static part of the last few graphs' signatures, by identity (the graph kept with it)
-_STATIC: dict[int, tuple[ir.Graph, dict[str, tuple[str, tuple[str, ...]]]]] = {}
+_STATIC: dict[int, tuple[ir.Graph, dict[str, tuple[tuple, tuple[str, ...]]]]] = {}
 KEEP_GRAPHS = 8
 
 
-def _static(g: ir.Graph, layer: ir.Layer) -> tuple[str, tuple[str, ...]]:
+def _static(g: ir.Graph, layer: ir.Layer) -> tuple[tuple, tuple[str, ...]]:
     hit = _STATIC.get(id(g))
     if hit is None or hit[0] is not g:
         if len(_STATIC) >= KEEP_GRAPHS:  # the oldest goes
@@ -47,28 +47,28 @@ def _static(g: ir.Graph, layer: ir.Layer) -> tuple[str, tuple[str, ...]]:
     return by_layer[layer.name]
 
 
-def _digest(g: ir.Graph, layer: ir.Layer) -> tuple[str, tuple[str, ...]]:
+def _digest(g: ir.Graph, layer: ir.Layer) -> tuple[tuple, tuple[str, ...]]:
     names: dict[str, int] = {}
-    h = hashlib.sha256(f"{layer.kind.value}{g.opset}".encode())
+    ops = []
     for op in layer.ops:
-        operands = [names.setdefault(n, len(names)) if n else -1
-                    for n in (*op.inputs, *op.outputs)]
-        h.update(f"|{op.kind}{op.domain}{op.attrs}{len(op.inputs)}{operands}".encode())
+        operands = tuple(names.setdefault(n, len(names)) if n else -1
+                         for n in (*op.inputs, *op.outputs))
+        ops.append((op.kind, op.domain, repr(op.attrs), len(op.inputs), operands))
     derived, outputs, consumers = g.const_derived, set(g.outputs), g.consumers
+    tensors = []
     for name in names:
         t = g.tensor(name)
-        h.update(f"|{t.shape}{t.dtype.value}{t.kind.value}{t.storage_bits}{t.storage}"
-                 f"{name in derived}{name in outputs}{len(consumers.get(name, ()))}"
-                 f"{_data(t)}".encode())
-    return h.hexdigest(), tuple(names)
+        tensors.append((t.shape, t.dtype, t.kind, t.storage_bits, t.storage, name in derived,
+                        name in outputs, len(consumers.get(name, ())), _data(t)))
+    return (layer.kind, g.opset, tuple(ops), tuple(tensors)), tuple(names)
 
 
-def _data(t: ir.Tensor) -> str:
+def _data(t: ir.Tensor) -> tuple:
     if t.data is None:
-        return ""
+        return ()
     if t.data.size > _LARGE:
-        return f"id{id(t.data)}"
-    return hashlib.sha256(f"{t.data.dtype}{t.data.shape}".encode() + t.data.tobytes()).hexdigest()
+        return ("id", id(t.data))
+    return (str(t.data.dtype), t.data.shape, hashlib.sha256(t.data.tobytes()).digest())
 
 
 def renamed(layouts: tuple, ops: tuple[ir.Op, ...], was: tuple[str, ...],
