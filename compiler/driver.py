@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,27 +192,6 @@ def compile_model(model: str | Path, target: str | Path | Target,
     deterministic budget (the wall-clock deadline stays the whole time limit) and keeps the
     better of the two. `CompileResult.reused` names what was taken
     ("placement" for an equal problem, "hint" for a warm start)."""
-    try:
-        return _compile_model(model, target, options, on_stage, on_start, on_progress, reuse,
-                              hint)
-    finally:
-        gc.unfreeze()  # (`_settle`)
-
-
-def _settle() -> None:
-    """What the stages so far left alive (graphs, tilings: millions of objects) moved out of
-    the cyclic collector's way for the rest of the compile: the full collections the next
-    stages' allocations set off no longer walk it (the 405B's tiling, schedule and decode
-    stages took ~1.4x as long with them). Not collected first (a full collection per stage
-    would cost every small compile); cyclic garbage among them waits for the compile's end,
-    which undoes it (`gc.unfreeze`)."""
-    gc.freeze()
-
-
-def _compile_model(model: str | Path, target: str | Path | Target,
-                   options: CompileOptions | None, on_stage: StageHook | None,
-                   on_start: StartHook | None, on_progress: ProgressHook | None,
-                   reuse: Reuse | None, hint: PlacementHint | None) -> CompileResult:
     options = options or CompileOptions()
     if options.speculative is not None:
         _check_draft(options.speculative.draft)
@@ -227,7 +205,6 @@ def _compile_model(model: str | Path, target: str | Path | Target,
     with stage("frontend"):
         graph = (reuse.graph(model, options.frontend, used) if reuse
                  else load_model(model, options.frontend, keep=True))
-    _settle()
     with stage("tiling"):  # each layer's decode step priced as the decode schedule runs it
         context = context_length(graph, options.tiling)
         forms, steps = (reuse.decode_forms(model, options.frontend, graph, context, used)
@@ -237,11 +214,9 @@ def _compile_model(model: str | Path, target: str | Path | Target,
         key = (str(model), options.frontend, tgt, options.tiling, options.routing,
                options.check)
         tiled, problem = reuse.tiling(key, used, tile) if reuse else tile()
-    _settle()
     with stage("placement"):
         placement = _placement(problem, options.solver, used, on_progress, reuse, hint)
         placed = metrics(problem, placement)
-    _settle()
     with stage("baseline"):
         baseline = _baseline(problem)
         same = _same_options_baseline(problem, placement)
