@@ -166,7 +166,8 @@ def _moe(tmp: Path, names: list[str]) -> None:
               "decode tokens/s expected", "worst case", "every expert run"]
     body = (f"MoE giants, shape-only, each on the smallest WSE-3 cluster that holds it: `wafer "
             f"compile` with default options (deterministic CP-SAT, 1 worker, 30 s limit; "
-            f"{machine()}; load average {load:.1f} when it started, `uptime`"
+            f"{machine()}; load average {load:.1f} when it started, "
+            f"{os.getloadavg()[0]:.1f} when it ended, `uptime`"
             f"{'; re-run alone: ' + ', '.join(names) if names else ''}). Decode at batch "
             "1: expected over uniform routing, worst case (every token to the same k experts "
             "in the groups farthest from the router), and the schedule as built (every expert "

@@ -138,15 +138,18 @@ def names() -> list[str]:
     return list(ZOO)
 
 
-def build(name: str, shape_only: bool = False) -> onnx.ModelProto:
+def build(name: str, shape_only: bool = False, layers: int | None = None) -> onnx.ModelProto:
     """Build the named zoo model; the same name always gives a byte-identical proto.
     `shape_only`: the same graph with its weights as references to an absent file (no random
-    weights drawn: what a shape-only load needs). Raises KeyError, listing the valid names, for
-    an unknown one."""
+    weights drawn: what a shape-only load needs). `layers`: the same model with that many
+    layers (the frontend's template of a shape-only giant, compiler/frontend/template.py).
+    Raises KeyError, listing the valid names, for an unknown one."""
     entry = ZOO.get(name)
     if entry is None:
         raise KeyError(f"unknown zoo model {name!r}; valid names: {', '.join(names())}")
     config = replace(entry.config, shape_only=True) if shape_only else entry.config
+    if layers is not None:
+        config = replace(config, layers=layers)
     model = _BUILDERS[entry.family](config, name=name)
     model.metadata_props.add(key="wafer.zoo_name", value=name)
     return model

@@ -22,6 +22,7 @@ from compiler.schedule.decode_mask import varying_axes
 from compiler.tiling.candidates import TilingOptions
 from compiler.verify import Artifact, VerifyOptions
 from compiler.verify.decode import verify_decode
+from compiler.vocab import Mode
 from compiler.zoo import build_moe
 
 MOE = Path(__file__).parent / "fixtures" / "moe"
@@ -116,6 +117,35 @@ def test_the_moe_decode_estimate_comes_from_the_decode_schedule(tmp_path):
     hz = r.target.core.clock_hz
     assert r.moe.all_experts_tokens_per_s == r.moe.batch * hz / r.decode.timeline.makespan
     assert r.moe.worst_tokens_per_s <= r.moe.expected_tokens_per_s
+    _retimings_reuse_the_unchanged_steps_exactly(r)
+
+
+def _retimings_reuse_the_unchanged_steps_exactly(r) -> None:
+    """The MoE re-timings' fast path (the base schedule's step cycles kept for the steps a
+    scenario leaves alone) gives the makespan of the slow definition (every step timed anew)
+    for every kind of scenario: a group skipped, scaled, or a streamed share loaded."""
+    import dataclasses
+
+    import numpy as np
+
+    from compiler.schedule.moe import _cycles, _scaled
+    from compiler.schedule.perf import PerfOptions, step_durations, timeline
+    from compiler.tiling.routing import UNIFORM, group_loads
+
+    s = r.decode.schedule
+    opts = PerfOptions(Mode.DECODE, context=r.decode.graph.context)
+    base = step_durations(s, r.target, opts)
+    assert timeline(s, r.target, opts, cycles=base) == timeline(s, r.target, opts)
+    groups = sorted(group_loads(r.graph, UNIFORM, s.batch))
+    rng = np.random.default_rng(1)
+    scenarios = [{g: (0.0, 0.0, 0.0) for g in groups}, {groups[0]: (0.0, 0.0, 0.0)},
+                 {g: (1.0, 1.0, 1.0) for g in groups[1:]},
+                 *({g: tuple(rng.choice([0.0, 0.5, 1.0], 3)) for g in groups} for _ in range(4))]
+    for scenario in scenarios:
+        slow = timeline(dataclasses.replace(
+            s, steps=tuple(_scaled(st, scenario) for st in s.steps)), r.target, opts)
+        assert _cycles(s, r.target, opts, scenario, base) == slow.makespan
+    assert len({_cycles(s, r.target, opts, sc, base) for sc in scenarios}) > 1  # not inert
 
 
 def test_a_bug_in_the_decode_schedule_is_an_internal_error(monkeypatch):

@@ -3,6 +3,7 @@ check table lookups -> check ops -> infer shapes -> convert -> group layers -> c
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -38,6 +39,7 @@ from compiler.frontend.ops import check_control_flow, check_supported
 from compiler.frontend.past import bind_past, strip_past
 from compiler.frontend.quant import fold_through_contrib, infer_with_contrib
 from compiler.frontend.tables import check_table_lookups
+from compiler.frontend.template import Template, expand, template_for
 from compiler.frontend.validate import check_model, normalize_domains, read_model
 
 
@@ -56,7 +58,33 @@ def load_model(source: str | Path, options: FrontendOptions | None = None, *,
     options = options or FrontendOptions()
     check_source(source)  # before the digest reads it
     digest = source_digest(source)
-    model, name = _opened(source, options.shapes_only is True, digest, keep)
+    template = _template(source)
+    if template is not None:  # a shape-only zoo giant: from its template model (template.py)
+        small = _load(source, options, keep, f"{digest}:layers={template.small}",
+                      template.small)
+        return _checked(dataclasses.replace(expand(small, template), source_sha256=digest))
+    return _checked(_load(source, options, keep, digest))
+
+
+def _checked(graph: ir.Graph) -> ir.Graph:
+    ir.check_graph(graph)
+    return graph
+
+
+def _template(source: str | Path) -> Template | None:
+    if not zoo_shape_only(source):
+        return None
+    from compiler import zoo
+
+    entry = zoo.ZOO[str(source)]
+    return template_for(entry.config, entry.family)
+
+
+def _load(source: str | Path, options: FrontendOptions, keep: bool, digest: str,
+          layers: int | None = None) -> ir.Graph:
+    """The frontend's line (the module docstring); `layers`: a zoo model built with that
+    many layers (a giant's template)."""
+    model, name = _opened(source, options.shapes_only is True, digest, keep, layers)
     pasts = {v.name: v for v in model.graph.inputs}
     past_axes = strip_past(model)  # a with-past export: its graph at past length 0
     dims = bind_dims(model, options.dims)
@@ -82,9 +110,7 @@ def load_model(source: str | Path, options: FrontendOptions | None = None, *,
         layers=layers, opset=_opset(model), source=str(source), shape_only=shapes_only,
         dims=dims, source_sha256=digest,
     )
-    graph = mark_moe(graph)
-    ir.check_graph(graph)
-    return graph
+    return mark_moe(graph)
 
 
 @dataclass(frozen=True)
@@ -107,7 +133,7 @@ def drop_kept() -> None:
 
 
 def _opened(source: str | Path, shapes_only: bool, digest: str,
-            keep: bool) -> tuple[onnx_ir.Model, str]:
+            keep: bool, layers: int | None = None) -> tuple[onnx_ir.Model, str]:
     """The model opened, its control flow checked and its functions inlined: the kept one
     when it is this source's and serves this load (taken: it is bound in place), else
     opened; with `keep`, a copy (sharing its tensors) is kept for the next load."""
@@ -115,7 +141,7 @@ def _opened(source: str | Path, shapes_only: bool, digest: str,
     if (kept is not None and (kept.source, kept.digest) == (str(source), digest)
             and (shapes_only or not kept.shapes_only)):
         return kept.model, kept.name
-    model, name = open_model(source, shapes_only)
+    model, name = open_model(source, shapes_only, layers)
     check_control_flow(model)
     InlinePass()(model)
     copy = _copy(model) if keep else None
@@ -151,9 +177,11 @@ def check_source(source: str | Path) -> None:
         )
 
 
-def open_model(source: str | Path, shapes_only: bool = False) -> tuple[onnx_ir.Model, str]:
+def open_model(source: str | Path, shapes_only: bool = False,
+               layers: int | None = None) -> tuple[onnx_ir.Model, str]:
     """Open a path (weights stay on disk, read lazily) or build a zoo model by name (without
-    drawing its weights when `shapes_only`: they would not be read)."""
+    drawing its weights when `shapes_only`: they would not be read; `layers`: a shape-only
+    zoo model built with that many layers, a giant's template)."""
     check_source(source)
     path = Path(source)
     if path.suffix == ".onnx" or path.exists():
@@ -161,7 +189,7 @@ def open_model(source: str | Path, shapes_only: bool = False) -> tuple[onnx_ir.M
     from compiler import zoo
 
     if shapes_only or zoo_shape_only(source):  # no weights: small, kept for the next load
-        proto = _shape_only_zoo_proto(str(source))
+        proto = _shape_only_zoo_proto(str(source), layers)
     else:
         proto = zoo.build(str(source))
         check_model(proto, str(source), None)
@@ -169,13 +197,13 @@ def open_model(source: str | Path, shapes_only: bool = False) -> tuple[onnx_ir.M
 
 
 @functools.lru_cache(maxsize=1)
-def _shape_only_zoo_proto(name: str) -> onnx.ModelProto:
+def _shape_only_zoo_proto(name: str, layers: int | None = None) -> onnx.ModelProto:
     """A zoo model built shape-only and checked, kept: a compile loads it twice (at the prompt,
     then at one token for the decode step; 2.8 MB for Llama 3.1 405B). Never mutated: each
     load deserializes it into its own onnx_ir model."""
     from compiler import zoo
 
-    proto = zoo.build(name, shape_only=True)
+    proto = zoo.build(name, shape_only=True, layers=layers)
     check_model(proto, name, None)
     return proto
 

@@ -1,7 +1,9 @@
 """The one reader of OUT/: the documents of one compile as an `OutDir`, read from OUT (or parsed
 from the texts a compile is about to write). The report is built from these only, so `wafer view
-OUT` and `wafer compile` draw the same picture; `wafer verify` opens OUT through `read_compiled`,
-which needs only what verification does (placement.json's records and schedule.json)."""
+OUT` and `wafer compile` draw the same picture (a compile hands over the Schedules it wrote
+rather than rebuilding them from schedule.json: equal, tests/test_report_schedules.py);
+`wafer verify` opens OUT through `read_compiled`, which needs only what verification does
+(placement.json's records and schedule.json)."""
 
 from __future__ import annotations
 
@@ -74,15 +76,17 @@ class OutDir:
         return self.placement.get("options", {})
 
 
-def _out_dir(docs: dict[str, dict[str, Any]], out: str) -> OutDir:
+def _out_dir(docs: dict[str, dict[str, Any]], out: str,
+             schedules: Schedules | None = None) -> OutDir:
     sdoc = docs[SCHEDULE]
     timing, target = sdoc.get("timing", {}), sdoc.get("target", {})
     from compiler.outdir.decode import decode_schedule_from_doc
 
     dec = sdoc.get("decode")
-    return OutDir(docs[PLACEMENT], schedule_from_doc(sdoc), timing,
+    prefill, decode = schedules or (schedule_from_doc(sdoc), decode_schedule_from_doc(sdoc))
+    return OutDir(docs[PLACEMENT], prefill, timing,
                   float(target.get("clock_hz", 0.0)), docs.get(LOG, {}), docs.get(VERIFY), out,
-                  decode_schedule_from_doc(sdoc), dec["timing"]["decode"] if dec else None)
+                  decode, dec["timing"]["decode"] if dec else None)
 
 
 def read_out(out: str | Path) -> OutDir:
@@ -100,7 +104,15 @@ def read_out(out: str | Path) -> OutDir:
     return docs_from_texts(texts, str(out))
 
 
-def docs_from_texts(texts: dict[str, str], out: str = "OUT") -> OutDir:
+# the prefill and decode Schedules a schedule.json was written from, when the caller holds
+# them (a compile's report): what `schedule_from_doc` would rebuild from it, not rebuilt
+Schedules = tuple[Schedule, Schedule | None]
+
+
+def docs_from_texts(texts: dict[str, str], out: str = "OUT",
+                    schedules: Schedules | None = None) -> OutDir:
+    """OUT's documents from their texts; `schedules`: the Schedules schedule.json was written
+    from (a compile's report: the same OutDir, without rebuilding 92k steps of a giant)."""
     docs = {name: _parse(out, name, texts[name]) for name in (PLACEMENT, SCHEDULE, LOG, VERIFY)
             if name in texts}
     for name, keys in NEEDED.items():
@@ -111,7 +123,7 @@ def docs_from_texts(texts: dict[str, str], out: str = "OUT") -> OutDir:
             raise UsageError(f"{out}/{name} has no {', '.join(missing)} (written by an older "
                              f"wafer?): {_recompile(out)}")
     _check_structure(docs, out)
-    return _out_dir(docs, out)
+    return _out_dir(docs, out, schedules)
 
 
 # per placement.json layer: the fields the report reads and their JSON types

@@ -25,6 +25,7 @@ from compiler.errors import UsageError
 from compiler.outdir.trace import schedule_doc, trace_doc
 from compiler.placement.idle import idle_cores
 from compiler.result import CompileResult, decode_steps
+from compiler.schedule.build import Schedule
 from compiler.schedule.perf import Estimate, LayerCycles, PerfOptions, breakdown
 from compiler.tiling.layouts import OpLayout
 from compiler.vocab import Mode
@@ -249,8 +250,13 @@ def artifact_files(result: CompileResult, report: bool = True) -> dict[str, str]
     if report:
         from compiler.report import docs_from_texts, report_files
 
-        files.update(report_files(docs_from_texts(files)))
+        files.update(report_files(docs_from_texts(files, schedules=written_schedules(result))))
     return files
+
+
+def written_schedules(result: CompileResult) -> tuple[Schedule, Schedule | None]:
+    """The prefill and decode Schedules `artifact_files` writes into schedule.json."""
+    return result.schedule, None if result.decode is None else result.decode.schedule
 
 
 # --- writing ----------------------------------------------------------------------------------

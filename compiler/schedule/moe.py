@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.schedule.build import Region, Schedule, Step
-from compiler.schedule.perf import PerfOptions, timeline
+from compiler.schedule.perf import PerfOptions, step_durations, timeline
 from compiler.target import Target
 from compiler.tiling.routing import GroupLoad
 from compiler.vocab import Mode, Phase, StepKind
@@ -100,13 +100,14 @@ def moe_estimate(s: Schedule, target: Target, loads: dict[str, GroupLoad],
     rng = np.random.default_rng(seed)
     shares = shares or {}
     draws = [_draw(loads, shares, batch, rng) for _ in range(samples)]
-    sampled = [_cycles(s, target, opts, d) for d in draws]
+    base = step_durations(s, target, opts)  # each re-timing recomputes only the changed steps
+    sampled = [_cycles(s, target, opts, d, base) for d in draws]
     expected = float(np.mean(sampled))
     # the farthest groups are a heuristic worst case: never faster than a sampled draw (on
     # mesh16x16 a 5-row expert group four columns off the router timed faster than the mean)
-    worst = max([*sampled, *(_cycles(s, target, opts, _worst(s, loads, spread))
+    worst = max([*sampled, *(_cycles(s, target, opts, _worst(s, loads, spread), base)
                              for spread in (False, True))])
-    dense = timeline(s, target, opts).makespan
+    dense = timeline(s, target, opts, cycles=base).makespan
     hz = target.core.clock_hz
     return MoEEstimate(
         routing=routing, batch=batch, samples=samples,
@@ -181,9 +182,13 @@ def _distance(a: Region | None, b: Region) -> tuple[int, int]:
     return (int(a.wafer != b.wafer), abs(ra - rb) + abs(ca - cb))
 
 
-def _cycles(s: Schedule, target: Target, opts: PerfOptions, scenario: Scenario) -> int:
-    steps = tuple(_scaled(st, scenario) for st in s.steps)
-    return timeline(dataclasses.replace(s, steps=steps), target, opts).makespan
+def _cycles(s: Schedule, target: Target, opts: PerfOptions, scenario: Scenario,
+            base: list[int] | None = None) -> int:
+    """The decode step's makespan under `scenario`; `base`: `s`'s step durations, reused for
+    the steps the scenario leaves alone (the same makespan, `perf.step_durations`)."""
+    scaled = dataclasses.replace(s, steps=tuple(_scaled(st, scenario) for st in s.steps))
+    cycles = None if base is None else step_durations(scaled, target, opts, s, base)
+    return timeline(scaled, target, opts, cycles=cycles).makespan
 
 
 def _scaled(st: Step, scenario: Scenario) -> Step:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from compiler.schedule.build import ATTENTION, FIXED, Schedule, Step
@@ -208,7 +209,8 @@ def _offchip(step, region, t: Target, nbytes: float, flops: float) -> float:
 
 
 def timeline(s: Schedule, t: Target, opts: PerfOptions | None = None,
-             kv_reads: dict[int, int] | None = None) -> Timeline:
+             kv_reads: dict[int, int] | None = None,
+             cycles: Sequence[int] | None = None) -> Timeline:
     """Start and end of every step: after its dependencies and once its region (compute and
     collectives), its links (sends sharing a row or column segment), its wafers' inter-wafer
     ports (a wafer_send holds the sender's outgoing and the receiver's incoming port) or its
@@ -219,7 +221,10 @@ def timeline(s: Schedule, t: Target, opts: PerfOptions | None = None,
     streamed weight load, depends on nothing else: the runtime prefetches it as soon as the
     port is free, overlapping other regions' compute. So all off-chip traffic of a wafer
     serializes on its port, and a decode step is never shorter than its off-chip bytes /
-    off-chip bandwidth."""
+    off-chip bandwidth.
+
+    `cycles`: every step's `step_cycles` when the caller has them (`step_durations`, the MoE
+    re-timings share the unchanged steps'); the same timeline, without computing them."""
     opts = opts or PerfOptions()
     kv_reads = kv_reads or {}
     starts, ends, why = [0] * len(s.steps), [0] * len(s.steps), [-1] * len(s.steps)
@@ -227,7 +232,8 @@ def timeline(s: Schedule, t: Target, opts: PerfOptions | None = None,
     for step in s.steps:
         if step.phase == Phase.SETUP:
             continue
-        dur = step_cycles(step, s, t, step_scale(step, s, opts))
+        dur = (cycles[step.id] if cycles is not None
+               else step_cycles(step, s, t, step_scale(step, s, opts)))
         ready, cause = max(((ends[d], d) for d in step.deps), default=(0, -1))
         if step.id in kv_reads:
             ready, cause = max((ready, cause), _read(free, s, step, kv_reads[step.id]))
@@ -239,6 +245,26 @@ def timeline(s: Schedule, t: Target, opts: PerfOptions | None = None,
             free[res] = (ends[step.id], step.id)
     makespan = max(ends, default=0)
     return Timeline(tuple(starts), tuple(ends), makespan, _critical(ends, why, makespan))
+
+
+def step_durations(s: Schedule, t: Target, opts: PerfOptions | None = None,
+                   base: Schedule | None = None,
+                   base_cycles: Sequence[int] | None = None) -> list[int]:
+    """Every step's `step_cycles` (0 for setup steps), as `timeline` computes them. With
+    `base` (a schedule of the same regions and dependencies, only some steps replaced) and
+    its `base_cycles`: a step that is `base`'s own object, and whose dependencies are too,
+    keeps its cycles (a step's cycles read only itself, its region and its dependencies)."""
+    opts = opts or PerfOptions()
+    out = []
+    for step in s.steps:
+        if (base is not None and base_cycles is not None and step is base.steps[step.id]
+                and all(s.steps[d] is base.steps[d] for d in step.deps)):
+            out.append(base_cycles[step.id])
+        elif step.phase == Phase.SETUP:
+            out.append(0)
+        else:
+            out.append(step_cycles(step, s, t, step_scale(step, s, opts)))
+    return out
 
 
 def _read(free: dict[object, tuple[int, int]], s: Schedule, step: Step,
