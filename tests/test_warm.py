@@ -152,3 +152,49 @@ def test_a_three_point_sweep_hints_its_second_and_third_points(tmp_path, capsys)
     assert cold["run"]["hinted"] == 0 and cold["run"]["hints"] is False
     capsys.readouterr()
 
+
+
+def _without_cycles(problem):
+    return dataclasses.replace(problem, blocks=tuple(
+        dataclasses.replace(b, options=tuple(dataclasses.replace(o, cycles=0)
+                                             for o in b.options))
+        for b in problem.blocks))
+
+
+def test_a_link_width_changes_only_the_options_cycles(first):
+    """Why a sweep's link-width chain is warm-started and not reused (issue 18): two points
+    that differ only in links.bytes_per_cycle have the same blocks, shapes, residencies,
+    bytes, edges and grid; only each option's cycles (compute plus collectives) differ, and
+    those weigh in stage 1's objective, so the problems are not equal (no `placement` reuse)
+    but every block's placement carries over as the other's warm start, option for option."""
+    wide = compile_model("llama-tiny", _links("8"), FIRST_FIT).problem
+    assert _without_cycles(wide) == _without_cycles(first.problem)
+    assert wide != first.problem
+    hint = PlacementHint.of(first.problem, first.placement)
+    start = translate(wide, hint)
+    assert start is not None
+    assert (start.options, start.rects) == (first.placement.options, first.placement.rects)
+
+
+def test_a_sweep_point_with_an_equal_problem_reuses_the_fresh_placement(tmp_path, capsys):
+    """A sweep along a target field the placer never sees (off-chip latency): the second
+    point's problem equals the first's, so it takes that placement (`reused` names
+    `placement`, `run.reused_placement` counts it), and that placement is the one a fresh
+    compile of the second point gives (real OR-Tools, deterministic)."""
+    argv = ["-q", "sweep", "llama-tiny", "-t", "mesh8x8", "--vary",
+            "offchip.latency_s=1e-6,1e-3", "--time-limit", "5", "--workers", "1"]
+    assert main([*argv, "-o", str(tmp_path / "sw")]) == 0
+    doc = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    a, b = doc["points"]
+    assert "placement" in b["reused"] and b["hinted_by"] == 0
+    assert "placement" not in a["reused"] and doc["run"]["reused_placement"] == 1
+    slow = load_target("mesh8x8", {"offchip.latency_s": "1e-3"})
+    fresh = compile_model("llama-tiny", slow, OPTS)
+    reused = cached_hint(tmp_path / "sw", b["key"])
+    assert reused is not None
+    assert (reused.placement.options, reused.rects) == (fresh.placement.options,
+                                                        fresh.placement.rects)
+    assert (b["offchip_bytes_per_token"], b["byte_hops"]) == (
+        fresh.metrics.offchip_bytes_per_token, fresh.metrics.byte_hops)
+    assert b["ttft_s"] != a["ttft_s"]  # each point priced with its own target
+    capsys.readouterr()
