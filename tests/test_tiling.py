@@ -12,7 +12,14 @@ from conftest import zoo_graph
 from compiler.errors import CapacityError
 from compiler.placement.problem import Residency
 from compiler.target import load_target
-from compiler.tiling.candidates import LATENCY_SHARE, TilingOptions, tile_graph, to_problem
+from compiler.tiling.candidates import (
+    LATENCY_SHARE,
+    TilingOptions,
+    _frontier,
+    _grid_tiling,
+    tile_graph,
+    to_problem,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,3 +212,19 @@ def test_peak_counts_what_the_per_tensor_sums_count():
     assert _Peak([])(4, 4) == 0 and _Peak([[]])(4, 4) == 0
     with pytest.raises(ValueError):
         _Peak([[((4, 4), ((None,),), 2)]])
+
+
+def test_blocks_that_pack_no_more_a_wafer_are_offered_the_split_leaving_a_strip():
+    """Llama 3 70B at 2,048 on wse3-x4: 21 blocks a wafer fit by area but no split holds 21,
+    and the full 20-a-wafer splits leave too little beside them for the embedding or the head
+    (38 of the 80 blocks streamed their caches). The tiling offers a 20-a-wafer split cut to
+    its least fitting size, which leaves a strip about one block wide."""
+    rows, cols, area = 1172, 762, 42_500
+
+    def fits(r: int, c: int) -> bool:
+        return r * c >= area
+
+    shapes = _grid_tiling(_frontier(fits, rows, cols), fits, load_target("wse3"))
+    assert all(fits(r, c) for r, c in shapes)
+    free = [rows * cols - 20 * r * c for r, c in shapes if (rows // r) * (cols // c) >= 20]
+    assert max(free) >= area

@@ -586,8 +586,25 @@ def _grid_tiling(points: list[tuple[int, int]], fits: Callable[[int, int], bool]
     if most > DENSE_TILING_MAX:
         return chosen
     dense = _densest(fits, rows, cols, most, packed)[:1]
-    dense += [_compact(fits, p, rows, cols) for p in dense]
+    if dense:
+        dense += [_compact(fits, p, rows, cols) for p in dense]
+    else:  # no split packs more: the split of `packed` that leaves the widest strip free
+        dense = _roomiest(fits, rows, cols, _densest(fits, rows, cols, packed, packed - 1))
     return chosen + [p for p in dict.fromkeys(dense) if p not in chosen]
+
+
+def _roomiest(fits: Callable[[int, int], bool], rows: int, cols: int,
+              shapes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Of the splits `shapes` (rows // i x cols // j, all packing as many), the one whose
+    compaction (`_compact`) leaves the most cores beside its blocks: the embedding or the
+    head then fits on a strip of the same wafer (Llama 3 70B at 2,048: 1172 x 38 packs 20 a
+    wafer and leaves 1172 x 2; 276 x 152, also 20, leaves 68 x 762 for a 49,530-core
+    embedding; 21 a wafer fits no split)."""
+    if not shapes:
+        return []
+    least = {p: _compact(fits, p, rows, cols) for p in shapes}
+    best = min(shapes, key=lambda p: (least[p][0] * least[p][1], p))
+    return [least[best]]
 
 
 def _compact(fits: Callable[[int, int], bool], shape: tuple[int, int], rows: int,
