@@ -37,7 +37,7 @@ MOE_CASES = [
     # and some stream their weights (13 tokens/s); 3 hold it
     ("gpt-oss-120b", ["wse3-x3", "wse3-x4"]),
     ("qwen3-235b-a22b", ["wse3-x12", "wse3-x16"]),
-    ("llama4-maverick", ["wse3-x24", "wse3-x32"]),  # >= 20; on 24 some layers stream
+    ("llama4-maverick", ["wse3-x24", "wse3-x32"]),  # >= 20; resident on 24 since the 60-cycle specs
 ]
 
 
