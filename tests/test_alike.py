@@ -73,13 +73,4 @@ def _rules_decode(dg):
     """decode.decode_layouts with the rules run on every layer."""
     from compiler.schedule import decode
 
-    g = dg.graph
-    layouts = _every_layer(g, spread=dg.spread)
-    by_op = {lay.op: lay for lays in layouts.values() for lay in lays}
-    known = {}
-    chunks = {c.name: [ch.name for ch in dg.streams if ch.cache == c.name] for c in dg.caches}
-    for name in (n for c in dg.caches for n in chunks[c.name] or [c.name]):
-        spec = decode._spec_through_repeat(g, name, by_op)
-        if spec is not None and any(spec):
-            known[name] = spec
-    return _every_layer(g, known, dg.spread) if known else layouts
+    return decode._decode_layouts(dg, rules=_every_layer)

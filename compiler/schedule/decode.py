@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -624,9 +624,12 @@ def decode_layouts(dg: DecodeGraph) -> dict[str, tuple[OpLayout, ...]]:
     return dict(layouts)
 
 
-def _decode_layouts(dg: DecodeGraph) -> dict[str, tuple[OpLayout, ...]]:
+def _decode_layouts(dg: DecodeGraph, rules: Callable[..., dict[str, tuple[OpLayout, ...]]]
+                    = graph_layouts) -> dict[str, tuple[OpLayout, ...]]:
+    """decode_layouts, uncached; `rules(graph, known, spread=)` lays out a graph (tests pass the
+    layout rules run on every layer, alike layers not shared)."""
     g = dg.graph
-    layouts = graph_layouts(g, spread=dg.spread)
+    layouts = rules(g, spread=dg.spread)
     by_op = {lay.op: lay for lays in layouts.values() for lay in lays}
     known = {}
     chunks = {c.name: [ch.name for ch in dg.streams if ch.cache == c.name] for c in dg.caches}
@@ -634,7 +637,7 @@ def _decode_layouts(dg: DecodeGraph) -> dict[str, tuple[OpLayout, ...]]:
         spec = _spec_through_repeat(g, name, by_op)
         if spec is not None and any(spec):
             known[name] = spec
-    return graph_layouts(g, known, spread=dg.spread) if known else layouts
+    return rules(g, known, spread=dg.spread) if known else layouts
 
 
 def _spec_through_repeat(g: ir.Graph, name: str, by_op: dict[str, OpLayout]) -> Spec | None:
