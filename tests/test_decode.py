@@ -721,16 +721,17 @@ def test_spread_cache_form_verifies_token_by_token():
 
 
 def test_rotary_tensors_split_the_head_dim():
-    """Issue 18: one token's heads ([1, H, 1, D] after the projection's reshape) split the
-    head dim over the mesh axis the heads leave free, so the rotary ops (rotate-half's Slice,
+    """Issue 18: in a spread decode form, one token's heads ([1, H, 1, D] after the
+    projection's reshape) split the head dim over the mesh axis the heads leave free, so the rotary ops (rotate-half's Slice,
     Neg, Concat and the cos/sin products) hold a slice of a head row a core, not a whole one
     (Llama 3.1 405B's blocks have 128 heads over 586 rows: every core held a 128-wide row of
-    each); the decode step still matches ONNX Runtime (test_greedy_decode_matches_onnx_runtime)."""
-    from compiler.schedule.decode import decode_layouts
+    each); the spread forms still match ONNX Runtime (test_spread_cache_form_verifies_...)."""
+    from compiler.schedule.decode import decode_forms, decode_layouts
 
     r = compiled("llama-tiny")
-    g = r.decode.graph.graph
-    rotary = [(op, lay) for lays in decode_layouts(r.decode.graph).values() for lay in lays
+    dg = next(f for f in decode_forms(r.graph.source, r.graph, 16 + STEPS) if f.spread)
+    g = dg.graph
+    rotary = [(op, lay) for lays in decode_layouts(dg).values() for lay in lays
               for op in [next(o for o in g.ops if o.name == lay.op)]
               if lay.kind in ("Neg", "Concat") and "self_attn" in lay.op]
     assert len(rotary) == 2 * 2 * 2  # Q and K in both blocks

@@ -355,7 +355,7 @@ def op_layout(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec],
     else:
         if not _takes_factored(g, op, rule, specs):  # reads them as their plain specs
             specs = {**specs, **{n: plain(specs[n]) for n in op.inputs if n in specs}}
-        layout = rule(g, op, specs)
+        layout = rule(g, op, specs) if rule is not _reshape else _reshape(g, op, specs, spread)
     _check_ranks(g, op, layout)
     return layout
 
@@ -655,8 +655,9 @@ def _transpose(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     return OpLayout(op.name, op.kind, (x,), (tuple(x[p] for p in perm),))
 
 
-def _reshape(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
-    """Map each split dim to the outermost non-unit output dim of its factor group."""
+def _reshape(g: ir.Graph, op: ir.Op, specs, spread: str = "") -> OpLayout:
+    """Map each split dim to the outermost non-unit output dim of its factor group (in a
+    spread decode form, one token's head dim too: `_split_head_dim`)."""
     x = _spec(g, op.inputs[0], specs)
     src, dst = g.tensor(op.inputs[0]).shape, g.tensor(op.outputs[0]).shape
     out: list[str | None] = [None] * len(dst)
@@ -665,14 +666,17 @@ def _reshape(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
         target = next((j for j in group_out if dst[j] > 1), None)
         if axis and target is not None and axis not in out:
             out[target] = axis
-            _split_head_dim(src, x, dst, group_out, target, out)
+            if spread:
+                _split_head_dim(src, x, dst, group_out, target, out)
     ins = (x, *(replicated(len(g.tensor(n).shape)) if n else None for n in op.inputs[1:]))
     return OpLayout(op.name, op.kind, ins, (tuple(out),))
 
 
 def _split_head_dim(src: Sequence[int], x: Spec, dst: Sequence[int], group_out: Sequence[int],
                     target: int, out: list[str | None]) -> None:
-    """One token's projection [1, 1, H * D] split into heads [1, 1, H, D] (a decode step):
+    """One token's projection [1, 1, H * D] split into heads [1, 1, H, D] (a spread decode
+    form; the heads forms keep it whole: there the chunked streamed cache's live set, which
+    the tiling does not price, grew past the tiling's estimate):
     the head dim goes over the mesh axis the heads leave free, so a core holds a slice of a
     head row, not a whole one (Llama 3.1 405B: 128 heads over a block's 586 rows gave every
     core a whole 128-wide row of each rotary tensor, 1.9 KB live; issue 18). The tiles move
