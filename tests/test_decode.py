@@ -722,8 +722,9 @@ def test_spread_cache_form_verifies_token_by_token():
 
 def test_rotary_tensors_split_the_head_dim():
     """Issue 18: in a spread decode form, one token's heads ([1, H, 1, D] after the
-    projection's reshape) split the head dim over the mesh axis the heads leave free, so the rotary ops (rotate-half's Slice,
-    Neg, Concat and the cos/sin products) hold a slice of a head row a core, not a whole one
+    projection's reshape) split the head dim over the mesh axis the heads leave free, so the
+    rotary ops (rotate-half's Slice, Neg, Concat and the cos/sin products) hold a slice of a
+    head row a core, not a whole one
     (Llama 3.1 405B's blocks have 128 heads over 586 rows: every core held a 128-wide row of
     each); the spread forms still match ONNX Runtime (test_spread_cache_form_verifies_...)."""
     from compiler.schedule.decode import decode_forms, decode_layouts
