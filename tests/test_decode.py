@@ -718,3 +718,25 @@ def test_spread_cache_form_verifies_token_by_token():
         assert rep.passed, "\n".join(rep.lines())
         assert [s.token for s in rep.steps] == [s.ref_token for s in rep.steps]
         assert all(s.check.max_abs <= 1e-4 for s in rep.steps)
+
+
+def test_rotary_tensors_split_the_head_dim():
+    """Issue 18: in a spread decode form, one token's heads ([1, H, 1, D] after the
+    projection's reshape) split the head dim over the mesh axis the heads leave free, so the
+    rotary ops (rotate-half's Slice, Neg, Concat and the cos/sin products) hold a slice of a
+    head row a core, not a whole one
+    (Llama 3.1 405B's blocks have 128 heads over 586 rows: every core held a 128-wide row of
+    each); the spread forms still match ONNX Runtime (test_spread_cache_form_verifies_...)."""
+    from compiler.schedule.decode import decode_forms, decode_layouts
+
+    r = compiled("llama-tiny")
+    dg = next(f for f in decode_forms(r.graph.source, r.graph, 16 + STEPS) if f.spread)
+    g = dg.graph
+    rotary = [(op, lay) for lays in decode_layouts(dg).values() for lay in lays
+              for op in [next(o for o in g.ops if o.name == lay.op)]
+              if lay.kind in ("Neg", "Concat") and "self_attn" in lay.op]
+    assert len(rotary) == 2 * 2 * 2  # Q and K in both blocks
+    for op, lay in rotary:
+        assert len(g.tensor(op.outputs[0]).shape) == 4
+        heads, dim = lay.outputs[0][1], lay.outputs[0][3]
+        assert heads and dim and heads != dim, (op.name, lay.outputs[0])

@@ -581,7 +581,7 @@ def _grid_tiling(points: list[tuple[int, int]], fits: Callable[[int, int], bool]
     if not (tiled and least):
         return []
     packed = max((rows // r) * (cols // c) for r, c in tiled)
-    most = (rows * cols) // least
+    most = (rows * cols) // least + 1  # the frontier samples rows: a shape may be smaller
     chosen = sorted(tiled, key=lambda p: (p[0] * p[1], p))[:k]
     if most > DENSE_TILING_MAX:
         return chosen

@@ -355,7 +355,7 @@ def op_layout(g: ir.Graph, op: ir.Op, specs: Mapping[str, Spec],
     else:
         if not _takes_factored(g, op, rule, specs):  # reads them as their plain specs
             specs = {**specs, **{n: plain(specs[n]) for n in op.inputs if n in specs}}
-        layout = rule(g, op, specs)
+        layout = rule(g, op, specs) if rule is not _reshape else _reshape(g, op, specs, spread)
     _check_ranks(g, op, layout)
     return layout
 
@@ -514,7 +514,7 @@ def _spread(g: ir.Graph, op: ir.Op, specs, keys: str) -> OpLayout:
     axis the keys take (the longer side of a block holds fewer keys a core, and the scores
     and the repeated cache live over them: two forms, one per axis)."""
     sa, sb = _spec(g, op.inputs[0], specs), _spec(g, op.inputs[1], specs)
-    k_axis = keys if base(sa[-1]) == keys else other(keys)  # P x V: keys; Q x K^T: head dim
+    k_axis = keys if _reads_probs(g, op.inputs[0]) else other(keys)  # P x V: keys; Q x K^T: D
     n_axis = other(k_axis)
     want_a = (*replicated(len(sa) - 1), k_axis)
     want_b = (*replicated(len(sb) - 2), k_axis, n_axis)
@@ -524,6 +524,17 @@ def _spread(g: ir.Graph, op: ir.Op, specs, keys: str) -> OpLayout:
             if have != want and any(have)]
     coll.append(Collective(CollectiveKind.REDUCE, k_axis, op.outputs[0]))
     return OpLayout(op.name, op.kind, (want_a, want_b), (out,), tuple(coll))
+
+
+def _reads_probs(g: ir.Graph, name: str) -> bool:
+    """Whether `name` is attention's probabilities (a Softmax's output, through casts and
+    views): P x V, not Q x K^T (whose Q may hold its head dim on the keys' axis too, split
+    over the axis its heads leave free: `_split_head_dim`)."""
+    while (made := g.producers.get(name)) is not None and made.kind != "Softmax":
+        if made.kind not in VIEW_OPS | {"Cast", "Dropout"}:
+            return False
+        name = made.inputs[0]
+    return made is not None
 
 
 def _query_blocked(batch: Spec, sizes: Sequence[int],
@@ -644,8 +655,9 @@ def _transpose(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
     return OpLayout(op.name, op.kind, (x,), (tuple(x[p] for p in perm),))
 
 
-def _reshape(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
-    """Map each split dim to the outermost non-unit output dim of its factor group."""
+def _reshape(g: ir.Graph, op: ir.Op, specs, spread: str = "") -> OpLayout:
+    """Map each split dim to the outermost non-unit output dim of its factor group (in a
+    spread decode form, one token's head dim too: `_split_head_dim`)."""
     x = _spec(g, op.inputs[0], specs)
     src, dst = g.tensor(op.inputs[0]).shape, g.tensor(op.outputs[0]).shape
     out: list[str | None] = [None] * len(dst)
@@ -654,8 +666,26 @@ def _reshape(g: ir.Graph, op: ir.Op, specs) -> OpLayout:
         target = next((j for j in group_out if dst[j] > 1), None)
         if axis and target is not None and axis not in out:
             out[target] = axis
+            if spread:
+                _split_head_dim(src, x, dst, group_out, target, out)
     ins = (x, *(replicated(len(g.tensor(n).shape)) if n else None for n in op.inputs[1:]))
     return OpLayout(op.name, op.kind, ins, (tuple(out),))
+
+
+def _split_head_dim(src: Sequence[int], x: Spec, dst: Sequence[int], group_out: Sequence[int],
+                    target: int, out: list[str | None]) -> None:
+    """One token's projection [1, 1, H * D] split into heads [1, 1, H, D] (a spread decode
+    form; the heads forms keep it whole: there the chunked streamed cache's live set, which
+    the tiling does not price, grew past the tiling's estimate):
+    the head dim goes over the mesh axis the heads leave free, so a core holds a slice of a
+    head row, not a whole one (Llama 3.1 405B: 128 heads over a block's 586 rows gave every
+    core a whole 128-wide row of each rotary tensor, 1.9 KB live; issue 18). The tiles move
+    anyway (the heads do not line up with the projection's tiles: the schedule's retile)."""
+    rest = [j for j in group_out if j > target and dst[j] > 1]
+    free = other(out[target])
+    if len(dst) >= 4 and len(rest) == 1 and math.prod(src) == src[-1] \
+            and free not in {base(a) for a in (*x, *out)}:
+        out[rest[0]] = free
 
 
 def _factor_groups(src: Sequence[int], dst: Sequence[int]):
