@@ -432,6 +432,7 @@ def _compile(args, display) -> int:
         check_out,
         compile_log,
         dumps,
+        report_texts,
         summary_doc,
         write_outputs,
     )
@@ -465,7 +466,7 @@ def _compile(args, display) -> int:
     stages = list(result.stage_times)
     files = _shown(display, stages, "artifacts", artifact_files, result, report=False)
     if not args.no_report:
-        files.update(_shown(display, stages, "report", _report_files, files, result))
+        files.update(_shown(display, stages, "report", report_texts, files, result))
     files["compile_log.json"] = dumps(compile_log(result, stages))  # with OUT's own stages
     _shown(display, stages, "write", write_outputs, out, files, force=args.force)
     with display.paused():
@@ -530,13 +531,6 @@ def _warn_time_limit(report) -> None:
     for name, text in report.stages:
         if name == "time limit":
             warnings.warn(f"placement: {text}", WaferWarning, stacklevel=2)
-
-
-def _report_files(files: dict[str, str], result) -> dict[str, str]:
-    from compiler.outdir.write import written_schedules
-    from compiler.report import docs_from_texts, report_files
-
-    return report_files(docs_from_texts(files, schedules=written_schedules(result)))
 
 
 def cmd_view(args) -> int:

@@ -248,10 +248,16 @@ def artifact_files(result: CompileResult, report: bool = True) -> dict[str, str]
         "compile_log.json": dumps(compile_log(result)),
     }
     if report:
-        from compiler.report import docs_from_texts, report_files
-
-        files.update(report_files(docs_from_texts(files, schedules=written_schedules(result))))
+        files.update(report_texts(files, result))
     return files
+
+
+def report_texts(files: dict[str, str], result: CompileResult) -> dict[str, str]:
+    """The report's files from the artifacts' texts, handed the Schedules schedule.json was
+    written from (not rebuilt from its text)."""
+    from compiler.report import docs_from_texts, report_files
+
+    return report_files(docs_from_texts(files, schedules=written_schedules(result)))
 
 
 def written_schedules(result: CompileResult) -> tuple[Schedule, Schedule | None]:

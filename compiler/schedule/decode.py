@@ -59,7 +59,14 @@ from compiler.schedule.decode_stream import (
     plan_chunks,
     streamed_regions,
 )
-from compiler.schedule.perf import Estimate, PerfOptions, Timeline, estimate, timeline
+from compiler.schedule.perf import (
+    Estimate,
+    PerfOptions,
+    Timeline,
+    estimate,
+    offchip_cycles,
+    timeline,
+)
 from compiler.target import Target
 from compiler.tiling.candidates import DecodeStep
 from compiler.tiling.layouts import OpLayout, Spec, _spec_back, graph_layouts, spreads
@@ -945,7 +952,7 @@ def offchip_floor(dg: DecodeGraph, prefill: Schedule, target: Target) -> int:
         moved = [ch.name] + ([cache_of(dg)[ch.cache].new] if ch.cache not in written else [])
         written.add(ch.cache)
         per_wafer[wafer] = per_wafer.get(wafer, 0) + sum(
-            math.ceil(_offchip_cycles(target, target.tensor_bytes(g.tensor(n)))) for n in moved)
+            math.ceil(offchip_cycles(target, target.tensor_bytes(g.tensor(n)))) for n in moved)
     return max(per_wafer.values(), default=0)
 
 
@@ -964,13 +971,8 @@ def _weight_floor(dg: DecodeGraph, prefill: Schedule, target: Target) -> dict[in
                  and g.tensor(n).kind is ir.TensorKind.WEIGHT}
         w = wafer[layer.name]
         out[w] = out.get(w, 0) + sum(
-            math.ceil(_offchip_cycles(target, target.tensor_bytes(g.tensor(n)))) for n in names)
+            math.ceil(offchip_cycles(target, target.tensor_bytes(g.tensor(n)))) for n in names)
     return out
-
-
-def _offchip_cycles(target: Target, nbytes: int) -> float:
-    o = target.offchip  # as perf._offchip prices a load or store
-    return (o.latency_s + nbytes / o.bandwidth_bytes_per_s) * target.core.clock_hz
 
 
 def _try_plan(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan | str:

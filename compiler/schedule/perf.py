@@ -201,6 +201,12 @@ def _wafer(step, region, t: Target, nbytes: float, flops: float) -> float:
 
 
 def _offchip(step, region, t: Target, nbytes: float, flops: float) -> float:
+    return offchip_cycles(t, nbytes)
+
+
+def offchip_cycles(t: Target, nbytes: float) -> float:
+    """Cycles of one off-chip load or store of `nbytes`: the port's latency, then its
+    bandwidth."""
     o = t.offchip
     return (o.latency_s + nbytes / o.bandwidth_bytes_per_s) * t.core.clock_hz
 
@@ -227,13 +233,13 @@ def timeline(s: Schedule, t: Target, opts: PerfOptions | None = None,
     re-timings share the unchanged steps'); the same timeline, without computing them."""
     opts = opts or PerfOptions()
     kv_reads = kv_reads or {}
+    cycles = cycles if cycles is not None else step_durations(s, t, opts)
     starts, ends, why = [0] * len(s.steps), [0] * len(s.steps), [-1] * len(s.steps)
     free: dict[object, tuple[int, int]] = defaultdict(lambda: (0, -1))  # resource -> (t, step)
     for step in s.steps:
         if step.phase == Phase.SETUP:
             continue
-        dur = (cycles[step.id] if cycles is not None
-               else step_cycles(step, s, t, step_scale(step, s, opts)))
+        dur = cycles[step.id]
         ready, cause = max(((ends[d], d) for d in step.deps), default=(0, -1))
         if step.id in kv_reads:
             ready, cause = max((ready, cause), _read(free, s, step, kv_reads[step.id]))
