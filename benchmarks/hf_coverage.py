@@ -19,7 +19,6 @@ calibration reader: seeded random token ids at [1, 16]).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -81,15 +80,6 @@ def export_all(python: str, cache: Path, families: list[str]) -> dict[str, dict[
     return manifests
 
 
-def _quantize_tool() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "quantize_fixtures", ROOT / "tools" / "quantize_fixtures.py")
-    assert spec and spec.loader
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def quantize(src: Path, form: str, dst: Path) -> str:
     """Write `form` of src to dst; '' or the one-line reason the quantizer failed."""
     import onnx
@@ -97,7 +87,8 @@ def quantize(src: Path, form: str, dst: Path) -> str:
 
     if dst.exists():
         return ""
-    tool = _quantize_tool()
+    sys.path.insert(0, str(ROOT))  # tools/ is a package at the root
+    from tools import quantize_fixtures as tool
     model = onnx.load(src)
     reader = tool.RandomTokens(model, tool._vocab(model), shape=(1, SEQ))
     exclude = tool._mask_nodes(model)

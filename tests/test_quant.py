@@ -24,6 +24,7 @@ from compiler.frontend import load_model
 from compiler.frontend.export import reference_model_bytes
 from compiler.target import load_target
 from compiler.tiling.costs import layer_costs
+from tools import quantize_fixtures
 
 QUANT = FIXTURES / "quant"
 ENTRIES = json.loads((QUANT / "MANIFEST.json").read_text())["fixtures"]
@@ -242,17 +243,6 @@ def test_shape_arithmetic_after_qoperator_nodes_folds_at_a_bound_seq_len(tmp_pat
     assert "PASSED" in out.out + out.err and "max abs 0 " in out.out + out.err
 
 
-def _quantize_tool():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "quantize_fixtures", Path(__file__).parents[1] / "tools" / "quantize_fixtures.py")
-    assert spec and spec.loader
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_the_masked_softmax_stays_float_so_every_scale_is_finite(tmp_path, capsys):
     """quantize_static in QOperator form with every op: a Softmax fed by the causal mask's
     Where would be quantized at its input's scale, and that input spans finfo.min, so ORT's
@@ -262,7 +252,7 @@ def test_the_masked_softmax_stays_float_so_every_scale_is_finite(tmp_path, capsy
     import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
-    tool, src = _quantize_tool(), FIXTURES / "gpt2_torchscript_op17_static.onnx"
+    tool, src = quantize_fixtures, FIXTURES / "gpt2_torchscript_op17_static.onnx"
     model = onnx.load(src)
     exclude = tool._mask_nodes(model)
     assert any(n.op_type == "Softmax" and n.name in exclude for n in model.graph.node)
