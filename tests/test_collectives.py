@@ -68,6 +68,20 @@ def test_choose_is_the_cheapest(wse3, m):
         assert co.reduce_cycles(co.choose(m, tile, wse3), m, tile, wse3) == best
 
 
+@pytest.mark.parametrize("m", [36, 152, 1172])
+def test_a_tree_lands_its_sum_mid_line(wse3, m):
+    """Each group reduces into its middle core, so the root is near the line's middle and the
+    sum goes back about m / 2 hops each way: with free tiles and phases a tree's hops up and
+    back are well under the 2 (m - 1) of a tree rooted at its first core (uneven last
+    levels keep it above m - 1: 36 cores in 4 levels end with two leaders 18 apart)."""
+    free = _with_overhead(wse3, 0)
+    hop = wse3.links.hop_latency_cycles
+    for levels in (2, 3, 4):
+        _, root = co.combines(co.Algorithm(co.TREE, levels), m)
+        assert abs(root - (m - 1) / 2) <= m / 8
+        assert co.reduce_cycles(co.Algorithm(co.TREE, levels), m, 0, free) < 0.8 * 2 * (m - 1) * hop
+
+
 @pytest.mark.parametrize("m", range(1, 41))
 def test_combines_add_every_partial_once(m):
     for alg in (*co.candidates(m), co.Algorithm(co.TREE, 3), co.Algorithm(co.TWOWAY)):

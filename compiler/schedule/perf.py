@@ -183,10 +183,22 @@ def _collective(step, region, t: Target, nbytes: float, flops: float) -> float:
 
 def _append(step, region, t: Target, nbytes: float, flops: float) -> float:
     """A decode step's K/V into its KV cache at position t: to the core holding t along the
-    cache's split axis (at worst across it), then written there. A prefill's cache write (the
-    prompt's K/V, positions 0..S-1, in the cache's layout) is priced alike."""
+    cache's split axis (at worst across it), then written there. The K/V is split over the
+    region's other axis like the cache (heads or head dim), so each line along the split
+    axis carries its own slice, all lines at once (like a collective's tile,
+    `_collective`). A prefill's cache write (the prompt's K/V, positions 0..S-1, in the
+    cache's layout) is priced alike."""
     m = _axis_size(region, step.axis)
-    return (m - 1) * t.links.hop_latency_cycles + nbytes / t.links.bytes_per_cycle
+    tile = nbytes / _append_lines(step, region)
+    return (m - 1) * t.links.hop_latency_cycles + tile / t.links.bytes_per_cycle
+
+
+def _append_lines(step, region) -> int:
+    """Lines of cores along an append's axis that its K/V spreads over: the size of each
+    other mesh axis its layout splits (1 when the K/V is whole on the line)."""
+    spec = step.reads[0].spec if step.reads else ()
+    axes = {e[0] for e in spec if e} - {step.axis}
+    return max(1, math.prod(_axis_size(region, a) for a in axes))
 
 
 def _send(step, region, t: Target, nbytes: float, flops: float) -> float:

@@ -21,9 +21,11 @@ Algorithms (the root is where the sum lands, before it goes back along the line)
 - `twoway`: two chains from both ends meet at the middle core (WaferLLM's two-way reduce);
   one phase, about half the stages and hops;
 - `treeK` (K >= 2 levels, WaferLLM MeshGEMV's K-tree): groups of g = ceil(m^(1/K))
-  consecutive cores reduce into their first core (which combines its g - 1 members' partials
-  one after another), then those leaders, spaced g apart, the same way, K times; K phases,
-  K x (g - 1) stages, bounded hops per level.
+  consecutive cores reduce into their middle core (which combines its g - 1 members' partials
+  one after another; the farthest is about g / 2 cores away on either side), then those
+  leaders, spaced g apart, the same way, K times, so the sum lands near the line's middle
+  and goes back about m / 2 hops each way (a tree rooted at its first core pays m - 1 up
+  and m - 1 back); K phases, K x (g - 1) stages, bounded hops per level.
 
 A reduce whose partial sums lie over both axes of an r x c region (every core of it holds a
 partial of the same tile: axis `rc`) takes the *2D form* (`Grid`, labelled `2d-rc:A,B` or
@@ -43,6 +45,7 @@ the tile. The order is part of the numerics: the executor adds exactly in `combi
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -147,11 +150,10 @@ def reduce_cycles(alg: Algorithm, m: int, tile_bytes: float, t: Target) -> float
         far = max(left, m - 1 - left)
         up, span = far * (hop + stage) + (stage if left else 0.0), far
     elif alg.kind == TREE:
-        g = group_size(m, alg.levels)
-        up = sum((min(g, math.ceil(m / g ** lvl)) - 1) * (stage + g ** lvl * hop)
-                 for lvl in range(alg.levels))
+        _, root, levels = _tree(m, alg.levels)
+        up = sum(stages * stage + far * hop for stages, far in levels)
         up += (alg.levels - 1) * t.runtime.step_overhead_cycles
-        span = m - 1
+        span = max(root, m - 1 - root)
     else:
         up, span = (m - 1) * (hop + stage), m - 1
     return up + span * hop + tile_bytes / bpc  # the sum back along the line
@@ -175,14 +177,31 @@ def combines(alg: Algorithm, m: int) -> tuple[tuple[tuple[int, int], ...], int]:
         into = ((mid, mid - 1),) if mid else ()
         return left + right + into + ((mid, mid + 1),), mid
     if alg.kind == TREE:
-        g = group_size(m, alg.levels)
-        nodes, out = list(range(m)), []
-        for _ in range(alg.levels):
-            groups = [nodes[i:i + g] for i in range(0, len(nodes), g)]
-            out += [(grp[0], src) for grp in groups for src in grp[1:]]
-            nodes = [grp[0] for grp in groups]
-        return tuple(out), 0
+        pairs, root, _ = _tree(m, alg.levels)
+        return pairs, root
     return tuple((i, i + 1) for i in range(m - 2, -1, -1)), 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _tree(m: int, levels: int) -> tuple[tuple[tuple[int, int], ...], int,
+                                         tuple[tuple[int, int], ...]]:
+    """A K-tree over m cores: its (dst, src) combines in order, the root, and per level
+    (stages: the most partials one leader combines, far: the most cores a partial travels).
+    Each group of g consecutive nodes reduces into the node nearest its span's middle (the
+    fewest hops to its farthest member), members left to right."""
+    g = group_size(m, levels)
+    nodes, out, costs = list(range(m)), [], []
+    for _ in range(levels):
+        groups = [nodes[i:i + g] for i in range(0, len(nodes), g)]
+        leaders = [min(grp, key=lambda n, grp=grp: (abs(2 * n - grp[0] - grp[-1]), n))
+                   for grp in groups]
+        out += [(lead, src) for grp, lead in zip(groups, leaders, strict=True)
+                for src in grp if src != lead]
+        costs.append((max(len(grp) for grp in groups) - 1,
+                      max(abs(src - lead) for grp, lead in zip(groups, leaders, strict=True)
+                          for src in grp)))
+        nodes = leaders
+    return tuple(out), nodes[0], tuple(costs)
 
 
 # --- the 2D form: partial sums over both axes of a region ----------------------------------------
