@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TextIO
 
@@ -109,28 +110,45 @@ def _quiet_worker() -> None:
 
 
 def pool_backend(workers: int) -> Backend:
-    """Points as tasks of a local process pool of `workers` processes (spawned: a clean
-    interpreter each, no forked solver threads)."""
+    """Points as tasks of a local pool of `workers` processes (spawned: a clean interpreter
+    each, no forked solver threads), one point at a time each: a worker that finished a point
+    runs the point after it in its chain when that is ready (its `Reuse` holds what the two
+    share), else the longest ready point (`Queue.take_for`), so a chain stays on one worker."""
 
     def run(queue: Queue, on_result: OnResult) -> None:
         ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max(1, min(workers, len(queue.ready))), mp_context=ctx,
-                                   initializer=_quiet_worker)
-        futures: dict[Future, PointSpec] = {}
+        n = max(1, min(workers, len(queue.ready)))
+        pools = [_one_worker(ctx) for _ in range(n)]
+        futures: dict[Future, tuple[int, PointSpec]] = {}
+        last: list[int | None] = [None] * n  # the point each worker ran last
         try:
             while True:
-                futures |= {pool.submit(run_task, s, h): s for s, h in queue.take()}
+                for w in sorted(set(range(n)) - {w for w, _ in futures.values()}):
+                    task = queue.take_for(last[w])
+                    if task is not None:
+                        futures[pools[w].submit(run_task, *task)] = (w, task[0])
                 if not futures:
                     break
                 finished, _ = wait(futures, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    on_result(futures.pop(future), *_pool_result(future))
+                    w, spec = futures.pop(future)
+                    last[w] = spec.index
+                    if isinstance(future.exception(), BrokenProcessPool):  # it died: anew
+                        pools[w].shutdown(wait=False)
+                        pools[w], last[w] = _one_worker(ctx), None
+                    on_result(spec, *_pool_result(future))
         except BaseException:
-            _stop(pool)
+            for pool in pools:
+                _stop(pool)
             raise
-        pool.shutdown()
+        for pool in pools:
+            pool.shutdown()
 
     return run
+
+
+def _one_worker(ctx) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(1, mp_context=ctx, initializer=_quiet_worker)
 
 
 def _pool_result(future: Future) -> tuple[PointResult, PlacementHint | None]:
