@@ -38,6 +38,7 @@ from compiler.schedule.build import Schedule, build_schedule
 from compiler.schedule.check import schedule_problems, timeline_problems
 from compiler.schedule.decode import (
     DecodeGraph,
+    DecodeMemo,
     DecodePlan,
     decode_forms,
     decode_plan_or_reason,
@@ -118,11 +119,13 @@ class Reuse:
     (model, frontend options), the decode forms (the model at one token, bound from the
     model the frontend opened) and their decode steps by (model, frontend options, context),
     the last tiling by (model, frontend options, target, tiling options, routing, check),
-    placements by (placement problem, solver options). A hit is what computing it again
-    would give: the frontend, the decode forms and the tiling are functions of their keys,
-    and the placement of a deterministic solve of an equal problem (non-deterministic solves
-    are never shared). `compile_model` names what it took from here in
-    `CompileResult.reused`."""
+    placements by (placement problem, solver options), and the decode stage's streamed forms
+    and schedule steps (`schedule.decode.DecodeMemo`: points along a link width schedule the
+    same decode step on the same regions; only its reduce algorithms and timing differ). A
+    hit is what computing it again would give: the frontend, the decode forms and the tiling
+    are functions of their keys, the decode memo's entries of theirs, and the placement of a
+    deterministic solve of an equal problem (non-deterministic solves are never shared).
+    `compile_model` names what it took from here in `CompileResult.reused`."""
 
     graphs: dict[tuple[str, FrontendOptions], ir.Graph] = field(default_factory=dict)
     # the model at one token (shape-only), for every context: bound once per model
@@ -131,6 +134,7 @@ class Reuse:
     tilings: dict[TilingKey, tuple[TiledGraph, PlacementProblem]] = field(default_factory=dict)
     placements: dict[tuple[PlacementProblem, SolverOptions, Placement | None], Placement] = field(
         default_factory=dict)
+    decode: DecodeMemo = field(default_factory=DecodeMemo)
 
     def graph(self, model: str | Path, options: FrontendOptions, used: list[str]) -> ir.Graph:
         key = (str(model), options)
@@ -139,6 +143,7 @@ class Reuse:
         else:  # the last model only: memory
             self.graphs = {key: load_model(model, options, keep=True)}
             self.forms, self.tilings, self.one_token = {}, {}, {}
+            self.decode = DecodeMemo()
         return self.graphs[key]
 
     def decode_forms(self, model: str | Path, options: FrontendOptions, graph: ir.Graph,
@@ -227,8 +232,12 @@ def compile_model(model: str | Path, target: str | Path | Target,
         if options.tiling.prompt_resident:  # to be run (--verify): refused here, exit 5
             check_runnable(schedule, graph, tgt)
     with stage("decode"):
+        memo = reuse.decode if reuse else None
+        hits = memo.hits if memo else 0
         decode = decode_plan_or_reason(str(model), graph, schedule, tgt, tiled.context, forms,
-                                       _fitting_forms(tiled, placement, tgt))
+                                       _fitting_forms(tiled, placement, tgt), memo)
+        if memo and memo.hits > hits:
+            used.append("decode-schedule")
         no_decode = decode if isinstance(decode, str) else ""
         decode = decode if isinstance(decode, DecodePlan) else None
         if decode is not None:  # the prefill writes the KV caches the decode step reads
