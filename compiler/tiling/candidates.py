@@ -876,11 +876,7 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
     modes = _modes(model)
     if options.prompt_resident:  # issue 15 (h-real): see _runnable
         modes = [m for m in modes if _runnable(m)]
-    # per shape, what no residency mode changes: asked for once, whatever the modes
-    raw = functools.cache(functools.partial(_raw, model.tensors, _Measures.of(model.tensors),
-                                            model.kv_total, batch))
-    forms = [_StepMeasures.of(s) for s in model.tensors.decode]
-    steps = functools.cache(lambda r, c: tuple(_step_raw(m, r, c) for m in forms))
+    raw, steps = _measured(model.tensors, model.kv_total, batch)
     cycles = functools.cache(functools.partial(_cycles, model, target=target, memo={}))
     floor = _cycles_floor(model, target)
     for mode in modes:
@@ -912,6 +908,29 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
             f"even spread over a whole {rows} x {cols} wafer and streamed, its largest tiles "
             "cannot be split further; use a target with more SRAM per core")
     return tuple(out)
+
+
+# `_measured` of the last few layers: the bytes of a shape do not depend on the links, so the
+# points of a sweep along a link width (compiler/sweep/) measure each shape once
+_MEASURED: dict[tuple[_Tensors, int, int], tuple[Callable, Callable]] = {}
+KEEP_MEASURED = 16
+
+
+def _measured(t: _Tensors, kv_total: int, batch: int) -> tuple[
+        Callable[[int, int], tuple[int, tuple[int, int]]],
+        Callable[[int, int], tuple[_StepRaw, ...]]]:
+    """Per shape, what no residency mode changes (`_raw`) and each decode form's bytes
+    (`_step_raw`), each asked for once whatever the modes, and remembered by value for the
+    next tiling of the same layer (a function of these values alone)."""
+    key = (t, kv_total, batch)
+    if key not in _MEASURED:
+        if len(_MEASURED) >= KEEP_MEASURED:  # the oldest goes
+            del _MEASURED[next(iter(_MEASURED))]
+        forms = [_StepMeasures.of(s) for s in t.decode]
+        _MEASURED[key] = (
+            functools.cache(functools.partial(_raw, t, _Measures.of(t), kv_total, batch)),
+            functools.cache(lambda r, c: tuple(_step_raw(m, r, c) for m in forms)))
+    return _MEASURED[key]
 
 
 def _offchip(model: _LayerModel, mode: Residency, batch: int, kv_item: int) -> int:
