@@ -246,8 +246,9 @@ def test_a_decode_memo_hit_prices_its_own_links():
 
 def test_a_tiling_along_a_link_width_measures_each_shape_once_and_is_the_fresh_one():
     """The tiling's per-shape bytes (`candidates._measured`) do not depend on the links: the
-    second point of a link-width chain measures no layer again, and its tiled graph (shapes,
-    bytes, cycles, decode forms' bytes) equals one tiled with nothing remembered."""
+    second point of a link-width chain measures no layer again; a layer's cycles on one target
+    (`candidates._priced`) are priced once; and the tiled graph (shapes, bytes, cycles, decode
+    forms' bytes) equals one tiled with nothing remembered."""
     from compiler.tiling import candidates
 
     opts = CompileOptions(tiling=TilingOptions(context=8192),
@@ -258,7 +259,12 @@ def test_a_tiling_along_a_link_width_measures_each_shape_once_and_is_the_fresh_o
     wide = compile_model("llama-tiny", _links("8"), opts)
     assert kept and candidates._MEASURED.keys() == kept.keys()  # every layer a hit
     assert any(lt.candidates[0].form_bytes for lt in wide.tiled.layers)  # decode forms too
-    candidates._MEASURED.clear()
+    priced = dict(candidates._PRICED)
+    again = compile_model("llama-tiny", _links("8"), opts)  # cycles on this target: priced
+    assert candidates._PRICED.keys() == priced.keys() and again.tiled == wide.tiled
+    for memo in (candidates._MEASURED, candidates._PRICED):
+        memo.clear()
+    candidates._by_floor.cache_clear()
     fresh = compile_model("llama-tiny", _links("8"), opts)
     assert wide.tiled == fresh.tiled and wide.problem == fresh.problem
     assert wide.tiled != narrow.tiled  # the cycles are each point's own
