@@ -203,16 +203,18 @@ def test_a_sweep_point_with_an_equal_problem_reuses_the_fresh_placement(tmp_path
 
 def test_a_decode_schedule_reused_along_a_link_width_is_the_fresh_one():
     """Points along a link width (issue 18 item 3) share their decode stage's streamed forms
-    and schedule steps in one process (`Reuse.decode`); only the reduce algorithms and the
-    timing are priced again. The reused plan equals a fresh compile's of the same point from
-    the same warm start, step for step (llama-tiny streams two blocks' caches at 8k)."""
+    and schedule steps in one process (`Reuse.decode`), and the prefill schedule's steps
+    (`Reuse.schedules`); only the reduce algorithms and the timing are priced again. The
+    reused plan equals a fresh compile's of the same point from the same warm start, step for
+    step (llama-tiny streams two blocks' caches at 8k)."""
     opts = CompileOptions(tiling=TilingOptions(context=8192), solver=SolverOptions(time_limit_s=5))
     reuse = Reuse()
     first = compile_model("llama-tiny", _links("2"), opts, reuse=reuse)
     hint = PlacementHint.of(first.problem, first.placement)
     again = compile_model("llama-tiny", _links("8"), opts, reuse=reuse, hint=hint)
     fresh = compile_model("llama-tiny", _links("8"), opts, hint=hint)
-    assert "decode-schedule" in again.reused and "decode-schedule" not in fresh.reused
+    assert {"decode-schedule", "schedule"} <= set(again.reused)
+    assert "decode-schedule" not in fresh.reused and "schedule" not in fresh.reused
     assert again.placement.rects == fresh.placement.rects
     assert again.decode is not None and again.decode.graph.streams  # the streamed memo too
     assert again.decode.graph.streams == fresh.decode.graph.streams

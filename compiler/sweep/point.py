@@ -59,7 +59,8 @@ class PointResult:
     # work taken from an earlier point in the same worker (driver.Reuse): "frontend" (same
     # model and frontend options), "decode-forms" (and context), "tiling" (and target and
     # options), "placement" (an equal placement problem and solver options), "decode-schedule"
-    # (the decode step's schedule on the same regions: driver.Reuse.decode)
+    # (the decode step's schedule on the same regions: driver.Reuse.decode), "schedule" (the
+    # prompt's schedule on the same regions: driver.Reuse.schedules)
     reused: tuple[str, ...] = ()
     # mixture-of-experts models (expert-group layers): decode with k of E experts under the
     # sweep's routing (--routing), and how many expert regions stream their weights
