@@ -77,7 +77,11 @@ def _stage_note(doc: dict) -> str:
         if xs:
             parts.append(f"{name} ({len(xs)}): median {statistics.median(xs):.1f} s, range "
                          f"{xs[0]:.1f}-{xs[-1]:.1f} s")
-    return "One point's compile in its worker (pool run): " + "; ".join(parts) + "."
+    took = {what: sum(what in p["reused"] for p in doc["points"])
+            for what in ("frontend", "decode-forms", "tiling", "decode-schedule", "schedule")}
+    reused = ", ".join(f"{what} {n}" for what, n in took.items())
+    return ("One point's compile in its worker (pool run): " + "; ".join(parts) + ". Points "
+            f"that reused earlier work of their worker (`reused` in sweep.json): {reused}.")
 
 
 def _quality(hinted: dict, cold: dict) -> str:

@@ -34,10 +34,11 @@ from compiler.placement.warm import (
     translate,
 )
 from compiler.result import CompileResult
-from compiler.schedule.build import Schedule, build_schedule
+from compiler.schedule.build import Schedule, StepsMemo, build_schedule
 from compiler.schedule.check import schedule_problems, timeline_problems
 from compiler.schedule.decode import (
     DecodeGraph,
+    DecodeMemo,
     DecodePlan,
     decode_forms,
     decode_plan_or_reason,
@@ -118,11 +119,14 @@ class Reuse:
     (model, frontend options), the decode forms (the model at one token, bound from the
     model the frontend opened) and their decode steps by (model, frontend options, context),
     the last tiling by (model, frontend options, target, tiling options, routing, check),
-    placements by (placement problem, solver options). A hit is what computing it again
-    would give: the frontend, the decode forms and the tiling are functions of their keys,
-    and the placement of a deterministic solve of an equal problem (non-deterministic solves
-    are never shared). `compile_model` names what it took from here in
-    `CompileResult.reused`."""
+    placements by (placement problem, solver options), the decode stage's streamed forms
+    and schedule steps (`schedule.decode.DecodeMemo`: points along a link width schedule the
+    same decode step on the same regions; only its reduce algorithms and timing differ) and
+    the prefill schedule's steps alike (`schedule.build.StepsMemo`). A
+    hit is what computing it again would give: the frontend, the decode forms and the tiling
+    are functions of their keys, the decode memo's entries of theirs, and the placement of a
+    deterministic solve of an equal problem (non-deterministic solves are never shared).
+    `compile_model` names what it took from here in `CompileResult.reused`."""
 
     graphs: dict[tuple[str, FrontendOptions], ir.Graph] = field(default_factory=dict)
     # the model at one token (shape-only), for every context: bound once per model
@@ -131,6 +135,8 @@ class Reuse:
     tilings: dict[TilingKey, tuple[TiledGraph, PlacementProblem]] = field(default_factory=dict)
     placements: dict[tuple[PlacementProblem, SolverOptions, Placement | None], Placement] = field(
         default_factory=dict)
+    decode: DecodeMemo = field(default_factory=DecodeMemo)
+    schedules: StepsMemo = field(default_factory=StepsMemo)  # the prefill's, alike
 
     def graph(self, model: str | Path, options: FrontendOptions, used: list[str]) -> ir.Graph:
         key = (str(model), options)
@@ -139,6 +145,7 @@ class Reuse:
         else:  # the last model only: memory
             self.graphs = {key: load_model(model, options, keep=True)}
             self.forms, self.tilings, self.one_token = {}, {}, {}
+            self.decode, self.schedules = DecodeMemo(), StepsMemo()
         return self.graphs[key]
 
     def decode_forms(self, model: str | Path, options: FrontendOptions, graph: ir.Graph,
@@ -220,24 +227,32 @@ def compile_model(model: str | Path, target: str | Path | Target,
     with stage("baseline"):
         baseline = _baseline(problem)
         same = _same_options_baseline(problem, placement)
+    steps_memo = reuse.schedules if reuse else None
+    built = steps_memo.hits if steps_memo else 0
     with stage("schedule"):
-        schedule = build_schedule(graph, tiled, problem, placement, tgt)
+        schedule = build_schedule(graph, tiled, problem, placement, tgt, (), steps_memo)
         if options.check:
             check(schedule_problems(schedule, tgt), "schedule")
         if options.tiling.prompt_resident:  # to be run (--verify): refused here, exit 5
             check_runnable(schedule, graph, tgt)
     with stage("decode"):
+        memo = reuse.decode if reuse else None
+        hits = memo.hits if memo else 0
         decode = decode_plan_or_reason(str(model), graph, schedule, tgt, tiled.context, forms,
-                                       _fitting_forms(tiled, placement, tgt))
+                                       _fitting_forms(tiled, placement, tgt), memo)
+        if memo and memo.hits > hits:
+            used.append("decode-schedule")
         no_decode = decode if isinstance(decode, str) else ""
         decode = decode if isinstance(decode, DecodePlan) else None
         if decode is not None:  # the prefill writes the KV caches the decode step reads
             schedule = build_schedule(graph, tiled, problem, placement, tgt,
-                                      prefill_caches(decode))
+                                      prefill_caches(decode), steps_memo)
             if options.check:
                 check(schedule_problems(schedule, tgt), "schedule")
             if options.tiling.prompt_resident:
                 check_runnable(schedule, graph, tgt)
+    if steps_memo and steps_memo.hits > built:
+        used.append("schedule")
     with stage("performance"):
         timelines, estimates = _performance(schedule, tiled, tgt)
         if options.check:

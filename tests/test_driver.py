@@ -335,14 +335,18 @@ def test_reuse_shares_the_frontend_and_an_equal_problems_placement():
     other = driver.compile_model("gpt2-tiny", small, opts, reuse=reuse)
     fresh = driver.compile_model("gpt2-tiny", slow, opts)
     assert first.reused == () and fresh.reused == ()
-    assert again.reused == ("frontend", "decode-forms", "placement")
-    assert other.reused == ("frontend", "decode-forms")
+    # the same regions: the decode and prefill schedules' steps too (only their algorithms
+    # priced again; the smaller SRAM's placement gives gpt2-tiny the same regions as well)
+    assert again.reused == ("frontend", "decode-forms", "placement", "decode-schedule",
+                            "schedule")
+    assert other.reused == ("frontend", "decode-forms", "decode-schedule", "schedule")
     assert again.problem == fresh.problem
     assert again.placement.rects == fresh.placement.rects
     assert again.placement.options == fresh.placement.options
     assert again.placement.report.stages == fresh.placement.report.stages
     assert again.estimates == fresh.estimates  # priced with its own target
     assert again.estimates["prefill"].seconds != first.estimates["prefill"].seconds
+    assert other.decode == driver.compile_model("gpt2-tiny", small, opts).decode
 
 
 def test_reuse_shares_the_tiling_of_an_equal_target_and_the_decode_forms_of_a_context():
@@ -360,8 +364,11 @@ def test_reuse_shares_the_tiling_of_an_equal_target_and_the_decode_forms_of_a_co
     same = driver.compile_model("gpt2-tiny", base, opts, reuse=reuse)
     other = driver.compile_model("gpt2-tiny", base, longer, reuse=reuse)
     fresh = driver.compile_model("gpt2-tiny", base, longer)
-    assert same.reused == ("frontend", "decode-forms", "tiling", "placement")
-    assert other.reused == ("frontend",)
+    assert same.reused == ("frontend", "decode-forms", "tiling", "placement", "decode-schedule",
+                           "schedule")
+    # the prompt's steps do not depend on the context: on the same regions they are shared
+    assert other.reused == ("frontend", "schedule")
+    assert other.schedule == fresh.schedule
     assert same.tiled == first.tiled and same.decode == first.decode
     assert other.tiled == fresh.tiled and other.problem == fresh.problem
     assert other.decode.graph == fresh.decode.graph

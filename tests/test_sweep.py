@@ -238,3 +238,38 @@ def test_ray_backend_without_ray_says_how_to_install_it(tmp_path):
     assert proc.stderr.splitlines() == [
         "error: --backend ray needs Ray, which is not installed: "
         "pip install 'wafer-compiler[ray]'"]
+
+
+def test_ready_points_go_out_longest_first_and_a_chain_stays_on_its_worker():
+    """The pool's order (issue 18): the longest work first (the longest context, then the
+    longest chain), and a worker that finished a point gets the point after it in its chain
+    when that is ready, whatever else is longer, so the chain's shared work stays in one
+    worker's `Reuse`."""
+    from compiler.sweep.plan import plan_sweep
+    from compiler.sweep.point import Queue
+
+    plan = plan_sweep("gpt2-tiny", "mesh8x8", ["context=16,64,32",
+                                               "links.bytes_per_cycle=2,4"], CompileOptions())
+    assert [p.after for p in plan.points] == [None, 0, None, 2, None, 4]
+    assert [s.index for s, _ in Queue(plan.points).take()] == [2, 4, 0]
+    q = Queue(plan.points)
+    a, b = q.take_for(None), q.take_for(None)
+    assert (a[0].index, b[0].index) == (2, 4)
+    q.done(b[0], None)
+    q.done(a[0], None)
+    assert q.take_for(2)[0].index == 3  # its own chain's, before the longer-context point 5
+    assert [q.take_for(None)[0].index for _ in range(2)] == [5, 0]
+    assert q.take_for(0) is None
+
+
+def test_a_pool_sweep_keeps_each_chain_on_one_worker(capsys, tmp_path):
+    """Two chains of three points on two workers: every point after the first of its chain
+    runs where its chain began, so it takes the decode forms (of its context) and the decode
+    schedule that worker derived for the point before it (`reused`)."""
+    code, doc, _, _ = sweep(capsys, tmp_path / "sw", "llama-tiny", "-t", "mesh8x8", "--vary",
+                            "context=4096,8192", "--vary", "links.bytes_per_cycle=2,4,8",
+                            "--time-limit", "5", "--workers", "2")
+    assert code == 0
+    followers = [p for p in doc["points"] if p["hinted_by"] is not None]
+    assert len(followers) == 4
+    assert all("decode-forms" in p["reused"] for p in followers)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from compiler.cli import main
-from compiler.driver import CompileOptions, SolverOptions, compile_model
+from compiler.driver import CompileOptions, Reuse, SolverOptions, compile_model
 from compiler.placement import place
 from compiler.placement.check import validate
 from compiler.placement.greedy import first_fit
@@ -22,6 +22,7 @@ from compiler.placement.warm import PlacementHint, cost, keep_better, translate
 from compiler.sweep import cache_path
 from compiler.sweep.point import cached_hint
 from compiler.target import load_target
+from compiler.tiling.candidates import TilingOptions
 
 OPTS = CompileOptions(solver=SolverOptions(time_limit_s=5))
 FIRST_FIT = CompileOptions(solver=SolverOptions(method="first-fit"))
@@ -198,3 +199,74 @@ def test_a_sweep_point_with_an_equal_problem_reuses_the_fresh_placement(tmp_path
         fresh.metrics.offchip_bytes_per_token, fresh.metrics.byte_hops)
     assert b["ttft_s"] != a["ttft_s"]  # each point priced with its own target
     capsys.readouterr()
+
+
+def test_a_decode_schedule_reused_along_a_link_width_is_the_fresh_one():
+    """Points along a link width (issue 18 item 3) share their decode stage's streamed forms
+    and schedule steps in one process (`Reuse.decode`), and the prefill schedule's steps
+    (`Reuse.schedules`); only the reduce algorithms and the timing are priced again. The
+    reused plan equals a fresh compile's of the same point from the same warm start, step for
+    step (llama-tiny streams two blocks' caches at 8k)."""
+    opts = CompileOptions(tiling=TilingOptions(context=8192), solver=SolverOptions(time_limit_s=5))
+    reuse = Reuse()
+    first = compile_model("llama-tiny", _links("2"), opts, reuse=reuse)
+    hint = PlacementHint.of(first.problem, first.placement)
+    again = compile_model("llama-tiny", _links("8"), opts, reuse=reuse, hint=hint)
+    fresh = compile_model("llama-tiny", _links("8"), opts, hint=hint)
+    assert {"decode-schedule", "schedule"} <= set(again.reused)
+    assert "decode-schedule" not in fresh.reused and "schedule" not in fresh.reused
+    assert again.placement.rects == fresh.placement.rects
+    assert again.decode is not None and again.decode.graph.streams  # the streamed memo too
+    assert again.decode.graph.streams == fresh.decode.graph.streams
+    assert again.decode.schedule == fresh.decode.schedule
+    assert again.decode.estimate == fresh.decode.estimate
+    assert again.schedule == fresh.schedule and again.estimates == fresh.estimates
+    algorithms = {s.algorithm for s in again.decode.schedule.steps}
+    assert algorithms == {s.algorithm for s in fresh.decode.schedule.steps}
+
+
+def test_a_decode_memo_hit_prices_its_own_links():
+    """A memo hit re-chooses each reduce's algorithm for its own target: the steps kept are
+    the ones before `with_algorithms`, so a hit on another link width gives what building
+    anew gives (here with a target whose reduces change algorithm)."""
+    from compiler.schedule import decode as decode_mod
+
+    opts = CompileOptions(tiling=TilingOptions(context=8192), solver=SolverOptions(time_limit_s=5))
+    r = compile_model("llama-tiny", _links("2"), opts)
+    assert r.decode is not None
+    memo = decode_mod.DecodeMemo()
+    dg, prefill = r.decode.graph, r.schedule
+    algorithms = []
+    for links in ("2", "1", "16"):
+        target = _links(links)
+        built = decode_mod.build_decode_schedule(dg, prefill, target)
+        assert decode_mod.build_decode_schedule(dg, prefill, target, memo) == built
+        algorithms.append({s.algorithm for s in built.steps})
+    assert memo.hits == 2 and len(memo.steps) == 1
+    assert algorithms[0] != algorithms[1]  # 1 byte/cycle: another reduce algorithm (tree3)
+
+
+def test_a_tiling_along_a_link_width_measures_each_shape_once_and_is_the_fresh_one():
+    """The tiling's per-shape bytes (`candidates._measured`) do not depend on the links: the
+    second point of a link-width chain measures no layer again; a layer's cycles on one target
+    (`candidates._priced`) are priced once; and the tiled graph (shapes, bytes, cycles, decode
+    forms' bytes) equals one tiled with nothing remembered."""
+    from compiler.tiling import candidates
+
+    opts = CompileOptions(tiling=TilingOptions(context=8192),
+                          solver=SolverOptions(method="first-fit"))
+    candidates._MEASURED.clear()
+    narrow = compile_model("llama-tiny", _links("2"), opts)
+    kept = dict(candidates._MEASURED)
+    wide = compile_model("llama-tiny", _links("8"), opts)
+    assert kept and candidates._MEASURED.keys() == kept.keys()  # every layer a hit
+    assert any(lt.candidates[0].form_bytes for lt in wide.tiled.layers)  # decode forms too
+    priced = dict(candidates._PRICED)
+    again = compile_model("llama-tiny", _links("8"), opts)  # cycles on this target: priced
+    assert candidates._PRICED.keys() == priced.keys() and again.tiled == wide.tiled
+    for memo in (candidates._MEASURED, candidates._PRICED):
+        memo.clear()
+    candidates._by_floor.cache_clear()
+    fresh = compile_model("llama-tiny", _links("8"), opts)
+    assert wide.tiled == fresh.tiled and wide.problem == fresh.problem
+    assert wide.tiled != narrow.tiled  # the cycles are each point's own

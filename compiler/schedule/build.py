@@ -150,24 +150,69 @@ class _State:
 
 def build_schedule(g: ir.Graph, tiled: TiledGraph, problem: PlacementProblem,
                    placement: Placement, target: Target,
-                   caches: tuple[KVCacheRef, ...] = ()) -> Schedule:
+                   caches: tuple[KVCacheRef, ...] = (),
+                   memo: StepsMemo | None = None) -> Schedule:
     """Steps for `placement`; every transfer's `nbytes` is the tensor's size on the machine
     (`Target.tensor_bytes`: floats at the storage dtype), as tiling and placement count it.
-    `caches`: the KV caches the prompt fills (a `cache_write` step each)."""
+    `caches`: the KV caches the prompt fills (a `cache_write` step each). `memo`: the steps
+    of earlier schedules of `g` (`StepsMemo`)."""
     regions = tuple(_region(lt.layer, r) for lt, r in zip(tiled.layers, placement.rects,
                                                           strict=True))
     by_name = {r.name: r for r in regions}
     residency = {b.name: placement.option(problem, i).residency
                  for i, b in enumerate(problem.blocks)}
+    key = (tuple(lt.ops for lt in tiled.layers), regions, tuple(residency.items()), caches,
+           target.compute, target.storage)
+    steps = memo.get(g, key) if memo is not None else None
+    if steps is None:
+        steps = _steps(g, tiled, by_name, residency, target, caches)
+        if memo is not None:
+            memo.keep(g, key, steps)
+    return Schedule(g.name, target.name, regions, with_algorithms(list(steps), by_name, target),
+                    _tokens(g), tiled.batch, tiled.context,
+                    tuple((k, v.value) for k, v in residency.items()), caches)
+
+
+def _steps(g: ir.Graph, tiled: TiledGraph, by_name: dict[str, Region],
+           residency: dict[str, Residency], target: Target,
+           caches: tuple[KVCacheRef, ...]) -> tuple[Step, ...]:
+    """`build_schedule`'s steps before their reduce algorithms: of the target they read only
+    its byte rule (`Target.tensor_bytes`: `compute` and `storage`), never its links."""
     st = _State(g, target)
     for layer, lt in zip(g.layers, tiled.layers, strict=True):
         with at_layer(layer.name):  # an internal error names the layer
             _schedule_layer(g, layer, lt.ops, by_name[layer.name], by_name, residency[layer.name],
                             st, tuple(c for c in caches if c.layer == layer.name))
     _store_outputs(g, st)
-    steps = with_algorithms(st.steps, by_name, target)
-    return Schedule(g.name, target.name, regions, steps, _tokens(g), tiled.batch,
-                    tiled.context, tuple((k, v.value) for k, v in residency.items()), caches)
+    return tuple(st.steps)
+
+
+KEEP_STEPS = 4  # schedules a StepsMemo keeps (the oldest goes)
+
+
+@dataclass
+class StepsMemo:
+    """Prefill schedules' steps before their reduce algorithms, by graph (its identity: the
+    graph is kept with them), layer layouts, regions, residencies, KV caches and byte rule:
+    what a sweep worker's points along a link width share when their placements give the
+    same regions (`driver.Reuse`). A hit is what building the steps again gives; `hits`
+    counts them."""
+
+    entries: dict[tuple, tuple[ir.Graph, tuple[Step, ...]]] = field(default_factory=dict)
+    hits: int = 0
+
+    def get(self, g: ir.Graph, key: tuple) -> tuple[Step, ...] | None:
+        hit = self.entries.get((id(g), *key))
+        if hit is None or hit[0] is not g:
+            return None
+        self.hits += 1
+        return hit[1]
+
+    def keep(self, g: ir.Graph, key: tuple, steps: tuple[Step, ...]) -> None:
+        k = (id(g), *key)
+        if k not in self.entries and len(self.entries) >= KEEP_STEPS:
+            del self.entries[next(iter(self.entries))]
+        self.entries[k] = (g, steps)
 
 
 def with_algorithms(steps: list[Step], regions: dict[str, Region],

@@ -573,9 +573,26 @@ def position_values(dg: DecodeGraph, tables: Mapping[str, np.ndarray],
 # --- the decode schedule ------------------------------------------------------------------------
 
 
-def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target) -> Schedule:
+def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target,
+                          memo: DecodeMemo | None = None) -> Schedule:
     """One decode step on the prefill schedule's regions: weights and the KV cache resident
-    (setup), the step's own K/V appended at t, attention over the cache, the last logits."""
+    (setup), the step's own K/V appended at t, attention over the cache, the last logits.
+    `memo`: steps of earlier schedules of `dg` on the same regions (`DecodeMemo`)."""
+    key = (prefill.regions, prefill.residency, target.compute, target.storage)
+    steps = memo.steps_of(dg, key) if memo is not None else None
+    if steps is None:
+        steps = _decode_steps(dg, prefill, target)
+        if memo is not None:
+            memo.keep_steps(dg, key, steps)
+    regions = {r.name: r for r in prefill.regions}
+    return Schedule(dg.graph.name, target.name, prefill.regions,
+                    with_algorithms(list(steps), regions, target), prefill.batch, prefill.batch,
+                    dg.context, prefill.residency)
+
+
+def _decode_steps(dg: DecodeGraph, prefill: Schedule, target: Target) -> tuple[Step, ...]:
+    """`build_decode_schedule`'s steps before their reduce algorithms: of the target they read
+    only its byte rule (`Target.tensor_bytes`: `compute` and `storage`), never its links."""
     g = dg.graph
     layouts = decode_layouts(dg)
     regions = {r.name: r for r in prefill.regions}
@@ -606,15 +623,60 @@ def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target) ->
                     for name, spec in zip(op.inputs, lay.inputs, strict=True) if name]
             _compute(g, op, lay, region, deps, st)
     _store_outputs(g, st)
-    steps = with_algorithms(st.steps, regions, target)
-    return Schedule(g.name, target.name, prefill.regions, steps, prefill.batch, prefill.batch,
-                    dg.context, prefill.residency)
+    return tuple(st.steps)
+
+
+KEEP_MEMO = 8  # entries of each kind a DecodeMemo keeps (the oldest goes)
+
+
+@dataclass
+class DecodeMemo:
+    """What decode plans share across the compiles of one process (a sweep worker's
+    `driver.Reuse`): points that differ only in link width schedule the same decode forms on,
+    often, the same regions, and only a reduce's algorithm and the timeline read the links.
+    `streamed`: each form with its streamed chunks (`with_streams`), by the form's identity and
+    the chunks (a function of the regions' shapes and the byte rule); `steps`: a decode
+    schedule's steps before their algorithms (`_decode_steps`), by the form's identity, the
+    prefill regions and residencies and the byte rule. A hit is what computing it again gives.
+    The forms are kept with their entries, so an identity stays theirs. `hits` counts them."""
+
+    streamed: dict[tuple, tuple[DecodeGraph, DecodeGraph]] = dataclasses.field(
+        default_factory=dict)
+    steps: dict[tuple, tuple[DecodeGraph, tuple[Step, ...]]] = dataclasses.field(
+        default_factory=dict)
+    hits: int = 0
+
+    def streamed_of(self, dg: DecodeGraph, chunks: tuple[StreamChunk, ...]) -> DecodeGraph:
+        key = (id(dg), chunks)
+        hit = self.streamed.get(key)
+        if hit is not None and hit[0] is dg:
+            self.hits += 1
+            return hit[1]
+        out = dataclasses.replace(dg, graph=apply_chunks(dg.graph, chunks), streams=chunks)
+        _keep(self.streamed, key, (dg, out))
+        return out
+
+    def steps_of(self, dg: DecodeGraph, key: tuple) -> tuple[Step, ...] | None:
+        hit = self.steps.get((id(dg), *key))
+        if hit is None or hit[0] is not dg:
+            return None
+        self.hits += 1
+        return hit[1]
+
+    def keep_steps(self, dg: DecodeGraph, key: tuple, steps: tuple[Step, ...]) -> None:
+        _keep(self.steps, (id(dg), *key), (dg, steps))
+
+
+def _keep(d: dict, key, value) -> None:
+    if key not in d and len(d) >= KEEP_MEMO:
+        del d[next(iter(d))]
+    d[key] = value
 
 
 # decode_layouts of the last few decode graphs, by identity (hashing a graph costs more than
 # its layouts): the tiling prices each decode form, then the decode stage schedules the same one
 _LAYOUTS: dict[int, tuple[DecodeGraph, dict[str, tuple[OpLayout, ...]]]] = {}
-KEEP_LAYOUTS = 4
+KEEP_LAYOUTS = 8  # a model's forms and their streamed variants (a sweep's DecodeMemo)
 
 
 def decode_layouts(dg: DecodeGraph) -> dict[str, tuple[OpLayout, ...]]:
@@ -700,9 +762,11 @@ def _stream(g: ir.Graph, cache: KVCache, chunk: StreamChunk, spec: Spec | None, 
     st.at[(region.name, chunk.name)] = (spec, None, load.id)
 
 
-def with_streams(dg: DecodeGraph, s: Schedule, target: Target) -> DecodeGraph:
+def with_streams(dg: DecodeGraph, s: Schedule, target: Target,
+                 memo: DecodeMemo | None = None) -> DecodeGraph:
     """`dg` reading the caches of `s`'s streaming regions in chunks from off-chip (a no-op
-    when no region streams its KV cache, or `dg` already has its chunks)."""
+    when no region streams its KV cache, or `dg` already has its chunks); `memo`: the same
+    chunks of `dg` made earlier (`DecodeMemo`)."""
     streamed = streamed_regions(s)
     if dg.streams or not any(c.layer in streamed for c in dg.caches):
         return dg
@@ -717,6 +781,8 @@ def with_streams(dg: DecodeGraph, s: Schedule, target: Target) -> DecodeGraph:
     chunks = plan_chunks(dg.graph, dg.caches, specs, s, target)
     if not chunks:
         return dg
+    if memo is not None:
+        return memo.streamed_of(dg, chunks)
     return dataclasses.replace(dg, graph=apply_chunks(dg.graph, chunks), streams=chunks)
 
 
@@ -882,7 +948,8 @@ def decode_plan(source: str, prefill_graph: ir.Graph, prefill: Schedule, target:
 def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedule,
                           target: Target, context: int,
                           forms: Sequence[DecodeGraph] | str | None = None,
-                          fits: Collection[bool] | None = None) -> DecodePlan | str:
+                          fits: Collection[bool] | None = None,
+                          memo: DecodeMemo | None = None) -> DecodePlan | str:
     """The decode plan of a causal LM, with weights or shape-only; for anything else why not
     (`decode_forms`). Its graph is shape-only (the model at one token loaded without weights: a
     schedule needs shapes only), so running it (`--decode`) loads the decode graph with weights
@@ -897,15 +964,16 @@ def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedul
     `forms`: `decode_forms`' answer when already derived. `fits`: the forms (by
     `DecodeGraph.form`) whose decode step the tiling found fits every placed region
     (`Candidate.fits_form`; the tiling sizes a region for the form that holds least): only
-    those are scheduled and the faster kept (all of them, if none fits or none schedules)."""
+    those are scheduled and the faster kept (all of them, if none fits or none schedules).
+    `memo`: what earlier plans in this process left (`DecodeMemo`; the same answer)."""
     if forms is None:
         forms = decode_forms(source, prefill_graph, context)
     if isinstance(forms, str):
         return forms
     first = [dg for dg in forms if fits is None or dg.form in fits] or list(forms)
-    plans = _bounded_plans(first, prefill, target)  # forms that do not fit: unplanned
+    plans = _bounded_plans(first, prefill, target, memo)  # forms that do not fit: unplanned
     if not any(isinstance(p, DecodePlan) for p in plans):
-        plans += [_try_plan(dg, prefill, target) for dg in forms
+        plans += [_try_plan(dg, prefill, target, memo) for dg in forms
                   if all(dg is not f for f in first)]
     kept = [p for p in plans if isinstance(p, DecodePlan)]
     if not kept:
@@ -913,13 +981,13 @@ def decode_plan_or_reason(source: str, prefill_graph: ir.Graph, prefill: Schedul
     return max(kept, key=lambda p: p.estimate.tokens_per_s or 0.0)
 
 
-def _bounded_plans(forms: Sequence[DecodeGraph], prefill: Schedule,
-                   target: Target) -> list[DecodePlan | str]:
+def _bounded_plans(forms: Sequence[DecodeGraph], prefill: Schedule, target: Target,
+                   memo: DecodeMemo | None = None) -> list[DecodePlan | str]:
     """`_try_plan` of each form, in order, except a form whose off-chip floor
     (`offchip_floor`: cycles its decode step cannot beat) exceeds the makespan of a form
     already scheduled: it is strictly slower, so the choice is the same as scheduling it
     (the floors first, cheapest form first; its entry says why it was not scheduled)."""
-    streamed = [with_streams(dg, prefill, target) for dg in forms]
+    streamed = [with_streams(dg, prefill, target, memo) for dg in forms]
     floors = [offchip_floor(dg, prefill, target) for dg in streamed]
     plans: list[DecodePlan | str | None] = [None] * len(forms)
     best: int | None = None
@@ -927,7 +995,7 @@ def _bounded_plans(forms: Sequence[DecodeGraph], prefill: Schedule,
         if best is not None and floors[i] > best:
             plans[i] = f"slower than a scheduled form (off-chip floor {floors[i]:,} > {best:,})"
             continue
-        plans[i] = plan = _try_plan(streamed[i], prefill, target)
+        plans[i] = plan = _try_plan(streamed[i], prefill, target, memo)
         if isinstance(plan, DecodePlan):
             best = min(best, plan.estimate.cycles) if best is not None else plan.estimate.cycles
     return [p for p in plans if p is not None]
@@ -975,18 +1043,20 @@ def _weight_floor(dg: DecodeGraph, prefill: Schedule, target: Target) -> dict[in
     return out
 
 
-def _try_plan(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan | str:
+def _try_plan(dg: DecodeGraph, prefill: Schedule, target: Target,
+              memo: DecodeMemo | None = None) -> DecodePlan | str:
     """The plan of one decode form, or why the model's ops have no decode schedule (an op
     refused at one token, a step that does not fit). Anything else raised is a bug."""
     try:
-        return plan_for(dg, prefill, target)
+        return plan_for(dg, prefill, target, memo)
     except (UnsupportedOpsError, CapacityError) as exc:
         return str(exc)
 
 
-def plan_for(dg: DecodeGraph, prefill: Schedule, target: Target) -> DecodePlan:
-    dg = with_streams(dg, prefill, target)
-    s = build_decode_schedule(dg, prefill, target)
+def plan_for(dg: DecodeGraph, prefill: Schedule, target: Target,
+             memo: DecodeMemo | None = None) -> DecodePlan:
+    dg = with_streams(dg, prefill, target, memo)
+    s = build_decode_schedule(dg, prefill, target, memo)
     opts = PerfOptions(Mode.DECODE, context=dg.context)
     tl = timeline(s, target, opts)
     return DecodePlan(dg, s, tl, estimate(s, target, opts, tl=tl))

@@ -58,7 +58,9 @@ class PointResult:
     verify_s: float = 0.0
     # work taken from an earlier point in the same worker (driver.Reuse): "frontend" (same
     # model and frontend options), "decode-forms" (and context), "tiling" (and target and
-    # options), "placement" (an equal placement problem and solver options)
+    # options), "placement" (an equal placement problem and solver options), "decode-schedule"
+    # (the decode step's schedule on the same regions: driver.Reuse.decode), "schedule" (the
+    # prompt's schedule on the same regions: driver.Reuse.schedules)
     reused: tuple[str, ...] = ()
     # mixture-of-experts models (expert-group layers): decode with k of E experts under the
     # sweep's routing (--routing), and how many expert regions stream their weights
@@ -223,7 +225,10 @@ class Outcome:
 class Queue:
     """The points to compute, handed out in chain order: a point whose warm start is a point
     still to compute waits for it and then gets its placement (`done`); every other point is
-    ready at once, with the cached placement of the point it comes after (`hints`)."""
+    ready at once, with the cached placement of the point it comes after (`hints`). Ready
+    points go out longest first (`weight`: the chain that starts there, at the longest context
+    first), so that the workers finish together; `take_for` keeps a chain on the worker that
+    ran its previous point (what that worker's `Reuse` holds is for it)."""
 
     def __init__(self, specs: Sequence[PointSpec],
                  hints: dict[int, PlacementHint | None] | None = None) -> None:
@@ -237,13 +242,37 @@ class Queue:
                 self.ready.append((s, (hints or {}).get(s.index)))
 
     def take(self) -> list[tuple[PointSpec, PlacementHint | None]]:
-        """The points ready now (each handed out once)."""
-        out, self.ready = self.ready, []
+        """The points ready now (each handed out once), longest first."""
+        out = sorted(self.ready, key=lambda t: self.weight(t[0]), reverse=True)
+        self.ready = []
         return out
+
+    def take_for(self, prev: int | None) -> tuple[PointSpec, PlacementHint | None] | None:
+        """One ready point for a worker that last ran point `prev`: the point after it when
+        ready, else the longest ready one; None when none is ready."""
+        if not self.ready:
+            return None
+        mine = [i for i, (s, _) in enumerate(self.ready) if prev is not None and s.after == prev]
+        i = mine[0] if mine else max(range(len(self.ready)),
+                                     key=lambda i: (self.weight(self.ready[i][0]), -i))
+        return self.ready.pop(i)
+
+    def weight(self, spec: PointSpec) -> tuple[int, int]:
+        """How long the work starting at `spec` is expected to take: its context (the longest
+        points are the long-context ones), then the length of its chain."""
+        return _context(spec), self._chain(spec.index)
+
+    def _chain(self, index: int) -> int:
+        return 1 + sum(self._chain(s.index) for s in self.waiting.get(index, ()))
 
     def done(self, spec: PointSpec, placed: PlacementHint | None) -> None:
         """`spec` finished: the points after it are ready, with its placement."""
         self.ready += [(s, placed) for s in self.waiting.pop(spec.index, [])]
+
+
+def _context(spec: PointSpec) -> int:
+    """The point's context, as far as the options say (the bound sequence length else)."""
+    return spec.options.tiling.context or spec.options.frontend.dims.seq_len or 0
 
 
 OnResult = Callable[[PointSpec, PointResult, PlacementHint | None], None]

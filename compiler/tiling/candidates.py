@@ -857,8 +857,7 @@ def _latency_shapes(fits: Callable[[int, int], bool], cycles: Callable[[int, int
         return []
     best = min(cycles(r, c) for r, c in have)
     rows, cols = target.grid.rows, target.grid.cols
-    bounded = sorted((floor(r, c), r, c) for r in _tiling_counts(rows)
-                     for c in _tiling_counts(cols) if r * c <= share and (r, c) not in have)
+    bounded = [b for b in _by_floor(floor, rows, cols, share) if (b[1], b[2]) not in have]
     found: tuple[int, int, int, int, int] | None = None  # (cycles, cores, |r - c|, r, c)
     for low, r, c in bounded:  # fewest cycles first by their floor: stop past the best
         if low >= (best if found is None else found[0] + 1):
@@ -878,13 +877,8 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
     modes = _modes(model)
     if options.prompt_resident:  # issue 15 (h-real): see _runnable
         modes = [m for m in modes if _runnable(m)]
-    # per shape, what no residency mode changes: asked for once, whatever the modes
-    raw = functools.cache(functools.partial(_raw, model.tensors, _Measures.of(model.tensors),
-                                            model.kv_total, batch))
-    forms = [_StepMeasures.of(s) for s in model.tensors.decode]
-    steps = functools.cache(lambda r, c: tuple(_step_raw(m, r, c) for m in forms))
-    cycles = functools.cache(functools.partial(_cycles, model, target=target, memo={}))
-    floor = _cycles_floor(model, target)
+    raw, steps = _measured(model.tensors, model.kv_total, batch)
+    cycles, floor = _priced(model, target)
     for mode in modes:
         def fits(r: int, c: int, mode=mode) -> bool:
             return sum(_per_core(model.tensors, mode, r, c, model.kv_total, kv_item, batch,
@@ -914,6 +908,59 @@ def _candidates(name: str, model: _LayerModel, target: Target, batch: int,
             f"even spread over a whole {rows} x {cols} wafer and streamed, its largest tiles "
             "cannot be split further; use a target with more SRAM per core")
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _by_floor(floor: Callable[[int, int], float], rows: int, cols: int,
+              share: int) -> tuple[tuple[float, int, int], ...]:
+    """Every shape rows // i x cols // j of at most `share` cores as (floor, r, c), fewest
+    floor cycles first (`floor`: one of `_priced`'s, so the same layer asks once)."""
+    return tuple(sorted((floor(r, c), r, c) for r in _tiling_counts(rows)
+                        for c in _tiling_counts(cols) if r * c <= share))
+
+
+# `_priced` of the last few layers: a layer's cycles are a function of its model less its
+# tensors and of the target, so the tilings of one point (a tiling per set of decode forms)
+# and its re-runs price each shape once
+_PRICED: dict[tuple, tuple[Callable[[int, int], int], Callable[[int, int], float]]] = {}
+KEEP_PRICED = 32
+
+
+def _priced(model: _LayerModel, target: Target) -> tuple[Callable[[int, int], int],
+                                                          Callable[[int, int], float]]:
+    """The layer's `_cycles` (remembered per shape) and `_cycles_floor` on `target`."""
+    key = (tuple(getattr(model, f.name) for f in dataclasses.fields(model)
+                 if f.name != "tensors"), target)
+    if key not in _PRICED:
+        if len(_PRICED) >= KEEP_PRICED:  # the oldest goes
+            del _PRICED[next(iter(_PRICED))]
+        _PRICED[key] = (functools.cache(functools.partial(_cycles, model, target=target,
+                                                          memo={})),
+                        _cycles_floor(model, target))
+    return _PRICED[key]
+
+
+# `_measured` of the last few layers: the bytes of a shape do not depend on the links, so the
+# points of a sweep along a link width (compiler/sweep/) measure each shape once
+_MEASURED: dict[tuple[_Tensors, int, int], tuple[Callable, Callable]] = {}
+KEEP_MEASURED = 16
+
+
+def _measured(t: _Tensors, kv_total: int, batch: int) -> tuple[
+        Callable[[int, int], tuple[int, tuple[int, int]]],
+        Callable[[int, int], tuple[_StepRaw, ...]]]:
+    """Per shape, what no residency mode changes (`_raw`) and each decode form's bytes
+    (`_step_raw`), each asked for once whatever the modes, and remembered by value for the
+    next tiling of the same layer (a function of these values alone)."""
+    key = (t, kv_total, batch)
+    if key not in _MEASURED:
+        if len(_MEASURED) >= KEEP_MEASURED:  # the oldest goes
+            del _MEASURED[next(iter(_MEASURED))]
+        forms = [_StepMeasures.of(s) for s in t.decode]
+        _MEASURED[key] = (
+            functools.cache(functools.partial(_raw, t, _Measures.of(t), kv_total, batch)),
+            functools.cache(lambda r, c: tuple(_step_raw(m, r, c) for m in forms)))
+    return _MEASURED[key]
 
 
 def _offchip(model: _LayerModel, mode: Residency, batch: int, kv_item: int) -> int:
