@@ -170,3 +170,34 @@ def _reach(dims) -> float:
 
 def _distance(a, da, b, db) -> float:
     return abs(a[0] + da[0] / 2 - b[0] - db[0] / 2) + abs(a[1] + da[1] / 2 - b[1] - db[1] / 2)
+
+
+def test_a_chain_packing_asked_to_beat_a_cost_is_the_cheapest_or_none() -> None:
+    """chain_pack(beat=c) stops each layout once it cannot cost less than c: the cheapest
+    packing when that costs less, else None (an MoE wafer of more than MAX_BOXED)."""
+    dims, edges = moe_chain(10, 4)
+    assert len(dims) > chain.MAX_BOXED
+    best = chain.chain_pack(60, 60, dims, edges)
+    assert best is not None
+    c = chain.cost(dims, edges, best)
+    assert chain.chain_pack(60, 60, dims, edges, beat=c + 1) == best
+    assert chain.chain_pack(60, 60, dims, edges, beat=c) is None
+
+
+def test_a_wafer_of_units_searches_its_irregular_layers_and_seams_first() -> None:
+    """lns.neighbourhoods on a wafer of MoE units: the same neighbourhoods, those holding a
+    rectangle outside the units or of the first or last unit first."""
+    from compiler.placement.cpsat.lns import neighbourhoods
+
+    dims, edges = moe_chain(6, 4)
+    spots = chain.chain_pack(60, 60, dims, edges)
+    assert spots is not None
+    inst = LayoutInstance(60, 60, tuple(dims), tuple(edges), hint=spots,
+                          **full_ranges(60, 60, tuple(dims)))
+    plain, ordered = neighbourhoods(inst, spots), neighbourhoods(inst, spots, units=True)
+    assert sorted(map(sorted, plain)) == sorted(map(sorted, ordered)) and plain != ordered
+    run = unit_wafer(dims, edges)
+    assert run is not None
+    inner = set(run.members) - set(run.unit(0)) - set(run.unit(run.count - 1))
+    seams = [not free <= inner for free in ordered]
+    assert seams == sorted(seams, reverse=True) and any(seams) and not all(seams)

@@ -31,19 +31,22 @@ MAX_BOXED = 48  # rectangles at most for the boxed fallback (not a hundred MoE e
 FULL = np.iinfo(np.int64).max  # the cost of a taken spot
 
 
-def chain_pack(rows: int, cols: int, dims: Sequence[Dims],
-               edges: Sequence[Edge]) -> tuple[Position, ...] | None:
+def chain_pack(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge],
+               beat: int | None = None) -> tuple[Position, ...] | None:
     """The cheapest chain packing found (doubled cost, see `cost`), or None (no body, or no
-    candidate places every rectangle). Cached: a model's alike wafers, and stage 1's tries,
-    ask again for the same instance."""
-    return _chain_pack(rows, cols, tuple(map(tuple, dims)), tuple(map(tuple, edges)))
+    candidate places every rectangle). `beat`: only a packing cheaper than that is wanted
+    (None when the cheapest is not), so the layouts stop early; applied above MAX_BOXED
+    rectangles, where no boxed fallback can follow. Cached: a model's alike wafers, and
+    stage 1's tries, ask again for the same instance."""
+    return _chain_pack(rows, cols, tuple(map(tuple, dims)), tuple(map(tuple, edges)),
+                       beat if len(dims) > MAX_BOXED else None)
 
 
 @functools.lru_cache(maxsize=64)
-def _chain_pack(rows: int, cols: int, dims: tuple[Dims, ...],
-                edges: tuple[Edge, ...]) -> tuple[Position, ...] | None:
+def _chain_pack(rows: int, cols: int, dims: tuple[Dims, ...], edges: tuple[Edge, ...],
+                beat: int | None = None) -> tuple[Position, ...] | None:
     layouts = all_layouts(rows, cols, dims, edges)
-    found = _nearest_rest(rows, cols, dims, edges, layouts)
+    found = _nearest_rest(rows, cols, dims, edges, layouts, beat)
     if found is None and len(dims) <= MAX_BOXED:  # the boxed packing only when no nearest fits
         boxed = [(cost(dims, edges, full), k, full) for k, spots in enumerate(layouts)
                  if (full := _boxed_rest(rows, cols, dims, edges, spots)) is not None]
@@ -52,18 +55,19 @@ def _chain_pack(rows: int, cols: int, dims: tuple[Dims, ...],
 
 
 def _nearest_rest(rows: int, cols: int, dims: tuple[Dims, ...], edges: tuple[Edge, ...],
-                  layouts: list[dict[int, Position]]
+                  layouts: list[dict[int, Position]], beat: int | None = None
                   ) -> tuple[int, int, tuple[Position, ...]] | None:
     """The cheapest `_place_rest` completion over the body layouts as (cost, layout index,
-    spots), the first layout on a tie. With non-negative weights each layout stops as soon as
-    a lower bound on its cost reaches the best so far (most body layouts of an MoE wafer end
-    there): the same answer as completing every layout."""
+    spots), the first layout on a tie, if it costs less than `beat`. With non-negative
+    weights each layout stops as soon as a lower bound on its cost reaches the best so far
+    (most body layouts of an MoE wafer end there): the same answer as completing every
+    layout."""
     prune = all(w >= 0 for _, _, w in edges)  # then a partial packing's cost only grows
     best: tuple[int, int, tuple[Position, ...]] | None = None
     for k, spots in enumerate(layouts):
-        beat = best[0] if best is not None and prune else None
-        full = _place_rest(rows, cols, dims, edges, spots, beat)
-        if full is not None and (best is None or cost(dims, edges, full) < best[0]):
+        limit = best[0] if best is not None else beat
+        full = _place_rest(rows, cols, dims, edges, spots, limit if prune else None)
+        if full is not None and (limit is None or cost(dims, edges, full) < limit):
             best = (cost(dims, edges, full), k, full)
     return best
 
@@ -203,30 +207,40 @@ def _place_rest(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge
     so_far = _floor(dims, edges, spots)  # placed edges as they are, the others at `_apart`
     if beat is not None and so_far >= beat:
         return None
-    taken = np.array([_box(spots[i], dims[i]) for i in spots], dtype=np.int64).reshape(-1, 4)
-    links: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(dims))}
-    for i, j, w in edges:
-        links[i].append((j, w))
-        links[j].append((i, w))
+    boxes = np.zeros((len(dims), 4), dtype=np.int64)  # the placed ones first, in order
+    for k, i in enumerate(spots):
+        boxes[k] = _box(spots[i], dims[i])
+    links = _links(len(dims), tuple(edges))
     # bytes from each unplaced rectangle to the placed ones, kept as rectangles are placed
+    # (in index order: `max` keeps the first of equals, the lowest index)
     pull = {k: sum(w for j, w in links[k] if j in spots)
             for k in range(len(dims)) if k not in spots}
     while pull:
-        i = max(pull, key=lambda k: (pull[k], -k))
-        found = _cheapest_spot(rows, cols, dims, spots, taken, i, links[i])
+        i = max(pull, key=pull.__getitem__)
+        found = _cheapest_spot(rows, cols, dims, spots, boxes[:len(spots)], i, links[i])
         if found is None:
             return None
         spot, added = found
         so_far += added - sum(w * _apart(dims[i], dims[j]) for j, w in links[i] if j in spots)
         if beat is not None and so_far >= beat:
             return None
+        boxes[len(spots)] = _box(spot, dims[i])
         spots[i] = spot
         del pull[i]
         for j, w in links[i]:
             if j in pull:
                 pull[j] += w
-        taken = np.vstack([taken, np.array(_box(spot, dims[i]), dtype=np.int64)])
     return tuple(spots[i] for i in range(len(dims)))
+
+
+@functools.lru_cache(maxsize=16)
+def _links(n: int, edges: tuple[Edge, ...]) -> dict[int, list[tuple[int, int]]]:
+    """Each rectangle's (other end, weight) of every edge, once per instance."""
+    links: dict[int, list[tuple[int, int]]] = {i: [] for i in range(n)}
+    for i, j, w in edges:
+        links[i].append((j, w))
+        links[j].append((i, w))
+    return links
 
 
 def _boxed_rest(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge],
