@@ -61,7 +61,7 @@ def test_a_router_with_its_groups_is_a_unit_and_alike_units_a_run() -> None:
     assert unit_run(dims, edges) == UnitRun(1, 5, 5)
 
 
-def test_a_wafer_is_laid_out_as_units_only_when_its_run_holds_half_of_it() -> None:
+def test_a_wafer_is_laid_out_as_units_only_when_its_run_holds_nearly_half_of_it() -> None:
     dims, edges = moe_chain(5, 4)
     assert unit_wafer(dims, edges) == UnitRun(1, 5, 5)
     # units 2-4 each in shapes of their own (stage 1 mixed them): the run is units 0-1
@@ -69,6 +69,14 @@ def test_a_wafer_is_laid_out_as_units_only_when_its_run_holds_half_of_it() -> No
              for i, (h, w) in enumerate(dims)]
     assert unit_run(mixed, edges) == UnitRun(1, 5, 2)  # 10 of 27 rectangles
     assert unit_wafer(mixed, edges) is None
+    # units 3-4 mixed: the run of units 0-2 holds 15 of 27 (over half); units 0, 1, 3, 4 in
+    # two shapes: the longer run holds 10 of 22 (45%), a wafer of units still
+    assert unit_wafer([(h, w + 1) if 16 <= i < 26 else (h, w) for i, (h, w) in enumerate(dims)],
+                      edges) == UnitRun(1, 5, 3)
+    dims4, edges4 = moe_chain(4, 4)
+    two = [(h, w + 1) if 11 <= i < 21 else (h, w) for i, (h, w) in enumerate(dims4)]
+    assert len(two) == 22 and unit_wafer(two, edges4) == UnitRun(1, 5, 2)
+    assert unit_wafer(two + [(1, 1)], [*edges4, (21, 22, 1)]) is None  # 10 of 23: under 45%
 
 
 def test_a_dense_chain_has_no_units() -> None:
