@@ -4,7 +4,11 @@ far nearer the separation bound than the order-blind packings it replaces as CP-
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from placement_cases import chain_edges, opt, problem
@@ -150,8 +154,9 @@ def _brute_spot(rows, cols, dims, spots, i, links):
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10_000))
 def test_cheapest_spot_is_the_cheapest_free_candidate(seed: int) -> None:
-    """The spot search tests overlaps in cost order a slice at a time: it finds the same spot
-    (and cost) as testing every candidate, on random crowded grids."""
+    """The spot search counts the boxes over every candidate at once (a difference grid over
+    the candidate rows and columns): it finds the same spot (and cost) as testing every
+    candidate against every box, on random crowded grids."""
     rng = np.random.default_rng(seed)
     rows, cols = int(rng.integers(20, 60)), int(rng.integers(20, 60))
     dims = [(int(rng.integers(1, 12)), int(rng.integers(1, 12))) for _ in range(40)]
@@ -183,3 +188,18 @@ def test_chain_pack_stops_a_layout_that_cannot_win_with_the_same_answer() -> Non
             best = (cost(dims, edges, full), full)
     assert best is not None
     assert chain._chain_pack.__wrapped__(rows, cols, tuple(dims), tuple(edges)) == best[1]
+
+
+CASES = json.loads((Path(__file__).parent / "golden" / "chain_pack_cases.json").read_text())
+
+
+@pytest.mark.parametrize("case", CASES["cases"], ids=lambda c: c["name"])
+def test_chain_pack_gives_the_packings_of_the_unvectorised_search(case: dict) -> None:
+    """Wafers recorded from the zoo's compiles (an MoE wafer of 100 rectangles among them)
+    pack exactly as the spot search that tested candidates a slice at a time in cost order
+    packed them (its answers stored with the instances)."""
+    dims = tuple(tuple(d) for d in case["dims"])
+    edges = tuple(tuple(e) for e in case["edges"])
+    got = chain._chain_pack.__wrapped__(case["rows"], case["cols"], dims, edges)
+    want = None if case["spots"] is None else tuple(tuple(p) for p in case["spots"])
+    assert got == want

@@ -61,7 +61,7 @@ def test_a_router_with_its_groups_is_a_unit_and_alike_units_a_run() -> None:
     assert unit_run(dims, edges) == UnitRun(1, 5, 5)
 
 
-def test_a_wafer_is_laid_out_as_units_only_when_its_run_holds_half_of_it() -> None:
+def test_a_wafer_is_laid_out_as_units_only_when_its_run_holds_nearly_half_of_it() -> None:
     dims, edges = moe_chain(5, 4)
     assert unit_wafer(dims, edges) == UnitRun(1, 5, 5)
     # units 2-4 each in shapes of their own (stage 1 mixed them): the run is units 0-1
@@ -69,6 +69,14 @@ def test_a_wafer_is_laid_out_as_units_only_when_its_run_holds_half_of_it() -> No
              for i, (h, w) in enumerate(dims)]
     assert unit_run(mixed, edges) == UnitRun(1, 5, 2)  # 10 of 27 rectangles
     assert unit_wafer(mixed, edges) is None
+    # units 3-4 mixed: the run of units 0-2 holds 15 of 27 (over half); units 0, 1, 3, 4 in
+    # two shapes: the longer run holds 10 of 22 (45%), a wafer of units still
+    assert unit_wafer([(h, w + 1) if 16 <= i < 26 else (h, w) for i, (h, w) in enumerate(dims)],
+                      edges) == UnitRun(1, 5, 3)
+    dims4, edges4 = moe_chain(4, 4)
+    two = [(h, w + 1) if 11 <= i < 21 else (h, w) for i, (h, w) in enumerate(dims4)]
+    assert len(two) == 22 and unit_wafer(two, edges4) == UnitRun(1, 5, 2)
+    assert unit_wafer(two + [(1, 1)], [*edges4, (21, 22, 1)]) is None  # 10 of 23: under 45%
 
 
 def test_a_dense_chain_has_no_units() -> None:
@@ -170,3 +178,34 @@ def _reach(dims) -> float:
 
 def _distance(a, da, b, db) -> float:
     return abs(a[0] + da[0] / 2 - b[0] - db[0] / 2) + abs(a[1] + da[1] / 2 - b[1] - db[1] / 2)
+
+
+def test_a_chain_packing_asked_to_beat_a_cost_is_the_cheapest_or_none() -> None:
+    """chain_pack(beat=c) stops each layout once it cannot cost less than c: the cheapest
+    packing when that costs less, else None (an MoE wafer of more than MAX_BOXED)."""
+    dims, edges = moe_chain(10, 4)
+    assert len(dims) > chain.MAX_BOXED
+    best = chain.chain_pack(60, 60, dims, edges)
+    assert best is not None
+    c = chain.cost(dims, edges, best)
+    assert chain.chain_pack(60, 60, dims, edges, beat=c + 1) == best
+    assert chain.chain_pack(60, 60, dims, edges, beat=c) is None
+
+
+def test_a_wafer_of_units_searches_its_irregular_layers_and_seams_first() -> None:
+    """lns.neighbourhoods on a wafer of MoE units: the same neighbourhoods, those holding a
+    rectangle outside the units or of the first or last unit first."""
+    from compiler.placement.cpsat.lns import neighbourhoods
+
+    dims, edges = moe_chain(6, 4)
+    spots = chain.chain_pack(60, 60, dims, edges)
+    assert spots is not None
+    inst = LayoutInstance(60, 60, tuple(dims), tuple(edges), hint=spots,
+                          **full_ranges(60, 60, tuple(dims)))
+    plain, ordered = neighbourhoods(inst, spots), neighbourhoods(inst, spots, units=True)
+    assert sorted(map(sorted, plain)) == sorted(map(sorted, ordered)) and plain != ordered
+    run = unit_wafer(dims, edges)
+    assert run is not None
+    inner = set(run.members) - set(run.unit(0)) - set(run.unit(run.count - 1))
+    seams = [not free <= inner for free in ordered]
+    assert seams == sorted(seams, reverse=True) and any(seams) and not all(seams)

@@ -145,3 +145,18 @@ def test_a_choice_that_does_not_pack_moves_the_run_that_costs_least() -> None:
     chosen = [p.blocks[b].options[o] for b, o in enumerate(placed.options)]
     assert [(o.rows, o.cols) for o in chosen] == [(1, 1)] + [(8, 1)] * 6
     assert sum(o.cycles for o in chosen) == 108 + 4 * 2_764 + 108 + 612
+
+
+def test_a_wafer_of_more_than_48_blocks_is_dealt_too() -> None:
+    """A mixture-of-experts wafer holds a hundred or more rectangles: its alike blocks are
+    dealt in runs as well (unit.MAX_DEALT), which makes runs of alike units."""
+    from compiler.placement.unit import MAX_RECTS, arrangements
+
+    p, choice = mixed_chain(n=60, rows=200)
+    members = list(range(len(p.blocks)))
+    assert len(members) > MAX_RECTS
+    alts = arrangements(p, choice, members)
+    assert alts
+    for alt in alts:
+        body = shapes(p, alt, members[1:-1])
+        assert len([s for k, s in enumerate(body) if k == 0 or body[k - 1] != s]) == 2

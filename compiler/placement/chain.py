@@ -28,37 +28,62 @@ Dims = tuple[int, int]
 Edge = tuple[int, int, int]
 MIN_BODY = 4  # alike rectangles in a row before the chain packing applies
 MAX_BOXED = 48  # rectangles at most for the boxed fallback (not a hundred MoE expert groups)
-FIRST_CHUNK = 64  # candidate spots tested for overlap at first (cheapest first), then 4x more
+FULL = np.iinfo(np.int64).max  # the cost of a taken spot
 
 
-def chain_pack(rows: int, cols: int, dims: Sequence[Dims],
-               edges: Sequence[Edge]) -> tuple[Position, ...] | None:
+def chain_pack(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge],
+               beat: int | None = None) -> tuple[Position, ...] | None:
     """The cheapest chain packing found (doubled cost, see `cost`), or None (no body, or no
-    candidate places every rectangle). Cached: a model's alike wafers, and stage 1's tries,
-    ask again for the same instance."""
-    return _chain_pack(rows, cols, tuple(map(tuple, dims)), tuple(map(tuple, edges)))
+    candidate places every rectangle). `beat`: only a packing cheaper than that is wanted
+    (None when the cheapest is not), so the layouts stop early; applied above MAX_BOXED
+    rectangles, where no boxed fallback can follow. Cached: a model's alike wafers, and
+    stage 1's tries, ask again for the same instance."""
+    return _chain_pack(rows, cols, tuple(map(tuple, dims)), tuple(map(tuple, edges)),
+                       beat if len(dims) > MAX_BOXED else None)
 
 
 @functools.lru_cache(maxsize=64)
-def _chain_pack(rows: int, cols: int, dims: tuple[Dims, ...],
-                edges: tuple[Edge, ...]) -> tuple[Position, ...] | None:
-    best: tuple[int, tuple[Position, ...]] | None = None
+def _chain_pack(rows: int, cols: int, dims: tuple[Dims, ...], edges: tuple[Edge, ...],
+                beat: int | None = None) -> tuple[Position, ...] | None:
     layouts = all_layouts(rows, cols, dims, edges)
-    tries = (_place_rest, _boxed_rest) if len(dims) <= MAX_BOXED else (_place_rest,)
+    found = _nearest_rest(rows, cols, dims, edges, layouts, beat)
+    if found is None and len(dims) <= MAX_BOXED:  # the boxed packing only when no nearest fits
+        boxed = [(cost(dims, edges, full), k, full) for k, spots in enumerate(layouts)
+                 if (full := _boxed_rest(rows, cols, dims, edges, spots)) is not None]
+        found = min(boxed, default=None)
+    return None if found is None else found[2]
+
+
+def _nearest_rest(rows: int, cols: int, dims: tuple[Dims, ...], edges: tuple[Edge, ...],
+                  layouts: list[dict[int, Position]], beat: int | None = None
+                  ) -> tuple[int, int, tuple[Position, ...]] | None:
+    """The cheapest `_place_rest` completion over the body layouts as (cost, layout index,
+    spots), the first layout on a tie, if it costs less than `beat`. With non-negative
+    weights each layout stops as soon as a lower bound on its cost reaches the best so far
+    (most body layouts of an MoE wafer end there): the same answer as completing every
+    layout."""
     prune = all(w >= 0 for _, _, w in edges)  # then a partial packing's cost only grows
-    for rest in tries:  # the boxed packing only when no nearest one fits
-        for spots in layouts:
-            beat = best[0] if best is not None and prune and rest is _place_rest else None
-            full = (_place_rest(rows, cols, dims, edges, spots, beat) if beat is not None
-                    else rest(rows, cols, dims, edges, spots))
-            if full is None:
-                continue
-            c = cost(dims, edges, full)
-            if best is None or c < best[0]:
-                best = (c, full)
-        if best is not None:
-            break
-    return None if best is None else best[1]
+    best: tuple[int, int, tuple[Position, ...]] | None = None
+    for k, spots in enumerate(layouts):
+        limit = best[0] if best is not None else beat
+        full = _place_rest(rows, cols, dims, edges, spots, limit if prune else None)
+        if full is not None and (limit is None or cost(dims, edges, full) < limit):
+            best = (cost(dims, edges, full), k, full)
+    return best
+
+
+def _floor(dims: Sequence[Dims], edges: Sequence[Edge], placed: dict[int, Position]) -> int:
+    """A lower bound on the cost of any completion of `placed` (non-negative weights): its
+    edges between placed rectangles as they are, every other edge at least the distance of
+    two rectangles that touch (`_apart`)."""
+    return sum(w * (_distance(placed[i], dims[i], placed[j], dims[j])
+                    if i in placed and j in placed else _apart(dims[i], dims[j]))
+               for i, j, w in edges)
+
+
+def _apart(a: Dims, b: Dims) -> int:
+    """The least doubled centre distance of two rectangles that do not overlap."""
+    return min(a[0] + b[0], a[1] + b[1])
 
 
 def all_layouts(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge]
@@ -175,37 +200,47 @@ def _place_rest(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge
                 ) -> tuple[Position, ...] | None:
     """Place every other rectangle, the one with most bytes to placed ones first, at its
     cheapest free spot; None when one finds no room, or (`beat`: non-negative weights) as
-    soon as the edges between placed rectangles cost `beat` or more (the packing cannot be
-    cheaper than one already found: most body layouts of an MoE wafer end there)."""
+    soon as a lower bound on the whole packing (`_floor`: the edges between placed rectangles
+    as they are, the others at their least) reaches `beat` (the packing cannot be cheaper
+    than one already found: most body layouts of an MoE wafer end there)."""
     spots = dict(placed)
-    so_far = sum(w * _distance(spots[i], dims[i], spots[j], dims[j])
-                 for i, j, w in edges if i in spots and j in spots)
+    so_far = _floor(dims, edges, spots)  # placed edges as they are, the others at `_apart`
     if beat is not None and so_far >= beat:
         return None
-    taken = np.array([_box(spots[i], dims[i]) for i in spots], dtype=np.int64).reshape(-1, 4)
-    links: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(dims))}
-    for i, j, w in edges:
-        links[i].append((j, w))
-        links[j].append((i, w))
+    boxes = np.zeros((len(dims), 4), dtype=np.int64)  # the placed ones first, in order
+    for k, i in enumerate(spots):
+        boxes[k] = _box(spots[i], dims[i])
+    links = _links(len(dims), tuple(edges))
     # bytes from each unplaced rectangle to the placed ones, kept as rectangles are placed
+    # (in index order: `max` keeps the first of equals, the lowest index)
     pull = {k: sum(w for j, w in links[k] if j in spots)
             for k in range(len(dims)) if k not in spots}
     while pull:
-        i = max(pull, key=lambda k: (pull[k], -k))
-        found = _cheapest_spot(rows, cols, dims, spots, taken, i, links[i])
+        i = max(pull, key=pull.__getitem__)
+        found = _cheapest_spot(rows, cols, dims, spots, boxes[:len(spots)], i, links[i])
         if found is None:
             return None
         spot, added = found
-        so_far += added
+        so_far += added - sum(w * _apart(dims[i], dims[j]) for j, w in links[i] if j in spots)
         if beat is not None and so_far >= beat:
             return None
+        boxes[len(spots)] = _box(spot, dims[i])
         spots[i] = spot
         del pull[i]
         for j, w in links[i]:
             if j in pull:
                 pull[j] += w
-        taken = np.vstack([taken, np.array(_box(spot, dims[i]), dtype=np.int64)])
     return tuple(spots[i] for i in range(len(dims)))
+
+
+@functools.lru_cache(maxsize=16)
+def _links(n: int, edges: tuple[Edge, ...]) -> dict[int, list[tuple[int, int]]]:
+    """Each rectangle's (other end, weight) of every edge, once per instance."""
+    links: dict[int, list[tuple[int, int]]] = {i: [] for i in range(n)}
+    for i, j, w in edges:
+        links[i].append((j, w))
+        links[j].append((i, w))
+    return links
 
 
 def _boxed_rest(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge],
@@ -264,32 +299,35 @@ def _cheapest_spot(rows: int, cols: int, dims: Sequence[Dims], spots: dict[int, 
     if len(rs) == 0 or len(cs) == 0:
         return None
     # the cost is a row part plus a column part; the flattened grid is in (row, col) order
-    along_r, along_c = np.zeros(len(rs), dtype=np.int64), np.zeros(len(cs), dtype=np.int64)
-    for r2, c2, wt in near:
-        along_r += wt * np.abs(2 * rs + h - r2)
-        along_c += wt * np.abs(2 * cs + w - c2)
-    total = (along_r[:, None] + along_c[None, :]).ravel()
-    # overlaps tested in cost order a slice at a time, each slice every candidate up to a
-    # threshold cost (ties kept in grid order): testing all ~10^5 candidates against ~200
-    # placed rectangles at once cost the MoE giants' wafers minutes
-    above, chunk = np.iinfo(np.int64).min, FIRST_CHUNK
-    while True:
-        rest = total[total > above]
-        if len(rest) == 0:
-            return None
-        upto = np.partition(rest, min(chunk, len(rest)) - 1)[min(chunk, len(rest)) - 1]
-        idx = np.flatnonzero((total > above) & (total <= upto))
-        idx = idx[np.argsort(total[idx], kind="stable")]
-        r, c = rs[idx // len(cs)], cs[idx % len(cs)]
-        near_by = taken[(taken[:, 0] < r.max() + h) & (r.min() < taken[:, 2])
-                        & (taken[:, 1] < c.max() + w) & (c.min() < taken[:, 3])]
-        free = ~((r[:, None] < near_by[None, :, 2]) & (near_by[None, :, 0] < r[:, None] + h)
-                 & (c[:, None] < near_by[None, :, 3]) & (near_by[None, :, 1] < c[:, None] + w)
-                 ).any(1)
-        if free.any():
-            k = int(np.argmax(free))
-            return (int(r[k]), int(c[k])), int(total[idx[k]])
-        above, chunk = upto, 4 * chunk
+    to = np.array(near, dtype=np.int64).reshape(-1, 3)
+    along_r = np.abs(2 * rs[:, None] + h - to[None, :, 0]) @ to[:, 2]
+    along_c = np.abs(2 * cs[:, None] + w - to[None, :, 1]) @ to[:, 2]
+    total = along_r[:, None] + along_c[None, :]
+    hit = _taken_spots(rs, cs, h, w, taken)
+    total[hit] = FULL
+    k = int(np.argmin(total))  # the first least: ties in grid order
+    if hit.flat[k]:
+        return None
+    return (int(rs[k // len(cs)]), int(cs[k % len(cs)])), int(total.flat[k])
+
+
+def _taken_spots(rs: np.ndarray, cs: np.ndarray, h: int, w: int, taken: np.ndarray
+                 ) -> np.ndarray:
+    """(rows x cols) mask of the candidate top-left spots (sorted `rs`, `cs`) where an h x w
+    rectangle overlaps a placed box. The spots a box rules out are a block of consecutive
+    candidate rows and columns: each box adds one to its block in a difference grid, whose
+    running sums count the boxes over each spot."""
+    r0 = np.searchsorted(rs, taken[:, 0] - h, side="right")
+    r1 = np.searchsorted(rs, taken[:, 2], side="left")
+    c0 = np.searchsorted(cs, taken[:, 1] - w, side="right")
+    c1 = np.searchsorted(cs, taken[:, 3], side="left")
+    width = len(cs) + 1
+    corners = np.concatenate([r0 * width + c0, r1 * width + c1, r0 * width + c1,
+                              r1 * width + c0])
+    signs = np.repeat(np.array([1, 1, -1, -1], dtype=np.int64), len(r0))
+    diff = np.bincount(corners, signs, minlength=(len(rs) + 1) * width)
+    count = diff.reshape(len(rs) + 1, width).cumsum(0).cumsum(1)
+    return count[:-1, :-1] > 0
 
 
 def _candidates(rows: int, cols: int, h: int, w: int, taken: np.ndarray,
@@ -300,10 +338,14 @@ def _candidates(rows: int, cols: int, h: int, w: int, taken: np.ndarray,
     neighbour's (`near`: doubled centres)."""
     if rows < h or cols < w:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    centre_r = [(r2 - h) // 2 for r2, _, _ in near]
-    centre_c = [(c2 - w) // 2 for _, c2, _ in near]
-    rs = np.unique(np.clip(np.concatenate([[0, rows - h], taken[:, 2], taken[:, 0] - h,
-                                           centre_r]), 0, rows - h)).astype(np.int64)
-    cs = np.unique(np.clip(np.concatenate([[0, cols - w], taken[:, 3], taken[:, 1] - w,
-                                           centre_c]), 0, cols - w)).astype(np.int64)
-    return rs, cs
+    centres = np.array(near, dtype=np.int64).reshape(-1, 3)
+    return (_coords(rows - h, taken[:, 2], taken[:, 0] - h, (centres[:, 0] - h) // 2),
+            _coords(cols - w, taken[:, 3], taken[:, 1] - w, (centres[:, 1] - w) // 2))
+
+
+def _coords(last: int, *at: np.ndarray) -> np.ndarray:
+    """The distinct values of `at` and the two ends, clipped to 0..last, sorted."""
+    x = np.concatenate([np.array([0, last], dtype=np.int64), *at])
+    np.clip(x, 0, last, out=x)
+    x.sort()
+    return x[np.concatenate(([True], x[1:] != x[:-1]))]

@@ -20,9 +20,14 @@ from itertools import permutations
 from compiler.placement.problem import Block, PlacementProblem
 
 MAX_ORDERS = 6  # shape runs in every order when there are at most 3 shapes; else 2 orders
-# Wafers of more rectangles are left as stage 1 chose: each arrangement costs a greedy and a
-# chain packing, and a mixture-of-experts wafer holds a hundred or more expert groups
+# Wafers of more rectangles are not searched for the fewest-cycles move (stages.py): each try
+# costs a greedy packing, and a mixture-of-experts wafer holds a hundred or more expert groups
 MAX_RECTS = 48
+# Wafers of more rectangles are left as stage 1 dealt them. An MoE wafer is dealt: its runs
+# of one shape are runs of alike units (a router and its groups, hubs.py) that chain.py lays
+# out as boxes (Mixtral's three wafers 2.22e8 -> 1.35e8 hint byte-hops), and each deal's
+# chain packing stops as soon as it cannot beat the best one (stages._in_runs)
+MAX_DEALT = 256
 
 
 def alike_key(block: Block) -> tuple:
@@ -36,8 +41,8 @@ def arrangements(problem: PlacementProblem, options: Sequence[int],
     """Other option choices for the whole problem, the same as `options` outside `members`
     and, within each class of alike members, the same options dealt so that equal shapes
     are contiguous (runs in a few orders). Empty when no class mixes shapes, or the wafer
-    holds more than MAX_RECTS blocks."""
-    if len(members) > MAX_RECTS:
+    holds more than MAX_DEALT blocks."""
+    if len(members) > MAX_DEALT:
         return []
     classes: dict[tuple, list[int]] = {}
     for b in members:

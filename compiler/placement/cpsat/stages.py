@@ -206,10 +206,11 @@ def _packed(r: _Run, res: Residency) -> Packed | None:
     """The choice with its packing hints (stage recorded), or None if it does not pack. With
     its wafer cuts moved off mixture-of-experts units when that packs with no more cycles
     (a fuller wafer may pack only with slower shapes: Mixtral's groups at 12,394 cycles
-    instead of 8,927)."""
+    instead of 8,927). The choice as cut is packed too only when the moved one costs cycles
+    (alike blocks dealt in runs, unit.py, change options, not cycles)."""
     whole = _whole_units(r.problem, res)
     packed = greedy_hints(r, whole) if whole is not None else None
-    if packed is None or packed[0].options != res.options:
+    if packed is None or _all_cycles(r.problem, packed[0]) > _all_cycles(r.problem, res):
         as_cut = greedy_hints(r, res)
         if packed is None or (as_cut is not None and _all_cycles(r.problem, as_cut[0])
                               < _all_cycles(r.problem, packed[0])):
@@ -357,7 +358,7 @@ def greedy_hints(r: _Run, res: Residency) -> tuple[Residency, dict[int, LayoutIn
                 flexed += sum(options[b] != res.options[b] for b in members)
                 inst = layout_for(problem, options, members)
                 spots = found if cheaper else any_pack(inst.rows, inst.cols, inst.dims) or flex
-        inst, spots, dealt = _in_runs(problem, options, members, inst, _nearer(inst, spots))
+        inst, spots, dealt = _in_runs(problem, options, members, inst, spots)
         flexed += dealt
         spots = spots or _nearer(inst, _rescue(r, inst))
         spots = _warm_spots(r, options, members, inst, spots)
@@ -387,8 +388,8 @@ def _warm_spots(r: _Run, options: Sequence[int], members: Sequence[int], inst: L
     return spots
 
 
-def _nearer(inst: LayoutInstance, spots: tuple[Position, ...] | None
-            ) -> tuple[Position, ...] | None:
+def _nearer(inst: LayoutInstance, spots: tuple[Position, ...] | None,
+            beat: float = math.inf) -> tuple[Position, ...] | None:
     """`spots`, or the chain packing (chain.py) when that packs, costs less and is within
     CHAIN_NEAR of the separation bound. A far chain packing (a wafer so full that the odd
     rectangles land far from their links) is a worse start for CP-SAT than the skyline's
@@ -397,8 +398,13 @@ def _nearer(inst: LayoutInstance, spots: tuple[Position, ...] | None
     hints ends 2.1-2.6x the bound on the giants measured, so a chain hint within 2x is kept.
     A wafer of mixture-of-experts units (hubs.py) keeps it at any distance from the bound
     (a router's many expert groups cannot all touch it, so the bound is loose there): the
-    units laid out as boxes, each router amid its groups, are what stage 2 cannot find."""
-    chained = chain_pack(inst.rows, inst.cols, inst.dims, inst.edges)
+    units laid out as boxes, each router amid its groups, are what stage 2 cannot find.
+    `beat`: the chain packing is wanted only when cheaper than that (the search stops early
+    on layouts that cannot be)."""
+    if spots is not None:
+        beat = min(beat, layout_cost(inst, spots))
+    chained = chain_pack(inst.rows, inst.cols, inst.dims, inst.edges,
+                         None if math.isinf(beat) else int(beat))
     if chained is None or (layout_cost(inst, chained) > CHAIN_NEAR * layout_lower_bound(inst)
                            and unit_wafer(inst.dims, inst.edges) is None):
         return spots
@@ -410,18 +416,23 @@ def _nearer(inst: LayoutInstance, spots: tuple[Position, ...] | None
 def _in_runs(problem: PlacementProblem, options: list[int], members: Sequence[int],
              inst: LayoutInstance, spots: tuple[Position, ...] | None
              ) -> tuple[LayoutInstance, tuple[Position, ...] | None, int]:
-    """The wafer with its alike blocks' options dealt in runs of one shape (unit.py), when
-    that packs (`spots` None: the choice as it is does not) or packs closer; `options` is
-    updated in place. Returns the instance, its hint and how many blocks changed option."""
-    best = (math.inf if spots is None else layout_cost(inst, spots), inst, spots, None)
+    """The wafer's hint (`_nearer` of `spots`, its greedy packing, None if it has none), or
+    the wafer with its alike blocks' options dealt in runs of one shape (unit.py) when that
+    packs closer (or the choice as it is does not pack); `options` is updated in place.
+    Returns the instance, its hint and how many blocks changed option. The deals are
+    tried first, each chain packing wanted only when it beats the best so far, then the
+    choice as it is (it wins a tie): the answer of trying it first, for less search."""
+    best = (math.inf if spots is None else layout_cost(inst, spots), inst, None, None)
     for choice in arrangements(problem, options, members):
         alt = layout_for(problem, choice, members)
-        found = (_nearer(alt, any_pack(alt.rows, alt.cols, alt.dims))
-                 or chain_pack(alt.rows, alt.cols, alt.dims, alt.edges))
+        found = (_nearer(alt, any_pack(alt.rows, alt.cols, alt.dims), best[0])
+                 or chain_pack(alt.rows, alt.cols, alt.dims, alt.edges,
+                               None if math.isinf(best[0]) else int(best[0])))
         if found is not None and layout_cost(alt, found) < best[0]:
             best = (layout_cost(alt, found), alt, found, choice)
-    if best[3] is None:
-        return inst, spots, 0
+    mine = _nearer(inst, spots, best[0] + 1)
+    if best[3] is None or (mine is not None and layout_cost(inst, mine) <= best[0]):
+        return inst, mine, 0
     changed = sum(options[b] != best[3][b] for b in members)
     options[:] = best[3]
     return best[1], best[2], changed

@@ -85,7 +85,8 @@ def place_wafer(fine: LayoutInstance, limit: float, clock: Clock,
                 name: str = "layout", units: bool = False) -> WaferLayout:
     """Best of the hint, and CP-SAT coarse-then-windowed (or full when the grid is small).
     `units`: the hint lays out mixture-of-experts units (hubs.py), which the coarse solve's
-    order-blind start never beats: refine it where it is, in the fine share of the time."""
+    order-blind start never beats: refine it where it is, in the fine share of the time, until
+    its neighbourhoods stall (lns.improve)."""
     assert fine.hint is not None
     hint_cost = layout_cost(fine, fine.hint)
     if not fine.edges or hint_cost == 0:
@@ -109,7 +110,7 @@ def place_wafer(fine: LayoutInstance, limit: float, clock: Clock,
         refine, full_grid = _coarse(fine, cell, hint_cost, limit * COARSE_SHARE, clock, name,
                                     notes)
     clock.enter(f"stage 2 {name} fine", 0.5)  # doubled coordinates: byte-hops
-    res = optimise(refine, limit - (left_before - clock.left), clock)
+    res = optimise(refine, limit - (left_before - clock.left), clock, units)
     notes.append(f"fine{'' if full_grid else f' window +-{WINDOW_CELLS * cell}'}: "
                  + _describe(res))
     return _best_of(fine, res, hint_cost, full_grid, notes)
