@@ -74,9 +74,12 @@ class ResidencyInstance:
                 for e, d in enumerate(self.problem.edges) if d.src != d.dst]
 
 
+@functools.lru_cache(maxsize=8)
 def residency_instance(
     problem: PlacementProblem, factor: float = 1.0, packing: str = "area"
 ) -> ResidencyInstance:
+    """Stage 1's instance, once per problem, factor and packing (a solve builds the same one
+    up to three times; finding the undominated options is most of the cost)."""
     options = tuple(_undominated(problem, b, packing) for b in range(len(problem.blocks)))
     capacity = (int(factor * problem.cores_per_wafer) if packing == "area"
                 else strip_length(problem.rows, problem.cols, packing))
@@ -267,8 +270,10 @@ def add_strip_capacity(model: cp_model.CpModel, inst: ResidencyInstance, v: Resi
     sv, n = v.strips, len(inst.options)
     assert sv is not None
 
+    classes = {(b, o): strip_class_of(inst, b, o) for b in range(n) for o in inst.options[b]}
+
     def amounts(chosen: Callable[[StripClass], int]) -> list[cp_model.LinearExprT]:
-        return [sum(chosen(strip_class_of(inst, b, o)) * v.x[b, o] for o in inst.options[b])
+        return [sum(chosen(classes[b, o]) * v.x[b, o] for o in inst.options[b])
                 for b in range(n)]
 
     _add_running_sum(model, sv.width, amounts(lambda c: 0 if c in sv.shared else c[0]), v.start)
