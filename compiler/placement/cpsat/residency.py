@@ -461,6 +461,34 @@ def _sizes(inst: ResidencyInstance, options: Sequence[int]) -> tuple[list[int], 
 # -- solve and extract -------------------------------------------------------------------------
 
 
+def fastest_overfill(inst: ResidencyInstance, choice: Choice) -> str | None:
+    """Why the choice the terms after off-chip would make cannot pack, if a cheap count
+    shows it (a prediction, not a proof): when the off-chip term left every block at its
+    least streaming, and those blocks' fastest options (then the squarest) fit the wafers'
+    cores, the cycles term leans to them; if more blocks take one shape h x w than the wafers
+    hold side by side (rows // h x cols // w each: every such rectangle covers one point of
+    that lattice), that choice overfills its wafers. Llama 3 70B: 80 blocks of 304 x 137,
+    at most 15 a wafer on 4 wafers; 405B: 126 of 724 x 208, 3 a wafer on 24."""
+    p, least, cores, shapes = inst.problem, 0, 0, {}
+    for b, opts in enumerate(inst.options):
+        least += min(inst.option(b, o).offchip_bytes_per_token for o in opts)
+        best = inst.option(b, min(opts, key=lambda o, b=b: _fastest_key(inst.option(b, o), o)))
+        cores += best.cores
+        shapes[best.rows, best.cols] = shapes.get((best.rows, best.cols), 0) + 1
+    if offchip_of(p, choice[0]) != least or cores > inst.wafers * inst.capacity:
+        return None
+    for (h, w), n in sorted(shapes.items(), key=lambda kv: (-kv[1], kv[0])):
+        side_by_side = inst.wafers * (p.rows // h) * (p.cols // w)
+        if n > side_by_side:
+            return (f"the fastest choice puts {n} blocks on {h} x {w}, {inst.wafers} wafer(s) "
+                    f"hold {side_by_side}: stopped there")
+    return None
+
+
+def _fastest_key(o: Option, index: int) -> tuple[int, int, int, int]:
+    return o.offchip_bytes_per_token, o.cycles, abs(o.rows - o.cols), index
+
+
 class NoSolution(Exception):
     """Stage 1 ran out of time before its first solution."""
 
@@ -474,12 +502,19 @@ class Residency:
     optimal: bool
     summary: str
     offchip_bound: int = 0  # streamed bytes no choice under the instance's capacity beats
+    complete: bool = True  # every term was solved (solve_residency's `enough` did not stop it)
+
+
+Enough = Callable[[ResidencyInstance, Choice], str | None]  # why to stop after off-chip, if so
 
 
 def solve_residency(
-    inst: ResidencyInstance, limit: float, clock: Clock, greedy: Placement | None
+    inst: ResidencyInstance, limit: float, clock: Clock, greedy: Placement | None,
+    enough: Enough | None = None,
 ) -> Residency | None:
-    """Stage 1, lexicographic. None if infeasible; NoSolution if time ran out empty-handed."""
+    """Stage 1, lexicographic. None if infeasible; NoSolution if time ran out empty-handed.
+    `enough`: asked after the off-chip term; a reason ends the solve there (the later terms
+    are not solved, the answer is not optimal, the reason is in its summary)."""
     model = cp_model.CpModel()
     v = residency_variables(model, inst)
     add_one_option(model, inst, v)
@@ -491,11 +526,12 @@ def solve_residency(
         offchip = [sum(inst.option(b, o).offchip_bytes_per_token for b, o in enumerate(c[0]))
                    for c in hints]
         hint_residency(model, inst, v, hints[offchip.index(min(offchip))])
-    return _lexicographic(model, inst, v, limit, clock)
+    return _lexicographic(model, inst, v, limit, clock, enough)
 
 
 def _lexicographic(
-    model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyVars, limit: float, clock: Clock
+    model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyVars, limit: float,
+    clock: Clock, enough: Enough | None = None,
 ) -> Residency | None:
     terms = residency_terms(inst, v) or [("feasibility", cp_model.LinearExpr.constant(0))]
     weights = [TERM_WEIGHTS.get(name, 1.0) for name, _ in terms]
@@ -511,6 +547,11 @@ def _lexicographic(
         if out.infeasible and lex.best is None:
             return None
         lex.take(model, inst, v, (name, expr), out)
+        why = None if enough is None or lex.best is None else enough(inst, lex.best)
+        if name == "off-chip" and why is not None and t + 1 < len(terms):
+            lex.lines.append(why)
+            lex.optimal = lex.complete = False
+            break
     return lex.residency(inst, all(name != "off-chip" for name, _ in terms))
 
 
@@ -522,6 +563,7 @@ class _Lex:
     optimal: bool = True
     lines: list[str] = field(default_factory=list)
     offchip_bound: int = 0
+    complete: bool = True
 
     def take(self, model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyVars,
              term: tuple[str, cp_model.LinearExprT], out: Outcome) -> None:
@@ -552,7 +594,7 @@ class _Lex:
             options = grouped_choices(inst.problem, options, wafer_of)
         optimal = self.optimal and not strips and inst.capacity >= inst.problem.cores_per_wafer
         return Residency(tuple(options), tuple(wafer_of), optimal,
-                         f"{label(inst)}: " + "; ".join(self.lines), bound)
+                         f"{label(inst)}: " + "; ".join(self.lines), bound, self.complete)
 
 
 def _extract_residency(
