@@ -30,7 +30,8 @@ from compiler.placement.check import (
     validate,
     wafer_cycles,
 )
-from compiler.placement.cpsat import runner
+from compiler.placement.cpsat import runner, stages
+from compiler.placement.cpsat.residency import fastest_overfill, residency_instance
 from compiler.placement.cpsat.runner import Clock, SolveParams
 from compiler.placement.greedy import first_fit, serpentine
 from compiler.placement.problem import Block, PlacementProblem
@@ -178,3 +179,27 @@ def test_alike_wafers_are_solved_once_and_share_the_layout() -> None:
     assert shared  # at least one wafer reused an earlier one's layout ...
     for k in shared:  # ... and holds exactly that layout
         assert by_wafer[k] == by_wafer[int(notes[f"wafer {k}"].split("wafer ")[1][0])]
+
+
+@pytest.mark.parametrize("wafers", [1, 2])
+def test_area_stops_when_the_fastest_choice_overfills_and_places_the_same(
+        wafers: int, budget_decides, monkeypatch) -> None:
+    # 3 blocks a wafer whose fastest option, 4x7, tiles only twice on an 11 x 9 wafer: stage 1
+    # by area stops after its off-chip term, and the placement is the full path's
+    p = strip_chain(3 * wafers, wafers=wafers)
+    inst = residency_instance(p)
+    assert fastest_overfill(inst, ((1,) * 3 * wafers + (0,), (0,) * (3 * wafers + 1)))
+    assert fastest_overfill(inst, ((2,) * 3 * wafers + (0,), (0,) * (3 * wafers + 1))) is None
+    short = place(p, "cpsat", **FAST)
+    assert any("4 x 7" in line and "stopped there" in line for _, line in short.report.stages)
+    monkeypatch.setattr(stages, "fastest_overfill", lambda inst, choice: None)
+    full = place(p, "cpsat", **FAST)
+    assert any(line.endswith("does not pack") for _, line in full.report.stages)
+    assert (short.options, short.rects) == (full.options, full.rects)
+
+
+def test_area_runs_every_term_when_the_fastest_choice_tiles() -> None:
+    p = equal_chain(16, 16, 64, 64)  # 16 fast 16 x 16 blocks tile the 64 x 64 wafer
+    assert fastest_overfill(residency_instance(p), ((0,) * 16, (0,) * 16)) is None
+    pl = place(p, "cpsat", **FAST)
+    assert not any("stopped" in line for _, line in pl.report.stages)

@@ -2,7 +2,10 @@
 
 Stage 1 (residency.py) by area at factor 1.0 first; when that choice does not pack at its floor,
 again with exact strip packing (columns, then rows), then, if the area choice did not pack at
-all, with the area times falling FACTORS while those may stream less. The packed choice
+all, with the area times falling FACTORS while those may stream less. The area solve stops after
+its off-chip term (the floor) when its later terms would lean to a choice that cannot pack
+(residency.fastest_overfill: more blocks of the fastest shape than the wafers tile; the 70B
+and 405B, whose area choices never packed), and goes to strips. The packed choice
 streaming least is kept. Stage 2 (wafer.py) lays each wafer out from a complete greedy packing
 hint (serpentine, else first-fit shelves, strips or a skyline; shapes may flex, or a short
 CP-SAT packing rescues a few rectangles). Time: shares of the limit per try (STAGE1_SHARES,
