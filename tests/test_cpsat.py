@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
 
 import pytest
 from ortools.sat.python import cp_model
@@ -31,7 +32,7 @@ from compiler.placement.check import (
     wafer_cycles,
 )
 from compiler.placement.cpsat import runner, stages
-from compiler.placement.cpsat.residency import fastest_overfill, residency_instance
+from compiler.placement.cpsat.residency import fastest_overfill, hopeless, residency_instance
 from compiler.placement.cpsat.runner import Clock, SolveParams
 from compiler.placement.greedy import first_fit, serpentine
 from compiler.placement.problem import Block, PlacementProblem
@@ -203,3 +204,38 @@ def test_area_runs_every_term_when_the_fastest_choice_tiles() -> None:
     assert fastest_overfill(residency_instance(p), ((0,) * 16, (0,) * 16)) is None
     pl = place(p, "cpsat", **FAST)
     assert not any("stopped" in line for _, line in pl.report.stages)
+
+
+def no_solution_yet() -> runner.Outcome:
+    """A real solve stopped before its first solution (presolve of 3,000 rows outlasts it)."""
+    rng = random.Random(1)
+    model = cp_model.CpModel()
+    x = [model.new_int_var(0, 1_000, f"x{i}") for i in range(60)]
+    for _ in range(3_000):
+        model.add(sum(rng.randint(1, 9) * x[i] for i in rng.sample(range(60), 6))
+                  >= rng.randint(500, 3_000))
+    model.minimize(sum(x))
+    return runner.run(model, 0.01, Clock(SolveParams(0, 1, True), 10.0))
+
+
+def test_a_term_without_solution_ends_stage_1_when_the_next_has_no_more_time() -> None:
+    unknown = no_solution_yet()
+    assert unknown.name == "UNKNOWN"
+    assert hopeless(unknown, 0.5, [1.0], had=0.5)  # the last term, as much time: skipped
+    assert hopeless(unknown, 1.0, [1.0, 1.0], had=0.5)  # the next of two gets half
+    assert not hopeless(unknown, 2.0, [1.0], had=0.5)  # more time: it may yet solve
+    model = cp_model.CpModel()
+    model.minimize(model.new_int_var(3, 9, "x"))
+    solved = runner.run(model, 0.5, Clock(SolveParams(0, 1, True), 10.0))
+    assert solved.name == "OPTIMAL" and not hopeless(solved, 0.1, [1.0], had=0.5)
+
+
+def test_charging_skipped_solves_leaves_the_later_shares_as_they_were() -> None:
+    clock = Clock(SolveParams(0, 1, True), 10.0)
+    clock.charge(2.0, 2)
+    assert clock.left == pytest.approx(10.0 - 2.0 - 2 * runner.SOLVE_CHARGE_S)
+    clock.charge(20.0)
+    assert clock.left == 0.0
+    wall = Clock(SolveParams(0, 1, False), 10.0)
+    wall.charge(2.0)
+    assert wall.left == 10.0
