@@ -74,7 +74,7 @@ class ResidencyInstance:
                 for e, d in enumerate(self.problem.edges) if d.src != d.dst]
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def residency_instance(
     problem: PlacementProblem, factor: float = 1.0, packing: str = "area"
 ) -> ResidencyInstance:
@@ -547,8 +547,9 @@ def _lexicographic(
         if out.infeasible and lex.best is None:
             return None
         lex.take(model, inst, v, (name, expr), out)
-        why = None if enough is None or lex.best is None else enough(inst, lex.best)
-        if name == "off-chip" and why is not None and t + 1 < len(terms):
+        why = (enough(inst, lex.best) if enough is not None and lex.best is not None
+               and name == "off-chip" and t + 1 < len(terms) else None)
+        if why is not None:
             lex.lines.append(why)
             lex.optimal = lex.complete = False
             break
