@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
 
 import pytest
 from ortools.sat.python import cp_model
@@ -30,7 +31,8 @@ from compiler.placement.check import (
     validate,
     wafer_cycles,
 )
-from compiler.placement.cpsat import runner
+from compiler.placement.cpsat import runner, stages
+from compiler.placement.cpsat.residency import fastest_overfill, hopeless, residency_instance
 from compiler.placement.cpsat.runner import Clock, SolveParams
 from compiler.placement.greedy import first_fit, serpentine
 from compiler.placement.problem import Block, PlacementProblem
@@ -178,3 +180,62 @@ def test_alike_wafers_are_solved_once_and_share_the_layout() -> None:
     assert shared  # at least one wafer reused an earlier one's layout ...
     for k in shared:  # ... and holds exactly that layout
         assert by_wafer[k] == by_wafer[int(notes[f"wafer {k}"].split("wafer ")[1][0])]
+
+
+@pytest.mark.parametrize("wafers", [1, 2])
+def test_area_stops_when_the_fastest_choice_overfills_and_places_the_same(
+        wafers: int, budget_decides, monkeypatch) -> None:
+    # 3 blocks a wafer whose fastest option, 4x7, tiles only twice on an 11 x 9 wafer: stage 1
+    # by area stops after its off-chip term, and the placement is the full path's
+    p = strip_chain(3 * wafers, wafers=wafers)
+    inst = residency_instance(p)
+    assert fastest_overfill(inst, ((1,) * 3 * wafers + (0,), (0,) * (3 * wafers + 1)))
+    assert fastest_overfill(inst, ((2,) * 3 * wafers + (0,), (0,) * (3 * wafers + 1))) is None
+    short = place(p, "cpsat", **FAST)
+    assert any("4 x 7" in line and "stopped there" in line for _, line in short.report.stages)
+    monkeypatch.setattr(stages, "fastest_overfill", lambda inst, choice: None)
+    full = place(p, "cpsat", **FAST)
+    assert any(line.endswith("does not pack") for _, line in full.report.stages)
+    assert (short.options, short.rects) == (full.options, full.rects)
+
+
+def test_area_runs_every_term_when_the_fastest_choice_tiles() -> None:
+    p = equal_chain(16, 16, 64, 64)  # 16 fast 16 x 16 blocks tile the 64 x 64 wafer
+    assert fastest_overfill(residency_instance(p), ((0,) * 16, (0,) * 16)) is None
+    pl = place(p, "cpsat", **FAST)
+    assert not any("stopped" in line for _, line in pl.report.stages)
+
+
+def no_solution_yet() -> runner.Outcome:
+    """A real solve stopped before its first solution (presolve of 3,000 rows outlasts it)."""
+    rng = random.Random(1)
+    model = cp_model.CpModel()
+    x = [model.new_int_var(0, 1_000, f"x{i}") for i in range(60)]
+    for _ in range(3_000):
+        model.add(sum(rng.randint(1, 9) * x[i] for i in rng.sample(range(60), 6))
+                  >= rng.randint(500, 3_000))
+    model.minimize(sum(x))
+    return runner.run(model, 0.01, Clock(SolveParams(0, 1, True), 10.0))
+
+
+def test_a_term_without_solution_ends_stage_1_when_the_next_has_no_more_time() -> None:
+    unknown = no_solution_yet()
+    assert unknown.name == "UNKNOWN"
+    assert hopeless(unknown, 0.5, [1.0], had=0.5)  # the last term, as much time: skipped
+    assert hopeless(unknown, 1.0, [1.0, 1.0], had=0.5)  # the next of two gets half
+    assert not hopeless(unknown, 2.0, [1.0], had=0.5)  # more time: it may yet solve
+    model = cp_model.CpModel()
+    model.minimize(model.new_int_var(3, 9, "x"))
+    solved = runner.run(model, 0.5, Clock(SolveParams(0, 1, True), 10.0))
+    assert solved.name == "OPTIMAL" and not hopeless(solved, 0.1, [1.0], had=0.5)
+
+
+def test_charging_skipped_solves_leaves_the_later_shares_as_they_were() -> None:
+    clock = Clock(SolveParams(0, 1, True), 10.0)
+    clock.charge(2.0, 2)
+    assert clock.left == pytest.approx(10.0 - 2.0 - 2 * runner.SOLVE_CHARGE_S)
+    clock.charge(20.0)
+    assert clock.left == 0.0
+    wall = Clock(SolveParams(0, 1, False), 10.0)
+    wall.charge(2.0)
+    assert wall.left == 10.0

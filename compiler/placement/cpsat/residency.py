@@ -74,9 +74,12 @@ class ResidencyInstance:
                 for e, d in enumerate(self.problem.edges) if d.src != d.dst]
 
 
+@functools.lru_cache(maxsize=4)
 def residency_instance(
     problem: PlacementProblem, factor: float = 1.0, packing: str = "area"
 ) -> ResidencyInstance:
+    """Stage 1's instance, once per problem, factor and packing (a solve builds the same one
+    up to three times; finding the undominated options is most of the cost)."""
     options = tuple(_undominated(problem, b, packing) for b in range(len(problem.blocks)))
     capacity = (int(factor * problem.cores_per_wafer) if packing == "area"
                 else strip_length(problem.rows, problem.cols, packing))
@@ -267,8 +270,10 @@ def add_strip_capacity(model: cp_model.CpModel, inst: ResidencyInstance, v: Resi
     sv, n = v.strips, len(inst.options)
     assert sv is not None
 
+    classes = {(b, o): strip_class_of(inst, b, o) for b in range(n) for o in inst.options[b]}
+
     def amounts(chosen: Callable[[StripClass], int]) -> list[cp_model.LinearExprT]:
-        return [sum(chosen(strip_class_of(inst, b, o)) * v.x[b, o] for o in inst.options[b])
+        return [sum(chosen(classes[b, o]) * v.x[b, o] for o in inst.options[b])
                 for b in range(n)]
 
     _add_running_sum(model, sv.width, amounts(lambda c: 0 if c in sv.shared else c[0]), v.start)
@@ -456,6 +461,34 @@ def _sizes(inst: ResidencyInstance, options: Sequence[int]) -> tuple[list[int], 
 # -- solve and extract -------------------------------------------------------------------------
 
 
+def fastest_overfill(inst: ResidencyInstance, choice: Choice) -> str | None:
+    """Why the choice the terms after off-chip would make cannot pack, if a cheap count
+    shows it (a prediction, not a proof): when the off-chip term left every block at its
+    least streaming, and those blocks' fastest options (then the squarest) fit the wafers'
+    cores, the cycles term leans to them; if more blocks take one shape h x w than the wafers
+    hold side by side (rows // h x cols // w each: every such rectangle covers one point of
+    that lattice), that choice overfills its wafers. Llama 3 70B: 80 blocks of 304 x 137,
+    at most 15 a wafer on 4 wafers; 405B: 126 of 724 x 208, 3 a wafer on 24."""
+    p, least, cores, shapes = inst.problem, 0, 0, {}
+    for b, opts in enumerate(inst.options):
+        least += min(inst.option(b, o).offchip_bytes_per_token for o in opts)
+        best = inst.option(b, min(opts, key=lambda o, b=b: _fastest_key(inst.option(b, o), o)))
+        cores += best.cores
+        shapes[best.rows, best.cols] = shapes.get((best.rows, best.cols), 0) + 1
+    if offchip_of(p, choice[0]) != least or cores > inst.wafers * inst.capacity:
+        return None
+    for (h, w), n in sorted(shapes.items(), key=lambda kv: (-kv[1], kv[0])):
+        side_by_side = inst.wafers * (p.rows // h) * (p.cols // w)
+        if n > side_by_side:
+            return (f"the fastest choice puts {n} blocks on {h} x {w}, {inst.wafers} wafer(s) "
+                    f"hold {side_by_side}: stopped there")
+    return None
+
+
+def _fastest_key(o: Option, index: int) -> tuple[int, int, int, int]:
+    return o.offchip_bytes_per_token, o.cycles, abs(o.rows - o.cols), index
+
+
 class NoSolution(Exception):
     """Stage 1 ran out of time before its first solution."""
 
@@ -469,12 +502,19 @@ class Residency:
     optimal: bool
     summary: str
     offchip_bound: int = 0  # streamed bytes no choice under the instance's capacity beats
+    complete: bool = True  # every term was solved (solve_residency's `enough` did not stop it)
+
+
+Enough = Callable[[ResidencyInstance, Choice], str | None]  # why to stop after off-chip, if so
 
 
 def solve_residency(
-    inst: ResidencyInstance, limit: float, clock: Clock, greedy: Placement | None
+    inst: ResidencyInstance, limit: float, clock: Clock, greedy: Placement | None,
+    enough: Enough | None = None,
 ) -> Residency | None:
-    """Stage 1, lexicographic. None if infeasible; NoSolution if time ran out empty-handed."""
+    """Stage 1, lexicographic. None if infeasible; NoSolution if time ran out empty-handed.
+    `enough`: asked after the off-chip term; a reason ends the solve there (the later terms
+    are not solved, the answer is not optimal, the reason is in its summary)."""
     model = cp_model.CpModel()
     v = residency_variables(model, inst)
     add_one_option(model, inst, v)
@@ -486,11 +526,12 @@ def solve_residency(
         offchip = [sum(inst.option(b, o).offchip_bytes_per_token for b, o in enumerate(c[0]))
                    for c in hints]
         hint_residency(model, inst, v, hints[offchip.index(min(offchip))])
-    return _lexicographic(model, inst, v, limit, clock)
+    return _lexicographic(model, inst, v, limit, clock, enough)
 
 
 def _lexicographic(
-    model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyVars, limit: float, clock: Clock
+    model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyVars, limit: float,
+    clock: Clock, enough: Enough | None = None,
 ) -> Residency | None:
     terms = residency_terms(inst, v) or [("feasibility", cp_model.LinearExpr.constant(0))]
     weights = [TERM_WEIGHTS.get(name, 1.0) for name, _ in terms]
@@ -506,7 +547,27 @@ def _lexicographic(
         if out.infeasible and lex.best is None:
             return None
         lex.take(model, inst, v, (name, expr), out)
+        why = (enough(inst, lex.best) if enough is not None and lex.best is not None
+               and name == "off-chip" and t + 1 < len(terms) else None)
+        if why is not None:
+            lex.lines.append(why)
+            lex.optimal = lex.complete = False
+            break
+        if t + 1 < len(terms) and hopeless(out, limit - (left_before - clock.left),
+                                            weights[t + 1:], left * weights[t] / sum(weights[t:])):
+            rest = len(terms) - t - 1
+            lex.lines.append(f"{', '.join(n for n, _ in terms[t + 1:])} not solved "
+                             "(as much time or less on the same model), kept")
+            clock.charge(limit - (left_before - clock.left), rest)
+            break
     return lex.residency(inst, all(name != "off-chip" for name, _ in terms))
+
+
+def hopeless(out: Outcome, left: float, weights: Sequence[float], had: float) -> bool:
+    """A term's solve found no solution in its time (`had`, not infeasible) and the next
+    term, on the same model with one more constraint, would have no more (Qwen3-235B's
+    cycles and shape terms: UNKNOWN both, 0.65 s of the budget each)."""
+    return out.name == "UNKNOWN" and left * weights[0] / sum(weights) <= had
 
 
 @dataclass
@@ -517,6 +578,7 @@ class _Lex:
     optimal: bool = True
     lines: list[str] = field(default_factory=list)
     offchip_bound: int = 0
+    complete: bool = True
 
     def take(self, model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyVars,
              term: tuple[str, cp_model.LinearExprT], out: Outcome) -> None:
@@ -547,7 +609,7 @@ class _Lex:
             options = grouped_choices(inst.problem, options, wafer_of)
         optimal = self.optimal and not strips and inst.capacity >= inst.problem.cores_per_wafer
         return Residency(tuple(options), tuple(wafer_of), optimal,
-                         f"{label(inst)}: " + "; ".join(self.lines), bound)
+                         f"{label(inst)}: " + "; ".join(self.lines), bound, self.complete)
 
 
 def _extract_residency(

@@ -74,6 +74,14 @@ class Clock:
             used = solver.wall_time
         self.left = max(0.0, self.left - used)
 
+    def charge(self, seconds: float, solves: int = 1) -> None:
+        """Deterministic mode: take off what `solves` skipped solves would have used up to
+        their limits (`seconds` in all), as `spend` would have, so that the later solves'
+        shares (and results) stay as they were: skipping a solve that cannot succeed saves
+        its wall time, not the budget it had. Wall-clock mode: nothing (the time is left)."""
+        if self.params.deterministic:
+            self.left = max(0.0, self.left - seconds - solves * SOLVE_CHARGE_S)
+
     def wall_left(self) -> float:
         return self.deadline - time.perf_counter()
 

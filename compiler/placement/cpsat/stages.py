@@ -2,7 +2,10 @@
 
 Stage 1 (residency.py) by area at factor 1.0 first; when that choice does not pack at its floor,
 again with exact strip packing (columns, then rows), then, if the area choice did not pack at
-all, with the area times falling FACTORS while those may stream less. The packed choice
+all, with the area times falling FACTORS while those may stream less. The area solve stops after
+its off-chip term (the floor) when its later terms would lean to a choice that cannot pack
+(residency.fastest_overfill: more blocks of the fastest shape than the wafers tile; the 70B
+and 405B, whose area choices never packed), and goes to strips. The packed choice
 streaming least is kept. Stage 2 (wafer.py) lays each wafer out from a complete greedy packing
 hint (serpentine, else first-fit shelves, strips or a skyline; shapes may flex, or a short
 CP-SAT packing rescues a few rectangles). Time: shares of the limit per try (STAGE1_SHARES,
@@ -28,10 +31,12 @@ from compiler.placement.cpsat.layout import (
     solve_layout,
 )
 from compiler.placement.cpsat.residency import (
+    Enough,
     NoSolution,
     Residency,
     ResidencyInstance,
     dense,
+    fastest_overfill,
     label,
     offchip_of,
     pipeline_cost,
@@ -178,11 +183,12 @@ def _stages_1(r: _Run) -> tuple[Residency | None, dict[int, LayoutInstance] | No
     falling factors while those may stream less. The packed choice streaming least (then
     with the least pipeline cost) is kept."""
     problem, hint = r.problem, _start_hint(r)
-    first = _residency_or_hint(r, residency_instance(problem), STAGE1_SHARES[0], hint)
+    first = _residency_or_hint(r, residency_instance(problem), STAGE1_SHARES[0], hint,
+                               fastest_overfill)
     if first is None:
         raise _stage1_infeasible(problem)
     floor = max(first.offchip_bound, offchip_lower_bound(problem) - problem.io_bytes_per_token)
-    area = _packed(r, first)
+    area = _packed(r, first) if first.complete else _unpacked(r, first)
     found = [area] if area is not None else []
     if _least(r, found) > floor:
         found += _by_strips(r, hint, floor, _least(r, found))
@@ -196,6 +202,11 @@ def _stages_1(r: _Run) -> tuple[Residency | None, dict[int, LayoutInstance] | No
     if len(found) > 1:
         r.stages.append(("residency", f"kept {best[0].summary.split(':')[0]}"))
     return best
+
+
+def _unpacked(r: _Run, res: Residency) -> None:
+    """Stage 1 by area stopped after off-chip: its choice is left unpacked (strips next)."""
+    r.stages.append(("residency", res.summary + "; not packed: by strips"))
 
 
 def _least(r: _Run, found: Sequence[Packed]) -> float:
@@ -279,13 +290,15 @@ def _by_falling_factors(r: _Run, hint: Placement | None, best: float) -> list[Pa
 
 
 def _residency_or_hint(
-    r: _Run, inst: ResidencyInstance, share: float, greedy: Placement | None
+    r: _Run, inst: ResidencyInstance, share: float, greedy: Placement | None,
+    enough: Enough | None = None,
 ) -> Residency | None:
     """Stage 1's answer in `share` of the time limit, or a greedy choice when that streams
-    less or time ran out (None: infeasible, or strips and nothing found)."""
+    less or time ran out (None: infeasible, or strips and nothing found). `enough`: see
+    solve_residency."""
     limit = share * r.budget_s
     try:
-        res = solve_residency(inst, limit, r.clock, greedy)
+        res = solve_residency(inst, limit, r.clock, greedy, enough)
     except NoSolution as err:
         hints = residency_hints(inst, greedy)
         if not hints and inst.packing != "area":
