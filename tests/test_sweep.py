@@ -273,3 +273,36 @@ def test_a_pool_sweep_keeps_each_chain_on_one_worker(capsys, tmp_path):
     followers = [p for p in doc["points"] if p["hinted_by"] is not None]
     assert len(followers) == 4
     assert all("decode-forms" in p["reused"] for p in followers)
+
+
+
+class _FreedLoudly:
+    def __del__(self):
+        print("freed at exit", flush=True)
+
+
+def _keep_one() -> None:
+    global _KEPT
+    _KEPT = _FreedLoudly()
+    print("kept one", end="")
+
+
+def test_a_pool_worker_ends_without_freeing_its_heap(capfd):
+    """Pool workers end at once (pool._exit_now), skipping the interpreter's teardown of what
+    their Reuse holds: an object a worker keeps is never finalized, yet what it printed
+    arrives and it ends with status 0."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from compiler.sweep.pool import _quiet_worker
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_quiet_worker)
+    pool.submit(_keep_one).result()
+    procs = list(pool._processes.values())
+    pool.shutdown()
+    for proc in procs:
+        proc.join()
+    out = capfd.readouterr().out
+    assert "kept one" in out and "freed at exit" not in out
+    assert [proc.exitcode for proc in procs] == [0]
