@@ -34,7 +34,7 @@ from compiler.placement.warm import (
     translate,
 )
 from compiler.result import CompileResult
-from compiler.schedule.build import Schedule, StepsMemo, build_schedule
+from compiler.schedule.build import KVCacheRef, Schedule, StepsMemo, build_schedule
 from compiler.schedule.check import schedule_problems, timeline_problems
 from compiler.schedule.decode import (
     DecodeGraph,
@@ -229,12 +229,18 @@ def compile_model(model: str | Path, target: str | Path | Target,
         same = _same_options_baseline(problem, placement)
     steps_memo = reuse.schedules if reuse else None
     built = steps_memo.hits if steps_memo else 0
-    with stage("schedule"):
-        schedule = build_schedule(graph, tiled, problem, placement, tgt, (), steps_memo)
+
+    def prefill(caches: tuple[KVCacheRef, ...] = ()) -> Schedule:
+        """The prompt's schedule (writing `caches`), checked."""
+        s = build_schedule(graph, tiled, problem, placement, tgt, caches, steps_memo)
         if options.check:
-            check(schedule_problems(schedule, tgt), "schedule")
+            check(schedule_problems(s, tgt), "schedule")
         if options.tiling.prompt_resident:  # to be run (--verify): refused here, exit 5
-            check_runnable(schedule, graph, tgt)
+            check_runnable(s, graph, tgt)
+        return s
+
+    with stage("schedule"):
+        schedule = prefill()
     with stage("decode"):
         memo = reuse.decode if reuse else None
         hits = memo.hits if memo else 0
@@ -245,12 +251,7 @@ def compile_model(model: str | Path, target: str | Path | Target,
         no_decode = decode if isinstance(decode, str) else ""
         decode = decode if isinstance(decode, DecodePlan) else None
         if decode is not None:  # the prefill writes the KV caches the decode step reads
-            schedule = build_schedule(graph, tiled, problem, placement, tgt,
-                                      prefill_caches(decode), steps_memo)
-            if options.check:
-                check(schedule_problems(schedule, tgt), "schedule")
-            if options.tiling.prompt_resident:
-                check_runnable(schedule, graph, tgt)
+            schedule = prefill(prefill_caches(decode))
     if steps_memo and steps_memo.hits > built:
         used.append("schedule")
     with stage("performance"):

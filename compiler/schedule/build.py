@@ -187,32 +187,35 @@ def _steps(g: ir.Graph, tiled: TiledGraph, by_name: dict[str, Region],
     return tuple(st.steps)
 
 
-KEEP_STEPS = 4  # schedules a StepsMemo keeps (the oldest goes)
-
-
 @dataclass
 class StepsMemo:
-    """Prefill schedules' steps before their reduce algorithms, by graph (its identity: the
-    graph is kept with them), layer layouts, regions, residencies, KV caches and byte rule:
-    what a sweep worker's points along a link width share when their placements give the
-    same regions (`driver.Reuse`). A hit is what building the steps again gives; `hits`
-    counts them."""
+    """What was built from a graph, by the graph's identity and a key, the graph kept with it
+    (so an identity stays its own): a prefill schedule's steps before their reduce algorithms
+    by layer layouts, regions, residencies, KV caches and byte rule (`build_schedule`), and in
+    `schedule.decode.DecodeMemo` a decode form's streamed variant and its decode steps. What a
+    sweep worker's points along a link width share when their placements give the same
+    regions (`driver.Reuse`). At most `most` entries (the oldest goes); a hit is what building
+    it again gives; `hits` counts them."""
 
-    entries: dict[tuple, tuple[ir.Graph, tuple[Step, ...]]] = field(default_factory=dict)
+    most: int = 4
+    entries: dict[tuple, tuple[object, object]] = field(default_factory=dict)
     hits: int = 0
 
-    def get(self, g: ir.Graph, key: tuple) -> tuple[Step, ...] | None:
-        hit = self.entries.get((id(g), *key))
-        if hit is None or hit[0] is not g:
+    def get(self, owner: object, key: tuple):
+        hit = self.entries.get((id(owner), *key))
+        if hit is None or hit[0] is not owner:
             return None
         self.hits += 1
         return hit[1]
 
-    def keep(self, g: ir.Graph, key: tuple, steps: tuple[Step, ...]) -> None:
-        k = (id(g), *key)
-        if k not in self.entries and len(self.entries) >= KEEP_STEPS:
+    def keep(self, owner: object, key: tuple, value: object) -> None:
+        k = (id(owner), *key)
+        if k not in self.entries and len(self.entries) >= self.most:
             del self.entries[next(iter(self.entries))]
-        self.entries[k] = (g, steps)
+        self.entries[k] = (owner, value)
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 def with_algorithms(steps: list[Step], regions: dict[str, Region],

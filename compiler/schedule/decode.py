@@ -44,6 +44,7 @@ from compiler.schedule.build import (
     Region,
     Schedule,
     Step,
+    StepsMemo,
     TensorRef,
     _compute,
     _provide,
@@ -579,11 +580,11 @@ def build_decode_schedule(dg: DecodeGraph, prefill: Schedule, target: Target,
     (setup), the step's own K/V appended at t, attention over the cache, the last logits.
     `memo`: steps of earlier schedules of `dg` on the same regions (`DecodeMemo`)."""
     key = (prefill.regions, prefill.residency, target.compute, target.storage)
-    steps = memo.steps_of(dg, key) if memo is not None else None
+    steps = memo.steps.get(dg, key) if memo is not None else None
     if steps is None:
         steps = _decode_steps(dg, prefill, target)
         if memo is not None:
-            memo.keep_steps(dg, key, steps)
+            memo.steps.keep(dg, key, steps)
     regions = {r.name: r for r in prefill.regions}
     return Schedule(dg.graph.name, target.name, prefill.regions,
                     with_algorithms(list(steps), regions, target), prefill.batch, prefill.batch,
@@ -634,43 +635,24 @@ class DecodeMemo:
     """What decode plans share across the compiles of one process (a sweep worker's
     `driver.Reuse`): points that differ only in link width schedule the same decode forms on,
     often, the same regions, and only a reduce's algorithm and the timeline read the links.
-    `streamed`: each form with its streamed chunks (`with_streams`), by the form's identity and
-    the chunks (a function of the regions' shapes and the byte rule); `steps`: a decode
-    schedule's steps before their algorithms (`_decode_steps`), by the form's identity, the
-    prefill regions and residencies and the byte rule. A hit is what computing it again gives.
-    The forms are kept with their entries, so an identity stays theirs. `hits` counts them."""
+    `streamed`: each form with its streamed chunks (`with_streams`), by the form and the chunks
+    (a function of the regions' shapes and the byte rule); `steps`: a decode schedule's steps
+    before their algorithms (`_decode_steps`), by the form, the prefill regions and
+    residencies and the byte rule. Both are `StepsMemo`s (by the form's identity)."""
 
-    streamed: dict[tuple, tuple[DecodeGraph, DecodeGraph]] = dataclasses.field(
-        default_factory=dict)
-    steps: dict[tuple, tuple[DecodeGraph, tuple[Step, ...]]] = dataclasses.field(
-        default_factory=dict)
-    hits: int = 0
+    streamed: StepsMemo = dataclasses.field(default_factory=lambda: StepsMemo(KEEP_MEMO))
+    steps: StepsMemo = dataclasses.field(default_factory=lambda: StepsMemo(KEEP_MEMO))
+
+    @property
+    def hits(self) -> int:
+        return self.streamed.hits + self.steps.hits
 
     def streamed_of(self, dg: DecodeGraph, chunks: tuple[StreamChunk, ...]) -> DecodeGraph:
-        key = (id(dg), chunks)
-        hit = self.streamed.get(key)
-        if hit is not None and hit[0] is dg:
-            self.hits += 1
-            return hit[1]
-        out = dataclasses.replace(dg, graph=apply_chunks(dg.graph, chunks), streams=chunks)
-        _keep(self.streamed, key, (dg, out))
+        out = self.streamed.get(dg, (chunks,))
+        if out is None:
+            out = dataclasses.replace(dg, graph=apply_chunks(dg.graph, chunks), streams=chunks)
+            self.streamed.keep(dg, (chunks,), out)
         return out
-
-    def steps_of(self, dg: DecodeGraph, key: tuple) -> tuple[Step, ...] | None:
-        hit = self.steps.get((id(dg), *key))
-        if hit is None or hit[0] is not dg:
-            return None
-        self.hits += 1
-        return hit[1]
-
-    def keep_steps(self, dg: DecodeGraph, key: tuple, steps: tuple[Step, ...]) -> None:
-        _keep(self.steps, (id(dg), *key), (dg, steps))
-
-
-def _keep(d: dict, key, value) -> None:
-    if key not in d and len(d) >= KEEP_MEMO:
-        del d[next(iter(d))]
-    d[key] = value
 
 
 # decode_layouts of the last few decode graphs, by identity (hashing a graph costs more than
