@@ -262,6 +262,25 @@ def test_ready_points_go_out_longest_first_and_a_chain_stays_on_its_worker():
     assert q.take_for(0) is None
 
 
+def test_an_idle_worker_leaves_a_point_to_the_worker_whose_chain_leads_to_it():
+    """The hand-out to idle workers: a worker whose chain ended does not take the next point
+    of a chain another worker has just advanced (it came first in worker order, and took the
+    point to the other worker's `Reuse` loss: a flaky pool sweep before this)."""
+    from compiler.sweep.plan import plan_sweep
+    from compiler.sweep.point import Queue
+
+    plan = plan_sweep("gpt2-tiny", "mesh8x8", ["context=16,64,32",
+                                               "links.bytes_per_cycle=2,4"], CompileOptions())
+    q = Queue(plan.points)
+    assert [q.take_for(None)[0].index for _ in range(3)] == [2, 4, 0]
+    q.done(plan.points[2], None)
+    assert q.take_for(2)[0].index == 3
+    q.done(plan.points[4], None)  # 5 is ready; worker 0 has ended its chain (ran 3)
+    assert [(w, t[0].index) for w, t in q.hand_out({0: 3, 1: 4})] == [(1, 5)]
+    q.done(plan.points[0], None)
+    assert [(w, t[0].index) for w, t in q.hand_out({0: 3, 1: None, 2: 0})] == [(2, 1)]
+
+
 def test_a_pool_sweep_keeps_each_chain_on_one_worker(capsys, tmp_path):
     """Two chains of three points on two workers: every point after the first of its chain
     runs where its chain began, so it takes the decode forms (of its context) and the decode

@@ -257,6 +257,16 @@ class Queue:
                                      key=lambda i: (self.weight(self.ready[i][0]), -i))
         return self.ready.pop(i)
 
+    def hand_out(self, last: dict[int, int | None]) -> list[tuple[int, tuple[PointSpec,
+                                                                      PlacementHint | None]]]:
+        """Ready points for the idle workers `last` (worker -> the point it ran last): first
+        each worker whose chain's next point is ready gets it, then the others the longest
+        ready points, so an idle worker never takes a point another worker's chain leads to."""
+        after = {s.after for s, _ in self.ready}
+        order = sorted(last, key=lambda w: (last[w] is None or last[w] not in after, w))
+        out = [(w, self.take_for(last[w])) for w in order]
+        return [(w, task) for w, task in out if task is not None]
+
     def weight(self, spec: PointSpec) -> tuple[int, int]:
         """How long the work starting at `spec` is expected to take: its context (the longest
         points are the long-context ones), then the length of its chain."""

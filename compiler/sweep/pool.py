@@ -134,7 +134,7 @@ def pool_backend(workers: int) -> Backend:
     """Points as tasks of a local pool of `workers` processes (spawned: a clean interpreter
     each, no forked solver threads), one point at a time each: a worker that finished a point
     runs the point after it in its chain when that is ready (its `Reuse` holds what the two
-    share), else the longest ready point (`Queue.take_for`), so a chain stays on one worker."""
+    share), else the longest ready point (`Queue.hand_out`), so a chain stays on one worker."""
 
     def run(queue: Queue, on_result: OnResult) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -144,10 +144,9 @@ def pool_backend(workers: int) -> Backend:
         last: list[int | None] = [None] * n  # the point each worker ran last
         try:
             while True:
-                for w in sorted(set(range(n)) - {w for w, _ in futures.values()}):
-                    task = queue.take_for(last[w])
-                    if task is not None:
-                        futures[pools[w].submit(run_task, *task)] = (w, task[0])
+                busy = {w for w, _ in futures.values()}
+                for w, task in queue.hand_out({w: last[w] for w in range(n) if w not in busy}):
+                    futures[pools[w].submit(run_task, *task)] = (w, task[0])
                 if not futures:
                     break
                 finished, _ = wait(futures, return_when=FIRST_COMPLETED)
