@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_a_warm_started_solve_does_not_depend_on_the_wall_clock_deadline(one_b):
         assert stages["budget"].endswith(f"(0.4 s), the deadline at the whole {wall:g} s")
         assert r.report.time_limit_s == wall
         # stage 2 searched and did not prove its layout optimal: the budget ended a search
-        assert "fine: FEASIBLE" in stages["wafer 0"]
+        assert re.search(r"fine( window \+-\d+)?: FEASIBLE", stages["wafer 0"])
 
 
 def test_translate_refuses_what_the_validator_refuses(first):

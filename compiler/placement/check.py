@@ -243,20 +243,87 @@ def pair_separation2(a: Option, b: Option) -> int:
 def byte_hops_lower_bound(
     problem: PlacementProblem, options: Sequence[int], wafers: Sequence[int] | None = None
 ) -> float:
-    """Byte-hops no placement with these options (and wafer assignment) can beat.
-
-    Per same-wafer edge: bytes x min((h_i + h_j) / 2, (w_i + w_j) / 2), since two rectangles that
-    do not overlap have centres at least that far apart. `wafers=None` counts every edge (all
-    blocks on one wafer).
-    """
+    """Byte-hops no placement with these options (and wafer assignment) can beat: per wafer,
+    `separation_bound2` of its rectangles and edges (parallel edges merged). `wafers=None`
+    counts every edge (all blocks on one wafer)."""
+    on = list(wafers) if wafers is not None else [0] * len(problem.blocks)
     total = 0
-    for e in problem.edges:
-        if wafers is not None and wafers[e.src] != wafers[e.dst]:
-            continue
-        a = problem.blocks[e.src].options[options[e.src]]
-        b = problem.blocks[e.dst].options[options[e.dst]]
-        total += e.bytes_per_token * pair_separation2(a, b)
+    for k in sorted(set(on)):
+        members = [b for b in range(len(problem.blocks)) if on[b] == k]
+        local = {b: i for i, b in enumerate(members)}
+        dims = [(problem.blocks[b].options[options[b]].rows,
+                 problem.blocks[b].options[options[b]].cols) for b in members]
+        merged: dict[tuple[int, int], int] = {}
+        for e in problem.edges:
+            if e.src in local and e.dst in local and e.src != e.dst:
+                key = (min(local[e.src], local[e.dst]), max(local[e.src], local[e.dst]))
+                merged[key] = merged.get(key, 0) + e.bytes_per_token
+        edges = [(i, j, w) for (i, j), w in sorted(merged.items())]
+        total += separation_bound2(problem.rows, problem.cols, dims, edges)
     return total / 2
+
+
+def separation_bound2(
+    rows: int, cols: int, dims: Sequence[tuple[int, int]], edges: Sequence[tuple[int, int, int]]
+) -> int:
+    """Doubled byte-hops no packing of these rectangles (rows, cols) on a rows x cols grid can
+    beat, for edges (i, j, weight) with i != j and at most one edge a pair.
+
+    Per edge: weight x min(h_i + h_j, w_i + w_j), the centres of two rectangles that do not
+    overlap being at least that far apart (doubled). Raised on every chain of alike
+    rectangles (`chains`): by `chain_excess2`, what the grid's width and height add to
+    the chain's separations. Edges of non-negative weight."""
+    base = sum(w * min(dims[i][0] + dims[j][0], dims[i][1] + dims[j][1]) for i, j, w in edges)
+    return base + sum(w * chain_excess2(rows, cols, dims, first, n)
+                      for first, n, w in chains(dims, edges))
+
+
+def chains(dims: Sequence[tuple[int, int]], edges: Sequence[tuple[int, int, int]]
+           ) -> list[tuple[int, int, int]]:
+    """(first, count, weight): maximal runs of `count` >= 3 consecutive rectangles first,
+    first + 1, ... of one shape, each linked to the next by an edge of the same weight (the
+    alike blocks of a transformer on a wafer). Paths that share no edge (edges (i, i + 1)
+    with i < j as given; other edges are left to the separation term)."""
+    weight = {(i, j): w for i, j, w in edges if j == i + 1 and w > 0}
+    out, first = [], 0
+    for i in range(1, len(dims) + 1):
+        linked = (i < len(dims) and dims[i] == dims[i - 1] and (i - 1, i) in weight
+                  and (i - 1 == first or weight[(i - 1, i)] == weight[(i - 2, i - 1)]))
+        if not linked:
+            if i - first >= 3:
+                out.append((first, i - first, weight[(first, first + 1)]))
+            # a new weight starts a run at the rectangle before (runs share no edge)
+            first = i - 1 if i < len(dims) and dims[i] == dims[i - 1] and (
+                i - 1, i) in weight else i
+    return out
+
+
+def chain_excess2(rows: int, cols: int, dims: Sequence[tuple[int, int]], first: int, n: int
+                  ) -> int:
+    """What a path of n alike h x w rectangles (first, first + 1, ...) costs beyond its
+    separations (doubled, per unit of weight), on a rows x cols grid also holding `dims`'
+    other rectangles. Proof (rows; columns the same turned sideways): rectangles crossing
+    one grid row do not overlap, so at most k_r = (cols - W) // w of the path's cross a row,
+    W the width of the other rectangles that span every row (height = rows). A rectangle of
+    height h holds exactly one row of any h-periodic set of rows; if the path's top rows span
+    S, its rectangles lie in S + h consecutive rows, where some residue class mod h has
+    floor((S + h) / h) rows, crossed by at most k_r rectangles each, so n <= k_r x that:
+    S >= (ceil(n / k_r) - 1) x h. Along the path, the row moves of its m = n - 1 edges sum to
+    at least S, and the column moves to the columns' span; each edge moves >= h in rows or
+    >= w in columns (no overlap). With v edges of the first kind the path costs at least
+    max(v h, S_rows) + max((m - v) w, S_cols): the least over v, minus m x min(h, w)."""
+    h, w = dims[first]
+    run = range(first, first + n)
+    others = [d for i, d in enumerate(dims) if i not in run]
+    k_rows = (cols - sum(c for r, c in others if r == rows)) // w
+    k_cols = (rows - sum(r for r, c in others if c == cols)) // h
+    if k_rows < 1 or k_cols < 1:
+        return 0  # the path does not fit: no placement to bound
+    span_r = 2 * (-(-n // k_rows) - 1) * h  # doubled
+    span_c = 2 * (-(-n // k_cols) - 1) * w
+    m = n - 1
+    least = min(max(2 * v * h, span_r) + max(2 * (m - v) * w, span_c) for v in range(m + 1))
+    return least - m * min(2 * h, 2 * w)
 
 
 # -- all of it at once -------------------------------------------------------------------------

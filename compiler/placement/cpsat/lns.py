@@ -25,7 +25,7 @@ from compiler.placement.cpsat.layout import (
     LayoutInstance,
     LayoutResult,
     layout_cost,
-    layout_lower_bound,
+    layout_floor,
     solve_layout,
 )
 from compiler.placement.cpsat.runner import Clock
@@ -95,7 +95,7 @@ def improve(
     left_before, cost, solves, gains, gained = clock.left, layout_cost(inst, spots), 0, 0, True
     stage, scale = f"{clock.stage} LNS" if clock.stage else None, clock.scale
     clock.enter(None, scale)  # a neighbourhood's own objective is not the layout's
-    good, pass_start = TARGET_RATIO * layout_lower_bound(inst), None
+    good, pass_start = TARGET_RATIO * layout_floor(inst), None
     window = (cost, 0)  # the cost when the last PATIENCE solves began, and how many ran
     while gained and not _stalled(pass_start, cost, good):
         gained, pass_start = False, cost

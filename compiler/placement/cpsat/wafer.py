@@ -11,16 +11,18 @@ repeating unit) costs little solver time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from compiler.placement.bands import band_pack
 from compiler.placement.cpsat.layout import (
     LayoutInstance,
     LayoutResult,
     full_ranges,
     layout_cost,
-    layout_lower_bound,
+    layout_floor,
 )
 from compiler.placement.cpsat.lns import TARGET_RATIO, optimise
 from compiler.placement.cpsat.runner import Clock
@@ -92,13 +94,16 @@ def place_wafer(fine: LayoutInstance, limit: float, clock: Clock,
     if not fine.edges or hint_cost == 0:
         return WaferLayout(fine.hint, hint_cost, hint_cost, True,
                            "no edges to shorten: greedy kept")
-    floor = layout_lower_bound(fine)
+    notes: list[str] = []
+    if not units:
+        fine, hint_cost = _banded(fine, hint_cost, notes)
+    floor = layout_floor(fine)
     if hint_cost <= (1 + GAP_DONE) * floor:
-        return WaferLayout(fine.hint, hint_cost, floor, hint_cost == floor,
-                           f"hint within {GAP_DONE:.0%} of the separation bound: kept "
-                           f"({hint_cost / 2:,.0f} byte-hops)")
+        notes.append(f"hint within {GAP_DONE:.0%} of the separation bound: kept "
+                     f"({hint_cost / 2:,.0f} byte-hops)")
+        return WaferLayout(fine.hint, hint_cost, floor, hint_cost == floor, "; ".join(notes))
     limit *= gain_share(hint_cost, floor)
-    cell, left_before, notes = cell_size(fine), clock.left, []
+    cell, left_before = cell_size(fine), clock.left
     if hint_cost <= TARGET_RATIO * floor and cell > 1:  # near: refine it where it is
         refine, full_grid = window_instance(fine, fine.hint, cell), False
         notes.append(f"hint within {TARGET_RATIO:g}x of the separation bound: no coarse solve")
@@ -114,6 +119,17 @@ def place_wafer(fine: LayoutInstance, limit: float, clock: Clock,
     notes.append(f"fine{'' if full_grid else f' window +-{WINDOW_CELLS * cell}'}: "
                  + _describe(res))
     return _best_of(fine, res, hint_cost, full_grid, notes)
+
+
+def _banded(fine: LayoutInstance, hint_cost: int, notes: list[str]
+            ) -> tuple[LayoutInstance, int]:
+    """`fine` hinted with the banded packing (bands.py) when that costs less than its hint."""
+    spots = band_pack(fine.rows, fine.cols, fine.dims, fine.edges)
+    if spots is None or layout_cost(fine, spots) >= hint_cost:
+        return fine, hint_cost
+    notes.append(f"banded hint ({hint_cost / 2:,.0f} -> {layout_cost(fine, spots) / 2:,.0f} "
+                 "byte-hops)")
+    return dataclasses.replace(fine, hint=spots), layout_cost(fine, spots)
 
 
 def gain_share(hint_cost: float, floor: float) -> float:
@@ -154,7 +170,7 @@ def _best_of(
     fine: LayoutInstance, res: LayoutResult, hint_cost: int, full_grid: bool, notes: list[str]
 ) -> WaferLayout:
     assert fine.hint is not None
-    bound = max(layout_lower_bound(fine),
+    bound = max(layout_floor(fine),
                 res.bound if full_grid and res.spots is not None else 0.0)
     if res.spots is None or res.objective is None or res.objective >= hint_cost:
         notes.append(f"greedy hint kept ({hint_cost / 2:,.0f} byte-hops)")
