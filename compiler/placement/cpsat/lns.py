@@ -5,7 +5,7 @@ unless that proved optimality, `improve` re-solves neighbourhoods (runs of conse
 and spatial clusters) with every other rectangle fixed, while that pays and time lasts.
 
 The neighbourhoods stop early once the layout is good enough (issue 18): after a pass that
-leaves it within TARGET_RATIO of the separation bound and gained less than STALL of its cost
+leaves it within TARGET_RATIO of the floor (layout_floor) and gained less than STALL of its cost
 (a test on costs, not times, so the search stays deterministic). Where the bound says
 little (a wafer of mixture-of-experts units: a router's many expert groups cannot all touch
 it), they stop instead once PATIENCE solves in a row gained less than WINDOW_STALL of the
@@ -87,7 +87,7 @@ def improve(
     bound: float = 0.0, units: bool = False,
 ) -> tuple[tuple[Position, ...], str]:
     """Re-solve neighbourhoods with the other rectangles fixed, while that pays and time
-    lasts, and until a pass stalls within TARGET_RATIO of the separation bound. CP-SAT's own
+    lasts, and until a pass stalls within TARGET_RATIO of the floor. CP-SAT's own
     neighbourhood search needs several workers; this one is deterministic with one. Progress
     reports the whole layout's cost against `bound` (the whole solve's). `units` (a wafer of
     MoE units): the irregular neighbourhoods first (`neighbourhoods`), and stop once PATIENCE

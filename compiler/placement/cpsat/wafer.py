@@ -2,11 +2,13 @@
 
 Solves on a coarse grid first (at most MAX_CELLS cells a side), then refines at full resolution
 inside a window around each coarse position (lns.optimise at each step). The answer is never
-worse than the hint. A wafer gets the share of its time that what is left to gain is worth
-(`gain_share`: the hint's distance from the separation bound); a hint within TARGET_RATIO of
-the bound is refined in windows around itself, without the coarse solve, and lns.py stops its
-neighbourhoods once the layout is good enough, so a near-optimal hint (a serpentine of the
-repeating unit) costs little solver time.
+worse than the hint, which is the banded packing (bands.py) when that costs less than the hint
+given (not on a wafer of MoE units). A wafer gets the share of its time that what is left to
+gain is worth (`gain_share`: the hint's distance from the floor, `layout_floor`: the separation
+bound raised on chains of alike blocks); a hint within TARGET_RATIO of the floor is refined in
+windows around itself, without the coarse solve, and lns.py stops its neighbourhoods once the
+layout is good enough, so a near-optimal hint (a serpentine of the repeating unit) costs
+little solver time.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from compiler.placement.geometry import Position, any_pack
 MIN_CELLS, MAX_CELLS = 128, 200  # coarse grid: cells a side (when the grid is larger)
 WINDOW_CELLS = 3  # fine refinement: each rectangle moves at most this many cells from coarse
 COARSE_SHARE = 0.6  # of a wafer's stage-2 time, for the coarse solve
-# A hint within this relative gap of the separation bound is kept without solving (CP-SAT's
+# A hint within this relative gap of the floor (layout_floor) is kept without solving (CP-SAT's
 # relative_gap_limit, applied before the first solve: the bound is already known)
 GAP_DONE = 0.01
-# A hint FULL_GAIN times the separation bound or further gets all of its wafer's time; nearer,
+# A hint FULL_GAIN times the floor or further gets all of its wafer's time; nearer,
 # the share falls with what is left to gain, (hint / bound - 1) / (FULL_GAIN - 1), but not
 # below MIN_GAIN_SHARE
 FULL_GAIN, MIN_GAIN_SHARE = 2.0, 0.1
@@ -99,14 +101,14 @@ def place_wafer(fine: LayoutInstance, limit: float, clock: Clock,
         fine, hint_cost = _banded(fine, hint_cost, notes)
     floor = layout_floor(fine)
     if hint_cost <= (1 + GAP_DONE) * floor:
-        notes.append(f"hint within {GAP_DONE:.0%} of the separation bound: kept "
+        notes.append(f"hint within {GAP_DONE:.0%} of the bound: kept "
                      f"({hint_cost / 2:,.0f} byte-hops)")
         return WaferLayout(fine.hint, hint_cost, floor, hint_cost == floor, "; ".join(notes))
     limit *= gain_share(hint_cost, floor)
     cell, left_before = cell_size(fine), clock.left
     if hint_cost <= TARGET_RATIO * floor and cell > 1:  # near: refine it where it is
         refine, full_grid = window_instance(fine, fine.hint, cell), False
-        notes.append(f"hint within {TARGET_RATIO:g}x of the separation bound: no coarse solve")
+        notes.append(f"hint within {TARGET_RATIO:g}x of the bound: no coarse solve")
     elif units and cell > 1:
         refine, full_grid = window_instance(fine, fine.hint, cell), False
         limit *= 1 - COARSE_SHARE
