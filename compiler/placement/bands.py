@@ -24,13 +24,14 @@ Dims = tuple[int, int]
 Edge = tuple[int, int, int]
 Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
 MIN_BODY = 4  # alike rectangles in a row before the bands apply
+MAX_ODD = 48  # rectangles outside the body at most (each variant places them one by one)
 
 
 def band_pack(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge]
               ) -> tuple[Position, ...] | None:
     """The cheapest banded packing (doubled cost, `cost`), or None when there is no body of
-    MIN_BODY alike rectangles or no variant places every rectangle. Tried as is and turned
-    sideways (columns as bands)."""
+    MIN_BODY alike rectangles, more than MAX_ODD others, or no variant places every
+    rectangle. Tried as is and turned sideways (columns as bands)."""
     best: tuple[int, tuple[Position, ...]] | None = None
     for turned in (False, True):
         grid = (cols, rows) if turned else (rows, cols)
@@ -69,7 +70,7 @@ def _variants(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge]
     """Complete packings: full-height odd rectangles at the sides (leading ones left,
     trailing ones right, or the other way), the body in bands, the rest beside links."""
     body = body_of(dims)
-    if body is None:
+    if body is None or len(dims) - len(body) > MAX_ODD:
         return
     h, w = dims[body.start]
     if h > rows or w > cols:
