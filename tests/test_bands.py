@@ -14,7 +14,15 @@ from test_chain import valid
 from compiler.placement.bands import band_pack, body_of, cost
 from compiler.placement.chain import chain_pack
 from compiler.placement.check import chain_excess2, chains, separation_bound2
-from compiler.placement.cpsat.layout import LayoutInstance, full_ranges, layout_floor
+from compiler.placement.cpsat.layout import (
+    LayoutInstance,
+    full_ranges,
+    layout_cost,
+    layout_floor,
+)
+from compiler.placement.cpsat.runner import Clock, SolveParams
+from compiler.placement.cpsat.wafer import place_wafer
+from compiler.placement.geometry import any_pack
 
 # Llama 3 8B at 128k context on a WSE-3 as stage 1 chose it (KV cache streamed): embedding,
 # 32 blocks of 293 x 69 (four bands of them fill the 1172 rows), the norm and head strips
@@ -137,3 +145,22 @@ def test_band_pack_leaves_room_for_a_norm_before_the_head() -> None:
 @pytest.mark.parametrize("dims", [[(3, 3)] * 3, [(1, 1), (2, 2)] * 3])
 def test_band_pack_needs_a_body(dims) -> None:  # noqa: ANN001 - a list of dims
     assert band_pack(20, 20, dims, _chain(dims)) is None
+
+
+def test_stage_2_starts_from_the_banded_hint_and_is_never_worse() -> None:
+    """A wafer hinted with the skyline's order-blind packing: stage 2 takes the banded one
+    (cheaper) and ends at or below it, within 1.2x of the raised bound, deterministically."""
+    edges = _chain(LLAMA_128K)
+    skyline = any_pack(1172, 762, LLAMA_128K)
+    assert skyline is not None
+    inst = LayoutInstance(1172, 762, tuple(LLAMA_128K), tuple(edges), hint=skyline,
+                          **full_ranges(1172, 762, LLAMA_128K))
+    banded = band_pack(1172, 762, LLAMA_128K, edges)
+    runs = [place_wafer(inst, 2.0, Clock(SolveParams(seed=0, workers=1, deterministic=True),
+                                         left=2.0)) for _ in range(2)]
+    assert runs[0].spots == runs[1].spots
+    placed = runs[0]
+    assert "banded hint" in placed.summary and valid(1172, 762, LLAMA_128K, placed.spots)
+    assert layout_cost(inst, placed.spots) <= cost(LLAMA_128K, edges, banded)
+    assert layout_cost(inst, placed.spots) < 1.2 * layout_floor(inst)
+    assert layout_floor(inst) <= placed.bound <= layout_cost(inst, placed.spots)
