@@ -41,7 +41,8 @@ FIT = "cerebras-8b"
 # Cases whose published software used speculative decoding. The Oct 2024 70B release says it
 # "implements speculative decoding" (with rewritten kernels and asynchronous wafer I/O, which
 # are not priced here); the draft is not named: assumed Llama 3.2 1B (the smallest Llama 3
-# that shares the 70B's tokenizer; an 8B draft does not fit the cores the 70B leaves idle),
+# that shares the 70B's tokenizer; an 8B draft needs ~360,000 cores beside a 70B that fills
+# 97% of the 4 wafers; the 1B sits resident on a strip the 70B's placement keeps free),
 # accepting a token with probability 0.8 (first-position acceptance of 1B-class drafts is
 # 0.80-0.84 in the sources docs/performance.md names), k = 4 tokens per round.
 SPECULATIVE = {"cerebras-70b-oct": SpeculativeOptions("llama3.2-1b", accept=0.8, k=4)}
