@@ -259,7 +259,8 @@ def test_artifacts_and_summary_say_speculative(tmp_path, capsys):
     schema = json.loads((Path(__file__).parent.parent / "docs" / "schedule.schema.json")
                         .read_text())
     jsonschema.validate(json.loads((out / "schedule.json").read_text()), schema)
-    assert "speculative decoding" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "speculative decoding" in html and "cores of the idle ones (wafer 0, resident)" in html
     main(["compile", "llama-tiny", "-t", "mesh8x8", "-o", str(tmp_path / "p"),
           "--speculative", "draft=llama-tiny,accept=0.7,k=2"])
     text = capsys.readouterr().out
