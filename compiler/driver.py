@@ -327,8 +327,10 @@ def _draft_beside(model: str | Path, plain: CompileResult, spec: SpeculativeOpti
     resident; the target compiled again with that strip kept free (CompileOptions.reserve);
     the round priced there. Or why not, in words."""
     tgt, rows = plain.target, plain.target.grid.rows
-    widths = strip_widths(_draft_min_cores(spec, tgt, opts, resident_only=True) or 1, rows,
-                          tgt.grid.cols)
+    need = _draft_min_cores(spec, tgt, opts, resident_only=True)
+    if need is None:
+        return "the draft has no resident rectangle on one wafer"
+    widths = strip_widths(need, rows, tgt.grid.cols)
     draft = None
     for width in widths:
         strip = Rect(0, 0, 0, rows, width)
@@ -353,10 +355,9 @@ def _draft_beside(model: str | Path, plain: CompileResult, spec: SpeculativeOpti
 
 
 def _draft_on(target: CompileResult, area: Rect | None, spec: SpeculativeOptions,
-              opts: CompileOptions, on_progress: ProgressHook | None,
-              placement: str = IDLE) -> Speculative | None:
-    """The draft compiled on `area` of `target`'s wafers and a round priced; None when it
-    does not fit there."""
+              opts: CompileOptions, on_progress: ProgressHook | None) -> Speculative | None:
+    """The draft compiled on `area`, idle cores of `target`'s wafers, and a round priced; None
+    when it does not fit there."""
     if area is None:
         return None
     try:
@@ -364,7 +365,7 @@ def _draft_on(target: CompileResult, area: Rect | None, spec: SpeculativeOptions
                               on_progress=on_progress)
     except (InfeasiblePlacementError, CapacityError):
         return None
-    return price(target, draft, spec, area, placement)
+    return price(target, draft, spec, area, IDLE)
 
 def _draft_min_cores(spec: SpeculativeOptions, tgt: Target, opts: CompileOptions,
                      resident_only: bool = False) -> int | None:
