@@ -22,7 +22,11 @@ from _harness import machine, table, write_section
 from compiler.driver import CompileOptions, Reuse, compile_model
 from compiler.schedule.build import with_algorithms
 from compiler.schedule.perf import PerfOptions, estimate, streamed_kv_cycles
-from compiler.speculative import SpeculativeOptions, speculative_tokens_per_s
+from compiler.speculative import (
+    SpeculativeOptions,
+    speculative_tokens_per_s,
+    verify_schedule,
+)
 from compiler.tiling.candidates import TilingOptions
 
 CONTEXT = 2048
@@ -37,7 +41,8 @@ FIT = "cerebras-8b"
 # Cases whose published software used speculative decoding. The Oct 2024 70B release says it
 # "implements speculative decoding" (with rewritten kernels and asynchronous wafer I/O, which
 # are not priced here); the draft is not named: assumed Llama 3.2 1B (the smallest Llama 3
-# that shares the 70B's tokenizer; an 8B draft does not fit the cores the 70B leaves idle),
+# that shares the 70B's tokenizer; an 8B draft needs ~360,000 cores beside a 70B that fills
+# 97% of the 4 wafers; the 1B sits resident on a strip the 70B's placement keeps free),
 # accepting a token with probability 0.8 (first-position acceptance of 1B-class drafts is
 # 0.80-0.84 in the sources docs/performance.md names), k = 4 tokens per round.
 SPECULATIVE = {"cerebras-70b-oct": SpeculativeOptions("llama3.2-1b", accept=0.8, k=4)}
@@ -59,8 +64,8 @@ def predict(result, overhead: int) -> float:
     """Decode tokens/s at `overhead`: the compile's decode step (its decode schedule, what the
     summary reports; the prefill schedule scaled to one token when it has none), every reduce's
     collective algorithm chosen again at that overhead (a tree pays it once per level). With
-    --speculative: a round of k draft steps and one target step over k + 1 tokens, both at
-    `overhead` (compiler/speculative.py)."""
+    --speculative: a round of k draft steps and one target step over k + 1 tokens (its reduces
+    chosen for its k + 1-token tiles), both at `overhead` (compiler/speculative.py)."""
     spec = result.speculative
     if spec is None:
         return _step(result, overhead).tokens_per_s
@@ -76,10 +81,12 @@ def _step(result, overhead: int, queries: int = 1):
     regions = {r.name: r for r in s.regions}
     s = dataclasses.replace(s, steps=with_algorithms(list(s.steps), regions, target))
     if result.decode is not None:
-        return estimate(s, target, PerfOptions("decode", context=s.context, queries=queries))
+        opts = PerfOptions("decode", context=s.context, queries=queries)
+        return estimate(verify_schedule(s, target, opts), target, opts)
     kv = {lt.layer: lt.kv_bytes for lt in result.tiled.layers if lt.kv_bytes}
-    reads = streamed_kv_cycles(s, target, kv)
-    return estimate(s, target, PerfOptions("decode", queries=queries), reads)
+    opts = PerfOptions("decode", queries=queries)
+    s = verify_schedule(s, target, opts)
+    return estimate(s, target, opts, streamed_kv_cycles(s, target, kv))
 
 
 def sensitivity(result, overhead: int) -> str:
@@ -92,10 +99,16 @@ def sensitivity(result, overhead: int) -> str:
 
     accepts = ", ".join(f"{a:g}: {at(accept=a)}" for a in (0.6, 0.7, 0.8, 0.9, 1.0))
     ks = ", ".join(f"{k}: {at(k=k)}" for k in (1, 2, 4, 8))
+    a = spec.area
+    where = (f"the draft ({spec.draft_cores:,} cores, "
+             f"{'resident' if spec.draft_resident else 'streaming'}) on the {spec.placement} "
+             f"{a.rows} x {a.cols} of wafer {a.wafer}"
+             + (f" ({spec.fallback})" if spec.fallback else ""))
     return (f"accept (k {spec.k}) {accepts} tokens/s; k (accept {spec.accept:g}) {ks} "
-            f"tokens/s; the draft's step {spec.draft_cycles:,} cycles, the target's one-token "
-            f"step {spec.target_cycles:,} and its {spec.k + 1}-token verification step "
-            f"{spec.verify_cycles:,} (at the target spec's overhead)")
+            f"tokens/s; {where}; the draft's step {spec.draft_cycles:,} cycles, the target's "
+            f"one-token step {spec.target_cycles:,} and its {spec.k + 1}-token verification "
+            f"step {spec.verify_cycles:,} (at the target spec's overhead); the target alone "
+            f"{spec.plain_tokens_per_s:,.0f} tokens/s")
 
 
 def fit(result, published: float) -> int:

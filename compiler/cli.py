@@ -120,8 +120,9 @@ def _add_compile(sub) -> None:
     cli_decode.add_decode_arg(p, _count)
     _routing_arg(p, "placement's traffic and the decode rates")
     p.add_argument("--speculative", type=_speculative, metavar="draft=MODEL,accept=A[,k=K]",
-                   help="speculative decoding: compile the draft MODEL on the cores the target "
-                   "leaves idle and price decode as k draft steps (default 4) and one "
+                   help="speculative decoding: compile the draft MODEL beside the target (on "
+                   "a strip its placement keeps free, or on the cores it leaves idle: the "
+                   "faster) and price decode as k draft steps (default 4) and one "
                    "verification step over k + 1 tokens, each draft token accepted with "
                    "probability A")
     p.add_argument("--no-report", action="store_true",
@@ -767,9 +768,12 @@ def _speculative_lines(result) -> list[str]:
         f"  speculative  {spec.tokens_per_s:,.0f} tokens/s with draft {spec.draft} "
         f"(accept {spec.accept:g}, k {spec.k}: {spec.expected_tokens:.2f} tokens per round; "
         f"{spec.plain_tokens_per_s:,.0f} without)",
-        f"  draft        {spec.draft_cores:,} cores in the idle {a.rows} x {a.cols} at "
-        f"({a.row}, {a.col}) on wafer {a.wafer}; round = {spec.k} x {spec.draft_cycles:,} "
-        f"draft + {spec.verify_cycles:,} verify cycles (one token: {spec.target_cycles:,})",
+        f"  draft        {spec.draft_cores:,} cores in the {spec.placement} {a.rows} x {a.cols} "
+        f"at ({a.row}, {a.col}) on wafer {a.wafer}, "
+        f"{'resident' if spec.draft_resident else 'streaming'}; round = {spec.k} x "
+        f"{spec.draft_cycles:,} draft + {spec.verify_cycles:,} verify cycles (one token: "
+        f"{spec.target_cycles:,})",
+        *([f"  draft        not on a reserved strip: {spec.fallback}"] if spec.fallback else []),
     ]
 
 

@@ -25,7 +25,13 @@ from compiler.errors import CapacityError, InfeasiblePlacementError, ModelError
 from compiler.frontend import FrontendOptions, check_source, drop_kept, load_model
 from compiler.placement import place
 from compiler.placement.check import Metrics, metrics
-from compiler.placement.problem import Placement, PlacementProblem, ProgressHook
+from compiler.placement.problem import (
+    Placement,
+    PlacementProblem,
+    ProgressHook,
+    Rect,
+    Residency,
+)
 from compiler.placement.warm import (
     HINT_SHARE,
     PlacementHint,
@@ -56,14 +62,17 @@ from compiler.schedule.perf import (
     timeline,
 )
 from compiler.speculative import (
+    IDLE,
+    RESERVED,
     Speculative,
     SpeculativeOptions,
-    expected_tokens,
     largest_idle,
-    shifted,
-    speculative_tokens_per_s,
+    price,
+    resident,
+    split_reserve,
+    strip_widths,
     sub_target,
-    verify_cycles,
+    with_reserve,
 )
 from compiler.stages import StageHook, Stages, StartHook, check
 from compiler.target import Target, load_target
@@ -103,8 +112,11 @@ class CompileOptions:
     # tests/conftest.py; the CLI with WAFER_CHECK=1); not in placement.json
     check: bool = False
     routing: Routing = UNIFORM  # MoE models: per-expert routing frequencies (--routing FILE)
-    # a draft model on the cores the target leaves idle (--speculative; compiler/speculative.py)
+    # a draft model beside the target on its wafers (--speculative; compiler/speculative.py)
     speculative: SpeculativeOptions | None = None
+    # (rows, cols) the placement keeps free on the last wafer (a speculative draft's strip:
+    # speculative.with_reserve); CompileResult.reserved says where
+    reserve: tuple[int, int] | None = None
 
 KEEP_PLACEMENTS = 16  # Reuse keeps this many placements (a problem of a giant is ~1 MB)
 KEEP_FORMS = 4  # and this many contexts' decode forms of the last model (a sweep's context axis)
@@ -222,7 +234,11 @@ def compile_model(model: str | Path, target: str | Path | Target,
                options.check)
         tiled, problem = reuse.tiling(key, used, tile) if reuse else tile()
     with stage("placement"):
-        placement = _placement(problem, options.solver, used, on_progress, reuse, hint)
+        reserved = None
+        placer = problem if options.reserve is None else with_reserve(problem, *options.reserve)
+        placement = _placement(placer, options.solver, used, on_progress, reuse, hint)
+        if options.reserve is not None:
+            placement, reserved = split_reserve(placement)
         placed = metrics(problem, placement)
     with stage("baseline"):
         baseline = _baseline(problem)
@@ -263,12 +279,12 @@ def compile_model(model: str | Path, target: str | Path | Target,
         moe = _moe(graph, schedule, decode, tgt, options.routing)
     result = CompileResult(graph, tgt, tiled, problem, placement, placed, baseline, schedule,
                            timelines, estimates, options, tuple(stage.times), same, decode,
-                           tuple(used), moe, no_decode)
+                           tuple(used), moe, no_decode, reserved=reserved)
     if options.speculative is None:
         return result
-    with stage("speculative"):  # the draft: compiled and placed on the idle cores
-        spec = _speculative(result, options.speculative, on_progress)
-    return dataclasses.replace(result, stage_times=tuple(stage.times), speculative=spec)
+    with stage("speculative"):  # the draft: on a reserved strip or the idle cores
+        result = _speculative(model, result, options.speculative, on_progress, reuse)
+    return dataclasses.replace(result, stage_times=tuple(stage.times))
 
 def _check_draft(draft: str) -> None:
     try:
@@ -276,53 +292,113 @@ def _check_draft(draft: str) -> None:
     except ModelError as exc:
         raise ModelError(f"--speculative draft: {exc}") from None
 
-def _speculative(result: CompileResult, spec: SpeculativeOptions,
-                 on_progress: ProgressHook | None) -> Speculative:
-    """Compile the draft on the largest rectangle of cores the target leaves idle (one wafer
-    of the same target), at the target's context and prompt, and price a speculative round."""
-    tgt, p = result.target, result.problem
-    area = largest_idle(p.rows, p.cols, p.wafers, result.placement.rects)
-    opts = dataclasses.replace(result.options, speculative=None, tiling=dataclasses.replace(
-        result.options.tiling, context=result.tiled.context))
-    try:
-        if area is None:
-            raise InfeasiblePlacementError("no idle core")
-        draft = compile_model(spec.draft, sub_target(tgt, area), opts, on_progress=on_progress)
-    except (InfeasiblePlacementError, CapacityError) as exc:
-        raise _draft_does_not_fit(result, spec, area, opts) from exc
-    k = spec.k
-    draft_cycles = draft.estimates[Mode.DECODE].cycles
-    verify = verify_cycles(result, k + 1)
-    rate = speculative_tokens_per_s(draft_cycles, verify, spec.accept, k, tgt.core.clock_hz)
-    return Speculative(draft.graph.name, str(spec.draft), spec.accept, k, area,
-                       shifted(draft.placement.rects, area), draft_cycles, verify,
-                       result.estimates[Mode.DECODE].cycles, expected_tokens(spec.accept, k),
-                       rate, result.estimates[Mode.DECODE].tokens_per_s, draft)
+def _speculative(model: str | Path, plain: CompileResult, spec: SpeculativeOptions,
+                 on_progress: ProgressHook | None, reuse: Reuse | None) -> CompileResult:
+    """The draft beside the target, both ways (compiler/speculative.py): the target placed
+    beside a strip reserved for the resident draft, and the target placed alone with the
+    draft on its largest idle rectangle; the faster round is kept (exit 5 when neither
+    fits)."""
+    opts = dataclasses.replace(plain.options, speculative=None, reserve=None,
+                               tiling=dataclasses.replace(plain.options.tiling,
+                                                          context=plain.tiled.context))
+    p = plain.problem
+    area = largest_idle(p.rows, p.cols, p.wafers, plain.placement.rects)
+    idle = _draft_on(plain, area, spec, opts, on_progress)
+    beside = _draft_beside(model, plain, spec, opts, on_progress, reuse)
+    if isinstance(beside, str):
+        if idle is None:
+            raise _draft_does_not_fit(plain, spec, area, opts)
+        return dataclasses.replace(plain, speculative=dataclasses.replace(idle, fallback=beside))
+    target, reserved = beside
+    if idle is not None and idle.tokens_per_s > reserved.tokens_per_s:
+        a = reserved.area
+        why = (f"beside a reserved {a.rows} x {a.cols} strip the round gives "
+               f"{reserved.tokens_per_s:,.0f} tokens/s, on the idle cores "
+               f"{idle.tokens_per_s:,.0f}")
+        return dataclasses.replace(plain, speculative=dataclasses.replace(idle, fallback=why))
+    alone = plain.estimates[Mode.DECODE].tokens_per_s  # the target without the draft
+    return dataclasses.replace(target, speculative=dataclasses.replace(
+        reserved, plain_tokens_per_s=alone))
 
-def _draft_does_not_fit(result: CompileResult, spec: SpeculativeOptions, area,
-                        opts: CompileOptions) -> InfeasiblePlacementError:
-    """Exit 5 naming the cores the draft needs (its smallest rectangles, tiled for one wafer of
-    the target) against the idle cores the target leaves."""
-    tgt = result.target
+def _draft_beside(model: str | Path, plain: CompileResult, spec: SpeculativeOptions,
+                  opts: CompileOptions, on_progress: ProgressHook | None,
+                  reuse: Reuse | None) -> tuple[CompileResult, Speculative] | str:
+    """The draft compiled first on full-height strips of one wafer, narrowest first, until it is
+    resident; the target compiled again with that strip kept free (CompileOptions.reserve);
+    the round priced there. Or why not, in words."""
+    tgt, rows = plain.target, plain.target.grid.rows
+    need = _draft_min_cores(spec, tgt, opts, resident_only=True)
+    if need is None:
+        return "the draft has no resident rectangle on one wafer"
+    widths = strip_widths(need, rows, tgt.grid.cols)
+    draft = None
+    for width in widths:
+        strip = Rect(0, 0, 0, rows, width)
+        try:
+            draft = compile_model(spec.draft, sub_target(tgt, strip), opts,
+                                  on_progress=on_progress)
+        except (InfeasiblePlacementError, CapacityError):
+            continue
+        if resident(draft):
+            break
+    if draft is None or not resident(draft):
+        return (f"the draft is resident on no strip of {rows} x "
+                f"{'/'.join(map(str, widths)) or tgt.grid.cols} cores")
+    beside = dataclasses.replace(plain.options, speculative=None, reserve=(rows, width))
+    try:
+        target = compile_model(model, tgt, beside, on_progress=on_progress, reuse=reuse)
+    except (InfeasiblePlacementError, CapacityError):
+        return f"the target does not fit beside a {rows} x {width} strip for the draft"
+    if target.reserved is None:  # not reached: a reserve always comes back placed
+        return "the placement kept no strip free"
+    return target, price(target, draft, spec, target.reserved, RESERVED)
+
+
+def _draft_on(target: CompileResult, area: Rect | None, spec: SpeculativeOptions,
+              opts: CompileOptions, on_progress: ProgressHook | None) -> Speculative | None:
+    """The draft compiled on `area`, idle cores of `target`'s wafers, and a round priced; None
+    when it does not fit there."""
+    if area is None:
+        return None
+    try:
+        draft = compile_model(spec.draft, sub_target(target.target, area), opts,
+                              on_progress=on_progress)
+    except (InfeasiblePlacementError, CapacityError):
+        return None
+    return price(target, draft, spec, area, IDLE)
+
+def _draft_min_cores(spec: SpeculativeOptions, tgt: Target, opts: CompileOptions,
+                     resident_only: bool = False) -> int | None:
+    """Cores the draft needs at least: its layers' smallest rectangles (resident ones only, if
+    asked), tiled for one wafer of the target; None when it does not tile there."""
     one = dataclasses.replace(tgt, wafers=dataclasses.replace(tgt.wafers, count=1))
-    need = "more cores than one wafer has"
     try:
         graph = load_model(spec.draft, opts.frontend)
         forms = decode_forms(str(spec.draft), graph, context_length(graph, opts.tiling))
         problem = to_problem(tile_graph(graph, one, opts.tiling, decode_steps(forms)), one)
-        cores = sum(min(o.cores for o in b.options) for b in problem.blocks)
-        need = f"{cores:,} cores (the smallest rectangle each of its layers is offered on a " \
-            "wafer)"
     except (InfeasiblePlacementError, CapacityError):
-        pass
+        return None
+    least = [min((o.cores for o in b.options
+                  if not resident_only or o.residency == Residency.RESIDENT), default=None)
+             for b in problem.blocks]
+    return None if None in least else sum(c for c in least if c is not None)
+
+def _draft_does_not_fit(result: CompileResult, spec: SpeculativeOptions, area: Rect | None,
+                        opts: CompileOptions) -> InfeasiblePlacementError:
+    """Exit 5 naming the cores the draft needs (its smallest rectangles, tiled for one wafer of
+    the target) against the idle cores the target leaves."""
+    tgt = result.target
+    cores = _draft_min_cores(spec, tgt, opts)
+    need = "more cores than one wafer has" if cores is None else (
+        f"{cores:,} cores (the smallest rectangle each of its layers is offered on a wafer)")
     idle = result.problem.cores_per_wafer * result.problem.wafers - result.metrics.cores_used
     largest = "none" if area is None else (
         f"{area.rows} x {area.cols} = {area.rows * area.cols:,} cores on wafer {area.wafer}")
     return InfeasiblePlacementError(
         f"the speculative draft {spec.draft} does not fit on the cores {result.graph.name} "
-        f"leaves idle on {tgt.name}: it needs {need}, inside one idle rectangle, and the "
-        f"largest is {largest} ({idle:,} cores idle in all); "
-        "use a smaller draft or a target with more wafers")
+        f"leaves idle on {tgt.name}, nor beside it on a reserved strip: it needs {need}, "
+        f"inside one rectangle, and the largest idle one is {largest} ({idle:,} cores idle "
+        "in all); use a smaller draft or a target with more wafers")
 
 def _decode_forms(model: str | Path, graph: ir.Graph, context: int,
                   g1: ir.Graph | str | None = None) -> Forms:

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from compiler import ir
     from compiler.driver import CompileOptions
     from compiler.placement.check import Metrics
-    from compiler.placement.problem import Placement, PlacementProblem
+    from compiler.placement.problem import Placement, PlacementProblem, Rect
     from compiler.schedule.build import Schedule
     from compiler.schedule.decode import DecodePlan
     from compiler.schedule.moe import MoEEstimate
@@ -42,6 +42,8 @@ class CompileResult:
     moe: MoEEstimate | None = None  # MoE models: expected / worst-case decode (schedule/moe.py)
     no_decode: str = ""  # why there is no decode plan (decode is None), when the model tells
     speculative: Speculative | None = None  # --speculative: the draft and the round's rate
+    # CompileOptions.reserve: the rectangle the placement kept free (for a speculative draft)
+    reserved: Rect | None = None
 
 
 def decode_steps(result: CompileResult) -> Schedule:

@@ -1,8 +1,19 @@
 """Speculative decoding as an explicit compile option (`--speculative draft=MODEL,accept=A[,k=K]`).
 
-A small draft model runs on cores the target leaves idle on the same wafers: the largest
-rectangle of idle cores (`largest_idle`) becomes a one-wafer sub-target the draft is compiled
-and placed on, and its rectangles are shifted back into the target's coordinates. A round is
+A small draft model runs beside the target on the same wafers, in one of two places, and the
+compile keeps the faster round:
+
+- *reserved*: the draft is compiled first on full-height strips of one wafer, narrowest first
+  from the cores its smallest resident rectangles need (`strip_widths`), until it is resident
+  (nothing streamed: `resident`); the target's placement problem then gets one more block, that
+  strip, last in the chain (`with_reserve`: the placer keeps it free on the last wafer, beside
+  the head, like any other rectangle), and the draft sits where the placer put it
+  (`split_reserve`);
+- *idle*: the target placed alone, the draft on the largest rectangle of idle cores
+  (`largest_idle`), resident or not (what fits there).
+
+Either way the area becomes a one-wafer sub-target the draft is compiled and placed on, and its
+rectangles are shifted back into the target's coordinates. A round is
 k draft decode steps, then one target verification step over the k + 1 tokens (the k proposals
 and the current token): a decode step with k + 1 query tokens, priced as such (`verify_cycles`:
 token-proportional work and transfers x (k + 1), attention over the cache x (k + 1) rows,
@@ -23,15 +34,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from compiler.errors import UsageError
-from compiler.placement.problem import Rect
-from compiler.schedule.perf import PerfOptions, estimate, streamed_kv_cycles
-from compiler.vocab import Mode
+from compiler.placement.problem import Block, Option, Placement, PlacementProblem, Rect, Residency
+from compiler.schedule.build import with_algorithms
+from compiler.schedule.perf import PerfOptions, estimate, step_scale, streamed_kv_cycles
+from compiler.vocab import CollectiveKind, Mode, StepKind
 
 if TYPE_CHECKING:
     from compiler.result import CompileResult
+    from compiler.schedule.build import Schedule
     from compiler.target import Target
 
 DEFAULT_K = 4
+# The reservation: its block's name in the target's placement problem, the strip widths tried
+# for the draft (each STRIP_GROWTH wider than the last, at most STRIP_TRIES), and the share of
+# the strip its smallest resident rectangles may fill at first (as tiling's RESIDENT_FILL).
+RESERVE = "speculative-draft"
+RESERVED, IDLE = "reserved", "idle"  # Speculative.placement
+STRIP_TRIES, STRIP_GROWTH, STRIP_FILL = 6, 1.06, 0.97
 _SYNTAX = "--speculative takes draft=MODEL,accept=A[,k=K] (e.g. draft=llama3.2-1b,accept=0.8)"
 
 
@@ -92,14 +111,35 @@ def speculative_tokens_per_s(draft_cycles: int, verify_cycles: int, accept: floa
 def verify_cycles(result: CompileResult, queries: int) -> int:
     """Cycles of the target's decode step over `queries` tokens of one sequence, on the same
     decode schedule the compile's tokens/s comes from (the prefill schedule scaled to the
-    step when there is none). queries = 1 is the compile's own decode step."""
+    step when there is none), its reduces re-chosen for their `queries`-token tiles
+    (`verify_schedule`). queries = 1 is the compile's own decode step."""
     t = result.target
     if result.decode is not None:
         opts = PerfOptions(Mode.DECODE, context=result.decode.graph.context, queries=queries)
-        return estimate(result.decode.schedule, t, opts).cycles
+        return estimate(verify_schedule(result.decode.schedule, t, opts), t, opts).cycles
     kv = {lt.layer: lt.kv_bytes for lt in result.tiled.layers if lt.kv_bytes}
-    reads = streamed_kv_cycles(result.schedule, t, kv)
-    return estimate(result.schedule, t, PerfOptions(Mode.DECODE, queries=queries), reads).cycles
+    opts = PerfOptions(Mode.DECODE, queries=queries)
+    s = verify_schedule(result.schedule, t, opts)
+    return estimate(s, t, opts, streamed_kv_cycles(s, t, kv)).cycles
+
+
+def verify_schedule(s: Schedule, target: Target, opts: PerfOptions) -> Schedule:
+    """The decode schedule as a verification step over opts.queries tokens runs it: each
+    reduce with the collective algorithm cheapest for the tile it then carries (queries times
+    the one-token tile: a longer tile favours fewer stages, a deeper tree), as the compile
+    chose them for one token (`schedule.build.with_algorithms`). The schedule itself when
+    queries is 1."""
+    if opts.queries == 1:
+        return s
+    regions = {r.name: r for r in s.regions}
+    steps = []
+    for step in s.steps:
+        if step.kind == StepKind.COLLECTIVE and step.op_kind == CollectiveKind.REDUCE:
+            sized = dataclasses.replace(step, nbytes=step.nbytes * step_scale(step, s, opts))
+            step = dataclasses.replace(
+                step, algorithm=with_algorithms([sized], regions, target)[0].algorithm)
+        steps.append(step)
+    return dataclasses.replace(s, steps=tuple(steps))
 
 
 def largest_idle(rows: int, cols: int, wafers: int, rects: tuple[Rect, ...]) -> Rect | None:
@@ -160,6 +200,52 @@ def shifted(rects: tuple[Rect, ...], area: Rect) -> tuple[Rect, ...]:
                  for r in rects)
 
 
+def strip_widths(min_cores: int, rows: int, cols: int) -> tuple[int, ...]:
+    """Columns of the full-height strips the draft is tried on, narrowest first: from the
+    width its smallest resident rectangles (`min_cores` in all) fill to STRIP_FILL, each
+    STRIP_GROWTH wider, at most STRIP_TRIES, never wider than the wafer."""
+    width = max(1, math.ceil(min_cores / STRIP_FILL / rows))
+    out: list[int] = []
+    while len(out) < STRIP_TRIES and width <= cols:
+        out.append(width)
+        width = max(width + 1, math.ceil(width * STRIP_GROWTH))
+    return tuple(out)
+
+
+def price(target: CompileResult, draft: CompileResult, spec: SpeculativeOptions, area: Rect,
+          placement: str, fallback: str = "") -> Speculative:
+    """A round of `spec` with `draft` compiled on `area` (a sub-target) beside `target`."""
+    k, step = spec.k, target.estimates[Mode.DECODE]
+    draft_cycles = draft.estimates[Mode.DECODE].cycles
+    verify = verify_cycles(target, k + 1)
+    rate = speculative_tokens_per_s(draft_cycles, verify, spec.accept, k,
+                                    target.target.core.clock_hz)
+    return Speculative(draft.graph.name, str(spec.draft), spec.accept, k, area,
+                       shifted(draft.placement.rects, area), draft_cycles, verify, step.cycles,
+                       expected_tokens(spec.accept, k), rate, step.tokens_per_s, draft,
+                       placement, resident(draft), fallback)
+
+
+def resident(result: CompileResult) -> bool:
+    """A compile streams nothing from off-chip but its token I/O: every layer resident."""
+    return result.metrics.offchip_bytes_per_token <= result.problem.io_bytes_per_token
+
+
+def with_reserve(problem: PlacementProblem, rows: int, cols: int) -> PlacementProblem:
+    """The target's placement problem with a rows x cols rectangle kept free for the draft: one
+    more block (RESERVE), last in the chain, so the placer puts it on the last wafer beside the
+    head; it has no edges, holds no bytes, streams nothing and costs no cycles."""
+    block = Block(RESERVE, RESERVE, (Option(rows, cols, Residency.RESIDENT, 0, 0, 0),))
+    return dataclasses.replace(problem, blocks=(*problem.blocks, block))
+
+
+def split_reserve(placement: Placement) -> tuple[Placement, Rect]:
+    """A placement of `with_reserve`'s problem -> the target's own placement and the reserved
+    rectangle."""
+    return dataclasses.replace(placement, options=placement.options[:-1],
+                               rects=placement.rects[:-1]), placement.rects[-1]
+
+
 @dataclass(frozen=True)
 class Speculative:
     """What `--speculative` adds to a compile: where the draft sits, the two step prices and the
@@ -176,8 +262,13 @@ class Speculative:
     target_cycles: int  # the target's decode step over one token (the plain rate's)
     expected_tokens: float  # per round
     tokens_per_s: float
-    plain_tokens_per_s: float  # the target alone
+    plain_tokens_per_s: float  # the target compiled alone (no draft, no reserved strip)
     draft_result: CompileResult | None = field(default=None, compare=False, repr=False)
+    # RESERVED: the target placed beside a strip kept for the draft; IDLE: the target placed
+    # alone, the draft on its largest idle rectangle
+    placement: str = "idle"
+    draft_resident: bool = False  # the draft streams nothing but its token I/O
+    fallback: str = ""  # why the draft is not on a reserved strip (placement IDLE), if tried
 
     @property
     def draft_cores(self) -> int:
@@ -199,4 +290,6 @@ class Speculative:
             "expected_tokens_per_round": round(self.expected_tokens, 6),
             "tokens_per_s": round(self.tokens_per_s, 6),
             "plain_tokens_per_s": round(self.plain_tokens_per_s, 6),
+            "placement": self.placement, "draft_resident": self.draft_resident,
+            "fallback": self.fallback,
         }

@@ -1,9 +1,11 @@
 """`wafer compile --speculative draft=MODEL,accept=A[,k=K]` (compiler/speculative.py): option
 parsing and its errors, the expected-tokens formula, the verification step priced over k + 1
-query tokens, and the draft placed by real OR-Tools on cores the target leaves idle."""
+query tokens, and the draft placed by real OR-Tools on cores the target leaves idle or on a
+strip the target's placement keeps free for it."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -15,17 +17,27 @@ import pytest
 from compiler.cli import main
 from compiler.driver import CompileOptions, compile_model
 from compiler.errors import ExitCode, UsageError
+from compiler.placement import place
+from compiler.placement.check import validate
 from compiler.placement.problem import Rect
-from compiler.schedule.perf import PerfOptions, step_cycles, step_scale
+from compiler.schedule.perf import PerfOptions, estimate, step_cycles, step_scale
 from compiler.speculative import (
+    IDLE,
+    RESERVED,
     SpeculativeOptions,
     expected_tokens,
     largest_idle,
     parse_speculative,
+    resident,
     speculative_tokens_per_s,
+    split_reserve,
+    strip_widths,
     verify_cycles,
+    verify_schedule,
+    with_reserve,
 )
-from compiler.vocab import Mode, Phase, StepKind
+from compiler.tiling import collectives
+from compiler.vocab import CollectiveKind, Mode, Phase, StepKind
 
 MESH_20K = Path(__file__).parent / "targets" / "mesh8x8-20k.toml"
 
@@ -35,6 +47,23 @@ def spec_result():
     """llama-tiny with itself as the draft on mesh8x8 (33 of 64 cores used by the target)."""
     return compile_model("llama-tiny", "mesh8x8",
                          CompileOptions(speculative=SpeculativeOptions("llama-tiny", 0.8, 3)))
+
+
+def _narrow(tmp_path: Path, cols: int) -> Path:
+    """mesh8x8-20k cut to 8 x cols."""
+    path = tmp_path / f"mesh8x{cols}.toml"
+    path.write_text(MESH_20K.read_text().replace('name = "mesh8x8-20k"', f'name = "mesh8x{cols}"')
+                    .replace("cols = 8", f"cols = {cols}"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reserved_result(tmp_path_factory):
+    """llama-tiny and its draft on 8 x 6 cores: the draft does not fit the cores the target
+    leaves idle, so the target is placed beside a strip kept for it."""
+    target = _narrow(tmp_path_factory.mktemp("mesh"), 6)
+    return compile_model("llama-tiny", str(target),
+                         CompileOptions(speculative=SpeculativeOptions("llama-tiny", 0.8, 4)))
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -117,6 +146,30 @@ def test_verify_step_scales_work_not_weight_or_cache_reads(spec_result):
     assert plain < verify < 5 * plain  # more compute, the same phases and reads
 
 
+@pytest.mark.parametrize("queries", [5, 9])
+def test_verify_step_reduces_take_the_algorithm_cheapest_for_their_longer_tile(spec_result,
+                                                                              queries):
+    # the one-token step's reduce algorithms, scaled to k + 1 tokens (the old pricing), cost
+    # more than each reduce chosen again for its k + 1-token tile: hops and phases are paid
+    # once, the stages' tiles k + 1 times, so a longer tile favours fewer stages
+    s, t = spec_result.decode.schedule, spec_result.target
+    opts = PerfOptions(Mode.DECODE, context=s.context, queries=queries)
+    rechosen = verify_schedule(s, t, opts)
+    old = estimate(s, t, opts).cycles
+    assert verify_cycles(spec_result, queries) == estimate(rechosen, t, opts).cycles < old
+    changed = 0
+    for before, after in zip(s.steps, rechosen.steps, strict=True):
+        assert dataclasses.replace(before, algorithm=after.algorithm) == after
+        if before.kind == StepKind.COLLECTIVE and before.op_kind == CollectiveKind.REDUCE:
+            region = s.region(before.region)
+            m = region.rows if before.axis == "r" else region.cols
+            tile = before.nbytes * queries * m / (region.rows * region.cols)
+            assert after.algorithm == collectives.choose(m, tile, t).label
+            changed += before.algorithm != after.algorithm
+    assert changed
+    assert verify_schedule(s, t, PerfOptions(Mode.DECODE, context=s.context)) is s
+
+
 # -- placement -------------------------------------------------------------------------------
 
 def _overlap(a: Rect, b: Rect) -> bool:
@@ -145,7 +198,51 @@ def test_rate_comes_from_both_decode_schedules(spec_result):
     assert spec.verify_cycles == verify_cycles(spec_result, spec.k + 1)
     assert spec.tokens_per_s == pytest.approx(speculative_tokens_per_s(
         spec.draft_cycles, spec.verify_cycles, 0.8, 3, spec_result.target.core.clock_hz))
+    assert spec.target_cycles == spec_result.estimates[Mode.DECODE].cycles
+
+
+def test_the_faster_place_is_kept_and_the_other_named(spec_result):
+    # on mesh8x8 the draft fits the idle cores; the reserved strip was priced and lost
+    spec = spec_result.speculative
+    assert spec.placement == IDLE and spec.draft_resident and resident(spec.draft_result)
+    assert spec_result.reserved is None
+    assert spec.fallback.startswith("beside a reserved 8 x ")
+    other = float(spec.fallback.split(" gives ")[1].split(" tokens/s")[0].replace(",", ""))
+    assert other <= round(spec.tokens_per_s)
     assert spec.plain_tokens_per_s == spec_result.estimates[Mode.DECODE].tokens_per_s
+
+
+# -- the reserved strip ----------------------------------------------------------------------
+
+def test_strip_widths_start_where_the_smallest_rectangles_fit_and_grow():
+    assert strip_widths(78_000, 1172, 762) == (69, 74, 79, 84, 90, 96)
+    assert strip_widths(11, 8, 6) == (2, 3, 4, 5, 6)  # never wider than the wafer
+    assert strip_widths(100, 8, 6) == ()
+
+
+def test_a_reserve_is_kept_free_by_the_placer_and_split_off(spec_result):
+    problem = spec_result.problem
+    both = with_reserve(problem, 8, 2)
+    assert both.blocks[:-1] == problem.blocks and both.edges == problem.edges
+    placement = place(both, "cpsat", time_limit_s=10)
+    own, kept = split_reserve(placement)
+    assert (kept.rows, kept.cols) == (8, 2) and not validate(problem, own)
+    assert not any(_overlap(kept, r) for r in own.rects)
+
+
+def test_a_draft_without_idle_room_sits_on_a_reserved_strip(reserved_result):
+    result, spec = reserved_result, reserved_result.speculative
+    assert spec.placement == RESERVED and spec.fallback == "" and spec.draft_resident
+    assert spec.area == result.reserved and spec.area.rows == result.problem.rows
+    assert len(result.placement.rects) == len(result.problem.blocks)  # the reserve split off
+    assert not validate(result.problem, result.placement)
+    for r in spec.draft_rects:  # inside the strip, on no core of the target
+        assert spec.area.row <= r.row and r.row + r.rows <= spec.area.row + spec.area.rows
+        assert spec.area.col <= r.col and r.col + r.cols <= spec.area.col + spec.area.cols
+        assert not any(_overlap(r, t) for t in result.placement.rects)
+    assert spec.target_cycles == result.estimates[Mode.DECODE].cycles
+    alone = compile_model("llama-tiny", result.target)  # the target without the draft
+    assert spec.plain_tokens_per_s == alone.estimates[Mode.DECODE].tokens_per_s
 
 
 def test_artifacts_and_summary_say_speculative(tmp_path, capsys):
@@ -162,7 +259,8 @@ def test_artifacts_and_summary_say_speculative(tmp_path, capsys):
     schema = json.loads((Path(__file__).parent.parent / "docs" / "schedule.schema.json")
                         .read_text())
     jsonschema.validate(json.loads((out / "schedule.json").read_text()), schema)
-    assert "speculative decoding" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "speculative decoding" in html and "cores of the idle ones (wafer 0, resident)" in html
     main(["compile", "llama-tiny", "-t", "mesh8x8", "-o", str(tmp_path / "p"),
           "--speculative", "draft=llama-tiny,accept=0.7,k=2"])
     text = capsys.readouterr().out
@@ -170,16 +268,14 @@ def test_artifacts_and_summary_say_speculative(tmp_path, capsys):
 
 
 def test_a_draft_without_room_is_exit_5_naming_the_cores(tmp_path, capsys):
-    # llama-tiny takes 34 of this mesh's 48 cores, leaving no rectangle the draft fits
-    narrow = tmp_path / "mesh8x6.toml"
-    narrow.write_text(MESH_20K.read_text().replace('name = "mesh8x8-20k"', 'name = "mesh8x6"')
-                      .replace("cols = 8", "cols = 6"))
-    code = main(["compile", "llama-tiny", "-t", str(narrow), "-o", str(tmp_path / "o"),
-                 "--speculative", "draft=llama-tiny,accept=0.8"])
+    # on 8 x 5 cores neither the idle cores nor a strip beside llama-tiny hold the draft
+    code = main(["compile", "llama-tiny", "-t", str(_narrow(tmp_path, 5)), "-o",
+                 str(tmp_path / "o"), "--speculative", "draft=llama-tiny,accept=0.8"])
     line = _one_line(capsys.readouterr().err)
     assert code == ExitCode.DOES_NOT_FIT, line
     assert "does not fit on the cores llama-tiny leaves idle" in line
-    assert " cores (the smallest rectangle" in line and "the largest is" in line
+    assert "nor beside it on a reserved strip" in line
+    assert " cores (the smallest rectangle" in line and "the largest idle one is" in line
     assert not (tmp_path / "o").exists()
 
 

@@ -121,9 +121,11 @@ def _speculative_kpi(f: Facts) -> tuple[Kpi, ...]:
     if not spec:
         return ()
     a = spec["idle_area"]
+    where = "a strip kept for it" if spec.get("placement") == "reserved" else "the idle ones"
+    held = "resident" if spec.get("draft_resident") else "streaming"
     return (Kpi("speculative decoding", f"{fmt.rate(spec['tokens_per_s'])} tok/s",
-                f"draft {spec['draft']} on {fmt.count(spec['draft_cores'])} idle cores "
-                f"(wafer {a['wafer']}), accept {spec['accept']:g}, k {spec['k']}: "
+                f"draft {spec['draft']} on {fmt.count(spec['draft_cores'])} cores of {where} "
+                f"(wafer {a['wafer']}, {held}), accept {spec['accept']:g}, k {spec['k']}: "
                 f"{spec['expected_tokens_per_round']:.2f} tokens/round; "
                 f"{fmt.rate(spec['plain_tokens_per_s'])} tok/s without"),)
 
