@@ -11,8 +11,8 @@ from itertools import product
 import pytest
 from test_chain import valid
 
-from compiler.placement.bands import band_pack, body_of, cost
-from compiler.placement.chain import chain_pack
+from compiler.placement.bands import band_pack, cost
+from compiler.placement.chain import chain_pack, longest_run
 from compiler.placement.check import chain_excess2, chains, separation_bound2
 from compiler.placement.cpsat.layout import (
     LayoutInstance,
@@ -129,7 +129,7 @@ def test_band_pack_is_valid_and_near_the_raised_bound() -> None:
                           **full_ranges(1172, 762, LLAMA_128K))
     spots = band_pack(1172, 762, LLAMA_128K, edges)
     assert spots is not None and valid(1172, 762, LLAMA_128K, spots)
-    assert body_of(LLAMA_128K) == range(1, 33)
+    assert longest_run(LLAMA_128K) == range(1, 33)
     chained = chain_pack(1172, 762, LLAMA_128K, edges)
     assert chained is None or cost(LLAMA_128K, edges, spots) < cost(LLAMA_128K, edges, chained)
     assert cost(LLAMA_128K, edges, spots) < 1.2 * layout_floor(inst)  # was 1.29x on main

@@ -18,19 +18,19 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from itertools import product
 
+from compiler.placement.chain import longest_run
 from compiler.placement.geometry import Position
 
 Dims = tuple[int, int]
 Edge = tuple[int, int, int]
 Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
-MIN_BODY = 4  # alike rectangles in a row before the bands apply
 MAX_ODD = 48  # rectangles outside the body at most (each variant places them one by one)
 
 
 def band_pack(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge]
               ) -> tuple[Position, ...] | None:
     """The cheapest banded packing (doubled cost, `cost`), or None when there is no body of
-    MIN_BODY alike rectangles, more than MAX_ODD others, or no variant places every
+    chain.MIN_BODY alike rectangles, more than MAX_ODD others, or no variant places every
     rectangle. Tried as is and turned sideways (columns as bands)."""
     best: tuple[int, tuple[Position, ...]] | None = None
     for turned in (False, True):
@@ -54,22 +54,11 @@ def cost(dims: Sequence[Dims], edges: Sequence[Edge], spots: Sequence[Position])
     return total
 
 
-def body_of(dims: Sequence[Dims]) -> range | None:
-    """The longest run of consecutive equal dims, if at least MIN_BODY long."""
-    best, start = range(0), 0
-    for i in range(1, len(dims) + 1):
-        if i == len(dims) or dims[i] != dims[start]:
-            if i - start > len(best):
-                best = range(start, i)
-            start = i
-    return best if len(best) >= MIN_BODY else None
-
-
 def _variants(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge]
               ) -> Iterator[tuple[Position, ...]]:
     """Complete packings: full-height odd rectangles at the sides (leading ones left,
     trailing ones right, or the other way), the body in bands, the rest beside links."""
-    body = body_of(dims)
+    body = longest_run(dims)
     if body is None or len(dims) - len(body) > MAX_ODD:
         return
     h, w = dims[body.start]
