@@ -1,0 +1,83 @@
+"""Issue 18, the MoE giants' placement time (compiler/placement/cpsat/stages.py, real OR-Tools):
+a constructive choice at the off-chip floor that packs ends stage 1 when the area choice does
+not pack, and a wafer of mixture-of-experts units gets at most MOE_RECT_SHARE of the limit a
+rectangle in stage 2 (a dense wafer keeps its share)."""
+
+from __future__ import annotations
+
+from placement_cases import equal_chain, strip_chain
+from test_hubs import moe_chain
+
+from compiler.placement import place
+from compiler.placement.check import offchip_bytes_per_token, offchip_lower_bound, validate
+from compiler.placement.cpsat import stages
+from compiler.placement.cpsat.layout import LayoutInstance, full_ranges
+from compiler.placement.cpsat.runner import Clock, SolveParams
+
+FAST = {"time_limit_s": 3.0}
+
+
+def _area_does_not_pack(monkeypatch) -> None:
+    """Stage 1's first packing (the area choice, every term solved) fails, as Llama 4
+    Maverick's does (a wafer overfilled); the packings after it are the real ones."""
+    real, calls = stages._packed, []
+
+    def first_fails(r, res):
+        calls.append(res.summary)
+        if len(calls) == 1:
+            r.stages.append(("residency", res.summary + "; does not pack"))
+            return None
+        return real(r, res)
+
+    monkeypatch.setattr(stages, "_packed", first_fails)
+
+
+def test_a_packed_greedy_choice_at_the_floor_ends_stage_1(monkeypatch) -> None:
+    p = equal_chain(16, 16, 64, 64)  # all 16 resident blocks fit: the floor is 0
+    _area_does_not_pack(monkeypatch)
+    pl = place(p, "cpsat", **FAST)
+    lines = [line for _, line in pl.report.stages]
+    assert any("greedy choice at the off-chip floor" in line for line in lines)
+    assert not any(line.startswith(("columns", "rows", "factor 0.95")) for line in lines)
+    assert not validate(p, pl)
+    assert offchip_bytes_per_token(p, pl) == offchip_lower_bound(p) == 0
+    monkeypatch.undo()
+    _area_does_not_pack(monkeypatch)
+    monkeypatch.setattr(stages, "_at_floor", lambda r, hint, floor: [])  # the former path
+    by_strips = place(p, "cpsat", **FAST)
+    assert any(line.startswith("columns") for _, line in by_strips.report.stages)
+    assert offchip_bytes_per_token(p, by_strips) == offchip_bytes_per_token(p, pl)
+
+
+def test_when_the_greedy_choice_at_the_floor_does_not_pack_strips_still_run(monkeypatch) -> None:
+    # the greedy choice at the floor (three fast 4 x 7 blocks by area) does not pack here
+    # (strip_chain), so stage 1 goes on to strips and keeps every block resident, as before
+    p = strip_chain(3, wafers=1)
+    monkeypatch.setattr(stages, "fastest_overfill", lambda inst, choice: None)
+    pl = place(p, "cpsat", **FAST)
+    lines = [line for _, line in pl.report.stages]
+    assert "factor 1.00: greedy choice at the off-chip floor; does not pack" in lines
+    assert any(line.startswith("rows: off-chip 0") for line in lines)
+    assert offchip_bytes_per_token(p, pl) == offchip_lower_bound(p) == 0
+
+
+def _instance(dims, edges) -> LayoutInstance:
+    dims = tuple(dims)
+    return LayoutInstance(200, 200, dims, tuple(edges), hint=None,
+                          **full_ranges(200, 200, dims))
+
+
+def test_a_wafer_of_moe_units_gets_at_most_its_share_a_rectangle() -> None:
+    moe = _instance(*moe_chain(3, 4))
+    dense = _instance([(10, 10)] * len(moe.dims),
+                      [(i, i + 1, 1000) for i in range(len(moe.dims) - 1)])
+    problem = equal_chain(2, 4, 16, 16)
+    for layouts in ({0: moe, 1: dense}, {0: dense, 1: moe}):
+        r = stages._Run(problem, 30.0, Clock(SolveParams(0, 1, True), 18.0))
+        cap = stages.MOE_RECT_SHARE * 30.0 * len(moe.dims)
+        for k, inst in layouts.items():
+            share = stages._wafer_share(r, layouts, k)
+            limit = stages._wafer_limit(r, layouts, k)
+            assert limit == (min(share, cap) if inst is moe else share)
+        assert stages._wafer_limit(r, layouts, [k for k, i in layouts.items()
+                                                 if i is moe][0]) < 18.0 * 0.5
