@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ortools.sat.python import cp_model
 
 from compiler.placement.check import usable_options
-from compiler.placement.cpsat.runner import Clock, Outcome, run
+from compiler.placement.cpsat.runner import SOLVE_CHARGE_S, Clock, Outcome, run
 from compiler.placement.geometry import (
     StripClass,
     balanced_split,
@@ -43,7 +43,11 @@ TERM_WEIGHTS = {"off-chip": 2.0, "pipeline": 2.0, "cycles": 1.0, "shape": 1.0}
 # The terms after off-chip stop within this relative gap of their bound (issue 18: cycles
 # came within 0.1% of the bound at once on Llama 3 8B and then used all of their time)
 SECONDARY_GAP = 0.01
-SHARE_SCALE = 1_000  # strip shares (fractions of a strip) as integers for balanced_split
+SHARE_SCALE = 1_000
+# The pipeline term's first try, of its time: a search no better than its hint by then stops
+# (_solve_term). Qwen3-235B-A22B's and Llama 4 Maverick's ran their whole share (1.4 and 1.1
+# s of the budget) and ended on their hint; Mixtral's and gpt-oss-120B's bettered it at once
+PIPELINE_TRY = 0.25  # strip shares (fractions of a strip) as integers for balanced_split
 
 
 # -- instance ----------------------------------------------------------------------------------
@@ -538,12 +542,15 @@ def _lexicographic(
     left_before, lex = clock.left, _Lex()
     for t, (name, expr) in enumerate(terms):
         left = limit - (left_before - clock.left)
+        start = None
         if name == "pipeline" and lex.best is not None:
-            hint_residency(model, inst, v, _rebalanced(inst, lex.best))
+            start = _rebalanced(inst, lex.best)
+            hint_residency(model, inst, v, start)
         model.minimize(expr)
         clock.enter(f"stage 1 {label(inst)}: {name}")
-        out = run(model, left * weights[t] / sum(weights[t:]), clock,
-                  0.0 if name == "off-chip" else SECONDARY_GAP)
+        out = _solve_term(model, left * weights[t] / sum(weights[t:]), clock,
+                          0.0 if name == "off-chip" else SECONDARY_GAP,
+                          None if start is None else pipeline_cost(inst, start))
         if out.infeasible and lex.best is None:
             return None
         lex.take(model, inst, v, (name, expr), out)
@@ -561,6 +568,27 @@ def _lexicographic(
             clock.charge(limit - (left_before - clock.left), rest)
             break
     return lex.residency(inst, all(name != "off-chip" for name, _ in terms))
+
+
+def _solve_term(model: cp_model.CpModel, share: float, clock: Clock, gap: float,
+                start_cost: int | None) -> Outcome:
+    """One term's solve in `share`. The pipeline term (`start_cost`: its hint's, the balanced
+    split of the off-chip choice) runs PIPELINE_TRY of its share first; a search that has not
+    bettered its hint by then stops with it, and the clock is charged the whole share, so the
+    later solves get the time (and give the answers) they had when it ran on. Otherwise the
+    search runs again from the start with the whole share (the first try refunded): the
+    answer of one solve in the share, as before."""
+    if start_cost is None:
+        return run(model, share, clock, gap)
+    before = clock.left
+    out = run(model, PIPELINE_TRY * share, clock, gap)
+    if out.status in (cp_model.OPTIMAL, cp_model.INFEASIBLE):  # the whole share's answer too
+        return out
+    if out.solved and out.objective >= start_cost:
+        clock.charge(max(0.0, share - (before - clock.left) + SOLVE_CHARGE_S), 0)
+        return out
+    clock.left = before
+    return run(model, share, clock, gap)
 
 
 def hopeless(out: Outcome, left: float, weights: Sequence[float], had: float) -> bool:
