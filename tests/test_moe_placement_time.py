@@ -2,10 +2,12 @@
 a constructive choice at the off-chip floor that packs ends stage 1 when the area choice does
 not pack, and a wafer of mixture-of-experts units gets at most MOE_RECT_SHARE of the limit a
 rectangle in stage 2 (a dense wafer keeps its share); the pipeline term stops after a first
-try that does not better its hint, with the answer and charge of its whole solve."""
+try that does not better its hint, with the answer and charge of its whole solve; a units
+wafer's neighbourhoods leave out the edges between two fixed rectangles, for the same layout."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -13,10 +15,10 @@ from ortools.sat.python import cp_model
 from placement_cases import equal_chain, strip_chain
 from test_hubs import moe_chain
 
-from compiler.placement import place
+from compiler.placement import chain, place
 from compiler.placement.check import offchip_bytes_per_token, offchip_lower_bound, validate
-from compiler.placement.cpsat import runner, stages
-from compiler.placement.cpsat.layout import LayoutInstance, full_ranges
+from compiler.placement.cpsat import lns, runner, stages
+from compiler.placement.cpsat.layout import LayoutInstance, full_ranges, layout_cost, solve_layout
 from compiler.placement.cpsat.residency import _solve_term
 from compiler.placement.cpsat.runner import Clock, SolveParams
 
@@ -123,3 +125,20 @@ def test_a_pipeline_try_gives_the_whole_solve_s_answer_and_charge(hint) -> None:
     assert try_clock.left == pytest.approx(whole_clock.left, abs=1e-3)
     if hint == GOOD:  # stopped after the try: its own search was a quarter of the share
         assert tried.solver.deterministic_time < 0.5 * whole.solver.deterministic_time
+
+
+def test_a_units_neighbourhood_without_its_fixed_edges_solves_to_the_same_layout() -> None:
+    dims, edges = moe_chain(4, 4)
+    rows = cols = 60
+    hint = chain.chain_pack(rows, cols, dims, edges)
+    inst = dataclasses.replace(_instance(dims, edges), rows=rows, cols=cols, hint=hint,
+                               **full_ranges(rows, cols, tuple(dims)))
+    free = frozenset(range(6, 12))  # the second unit and the router after it
+    whole = lns.neighbourhood(inst, hint, free)
+    part = lns._solved_part(whole, free, units=True)
+    assert lns._solved_part(whole, free, units=False) is whole
+    assert part.edges and all(i in free or j in free for i, j, _ in part.edges)
+    assert len(part.edges) < len(whole.edges)
+    solved = [solve_layout(x, 0.5, Clock(SolveParams(0, 1, True), 10.0)) for x in (whole, part)]
+    assert solved[0].spots == solved[1].spots
+    assert layout_cost(inst, solved[1].spots) <= layout_cost(inst, hint)
