@@ -51,7 +51,7 @@ def test_a_packed_greedy_choice_at_the_floor_ends_stage_1(monkeypatch) -> None:
     assert offchip_bytes_per_token(p, pl) == offchip_lower_bound(p) == 0
     monkeypatch.undo()
     _area_does_not_pack(monkeypatch)
-    monkeypatch.setattr(stages, "_at_floor", lambda r, hint, floor: [])  # the former path
+    monkeypatch.setattr(stages, "_at_floor", lambda r, area, hint, floor: [])  # the former path
     by_strips = place(p, "cpsat", **FAST)
     assert any(line.startswith("columns") for _, line in by_strips.report.stages)
     assert offchip_bytes_per_token(p, by_strips) == offchip_bytes_per_token(p, pl)
@@ -142,3 +142,16 @@ def test_a_units_neighbourhood_without_its_fixed_edges_solves_to_the_same_layout
     solved = [solve_layout(x, 0.5, Clock(SolveParams(0, 1, True), 10.0)) for x in (whole, part)]
     assert solved[0].spots == solved[1].spots
     assert layout_cost(inst, solved[1].spots) <= layout_cost(inst, hint)
+
+
+def test_the_area_solve_s_choice_before_its_last_terms_is_packed_first() -> None:
+    """Llama 4 Maverick: the cycles term's fastest shapes overfill a wafer, the choice after
+    the pipeline term packs (squarer expert groups, 4.2e8 -> 2.5e8 byte-hops)."""
+    p = equal_chain(16, 16, 64, 64)  # everything resident tiles the wafer: the floor is 0
+    resident, streaming = (0,) * 16, (0,) * 15 + (1,)
+    area = stages.Residency(resident, (0,) * 16, True, "factor 1.00: as solved", 0, True, (
+        ("shape", (streaming, (0,) * 16)), ("pipeline", (resident, (0,) * 16))))
+    r = stages._Run(p, 3.0, Clock(SolveParams(0, 1, True), 1.8))
+    (res, layouts), = stages._at_floor(r, area, None, 0)
+    assert res.summary.startswith("factor 1.00: the choice after its pipeline term")
+    assert res.options == resident and len(layouts) == 1  # the streaming one was skipped

@@ -507,6 +507,9 @@ class Residency:
     summary: str
     offchip_bound: int = 0  # streamed bytes no choice under the instance's capacity beats
     complete: bool = True  # every term was solved (solve_residency's `enough` did not stop it)
+    # the choice after each term solved before the last, latest first: what the later terms
+    # changed (stages._at_floor packs these when the answer does not pack)
+    earlier: tuple[tuple[str, Choice], ...] = ()
 
 
 Enough = Callable[[ResidencyInstance, Choice], str | None]  # why to stop after off-chip, if so
@@ -607,6 +610,7 @@ class _Lex:
     lines: list[str] = field(default_factory=list)
     offchip_bound: int = 0
     complete: bool = True
+    steps: list[tuple[str, Choice]] = field(default_factory=list)  # each term's choice
 
     def take(self, model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyVars,
              term: tuple[str, cp_model.LinearExprT], out: Outcome) -> None:
@@ -620,6 +624,7 @@ class _Lex:
             return
         value = out.value(expr)
         self.best = _extract_residency(out, inst, v)
+        self.steps.append((name, self.best))
         self.optimal &= out.optimal
         if name == "off-chip":
             self.offchip_bound = math.ceil(out.bound - 1e-6)
@@ -636,8 +641,12 @@ class _Lex:
         if strips:
             options = grouped_choices(inst.problem, options, wafer_of)
         optimal = self.optimal and not strips and inst.capacity >= inst.problem.cores_per_wafer
+        earlier = tuple((name, c) for name, c in reversed(self.steps[:-1])
+                        if tuple(c[0]) != tuple(self.best[0]) or tuple(c[1]) != tuple(
+                            self.best[1]))
         return Residency(tuple(options), tuple(wafer_of), optimal,
-                         f"{label(inst)}: " + "; ".join(self.lines), bound, self.complete)
+                         f"{label(inst)}: " + "; ".join(self.lines), bound, self.complete,
+                         earlier)
 
 
 def _extract_residency(
