@@ -145,8 +145,8 @@ def test_a_units_neighbourhood_without_its_fixed_edges_solves_to_the_same_layout
 
 
 def test_the_area_solve_s_choice_before_its_last_terms_is_packed_first() -> None:
-    """Llama 4 Maverick: the cycles term's fastest shapes overfill a wafer, the choice after
-    the pipeline term packs (squarer expert groups, 4.2e8 -> 2.5e8 byte-hops)."""
+    """Llama 4 Maverick: its area choice, cycles and shape solved, overfills a wafer; the
+    choice after the pipeline term packs (4.2e8 -> 2.5e8 byte-hops)."""
     p = equal_chain(16, 16, 64, 64)  # everything resident tiles the wafer: the floor is 0
     resident, streaming = (0,) * 16, (0,) * 15 + (1,)
     area = stages.Residency(resident, (0,) * 16, True, "factor 1.00: as solved", 0, True, (

@@ -227,15 +227,17 @@ def _stages_1(r: _Run) -> tuple[Residency | None, dict[int, LayoutInstance] | No
 def _at_floor(r: _Run, area: Residency, hint: Placement | None, floor: float) -> list[Packed]:
     """When the area choice, every term solved, does not pack: the first choice at the
     off-chip floor that packs of the area solve's choices before its last terms (latest
-    first: the terms after the pipeline lean to the fastest shapes, which may not pack) and
+    first: the cycles and shape terms may lean to a choice that does not pack) and
     the constructive ones (residency_hints: greedy by area, the greedy placement's; least
     pipeline cost first). Nothing streams less, so strips and lower factors, which only look
     for a choice streaming less than what packs, are not tried. Llama 4 Maverick: its area
     choice (cycles solved) overfills a wafer; by columns (UNKNOWN in its share) it packed a
     greedy choice streaming 786 MB a token, and at factor 0.95 (UNKNOWN) the greedy choice
     at the floor, ~2 units of the budget and ~1 CPU s of packings later. Its choice after
-    the pipeline term packs, with expert groups of squarer shapes: 4.2e8 -> 2.5e8 byte-hops,
-    decode 713 -> 724 tokens/s expected."""
+    the pipeline term packs (the same shapes, each wafer cut before the dense block that
+    feeds a router instead of after the one its groups combine into; slowest wafer 159,591
+    -> 148,445 cycles): byte-hops 4.2e8 -> 2.5e8 with the combines across the wafer link
+    (inter-wafer bytes 246 -> 471 KB a token), decode 713 -> 724 tokens/s expected."""
     inst = residency_instance(r.problem)
     hints = sorted(residency_hints(inst, hint), key=lambda c: pipeline_cost(inst, c))
     tries = [(f"{label(inst)}: the choice after its {name} term", c) for name, c in area.earlier]
