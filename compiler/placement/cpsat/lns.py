@@ -18,6 +18,7 @@ neighbourhoods that were most of its placement time.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -103,7 +104,8 @@ def improve(
             left = limit - (left_before - clock.left)
             if left <= 0.01 or clock.cut_by_deadline():
                 return spots, f"{solves} neighbourhoods, {gains} better"
-            res = solve_layout(neighbourhood(inst, spots, free), min(left, LNS_STEP), clock)
+            res = solve_layout(_solved_part(neighbourhood(inst, spots, free), free, units),
+                               min(left, LNS_STEP), clock)
             solves += 1
             new_cost = layout_cost(inst, res.spots) if res.spots is not None else cost
             if res.spots is not None and new_cost < cost:
@@ -115,6 +117,16 @@ def improve(
                     return spots, f"{solves} neighbourhoods, {gains} better, then stalled"
                 window = (cost, 0)
     return spots, f"{solves} neighbourhoods, {gains} better"
+
+
+def _solved_part(inst: LayoutInstance, free: frozenset[int], units: bool) -> LayoutInstance:
+    """A wafer of MoE units: the neighbourhood without the edges between two fixed rectangles
+    (constants; CP-SAT's presolve drops them, so the same layouts, but building them was a
+    third of Qwen3-235B-A22B's neighbourhood time: ~100 edges, ~20 touching the free ones)."""
+    if not units:
+        return inst
+    return dataclasses.replace(inst, edges=tuple(e for e in inst.edges
+                                                 if e[0] in free or e[1] in free))
 
 
 def _stalled(pass_start: int | None, cost: int, good: float) -> bool:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ortools.sat.python import cp_model
 
 from compiler.placement.check import usable_options
-from compiler.placement.cpsat.runner import Clock, Outcome, run
+from compiler.placement.cpsat.runner import SOLVE_CHARGE_S, Clock, Outcome, run
 from compiler.placement.geometry import (
     StripClass,
     balanced_split,
@@ -43,7 +43,11 @@ TERM_WEIGHTS = {"off-chip": 2.0, "pipeline": 2.0, "cycles": 1.0, "shape": 1.0}
 # The terms after off-chip stop within this relative gap of their bound (issue 18: cycles
 # came within 0.1% of the bound at once on Llama 3 8B and then used all of their time)
 SECONDARY_GAP = 0.01
-SHARE_SCALE = 1_000  # strip shares (fractions of a strip) as integers for balanced_split
+SHARE_SCALE = 1_000
+# The pipeline term's first try, of its time: a search no better than its hint by then stops
+# (_solve_term). Qwen3-235B-A22B's and Llama 4 Maverick's ran their whole share (1.4 and 1.1
+# s of the budget) and ended on their hint; Mixtral's and gpt-oss-120B's bettered it at once
+PIPELINE_TRY = 0.25  # strip shares (fractions of a strip) as integers for balanced_split
 
 
 # -- instance ----------------------------------------------------------------------------------
@@ -503,6 +507,9 @@ class Residency:
     summary: str
     offchip_bound: int = 0  # streamed bytes no choice under the instance's capacity beats
     complete: bool = True  # every term was solved (solve_residency's `enough` did not stop it)
+    # the choice after each term solved before the last, latest first: what the later terms
+    # changed (stages._at_floor packs these when the answer does not pack)
+    earlier: tuple[tuple[str, Choice], ...] = ()
 
 
 Enough = Callable[[ResidencyInstance, Choice], str | None]  # why to stop after off-chip, if so
@@ -538,12 +545,15 @@ def _lexicographic(
     left_before, lex = clock.left, _Lex()
     for t, (name, expr) in enumerate(terms):
         left = limit - (left_before - clock.left)
+        start = None
         if name == "pipeline" and lex.best is not None:
-            hint_residency(model, inst, v, _rebalanced(inst, lex.best))
+            start = _rebalanced(inst, lex.best)
+            hint_residency(model, inst, v, start)
         model.minimize(expr)
         clock.enter(f"stage 1 {label(inst)}: {name}")
-        out = run(model, left * weights[t] / sum(weights[t:]), clock,
-                  0.0 if name == "off-chip" else SECONDARY_GAP)
+        out = _solve_term(model, left * weights[t] / sum(weights[t:]), clock,
+                          0.0 if name == "off-chip" else SECONDARY_GAP,
+                          None if start is None else pipeline_cost(inst, start))
         if out.infeasible and lex.best is None:
             return None
         lex.take(model, inst, v, (name, expr), out)
@@ -563,6 +573,27 @@ def _lexicographic(
     return lex.residency(inst, all(name != "off-chip" for name, _ in terms))
 
 
+def _solve_term(model: cp_model.CpModel, share: float, clock: Clock, gap: float,
+                start_cost: int | None) -> Outcome:
+    """One term's solve in `share`. The pipeline term (`start_cost`: its hint's, the balanced
+    split of the off-chip choice) runs PIPELINE_TRY of its share first; a search that has not
+    bettered its hint by then stops with it, and the clock is charged the whole share, so the
+    later solves get the time (and give the answers) they had when it ran on. Otherwise the
+    search runs again from the start with the whole share (the first try refunded): the
+    answer of one solve in the share, as before."""
+    if start_cost is None:
+        return run(model, share, clock, gap)
+    before = clock.left
+    out = run(model, PIPELINE_TRY * share, clock, gap)
+    if out.status in (cp_model.OPTIMAL, cp_model.INFEASIBLE):  # the whole share's answer too
+        return out
+    if out.solved and out.objective >= start_cost:
+        clock.charge(max(0.0, share - (before - clock.left) + SOLVE_CHARGE_S), 0)
+        return out
+    clock.left = before
+    return run(model, share, clock, gap)
+
+
 def hopeless(out: Outcome, left: float, weights: Sequence[float], had: float) -> bool:
     """A term's solve found no solution in its time (`had`, not infeasible) and the next
     term, on the same model with one more constraint, would have no more (Qwen3-235B's
@@ -579,6 +610,7 @@ class _Lex:
     lines: list[str] = field(default_factory=list)
     offchip_bound: int = 0
     complete: bool = True
+    steps: list[tuple[str, Choice]] = field(default_factory=list)  # each term's choice
 
     def take(self, model: cp_model.CpModel, inst: ResidencyInstance, v: ResidencyVars,
              term: tuple[str, cp_model.LinearExprT], out: Outcome) -> None:
@@ -592,6 +624,7 @@ class _Lex:
             return
         value = out.value(expr)
         self.best = _extract_residency(out, inst, v)
+        self.steps.append((name, self.best))
         self.optimal &= out.optimal
         if name == "off-chip":
             self.offchip_bound = math.ceil(out.bound - 1e-6)
@@ -608,8 +641,12 @@ class _Lex:
         if strips:
             options = grouped_choices(inst.problem, options, wafer_of)
         optimal = self.optimal and not strips and inst.capacity >= inst.problem.cores_per_wafer
+        earlier = tuple((name, c) for name, c in reversed(self.steps[:-1])
+                        if tuple(c[0]) != tuple(self.best[0]) or tuple(c[1]) != tuple(
+                            self.best[1]))
         return Residency(tuple(options), tuple(wafer_of), optimal,
-                         f"{label(inst)}: " + "; ".join(self.lines), bound, self.complete)
+                         f"{label(inst)}: " + "; ".join(self.lines), bound, self.complete,
+                         earlier)
 
 
 def _extract_residency(

@@ -50,7 +50,7 @@ from compiler.placement.cpsat.runner import DET_SHARE, WALL_SHARE, Clock, SolveP
 from compiler.placement.cpsat.wafer import WaferLayout, place_wafer
 from compiler.placement.geometry import STRIPS, Position, any_pack, skyline_shapes
 from compiler.placement.greedy import alike, first_fit, serpentine, usable
-from compiler.placement.hubs import unit_wafer, whole_units
+from compiler.placement.hubs import hub_units, unit_wafer, whole_units
 from compiler.placement.problem import (
     Placement,
     PlacementProblem,
@@ -69,6 +69,14 @@ STAGE1_SHARES = (0.1, 0.08, 0.05)
 # CP-SAT packing when greedy packers fail: all rescues share RESCUE_SHARE of the limit, each
 # gets at most RESCUE_STEP of it, and only wafers of at most RESCUE_MAX_BLOCKS blocks try.
 RESCUE_SHARE, RESCUE_STEP, RESCUE_MAX_BLOCKS = 0.1, 0.03, 24
+# A wafer holding mixture-of-experts units (hubs.hub_units) gets at most this share of the
+# time limit per rectangle in stage 2. Its separation bound is loose (a router's expert groups
+# cannot all touch it), so no stop rule ends its search near the bound, and its share by edges
+# times the wafers sharing its layout ran to the end: Llama 4 Maverick's 10-rectangle wafer,
+# laid out once for 21 wafers, took 7-8 of the 18 s budget (~5 CPU s) for the layout that 3 s
+# of it found. At 0.7% (2.1 s of the budget there) Maverick's byte-hops are 0.01% above those
+# at 1%, at 0.5% 0.4%. The other MoE wafers stop sooner (lns.PATIENCE) than this
+MOE_RECT_SHARE = 0.007
 # The chain packing is CP-SAT's stage-2 hint when it is within this factor of the separation
 # bound and cheaper than the greedy packing (see _nearer).
 CHAIN_NEAR = 2.0
@@ -145,10 +153,20 @@ def _place_wafers(r: _Run, layouts: dict[int, LayoutInstance]) -> dict[int, Wafe
                              f"{first[inst]}: its layout"))
             continue
         first[inst] = k
-        placed[k] = place_wafer(inst, _wafer_share(r, layouts, k), r.clock, f"wafer {k}",
+        placed[k] = place_wafer(inst, _wafer_limit(r, layouts, k), r.clock, f"wafer {k}",
                                 units=unit_wafer(inst.dims, inst.edges) is not None)
         r.stages.append((f"wafer {k}", blocks + placed[k].summary))
     return placed
+
+
+def _wafer_limit(r: _Run, layouts: dict[int, LayoutInstance], k: int) -> float:
+    """This wafer's time: its share (`_wafer_share`), at most MOE_RECT_SHARE of the budget per
+    rectangle on a wafer of mixture-of-experts units (hubs.hub_units)."""
+    inst = layouts[k]
+    share = _wafer_share(r, layouts, k)
+    if not hub_units(inst.dims, inst.edges):
+        return share
+    return min(share, MOE_RECT_SHARE * r.budget_s * len(inst.dims))
 
 
 def _wafer_share(r: _Run, layouts: dict[int, LayoutInstance], k: int) -> float:
@@ -190,6 +208,8 @@ def _stages_1(r: _Run) -> tuple[Residency | None, dict[int, LayoutInstance] | No
     floor = max(first.offchip_bound, offchip_lower_bound(problem) - problem.io_bytes_per_token)
     area = _packed(r, first) if first.complete else _unpacked(r, first)
     found = [area] if area is not None else []
+    if area is None and first.complete:
+        found += _at_floor(r, first, hint, floor)
     if _least(r, found) > floor:
         found += _by_strips(r, hint, floor, _least(r, found))
     if area is None and _least(r, found) > floor:
@@ -202,6 +222,34 @@ def _stages_1(r: _Run) -> tuple[Residency | None, dict[int, LayoutInstance] | No
     if len(found) > 1:
         r.stages.append(("residency", f"kept {best[0].summary.split(':')[0]}"))
     return best
+
+
+def _at_floor(r: _Run, area: Residency, hint: Placement | None, floor: float) -> list[Packed]:
+    """When the area choice, every term solved, does not pack: the first choice at the
+    off-chip floor that packs of the area solve's choices before its last terms (latest
+    first: the cycles and shape terms may lean to a choice that does not pack) and
+    the constructive ones (residency_hints: greedy by area, the greedy placement's; least
+    pipeline cost first). Nothing streams less, so strips and lower factors, which only look
+    for a choice streaming less than what packs, are not tried. Llama 4 Maverick: its area
+    choice (cycles solved) overfills a wafer; by columns (UNKNOWN in its share) it packed a
+    greedy choice streaming 786 MB a token, and at factor 0.95 (UNKNOWN) the greedy choice
+    at the floor, ~2 units of the budget and ~1 CPU s of packings later. Its choice after
+    the pipeline term packs (the same shapes, each wafer cut before the dense block that
+    feeds a router instead of after the one its groups combine into; slowest wafer 159,591
+    -> 148,445 cycles): byte-hops 4.2e8 -> 2.5e8 with the combines across the wafer link
+    (inter-wafer bytes 246 -> 471 KB a token), decode 713 -> 724 tokens/s expected."""
+    inst = residency_instance(r.problem)
+    hints = sorted(residency_hints(inst, hint), key=lambda c: pipeline_cost(inst, c))
+    tries = [(f"{label(inst)}: the choice after its {name} term", c) for name, c in area.earlier]
+    tries += [(f"{label(inst)}: greedy choice at the off-chip floor", c) for c in hints]
+    for summary, (options, wafer_of) in tries:
+        if offchip_of(r.problem, options) > floor:
+            continue
+        res = Residency(tuple(options), tuple(wafer_of), False, summary, int(floor))
+        packed = _packed(r, res)
+        if packed is not None:
+            return [packed]
+    return []
 
 
 def _unpacked(r: _Run, res: Residency) -> None:
