@@ -415,10 +415,12 @@ def _inspect_text(g: ir.Graph, cost, hist: Counter) -> str:
 
 def cmd_compile(args) -> int:
     from compiler.progress import stage_display
+    from compiler.stages import spaced_collections
 
     display = stage_display(args.quiet)
     try:
-        return _compile(args, display)
+        with spaced_collections():  # the compile's and OUT's: few full collections
+            return _compile(args, display)
     finally:
         display.close()
 
