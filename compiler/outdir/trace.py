@@ -56,9 +56,10 @@ _STEP_FIELDS = dataclasses.fields(Step)
 # --- schedule.json ------------------------------------------------------------------------------
 
 
-def schedule_doc(schedule: Schedule, target: Target,
-                 timelines: dict[str, Timeline]) -> dict[str, Any]:
-    """schedule.json content: the schedule and, per mode (decode, prefill), its timeline."""
+def schedule_doc(schedule: Schedule, target: Target, timelines: dict[str, Timeline],
+                 steps: bool = True) -> dict[str, Any]:
+    """schedule.json content: the schedule and, per mode (decode, prefill), its timeline;
+    without `steps`, no step list (outdir/write.py `report_texts`)."""
     s = schedule
     return {
         "schema_version": SCHEDULE_SCHEMA_VERSION,
@@ -70,7 +71,7 @@ def schedule_doc(schedule: Schedule, target: Target,
         "residency": dict(s.residency),
         "regions": [dataclasses.asdict(r) for r in s.regions],
         **({"kv_caches": [_cache_doc(c) for c in s.caches]} if s.caches else {}),
-        "steps": [step_doc(st) for st in s.steps],
+        **({"steps": [step_doc(st) for st in s.steps]} if steps else {}),
         "timing": {mode: _timing_doc(tl) for mode, tl in timelines.items()},
     }
 
