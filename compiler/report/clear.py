@@ -5,6 +5,7 @@ the middle first; where every place is crossed, the least crossed one. All in co
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 from compiler.report.view import Arrow, LayerBox
@@ -43,9 +44,22 @@ def _placed(b: LayerBox, rects: Sequence[Rect]) -> LayerBox:
     spare_x, spare_y = max(0.0, (b.cols - w) / 2), max(0.0, (b.rows - h) / 2)
     spots = sorted(((cx + i * spare_x, cy + j * spare_y) for i in STEPS for j in STEPS),
                    key=lambda p: (abs(p[0] - cx) / (b.cols or 1)) + abs(p[1] - cy) / (b.rows or 1))
-    x, y = min(spots, key=lambda p: _crossed((p[0] - w / 2, p[1] - h / 2, p[0] + w / 2,
-                                               p[1] + h / 2), mine))
+    x, y = _least_crossed(spots, w, h, mine)
     return dataclasses.replace(b, label_x=round(x, 3), label_y=round(y, 3))
+
+
+def _least_crossed(spots: list[tuple[float, float]], w: float, h: float,
+                   rects: Sequence[Rect]) -> tuple[float, float]:
+    """The first spot whose w x h label the rectangles cross least: the first one they do
+    not cross at all, when there is one (no area is less than none)."""
+    best, least = spots[0], math.inf
+    for x, y in spots:
+        crossed = _crossed((x - w / 2, y - h / 2, x + w / 2, y + h / 2), rects)
+        if crossed < least:
+            best, least = (x, y), crossed
+            if crossed == 0:
+                break
+    return best
 
 
 def band_x(col: int, cols: int, offchip: Sequence[Arrow], scale: float) -> float:
