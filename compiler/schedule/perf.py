@@ -255,11 +255,12 @@ def timeline(s: Schedule, t: Target, opts: PerfOptions | None = None,
         ready, cause = max(((ends[d], d) for d in step.deps), default=(0, -1))
         if step.id in kv_reads:
             ready, cause = max((ready, cause), _read(free, s, step, kv_reads[step.id]))
-        for res in _resources(step, s):
+        held = _resources(step, s)
+        for res in held:
             if free[res][0] > ready:
                 ready, cause = free[res]
         starts[step.id], ends[step.id], why[step.id] = ready, ready + dur, cause
-        for res in _resources(step, s):
+        for res in held:
             free[res] = (ends[step.id], step.id)
     makespan = max(ends, default=0)
     return Timeline(tuple(starts), tuple(ends), makespan, _critical(ends, why, makespan))
