@@ -5,8 +5,9 @@ the middle first; where every place is crossed, the least crossed one. All in co
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
+
+import numpy as np
 
 from compiler.report.view import Arrow, LayerBox
 
@@ -50,16 +51,16 @@ def _placed(b: LayerBox, rects: Sequence[Rect]) -> LayerBox:
 
 def _least_crossed(spots: list[tuple[float, float]], w: float, h: float,
                    rects: Sequence[Rect]) -> tuple[float, float]:
-    """The first spot whose w x h label the rectangles cross least: the first one they do
-    not cross at all, when there is one (no area is less than none)."""
-    best, least = spots[0], math.inf
-    for x, y in spots:
-        crossed = _crossed((x - w / 2, y - h / 2, x + w / 2, y + h / 2), rects)
-        if crossed < least:
-            best, least = (x, y), crossed
-            if crossed == 0:
-                break
-    return best
+    """The first spot whose w x h label the rectangles cross least (`_crossed` at every spot
+    at once: the same sums, added in the same order)."""
+    xy = np.array(spots)
+    x0, y0 = xy[:, 0] - w / 2, xy[:, 1] - h / 2
+    x1, y1 = xy[:, 0] + w / 2, xy[:, 1] + h / 2
+    crossed = np.zeros(len(spots))
+    for r in rects:
+        crossed = crossed + (np.maximum(0.0, np.minimum(x1, r[2]) - np.maximum(x0, r[0]))
+                             * np.maximum(0.0, np.minimum(y1, r[3]) - np.maximum(y0, r[1])))
+    return spots[int(np.argmin(crossed))]
 
 
 def band_x(col: int, cols: int, offchip: Sequence[Arrow], scale: float) -> float:
