@@ -81,13 +81,17 @@ def _cache_doc(c: KVCacheRef) -> dict[str, Any]:
             "spec": [a or "-" for a in c.spec]}
 
 
+_DEFAULTS = tuple((f.name, f.default) for f in _STEP_FIELDS)
+_KEPT = {kind: frozenset(_ALWAYS) | frozenset(fields) for kind, fields in KIND_FIELDS.items()}
+
+
 def step_doc(step: Step) -> dict[str, Any]:
-    keep = set(_ALWAYS) | set(KIND_FIELDS.get(step.kind, ()))
+    keep = _KEPT.get(step.kind, _ALWAYS)
     out: dict[str, Any] = {}
-    for f in _STEP_FIELDS:
-        value = getattr(step, f.name)
-        if f.name in keep or value != f.default:
-            out[f.name] = _encode(f.name, value)
+    for name, default in _DEFAULTS:
+        value = getattr(step, name)
+        if name in keep or value != default:
+            out[name] = _encode(name, value)
     return out
 
 
