@@ -66,7 +66,7 @@ def _cells(f: Facts, panels: tuple[WaferPanel, ...]) -> str:
     header = ["wafer", "row", "col", "rows", "cols", "cores", "cores_used",
               "sram_utilization_mean", "sram_utilization_max", "busiest_link_bytes_per_token",
               "all_links_bytes_per_token", "loaded_links"]
-    # one panel's rows at a time: a 22-wafer giant has 220,000 cells (~80 MB as lists)
+    # one panel's rows at a time: a 22-wafer giant has 220,000 cells (~65 MB as lists)
     return _csv(header, itertools.chain.from_iterable(_panel_cells(f, p) for p in panels))
 
 
