@@ -437,6 +437,7 @@ def _compile(args, display) -> int:
         summary_doc,
         write_outputs,
     )
+    from compiler.stages import spaced_collections
     from compiler.tiling.candidates import TilingOptions
 
     out = Path(args.output)
@@ -465,11 +466,12 @@ def _compile(args, display) -> int:
     if args.decode:
         cli_decode.require_plan(result, args.decode)  # refuse before writing OUT
     stages = list(result.stage_times)
-    files = _shown(display, stages, "artifacts", artifact_files, result, report=False)
-    if not args.no_report:
-        files.update(_shown(display, stages, "report", report_texts, files, result))
-    files["compile_log.json"] = dumps(compile_log(result, stages))  # with OUT's own stages
-    _shown(display, stages, "write", write_outputs, out, files, force=args.force)
+    with spaced_collections():  # OUT's documents only grow, like the compile's objects
+        files = _shown(display, stages, "artifacts", artifact_files, result, report=False)
+        if not args.no_report:
+            files.update(_shown(display, stages, "report", report_texts, files, result))
+        files["compile_log.json"] = dumps(compile_log(result, stages))  # with OUT's stages
+        _shown(display, stages, "write", write_outputs, out, files, force=args.force)
     with display.paused():
         _warn_time_limit(result.placement.report)
     if args.verify:

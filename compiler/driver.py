@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,7 @@ from compiler.speculative import (
     sub_target,
     with_reserve,
 )
-from compiler.stages import StageHook, Stages, StartHook, check
+from compiler.stages import StageHook, Stages, StartHook, check, spaced_collections
 from compiler.target import Target, load_target
 from compiler.tiling.candidates import (
     DecodeStep,
@@ -210,8 +211,17 @@ def compile_model(model: str | Path, target: str | Path | Target,
     carries over to (warm.translate) warm-starts CP-SAT from it with HINT_SHARE of the
     deterministic budget (the wall-clock deadline stays the whole time limit) and keeps the
     better of the two. `CompileResult.reused` names what was taken
-    ("placement" for an equal problem, "hint" for a warm start)."""
-    options = options or CompileOptions()
+    ("placement" for an equal problem, "hint" for a warm start). The collector's full
+    passes are spaced out meanwhile (stages.spaced_collections)."""
+    with spaced_collections():
+        return _compile(model, target, options or CompileOptions(), on_stage, on_start,
+                        on_progress, reuse, hint)
+
+
+def _compile(model: str | Path, target: str | Path | Target, options: CompileOptions,
+             on_stage: StageHook | None, on_start: StartHook | None,
+             on_progress: ProgressHook | None, reuse: Reuse | None,
+             hint: PlacementHint | None) -> CompileResult:
     if options.speculative is not None:
         _check_draft(options.speculative.draft)
     used: list[str] = []
@@ -229,6 +239,8 @@ def compile_model(model: str | Path, target: str | Path | Target,
         forms, steps = (reuse.decode_forms(model, options.frontend, graph, context, used)
                         if reuse else _decode_forms(model, graph, context))
         drop_kept()  # the model at one token was bound from the opened model (or not needed)
+        if "frontend" not in used:  # the opened ONNX model's reference cycles, now garbage
+            gc.collect()
         tile = functools.partial(_tiling, graph, tgt, options, steps)
         key = (str(model), options.frontend, tgt, options.tiling, options.routing,
                options.check)

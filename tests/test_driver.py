@@ -21,7 +21,15 @@ from compiler.driver import CompileOptions, SolverOptions, compile_model
 from compiler.errors import CapacityError, ExitCode, InternalError
 from compiler.placement.problem import Edge
 from compiler.schedule.check import schedule_problems, timeline_problems
-from compiler.stages import CheckError, Stages, at_layer, check, layer_of
+from compiler.stages import (
+    FULL_EVERY,
+    CheckError,
+    Stages,
+    at_layer,
+    check,
+    layer_of,
+    spaced_collections,
+)
 from compiler.sweep.plan import plan_sweep
 from compiler.sweep.point import ERROR, run_point
 from compiler.tiling.check import tiled_problems
@@ -72,6 +80,20 @@ def test_a_failed_stage_is_not_reported_done_and_interrupts_pass_through():
                        r"\(rerun"), stage("d"):
         raise AssertionError
     assert done == ["a"] and [name for name, _ in stage.times] == ["a"]
+
+
+def test_a_compile_spaces_out_full_collections_and_restores_the_thresholds():
+    import gc
+
+    before = gc.get_threshold()
+    seen = []
+    compile_model("gpt2-tiny", "mesh8x8", CompileOptions(solver=FIRST_FIT),
+                  on_stage=lambda name, s: seen.append(gc.get_threshold()))
+    assert seen and all(t == (*before[:2], max(before[2], FULL_EVERY)) for t in seen)
+    assert gc.get_threshold() == before
+    with pytest.raises(KeyError), spaced_collections():
+        raise KeyError("x")
+    assert gc.get_threshold() == before
 
 
 def test_the_innermost_layer_names_an_exception_and_typed_errors_get_no_note():

@@ -295,3 +295,20 @@ def test_a_label_moves_off_an_arrow_through_its_middle():
     assert half <= moved.label_y <= 10 - half  # still inside its rectangle
     (kept,) = place([box], [], scale=20.0)
     assert (kept.label_x, kept.label_y) == (1.0, 5.0)  # nothing in the way: the middle
+
+
+def test_the_least_crossed_spot_is_the_first_of_the_least_crossed():
+    import random
+
+    from compiler.report.clear import _crossed, _least_crossed
+
+    rng = random.Random(7)
+    for _ in range(300):
+        rects = [(x, y, x + rng.uniform(0, 3), y + rng.uniform(0, 3))
+                 for x, y in ((rng.uniform(0, 8), rng.uniform(0, 8))
+                              for _ in range(rng.randrange(6)))]
+        spots = [(float(rng.randrange(9)), float(rng.randrange(9))) for _ in range(12)]
+        w, h = rng.uniform(0.5, 3), rng.uniform(0.5, 3)
+        slow = min(spots, key=lambda p: _crossed((p[0] - w / 2, p[1] - h / 2, p[0] + w / 2,
+                                                  p[1] + h / 2), rects))
+        assert _least_crossed(spots, w, h, rects) == slow

@@ -1,6 +1,7 @@
 """A compile's report takes the Schedules the compile wrote instead of rebuilding them from
-schedule.json's text (outdir/read.py `docs_from_texts(schedules=)`): the rebuilt ones are equal,
-and so is every file of the report."""
+schedule.json's text (outdir/read.py `docs_from_texts(schedules=)`), and schedule.json's text
+without its step lists (outdir/write.py `report_texts`): the rebuilt Schedules are equal, and
+so is every file of the report."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from compiler.driver import CompileOptions, SolverOptions, compile_model
 from compiler.outdir.decode import decode_schedule_from_doc
 from compiler.outdir.trace import schedule_from_doc
-from compiler.outdir.write import artifact_files, written_schedules
+from compiler.outdir.write import artifact_files, report_texts, written_schedules
 from compiler.report import docs_from_texts, report_files
 from compiler.zoo import MoEConfig, build_moe
 
@@ -42,4 +43,6 @@ def test_the_report_from_the_compiles_schedules_is_the_report_from_the_text(mode
     slow = report_files(docs_from_texts(files))
     fast = report_files(docs_from_texts(files, schedules=(prefill, decode)))
     assert fast == slow
+    assert report_texts(files, r) == slow  # schedule.json's text without the steps
+    assert artifact_files(r) == {**files, **slow}
     assert any(name.endswith(".html") for name in fast)

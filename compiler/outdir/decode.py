@@ -20,7 +20,8 @@ from compiler.target import Target
 from compiler.vocab import Mode
 
 
-def decode_doc(plan: DecodePlan) -> dict[str, Any]:
+def decode_doc(plan: DecodePlan, steps: bool = True) -> dict[str, Any]:
+    """schedule.json's decode section; without `steps`, no step list."""
     s, dg = plan.schedule, plan.graph
     return {
         "tokens": s.tokens, "batch": s.batch, "context": s.context,
@@ -30,7 +31,7 @@ def decode_doc(plan: DecodePlan) -> dict[str, Any]:
                     "axis": c.axis} for c in dg.caches],
         "feeds": [{"tensor": f.name, "query_axes": list(f.query_axes),
                    "key_axes": list(f.key_axes)} for f in dg.feeds],
-        "steps": [step_doc(st) for st in s.steps],
+        **({"steps": [step_doc(st) for st in s.steps]} if steps else {}),
         "timing": {Mode.DECODE.value: _timing_doc(plan.timeline)},
     }
 

@@ -112,17 +112,20 @@ Schedules = tuple[Schedule, Schedule | None]
 def docs_from_texts(texts: dict[str, str], out: str = "OUT",
                     schedules: Schedules | None = None) -> OutDir:
     """OUT's documents from their texts; `schedules`: the Schedules schedule.json was written
-    from (a compile's report: the same OutDir, without rebuilding 92k steps of a giant)."""
+    from (a compile's report: the same OutDir, without rebuilding 92k steps of a giant). With
+    them, schedule.json's step lists are not read (its text may leave them out) nor checked:
+    the compile wrote them from these very Schedules."""
     docs = {name: _parse(out, name, texts[name]) for name in (PLACEMENT, SCHEDULE, LOG, VERIFY)
             if name in texts}
     for name, keys in NEEDED.items():
         if name not in docs:
             raise UsageError(f"{out}/{name} is missing: {_recompile(out)}")
-        missing = [k for k in keys if k not in docs[name]]
+        missing = [k for k in keys if k not in docs[name]
+                   and not (schedules and name == SCHEDULE and k == "steps")]
         if missing:
             raise UsageError(f"{out}/{name} has no {', '.join(missing)} (written by an older "
                              f"wafer?): {_recompile(out)}")
-    _check_structure(docs, out)
+    _check_structure(docs, out, schedule=schedules is None)
     return _out_dir(docs, out, schedules)
 
 
@@ -135,10 +138,11 @@ RECT_FIELDS = ("wafer", "row", "col", "rows", "cols")
 _JSON_NAMES = {str: "a string", dict: "an object", int: "an integer", list: "a list"}
 
 
-def _check_structure(docs: dict[str, dict[str, Any]], out: str) -> None:
+def _check_structure(docs: dict[str, dict[str, Any]], out: str, schedule: bool = True) -> None:
     """A damaged (hand-edited, truncated) OUT is one error line, not an exception deep in the
-    view-model: the schedule as `wafer verify` checks it, the placement's layer records."""
-    problems = schedule_doc_problems(docs[SCHEDULE])
+    view-model: the schedule as `wafer verify` checks it (with `schedule`), the placement's
+    layer records."""
+    problems = schedule_doc_problems(docs[SCHEDULE]) if schedule else []
     if problems:
         raise WaferError(f"{out}/{SCHEDULE}: {problems[0]}: {_recompile(out)}")
     layers = docs[PLACEMENT]["layers"]

@@ -56,9 +56,10 @@ _STEP_FIELDS = dataclasses.fields(Step)
 # --- schedule.json ------------------------------------------------------------------------------
 
 
-def schedule_doc(schedule: Schedule, target: Target,
-                 timelines: dict[str, Timeline]) -> dict[str, Any]:
-    """schedule.json content: the schedule and, per mode (decode, prefill), its timeline."""
+def schedule_doc(schedule: Schedule, target: Target, timelines: dict[str, Timeline],
+                 steps: bool = True) -> dict[str, Any]:
+    """schedule.json content: the schedule and, per mode (decode, prefill), its timeline;
+    without `steps`, no step list (outdir/write.py `report_texts`)."""
     s = schedule
     return {
         "schema_version": SCHEDULE_SCHEMA_VERSION,
@@ -70,7 +71,7 @@ def schedule_doc(schedule: Schedule, target: Target,
         "residency": dict(s.residency),
         "regions": [dataclasses.asdict(r) for r in s.regions],
         **({"kv_caches": [_cache_doc(c) for c in s.caches]} if s.caches else {}),
-        "steps": [step_doc(st) for st in s.steps],
+        **({"steps": [step_doc(st) for st in s.steps]} if steps else {}),
         "timing": {mode: _timing_doc(tl) for mode, tl in timelines.items()},
     }
 
@@ -80,13 +81,17 @@ def _cache_doc(c: KVCacheRef) -> dict[str, Any]:
             "spec": [a or "-" for a in c.spec]}
 
 
+_DEFAULTS = tuple((f.name, f.default) for f in _STEP_FIELDS)
+_KEPT = {kind: frozenset(_ALWAYS) | frozenset(fields) for kind, fields in KIND_FIELDS.items()}
+
+
 def step_doc(step: Step) -> dict[str, Any]:
-    keep = set(_ALWAYS) | set(KIND_FIELDS.get(step.kind, ()))
+    keep = _KEPT.get(step.kind, _ALWAYS)
     out: dict[str, Any] = {}
-    for f in _STEP_FIELDS:
-        value = getattr(step, f.name)
-        if f.name in keep or value != f.default:
-            out[f.name] = _encode(f.name, value)
+    for name, default in _DEFAULTS:
+        value = getattr(step, name)
+        if name in keep or value != default:
+            out[name] = _encode(name, value)
     return out
 
 

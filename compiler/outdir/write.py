@@ -230,21 +230,12 @@ def summary_doc(result: CompileResult, out: Path, stage_times: list[tuple[str, f
 
 def artifact_files(result: CompileResult, report: bool = True) -> dict[str, str]:
     """Every file a compile writes into OUT/, by path relative to OUT; with `report`, also
-    report.html and report-data/ (built from these very files, as `wafer view` would)."""
-    decode = result.timelines[Mode.DECODE]
-    sched = schedule_doc(result.schedule, result.target, result.timelines)
-    trace = trace_doc(result.schedule, result.target, decode, PerfOptions(Mode.DECODE))
-    if result.decode is not None:  # the decode step, scheduled (outdir/decode.py)
-        from compiler.outdir.decode import decode_doc, two_schedule_trace
-
-        sched["decode"] = decode_doc(result.decode)
-        trace = two_schedule_trace(result.schedule, result.timelines[Mode.PREFILL],
-                                   result.decode, result.target)
-    sched.update(_speculative(result))
+    report.html and report-data/ (built from these very files, as `wafer view` would). Each
+    document is dropped once it is text (a giant's trace is ~10^6 objects)."""
     files = {
         "placement.json": dumps(placement_doc(result)),
-        "schedule.json": dumps(sched),
-        "trace.json": json.dumps(trace) + "\n",
+        "schedule.json": dumps(full_schedule_doc(result)),
+        "trace.json": json.dumps(_trace(result)) + "\n",
         "compile_log.json": dumps(compile_log(result)),
     }
     if report:
@@ -252,12 +243,39 @@ def artifact_files(result: CompileResult, report: bool = True) -> dict[str, str]
     return files
 
 
+def full_schedule_doc(result: CompileResult, steps: bool = True) -> dict[str, Any]:
+    """schedule.json's document: the prefill schedule with both timelines, the decode step's
+    schedule (outdir/decode.py), the draft with --speculative; without `steps`, every step
+    list left out (what the report reads when handed the Schedules)."""
+    sched = schedule_doc(result.schedule, result.target, result.timelines, steps)
+    if result.decode is not None:
+        from compiler.outdir.decode import decode_doc
+
+        sched["decode"] = decode_doc(result.decode, steps)
+    sched.update(_speculative(result))
+    return sched
+
+
+def _trace(result: CompileResult) -> dict[str, Any]:
+    """trace.json: the decode step and the prefill when the compile scheduled decode, else
+    the prefill schedule's decode timeline."""
+    if result.decode is not None:
+        from compiler.outdir.decode import two_schedule_trace
+
+        return two_schedule_trace(result.schedule, result.timelines[Mode.PREFILL],
+                                  result.decode, result.target)
+    return trace_doc(result.schedule, result.target, result.timelines[Mode.DECODE],
+                     PerfOptions(Mode.DECODE))
+
+
 def report_texts(files: dict[str, str], result: CompileResult) -> dict[str, str]:
     """The report's files from the artifacts' texts, handed the Schedules schedule.json was
-    written from (not rebuilt from its text)."""
+    written from (not rebuilt from its text) and, for schedule.json, its text without the step
+    lists (what parsing the whole text would give, less the steps the Schedules hold)."""
     from compiler.report import docs_from_texts, report_files
 
-    return report_files(docs_from_texts(files, schedules=written_schedules(result)))
+    texts = {**files, "schedule.json": dumps(full_schedule_doc(result, steps=False))}
+    return report_files(docs_from_texts(texts, schedules=written_schedules(result)))
 
 
 def written_schedules(result: CompileResult) -> tuple[Schedule, Schedule | None]:

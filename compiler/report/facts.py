@@ -90,6 +90,11 @@ class Facts:
             out[w].append((a, b, load))
         return dict(out)
 
+    @cached_property
+    def bins_memo(self) -> dict[tuple, dict[tuple[int, int], list]]:
+        """grid.link_bins by (wafer, window): the panels and cells.csv bin the same links."""
+        return {}
+
     def steps(self, mode: str):
         """The steps a mode's timing indexes: the decode schedule's when there is one."""
         return mode_schedule(self.docs, mode).steps

@@ -135,7 +135,15 @@ def bin_size(win: Window) -> tuple[int, int]:
 
 def link_bins(f: Facts, wafer: int, win: Window) -> dict[tuple[int, int], list]:
     """Per heat cell (i, j) of the window: [busiest link's bytes, all links' bytes, loaded
-    links, the busiest link (src, dst)]; a link belongs to the cell of its source core."""
+    links, the busiest link (src, dst)]; a link belongs to the cell of its source core.
+    Binned once per wafer and window (f.bins_memo); read-only."""
+    key = (wafer, win)
+    if key not in f.bins_memo:
+        f.bins_memo[key] = _link_bins(f, wafer, win)
+    return f.bins_memo[key]
+
+
+def _link_bins(f: Facts, wafer: int, win: Window) -> dict[tuple[int, int], list]:
     bh, bw = bin_size(win)
     cells: dict[tuple[int, int], list] = defaultdict(lambda: [0.0, 0.0, 0, None])
     for a, b, load in f.links_by_wafer.get(wafer, ()):

@@ -101,11 +101,12 @@ def moe_estimate(s: Schedule, target: Target, loads: dict[str, GroupLoad],
     shares = shares or {}
     draws = [_draw(loads, shares, batch, rng) for _ in range(samples)]
     base = step_durations(s, target, opts)  # each re-timing recomputes only the changed steps
-    sampled = [_cycles(s, target, opts, d, base) for d in draws]
+    made: dict[tuple[int, str, float], Step] = {}  # scenarios share scaled steps
+    sampled = [_cycles(s, target, opts, d, base, made) for d in draws]
     expected = float(np.mean(sampled))
     # the farthest groups are a heuristic worst case: never faster than a sampled draw (on
     # mesh16x16 a 5-row expert group four columns off the router timed faster than the mean)
-    worst = max([*sampled, *(_cycles(s, target, opts, _worst(s, loads, spread), base)
+    worst = max([*sampled, *(_cycles(s, target, opts, _worst(s, loads, spread), base, made)
                              for spread in (False, True))])
     dense = timeline(s, target, opts, cycles=base).makespan
     hz = target.core.clock_hz
@@ -183,15 +184,21 @@ def _distance(a: Region | None, b: Region) -> tuple[int, int]:
 
 
 def _cycles(s: Schedule, target: Target, opts: PerfOptions, scenario: Scenario,
-            base: list[int] | None = None) -> int:
+            base: list[int] | None = None,
+            made: dict[tuple[int, str, float], Step] | None = None) -> int:
     """The decode step's makespan under `scenario`; `base`: `s`'s step durations, reused for
-    the steps the scenario leaves alone (the same makespan, `perf.step_durations`)."""
-    scaled = dataclasses.replace(s, steps=tuple(_scaled(st, scenario) for st in s.steps))
+    the steps the scenario leaves alone (the same makespan, `perf.step_durations`); `made`:
+    steps scaled by earlier scenarios of `s` (by step id and factors), taken again."""
+    made = {} if made is None else made
+    scaled = dataclasses.replace(s, steps=tuple(_scaled(st, scenario, made) for st in s.steps))
     cycles = None if base is None else step_durations(scaled, target, opts, s, base)
     return timeline(scaled, target, opts, cycles=cycles).makespan
 
 
-def _scaled(st: Step, scenario: Scenario) -> Step:
+def _scaled(st: Step, scenario: Scenario, made: dict[tuple[int, str, float], Step] | None = None
+            ) -> Step:
+    """`st` under `scenario`: `st` itself where its factor is 1 (an equal step, and the same
+    object, so the re-timing keeps its cycles)."""
     if st.phase == Phase.SETUP:
         return st
     into = scenario.get(st.dst) if st.dst else None
@@ -202,15 +209,31 @@ def _scaled(st: Step, scenario: Scenario) -> Step:
         factor = (into or own or (1.0, 1.0, 1.0))[1]
         if own is not None and into is not None:
             factor = min(own[1], into[1])
-        return _free(st) if factor == 0 else dataclasses.replace(
-            st, nbytes=round(st.nbytes * factor))
-    compute = own[0] if own is not None else 1.0
-    if compute == 0:
+        key = (st.id, "send", factor)
+    elif st.kind == StepKind.LOAD and own is not None and own[0] != 0:
+        key = (st.id, "load", own[2])  # a streamed expert group's weights
+    else:
+        key = (st.id, "compute", own[0] if own is not None else 1.0)
+    if key[2] == 1.0:
+        return st
+    if made is None:
+        return _scaled_by(st, key[1], key[2])
+    if key not in made:
+        made[key] = _scaled_by(st, key[1], key[2])
+    return made[key]
+
+
+def _scaled_by(st: Step, how: str, factor: float) -> Step:
+    """A send's bytes, a streamed group's weight loads or a step's FLOPs and bytes times
+    `factor`; a send or a step at 0 is free."""
+    if how == "load":
+        return dataclasses.replace(st, nbytes=round(st.nbytes * factor))
+    if factor == 0:
         return _free(st)
-    if st.kind == StepKind.LOAD and own is not None:  # a streamed expert group's weights
-        return dataclasses.replace(st, nbytes=round(st.nbytes * own[2]))
-    return dataclasses.replace(st, flops=round(st.flops * compute),
-                               nbytes=round(st.nbytes * compute))
+    if how == "send":
+        return dataclasses.replace(st, nbytes=round(st.nbytes * factor))
+    return dataclasses.replace(st, flops=round(st.flops * factor),
+                               nbytes=round(st.nbytes * factor))
 
 
 def _free(st: Step) -> Step:

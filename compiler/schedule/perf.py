@@ -252,14 +252,15 @@ def timeline(s: Schedule, t: Target, opts: PerfOptions | None = None,
         if step.phase == Phase.SETUP:
             continue
         dur = cycles[step.id]
-        ready, cause = max(((ends[d], d) for d in step.deps), default=(0, -1))
+        ready, cause = max([(ends[d], d) for d in step.deps]) if step.deps else (0, -1)
         if step.id in kv_reads:
             ready, cause = max((ready, cause), _read(free, s, step, kv_reads[step.id]))
-        for res in _resources(step, s):
+        held = _resources(step, s)
+        for res in held:
             if free[res][0] > ready:
                 ready, cause = free[res]
         starts[step.id], ends[step.id], why[step.id] = ready, ready + dur, cause
-        for res in _resources(step, s):
+        for res in held:
             free[res] = (ends[step.id], step.id)
     makespan = max(ends, default=0)
     return Timeline(tuple(starts), tuple(ends), makespan, _critical(ends, why, makespan))
@@ -274,9 +275,11 @@ def step_durations(s: Schedule, t: Target, opts: PerfOptions | None = None,
     keeps its cycles (a step's cycles read only itself, its region and its dependencies)."""
     opts = opts or PerfOptions()
     out = []
+    kept = [False] * len(s.steps)  # the step is base's own object
+    if base is not None and base_cycles is not None:
+        kept = [a is b for a, b in zip(s.steps, base.steps, strict=True)]
     for step in s.steps:
-        if (base is not None and base_cycles is not None and step is base.steps[step.id]
-                and all(s.steps[d] is base.steps[d] for d in step.deps)):
+        if kept[step.id] and all(kept[d] for d in step.deps):
             out.append(base_cycles[step.id])
         elif step.phase == Phase.SETUP:
             out.append(0)
