@@ -119,6 +119,26 @@ def test_entry_points_run(argv):
     assert proc.returncode == 0 and "wse3" in proc.stdout
 
 
+_ENTRY = ("import atexit, sys; atexit.register(print, 'freed at exit'); "
+          "from compiler.cli import entry; sys.argv[0] = 'wafer'; entry()")
+
+
+def test_a_compile_process_ends_without_freeing_its_heap(tmp_path):
+    """After a plain compile the process ends at once (`cli.entry`: os._exit, the giants' heap
+    not freed object by object): what it printed arrives whole (stdout a pipe, so buffered),
+    OUT is written, the exit status is the compile's, and exit handlers do not run; a command
+    that fails ends the usual way, with its status."""
+    proc = subprocess.run([sys.executable, "-c", _ENTRY, "compile", "gpt2-tiny", "-t", "mesh8x8",
+                           "-o", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("compiled gpt2-tiny") and "  stages  " in proc.stdout
+    assert "freed at exit" not in proc.stdout
+    assert (tmp_path / "o" / "schedule.json").is_file()
+    proc = subprocess.run([sys.executable, "-c", _ENTRY, "compile", "gpt2-tiny", "-t", "wse9",
+                           "-o", str(tmp_path / "p")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == ExitCode.INVALID_INPUT and "freed at exit" in proc.stdout
+
+
 def test_output_into_a_closed_pipe_is_not_an_error():
     cmd = f"{sys.executable} -m compiler -q inspect llama3-8b --ir | head -1"  # > a pipe buffer
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
