@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,8 +238,6 @@ def _compile(model: str | Path, target: str | Path | Target, options: CompileOpt
         forms, steps = (reuse.decode_forms(model, options.frontend, graph, context, used)
                         if reuse else _decode_forms(model, graph, context))
         drop_kept()  # the model at one token was bound from the opened model (or not needed)
-        if "frontend" not in used:  # the opened ONNX model's reference cycles, now garbage
-            gc.collect()
         tile = functools.partial(_tiling, graph, tgt, options, steps)
         key = (str(model), options.frontend, tgt, options.tiling, options.routing,
                options.check)
