@@ -87,6 +87,24 @@ def test_link_loads_add_up_to_the_routed_bytes():
     assert abs(top.src[0] - top.dst[0]) + abs(top.src[1] - top.dst[1]) == 1
 
 
+def test_link_loads_asked_again_are_the_same_and_a_copy():
+    """The summary and the report both ask for the decode schedule's link loads: the second
+    answer is the remembered one (equal to computing them anew, a copy the caller may change);
+    other options or another schedule are computed."""
+    from compiler.schedule import perf
+
+    s = compiled("llama3-8b", "wse3").schedule
+    first = perf.link_loads(s, PerfOptions(Mode.DECODE))
+    first[("x",)] = 1.0
+    again = perf.link_loads(s, PerfOptions(Mode.DECODE))
+    assert ("x",) not in again and again == perf._link_loads(s, PerfOptions(Mode.DECODE))
+    prefill = perf.link_loads(s, PerfOptions(Mode.PREFILL))
+    assert prefill == perf._link_loads(s, PerfOptions(Mode.PREFILL)) != again
+    other = dataclasses.replace(s, steps=s.steps[:len(s.steps) // 2])
+    assert perf.link_loads(other, PerfOptions(Mode.PREFILL)) == perf._link_loads(
+        other, PerfOptions(Mode.PREFILL)) != prefill
+
+
 # --- shared ports: one off-chip port per wafer, one inter-wafer port per wafer and direction ------
 
 # (model, SRAM per core, grid side, context): mesh8x8 shrunk until several blocks stream
