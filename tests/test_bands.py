@@ -11,8 +11,8 @@ from itertools import product
 import pytest
 from test_chain import valid
 
-from compiler.placement.bands import band_pack, cost
-from compiler.placement.chain import chain_pack, longest_run
+from compiler.placement.bands import band_pack
+from compiler.placement.chain import chain_pack, cost, longest_run
 from compiler.placement.check import chain_excess2, chains, separation_bound2
 from compiler.placement.cpsat.layout import (
     LayoutInstance,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from itertools import product
 
-from compiler.placement.chain import longest_run
+from compiler.placement.chain import cost, longest_run
 from compiler.placement.geometry import Position
 
 Dims = tuple[int, int]
@@ -42,16 +42,6 @@ def band_pack(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge]
             if best is None or found < best[0]:
                 best = (found, out)
     return None if best is None else best[1]
-
-
-def cost(dims: Sequence[Dims], edges: Sequence[Edge], spots: Sequence[Position]) -> int:
-    """Sum of weight x doubled Manhattan distance between centres."""
-    total = 0
-    for i, j, w in edges:
-        (ri, ci), (hi, wi) = spots[i], dims[i]
-        (rj, cj), (hj, wj) = spots[j], dims[j]
-        total += w * (abs(2 * ri + hi - 2 * rj - hj) + abs(2 * ci + wi - 2 * cj - wj))
-    return total
 
 
 def _variants(rows: int, cols: int, dims: Sequence[Dims], edges: Sequence[Edge]
