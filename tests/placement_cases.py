@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
+
+from ortools.sat.python import cp_model
 
 from compiler.placement.problem import Block, Edge, Option, PlacementProblem, Residency
 
@@ -68,3 +71,16 @@ def strip_chain(n: int = 6, *, wafers: int = 2) -> PlacementProblem:
         opt(1, 1, STREAM, offchip=10_000, cycles=5_000)), group="block") for i in range(n)]
     norm = Block("final_norm", "norm", (opt(1, 1, cycles=10),))
     return problem([*blocks, norm], 11, 9, wafers=wafers, name="strips")
+
+
+def covering_model(n: int, rows: int) -> tuple[cp_model.CpModel, list[cp_model.IntVar]]:
+    """A real CP-SAT model: `n` integers under `rows` random covering rows (seed 1), least
+    sum; its presolve grows with `rows`."""
+    rng = random.Random(1)
+    model = cp_model.CpModel()
+    x = [model.new_int_var(0, 1_000, f"x{i}") for i in range(n)]
+    for _ in range(rows):
+        model.add(sum(rng.randint(1, 9) * x[i] for i in rng.sample(range(n), 6))
+                  >= rng.randint(500, 3_000))
+    model.minimize(sum(x))
+    return model, x

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import random
 
 import pytest
 from ortools.sat.python import cp_model
@@ -14,6 +13,7 @@ from placement_cases import (
     CAPACITY,
     STREAM,
     chain_edges,
+    covering_model,
     equal_chain,
     opt,
     problem,
@@ -208,13 +208,7 @@ def test_area_runs_every_term_when_the_fastest_choice_tiles() -> None:
 
 def no_solution_yet() -> runner.Outcome:
     """A real solve stopped before its first solution (presolve of 3,000 rows outlasts it)."""
-    rng = random.Random(1)
-    model = cp_model.CpModel()
-    x = [model.new_int_var(0, 1_000, f"x{i}") for i in range(60)]
-    for _ in range(3_000):
-        model.add(sum(rng.randint(1, 9) * x[i] for i in rng.sample(range(60), 6))
-                  >= rng.randint(500, 3_000))
-    model.minimize(sum(x))
+    model, _ = covering_model(60, 3_000)
     return runner.run(model, 0.01, Clock(SolveParams(0, 1, True), 10.0))
 
 

@@ -8,11 +8,10 @@ wafer's neighbourhoods leave out the edges between two fixed rectangles, for the
 from __future__ import annotations
 
 import dataclasses
-import random
 
 import pytest
 from ortools.sat.python import cp_model
-from placement_cases import equal_chain, strip_chain
+from placement_cases import covering_model, equal_chain, strip_chain
 from test_hubs import moe_chain
 
 from compiler.placement import chain, place
@@ -100,13 +99,7 @@ GOOD = (94, 97, 100, 134, 130, 197, 289, 251, 137, 111, 207, 24, 102, 69, 79, 14
 
 def covering(hint: tuple[int, ...]) -> cp_model.CpModel:
     """40 integers under 600 random covering rows, least sum, hinted with `hint`."""
-    rng = random.Random(1)
-    model = cp_model.CpModel()
-    x = [model.new_int_var(0, 1_000, f"x{i}") for i in range(40)]
-    for _ in range(600):
-        model.add(sum(rng.randint(1, 9) * x[i] for i in rng.sample(range(40), 6))
-                  >= rng.randint(500, 3_000))
-    model.minimize(sum(x))
+    model, x = covering_model(40, 600)
     for var, value in zip(x, hint, strict=True):
         model.add_hint(var, value)
     return model
