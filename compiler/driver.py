@@ -312,8 +312,9 @@ def _speculative(model: str | Path, plain: CompileResult, spec: SpeculativeOptio
                                                           context=plain.tiled.context))
     p = plain.problem
     area = largest_idle(p.rows, p.cols, p.wafers, plain.placement.rects)
-    idle = _draft_on(plain, area, spec, opts, on_progress)
-    beside = _draft_beside(model, plain, spec, opts, on_progress, reuse)
+    drafts = Reuse()  # the draft's compiles (the idle area, the strips) share its frontend
+    idle = _draft_on(plain, area, spec, opts, on_progress, drafts)
+    beside = _draft_beside(model, plain, spec, opts, on_progress, reuse, drafts)
     if isinstance(beside, str):
         if idle is None:
             raise _draft_does_not_fit(plain, spec, area, opts)
@@ -331,7 +332,7 @@ def _speculative(model: str | Path, plain: CompileResult, spec: SpeculativeOptio
 
 def _draft_beside(model: str | Path, plain: CompileResult, spec: SpeculativeOptions,
                   opts: CompileOptions, on_progress: ProgressHook | None,
-                  reuse: Reuse | None) -> tuple[CompileResult, Speculative] | str:
+                  reuse: Reuse | None, drafts: Reuse) -> tuple[CompileResult, Speculative] | str:
     """The draft compiled first on full-height strips of one wafer, narrowest first, until it is
     resident; the target compiled again with that strip kept free (CompileOptions.reserve);
     the round priced there. Or why not, in words."""
@@ -345,7 +346,7 @@ def _draft_beside(model: str | Path, plain: CompileResult, spec: SpeculativeOpti
         strip = Rect(0, 0, 0, rows, width)
         try:
             draft = compile_model(spec.draft, sub_target(tgt, strip), opts,
-                                  on_progress=on_progress)
+                                  on_progress=on_progress, reuse=drafts)
         except (InfeasiblePlacementError, CapacityError):
             continue
         if resident(draft):
@@ -364,14 +365,15 @@ def _draft_beside(model: str | Path, plain: CompileResult, spec: SpeculativeOpti
 
 
 def _draft_on(target: CompileResult, area: Rect | None, spec: SpeculativeOptions,
-              opts: CompileOptions, on_progress: ProgressHook | None) -> Speculative | None:
+              opts: CompileOptions, on_progress: ProgressHook | None,
+              drafts: Reuse) -> Speculative | None:
     """The draft compiled on `area`, idle cores of `target`'s wafers, and a round priced; None
     when it does not fit there."""
     if area is None:
         return None
     try:
         draft = compile_model(spec.draft, sub_target(target.target, area), opts,
-                              on_progress=on_progress)
+                              on_progress=on_progress, reuse=drafts)
     except (InfeasiblePlacementError, CapacityError):
         return None
     return price(target, draft, spec, area, IDLE)

@@ -213,7 +213,7 @@ def strip_widths(min_cores: int, rows: int, cols: int) -> tuple[int, ...]:
 
 
 def price(target: CompileResult, draft: CompileResult, spec: SpeculativeOptions, area: Rect,
-          placement: str, fallback: str = "") -> Speculative:
+          placement: str) -> Speculative:
     """A round of `spec` with `draft` compiled on `area` (a sub-target) beside `target`."""
     k, step = spec.k, target.estimates[Mode.DECODE]
     draft_cycles = draft.estimates[Mode.DECODE].cycles
@@ -223,7 +223,7 @@ def price(target: CompileResult, draft: CompileResult, spec: SpeculativeOptions,
     return Speculative(draft.graph.name, str(spec.draft), spec.accept, k, area,
                        shifted(draft.placement.rects, area), draft_cycles, verify, step.cycles,
                        expected_tokens(spec.accept, k), rate, step.tokens_per_s, draft,
-                       placement, resident(draft), fallback)
+                       placement, resident(draft))
 
 
 def resident(result: CompileResult) -> bool:
@@ -266,7 +266,7 @@ class Speculative:
     draft_result: CompileResult | None = field(default=None, compare=False, repr=False)
     # RESERVED: the target placed beside a strip kept for the draft; IDLE: the target placed
     # alone, the draft on its largest idle rectangle
-    placement: str = "idle"
+    placement: str = IDLE
     draft_resident: bool = False  # the draft streams nothing but its token I/O
     fallback: str = ""  # why the draft is not on a reserved strip (placement IDLE), if tried
 

@@ -127,11 +127,11 @@ def _banded(fine: LayoutInstance, hint_cost: int, notes: list[str]
             ) -> tuple[LayoutInstance, int]:
     """`fine` hinted with the banded packing (bands.py) when that costs less than its hint."""
     spots = band_pack(fine.rows, fine.cols, fine.dims, fine.edges)
-    if spots is None or layout_cost(fine, spots) >= hint_cost:
+    cost = hint_cost if spots is None else layout_cost(fine, spots)
+    if spots is None or cost >= hint_cost:
         return fine, hint_cost
-    notes.append(f"banded hint ({hint_cost / 2:,.0f} -> {layout_cost(fine, spots) / 2:,.0f} "
-                 "byte-hops)")
-    return dataclasses.replace(fine, hint=spots), layout_cost(fine, spots)
+    notes.append(f"banded hint ({hint_cost / 2:,.0f} -> {cost / 2:,.0f} byte-hops)")
+    return dataclasses.replace(fine, hint=spots), cost
 
 
 def gain_share(hint_cost: float, floor: float) -> float:
